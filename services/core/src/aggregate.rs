@@ -1,0 +1,390 @@
+//! Aggregation state: what a signal remembers about a set of events.
+//!
+//! Every state forms a commutative monoid under [`State::merge`] with
+//! [`State::empty`] as identity, and folding is a homomorphism:
+//! `fold(A ∪ B) = merge(fold(A), fold(B))` for disjoint A and B. That law is
+//! what lets the batch layer pre-aggregate old history and serving add the
+//! rest, and it is checked by the property tests below.
+//!
+//! Ties between events at the same `event_time` are broken by `event_id`, so
+//! results never depend on arrival order.
+
+use std::cmp::Reverse;
+use std::collections::{HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use signals_schemas::{Event, Millis};
+
+use crate::definition::{Aggregation, Field};
+use crate::time::format_millis;
+
+/// Orders events in time; the later stamp is the newer event.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Stamp {
+    pub time: Millis,
+    pub event_id: String,
+}
+
+impl Stamp {
+    pub fn of(event: &Event) -> Stamp {
+        Stamp {
+            time: event.event_time,
+            event_id: event.event_id.clone(),
+        }
+    }
+}
+
+/// The latest add/remove seen for one member of a set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetMark {
+    pub stamp: Stamp,
+    pub present: bool,
+}
+
+/// Aggregation state of one signal over some set of events.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum State {
+    Count(u64),
+    Sum(f64),
+    Min(Option<f64>),
+    Max(Option<f64>),
+    /// Value → its newest stamp; only the newest `limit` values are kept.
+    Latest(HashMap<String, Stamp>),
+    /// Value → its latest add or remove.
+    Set(HashMap<String, SetMark>),
+    /// Value → number of events; complete, truncated only when finished.
+    Counts(HashMap<String, u64>),
+    Distinct(HashSet<String>),
+    FirstSeen(Option<Millis>),
+    LastSeen(Option<Millis>),
+}
+
+fn numeric(field: &Field, event: &Event) -> Option<f64> {
+    field
+        .get(event)
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|v| v.is_finite())
+}
+
+fn min_opt(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, None) | (None, x) => x,
+    }
+}
+
+fn max_opt(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.max(y)),
+        (x, None) | (None, x) => x,
+    }
+}
+
+fn opt_extreme(a: Option<Millis>, b: Option<Millis>, pick: fn(Millis, Millis) -> Millis) -> Option<Millis> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(pick(x, y)),
+        (x, None) | (None, x) => x,
+    }
+}
+
+/// Keeps the `limit` newest entries once the map has grown to twice that, so
+/// pruning costs amortised O(1) per insert.
+fn prune_latest(map: &mut HashMap<String, Stamp>, limit: usize) {
+    if map.len() < limit.saturating_mul(2).max(limit + 1) {
+        return;
+    }
+    let mut entries: Vec<(String, Stamp)> = map.drain().collect();
+    entries.sort_unstable_by(|a, b| b.1.cmp(&a.1));
+    entries.truncate(limit);
+    map.extend(entries);
+}
+
+fn note_latest(map: &mut HashMap<String, Stamp>, value: &str, stamp: &Stamp) {
+    match map.get_mut(value) {
+        Some(current) if *current >= *stamp => {}
+        Some(current) => *current = stamp.clone(),
+        None => {
+            map.insert(value.to_owned(), stamp.clone());
+        }
+    }
+}
+
+fn note_mark(map: &mut HashMap<String, SetMark>, value: &str, mark: &SetMark) {
+    match map.get_mut(value) {
+        Some(current) if current.stamp >= mark.stamp => {}
+        Some(current) => *current = mark.clone(),
+        None => {
+            map.insert(value.to_owned(), mark.clone());
+        }
+    }
+}
+
+impl State {
+    /// The state of no events: the identity of [`State::merge`].
+    pub fn empty(aggregation: &Aggregation) -> State {
+        match aggregation {
+            Aggregation::Count => State::Count(0),
+            Aggregation::Sum(_) => State::Sum(0.0),
+            Aggregation::Min(_) => State::Min(None),
+            Aggregation::Max(_) => State::Max(None),
+            Aggregation::LastDistinct { .. } => State::Latest(HashMap::new()),
+            Aggregation::Set { .. } => State::Set(HashMap::new()),
+            Aggregation::TopK { .. } => State::Counts(HashMap::new()),
+            Aggregation::DistinctCount(_) => State::Distinct(HashSet::new()),
+            Aggregation::FirstSeen => State::FirstSeen(None),
+            Aggregation::LastSeen => State::LastSeen(None),
+        }
+    }
+
+    /// Whether this state has the shape `aggregation` produces.
+    pub fn fits(&self, aggregation: &Aggregation) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(&State::empty(aggregation))
+    }
+
+    /// Adds one event that already passed the definition's type, filter and
+    /// window checks.
+    pub fn add(&mut self, aggregation: &Aggregation, event: &Event) {
+        match (self, aggregation) {
+            (State::Count(n), Aggregation::Count) => *n += 1,
+            (State::Sum(total), Aggregation::Sum(field)) => {
+                if let Some(v) = numeric(field, event) {
+                    *total += v;
+                }
+            }
+            (State::Min(m), Aggregation::Min(field)) => *m = min_opt(*m, numeric(field, event)),
+            (State::Max(m), Aggregation::Max(field)) => *m = max_opt(*m, numeric(field, event)),
+            (State::Latest(map), Aggregation::LastDistinct { field, limit }) => {
+                if let Some(value) = field.get(event) {
+                    note_latest(map, value, &Stamp::of(event));
+                    prune_latest(map, *limit);
+                }
+            }
+            (State::Set(map), Aggregation::Set { field, add, .. }) => {
+                if let Some(value) = field.get(event) {
+                    let mark = SetMark {
+                        stamp: Stamp::of(event),
+                        present: add.contains(event.event_type),
+                    };
+                    note_mark(map, value, &mark);
+                }
+            }
+            (State::Counts(map), Aggregation::TopK { field, .. }) => {
+                if let Some(value) = field.get(event) {
+                    match map.get_mut(value) {
+                        Some(n) => *n += 1,
+                        None => {
+                            map.insert(value.to_owned(), 1);
+                        }
+                    }
+                }
+            }
+            (State::Distinct(set), Aggregation::DistinctCount(field)) => {
+                if let Some(value) = field.get(event) {
+                    if !set.contains(value) {
+                        set.insert(value.to_owned());
+                    }
+                }
+            }
+            (State::FirstSeen(t), Aggregation::FirstSeen) => {
+                *t = opt_extreme(*t, Some(event.event_time), Millis::min)
+            }
+            (State::LastSeen(t), Aggregation::LastSeen) => {
+                *t = opt_extreme(*t, Some(event.event_time), Millis::max)
+            }
+            // A state of another shape never meets this aggregation: states
+            // are created by `empty` for the same definition.
+            _ => {}
+        }
+    }
+
+    /// Folds `other` (over a disjoint set of events) into `self`.
+    pub fn merge(&mut self, aggregation: &Aggregation, other: &State) {
+        match (self, other) {
+            (State::Count(a), State::Count(b)) => *a += b,
+            (State::Sum(a), State::Sum(b)) => *a += b,
+            (State::Min(a), State::Min(b)) => *a = min_opt(*a, *b),
+            (State::Max(a), State::Max(b)) => *a = max_opt(*a, *b),
+            (State::Latest(a), State::Latest(b)) => {
+                for (value, stamp) in b {
+                    note_latest(a, value, stamp);
+                }
+                if let Aggregation::LastDistinct { limit, .. } = aggregation {
+                    prune_latest(a, *limit);
+                }
+            }
+            (State::Set(a), State::Set(b)) => {
+                for (value, mark) in b {
+                    note_mark(a, value, mark);
+                }
+            }
+            (State::Counts(a), State::Counts(b)) => {
+                for (value, n) in b {
+                    *a.entry(value.clone()).or_insert(0) += n;
+                }
+            }
+            (State::Distinct(a), State::Distinct(b)) => a.extend(b.iter().cloned()),
+            (State::FirstSeen(a), State::FirstSeen(b)) => *a = opt_extreme(*a, *b, Millis::min),
+            (State::LastSeen(a), State::LastSeen(b)) => *a = opt_extreme(*a, *b, Millis::max),
+            // Mismatched shapes come only from a definition that changed
+            // since `other` was computed; callers check `fits` first.
+            _ => {}
+        }
+    }
+
+    /// The signal's value, as served.
+    pub fn finish(&self, aggregation: &Aggregation) -> Value {
+        match (self, aggregation) {
+            (State::Count(n), _) => json!(n),
+            (State::Sum(total), _) => number(*total),
+            (State::Min(m) | State::Max(m), _) => m.map_or(Value::Null, number),
+            (State::Latest(map), Aggregation::LastDistinct { limit, .. }) => {
+                let mut entries: Vec<(&String, &Stamp)> = map.iter().collect();
+                entries.sort_unstable_by(|a, b| b.1.cmp(a.1));
+                Value::from_iter(entries.into_iter().take(*limit).map(|(v, _)| v.clone()))
+            }
+            (State::Set(map), Aggregation::Set { limit, .. }) => {
+                let mut present: Vec<(&String, &Stamp)> = map
+                    .iter()
+                    .filter(|(_, mark)| mark.present)
+                    .map(|(v, mark)| (v, &mark.stamp))
+                    .collect();
+                present.sort_unstable_by(|a, b| b.1.cmp(a.1));
+                let limit = limit.unwrap_or(usize::MAX);
+                Value::from_iter(present.into_iter().take(limit).map(|(v, _)| v.clone()))
+            }
+            (State::Counts(map), Aggregation::TopK { limit, .. }) => {
+                let mut entries: Vec<(&String, &u64)> = map.iter().collect();
+                entries.sort_unstable_by_key(|(key, count)| (Reverse(**count), *key));
+                Value::from_iter(
+                    entries
+                        .into_iter()
+                        .take(*limit)
+                        .map(|(key, count)| json!({"key": key, "count": count})),
+                )
+            }
+            (State::Distinct(set), _) => json!(set.len()),
+            (State::FirstSeen(t) | State::LastSeen(t), _) => {
+                t.map_or(Value::Null, |t| Value::String(format_millis(t)))
+            }
+            // Unreachable for states made by `empty(aggregation)`.
+            _ => Value::Null,
+        }
+    }
+}
+
+/// Integral sums print as integers (`3`, not `3.0`).
+fn number(v: f64) -> Value {
+    if v.fract() == 0.0 && v.abs() < 9.0e15 {
+        json!(v as i64)
+    } else {
+        json!(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::definition::EventTypes;
+    use crate::testing::{arb_events, aggregations};
+    use proptest::prelude::*;
+
+    fn fold(aggregation: &Aggregation, events: &[Event]) -> State {
+        let mut state = State::empty(aggregation);
+        for e in events {
+            state.add(aggregation, e);
+        }
+        state
+    }
+
+    proptest! {
+        #[test]
+        fn folding_is_a_homomorphism(events in arb_events(60), split in 0usize..60) {
+            for aggregation in aggregations() {
+                let split = split.min(events.len());
+                let whole = fold(&aggregation, &events);
+                let mut merged = fold(&aggregation, &events[..split]);
+                merged.merge(&aggregation, &fold(&aggregation, &events[split..]));
+                prop_assert_eq!(whole.finish(&aggregation), merged.finish(&aggregation), "{:?}", aggregation);
+            }
+        }
+
+        #[test]
+        fn merge_is_associative_and_commutative(events in arb_events(60), i in 0usize..60, j in 0usize..60) {
+            let (i, j) = (i.min(events.len()), j.min(events.len()));
+            let (i, j) = (i.min(j), i.max(j));
+            for aggregation in aggregations() {
+                let a = fold(&aggregation, &events[..i]);
+                let b = fold(&aggregation, &events[i..j]);
+                let c = fold(&aggregation, &events[j..]);
+                let mut left = a.clone();
+                left.merge(&aggregation, &b);
+                left.merge(&aggregation, &c);
+                let mut bc = b.clone();
+                bc.merge(&aggregation, &c);
+                let mut right = a.clone();
+                right.merge(&aggregation, &bc);
+                let mut swapped = c.clone();
+                swapped.merge(&aggregation, &a);
+                swapped.merge(&aggregation, &b);
+                prop_assert_eq!(left.finish(&aggregation), right.finish(&aggregation));
+                prop_assert_eq!(left.finish(&aggregation), swapped.finish(&aggregation));
+            }
+        }
+
+        #[test]
+        fn order_of_events_does_not_matter(mut events in arb_events(60)) {
+            for aggregation in aggregations() {
+                let forward = fold(&aggregation, &events).finish(&aggregation);
+                events.reverse();
+                prop_assert_eq!(forward, fold(&aggregation, &events).finish(&aggregation));
+            }
+        }
+
+        #[test]
+        fn empty_is_the_identity(events in arb_events(30)) {
+            for aggregation in aggregations() {
+                let state = fold(&aggregation, &events);
+                let mut merged = State::empty(&aggregation);
+                merged.merge(&aggregation, &state);
+                prop_assert_eq!(merged.finish(&aggregation), state.finish(&aggregation));
+            }
+        }
+    }
+
+    #[test]
+    fn set_keeps_values_whose_latest_event_adds() {
+        use crate::testing::event;
+        use signals_schemas::EventType::{WishlistAdd, WishlistRemove};
+        let mut add = EventTypes::default();
+        add.insert(WishlistAdd);
+        let mut remove = EventTypes::default();
+        remove.insert(WishlistRemove);
+        let aggregation = Aggregation::Set { field: Field::ItemId, add, remove, limit: None };
+        let events = [
+            event("e1", WishlistAdd, "a", 10),
+            event("e2", WishlistAdd, "b", 20),
+            event("e3", WishlistRemove, "a", 30),
+            event("e4", WishlistAdd, "c", 5),
+            // Same time as e5: the larger event id is the later one.
+            event("e6", WishlistRemove, "c", 40),
+            event("e5", WishlistAdd, "c", 40),
+        ];
+        assert_eq!(fold(&aggregation, &events).finish(&aggregation), json!(["b"]));
+    }
+
+    #[test]
+    fn top_k_orders_by_count_then_key() {
+        use crate::testing::event_with_city;
+        let aggregation = Aggregation::TopK { field: Field::Attribute("city".into()), limit: 3 };
+        let events: Vec<Event> = ["Rome", "Paris", "Oslo", "Rome", "Oslo", "Lima", "Bern"]
+            .iter()
+            .enumerate()
+            .map(|(i, city)| event_with_city(&format!("e{i}"), city, i as i64))
+            .collect();
+        assert_eq!(
+            fold(&aggregation, &events).finish(&aggregation),
+            json!([{"key": "Oslo", "count": 2}, {"key": "Rome", "count": 2}, {"key": "Bern", "count": 1}])
+        );
+    }
+}

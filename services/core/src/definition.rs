@@ -1,0 +1,561 @@
+//! Signal definitions: declared in configuration, compiled and checked once.
+//!
+//! A definition names the events it reads (types and attribute filters), the
+//! value it extracts, how values aggregate and over which window. The same
+//! compiled definition drives the speed layer, the batch layer and serving.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use signals_schemas::{Event, EventType, Millis};
+
+/// A signal definition as written in the configuration file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalSpec {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Event types read; empty means every type.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<String>,
+    /// Field path → required value; every pair must match.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub filter: BTreeMap<String, String>,
+    /// One of [`AggregationKind::NAMES`].
+    pub aggregation: String,
+    /// Field path the aggregation reads: `item_id`, `query`, `event_type`
+    /// or `attributes.<key>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// Most values returned (`last_distinct`, `top_k`, optional for `set`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+    /// `lifetime` (default) or a duration such as `1h`, `24h`, `7d`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+    /// For `set`: event types that add the value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<String>,
+    /// For `set`: event types that remove the value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+/// Where a value comes from in an event.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Field {
+    ItemId,
+    Query,
+    EventType,
+    Attribute(String),
+}
+
+impl Field {
+    pub fn parse(path: &str) -> Option<Field> {
+        match path {
+            "item_id" => Some(Field::ItemId),
+            "query" => Some(Field::Query),
+            "event_type" => Some(Field::EventType),
+            _ => path
+                .strip_prefix("attributes.")
+                .filter(|key| !key.is_empty())
+                .map(|key| Field::Attribute(key.to_owned())),
+        }
+    }
+
+    /// The field's value in `event`, if the event has one.
+    pub fn get<'e>(&self, event: &'e Event) -> Option<&'e str> {
+        match self {
+            Field::ItemId => event.item_id.as_deref(),
+            Field::Query => event.query.as_deref(),
+            Field::EventType => Some(event.event_type.as_str()),
+            Field::Attribute(key) => event.attributes.get(key).map(String::as_str),
+        }
+    }
+}
+
+/// A set of event types, as a bit mask.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct EventTypes(u8);
+
+impl EventTypes {
+    pub const ALL: EventTypes = EventTypes(0b1_1111);
+
+    fn bit(t: EventType) -> u8 {
+        1 << (t as u8)
+    }
+
+    pub fn insert(&mut self, t: EventType) {
+        self.0 |= Self::bit(t);
+    }
+
+    pub fn contains(self, t: EventType) -> bool {
+        self.0 & Self::bit(t) != 0
+    }
+
+    pub fn union(self, other: EventTypes) -> EventTypes {
+        EventTypes(self.0 | other.0)
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+/// How the extracted values of matching events combine.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Aggregation {
+    /// Number of matching events.
+    Count,
+    /// Sum of a numeric field.
+    Sum(Field),
+    /// Smallest value of a numeric field, or null.
+    Min(Field),
+    /// Largest value of a numeric field, or null.
+    Max(Field),
+    /// Distinct values, newest first, at most `limit`.
+    LastDistinct { field: Field, limit: usize },
+    /// Values whose latest event is of an `add` type, newest first.
+    Set {
+        field: Field,
+        add: EventTypes,
+        remove: EventTypes,
+        limit: Option<usize>,
+    },
+    /// Most frequent values: count desc, then value asc, at most `limit`.
+    TopK { field: Field, limit: usize },
+    /// Number of distinct values.
+    DistinctCount(Field),
+    /// Earliest event time, or null.
+    FirstSeen,
+    /// Latest event time, or null.
+    LastSeen,
+}
+
+/// The aggregation names accepted in configuration.
+pub struct AggregationKind;
+
+impl AggregationKind {
+    pub const NAMES: [&'static str; 10] = [
+        "count",
+        "sum",
+        "min",
+        "max",
+        "last_distinct",
+        "set",
+        "top_k",
+        "distinct_count",
+        "first_seen",
+        "last_seen",
+    ];
+}
+
+/// Which events, by time, a signal covers when evaluated at `at`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Window {
+    /// Every event before `at`.
+    Lifetime,
+    /// Events in `[at - duration, at)`.
+    Sliding(Millis),
+}
+
+impl Window {
+    /// Whether an event at `time` counts when evaluating at `at`.
+    pub fn covers(self, time: Millis, at: Millis) -> bool {
+        match self {
+            Window::Lifetime => time < at,
+            Window::Sliding(width) => time < at && time >= at.saturating_sub(width),
+        }
+    }
+}
+
+/// A checked definition, ready to evaluate.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SignalDefinition {
+    pub name: String,
+    pub events: EventTypes,
+    pub filter: Vec<(Field, String)>,
+    pub aggregation: Aggregation,
+    pub window: Window,
+    /// The definition as configured, for display and fingerprints.
+    pub spec: SignalSpec,
+}
+
+impl SignalDefinition {
+    /// Whether `event` feeds this signal at all (type and filters; not time).
+    pub fn matches(&self, event: &Event) -> bool {
+        self.events.contains(event.event_type)
+            && self
+                .filter
+                .iter()
+                .all(|(field, value)| field.get(event) == Some(value.as_str()))
+    }
+
+    /// A stable digest of the definition, so stored state can tell which
+    /// version of a definition produced it.
+    pub fn fingerprint(&self) -> String {
+        let canonical = serde_json::to_string(&self.spec).unwrap_or_default();
+        format!("{:016x}", fnv1a64(canonical.as_bytes()))
+    }
+}
+
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| {
+        (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Why a definition was refused; names the definition and the problem.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("signal `{signal}`: {problem}")]
+pub struct DefinitionError {
+    pub signal: String,
+    pub problem: String,
+}
+
+/// Every definition in force, checked together (names are unique).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Definitions {
+    signals: Vec<SignalDefinition>,
+}
+
+impl Definitions {
+    pub fn compile(specs: &[SignalSpec]) -> Result<Definitions, DefinitionError> {
+        let mut seen = BTreeSet::new();
+        let mut signals = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let definition = compile(spec)?;
+            if !seen.insert(definition.name.clone()) {
+                return Err(problem(spec, "defined more than once"));
+            }
+            signals.push(definition);
+        }
+        Ok(Definitions { signals })
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &SignalDefinition> {
+        self.signals.iter()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&SignalDefinition> {
+        self.signals.iter().find(|s| s.name == name)
+    }
+
+    pub fn len(&self) -> usize {
+        self.signals.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.signals.is_empty()
+    }
+
+    /// The widest sliding window, which bounds how much raw history serving needs.
+    pub fn max_window(&self) -> Millis {
+        self.signals
+            .iter()
+            .filter_map(|s| match s.window {
+                Window::Sliding(width) => Some(width),
+                Window::Lifetime => None,
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Looks up names, in order; the first unknown name is the error.
+    pub fn select<'a, S: AsRef<str>>(
+        &'a self,
+        names: &[S],
+    ) -> Result<Vec<&'a SignalDefinition>, String> {
+        names
+            .iter()
+            .map(|n| self.get(n.as_ref()).ok_or_else(|| n.as_ref().to_owned()))
+            .collect()
+    }
+}
+
+impl<'a> IntoIterator for &'a Definitions {
+    type Item = &'a SignalDefinition;
+    type IntoIter = std::slice::Iter<'a, SignalDefinition>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.signals.iter()
+    }
+}
+
+fn problem(spec: &SignalSpec, message: impl fmt::Display) -> DefinitionError {
+    DefinitionError {
+        signal: spec.name.clone(),
+        problem: message.to_string(),
+    }
+}
+
+fn event_types(spec: &SignalSpec, key: &str, names: &[String]) -> Result<EventTypes, DefinitionError> {
+    let mut types = EventTypes::default();
+    for name in names {
+        let t = EventType::parse(name).ok_or_else(|| {
+            problem(
+                spec,
+                format_args!(
+                    "`{key}` names unknown event type `{name}` (known: {})",
+                    EventType::ALL.map(EventType::as_str).join(", ")
+                ),
+            )
+        })?;
+        types.insert(t);
+    }
+    Ok(types)
+}
+
+fn compile(spec: &SignalSpec) -> Result<SignalDefinition, DefinitionError> {
+    let name_ok = !spec.name.is_empty()
+        && spec.name.len() <= 64
+        && spec
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !name_ok {
+        return Err(problem(
+            spec,
+            "`name` must be 1-64 characters of a-z, 0-9 and _",
+        ));
+    }
+
+    let field = || -> Result<Field, DefinitionError> {
+        let path = spec.field.as_deref().ok_or_else(|| {
+            problem(spec, format_args!("`field` is required for `{}`", spec.aggregation))
+        })?;
+        Field::parse(path).ok_or_else(|| {
+            problem(
+                spec,
+                format_args!(
+                    "`field` = `{path}` is not a field (use item_id, query, event_type or attributes.<key>)"
+                ),
+            )
+        })
+    };
+    let limit = || -> Result<usize, DefinitionError> {
+        match spec.limit {
+            Some(0) => Err(problem(spec, "`limit` must be at least 1")),
+            Some(n) => Ok(n),
+            None => Err(problem(
+                spec,
+                format_args!("`limit` is required for `{}`", spec.aggregation),
+            )),
+        }
+    };
+    let no_field = || {
+        if spec.field.is_some() {
+            Err(problem(
+                spec,
+                format_args!("`field` has no meaning for `{}`", spec.aggregation),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+
+    let mut events = if spec.events.is_empty() {
+        EventTypes::ALL
+    } else {
+        event_types(spec, "events", &spec.events)?
+    };
+    if spec.aggregation != "set" && !(spec.add.is_empty() && spec.remove.is_empty()) {
+        return Err(problem(spec, "`add` and `remove` only apply to `set`"));
+    }
+    if spec.limit.is_some() && !matches!(spec.aggregation.as_str(), "last_distinct" | "top_k" | "set")
+    {
+        return Err(problem(
+            spec,
+            format_args!("`limit` has no meaning for `{}`", spec.aggregation),
+        ));
+    }
+
+    let aggregation = match spec.aggregation.as_str() {
+        "count" => no_field().map(|()| Aggregation::Count)?,
+        "sum" => Aggregation::Sum(field()?),
+        "min" => Aggregation::Min(field()?),
+        "max" => Aggregation::Max(field()?),
+        "last_distinct" => Aggregation::LastDistinct {
+            field: field()?,
+            limit: limit()?,
+        },
+        "top_k" => Aggregation::TopK {
+            field: field()?,
+            limit: limit()?,
+        },
+        "distinct_count" => Aggregation::DistinctCount(field()?),
+        "first_seen" => no_field().map(|()| Aggregation::FirstSeen)?,
+        "last_seen" => no_field().map(|()| Aggregation::LastSeen)?,
+        "set" => {
+            if !spec.events.is_empty() {
+                return Err(problem(
+                    spec,
+                    "`set` reads the event types of `add` and `remove`; leave `events` out",
+                ));
+            }
+            let add = event_types(spec, "add", &spec.add)?;
+            let remove = event_types(spec, "remove", &spec.remove)?;
+            if add.is_empty() {
+                return Err(problem(spec, "`add` is required for `set`"));
+            }
+            if add.union(remove) != EventTypes(add.0 ^ remove.0) {
+                return Err(problem(spec, "an event type cannot both add and remove"));
+            }
+            events = add.union(remove);
+            Aggregation::Set {
+                field: field()?,
+                add,
+                remove,
+                limit: match spec.limit {
+                    Some(0) => return Err(problem(spec, "`limit` must be at least 1")),
+                    other => other,
+                },
+            }
+        }
+        other => {
+            return Err(problem(
+                spec,
+                format_args!(
+                    "unknown aggregation `{other}` (known: {})",
+                    AggregationKind::NAMES.join(", ")
+                ),
+            ))
+        }
+    };
+
+    let window = match spec.window.as_deref() {
+        None | Some("lifetime") => Window::Lifetime,
+        Some(text) => {
+            let duration = humantime::parse_duration(text).map_err(|e| {
+                problem(
+                    spec,
+                    format_args!("`window` = `{text}` is not `lifetime` or a duration like 1h, 7d: {e}"),
+                )
+            })?;
+            let millis = Millis::try_from(duration.as_millis())
+                .ok()
+                .filter(|ms| *ms > 0)
+                .ok_or_else(|| problem(spec, format_args!("`window` = `{text}` is out of range")))?;
+            Window::Sliding(millis)
+        }
+    };
+
+    let filter = spec
+        .filter
+        .iter()
+        .map(|(path, value)| {
+            Field::parse(path)
+                .map(|f| (f, value.clone()))
+                .ok_or_else(|| {
+                    problem(
+                        spec,
+                        format_args!("`filter` key `{path}` is not a field (use item_id, query, event_type or attributes.<key>)"),
+                    )
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+
+    Ok(SignalDefinition {
+        name: spec.name.clone(),
+        events,
+        filter,
+        aggregation,
+        window,
+        spec: spec.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(toml_text: &str) -> SignalSpec {
+        toml::from_str(toml_text).expect("test spec parses")
+    }
+
+    fn error(toml_text: &str) -> String {
+        match Definitions::compile(&[spec(toml_text)]) {
+            Ok(_) => panic!("expected an error for {toml_text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn compiles_a_windowed_count() {
+        let defs = Definitions::compile(&[spec(
+            "name = \"views_1h\"\nevents = [\"view\"]\naggregation = \"count\"\nwindow = \"1h\"",
+        )])
+        .expect("valid");
+        let d = defs.get("views_1h").expect("present");
+        assert_eq!(d.window, Window::Sliding(3_600_000));
+        assert!(d.events.contains(EventType::View));
+        assert!(!d.events.contains(EventType::Click));
+        assert_eq!(defs.max_window(), 3_600_000);
+    }
+
+    #[test]
+    fn errors_name_the_signal_and_the_problem() {
+        assert_eq!(
+            error("name = \"x\"\naggregation = \"avg\""),
+            "signal `x`: unknown aggregation `avg` (known: count, sum, min, max, last_distinct, set, top_k, distinct_count, first_seen, last_seen)"
+        );
+        assert_eq!(
+            error("name = \"x\"\naggregation = \"top_k\"\nfield = \"item_id\""),
+            "signal `x`: `limit` is required for `top_k`"
+        );
+        assert_eq!(
+            error("name = \"x\"\naggregation = \"count\"\nevents = [\"purchase\"]"),
+            "signal `x`: `events` names unknown event type `purchase` (known: view, click, search, wishlist_add, wishlist_remove)"
+        );
+        assert_eq!(
+            error("name = \"x\"\naggregation = \"count\"\nwindow = \"soon\""),
+            "signal `x`: `window` = `soon` is not `lifetime` or a duration like 1h, 7d: expected number at 0"
+        );
+        assert_eq!(
+            error("name = \"x\"\naggregation = \"sum\"\nfield = \"price\""),
+            "signal `x`: `field` = `price` is not a field (use item_id, query, event_type or attributes.<key>)"
+        );
+        assert_eq!(
+            error("name = \"x\"\naggregation = \"set\"\nfield = \"item_id\"\nadd = [\"view\"]\nremove = [\"view\"]"),
+            "signal `x`: an event type cannot both add and remove"
+        );
+        assert_eq!(
+            error("name = \"Bad-Name\"\naggregation = \"count\""),
+            "signal `Bad-Name`: `name` must be 1-64 characters of a-z, 0-9 and _"
+        );
+    }
+
+    #[test]
+    fn duplicate_names_are_refused() {
+        let one = spec("name = \"x\"\naggregation = \"count\"");
+        let err = Definitions::compile(&[one.clone(), one]).expect_err("duplicate");
+        assert_eq!(err.to_string(), "signal `x`: defined more than once");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_the_parser() {
+        let parsed: Result<SignalSpec, _> = toml::from_str("name = \"x\"\naggregation = \"count\"\nwindw = \"1h\"");
+        let message = parsed.expect_err("unknown key").to_string();
+        assert!(message.contains("unknown field `windw`"), "{message}");
+    }
+
+    #[test]
+    fn fingerprint_follows_the_definition() {
+        let a = compile(&spec("name = \"x\"\naggregation = \"count\"\nwindow = \"1h\"")).expect("valid");
+        let b = compile(&spec("name = \"x\"\naggregation = \"count\"\nwindow = \"2h\"")).expect("valid");
+        assert_ne!(a.fingerprint(), b.fingerprint());
+        assert_eq!(a.fingerprint(), a.clone().fingerprint());
+    }
+
+    #[test]
+    fn sliding_window_is_half_open() {
+        let w = Window::Sliding(10);
+        assert!(!w.covers(100, 100));
+        assert!(w.covers(99, 100));
+        assert!(w.covers(90, 100));
+        assert!(!w.covers(89, 100));
+        assert!(Window::Lifetime.covers(i64::MIN, 100));
+        assert!(!Window::Lifetime.covers(100, 100));
+    }
+}

@@ -1,0 +1,18 @@
+//! The pure core of Signals, shared by the speed layer, the batch layer and
+//! serving: signal definitions, aggregation state with its merge algebra, and
+//! evaluation of a user's merged history at a point in time.
+//!
+//! Nothing here does I/O or is async; `cargo tree -p signals-core -e normal`
+//! must never show tokio or a backend driver.
+
+pub mod aggregate;
+pub mod definition;
+pub mod time;
+pub mod view;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+pub use aggregate::State;
+pub use definition::{Definitions, DefinitionError, EventTypes, SignalDefinition, SignalSpec, Window};
+pub use view::{SpeedEntry, StaleSignal, UserRecord, UserView};

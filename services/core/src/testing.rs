@@ -1,0 +1,86 @@
+//! Generators and builders for tests of this crate and of the layers above.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use signals_schemas::{Event, EventType, Millis};
+
+use crate::definition::{Aggregation, EventTypes, Field};
+
+/// A view/click/wishlist event on `item`.
+pub fn event(id: &str, event_type: EventType, item: &str, time: Millis) -> Event {
+    Event {
+        event_id: id.to_owned(),
+        user_id: "u".to_owned(),
+        event_type,
+        item_id: Some(item.to_owned()),
+        query: None,
+        event_time: time,
+        attributes: BTreeMap::new(),
+    }
+}
+
+/// A view event carrying `attributes.city`.
+pub fn event_with_city(id: &str, city: &str, time: Millis) -> Event {
+    let mut e = event(id, EventType::View, "item", time);
+    e.attributes.insert("city".to_owned(), city.to_owned());
+    e
+}
+
+/// One instance of every aggregation kind, over small value domains so that
+/// collisions (ties, repeats, add-then-remove) happen often.
+pub fn aggregations() -> Vec<Aggregation> {
+    let mut add = EventTypes::default();
+    add.insert(EventType::WishlistAdd);
+    let mut remove = EventTypes::default();
+    remove.insert(EventType::WishlistRemove);
+    let price = Field::Attribute("price".to_owned());
+    vec![
+        Aggregation::Count,
+        Aggregation::Sum(price.clone()),
+        Aggregation::Min(price.clone()),
+        Aggregation::Max(price),
+        Aggregation::LastDistinct { field: Field::ItemId, limit: 3 },
+        Aggregation::Set { field: Field::ItemId, add, remove, limit: None },
+        Aggregation::TopK { field: Field::Attribute("city".to_owned()), limit: 2 },
+        Aggregation::DistinctCount(Field::Query),
+        Aggregation::FirstSeen,
+        Aggregation::LastSeen,
+    ]
+}
+
+/// An event whose fields come from small domains; ids are unique per index.
+pub fn arb_event(index: usize) -> impl Strategy<Value = Event> {
+    (
+        prop::sample::select(EventType::ALL.to_vec()),
+        0u8..6,
+        0u8..4,
+        0i64..200,
+        prop::option::of(0u8..4),
+        prop::option::of(0i32..50),
+        0u8..3,
+    )
+        .prop_map(move |(event_type, item, query, time, city, price, user)| {
+            let mut attributes = BTreeMap::new();
+            if let Some(c) = city {
+                attributes.insert("city".to_owned(), format!("c{c}"));
+            }
+            if let Some(p) = price {
+                attributes.insert("price".to_owned(), p.to_string());
+            }
+            Event {
+                event_id: format!("e{index:04}"),
+                user_id: format!("u{user}"),
+                event_type,
+                item_id: (event_type != EventType::Search).then(|| format!("i{item}")),
+                query: (event_type == EventType::Search).then(|| format!("q{query}")),
+                event_time: time,
+                attributes,
+            }
+        })
+}
+
+/// Up to `max` events with distinct ids.
+pub fn arb_events(max: usize) -> impl Strategy<Value = Vec<Event>> {
+    (0..=max).prop_flat_map(|n| (0..n).map(arb_event).collect::<Vec<_>>())
+}

@@ -1,0 +1,369 @@
+//! A user's history as serving sees it, and the handoff between the layers.
+//!
+//! The batch layer publishes one [`UserRecord`] per user: the raw events of
+//! the serving horizon plus, for lifetime signals, the pre-aggregated state of
+//! everything older. The speed layer appends [`SpeedEntry`]s for log
+//! positions the batch did not cover. [`UserView::merge`] joins the two, and
+//! evaluation over the result equals a recompute over the whole log:
+//!
+//! * no gap: speed entries are taken from exactly the batch's log position;
+//! * no double count: an event id appears once (the first occurrence in log
+//!   order wins, in both layers), retracted ids are hidden;
+//! * exact windows: raw events are kept for `retention + widest window`, so
+//!   any `at` within retention sees every event of its windows individually.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use signals_schemas::{Event, Millis};
+
+use crate::aggregate::State;
+use crate::definition::{Definitions, EventTypes, SignalDefinition, Window};
+
+/// Pre-aggregated state of one lifetime signal over events older than the
+/// record's horizon, tagged with the definition that produced it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BaseState {
+    pub fingerprint: String,
+    pub state: State,
+}
+
+/// What the batch layer publishes for one user.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct UserRecord {
+    /// Events older than this are folded into `base`, not kept raw.
+    pub horizon: Millis,
+    /// Signal name → state of lifetime signals over events before `horizon`.
+    pub base: BTreeMap<String, BaseState>,
+    /// Events at or after `horizon`: deduplicated, retractions applied.
+    pub events: Vec<Event>,
+}
+
+impl UserRecord {
+    /// Builds a user's record from their deduplicated, unretracted events.
+    pub fn compact(definitions: &Definitions, events: Vec<Event>, horizon: Millis) -> UserRecord {
+        let (old, mut recent): (Vec<Event>, Vec<Event>) =
+            events.into_iter().partition(|e| e.event_time < horizon);
+        let mut base = BTreeMap::new();
+        if !old.is_empty() {
+            for definition in definitions.iter().filter(|d| d.window == Window::Lifetime) {
+                let mut state = State::empty(&definition.aggregation);
+                for event in old.iter().filter(|e| definition.matches(e)) {
+                    state.add(&definition.aggregation, event);
+                }
+                base.insert(
+                    definition.name.clone(),
+                    BaseState {
+                        fingerprint: definition.fingerprint(),
+                        state,
+                    },
+                );
+            }
+        }
+        recent.sort_unstable_by(|a, b| {
+            (b.event_time, &b.event_id).cmp(&(a.event_time, &a.event_id))
+        });
+        UserRecord {
+            horizon,
+            base,
+            events: recent,
+        }
+    }
+}
+
+/// One entry the speed layer wrote for a user, in log order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum SpeedEntry {
+    /// The first occurrence of an event id.
+    Event(Event),
+    /// An event of this user was retracted.
+    Retracted { event_id: String },
+    /// The user was deleted: nothing before this entry counts any more.
+    Deleted,
+}
+
+/// Raised when a stored base state no longer matches its definition: the
+/// signal changed and awaits the next batch run to be exact again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StaleSignal(pub String);
+
+/// Batch record and speed tail of one user, merged.
+#[derive(Clone, Debug, Default)]
+pub struct UserView {
+    batch: Option<Arc<UserRecord>>,
+    /// Batch event ids that must not count (retracted after the batch ran).
+    hidden: HashSet<String>,
+    speed: Vec<Event>,
+}
+
+impl UserView {
+    /// Joins a published batch record with the speed entries written after
+    /// the batch's log position, in log order.
+    pub fn merge(batch: Option<Arc<UserRecord>>, speed: impl IntoIterator<Item = SpeedEntry>) -> UserView {
+        let mut view = UserView {
+            batch,
+            hidden: HashSet::new(),
+            speed: Vec::new(),
+        };
+        for entry in speed {
+            match entry {
+                SpeedEntry::Event(event) => view.speed.push(event),
+                SpeedEntry::Retracted { event_id } => {
+                    view.speed.retain(|e| e.event_id != event_id);
+                    view.hidden.insert(event_id);
+                }
+                SpeedEntry::Deleted => {
+                    view.batch = None;
+                    view.hidden.clear();
+                    view.speed.clear();
+                }
+            }
+        }
+        // The speed layer already drops ids it saw before; this guards the
+        // handoff against an id that reached both layers.
+        if let Some(batch) = &view.batch {
+            if !view.speed.is_empty() {
+                let speed_ids: HashSet<&str> = view.speed.iter().map(|e| e.event_id.as_str()).collect();
+                let in_batch: HashSet<String> = batch
+                    .events
+                    .iter()
+                    .filter(|e| speed_ids.contains(e.event_id.as_str()))
+                    .map(|e| e.event_id.clone())
+                    .collect();
+                if !in_batch.is_empty() {
+                    view.speed.retain(|e| !in_batch.contains(&e.event_id));
+                }
+            }
+        }
+        view
+    }
+
+    /// Every raw event that counts, in no particular order.
+    pub fn events(&self) -> impl Iterator<Item = &Event> {
+        let batch = self.batch.iter().flat_map(|b| b.events.iter());
+        batch
+            .filter(|e| self.hidden.is_empty() || !self.hidden.contains(&e.event_id))
+            .chain(self.speed.iter())
+    }
+
+    /// Whether the user has no history at all.
+    pub fn is_empty(&self) -> bool {
+        self.events().next().is_none() && self.batch.as_ref().is_none_or(|b| b.base.is_empty())
+    }
+
+    /// The value of each definition at `at`.
+    ///
+    /// Values of lifetime signals whose pre-aggregated state was made by a
+    /// different definition are computed from raw events only and reported
+    /// in the second list.
+    pub fn evaluate(&self, definitions: &[&SignalDefinition], at: Millis) -> (Vec<Value>, Vec<StaleSignal>) {
+        let mut states: Vec<State> = definitions
+            .iter()
+            .map(|d| State::empty(&d.aggregation))
+            .collect();
+        for event in self.events() {
+            for (definition, state) in definitions.iter().zip(states.iter_mut()) {
+                if definition.window.covers(event.event_time, at) && definition.matches(event) {
+                    state.add(&definition.aggregation, event);
+                }
+            }
+        }
+        let mut stale = Vec::new();
+        if let Some(batch) = &self.batch {
+            for (definition, state) in definitions.iter().zip(states.iter_mut()) {
+                if definition.window != Window::Lifetime || batch.horizon > at {
+                    continue;
+                }
+                match batch.base.get(&definition.name) {
+                    Some(base) if base.fingerprint == definition.fingerprint() && base.state.fits(&definition.aggregation) => {
+                        state.merge(&definition.aggregation, &base.state)
+                    }
+                    // No old events for this user, or no old state at all.
+                    None if batch.base.is_empty() => {}
+                    _ => stale.push(StaleSignal(definition.name.clone())),
+                }
+            }
+        }
+        let values = definitions
+            .iter()
+            .zip(states.iter())
+            .map(|(d, s)| s.finish(&d.aggregation))
+            .collect();
+        (values, stale)
+    }
+
+    /// The user's events of `types` with `since <= event_time < until`,
+    /// newest first (ties: larger event id first), at most `limit`.
+    pub fn activity(&self, types: EventTypes, since: Millis, until: Millis, limit: usize) -> Vec<Event> {
+        let mut selected: Vec<&Event> = self
+            .events()
+            .filter(|e| types.contains(e.event_type) && e.event_time >= since && e.event_time < until)
+            .collect();
+        selected.sort_unstable_by(|a, b| (b.event_time, &b.event_id).cmp(&(a.event_time, &a.event_id)));
+        selected.into_iter().take(limit).cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::definition::SignalSpec;
+    use crate::testing::arb_events;
+    use proptest::prelude::*;
+
+    fn definitions() -> Definitions {
+        let text = r#"
+            [[signals]]
+            name = "recent"
+            events = ["view", "click"]
+            aggregation = "last_distinct"
+            field = "item_id"
+            limit = 3
+            [[signals]]
+            name = "views_50"
+            events = ["view"]
+            aggregation = "count"
+            window = "50ms"
+            [[signals]]
+            name = "wishlist"
+            aggregation = "set"
+            field = "item_id"
+            add = ["wishlist_add"]
+            remove = ["wishlist_remove"]
+            [[signals]]
+            name = "cities"
+            aggregation = "top_k"
+            field = "attributes.city"
+            limit = 2
+            [[signals]]
+            name = "last_active"
+            aggregation = "last_seen"
+        "#;
+        #[derive(serde::Deserialize)]
+        struct File {
+            signals: Vec<SignalSpec>,
+        }
+        let file: File = toml::from_str(text).expect("test definitions parse");
+        Definitions::compile(&file.signals).expect("test definitions compile")
+    }
+
+    /// The reference: recompute from scratch over unique, unretracted events.
+    fn recompute(defs: &Definitions, events: &[Event], at: Millis) -> Vec<Value> {
+        let all: Vec<&SignalDefinition> = defs.iter().collect();
+        let record = UserRecord::compact(defs, events.to_vec(), Millis::MIN);
+        UserView::merge(Some(Arc::new(record)), []).evaluate(&all, at).0
+    }
+
+    proptest! {
+        /// serving(batch(log[..p]), speed(log[p..])) == recompute(log), for
+        /// any split point, any horizon below `at - window`, with duplicates
+        /// and retractions arriving on either side.
+        #[test]
+        fn batch_plus_speed_equals_recompute(
+            events in arb_events(50),
+            dups in prop::collection::vec(0usize..50, 0..10),
+            retracted in prop::collection::vec(0usize..50, 0..5),
+            split in 0usize..70,
+            horizon in 0i64..60,
+            at in 110i64..260,
+        ) {
+            let defs = definitions();
+            let all: Vec<&SignalDefinition> = defs.iter().collect();
+            if events.is_empty() { return Ok(()); }
+            // The log: events, some repeated later (with other content), then retractions interleaved.
+            let mut log: Vec<SpeedLogItem> = events.iter().cloned().map(SpeedLogItem::Event).collect();
+            for d in &dups {
+                let mut dup = events[d % events.len()].clone();
+                dup.event_time += 7;
+                log.push(SpeedLogItem::Event(dup));
+            }
+            let retracted_ids: HashSet<String> = retracted.iter().map(|r| events[r % events.len()].event_id.clone()).collect();
+            for id in &retracted_ids {
+                log.insert(log.len() / 2, SpeedLogItem::Retract(id.clone()));
+            }
+            let split = split.min(log.len());
+
+            // Reference: first occurrence per id, minus retracted ids.
+            let mut seen = HashSet::new();
+            let unique: Vec<Event> = log.iter().filter_map(|item| match item {
+                SpeedLogItem::Event(e) if seen.insert(e.event_id.clone()) => Some(e.clone()),
+                _ => None,
+            }).filter(|e| !retracted_ids.contains(&e.event_id)).collect();
+            let expected = recompute(&defs, &unique, at);
+
+            // Batch over log[..split], exactly as the batch layer does it.
+            let mut seen = HashSet::new();
+            let mut batch_retracted = HashSet::new();
+            let mut batch_events = Vec::new();
+            for item in &log[..split] {
+                match item {
+                    SpeedLogItem::Event(e) => if seen.insert(e.event_id.clone()) { batch_events.push(e.clone()) },
+                    SpeedLogItem::Retract(id) => { batch_retracted.insert(id.clone()); }
+                }
+            }
+            batch_events.retain(|e| !batch_retracted.contains(&e.event_id));
+            let record = UserRecord::compact(&defs, batch_events, horizon);
+
+            // Speed over log[split..], deduplicating against everything seen
+            // before (its index covers the whole log).
+            let mut speed = Vec::new();
+            let mut all_retracted = batch_retracted.clone();
+            for item in &log[split..] {
+                match item {
+                    SpeedLogItem::Event(e) => {
+                        if seen.insert(e.event_id.clone()) && !all_retracted.contains(&e.event_id) {
+                            speed.push(SpeedEntry::Event(e.clone()));
+                        }
+                    }
+                    SpeedLogItem::Retract(id) => {
+                        all_retracted.insert(id.clone());
+                        speed.push(SpeedEntry::Retracted { event_id: id.clone() });
+                    }
+                }
+            }
+            // Retracting an event folded into the base state cannot be undone
+            // until the next batch: compare only when none was.
+            let base_hit = log[split..].iter().any(|item| matches!(item, SpeedLogItem::Retract(id)
+                if unique.iter().chain(events.iter()).any(|e| &e.event_id == id && e.event_time < horizon)));
+            prop_assume!(!base_hit);
+
+            let view = UserView::merge(Some(Arc::new(record)), speed);
+            let (values, stale) = view.evaluate(&all, at);
+            prop_assert!(stale.is_empty());
+            prop_assert_eq!(values, expected);
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    enum SpeedLogItem {
+        Event(Event),
+        Retract(String),
+    }
+
+    #[test]
+    fn deletion_forgets_everything_before_it() {
+        let defs = definitions();
+        let all: Vec<&SignalDefinition> = defs.iter().collect();
+        let e = crate::testing::event("e1", signals_schemas::EventType::View, "a", 10);
+        let record = UserRecord::compact(&defs, vec![e.clone()], 0);
+        let view = UserView::merge(Some(Arc::new(record)), [SpeedEntry::Deleted]);
+        assert!(view.is_empty());
+        let empty = UserView::default().evaluate(&all, 100).0;
+        assert_eq!(view.evaluate(&all, 100).0, empty);
+    }
+
+    #[test]
+    fn a_changed_definition_reports_its_base_state_as_stale() {
+        let defs = definitions();
+        let old = crate::testing::event("e1", signals_schemas::EventType::View, "a", 10);
+        let record = UserRecord::compact(&defs, vec![old], 50);
+        let mut changed_spec = defs.get("recent").expect("defined").spec.clone();
+        changed_spec.limit = Some(5);
+        let changed = Definitions::compile(&[changed_spec]).expect("valid");
+        let selected: Vec<&SignalDefinition> = changed.iter().collect();
+        let (_, stale) = UserView::merge(Some(Arc::new(record)), []).evaluate(&selected, 100);
+        assert_eq!(stale, vec![StaleSignal("recent".into())]);
+    }
+}
