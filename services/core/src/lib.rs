@@ -7,6 +7,7 @@
 
 pub mod aggregate;
 pub mod definition;
+pub mod position;
 pub mod time;
 pub mod view;
 
@@ -14,5 +15,6 @@ pub mod view;
 pub mod testing;
 
 pub use aggregate::State;
+pub use position::{LogPosition, Offset, Partition};
 pub use definition::{Definitions, DefinitionError, EventTypes, SignalDefinition, SignalSpec, Window};
 pub use view::{SpeedEntry, StaleSignal, UserRecord, UserView};

@@ -110,8 +110,9 @@ impl UserView {
         for entry in speed {
             match entry {
                 SpeedEntry::Event(event) => view.speed.push(event),
+                // A marker may sort before the event it retracts: retraction
+                // records live in another partition than the user's events.
                 SpeedEntry::Retracted { event_id } => {
-                    view.speed.retain(|e| e.event_id != event_id);
                     view.hidden.insert(event_id);
                 }
                 SpeedEntry::Deleted => {
@@ -120,6 +121,10 @@ impl UserView {
                     view.speed.clear();
                 }
             }
+        }
+        if !view.hidden.is_empty() {
+            let hidden = &view.hidden;
+            view.speed.retain(|e| !hidden.contains(&e.event_id));
         }
         // The speed layer already drops ids it saw before; this guards the
         // handoff against an id that reached both layers.

@@ -1,0 +1,60 @@
+//! The signal store port.
+//!
+//! Holds three things, all append-only or versioned:
+//!
+//! * **speed entries**: per user, keyed by the log position that produced
+//!   them, written by the speed layer together with its checkpoint;
+//! * **the event index**: event id → whether it was seen (and for whom) or
+//!   retracted; it makes the speed layer idempotent and routes retractions;
+//! * **batch versions**: one immutable [`UserRecord`] per user and version,
+//!   made visible only by publishing a [`BatchManifest`], atomically.
+//!
+//! Serving reads a user's record of the published version and their speed
+//! entries at or after the manifest's position, as one consistent snapshot.
+//! Garbage collection lags one version behind publishing so that a reader
+//! holding the previous manifest never finds its speed entries gone.
+
+pub mod embedded;
+mod error;
+mod types;
+
+#[cfg(test)]
+mod contract;
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+pub use error::StoreError;
+pub use types::*;
+
+/// The store behind both layers and serving.
+#[async_trait]
+pub trait SignalStore: Send + Sync + 'static {
+    /// Where the speed layer resumes, and how far it has got.
+    async fn speed_progress(&self) -> Result<SpeedProgress, StoreError>;
+
+    /// What the index knows about each of `event_ids` (absent: never seen).
+    async fn lookup_events(&self, event_ids: &[String]) -> Result<HashMap<String, IndexEntry>, StoreError>;
+
+    /// Makes one batch of speed writes durable, then records `write.progress`.
+    /// Applying the same write twice leaves the store as applying it once.
+    async fn apply_speed(&self, write: SpeedWrite) -> Result<(), StoreError>;
+
+    /// The published batch version, if any.
+    async fn published(&self) -> Result<Option<BatchManifest>, StoreError>;
+
+    /// One user's published record and newer speed entries, consistently.
+    async fn user_history(&self, user_id: &str) -> Result<UserHistory, StoreError>;
+
+    /// Writes records of an unpublished version (idempotent per user).
+    async fn write_batch(&self, version: u64, records: Vec<(String, signals_core::UserRecord)>) -> Result<(), StoreError>;
+
+    /// Makes `manifest` the published version in one atomic step.
+    async fn publish(&self, manifest: &BatchManifest) -> Result<(), StoreError>;
+
+    /// Drops speed entries before `covered` and versions older than `keep_version`.
+    async fn collect_garbage(&self, covered: &signals_core::LogPosition, keep_version: u64) -> Result<GarbageStats, StoreError>;
+
+    /// Whether the store answers now (readiness).
+    async fn check(&self) -> Result<(), StoreError>;
+}

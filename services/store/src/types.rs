@@ -1,0 +1,77 @@
+//! Values that cross the store port.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use signals_core::{LogPosition, Offset, Partition, SpeedEntry, UserRecord};
+use signals_schemas::Millis;
+
+/// The speed layer's durable progress.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpeedProgress {
+    /// Everything before this position is durably applied.
+    pub position: LogPosition,
+    /// When the collector accepted the newest applied record.
+    pub last_accepted_at: Option<Millis>,
+}
+
+/// What the index knows about an event id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexEntry {
+    /// The user of the first occurrence, once one was seen.
+    pub user_id: Option<String>,
+    /// Whether a retraction named this id.
+    pub retracted: bool,
+}
+
+/// One speed entry of a user at the log position that produced it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PositionedEntry {
+    pub user_id: String,
+    pub partition: Partition,
+    pub offset: Offset,
+    pub entry: SpeedEntry,
+}
+
+/// One durable step of the speed layer.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SpeedWrite {
+    pub entries: Vec<PositionedEntry>,
+    /// Index updates; an id may appear once per write.
+    pub index: Vec<(String, IndexEntry)>,
+    /// Progress after this write; recorded only once the rest is durable.
+    pub progress: SpeedProgress,
+}
+
+/// A published (or about to be published) batch version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchManifest {
+    pub version: u64,
+    /// The log position the version covers: records before it, no others.
+    pub position: LogPosition,
+    /// Raw events before this time are pre-aggregated in user records.
+    pub horizon: Millis,
+    /// When the run that made it started.
+    pub created_at: Millis,
+    /// Signal name → definition fingerprint the version was computed with.
+    pub definitions: BTreeMap<String, String>,
+    pub users: u64,
+    pub events: u64,
+}
+
+/// One user's data as serving merges it.
+#[derive(Clone, Debug, Default)]
+pub struct UserHistory {
+    pub manifest: Option<Arc<BatchManifest>>,
+    pub record: Option<Arc<UserRecord>>,
+    /// Entries at or after the manifest's position, ordered by (partition, offset).
+    pub speed: Vec<SpeedEntry>,
+}
+
+/// What garbage collection removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GarbageStats {
+    pub speed_entries: u64,
+    pub batch_records: u64,
+}
