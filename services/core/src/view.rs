@@ -78,8 +78,8 @@ impl UserRecord {
 pub enum SpeedEntry {
     /// The first occurrence of an event id.
     Event(Event),
-    /// An event of this user was retracted.
-    Retracted { event_id: String },
+    /// Events of this user were retracted by one retraction record.
+    Retracted { event_ids: Vec<String> },
     /// The user was deleted: nothing before this entry counts any more.
     Deleted,
 }
@@ -112,9 +112,7 @@ impl UserView {
                 SpeedEntry::Event(event) => view.speed.push(event),
                 // A marker may sort before the event it retracts: retraction
                 // records live in another partition than the user's events.
-                SpeedEntry::Retracted { event_id } => {
-                    view.hidden.insert(event_id);
-                }
+                SpeedEntry::Retracted { event_ids } => view.hidden.extend(event_ids),
                 SpeedEntry::Deleted => {
                     view.batch = None;
                     view.hidden.clear();
@@ -324,7 +322,7 @@ mod tests {
                     }
                     SpeedLogItem::Retract(id) => {
                         all_retracted.insert(id.clone());
-                        speed.push(SpeedEntry::Retracted { event_id: id.clone() });
+                        speed.push(SpeedEntry::Retracted { event_ids: vec![id.clone()] });
                     }
                 }
             }
