@@ -9,12 +9,14 @@
 //! * offsets are dense per partition and never reused, so a position can be
 //!   replayed from at any time.
 
+mod dead_letter;
 pub mod embedded;
 mod error;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
+pub use dead_letter::{DeadLetter, DeadLetterFile, DeadLetterSink};
 pub use error::LogError;
 pub use signals_core::{LogPosition, Offset, Partition};
 

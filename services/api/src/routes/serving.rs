@@ -1,0 +1,297 @@
+//! Serving: signal values, multi-user queries and raw activity.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use signals_core::time::format_millis;
+use signals_core::{EventTypes, LogPosition, SignalDefinition, UserView};
+use signals_schemas::{EventType, Millis};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::time::{now_millis, parse_time};
+
+/// How fresh an answer is: which layers it merges and how far behind they are.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Freshness {
+    /// The published batch version merged, or null before the first run.
+    pub batch_version: Option<u64>,
+    /// Log position (partition → next offset) the batch covers.
+    #[schema(value_type = Object)]
+    pub batch_position: LogPosition,
+    /// When the merged batch run started.
+    pub batch_created_at: Option<String>,
+    /// Log position the speed layer has durably applied.
+    #[schema(value_type = Object)]
+    pub speed_position: LogPosition,
+    /// The log's end when the answer was made.
+    #[schema(value_type = Object)]
+    pub log_end: LogPosition,
+    /// Records accepted into the log but not yet applied by the speed layer.
+    pub speed_lag_records: u64,
+    /// While records lag: milliseconds since the newest applied one was accepted; else 0.
+    pub speed_lag_ms: u64,
+    /// Lifetime signals whose definition changed after the batch ran: they
+    /// count only raw history until the next batch run.
+    pub stale_signals: Vec<String>,
+}
+
+/// One user's signal values at one point in time.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct SignalsResponse {
+    pub user_id: String,
+    /// The evaluation time: windows are `[at - window, at)`.
+    pub at: String,
+    /// Signal name → value.
+    #[schema(value_type = Object)]
+    pub signals: BTreeMap<String, Value>,
+    pub freshness: Freshness,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct SignalsParams {
+    /// Comma-separated signal names; all when absent.
+    names: Option<String>,
+    /// RFC 3339 or epoch milliseconds; now when absent.
+    at: Option<String>,
+}
+
+/// Several users at once.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueryRequest {
+    pub user_ids: Vec<String>,
+    /// Signal names; all when absent.
+    #[serde(default)]
+    pub names: Option<Vec<String>>,
+    /// RFC 3339 string or epoch milliseconds; now when absent.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub at: Option<Value>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueryResponse {
+    /// One entry per requested user, in request order.
+    pub results: Vec<SignalsResponse>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ActivityParams {
+    /// Comma-separated event types; all when absent.
+    types: Option<String>,
+    /// Inclusive lower bound on `event_time` (RFC 3339 or epoch ms).
+    since: Option<String>,
+    /// Exclusive upper bound on `event_time`; now when absent.
+    until: Option<String>,
+    /// Most events returned (default 100, at most 1000).
+    limit: Option<usize>,
+}
+
+/// A user's recent events, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ActivityResponse {
+    pub user_id: String,
+    /// Events in the collector's JSON shape.
+    #[schema(value_type = Vec<Object>)]
+    pub events: Vec<Value>,
+}
+
+/// Resolves `names` against the definitions; all when `None`.
+fn select<'a>(state: &'a AppState, names: Option<Vec<String>>) -> Result<Vec<&'a SignalDefinition>, ApiError> {
+    match names {
+        None => Ok(state.definitions.iter().collect()),
+        Some(names) => state.definitions.select(&names).map_err(|unknown| {
+            let known: Vec<&str> = state.definitions.iter().map(|d| d.name.as_str()).collect();
+            ApiError::BadRequest(format!("unknown signal `{unknown}` (defined: {})", known.join(", ")))
+        }),
+    }
+}
+
+fn split_names(names: Option<String>) -> Option<Vec<String>> {
+    names.map(|n| n.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect())
+}
+
+/// Checks `at` against the history retention; `None` is now.
+fn resolve_at(state: &AppState, at: Option<Millis>) -> Result<Millis, ApiError> {
+    let now = now_millis();
+    let Some(at) = at else { return Ok(now) };
+    let oldest = now - state.options.retention;
+    if at < oldest {
+        return Err(ApiError::Unprocessable(format!(
+            "`at` = {} is older than the history retention ({} days): the oldest answerable time is {}",
+            format_millis(at),
+            state.options.retention / signals_core::time::DAY,
+            format_millis(oldest)
+        )));
+    }
+    Ok(at)
+}
+
+fn parse_at_param(text: Option<&str>) -> Result<Option<Millis>, ApiError> {
+    text.map(|t| parse_time(t).map_err(|e| ApiError::BadRequest(format!("`at`: {e}")))).transpose()
+}
+
+async fn speed_and_log(state: &AppState) -> Result<(signals_store::SpeedProgress, LogPosition), ApiError> {
+    let (progress, end) = tokio::join!(state.store.speed_progress(), state.log.end());
+    Ok((progress?, end?))
+}
+
+async fn answer(
+    state: &AppState,
+    user_id: String,
+    definitions: &[&SignalDefinition],
+    at: Millis,
+    speed: &signals_store::SpeedProgress,
+    end: &LogPosition,
+) -> Result<SignalsResponse, ApiError> {
+    let history = state.store.user_history(&user_id).await?;
+    let manifest = history.manifest.clone();
+    let view = UserView::merge(history.record, history.speed);
+    let (values, stale) = view.evaluate(definitions, at);
+    let lag = speed.position.lag_behind(end);
+    let now = now_millis();
+    let freshness = Freshness {
+        batch_version: manifest.as_ref().map(|m| m.version),
+        batch_position: manifest.as_ref().map(|m| m.position.clone()).unwrap_or_default(),
+        batch_created_at: manifest.as_ref().map(|m| format_millis(m.created_at)),
+        speed_position: speed.position.clone(),
+        log_end: end.clone(),
+        speed_lag_records: lag,
+        speed_lag_ms: match (lag, speed.last_accepted_at) {
+            (0, _) => 0,
+            (_, Some(t)) => (now - t).max(0) as u64,
+            (_, None) => 0,
+        },
+        stale_signals: stale.into_iter().map(|s| s.0).collect(),
+    };
+    Ok(SignalsResponse {
+        user_id,
+        at: format_millis(at),
+        signals: definitions.iter().map(|d| d.name.clone()).zip(values).collect(),
+        freshness,
+    })
+}
+
+/// One user's signals.
+#[utoipa::path(
+    get,
+    path = "/v1/users/{user_id}/signals",
+    params(("user_id" = String, Path, description = "The user"), SignalsParams),
+    responses(
+        (status = 200, description = "Values (empty/zero for an unknown user)", body = SignalsResponse),
+        (status = 400, description = "Unknown signal name or malformed `at`", body = crate::error::ErrorBody),
+        (status = 422, description = "`at` outside the history retention", body = crate::error::ErrorBody),
+    ),
+    tag = "serving"
+)]
+pub async fn user_signals(
+    State(state): State<AppState>,
+    Path(user_id): Path<String>,
+    Query(params): Query<SignalsParams>,
+) -> Result<Json<SignalsResponse>, ApiError> {
+    let definitions = select(&state, split_names(params.names))?;
+    let at = resolve_at(&state, parse_at_param(params.at.as_deref())?)?;
+    let (speed, end) = speed_and_log(&state).await?;
+    Ok(Json(answer(&state, user_id, &definitions, at, &speed, &end).await?))
+}
+
+/// Many users' signals in one call.
+#[utoipa::path(
+    post,
+    path = "/v1/signals/query",
+    request_body = QueryRequest,
+    responses(
+        (status = 200, body = QueryResponse),
+        (status = 400, description = "Malformed request or unknown signal", body = crate::error::ErrorBody),
+        (status = 422, description = "`at` outside the history retention", body = crate::error::ErrorBody),
+    ),
+    tag = "serving"
+)]
+pub async fn query(
+    State(state): State<AppState>,
+    body: Result<Json<QueryRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<QueryResponse>, ApiError> {
+    let Json(request) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    if request.user_ids.len() > state.options.max_users_per_query {
+        return Err(ApiError::BadRequest(format!(
+            "{} user ids requested; at most {} per query",
+            request.user_ids.len(),
+            state.options.max_users_per_query
+        )));
+    }
+    let definitions = select(&state, request.names)?;
+    let at = match request.at {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => Some(n.as_i64().ok_or_else(|| ApiError::BadRequest("`at`: epoch milliseconds must be an integer".into()))?),
+        Some(Value::String(s)) => parse_at_param(Some(&s))?,
+        Some(_) => return Err(ApiError::BadRequest("`at` must be an RFC 3339 string or epoch milliseconds".into())),
+    };
+    let at = resolve_at(&state, at)?;
+    let (speed, end) = speed_and_log(&state).await?;
+    let answers = futures::future::try_join_all(
+        request
+            .user_ids
+            .into_iter()
+            .map(|user| answer(&state, user, &definitions, at, &speed, &end)),
+    )
+    .await?;
+    Ok(Json(QueryResponse { results: answers }))
+}
+
+/// What a user did: their events, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/users/{user_id}/activity",
+    params(("user_id" = String, Path, description = "The user"), ActivityParams),
+    responses(
+        (status = 200, body = ActivityResponse),
+        (status = 400, description = "Unknown event type or malformed time", body = crate::error::ErrorBody),
+    ),
+    tag = "serving"
+)]
+pub async fn activity(
+    State(state): State<AppState>,
+    Path(user_id): Path<String>,
+    Query(params): Query<ActivityParams>,
+) -> Result<Json<ActivityResponse>, ApiError> {
+    let types = match params.types.as_deref() {
+        None => EventTypes::ALL,
+        Some(list) => {
+            let mut types = EventTypes::default();
+            for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                let t = EventType::parse(name).ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "unknown event type `{name}` in `types` (known: {})",
+                        EventType::ALL.map(EventType::as_str).join(", ")
+                    ))
+                })?;
+                types.insert(t);
+            }
+            types
+        }
+    };
+    let time = |name: &str, value: Option<&str>| {
+        value
+            .map(|v| parse_time(v).map_err(|e| ApiError::BadRequest(format!("`{name}`: {e}"))))
+            .transpose()
+    };
+    let since = time("since", params.since.as_deref())?.unwrap_or(Millis::MIN);
+    let until = time("until", params.until.as_deref())?.unwrap_or_else(now_millis);
+    let limit = params.limit.unwrap_or(100);
+    if limit == 0 || limit > 1_000 {
+        return Err(ApiError::BadRequest(format!("`limit` = {limit} must be between 1 and 1000")));
+    }
+    let history = state.store.user_history(&user_id).await?;
+    let view = UserView::merge(history.record, history.speed);
+    let events = view
+        .activity(types, since, until, limit)
+        .iter()
+        .map(signals_schemas::json::to_json)
+        .collect();
+    Ok(Json(ActivityResponse { user_id, events }))
+}

@@ -1,0 +1,54 @@
+//! Opens the backends the configuration names.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use signals_log::embedded::{EmbeddedLog, EmbeddedLogOptions, FsyncPolicy};
+use signals_log::{DeadLetterFile, DeadLetterSink, EventLog};
+use signals_store::embedded::EmbeddedStore;
+use signals_store::SignalStore;
+
+use crate::config::{Config, Fsync, LogBackend, StoreBackend};
+
+/// The log, the store and the dead-letter sink of one process.
+pub struct Backends {
+    pub log: Arc<dyn EventLog>,
+    pub store: Arc<dyn SignalStore>,
+    pub dead_letters: Arc<dyn DeadLetterSink>,
+}
+
+impl Backends {
+    pub async fn open(config: &Config) -> anyhow::Result<Backends> {
+        let log: Arc<dyn EventLog> = match config.log.backend {
+            LogBackend::Embedded => {
+                let dir = config.data_dir.join("log");
+                let options = EmbeddedLogOptions {
+                    partitions: config.log.embedded.partitions,
+                    segment_bytes: config.log.embedded.segment_bytes,
+                    fsync: match config.log.embedded.fsync {
+                        Fsync::Always => FsyncPolicy::Always,
+                        Fsync::Never => FsyncPolicy::Never,
+                    },
+                };
+                Arc::new(
+                    EmbeddedLog::open(&dir, options)
+                        .with_context(|| format!("cannot open the embedded event log in {}", dir.display()))?,
+                )
+            }
+        };
+        let store: Arc<dyn SignalStore> = match config.store.backend {
+            StoreBackend::Embedded => {
+                let path = config.data_dir.join("store").join("signals.redb");
+                Arc::new(EmbeddedStore::open(&path).with_context(|| {
+                    format!(
+                        "cannot open the embedded store {} (is another signals process using this data dir?)",
+                        path.display()
+                    )
+                })?)
+            }
+        };
+        let dead_letters: Arc<dyn DeadLetterSink> =
+            Arc::new(DeadLetterFile::new(&config.data_dir.join("dead-letters.ndjson")));
+        Ok(Backends { log, store, dead_letters })
+    }
+}

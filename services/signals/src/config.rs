@@ -1,0 +1,277 @@
+//! Configuration: built-in defaults, then a TOML file, then `SIGNALS_*`
+//! environment variables. Unknown keys and bad values stop start-up with a
+//! message naming the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::Deserialize;
+use signals_core::{Definitions, SignalSpec};
+
+/// The defaults, shipped inside the binary.
+pub const DEFAULT_CONFIG: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub server: ServerConfig,
+    pub log: LogConfig,
+    pub store: StoreConfig,
+    pub speed: SpeedConfig,
+    pub batch: BatchConfig,
+    pub telemetry: TelemetryConfig,
+    pub signals: Vec<SignalSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub api_tokens: Vec<String>,
+    pub admin_token: Option<String>,
+    pub max_body_bytes: usize,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub backend: LogBackend,
+    pub embedded: EmbeddedLogConfig,
+}
+
+#[derive(Debug, Deserialize, PartialEq, Eq, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+pub enum LogBackend {
+    Embedded,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedLogConfig {
+    pub partitions: u32,
+    pub segment_bytes: u64,
+    pub fsync: Fsync,
+}
+
+#[derive(Debug, Deserialize, PartialEq, Eq, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+pub enum Fsync {
+    Always,
+    Never,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    pub backend: StoreBackend,
+}
+
+#[derive(Debug, Deserialize, PartialEq, Eq, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreBackend {
+    Embedded,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpeedConfig {
+    pub max_batch: usize,
+    #[serde(with = "humantime_serde")]
+    pub poll_wait: Duration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    pub schedule: Schedule,
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+/// When `signals up` runs the batch by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schedule {
+    Off,
+    /// Daily at this many minutes past midnight UTC.
+    DailyAt(u32),
+    Every(Duration),
+}
+
+impl<'de> Deserialize<'de> for Schedule {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Schedule::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Schedule {
+    pub fn parse(text: &str) -> Result<Schedule, String> {
+        if text == "off" {
+            return Ok(Schedule::Off);
+        }
+        if let Some((h, m)) = text.split_once(':') {
+            let hour: u32 = h.parse().map_err(|_| format!("`{text}`: hour is not a number"))?;
+            let minute: u32 = m.parse().map_err(|_| format!("`{text}`: minute is not a number"))?;
+            if hour > 23 || minute > 59 {
+                return Err(format!("`{text}` is not a time of day (00:00 to 23:59)"));
+            }
+            return Ok(Schedule::DailyAt(hour * 60 + minute));
+        }
+        match humantime::parse_duration(text) {
+            Ok(d) if d >= Duration::from_secs(1) => Ok(Schedule::Every(d)),
+            _ => Err(format!("`{text}` is not \"off\", a UTC time of day like \"02:00\", or a duration like \"15m\"")),
+        }
+    }
+
+    /// How long from `now` until the next run.
+    pub fn next_after(self, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+        match self {
+            Schedule::Off => None,
+            Schedule::Every(d) => Some(d),
+            Schedule::DailyAt(minutes) => {
+                let midnight = now.date_naive().and_hms_opt(0, 0, 0)?.and_utc();
+                let mut next = midnight + chrono::Duration::minutes(i64::from(minutes));
+                if next <= now {
+                    next += chrono::Duration::days(1);
+                }
+                (next - now).to_std().ok()
+            }
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    pub log_format: LogFormat,
+    pub log_level: String,
+}
+
+#[derive(Debug, Deserialize, PartialEq, Eq, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Loads the configuration: defaults, then `file`, then the environment.
+pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+    let mut figment = Figment::from(Toml::string(DEFAULT_CONFIG));
+    if let Some(file) = file {
+        if !file.exists() {
+            bail!("config file {} does not exist", file.display());
+        }
+        figment = figment.merge(Toml::file_exact(file));
+    }
+    // SIGNALS_TEST_* variables point test suites at services; they are not settings.
+    let env = Env::prefixed("SIGNALS_").split("__").filter(|key| !key.as_str().starts_with("test_"));
+    figment = figment.merge(env);
+    let config: Config = figment.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    config.check()?;
+    Ok(config)
+}
+
+impl Config {
+    fn check(&self) -> anyhow::Result<()> {
+        let loopback = self.server.listen.ip().is_loopback();
+        if !loopback && self.server.api_tokens.is_empty() {
+            bail!(
+                "invalid configuration: server.listen = {} is not a loopback address, so server.api_tokens must list at least one token",
+                self.server.listen
+            );
+        }
+        if !loopback && self.server.admin_token.is_none() {
+            bail!(
+                "invalid configuration: server.listen = {} is not a loopback address, so server.admin_token must be set",
+                self.server.listen
+            );
+        }
+        if self.server.api_tokens.iter().chain(self.server.admin_token.iter()).any(|t| t.len() < 16) {
+            bail!("invalid configuration: server.api_tokens and server.admin_token must be at least 16 characters");
+        }
+        if self.log.embedded.partitions == 0 {
+            bail!("invalid configuration: log.embedded.partitions must be at least 1");
+        }
+        if self.speed.max_batch == 0 {
+            bail!("invalid configuration: speed.max_batch must be at least 1");
+        }
+        if self.batch.retention < Duration::from_secs(3600) {
+            bail!("invalid configuration: batch.retention must be at least 1h");
+        }
+        self.definitions()?;
+        Ok(())
+    }
+
+    /// The signal definitions, checked.
+    pub fn definitions(&self) -> anyhow::Result<Definitions> {
+        Definitions::compile(&self.signals).context("invalid configuration in [[signals]]")
+    }
+
+    pub fn retention_millis(&self) -> i64 {
+        i64::try_from(self.batch.retention.as_millis()).unwrap_or(i64::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn load_text(text: &str) -> anyhow::Result<Config> {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        file.write_all(text.as_bytes()).expect("written");
+        load(Some(file.path()))
+    }
+
+    #[test]
+    fn the_shipped_defaults_load_with_the_contract_signals() {
+        let config = load(None).expect("defaults are valid");
+        let names: Vec<String> = config.definitions().expect("valid").iter().map(|d| d.name.clone()).collect();
+        assert_eq!(
+            names,
+            [
+                "recent_views", "recent_searches", "wishlist", "views_1h", "views_24h", "views_7d",
+                "clicks_24h", "searches_24h", "top_cities_7d", "last_active"
+            ]
+        );
+        assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.batch.schedule, Schedule::DailyAt(120));
+    }
+
+    #[test]
+    fn the_example_config_loads() {
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.toml");
+        load(Some(Path::new(example))).expect("example is valid");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = load_text("[server]\nlisten = \"nowhere\"").expect_err("bad address").to_string();
+        assert!(err.contains("server.listen"), "{err}");
+        let err = load_text("[speed]\nmax_batchh = 3").expect_err("unknown key").to_string();
+        assert!(err.contains("max_batchh"), "{err}");
+        let err = load_text("[batch]\nschedule = \"25:00\"").expect_err("bad time").to_string();
+        assert!(err.contains("batch.schedule") && err.contains("25:00"), "{err}");
+        let err = load_text("[server]\nlisten = \"0.0.0.0:8080\"").expect_err("no tokens").to_string();
+        assert!(err.contains("server.api_tokens"), "{err}");
+        let err = load_text("[[signals]]\nname = \"x\"\naggregation = \"avg\"").expect_err("bad signal");
+        assert!(format!("{err:#}").contains("signal `x`: unknown aggregation `avg`"), "{err:#}");
+    }
+
+    #[test]
+    fn schedules_parse_and_step() {
+        use chrono::TimeZone;
+        assert_eq!(Schedule::parse("off"), Ok(Schedule::Off));
+        assert_eq!(Schedule::parse("15m"), Ok(Schedule::Every(Duration::from_secs(900))));
+        let now = chrono::Utc.with_ymd_and_hms(2026, 11, 23, 3, 0, 0).single().expect("valid");
+        assert_eq!(Schedule::DailyAt(120).next_after(now), Some(Duration::from_secs(23 * 3600)));
+        assert_eq!(Schedule::DailyAt(240).next_after(now), Some(Duration::from_secs(3600)));
+    }
+}

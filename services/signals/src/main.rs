@@ -1,0 +1,86 @@
+//! `signals`: the whole platform in one binary.
+
+mod backends;
+mod batch_cli;
+mod config;
+mod run;
+mod telemetry;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "signals", version, about = "Per-user signals from raw events: speed layer, batch layer and serving API")]
+struct Cli {
+    /// A TOML configuration file layered over the built-in defaults.
+    #[arg(long, global = true, env = "SIGNALS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where embedded backends keep their files (overrides `data_dir`).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The whole platform in one process: collector, speed layer, serving API and scheduled batch.
+    Up {
+        /// Address to serve on (overrides `server.listen`).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// The serving API and collector alone.
+    Serve {
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// The speed layer alone.
+    Speed,
+    /// The batch layer.
+    Batch {
+        #[command(subcommand)]
+        command: batch_cli::BatchCommand,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut config = match config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("signals: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(dir) = cli.data_dir {
+        config.data_dir = dir;
+    }
+    telemetry::init_logs(&config.telemetry);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("signals: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Up { listen } => run::up(config, listen).await,
+            Command::Serve { listen } => run::serve(config, listen).await,
+            Command::Speed => run::speed(config).await,
+            Command::Batch { command } => batch_cli::run(config, command).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("signals: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! The long-running commands: `up`, `serve`, `speed`.
+//!
+//! Shutdown order on SIGINT/SIGTERM: stop accepting connections and let
+//! in-flight requests finish (up to `server.shutdown_grace`), then stop the
+//! speed layer after the batch in hand is durable, then close the backends.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use signals_api::{ApiOptions, AppState, Tokens};
+use signals_batch::{BatchLayer, BatchOptions, Quiet};
+use signals_speed::{SpeedLayer, SpeedOptions};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::backends::Backends;
+use crate::config::{Config, Schedule};
+use crate::telemetry;
+
+/// Cancels `token` on SIGINT or SIGTERM.
+fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let interrupt = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(error) => {
+                    warn!(%error, "cannot listen for SIGTERM");
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        #[cfg(not(unix))]
+        let terminate = std::future::pending::<()>();
+        tokio::select! {
+            _ = interrupt => info!("SIGINT received; shutting down"),
+            () = terminate => info!("SIGTERM received; shutting down"),
+        }
+        token.cancel();
+    });
+}
+
+fn batch_layer(config: &Config, backends: &Backends, definitions: Arc<signals_core::Definitions>) -> Arc<BatchLayer> {
+    Arc::new(BatchLayer::new(
+        backends.log.clone(),
+        backends.store.clone(),
+        definitions,
+        BatchOptions {
+            retention: config.retention_millis(),
+            ..BatchOptions::default()
+        },
+    ))
+}
+
+fn speed_layer(config: &Config, backends: &Backends) -> SpeedLayer {
+    SpeedLayer {
+        log: backends.log.clone(),
+        store: backends.store.clone(),
+        dead_letters: backends.dead_letters.clone(),
+        options: SpeedOptions {
+            max_batch: config.speed.max_batch,
+            poll_wait: config.speed.poll_wait,
+            ..SpeedOptions::default()
+        },
+    }
+}
+
+/// Runs the batch on `schedule` until `shutdown`.
+fn schedule_batch(batch: Arc<BatchLayer>, schedule: Schedule, shutdown: CancellationToken) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(wait) = schedule.next_after(chrono::Utc::now()) {
+            info!(in_seconds = wait.as_secs(), "next scheduled batch run");
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+            if let Err(error) = batch.run(false, &Quiet).await {
+                error!(%error, "scheduled batch run failed");
+            }
+        }
+    })
+}
+
+async fn serve_http(
+    config: &Config,
+    listen: Option<SocketAddr>,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let address = listen.unwrap_or(config.server.listen);
+    if !address.ip().is_loopback() && config.server.api_tokens.is_empty() {
+        anyhow::bail!("--listen {address} is not a loopback address, so server.api_tokens and server.admin_token must be configured");
+    }
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address}"))?;
+    info!(address = %listener.local_addr()?, "serving HTTP");
+    let grace = config.server.shutdown_grace;
+    let server = axum::serve(listener, signals_api::app(state)).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server = tokio::spawn(async move { server.await });
+    shutdown.cancelled().await;
+    match tokio::time::timeout(grace, server).await {
+        Ok(result) => result.context("HTTP server task failed")?.context("HTTP server failed")?,
+        Err(_) => warn!(?grace, "in-flight requests did not finish in time"),
+    }
+    Ok(())
+}
+
+fn api_state(config: &Config, backends: &Backends, definitions: Arc<signals_core::Definitions>, batch: Option<Arc<BatchLayer>>) -> anyhow::Result<AppState> {
+    Ok(AppState {
+        log: backends.log.clone(),
+        store: backends.store.clone(),
+        definitions,
+        batch,
+        metrics: Some(telemetry::init_metrics()?),
+        options: Arc::new(ApiOptions {
+            max_body_bytes: config.server.max_body_bytes,
+            retention: config.retention_millis(),
+            tokens: Tokens {
+                api: config.server.api_tokens.clone(),
+                admin: config.server.admin_token.clone(),
+            },
+            ..ApiOptions::default()
+        }),
+    })
+}
+
+/// Waits for the speed layer to stop after `shutdown`, or for it to fail.
+async fn join_speed(task: JoinHandle<Result<(), signals_speed::SpeedError>>) -> anyhow::Result<()> {
+    match tokio::time::timeout(Duration::from_secs(30), task).await {
+        Ok(joined) => joined.context("speed layer task failed")?.context("speed layer failed"),
+        Err(_) => anyhow::bail!("the speed layer did not stop within 30s"),
+    }
+}
+
+/// `signals up`
+pub async fn up(config: Config, listen: Option<SocketAddr>) -> anyhow::Result<ExitCode> {
+    let definitions = Arc::new(config.definitions()?);
+    let backends = Backends::open(&config).await?;
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
+
+    let speed = speed_layer(&config, &backends);
+    let speed_token = CancellationToken::new();
+    let speed_stop = speed_token.clone();
+    let failure = shutdown.clone();
+    let speed_task = tokio::spawn(async move {
+        let result = speed.run(speed_stop).await;
+        if result.is_err() {
+            // A failed speed layer stops the whole process, loudly.
+            failure.cancel();
+        }
+        result
+    });
+    let batch = batch_layer(&config, &backends, definitions.clone());
+    let scheduler = schedule_batch(batch.clone(), config.batch.schedule, shutdown.clone());
+    let state = api_state(&config, &backends, definitions, Some(batch))?;
+    info!(data_dir = %config.data_dir.display(), "signals up");
+    let served = serve_http(&config, listen, state, shutdown.clone()).await;
+    shutdown.cancel();
+    speed_token.cancel();
+    scheduler.abort();
+    let speed_result = join_speed(speed_task).await;
+    served?;
+    speed_result?;
+    info!("stopped cleanly");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `signals serve`
+pub async fn serve(config: Config, listen: Option<SocketAddr>) -> anyhow::Result<ExitCode> {
+    let definitions = Arc::new(config.definitions()?);
+    let backends = Backends::open(&config).await?;
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
+    let batch = batch_layer(&config, &backends, definitions.clone());
+    let state = api_state(&config, &backends, definitions, Some(batch))?;
+    serve_http(&config, listen, state, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `signals speed`
+pub async fn speed(config: Config) -> anyhow::Result<ExitCode> {
+    let backends = Backends::open(&config).await?;
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
+    let _metrics = telemetry::init_metrics()?;
+    speed_layer(&config, &backends).run(shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
