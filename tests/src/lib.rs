@@ -1,0 +1,207 @@
+//! Helpers for end-to-end tests: run the `signals` binary as a user would,
+//! talk to it over HTTP, and compute what it should answer with a reference
+//! written independently of the platform's own code.
+
+pub mod reference;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+
+/// The `signals` binary built by this workspace (`cargo test` builds it
+/// because the `signals` package has integration tests).
+pub fn binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/signals
+    let dir = exe.parent().and_then(Path::parent).expect("target profile dir");
+    let path = dir.join("signals");
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build -p signals` (cargo test --workspace does)",
+        path.display()
+    );
+    path
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// `signals up` running on a private data dir and port.
+pub struct Platform {
+    pub data_dir: PathBuf,
+    pub base: String,
+    port: u16,
+    env: Vec<(String, String)>,
+    child: Option<Child>,
+    http: reqwest::Client,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Platform {
+    /// Starts `signals up` on a fresh temp dir, batch schedule off.
+    pub async fn start() -> anyhow::Result<Platform> {
+        let temp = tempfile::tempdir()?;
+        let data_dir = temp.path().join("data");
+        let port = free_port();
+        let mut platform = Platform {
+            data_dir,
+            base: format!("http://127.0.0.1:{port}"),
+            port,
+            env: vec![("SIGNALS_BATCH__SCHEDULE".into(), "off".into())],
+            child: None,
+            http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?,
+            _temp: Some(temp),
+        };
+        platform.launch().await?;
+        Ok(platform)
+    }
+
+    async fn launch(&mut self) -> anyhow::Result<()> {
+        let log_path = self.data_dir.with_extension("log");
+        std::fs::create_dir_all(&self.data_dir)?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let mut command = Command::new(binary());
+        command
+            .arg("up")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        for (k, v) in &self.env {
+            command.env(k, v);
+        }
+        self.child = Some(command.spawn().context("spawning signals up")?);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(response) = self.http.get(format!("{}/readyz", self.base)).send().await {
+                if response.status().is_success() {
+                    return Ok(());
+                }
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                    bail!("signals up exited with {status} before becoming ready:\n{log}");
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("signals up not ready within 60s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL: no chance to flush or checkpoint anything.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns whether it exited 0.
+    pub fn stop(&mut self) -> anyhow::Result<bool> {
+        let Some(mut child) = self.child.take() else { return Ok(true) };
+        Command::new("kill").arg("-TERM").arg(child.id().to_string()).status()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status.success());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("signals did not stop within 30s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the same data dir again.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.launch().await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// Posts events as a JSON array; returns the parsed answer.
+    pub async fn post_events(&self, events: &[Value]) -> anyhow::Result<Value> {
+        let response = self.http.post(self.url("/v1/events")).json(&events).send().await?;
+        let status = response.status();
+        let body: Value = response.json().await?;
+        if !status.is_success() {
+            bail!("POST /v1/events: {status} {body}");
+        }
+        Ok(body)
+    }
+
+    pub async fn retract(&self, ids: &[String]) -> anyhow::Result<Value> {
+        let response = self
+            .http
+            .post(self.url("/v1/retractions"))
+            .json(&json!({"event_ids": ids, "reason": "test"}))
+            .send()
+            .await?;
+        let status = response.status();
+        let body: Value = response.json().await?;
+        if !status.is_success() {
+            bail!("POST /v1/retractions: {status} {body}");
+        }
+        Ok(body)
+    }
+
+    pub async fn get_json(&self, path: &str) -> anyhow::Result<(u16, Value)> {
+        let response = self.http.get(self.url(path)).send().await?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().await?))
+    }
+
+    pub async fn run_batch(&self) -> anyhow::Result<Value> {
+        let response = self.http.post(self.url("/v1/admin/batch/run")).send().await?;
+        let status = response.status();
+        let body: Value = response.json().await?;
+        if !status.is_success() {
+            bail!("POST /v1/admin/batch/run: {status} {body}");
+        }
+        Ok(body)
+    }
+
+    /// Waits until the speed layer has applied everything in the log.
+    pub async fn wait_caught_up(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, body) = self.get_json("/v1/users/nobody/signals?names=last_active").await?;
+            if body["freshness"]["speed_lag_records"] == json!(0) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("speed layer still lagging after 60s: {}", body["freshness"]);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
