@@ -18,8 +18,8 @@ pub mod embedded;
 mod error;
 mod types;
 
-#[cfg(test)]
-mod contract;
+#[cfg(any(test, feature = "contract-tests"))]
+pub mod contract;
 
 use std::collections::HashMap;
 

@@ -1,0 +1,496 @@
+//! The contract every [`SignalStore`] backend passes.
+//!
+//! Each case takes a fresh, empty store and panics with a message naming
+//! what broke. [`run_all`] runs every case, each on a store of its own made by
+//! the backend's factory; the factory also returns a guard (a temp dir, a
+//! keyspace dropper) that lives as long as the store. Backends run it from
+//! their tests: `cargo test` for the embedded store, the integration tests
+//! against `infra/local/up` for the others (enable the `contract-tests`
+//! feature of this crate to reach it from another crate).
+//!
+//! What the cases pin down, beyond the trait's docs:
+//! * a user's speed entries come back in (partition, offset) order, whatever
+//!   order they were written in, and no other user's entries with them;
+//! * `user_history` returns exactly the entries the published manifest's
+//!   position does not cover: the entry at the position is in, the one before
+//!   it is out, partitions absent from the position are in entirely;
+//! * publishing refuses a lower version (and the same version with another
+//!   manifest); writing records into a published version is refused;
+//! * `collect_garbage` never removes what the published manifest needs,
+//!   whatever position and version it is given.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use signals_core::{LogPosition, Offset, Partition, SpeedEntry, UserRecord};
+use signals_schemas::{Event, EventType};
+
+use crate::{
+    BatchManifest, GarbageStats, IndexEntry, PositionedEntry, SignalStore, SpeedProgress,
+    SpeedWrite,
+};
+
+/// Runs every case, each on a fresh store from `make`.
+pub async fn run_all<F, Fut, G>(make: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = (Box<dyn SignalStore>, G)>,
+{
+    macro_rules! cases {
+        ($($case:ident),* $(,)?) => {$(
+            tracing::info!(case = stringify!($case), "store contract case");
+            let (store, guard) = make().await;
+            $case(store.as_ref()).await;
+            drop(store);
+            drop(guard);
+        )*};
+    }
+    cases!(
+        an_empty_store_answers_empty,
+        speed_entries_come_back_in_log_order_per_user,
+        every_kind_of_speed_entry_round_trips,
+        reapplying_a_write_changes_nothing,
+        progress_is_recorded,
+        the_index_answers_present_absent_and_retracted,
+        history_merges_the_published_record_with_uncovered_entries_only,
+        publishing_never_goes_back_and_published_versions_are_immutable,
+        garbage_collection_keeps_what_the_published_version_needs,
+        a_user_with_only_speed_entries_has_no_record,
+    );
+}
+
+/// A view event of `user` with id `id`.
+pub fn event(id: &str, user: &str, time: i64) -> Event {
+    Event {
+        event_id: id.to_owned(),
+        user_id: user.to_owned(),
+        event_type: EventType::View,
+        item_id: Some(format!("item-{id}")),
+        query: None,
+        event_time: time,
+        attributes: BTreeMap::from([("city".to_owned(), "Paris".to_owned())]),
+    }
+}
+
+/// The speed entry of `user` at (`partition`, `offset`), an event with id `p{partition}-{offset}`.
+pub fn at(user: &str, partition: Partition, offset: Offset) -> PositionedEntry {
+    PositionedEntry {
+        user_id: user.to_owned(),
+        partition,
+        offset,
+        entry: SpeedEntry::Event(event(
+            &format!("p{partition}-{offset}"),
+            user,
+            offset as i64,
+        )),
+    }
+}
+
+/// A write of `entries` with progress `position`.
+pub fn write(entries: Vec<PositionedEntry>, position: &[(Partition, Offset)]) -> SpeedWrite {
+    SpeedWrite {
+        entries,
+        index: Vec::new(),
+        progress: SpeedProgress {
+            position: position.iter().copied().collect(),
+            last_accepted_at: Some(1_000),
+        },
+    }
+}
+
+/// A manifest of `version` covering `position`.
+pub fn manifest(version: u64, position: &[(Partition, Offset)]) -> BatchManifest {
+    BatchManifest {
+        version,
+        position: position.iter().copied().collect(),
+        horizon: 0,
+        created_at: 42,
+        definitions: BTreeMap::from([("views_1h".to_owned(), "fp".to_owned())]),
+        users: 1,
+        events: 1,
+    }
+}
+
+/// A record holding one event with id `id`.
+pub fn record(user: &str, id: &str) -> UserRecord {
+    UserRecord {
+        horizon: 0,
+        base: BTreeMap::new(),
+        events: vec![event(id, user, 1)],
+    }
+}
+
+/// The event ids of `user`'s speed entries as `user_history` returns them.
+async fn speed_ids(store: &dyn SignalStore, user: &str) -> Vec<String> {
+    let history = store
+        .user_history(user)
+        .await
+        .expect("user_history answers");
+    history
+        .speed
+        .iter()
+        .map(|entry| match entry {
+            SpeedEntry::Event(e) => e.event_id.clone(),
+            other => format!("{other:?}"),
+        })
+        .collect()
+}
+
+fn ids(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| (*s).to_owned()).collect()
+}
+
+pub async fn an_empty_store_answers_empty(store: &dyn SignalStore) {
+    store.check().await.expect("an empty store is ready");
+    assert_eq!(
+        store.speed_progress().await.expect("progress"),
+        SpeedProgress::default()
+    );
+    assert_eq!(store.published().await.expect("published"), None);
+    let history = store.user_history("nobody").await.expect("history");
+    assert!(history.manifest.is_none() && history.record.is_none() && history.speed.is_empty());
+    assert!(store
+        .lookup_events(&ids(&["e1"]))
+        .await
+        .expect("lookup")
+        .is_empty());
+    let stats = store
+        .collect_garbage(&[(0, 10)].into_iter().collect(), 5)
+        .await
+        .expect("gc");
+    assert_eq!(stats, GarbageStats::default());
+}
+
+pub async fn speed_entries_come_back_in_log_order_per_user(store: &dyn SignalStore) {
+    let first = vec![
+        at("u1", 1, 5),
+        at("u", 0, 1),
+        at("u1", 0, 7),
+        at("u12", 0, 2),
+    ];
+    store
+        .apply_speed(write(first, &[(0, 8), (1, 6)]))
+        .await
+        .expect("apply");
+    let second = vec![at("u1", 0, 9), at("u1", 0, 3), at("u1", 1, 2)];
+    store
+        .apply_speed(write(second, &[(0, 10), (1, 6)]))
+        .await
+        .expect("apply");
+    assert_eq!(
+        speed_ids(store, "u1").await,
+        ids(&["p0-3", "p0-7", "p0-9", "p1-2", "p1-5"])
+    );
+    assert_eq!(
+        speed_ids(store, "u").await,
+        ids(&["p0-1"]),
+        "a user whose id prefixes another's"
+    );
+    assert_eq!(speed_ids(store, "u12").await, ids(&["p0-2"]));
+    assert!(speed_ids(store, "u2").await.is_empty());
+}
+
+pub async fn every_kind_of_speed_entry_round_trips(store: &dyn SignalStore) {
+    let entries = vec![
+        at("u", 0, 0),
+        PositionedEntry {
+            user_id: "u".into(),
+            partition: 0,
+            offset: 1,
+            entry: SpeedEntry::Retracted {
+                event_ids: ids(&["p0-0", "other"]),
+            },
+        },
+        PositionedEntry {
+            user_id: "u".into(),
+            partition: 0,
+            offset: 2,
+            entry: SpeedEntry::Deleted,
+        },
+    ];
+    let expected: Vec<SpeedEntry> = entries.iter().map(|e| e.entry.clone()).collect();
+    store
+        .apply_speed(write(entries, &[(0, 3)]))
+        .await
+        .expect("apply");
+    assert_eq!(
+        store.user_history("u").await.expect("history").speed,
+        expected
+    );
+}
+
+pub async fn reapplying_a_write_changes_nothing(store: &dyn SignalStore) {
+    let mut w = write(vec![at("u", 0, 0), at("u", 0, 1)], &[(0, 2)]);
+    w.index = vec![("p0-0".into(), seen("u")), ("p0-1".into(), seen("u"))];
+    store.apply_speed(w.clone()).await.expect("apply");
+    store.apply_speed(w.clone()).await.expect("apply again");
+    assert_eq!(speed_ids(store, "u").await, ids(&["p0-0", "p0-1"]));
+    assert_eq!(store.speed_progress().await.expect("progress"), w.progress);
+    assert_eq!(
+        store
+            .lookup_events(&ids(&["p0-0", "p0-1"]))
+            .await
+            .expect("lookup")
+            .len(),
+        2
+    );
+}
+
+pub async fn progress_is_recorded(store: &dyn SignalStore) {
+    let mut first = write(vec![at("u", 0, 0)], &[(0, 1)]);
+    first.progress.last_accepted_at = Some(10);
+    store.apply_speed(first.clone()).await.expect("apply");
+    assert_eq!(
+        store.speed_progress().await.expect("progress"),
+        first.progress
+    );
+    // A write with no entries still moves progress (e.g. only bad records).
+    let mut second = write(Vec::new(), &[(0, 4), (3, 2)]);
+    second.progress.last_accepted_at = Some(20);
+    store.apply_speed(second.clone()).await.expect("apply");
+    assert_eq!(
+        store.speed_progress().await.expect("progress"),
+        second.progress
+    );
+}
+
+fn seen(user: &str) -> IndexEntry {
+    IndexEntry {
+        user_id: Some(user.to_owned()),
+        retracted: false,
+    }
+}
+
+pub async fn the_index_answers_present_absent_and_retracted(store: &dyn SignalStore) {
+    let retracted_unseen = IndexEntry {
+        user_id: None,
+        retracted: true,
+    };
+    let mut w = write(vec![at("u", 0, 0)], &[(0, 2)]);
+    w.index = vec![
+        ("a".into(), seen("u")),
+        ("b".into(), retracted_unseen.clone()),
+    ];
+    store.apply_speed(w).await.expect("apply");
+    let found = store
+        .lookup_events(&ids(&["a", "b", "c"]))
+        .await
+        .expect("lookup");
+    assert_eq!(found.len(), 2, "absent ids are left out: {found:?}");
+    assert_eq!(found.get("a"), Some(&seen("u")));
+    assert_eq!(found.get("b"), Some(&retracted_unseen));
+
+    let retracted_seen = IndexEntry {
+        user_id: Some("u".into()),
+        retracted: true,
+    };
+    let mut later = write(Vec::new(), &[(0, 3)]);
+    later.index = vec![("a".into(), retracted_seen.clone())];
+    store.apply_speed(later).await.expect("apply");
+    let found = store.lookup_events(&ids(&["a"])).await.expect("lookup");
+    assert_eq!(
+        found.get("a"),
+        Some(&retracted_seen),
+        "a later update replaces the entry"
+    );
+    assert!(store
+        .lookup_events(&[])
+        .await
+        .expect("lookup of nothing")
+        .is_empty());
+}
+
+pub async fn history_merges_the_published_record_with_uncovered_entries_only(
+    store: &dyn SignalStore,
+) {
+    let entries = (0..10)
+        .map(|o| at("u", 0, o))
+        .chain((0..3).map(|o| at("u", 1, o)))
+        .chain([at("u", 2, 0)]);
+    store
+        .apply_speed(write(entries.collect(), &[(0, 10), (1, 3), (2, 1)]))
+        .await
+        .expect("apply");
+    store
+        .write_batch(
+            1,
+            vec![
+                ("u".into(), record("u", "old")),
+                ("v".into(), record("v", "x")),
+            ],
+        )
+        .await
+        .expect("write_batch");
+
+    let before = store.user_history("u").await.expect("history");
+    assert!(
+        before.manifest.is_none() && before.record.is_none(),
+        "an unpublished version is invisible"
+    );
+    assert_eq!(before.speed.len(), 14);
+
+    // Partition 2 is absent from the position: nothing of it is covered.
+    let published = manifest(1, &[(0, 5), (1, 3)]);
+    store.publish(&published).await.expect("publish");
+    assert_eq!(
+        store.published().await.expect("published"),
+        Some(published.clone())
+    );
+    let history = store.user_history("u").await.expect("history");
+    assert_eq!(history.manifest.as_deref(), Some(&published));
+    assert_eq!(history.record.as_deref(), Some(&record("u", "old")));
+    assert_eq!(
+        speed_ids(store, "u").await,
+        ids(&["p0-5", "p0-6", "p0-7", "p0-8", "p0-9", "p2-0"])
+    );
+    let again = store.user_history("u").await.expect("history");
+    assert_eq!(
+        again.record.as_deref(),
+        Some(&record("u", "old")),
+        "a repeated read answers the same"
+    );
+}
+
+pub async fn publishing_never_goes_back_and_published_versions_are_immutable(
+    store: &dyn SignalStore,
+) {
+    store
+        .write_batch(2, vec![("u".into(), record("u", "v2"))])
+        .await
+        .expect("write_batch");
+    let v2 = manifest(2, &[(0, 1)]);
+    store.publish(&v2).await.expect("publish v2");
+    let error = store
+        .publish(&manifest(1, &[(0, 9)]))
+        .await
+        .expect_err("an older version is refused");
+    let message = error.to_string();
+    assert!(
+        message.contains('1') && message.contains('2'),
+        "the error names both versions: {message}"
+    );
+    store
+        .publish(&v2)
+        .await
+        .expect("publishing the same manifest again is harmless");
+    store
+        .publish(&manifest(2, &[(0, 7)]))
+        .await
+        .expect_err("the same version with another manifest is refused");
+    assert_eq!(store.published().await.expect("published"), Some(v2));
+    store
+        .write_batch(2, vec![("u".into(), record("u", "changed"))])
+        .await
+        .expect_err("records of a published version cannot change");
+    let history = store.user_history("u").await.expect("history");
+    assert_eq!(history.record.as_deref(), Some(&record("u", "v2")));
+    store
+        .write_batch(3, vec![("u".into(), record("u", "v3"))])
+        .await
+        .expect("the next version is writable");
+    store
+        .publish(&manifest(3, &[(0, 2)]))
+        .await
+        .expect("publish v3");
+    assert_eq!(
+        store
+            .user_history("u")
+            .await
+            .expect("history")
+            .record
+            .as_deref(),
+        Some(&record("u", "v3"))
+    );
+}
+
+pub async fn garbage_collection_keeps_what_the_published_version_needs(store: &dyn SignalStore) {
+    let entries = (0..10)
+        .map(|o| at("u", 0, o))
+        .chain([at("w", 1, 0)])
+        .collect();
+    store
+        .apply_speed(write(entries, &[(0, 10), (1, 1)]))
+        .await
+        .expect("apply");
+    let users = |tag: &str| {
+        vec![
+            ("u".to_owned(), record("u", tag)),
+            ("v".to_owned(), record("v", tag)),
+        ]
+    };
+    store.write_batch(1, users("v1")).await.expect("write v1");
+    let v1 = manifest(1, &[(0, 4)]);
+    store.publish(&v1).await.expect("publish v1");
+    store.write_batch(2, users("v2")).await.expect("write v2");
+    let v2 = manifest(2, &[(0, 8)]);
+    store.publish(&v2).await.expect("publish v2");
+
+    // Lagging one version: what a reader of v1 needs goes, nothing else.
+    let stats = store
+        .collect_garbage(&v1.position, v1.version)
+        .await
+        .expect("gc");
+    assert_eq!(
+        stats,
+        GarbageStats {
+            speed_entries: 4,
+            batch_records: 0
+        }
+    );
+    assert_eq!(speed_ids(store, "u").await, ids(&["p0-8", "p0-9"]));
+    let stats = store
+        .collect_garbage(&v2.position, v2.version)
+        .await
+        .expect("gc");
+    assert_eq!(
+        stats,
+        GarbageStats {
+            speed_entries: 4,
+            batch_records: 2
+        }
+    );
+    let history = store.user_history("u").await.expect("history");
+    assert_eq!(history.record.as_deref(), Some(&record("u", "v2")));
+    assert_eq!(speed_ids(store, "u").await, ids(&["p0-8", "p0-9"]));
+
+    // Beyond the published manifest: clamped to it, so nothing it needs goes.
+    let everything: LogPosition = [(0, 100), (1, 100)].into_iter().collect();
+    let stats = store.collect_garbage(&everything, 99).await.expect("gc");
+    assert_eq!(stats, GarbageStats::default());
+    assert_eq!(speed_ids(store, "u").await, ids(&["p0-8", "p0-9"]));
+    assert_eq!(speed_ids(store, "w").await, ids(&["p1-0"]));
+    let history = store.user_history("v").await.expect("history");
+    assert_eq!(history.record.as_deref(), Some(&record("v", "v2")));
+    assert_eq!(
+        store
+            .speed_progress()
+            .await
+            .expect("progress")
+            .position
+            .next(0),
+        10,
+        "progress is untouched"
+    );
+}
+
+pub async fn a_user_with_only_speed_entries_has_no_record(store: &dyn SignalStore) {
+    store
+        .write_batch(1, vec![("other".into(), record("other", "x"))])
+        .await
+        .expect("write_batch");
+    let published = manifest(1, &[(0, 1)]);
+    store.publish(&published).await.expect("publish");
+    store
+        .apply_speed(write(vec![at("fresh", 0, 1), at("fresh", 0, 0)], &[(0, 2)]))
+        .await
+        .expect("apply");
+    let history = store.user_history("fresh").await.expect("history");
+    assert_eq!(history.manifest.map(Arc::unwrap_or_clone), Some(published));
+    assert!(history.record.is_none());
+    assert_eq!(
+        speed_ids(store, "fresh").await,
+        ids(&["p0-1"]),
+        "offset 0 is covered by the manifest"
+    );
+}

@@ -1,0 +1,222 @@
+//! In-process caches of decoded values; correct by construction.
+//!
+//! * [`RecordCache`]: decoded [`UserRecord`]s keyed by (version, user).
+//!   Records of a version are immutable once written and only published
+//!   versions are read, so a cached record is never stale. One slot per user
+//!   holds one version: a newer version replaces the older one. The cache is
+//!   bounded by the encoded size of its records and evicts with the
+//!   second-chance (CLOCK) rule, per shard.
+//! * [`ManifestCache`]: the decoded published manifest together with the
+//!   bytes it was decoded from. A reader compares the bytes it read in its own
+//!   transaction with the cached ones, so it never uses a manifest other than
+//!   the one its snapshot holds, and publishing needs no invalidation step.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use signals_core::UserRecord;
+
+use crate::BatchManifest;
+
+const SHARDS: usize = 16;
+
+/// Decoded user records of published versions, bounded in bytes.
+pub struct RecordCache {
+    shards: Vec<Mutex<Shard>>,
+    shard_budget: usize,
+}
+
+#[derive(Default)]
+struct Shard {
+    slots: HashMap<Box<str>, Slot>,
+    /// Users in insertion order, for the CLOCK hand.
+    queue: VecDeque<Box<str>>,
+    weight: usize,
+}
+
+struct Slot {
+    version: u64,
+    record: Arc<UserRecord>,
+    weight: usize,
+    referenced: bool,
+}
+
+impl RecordCache {
+    /// A cache holding records of about `budget` encoded bytes in total (0 disables it).
+    pub fn new(budget: usize) -> RecordCache {
+        RecordCache {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            shard_budget: budget / SHARDS,
+        }
+    }
+
+    fn shard(&self, user: &str) -> &Mutex<Shard> {
+        let mut hasher = DefaultHasher::new();
+        user.hash(&mut hasher);
+        &self.shards[hasher.finish() as usize % SHARDS]
+    }
+
+    /// `user`'s record of `version`, if cached.
+    pub fn get(&self, version: u64, user: &str) -> Option<Arc<UserRecord>> {
+        let mut shard = self
+            .shard(user)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let slot = shard.slots.get_mut(user).filter(|s| s.version == version)?;
+        slot.referenced = true;
+        Some(slot.record.clone())
+    }
+
+    /// Caches `record` (encoded in `weight` bytes) as `user`'s record of `version`.
+    pub fn insert(&self, version: u64, user: &str, record: Arc<UserRecord>, weight: usize) {
+        if weight > self.shard_budget {
+            return;
+        }
+        let mut shard = self
+            .shard(user)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let slot = Slot {
+            version,
+            record,
+            weight,
+            referenced: false,
+        };
+        match shard.slots.get_mut(user) {
+            Some(old) if old.version > version => return,
+            Some(old) => {
+                let old_weight = std::mem::replace(old, slot).weight;
+                shard.weight -= old_weight;
+            }
+            None => {
+                shard.slots.insert(user.into(), slot);
+                shard.queue.push_back(user.into());
+            }
+        }
+        shard.weight += weight;
+        shard.evict(self.shard_budget);
+    }
+
+    /// Encoded bytes of the records held now.
+    #[cfg(test)]
+    pub fn weight(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).weight)
+            .sum()
+    }
+}
+
+impl Shard {
+    /// Drops unreferenced slots at the hand until the shard fits `budget`.
+    fn evict(&mut self, budget: usize) {
+        while self.weight > budget {
+            let Some(user) = self.queue.pop_front() else {
+                return;
+            };
+            match self.slots.get_mut(&user) {
+                Some(slot) if slot.referenced => {
+                    slot.referenced = false;
+                    self.queue.push_back(user);
+                }
+                Some(_) => {
+                    if let Some(slot) = self.slots.remove(&user) {
+                        self.weight -= slot.weight;
+                    }
+                }
+                None => {}
+            }
+        }
+    }
+}
+
+/// The decoded published manifest and the bytes it came from.
+#[derive(Default)]
+pub struct ManifestCache {
+    current: RwLock<Option<Decoded>>,
+}
+
+struct Decoded {
+    bytes: Box<[u8]>,
+    manifest: Arc<BatchManifest>,
+}
+
+impl ManifestCache {
+    /// The cached manifest if it was decoded from exactly `bytes`.
+    pub fn get(&self, bytes: &[u8]) -> Option<Arc<BatchManifest>> {
+        let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
+        current
+            .as_ref()
+            .filter(|d| *d.bytes == *bytes)
+            .map(|d| d.manifest.clone())
+    }
+
+    /// Remembers `manifest` as decoded from `bytes`.
+    pub fn set(&self, bytes: &[u8], manifest: Arc<BatchManifest>) {
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Some(Decoded {
+            bytes: bytes.into(),
+            manifest,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(horizon: i64) -> Arc<UserRecord> {
+        Arc::new(UserRecord {
+            horizon,
+            ..UserRecord::default()
+        })
+    }
+
+    #[test]
+    fn one_version_per_user_and_newer_versions_win() {
+        let cache = RecordCache::new(SHARDS * 1000);
+        cache.insert(1, "u", record(1), 10);
+        assert_eq!(cache.get(1, "u").map(|r| r.horizon), Some(1));
+        assert!(cache.get(2, "u").is_none());
+        cache.insert(2, "u", record(2), 10);
+        assert!(cache.get(1, "u").is_none());
+        cache.insert(1, "u", record(1), 10);
+        assert_eq!(cache.get(2, "u").map(|r| r.horizon), Some(2));
+        assert_eq!(cache.weight(), 10);
+    }
+
+    #[test]
+    fn the_bound_holds_and_referenced_records_get_a_second_chance() {
+        let cache = RecordCache::new(SHARDS * 100);
+        let users: Vec<String> = (0..1000).map(|i| format!("user-{i}")).collect();
+        cache.insert(1, "hot", record(0), 30);
+        for user in &users {
+            let _ = cache.get(1, "hot");
+            cache.insert(1, user, record(0), 30);
+            assert!(cache.weight() <= SHARDS * 100);
+        }
+        assert!(cache.get(1, "hot").is_some());
+        assert!(users.iter().filter(|u| cache.get(1, u).is_some()).count() > 0);
+        cache.insert(1, "huge", record(0), 101);
+        assert!(cache.get(1, "huge").is_none());
+    }
+
+    #[test]
+    fn the_manifest_is_reused_only_for_identical_bytes() {
+        let cache = ManifestCache::default();
+        assert!(cache.get(b"m1").is_none());
+        let manifest = Arc::new(BatchManifest {
+            version: 1,
+            position: Default::default(),
+            horizon: 0,
+            created_at: 0,
+            definitions: Default::default(),
+            users: 0,
+            events: 0,
+        });
+        cache.set(b"m1", manifest.clone());
+        assert!(cache.get(b"m1").is_some_and(|m| Arc::ptr_eq(&m, &manifest)));
+        assert!(cache.get(b"m2").is_none());
+    }
+}

@@ -1,0 +1,88 @@
+//! Serving's read: manifest, record and speed tail from one snapshot.
+
+use std::sync::Arc;
+
+use redb::ReadableTable;
+use signals_core::UserRecord;
+
+use super::tables::{BATCH, META, PUBLISHED_KEY, SPEED};
+use super::{codec, engine, keys, speed, Inner};
+use crate::{BatchManifest, StoreError, UserHistory};
+
+impl Inner {
+    /// `user`'s published record and uncovered speed entries, from one read transaction.
+    pub(super) fn user_history(&self, user: &str) -> Result<UserHistory, StoreError> {
+        let txn = self.db.begin_read().map_err(engine("begin a read"))?;
+        let meta = txn.open_table(META).map_err(engine("open table meta"))?;
+        let manifest = self.published_in(&meta)?;
+        let record = match &manifest {
+            Some(manifest) => {
+                let batch = txn.open_table(BATCH).map_err(engine("open table batch"))?;
+                self.record_in(&batch, manifest.version, user)?
+            }
+            None => None,
+        };
+        let speed_table = txn.open_table(SPEED).map_err(engine("open table speed"))?;
+        let speed = speed::read_tail(&speed_table, user, manifest.as_ref().map(|m| &m.position))?;
+        Ok(UserHistory {
+            manifest,
+            record,
+            speed,
+        })
+    }
+
+    /// The published manifest, from its own snapshot.
+    pub(super) fn published(&self) -> Result<Option<Arc<BatchManifest>>, StoreError> {
+        let txn = self.db.begin_read().map_err(engine("begin a read"))?;
+        let meta = txn.open_table(META).map_err(engine("open table meta"))?;
+        self.published_in(&meta)
+    }
+
+    /// The manifest `meta` holds, decoded at most once per published value.
+    pub(super) fn published_in(
+        &self,
+        meta: &impl ReadableTable<&'static str, &'static [u8]>,
+    ) -> Result<Option<Arc<BatchManifest>>, StoreError> {
+        let Some(value) = meta
+            .get(PUBLISHED_KEY)
+            .map_err(engine("read the published manifest"))?
+        else {
+            return Ok(None);
+        };
+        let bytes = value.value();
+        if let Some(manifest) = self.manifest.get(bytes) {
+            return Ok(Some(manifest));
+        }
+        let manifest: Arc<BatchManifest> = Arc::new(codec::decode(bytes, "meta", || {
+            format!("key {PUBLISHED_KEY}")
+        })?);
+        self.manifest.set(bytes, manifest.clone());
+        Ok(Some(manifest))
+    }
+
+    /// `user`'s record of `version`, from the cache or decoded and cached.
+    fn record_in(
+        &self,
+        batch: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        version: u64,
+        user: &str,
+    ) -> Result<Option<Arc<UserRecord>>, StoreError> {
+        if let Some(record) = self.records.get(version, user) {
+            return Ok(Some(record));
+        }
+        let key = keys::batch_key(version, user);
+        let Some(value) = batch
+            .get(key.as_slice())
+            .map_err(engine("read a batch record"))?
+        else {
+            return Ok(None);
+        };
+        let bytes = value.value();
+        let record: Arc<UserRecord> = Arc::new(codec::decode(bytes, "batch", || {
+            format!("version {version} user {user:?}")
+        })?);
+        self.records
+            .insert(version, user, record.clone(), bytes.len());
+        Ok(Some(record))
+    }
+}

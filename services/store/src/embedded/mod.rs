@@ -1,0 +1,225 @@
+//! The embedded store: one redb file on local disk, the default backend.
+//!
+//! # Guarantees
+//!
+//! * **Exactly-once speed layer.** [`SignalStore::apply_speed`] writes the
+//!   entries, the index updates and the progress in ONE redb write
+//!   transaction committed with [`redb::Durability::Immediate`]: after a
+//!   crash at any point, progress is never ahead of nor behind the entries
+//!   and index updates it describes. Writes are keyed by log position and
+//!   event id, so replaying a write leaves the store as writing it once.
+//!   Progress only moves forward, per partition (a replayed older write does
+//!   not move it back).
+//! * **Consistent reads.** [`SignalStore::user_history`] reads the published
+//!   manifest, the user's record of that version and the user's speed entries
+//!   in ONE read transaction (a snapshot), and returns exactly the entries
+//!   whose position the manifest does not cover.
+//! * **Atomic, forward-only publishing.** [`SignalStore::publish`] replaces
+//!   the published manifest in one transaction and refuses a lower version,
+//!   or the same version with another manifest. Records of a published
+//!   version are immutable: [`SignalStore::write_batch`] refuses to write
+//!   into a version at or below the published one.
+//! * **Safe garbage collection.** [`SignalStore::collect_garbage`] never
+//!   removes what the published manifest needs: the position and version it
+//!   is given are clamped to the published manifest's. It runs in bounded
+//!   transactions, so writers and readers are never stalled behind one huge
+//!   delete; stopping it midway leaves a store that is merely less collected.
+//! * **Durability.** Every write commits with `Durability::Immediate`
+//!   (fsync): once a call returns `Ok`, the write survives a crash.
+//!
+//! # Layout
+//!
+//! Four tables; keys are described in [`keys`], values in [`codec`]
+//! (a format byte, then postcard):
+//!
+//! | table | key | value |
+//! | --- | --- | --- |
+//! | `speed` | user ‖ partition ‖ offset | [`signals_core::SpeedEntry`] |
+//! | `event_index` | event id | [`crate::IndexEntry`] |
+//! | `batch` | version ‖ user | [`signals_core::UserRecord`] |
+//! | `meta` | `layout`, `speed_progress`, `published` | u8, [`crate::SpeedProgress`], [`crate::BatchManifest`] |
+//!
+//! # Concurrency and cost
+//!
+//! One process opens the file (redb takes a file lock; a second opener gets
+//! [`StoreError::Unavailable`]). Inside it, readers never block writers and
+//! writers are serialised by redb. Every redb call runs on
+//! [`tokio::task::spawn_blocking`]. Decoded records of published versions and
+//! the decoded published manifest are cached in process (see [`cache`]), so
+//! a warm read decodes only the user's speed entries.
+
+mod batch;
+mod cache;
+mod codec;
+mod gc;
+mod history;
+mod keys;
+mod speed;
+mod tables;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use redb::Database;
+use signals_core::{LogPosition, UserRecord};
+use tracing::info;
+
+use crate::{
+    BatchManifest, GarbageStats, IndexEntry, SignalStore, SpeedProgress, SpeedWrite, StoreError,
+    UserHistory,
+};
+use cache::{ManifestCache, RecordCache};
+
+/// Tuning of an [`EmbeddedStore`].
+#[derive(Clone, Debug)]
+pub struct EmbeddedOptions {
+    /// Upper bound of redb's page cache, in bytes.
+    pub page_cache_bytes: usize,
+    /// Upper bound of the decoded-record cache, in encoded bytes (0 disables it).
+    pub record_cache_bytes: usize,
+    /// Rows a garbage collection transaction scans (speed) or deletes (batch) at most.
+    pub gc_chunk: usize,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        EmbeddedOptions {
+            page_cache_bytes: 256 << 20,
+            record_cache_bytes: 64 << 20,
+            gc_chunk: 10_000,
+        }
+    }
+}
+
+/// The [`SignalStore`] on one local redb file.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+}
+
+/// The blocking half: everything that touches redb.
+struct Inner {
+    db: Database,
+    records: RecordCache,
+    manifest: ManifestCache,
+    gc_chunk: usize,
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates, with its directories) the store file at `path`.
+    pub fn open(path: &Path) -> Result<EmbeddedStore, StoreError> {
+        EmbeddedStore::open_with(path, EmbeddedOptions::default())
+    }
+
+    /// Opens the store file at `path` with `options`.
+    pub fn open_with(path: &Path, options: EmbeddedOptions) -> Result<EmbeddedStore, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Backend(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let db = Database::builder()
+            .set_cache_size(options.page_cache_bytes)
+            .create(path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Unavailable(format!(
+                    "{} is already open in another process or handle",
+                    path.display()
+                )),
+                other => engine("open the store file")(other),
+            })?;
+        tables::initialise(&db)?;
+        info!(path = %path.display(), "embedded store opened");
+        Ok(EmbeddedStore {
+            inner: Arc::new(Inner {
+                db,
+                records: RecordCache::new(options.record_cache_bytes),
+                manifest: ManifestCache::default(),
+                gc_chunk: options.gc_chunk.max(1),
+            }),
+        })
+    }
+
+    /// Runs `op` on the blocking pool.
+    async fn blocking<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || op(&inner))
+            .await
+            .map_err(|e| StoreError::Backend(format!("embedded store task failed: {e}")))?
+    }
+}
+
+/// Maps a redb error met while doing `what` to a [`StoreError`].
+fn engine<E: Into<redb::Error>>(what: &'static str) -> impl Fn(E) -> StoreError {
+    move |error| match error.into() {
+        redb::Error::Corrupted(detail) => {
+            StoreError::Corrupt(format!("cannot {what}: redb file corrupted: {detail}"))
+        }
+        other => StoreError::Backend(format!("cannot {what}: {other}")),
+    }
+}
+
+#[async_trait]
+impl SignalStore for EmbeddedStore {
+    async fn speed_progress(&self) -> Result<SpeedProgress, StoreError> {
+        self.blocking(Inner::speed_progress).await
+    }
+
+    async fn lookup_events(
+        &self,
+        event_ids: &[String],
+    ) -> Result<HashMap<String, IndexEntry>, StoreError> {
+        let ids = event_ids.to_vec();
+        self.blocking(move |inner| inner.lookup_events(&ids)).await
+    }
+
+    async fn apply_speed(&self, write: SpeedWrite) -> Result<(), StoreError> {
+        self.blocking(move |inner| inner.apply_speed(&write)).await
+    }
+
+    async fn published(&self) -> Result<Option<BatchManifest>, StoreError> {
+        let manifest = self.blocking(Inner::published).await?;
+        Ok(manifest.map(Arc::unwrap_or_clone))
+    }
+
+    async fn user_history(&self, user_id: &str) -> Result<UserHistory, StoreError> {
+        let user = user_id.to_owned();
+        self.blocking(move |inner| inner.user_history(&user)).await
+    }
+
+    async fn write_batch(
+        &self,
+        version: u64,
+        records: Vec<(String, UserRecord)>,
+    ) -> Result<(), StoreError> {
+        self.blocking(move |inner| inner.write_batch(version, &records))
+            .await
+    }
+
+    async fn publish(&self, manifest: &BatchManifest) -> Result<(), StoreError> {
+        let manifest = manifest.clone();
+        self.blocking(move |inner| inner.publish(manifest)).await
+    }
+
+    async fn collect_garbage(
+        &self,
+        covered: &LogPosition,
+        keep_version: u64,
+    ) -> Result<GarbageStats, StoreError> {
+        let covered = covered.clone();
+        self.blocking(move |inner| inner.collect_garbage(&covered, keep_version))
+            .await
+    }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        self.blocking(Inner::check).await
+    }
+}

@@ -1,0 +1,147 @@
+//! The speed layer's writes and reads: entries, the event index, progress.
+
+use std::collections::HashMap;
+
+use redb::{Durability, ReadableTable};
+use signals_core::{LogPosition, SpeedEntry};
+
+use super::tables::{EVENT_INDEX, META, PROGRESS_KEY, SPEED};
+use super::{codec, engine, keys, Inner};
+use crate::{IndexEntry, SpeedProgress, SpeedWrite, StoreError};
+
+impl Inner {
+    /// Writes entries, index updates and progress in one durable transaction.
+    pub(super) fn apply_speed(&self, write: &SpeedWrite) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write().map_err(engine("begin a write"))?;
+        txn.set_durability(Durability::Immediate);
+        {
+            let mut speed = txn.open_table(SPEED).map_err(engine("open table speed"))?;
+            for positioned in &write.entries {
+                let key =
+                    keys::speed_key(&positioned.user_id, positioned.partition, positioned.offset)?;
+                let value = codec::encode(&positioned.entry)?;
+                speed
+                    .insert(key.as_slice(), value.as_slice())
+                    .map_err(engine("write a speed entry"))?;
+            }
+            let mut index = txn
+                .open_table(EVENT_INDEX)
+                .map_err(engine("open table event_index"))?;
+            for (event_id, entry) in &write.index {
+                let value = codec::encode(entry)?;
+                index
+                    .insert(event_id.as_str(), value.as_slice())
+                    .map_err(engine("write an index entry"))?;
+            }
+            let mut meta = txn.open_table(META).map_err(engine("open table meta"))?;
+            let progress = forward(read_progress(&meta)?, &write.progress);
+            meta.insert(PROGRESS_KEY, codec::encode(&progress)?.as_slice())
+                .map_err(engine("write the speed progress"))?;
+        }
+        // Dropping `txn` on any error above aborts it: nothing of the write lands.
+        txn.commit().map_err(engine("commit a speed write"))
+    }
+
+    /// The recorded progress, or the start of the log.
+    pub(super) fn speed_progress(&self) -> Result<SpeedProgress, StoreError> {
+        let txn = self.db.begin_read().map_err(engine("begin a read"))?;
+        let meta = txn.open_table(META).map_err(engine("open table meta"))?;
+        read_progress(&meta)
+    }
+
+    /// What the index holds for each of `event_ids`, in one snapshot.
+    pub(super) fn lookup_events(
+        &self,
+        event_ids: &[String],
+    ) -> Result<HashMap<String, IndexEntry>, StoreError> {
+        let txn = self.db.begin_read().map_err(engine("begin a read"))?;
+        let index = txn
+            .open_table(EVENT_INDEX)
+            .map_err(engine("open table event_index"))?;
+        let mut found = HashMap::new();
+        for event_id in event_ids {
+            if let Some(value) = index
+                .get(event_id.as_str())
+                .map_err(engine("read the event index"))?
+            {
+                let entry = codec::decode(value.value(), "event_index", || {
+                    format!("event id {event_id:?}")
+                })?;
+                found.insert(event_id.clone(), entry);
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// The progress stored in `meta`, or the default.
+fn read_progress(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<SpeedProgress, StoreError> {
+    match meta
+        .get(PROGRESS_KEY)
+        .map_err(engine("read the speed progress"))?
+    {
+        Some(value) => codec::decode(value.value(), "meta", || format!("key {PROGRESS_KEY}")),
+        None => Ok(SpeedProgress::default()),
+    }
+}
+
+/// `stored` moved forward to `next`, per partition; never back.
+fn forward(mut stored: SpeedProgress, next: &SpeedProgress) -> SpeedProgress {
+    for (partition, offset) in next.position.iter() {
+        stored.position.advance(partition, offset);
+    }
+    stored.last_accepted_at = stored.last_accepted_at.max(next.last_accepted_at);
+    stored
+}
+
+/// `user`'s speed entries that `covered` does not cover, in (partition, offset) order.
+pub(super) fn read_tail(
+    speed: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    user: &str,
+    covered: Option<&LogPosition>,
+) -> Result<Vec<SpeedEntry>, StoreError> {
+    let (start, end) = keys::user_range(user)?;
+    let mut entries = Vec::new();
+    for item in speed
+        .range(start.as_slice()..=end.as_slice())
+        .map_err(engine("scan speed entries"))?
+    {
+        let (key, value) = item.map_err(engine("scan speed entries"))?;
+        let key = key.value();
+        let (partition, offset) = keys::speed_position(key).ok_or_else(|| {
+            StoreError::Corrupt(format!("table speed: {}", keys::describe_speed_key(key)))
+        })?;
+        if covered.is_some_and(|position| position.covers(partition, offset)) {
+            continue;
+        }
+        entries.push(codec::decode(value.value(), "speed", || {
+            keys::describe_speed_key(key)
+        })?);
+    }
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_moves_forward_per_partition_only() {
+        let stored = SpeedProgress {
+            position: [(0, 10), (1, 5)].into_iter().collect(),
+            last_accepted_at: Some(9),
+        };
+        let older = SpeedProgress {
+            position: [(0, 4), (2, 1)].into_iter().collect(),
+            last_accepted_at: Some(3),
+        };
+        let merged = forward(stored, &older);
+        assert_eq!(
+            merged.position,
+            [(0, 10), (1, 5), (2, 1)].into_iter().collect()
+        );
+        assert_eq!(merged.last_accepted_at, Some(9));
+    }
+}
