@@ -321,57 +321,53 @@ fn a_killed_writer_leaves_progress_matching_its_entries() {
 }
 
 /// Rough figures, not a test of speed: `cargo test -p signals-store --release
-/// -- --ignored --nocapture embedded_figures`.
+/// --lib -- --ignored --nocapture embedded_figures`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "prints timings; run in release mode"]
 async fn embedded_figures() {
-    let dir = TempDir::new().expect("temp dir");
-    let store = store_in(&dir);
     const USERS: u64 = 1000;
     const ROUNDS: u64 = 50;
+    let dir = TempDir::new().expect("temp dir");
+    let store = store_in(&dir);
 
     let mut apply = Duration::ZERO;
     for round in 0..ROUNDS {
         let base = round * USERS;
+        let user = |o: u64| format!("user-{}", o % USERS);
         let mut w = write(
-            (base..base + USERS)
-                .map(|o| at(&format!("user-{}", o % USERS), 0, o))
-                .collect(),
+            (base..base + USERS).map(|o| at(&user(o), 0, o)).collect(),
             &[(0, base + USERS)],
         );
+        let seen = |o: u64| IndexEntry {
+            user_id: Some(user(o)),
+            retracted: false,
+        };
         w.index = (base..base + USERS)
-            .map(|o| {
-                (
-                    format!("p0-{o}"),
-                    IndexEntry {
-                        user_id: Some(format!("user-{}", o % USERS)),
-                        retracted: false,
-                    },
-                )
-            })
+            .map(|o| (format!("p0-{o}"), seen(o)))
             .collect();
         let started = Instant::now();
         store.apply_speed(w).await.expect("apply");
         apply += started.elapsed();
     }
     println!(
-        "apply_speed, 1000 entries + 1000 index updates, durable: {:?} per call",
+        "apply_speed, 1000 entries + 1000 index updates, durable: {:?}/call",
         apply / ROUNDS as u32
     );
 
-    let records: Vec<_> = (0..USERS)
-        .map(|u| {
-            let mut r = record("u", "x");
-            r.events = (0..200)
-                .map(|i| contract::event(&format!("b{u}-{i}"), "u", i))
-                .collect();
-            (format!("user-{u}"), r)
-        })
-        .collect();
+    let record_of = |u: u64| {
+        let mut r = record("u", "x");
+        r.events = (0..200)
+            .map(|i| contract::event(&format!("b{u}-{i}"), "u", i))
+            .collect();
+        (format!("user-{u}"), r)
+    };
     let started = Instant::now();
-    store.write_batch(1, records).await.expect("write");
+    store
+        .write_batch(1, (0..USERS).map(record_of).collect())
+        .await
+        .expect("write");
     println!(
-        "write_batch, 1000 users x 200 events: {:?}",
+        "write_batch, 1000 users x 200 events, durable: {:?}",
         started.elapsed()
     );
     store
@@ -379,44 +375,51 @@ async fn embedded_figures() {
         .await
         .expect("publish");
 
-    let time_reads = |label: &'static str, users: std::ops::Range<u64>| {
-        let store = store.clone();
-        async move {
-            let n = users.end - users.start;
-            let started = Instant::now();
-            for u in users {
-                let h = store
-                    .user_history(&format!("user-{u}"))
-                    .await
-                    .expect("history");
-                assert_eq!(h.speed.len(), ROUNDS as usize);
-            }
-            println!(
-                "user_history {label} (200 batch events + {ROUNDS} speed entries): {:?} per call",
-                started.elapsed() / n as u32
-            );
-        }
+    let users =
+        |range: std::ops::Range<u64>| range.map(|u| format!("user-{u}")).collect::<Vec<_>>();
+    let report = |label: &str, started: Instant, n: usize| {
+        println!(
+            "user_history {label} (200 batch events + {ROUNDS} speed entries): {:?}/call",
+            started.elapsed() / n as u32
+        );
     };
-    time_reads("cold", 0..500).await;
-    time_reads("warm", 0..500).await;
-    let started = Instant::now();
-    for u in 0..500u64 {
-        let h = store
-            .inner
-            .user_history(&format!("user-{u}"))
-            .expect("history");
-        assert_eq!(h.speed.len(), ROUNDS as usize);
+    for (label, range) in [("cold", 0..250), ("warm", 0..250)] {
+        let started = Instant::now();
+        for user in users(range.clone()) {
+            let history = store.user_history(&user).await.expect("history");
+            assert_eq!(history.speed.len(), ROUNDS as usize);
+        }
+        report(label, started, (range.end - range.start) as usize);
     }
-    println!(
-        "user_history warm, without the spawn_blocking hop: {:?} per call",
-        started.elapsed() / 500
-    );
+    for (label, range) in [
+        ("cold, no spawn_blocking", 250..500),
+        ("warm, no spawn_blocking", 250..500),
+    ] {
+        let started = Instant::now();
+        for user in users(range.clone()) {
+            let history = store.inner.user_history(&user).expect("history");
+            assert_eq!(history.speed.len(), ROUNDS as usize);
+        }
+        report(label, started, (range.end - range.start) as usize);
+    }
     let started = Instant::now();
-    for _ in 0..500u64 {
+    for _ in 0..1000 {
         store.check().await.expect("check");
     }
     println!(
-        "spawn_blocking hop + empty read txn (check): {:?} per call",
-        started.elapsed() / 500
+        "check (spawn_blocking hop + empty read txn): {:?}/call",
+        started.elapsed() / 1000
+    );
+
+    let (_, record) = record_of(0);
+    let bytes = codec::encode(&record).expect("encodes");
+    let started = Instant::now();
+    for _ in 0..100 {
+        let _: UserRecord = codec::decode(&bytes, "batch", String::new).expect("decodes");
+    }
+    println!(
+        "decoding one record of {} bytes: {:?}",
+        bytes.len(),
+        started.elapsed() / 100
     );
 }
