@@ -16,10 +16,13 @@ impl Inner {
         let meta = txn.open_table(META).map_err(engine("open table meta"))?;
         let manifest = self.published_in(&meta)?;
         let record = match &manifest {
-            Some(manifest) => {
-                let batch = txn.open_table(BATCH).map_err(engine("open table batch"))?;
-                self.record_in(&batch, manifest.version, user)?
-            }
+            Some(manifest) => match self.records.get(manifest.version, user) {
+                Some(cached) => Some(cached),
+                None => {
+                    let batch = txn.open_table(BATCH).map_err(engine("open table batch"))?;
+                    self.read_record(&batch, manifest.version, user)?
+                }
+            },
             None => None,
         };
         let speed_table = txn.open_table(SPEED).map_err(engine("open table speed"))?;
@@ -60,16 +63,13 @@ impl Inner {
         Ok(Some(manifest))
     }
 
-    /// `user`'s record of `version`, from the cache or decoded and cached.
-    fn record_in(
+    /// `user`'s record of `version`, decoded and cached.
+    fn read_record(
         &self,
         batch: &impl ReadableTable<&'static [u8], &'static [u8]>,
         version: u64,
         user: &str,
     ) -> Result<Option<Arc<UserRecord>>, StoreError> {
-        if let Some(record) = self.records.get(version, user) {
-            return Ok(Some(record));
-        }
         let key = keys::batch_key(version, user);
         let Some(value) = batch
             .get(key.as_slice())

@@ -47,6 +47,11 @@
 //! [`tokio::task::spawn_blocking`]. Decoded records of published versions and
 //! the decoded published manifest are cached in process (see [`cache`]), so
 //! a warm read decodes only the user's speed entries.
+//!
+//! Speed keys lead with the user, so one speed write dirties about one B-tree
+//! leaf per distinct user in it, and every commit pays an fsync: fewer,
+//! larger writes are much cheaper per entry than many small ones. Figures
+//! from `tests::embedded_figures` are in the crate's report, not asserted.
 
 mod batch;
 mod cache;
@@ -107,6 +112,9 @@ struct Inner {
     records: RecordCache,
     manifest: ManifestCache,
     gc_chunk: usize,
+    /// Test hook: `apply_speed` fails after inserting its entries.
+    #[cfg(test)]
+    fail_after_entries: std::sync::atomic::AtomicBool,
 }
 
 impl EmbeddedStore {
@@ -140,6 +148,8 @@ impl EmbeddedStore {
                 records: RecordCache::new(options.record_cache_bytes),
                 manifest: ManifestCache::default(),
                 gc_chunk: options.gc_chunk.max(1),
+                #[cfg(test)]
+                fail_after_entries: Default::default(),
             }),
         })
     }

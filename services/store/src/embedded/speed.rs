@@ -11,26 +11,52 @@ use crate::{IndexEntry, SpeedProgress, SpeedWrite, StoreError};
 
 impl Inner {
     /// Writes entries, index updates and progress in one durable transaction.
+    ///
+    /// Rows are encoded and sorted before the transaction begins: the write
+    /// lock is held only for the inserts, which go in key order.
     pub(super) fn apply_speed(&self, write: &SpeedWrite) -> Result<(), StoreError> {
+        let mut entries = write
+            .entries
+            .iter()
+            .map(|e| {
+                Ok((
+                    keys::speed_key(&e.user_id, e.partition, e.offset)?,
+                    codec::encode(&e.entry)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut index = write
+            .index
+            .iter()
+            .map(|(id, entry)| Ok((id.as_str(), codec::encode(entry)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        index.sort_unstable_by(|a, b| a.0.cmp(b.0));
+
         let mut txn = self.db.begin_write().map_err(engine("begin a write"))?;
         txn.set_durability(Durability::Immediate);
         {
             let mut speed = txn.open_table(SPEED).map_err(engine("open table speed"))?;
-            for positioned in &write.entries {
-                let key =
-                    keys::speed_key(&positioned.user_id, positioned.partition, positioned.offset)?;
-                let value = codec::encode(&positioned.entry)?;
+            for (key, value) in &entries {
                 speed
                     .insert(key.as_slice(), value.as_slice())
                     .map_err(engine("write a speed entry"))?;
             }
-            let mut index = txn
+            #[cfg(test)]
+            if self
+                .fail_after_entries
+                .load(std::sync::atomic::Ordering::SeqCst)
+            {
+                return Err(StoreError::Backend(
+                    "injected fault after the entries".into(),
+                ));
+            }
+            let mut table = txn
                 .open_table(EVENT_INDEX)
                 .map_err(engine("open table event_index"))?;
-            for (event_id, entry) in &write.index {
-                let value = codec::encode(entry)?;
-                index
-                    .insert(event_id.as_str(), value.as_slice())
+            for (event_id, value) in &index {
+                table
+                    .insert(*event_id, value.as_slice())
                     .map_err(engine("write an index entry"))?;
             }
             let mut meta = txn.open_table(META).map_err(engine("open table meta"))?;

@@ -1,5 +1,6 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -79,11 +80,10 @@ async fn a_second_opener_is_told_the_file_is_in_use() {
     );
 }
 
-/// A write that fails midway (here: an entry whose user id cannot be keyed,
-/// after others were already inserted into the transaction) aborts whole:
-/// no entry, no index update, no progress.
+/// A write refused in part (an entry whose user id cannot be keyed) is
+/// refused whole: no entry, no index update, no progress.
 #[tokio::test]
-async fn a_write_failing_midway_leaves_nothing_behind() {
+async fn a_write_refused_in_part_leaves_nothing_behind() {
     let dir = TempDir::new().expect("temp dir");
     let store = store_in(&dir);
     let long_user = "x".repeat(70_000);
@@ -99,6 +99,42 @@ async fn a_write_failing_midway_leaves_nothing_behind() {
         .apply_speed(w)
         .await
         .expect_err("an unkeyable user id fails the write");
+    assert_nothing_applied(&store).await;
+}
+
+/// A write that fails inside its transaction, after its entries were
+/// inserted and before the index and progress were, aborts whole.
+#[tokio::test]
+async fn a_write_failing_midway_leaves_nothing_behind() {
+    let dir = TempDir::new().expect("temp dir");
+    let store = store_in(&dir);
+    let mut w = write(vec![at("u", 0, 0), at("u", 0, 1)], &[(0, 2)]);
+    w.index = vec![(
+        "p0-0".into(),
+        IndexEntry {
+            user_id: Some("u".into()),
+            retracted: false,
+        },
+    )];
+    store.inner.fail_after_entries.store(true, Ordering::SeqCst);
+    let error = store
+        .apply_speed(w.clone())
+        .await
+        .expect_err("the injected fault fails the write");
+    assert!(error.to_string().contains("injected"), "{error}");
+    assert_nothing_applied(&store).await;
+    store
+        .inner
+        .fail_after_entries
+        .store(false, Ordering::SeqCst);
+    store
+        .apply_speed(w.clone())
+        .await
+        .expect("the retry succeeds");
+    assert_eq!(store.speed_progress().await.expect("progress"), w.progress);
+}
+
+async fn assert_nothing_applied(store: &EmbeddedStore) {
     assert_eq!(
         store.speed_progress().await.expect("progress"),
         SpeedProgress::default()
@@ -347,11 +383,26 @@ async fn embedded_figures() {
             .collect();
         let started = Instant::now();
         store.apply_speed(w).await.expect("apply");
-        apply += started.elapsed();
+        let took = started.elapsed();
+        if round == 0 || round == ROUNDS - 1 {
+            println!("apply_speed round {round}: {took:?}");
+        }
+        apply += took;
     }
     println!(
         "apply_speed, 1000 entries + 1000 index updates, durable: {:?}/call",
         apply / ROUNDS as u32
+    );
+
+    let started = Instant::now();
+    for round in 0..20 {
+        let offset = ROUNDS * USERS + round;
+        let w = write(vec![at("single", 0, offset)], &[(0, offset + 1)]);
+        store.apply_speed(w).await.expect("apply");
+    }
+    println!(
+        "apply_speed, 1 entry, durable (the commit's floor): {:?}/call",
+        started.elapsed() / 20
     );
 
     let record_of = |u: u64| {
