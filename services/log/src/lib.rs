@@ -12,6 +12,8 @@
 mod dead_letter;
 pub mod embedded;
 mod error;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 
 use std::time::Duration;
 
@@ -64,6 +66,11 @@ pub trait LogReader: Send {
     /// Up to `max` records after the last ones returned, waiting at most
     /// `wait` for the first; empty when nothing arrived in time.
     async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<LogEntry>, LogError>;
+
+    /// The next offset this reader would return in each partition it reads.
+    /// It may pass the last returned record's offset + 1 where the log has
+    /// offsets that hold no record (Kafka's transaction markers).
+    fn position(&self) -> LogPosition;
 
     /// Tells the log that everything before `position` is durably processed.
     async fn commit(&mut self, position: &LogPosition) -> Result<(), LogError> {
