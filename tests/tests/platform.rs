@@ -2,9 +2,11 @@
 //! would, and checked against the independent reference.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
+use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use signals_e2e::reference::{Reference, Sent};
@@ -165,19 +167,27 @@ async fn a_killed_process_loses_nothing_accepted_and_counts_nothing_twice() {
     }
     let chunks: Vec<Vec<Value>> = events.chunks(100).map(|c| c.iter().map(Sent::to_json).collect()).collect();
 
-    // Post concurrently and SIGKILL the process in the middle of it.
+    // Post, and SIGKILL the process once a third of the requests got through.
     let client = platform.http().clone();
     let url = platform.url("/v1/events");
+    let acked = Arc::new(AtomicUsize::new(0));
+    let counter = acked.clone();
+    let total = chunks.len();
     let sender = tokio::spawn(async move {
         let mut outcomes = Vec::new();
         for chunk in chunks {
             let result = client.post(&url).json(&chunk).send().await;
             let ok = matches!(&result, Ok(r) if r.status().is_success());
+            if ok {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
             outcomes.push((chunk, ok));
         }
         outcomes
     });
-    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    while acked.load(Ordering::SeqCst) < total / 3 {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
     platform.kill();
     let outcomes = sender.await.expect("sender finishes");
     let acknowledged = outcomes.iter().filter(|(_, ok)| *ok).count();

@@ -177,7 +177,7 @@ mod tests {
     }
 
     fn view(id: &str) -> RecordBody {
-        RecordBody::Event(event(id, EventType::View, "item", 1))
+        RecordBody::Event(event(id, EventType::View, "item", 1_795_428_000_000))
     }
 
     fn retract(ids: &[&str]) -> RecordBody {
