@@ -121,13 +121,27 @@ pub struct BatchLayer {
 }
 
 impl BatchLayer {
-    pub fn new(log: Arc<dyn EventLog>, store: Arc<dyn SignalStore>, definitions: Arc<Definitions>, options: BatchOptions) -> BatchLayer {
-        BatchLayer { log, store, definitions, options, status: Mutex::new(Status::default()) }
+    pub fn new(
+        log: Arc<dyn EventLog>,
+        store: Arc<dyn SignalStore>,
+        definitions: Arc<Definitions>,
+        options: BatchOptions,
+    ) -> BatchLayer {
+        BatchLayer {
+            log,
+            store,
+            definitions,
+            options,
+            status: Mutex::new(Status::default()),
+        }
     }
 
     /// The run in progress, if any.
     pub fn running(&self) -> Option<Running> {
-        self.status.lock().map(|s| s.running.clone()).unwrap_or(None)
+        self.status
+            .lock()
+            .map(|s| s.running.clone())
+            .unwrap_or(None)
     }
 
     /// The summary of the last run of this process, if any.
@@ -137,7 +151,11 @@ impl BatchLayer {
 
     /// Recomputes everything up to the log's current end and publishes it
     /// (unless `dry_run`). One run at a time per process.
-    pub async fn run(&self, dry_run: bool, progress: &dyn Progress) -> Result<BatchSummary, BatchError> {
+    pub async fn run(
+        &self,
+        dry_run: bool,
+        progress: &dyn Progress,
+    ) -> Result<BatchSummary, BatchError> {
         let started = Instant::now();
         let started_at = chrono::Utc::now().timestamp_millis();
         let previous = self.store.published().await?;
@@ -147,17 +165,33 @@ impl BatchLayer {
             if let Some(running) = &status.running {
                 return Err(BatchError::AlreadyRunning(running.version));
             }
-            status.running = Some(Running { version, started_at, phase: Phase::Reading, done: 0, total: 0 });
+            status.running = Some(Running {
+                version,
+                started_at,
+                phase: Phase::Reading,
+                done: 0,
+                total: 0,
+            });
         }
-        let result = self.run_version(version, started_at, dry_run, previous, progress).await;
+        let result = self
+            .run_version(version, started_at, dry_run, previous, progress)
+            .await;
         let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
         status.running = None;
         match result {
             Ok(mut summary) => {
                 summary.duration_ms = started.elapsed().as_millis() as u64;
-                info!(version, events = summary.events, users = summary.users, duration_ms = summary.duration_ms, published = summary.published, "batch run finished");
+                info!(
+                    version,
+                    events = summary.events,
+                    users = summary.users,
+                    duration_ms = summary.duration_ms,
+                    published = summary.published,
+                    "batch run finished"
+                );
                 metrics::counter!("signals_batch_runs_total", "outcome" => "ok").increment(1);
-                metrics::histogram!("signals_batch_duration_seconds").record(started.elapsed().as_secs_f64());
+                metrics::histogram!("signals_batch_duration_seconds")
+                    .record(started.elapsed().as_secs_f64());
                 status.last = Some(summary.clone());
                 Ok(summary)
             }
@@ -186,15 +220,28 @@ impl BatchLayer {
     ) -> Result<BatchSummary, BatchError> {
         let end = self.log.end().await?;
         let total = end.total();
-        let mut summary = BatchSummary { version, position: end.clone(), started_at, ..BatchSummary::default() };
-        let running = |phase, done, total| Running { version, started_at, phase, done, total };
+        let mut summary = BatchSummary {
+            version,
+            position: end.clone(),
+            started_at,
+            ..BatchSummary::default()
+        };
+        let running = |phase, done, total| Running {
+            version,
+            started_at,
+            phase,
+            done,
+            total,
+        };
 
         // Read the log up to the snapshot of its end.
         let mut recompute = Recompute::default();
         let mut reader = self.log.read_from(&LogPosition::new()).await?;
         let mut read = LogPosition::new();
         while !read.reaches(&end) {
-            let entries = reader.next_batch(self.options.read_chunk, Duration::from_millis(50)).await?;
+            let entries = reader
+                .next_batch(self.options.read_chunk, Duration::from_millis(50))
+                .await?;
             for entry in entries {
                 if !end.covers(entry.partition, entry.offset) {
                     continue;
@@ -211,7 +258,8 @@ impl BatchLayer {
         }
 
         // Write every user's record under the new version.
-        let horizon = floor_hour(started_at - self.options.retention - self.definitions.max_window());
+        let horizon =
+            floor_hour(started_at - self.options.retention - self.definitions.max_window());
         summary.horizon = horizon;
         let user_count = recompute.users() as u64;
         let (records, corrections) = recompute.finish(&self.definitions, horizon);
@@ -222,7 +270,9 @@ impl BatchLayer {
             chunk.push((user, record));
             if chunk.len() >= self.options.write_chunk {
                 if !dry_run {
-                    self.store.write_batch(version, std::mem::take(&mut chunk)).await?;
+                    self.store
+                        .write_batch(version, std::mem::take(&mut chunk))
+                        .await?;
                 }
                 chunk.clear();
                 self.report(progress, running(Phase::Writing, summary.users, user_count));
@@ -237,13 +287,20 @@ impl BatchLayer {
         }
 
         // Publish, then collect what the previous version no longer needs.
-        self.report(progress, running(Phase::Publishing, summary.users, user_count));
+        self.report(
+            progress,
+            running(Phase::Publishing, summary.users, user_count),
+        );
         let manifest = BatchManifest {
             version,
             position: end,
             horizon,
             created_at: started_at,
-            definitions: self.definitions.iter().map(|d| (d.name.clone(), d.fingerprint())).collect(),
+            definitions: self
+                .definitions
+                .iter()
+                .map(|d| (d.name.clone(), d.fingerprint()))
+                .collect(),
             users: summary.users,
             events: summary.events,
         };
@@ -251,8 +308,15 @@ impl BatchLayer {
         summary.published = true;
         if let Some(previous) = previous {
             // Lag one version: readers holding `previous` still find its data.
-            let removed = self.store.collect_garbage(&previous.position, previous.version).await?;
-            info!(speed_entries = removed.speed_entries, batch_records = removed.batch_records, "garbage collected");
+            let removed = self
+                .store
+                .collect_garbage(&previous.position, previous.version)
+                .await?;
+            info!(
+                speed_entries = removed.speed_entries,
+                batch_records = removed.batch_records,
+                "garbage collected"
+            );
         }
         Ok(summary)
     }

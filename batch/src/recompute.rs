@@ -38,7 +38,10 @@ impl Recompute {
                     self.duplicates += 1;
                 } else {
                     self.seen.insert(event.event_id.clone());
-                    self.by_user.entry(event.user_id.clone()).or_default().push(event);
+                    self.by_user
+                        .entry(event.user_id.clone())
+                        .or_default()
+                        .push(event);
                 }
             }
             RecordBody::Retraction(retraction) => self.retracted.extend(retraction.event_ids),
@@ -59,8 +62,17 @@ impl Recompute {
         definitions: &Definitions,
         horizon: Millis,
     ) -> (impl Iterator<Item = (String, UserRecord)> + '_, Corrections) {
-        let Recompute { by_user, retracted, deleted, duplicates, .. } = self;
-        let mut corrections = Corrections { duplicates, ..Corrections::default() };
+        let Recompute {
+            by_user,
+            retracted,
+            deleted,
+            duplicates,
+            ..
+        } = self;
+        let mut corrections = Corrections {
+            duplicates,
+            ..Corrections::default()
+        };
         let mut kept: Vec<(String, Vec<Event>)> = Vec::with_capacity(by_user.len());
         for (user, mut events) in by_user {
             if deleted.contains(&user) {
@@ -99,15 +111,28 @@ mod tests {
         e2.user_id = "u1".into();
         let mut e3 = event("e3", EventType::View, "c", 30);
         e3.user_id = "gone".into();
-        r.add(RecordBody::Retraction(Retraction { event_ids: vec!["e2".into()], reason: String::new() }));
+        r.add(RecordBody::Retraction(Retraction {
+            event_ids: vec!["e2".into()],
+            reason: String::new(),
+        }));
         for e in [e1.clone(), e1_again, e2, e3] {
             r.add(RecordBody::Event(e));
         }
-        r.add(RecordBody::UserDeletion(UserDeletion { user_id: "gone".into(), reason: String::new() }));
+        r.add(RecordBody::UserDeletion(UserDeletion {
+            user_id: "gone".into(),
+            reason: String::new(),
+        }));
         let definitions = Definitions::default();
         let (records, corrections) = r.finish(&definitions, 0);
         let records: Vec<(String, UserRecord)> = records.collect();
-        assert_eq!(corrections, Corrections { duplicates: 1, retracted: 1, deleted_user_events: 1 });
+        assert_eq!(
+            corrections,
+            Corrections {
+                duplicates: 1,
+                retracted: 1,
+                deleted_user_events: 1
+            }
+        );
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].0, "u1");
         assert_eq!(records[0].1.events, vec![e1]);

@@ -10,8 +10,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::LazyLock;
 
-use apache_avro::types::Value;
 use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::types::Value;
 use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;
 
@@ -70,7 +70,9 @@ static WRITER: LazyLock<GenericDatumWriter<'static>> = LazyLock::new(|| {
 
 fn current() -> &'static Schema {
     #[allow(clippy::expect_used)]
-    SCHEMAS.get(&CURRENT_SCHEMA_ID).expect("the current schema is known")
+    SCHEMAS
+        .get(&CURRENT_SCHEMA_ID)
+        .expect("the current schema is known")
 }
 
 /// The schema registered under `id`, if this version knows it.
@@ -110,10 +112,12 @@ pub fn encode(record: &LogRecord) -> Vec<u8> {
 pub fn decode(bytes: &[u8]) -> Result<LogRecord, DecodeError> {
     let (id, mut datum) = frame(bytes)?;
     let reader = READERS.get(&id).ok_or(DecodeError::UnknownSchema(id))?;
-    let value = reader.read_value(&mut datum).map_err(|e| DecodeError::Avro {
-        id,
-        message: e.to_string(),
-    })?;
+    let value = reader
+        .read_value(&mut datum)
+        .map_err(|e| DecodeError::Avro {
+            id,
+            message: e.to_string(),
+        })?;
     if !datum.is_empty() {
         return Err(DecodeError::Avro {
             id,
@@ -186,7 +190,10 @@ fn to_value(record: &LogRecord) -> Value {
         ),
     };
     Value::Record(vec![
-        ("accepted_at".into(), Value::TimestampMillis(record.accepted_at)),
+        (
+            "accepted_at".into(),
+            Value::TimestampMillis(record.accepted_at),
+        ),
         ("body".into(), body),
     ])
 }
@@ -198,7 +205,9 @@ impl Fields {
     fn of(value: Value, what: &str) -> Result<Fields, DecodeError> {
         match value {
             Value::Record(fields) => Ok(Fields(fields.into_iter().collect())),
-            other => Err(DecodeError::Invalid(format!("{what} is not a record: {other:?}"))),
+            other => Err(DecodeError::Invalid(format!(
+                "{what} is not a record: {other:?}"
+            ))),
         }
     }
 
@@ -211,7 +220,9 @@ impl Fields {
     fn string(&mut self, name: &str) -> Result<String, DecodeError> {
         match self.take(name)? {
             Value::String(s) => Ok(s),
-            other => Err(DecodeError::Invalid(format!("`{name}` is not a string: {other:?}"))),
+            other => Err(DecodeError::Invalid(format!(
+                "`{name}` is not a string: {other:?}"
+            ))),
         }
     }
 
@@ -220,18 +231,24 @@ impl Fields {
             Value::Union(_, inner) => match *inner {
                 Value::Null => Ok(None),
                 Value::String(s) => Ok(Some(s)),
-                other => Err(DecodeError::Invalid(format!("`{name}` is not a string: {other:?}"))),
+                other => Err(DecodeError::Invalid(format!(
+                    "`{name}` is not a string: {other:?}"
+                ))),
             },
             Value::Null => Ok(None),
             Value::String(s) => Ok(Some(s)),
-            other => Err(DecodeError::Invalid(format!("`{name}` is not a string: {other:?}"))),
+            other => Err(DecodeError::Invalid(format!(
+                "`{name}` is not a string: {other:?}"
+            ))),
         }
     }
 
     fn millis(&mut self, name: &str) -> Result<i64, DecodeError> {
         match self.take(name)? {
             Value::TimestampMillis(t) | Value::Long(t) => Ok(t),
-            other => Err(DecodeError::Invalid(format!("`{name}` is not a time: {other:?}"))),
+            other => Err(DecodeError::Invalid(format!(
+                "`{name}` is not a time: {other:?}"
+            ))),
         }
     }
 }
@@ -248,10 +265,16 @@ fn from_value(value: Value) -> Result<LogRecord, DecodeError> {
                     .into_iter()
                     .map(|item| match item {
                         Value::String(s) => Ok(s),
-                        other => Err(DecodeError::Invalid(format!("an event id is not a string: {other:?}"))),
+                        other => Err(DecodeError::Invalid(format!(
+                            "an event id is not a string: {other:?}"
+                        ))),
                     })
                     .collect::<Result<Vec<_>, _>>()?,
-                other => return Err(DecodeError::Invalid(format!("`event_ids` is not an array: {other:?}"))),
+                other => {
+                    return Err(DecodeError::Invalid(format!(
+                        "`event_ids` is not an array: {other:?}"
+                    )))
+                }
             };
             RecordBody::Retraction(Retraction {
                 event_ids,
@@ -265,7 +288,11 @@ fn from_value(value: Value) -> Result<LogRecord, DecodeError> {
                 reason: fields.string("reason")?,
             })
         }
-        other => return Err(DecodeError::Invalid(format!("unknown record body: {other:?}"))),
+        other => {
+            return Err(DecodeError::Invalid(format!(
+                "unknown record body: {other:?}"
+            )))
+        }
     };
     Ok(LogRecord { accepted_at, body })
 }
@@ -275,17 +302,27 @@ fn event_from(value: Value) -> Result<Event, DecodeError> {
     let event_type = match fields.take("event_type")? {
         Value::Enum(_, symbol) => EventType::parse(&symbol)
             .ok_or_else(|| DecodeError::Invalid(format!("unknown event type `{symbol}`")))?,
-        other => return Err(DecodeError::Invalid(format!("`event_type` is not an enum: {other:?}"))),
+        other => {
+            return Err(DecodeError::Invalid(format!(
+                "`event_type` is not an enum: {other:?}"
+            )))
+        }
     };
     let attributes = match fields.take("attributes")? {
         Value::Map(map) => map
             .into_iter()
             .map(|(k, v)| match v {
                 Value::String(s) => Ok((k, s)),
-                other => Err(DecodeError::Invalid(format!("attribute `{k}` is not a string: {other:?}"))),
+                other => Err(DecodeError::Invalid(format!(
+                    "attribute `{k}` is not a string: {other:?}"
+                ))),
             })
             .collect::<Result<BTreeMap<_, _>, _>>()?,
-        other => return Err(DecodeError::Invalid(format!("`attributes` is not a map: {other:?}"))),
+        other => {
+            return Err(DecodeError::Invalid(format!(
+                "`attributes` is not a map: {other:?}"
+            )))
+        }
     };
     let event = Event {
         event_id: fields.string("event_id")?,
@@ -345,12 +382,21 @@ mod tests {
                 ("user_id".into(), Value::String("u-1".into())),
                 ("event_type".into(), Value::Enum(2, "search".into())),
                 ("item_id".into(), Value::Union(0, Box::new(Value::Null))),
-                ("query".into(), Value::Union(1, Box::new(Value::String("lofts".into())))),
-                ("event_time".into(), Value::TimestampMillis(1_795_428_000_000)),
+                (
+                    "query".into(),
+                    Value::Union(1, Box::new(Value::String("lofts".into()))),
+                ),
+                (
+                    "event_time".into(),
+                    Value::TimestampMillis(1_795_428_000_000),
+                ),
             ])),
         );
         let record = Value::Record(vec![
-            ("accepted_at".into(), Value::TimestampMillis(1_795_428_000_500)),
+            (
+                "accepted_at".into(),
+                Value::TimestampMillis(1_795_428_000_500),
+            ),
             ("body".into(), body),
         ]);
         let mut bytes = vec![0, 0, 0, 0, 1];
@@ -381,17 +427,26 @@ mod tests {
     fn bad_input_gets_a_precise_error() {
         assert_eq!(decode(&[0, 0]), Err(DecodeError::TooShort(2)));
         assert_eq!(decode(&[7, 0, 0, 0, 2, 0]), Err(DecodeError::BadMagic(7)));
-        assert_eq!(decode(&[0, 0, 0, 0, 9, 0]), Err(DecodeError::UnknownSchema(9)));
+        assert_eq!(
+            decode(&[0, 0, 0, 0, 9, 0]),
+            Err(DecodeError::UnknownSchema(9))
+        );
         assert_eq!(
             decode(&[0, 0, 0, 0, 9, 0]).map_err(|e| e.to_string()),
             Err("unknown schema id 9 (known: 1, 2)".to_owned())
         );
         let mut truncated = encode(&view());
         truncated.truncate(truncated.len() - 3);
-        assert!(matches!(decode(&truncated), Err(DecodeError::Avro { id: 2, .. })));
+        assert!(matches!(
+            decode(&truncated),
+            Err(DecodeError::Avro { id: 2, .. })
+        ));
         let mut trailing = encode(&view());
         trailing.push(0);
-        assert!(matches!(decode(&trailing), Err(DecodeError::Avro { id: 2, .. })));
+        assert!(matches!(
+            decode(&trailing),
+            Err(DecodeError::Avro { id: 2, .. })
+        ));
     }
 
     #[test]

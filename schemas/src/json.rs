@@ -27,7 +27,15 @@ pub const MAX_RETRACTED_IDS: usize = 10_000;
 pub const MIN_EVENT_TIME: Millis = 946_684_800_000;
 pub const MAX_EVENT_TIME: Millis = 4_102_444_800_000;
 
-const FIELDS: [&str; 7] = ["event_id", "user_id", "event_type", "item_id", "query", "event_time", "attributes"];
+const FIELDS: [&str; 7] = [
+    "event_id",
+    "user_id",
+    "event_type",
+    "item_id",
+    "query",
+    "event_time",
+    "attributes",
+];
 
 /// The whole body is unusable.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -45,17 +53,27 @@ fn error(message: impl Into<String>) -> EventError {
 
 /// Parses a collector body: a JSON array, or NDJSON when the content type
 /// says so or the first non-blank byte is not `[`.
-pub fn parse_events(body: &[u8], content_type: Option<&str>) -> Result<Vec<Result<Event, EventError>>, BodyError> {
+pub fn parse_events(
+    body: &[u8],
+    content_type: Option<&str>,
+) -> Result<Vec<Result<Event, EventError>>, BodyError> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     let Some(first) = first else {
-        return Err(BodyError("the body is empty: send a JSON array of events or NDJSON".into()));
+        return Err(BodyError(
+            "the body is empty: send a JSON array of events or NDJSON".into(),
+        ));
     };
-    let ndjson = content_type.is_some_and(|t| t.starts_with("application/x-ndjson") || t.starts_with("application/jsonl"));
+    let ndjson = content_type.is_some_and(|t| {
+        t.starts_with("application/x-ndjson") || t.starts_with("application/jsonl")
+    });
     if ndjson || *first != b'[' {
         if *first == b'[' {
-            return Err(BodyError("an NDJSON body must have one JSON object per line, not an array".into()));
+            return Err(BodyError(
+                "an NDJSON body must have one JSON object per line, not an array".into(),
+            ));
         }
-        let text = std::str::from_utf8(body).map_err(|e| BodyError(format!("the body is not UTF-8: {e}")))?;
+        let text = std::str::from_utf8(body)
+            .map_err(|e| BodyError(format!("the body is not UTF-8: {e}")))?;
         return Ok(text
             .lines()
             .filter(|line| !line.trim().is_empty())
@@ -67,7 +85,8 @@ pub fn parse_events(body: &[u8], content_type: Option<&str>) -> Result<Vec<Resul
             })
             .collect());
     }
-    let value: Value = serde_json::from_slice(body).map_err(|e| BodyError(format!("the body is not valid JSON: {e}")))?;
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| BodyError(format!("the body is not valid JSON: {e}")))?;
     match value {
         Value::Array(items) => Ok(items.into_iter().map(event_from_json).collect()),
         _ => Err(BodyError("a JSON body must be an array of events".into())),
@@ -76,12 +95,17 @@ pub fn parse_events(body: &[u8], content_type: Option<&str>) -> Result<Vec<Resul
 
 /// Parses `{"event_ids": [...], "reason": "..."}`.
 pub fn parse_retraction(body: &[u8]) -> Result<Retraction, BodyError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| BodyError(format!("the body is not valid JSON: {e}")))?;
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| BodyError(format!("the body is not valid JSON: {e}")))?;
     let Value::Object(mut object) = value else {
-        return Err(BodyError("a retraction must be a JSON object with `event_ids`".into()));
+        return Err(BodyError(
+            "a retraction must be a JSON object with `event_ids`".into(),
+        ));
     };
     if let Some(unknown) = object.keys().find(|k| *k != "event_ids" && *k != "reason") {
-        return Err(BodyError(format!("unknown field `{unknown}` (expected event_ids, reason)")));
+        return Err(BodyError(format!(
+            "unknown field `{unknown}` (expected event_ids, reason)"
+        )));
     }
     let ids = match object.remove("event_ids") {
         Some(Value::Array(ids)) => ids,
@@ -92,7 +116,10 @@ pub fn parse_retraction(body: &[u8]) -> Result<Retraction, BodyError> {
         return Err(BodyError("`event_ids` must not be empty".into()));
     }
     if ids.len() > MAX_RETRACTED_IDS {
-        return Err(BodyError(format!("`event_ids` has {} ids; at most {MAX_RETRACTED_IDS} per retraction", ids.len())));
+        return Err(BodyError(format!(
+            "`event_ids` has {} ids; at most {MAX_RETRACTED_IDS} per retraction",
+            ids.len()
+        )));
     }
     let event_ids = ids
         .into_iter()
@@ -106,7 +133,11 @@ pub fn parse_retraction(body: &[u8]) -> Result<Retraction, BodyError> {
     let reason = match object.remove("reason") {
         None | Some(Value::Null) => String::new(),
         Some(Value::String(s)) if s.len() <= MAX_TEXT_BYTES => s,
-        Some(Value::String(_)) => return Err(BodyError(format!("`reason` is longer than {MAX_TEXT_BYTES} bytes"))),
+        Some(Value::String(_)) => {
+            return Err(BodyError(format!(
+                "`reason` is longer than {MAX_TEXT_BYTES} bytes"
+            )))
+        }
         Some(_) => return Err(BodyError("`reason` must be a string".into())),
     };
     Ok(Retraction { event_ids, reason })
@@ -128,7 +159,9 @@ fn required(object: &mut Map<String, Value>, name: &str) -> Result<String, Event
 pub fn parse_event_time(value: &Value) -> Option<Millis> {
     match value {
         Value::Number(n) => n.as_i64(),
-        Value::String(s) => DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_millis()),
+        Value::String(s) => DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|t| t.timestamp_millis()),
         _ => None,
     }
 }
@@ -139,7 +172,10 @@ pub fn event_from_json(value: Value) -> Result<Event, EventError> {
         return Err(error("an event must be a JSON object"));
     };
     if let Some(unknown) = object.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        return Err(error(format!("unknown field `{unknown}` (expected {})", FIELDS.join(", "))));
+        return Err(error(format!(
+            "unknown field `{unknown}` (expected {})",
+            FIELDS.join(", ")
+        )));
     }
     let event_id = required(&mut object, "event_id")?;
     let user_id = required(&mut object, "user_id")?;
@@ -154,8 +190,9 @@ pub fn event_from_json(value: Value) -> Result<Event, EventError> {
     let query = string_field(&mut object, "query")?;
     let event_time = match object.remove("event_time") {
         None | Some(Value::Null) => return Err(error("missing `event_time`")),
-        Some(value) => parse_event_time(&value)
-            .ok_or_else(|| error("`event_time` must be an RFC 3339 string or integer epoch milliseconds"))?,
+        Some(value) => parse_event_time(&value).ok_or_else(|| {
+            error("`event_time` must be an RFC 3339 string or integer epoch milliseconds")
+        })?,
     };
     let attributes = match object.remove("attributes") {
         None | Some(Value::Null) => BTreeMap::new(),
@@ -165,12 +202,22 @@ pub fn event_from_json(value: Value) -> Result<Event, EventError> {
                 Value::String(s) => Ok((key, s)),
                 Value::Number(n) => Ok((key, n.to_string())),
                 Value::Bool(b) => Ok((key, b.to_string())),
-                _ => Err(error(format!("`attributes.{key}` must be a string, number or boolean"))),
+                _ => Err(error(format!(
+                    "`attributes.{key}` must be a string, number or boolean"
+                ))),
             })
             .collect::<Result<_, _>>()?,
         Some(_) => return Err(error("`attributes` must be an object")),
     };
-    let event = Event { event_id, user_id, event_type, item_id, query, event_time, attributes };
+    let event = Event {
+        event_id,
+        user_id,
+        event_type,
+        item_id,
+        query,
+        event_time,
+        attributes,
+    };
     check_event(&event)?;
     Ok(event)
 }
@@ -180,10 +227,14 @@ fn check_id(name: &str, id: &str) -> Result<(), EventError> {
         return Err(error(format!("`{name}` must not be empty")));
     }
     if id.len() > MAX_ID_BYTES {
-        return Err(error(format!("`{name}` is longer than {MAX_ID_BYTES} bytes")));
+        return Err(error(format!(
+            "`{name}` is longer than {MAX_ID_BYTES} bytes"
+        )));
     }
     if id.chars().any(char::is_control) {
-        return Err(error(format!("`{name}` must not contain control characters")));
+        return Err(error(format!(
+            "`{name}` must not contain control characters"
+        )));
     }
     Ok(())
 }
@@ -195,19 +246,26 @@ pub fn check_event(event: &Event) -> Result<(), EventError> {
     match &event.item_id {
         Some(item) => check_id("item_id", item)?,
         None if event.event_type.requires_item() => {
-            return Err(error(format!("`item_id` is required for {} events", event.event_type)))
+            return Err(error(format!(
+                "`item_id` is required for {} events",
+                event.event_type
+            )))
         }
         None => {}
     }
     match &event.query {
         Some(query) if query.len() > MAX_TEXT_BYTES => {
-            return Err(error(format!("`query` is longer than {MAX_TEXT_BYTES} bytes")))
+            return Err(error(format!(
+                "`query` is longer than {MAX_TEXT_BYTES} bytes"
+            )))
         }
         Some(query) if query.trim().is_empty() && event.event_type.requires_query() => {
             return Err(error("`query` must not be blank for search events"))
         }
         Some(_) => {}
-        None if event.event_type.requires_query() => return Err(error("`query` is required for search events")),
+        None if event.event_type.requires_query() => {
+            return Err(error("`query` is required for search events"))
+        }
         None => {}
     }
     if !(MIN_EVENT_TIME..MAX_EVENT_TIME).contains(&event.event_time) {
@@ -217,21 +275,31 @@ pub fn check_event(event: &Event) -> Result<(), EventError> {
         )));
     }
     if event.attributes.len() > MAX_ATTRIBUTES {
-        return Err(error(format!("{} attributes; at most {MAX_ATTRIBUTES}", event.attributes.len())));
+        return Err(error(format!(
+            "{} attributes; at most {MAX_ATTRIBUTES}",
+            event.attributes.len()
+        )));
     }
     for (key, value) in &event.attributes {
         if key.is_empty() || key.len() > MAX_KEY_BYTES {
-            return Err(error(format!("attribute keys must be 1 to {MAX_KEY_BYTES} bytes")));
+            return Err(error(format!(
+                "attribute keys must be 1 to {MAX_KEY_BYTES} bytes"
+            )));
         }
         if value.len() > MAX_TEXT_BYTES {
-            return Err(error(format!("`attributes.{key}` is longer than {MAX_TEXT_BYTES} bytes")));
+            return Err(error(format!(
+                "`attributes.{key}` is longer than {MAX_TEXT_BYTES} bytes"
+            )));
         }
     }
     Ok(())
 }
 
 fn format_time(t: Millis) -> String {
-    DateTime::from_timestamp_millis(t).map_or_else(|| t.to_string(), |d| d.to_rfc3339_opts(SecondsFormat::Millis, true))
+    DateTime::from_timestamp_millis(t).map_or_else(
+        || t.to_string(),
+        |d| d.to_rfc3339_opts(SecondsFormat::Millis, true),
+    )
 }
 
 /// An event in the collector's JSON shape; times as RFC 3339 with milliseconds.
@@ -277,7 +345,10 @@ mod tests {
     fn the_contract_example_parses() {
         let event = one(view()).expect("valid");
         assert_eq!(event.event_time, 1_795_428_000_123);
-        assert_eq!(event.attributes.get("city").map(String::as_str), Some("Paris"));
+        assert_eq!(
+            event.attributes.get("city").map(String::as_str),
+            Some("Paris")
+        );
         let millis = one(with(view(), "event_time", json!(1_795_428_000_123_i64))).expect("valid");
         assert_eq!(millis, event);
     }
@@ -307,9 +378,20 @@ mod tests {
 
     #[test]
     fn numbers_and_booleans_become_attribute_text() {
-        let event = one(with(view(), "attributes", json!({"price": 12.5, "mobile": true}))).expect("valid");
-        assert_eq!(event.attributes.get("price").map(String::as_str), Some("12.5"));
-        assert_eq!(event.attributes.get("mobile").map(String::as_str), Some("true"));
+        let event = one(with(
+            view(),
+            "attributes",
+            json!({"price": 12.5, "mobile": true}),
+        ))
+        .expect("valid");
+        assert_eq!(
+            event.attributes.get("price").map(String::as_str),
+            Some("12.5")
+        );
+        assert_eq!(
+            event.attributes.get("mobile").map(String::as_str),
+            Some("true")
+        );
     }
 
     #[test]
@@ -319,34 +401,62 @@ mod tests {
         assert!(parsed[0].is_ok());
         assert_eq!(parsed[1], Err(EventError("missing `user_id`".into())));
 
-        let body = format!("{}\n\nnot json\n{}\n", view(), with(view(), "event_id", json!("e-2")));
+        let body = format!(
+            "{}\n\nnot json\n{}\n",
+            view(),
+            with(view(), "event_id", json!("e-2"))
+        );
         let parsed = parse_events(body.as_bytes(), Some("application/x-ndjson")).expect("ndjson");
         assert_eq!(parsed.len(), 3);
         assert!(parsed[0].is_ok() && parsed[2].is_ok());
         let message = parsed[1].clone().expect_err("bad line").0;
-        assert!(message.starts_with("line 2 is not JSON: expected ident"), "{message}");
+        assert!(
+            message.starts_with("line 2 is not JSON: expected ident"),
+            "{message}"
+        );
     }
 
     #[test]
     fn unusable_bodies_are_refused_whole() {
         let refuse = |body: &str| parse_events(body.as_bytes(), None).expect_err("refused").0;
-        assert_eq!(refuse("  "), "the body is empty: send a JSON array of events or NDJSON");
+        assert_eq!(
+            refuse("  "),
+            "the body is empty: send a JSON array of events or NDJSON"
+        );
         assert!(refuse("[{\"a\": 1}").starts_with("the body is not valid JSON: EOF while parsing"));
         assert_eq!(
-            parse_events(b"[]", Some("application/x-ndjson")).expect_err("refused").0,
+            parse_events(b"[]", Some("application/x-ndjson"))
+                .expect_err("refused")
+                .0,
             "an NDJSON body must have one JSON object per line, not an array"
         );
     }
 
     #[test]
     fn retractions_are_checked() {
-        let ok = parse_retraction(br#"{"event_ids": ["e-1", "e-2"], "reason": "bot"}"#).expect("valid");
-        assert_eq!(ok, Retraction { event_ids: vec!["e-1".into(), "e-2".into()], reason: "bot".into() });
+        let ok =
+            parse_retraction(br#"{"event_ids": ["e-1", "e-2"], "reason": "bot"}"#).expect("valid");
+        assert_eq!(
+            ok,
+            Retraction {
+                event_ids: vec!["e-1".into(), "e-2".into()],
+                reason: "bot".into()
+            }
+        );
         let refuse = |body: &str| parse_retraction(body.as_bytes()).expect_err("refused").0;
-        assert_eq!(refuse(r#"{"event_ids": []}"#), "`event_ids` must not be empty");
+        assert_eq!(
+            refuse(r#"{"event_ids": []}"#),
+            "`event_ids` must not be empty"
+        );
         assert_eq!(refuse(r#"{"reason": "x"}"#), "missing `event_ids`");
-        assert_eq!(refuse(r#"{"event_ids": ["a", 3]}"#), "`event_ids[1]` must be a string");
-        assert_eq!(refuse(r#"{"event_ids": ["a"], "why": 1}"#), "unknown field `why` (expected event_ids, reason)");
+        assert_eq!(
+            refuse(r#"{"event_ids": ["a", 3]}"#),
+            "`event_ids[1]` must be a string"
+        );
+        assert_eq!(
+            refuse(r#"{"event_ids": ["a"], "why": 1}"#),
+            "unknown field `why` (expected event_ids, reason)"
+        );
     }
 
     proptest! {

@@ -17,7 +17,10 @@ use serde_json::{json, Value};
 pub fn binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> → target/<profile>/signals
-    let dir = exe.parent().and_then(Path::parent).expect("target profile dir");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile dir");
     let path = dir.join("signals");
     assert!(
         path.exists(),
@@ -58,7 +61,9 @@ impl Platform {
             port,
             env: vec![("SIGNALS_BATCH__SCHEDULE".into(), "off".into())],
             child: None,
-            http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()?,
             _temp: Some(temp),
         };
         platform.launch().await?;
@@ -68,7 +73,10 @@ impl Platform {
     async fn launch(&mut self) -> anyhow::Result<()> {
         let log_path = self.data_dir.with_extension("log");
         std::fs::create_dir_all(&self.data_dir)?;
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)?;
         let mut command = Command::new(binary());
         command
             .arg("up")
@@ -113,8 +121,13 @@ impl Platform {
 
     /// SIGTERM and wait for a clean exit; returns whether it exited 0.
     pub fn stop(&mut self) -> anyhow::Result<bool> {
-        let Some(mut child) = self.child.take() else { return Ok(true) };
-        Command::new("kill").arg("-TERM").arg(child.id().to_string()).status()?;
+        let Some(mut child) = self.child.take() else {
+            return Ok(true);
+        };
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = child.try_wait()? {
@@ -144,7 +157,12 @@ impl Platform {
 
     /// Posts events as a JSON array; returns the parsed answer.
     pub async fn post_events(&self, events: &[Value]) -> anyhow::Result<Value> {
-        let response = self.http.post(self.url("/v1/events")).json(&events).send().await?;
+        let response = self
+            .http
+            .post(self.url("/v1/events"))
+            .json(&events)
+            .send()
+            .await?;
         let status = response.status();
         let body: Value = response.json().await?;
         if !status.is_success() {
@@ -175,7 +193,11 @@ impl Platform {
     }
 
     pub async fn run_batch(&self) -> anyhow::Result<Value> {
-        let response = self.http.post(self.url("/v1/admin/batch/run")).send().await?;
+        let response = self
+            .http
+            .post(self.url("/v1/admin/batch/run"))
+            .send()
+            .await?;
         let status = response.status();
         let body: Value = response.json().await?;
         if !status.is_success() {
@@ -188,7 +210,9 @@ impl Platform {
     pub async fn wait_caught_up(&self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let (_, body) = self.get_json("/v1/users/nobody/signals?names=last_active").await?;
+            let (_, body) = self
+                .get_json("/v1/users/nobody/signals?names=last_active")
+                .await?;
             if body["freshness"]["speed_lag_records"] == json!(0) {
                 return Ok(());
             }

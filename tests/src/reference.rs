@@ -87,18 +87,35 @@ impl Reference {
 
     /// Every default signal of `user` at `at`.
     pub fn signals(&self, user: &str, at: i64) -> BTreeMap<String, Value> {
-        let events: Vec<&Sent> = self.events_of(user).into_iter().filter(|e| e.time < at).collect();
+        let events: Vec<&Sent> = self
+            .events_of(user)
+            .into_iter()
+            .filter(|e| e.time < at)
+            .collect();
         let count = |kind: &str, window: i64| {
-            events.iter().filter(|e| e.event_type == kind && e.time >= at - window).count()
+            events
+                .iter()
+                .filter(|e| e.event_type == kind && e.time >= at - window)
+                .count()
         };
         let mut out = BTreeMap::new();
         out.insert(
             "recent_views".into(),
-            json!(newest_distinct(events.iter().filter(|e| e.event_type == "view" || e.event_type == "click"), |e| e.item_id.clone(), 20)),
+            json!(newest_distinct(
+                events
+                    .iter()
+                    .filter(|e| e.event_type == "view" || e.event_type == "click"),
+                |e| e.item_id.clone(),
+                20
+            )),
         );
         out.insert(
             "recent_searches".into(),
-            json!(newest_distinct(events.iter().filter(|e| e.event_type == "search"), |e| e.query.clone(), 10)),
+            json!(newest_distinct(
+                events.iter().filter(|e| e.event_type == "search"),
+                |e| e.query.clone(),
+                10
+            )),
         );
         out.insert("wishlist".into(), json!(wishlist(&events)));
         out.insert("views_1h".into(), json!(count("view", HOUR)));
@@ -116,17 +133,33 @@ impl Reference {
         cities.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
         out.insert(
             "top_cities_7d".into(),
-            Value::from_iter(cities.into_iter().take(3).map(|(k, n)| json!({"key": k, "count": n}))),
+            Value::from_iter(
+                cities
+                    .into_iter()
+                    .take(3)
+                    .map(|(k, n)| json!({"key": k, "count": n})),
+            ),
         );
         out.insert(
             "last_active".into(),
-            events.iter().map(|e| e.time).max().map_or(Value::Null, |t| json!(rfc3339(t))),
+            events
+                .iter()
+                .map(|e| e.time)
+                .max()
+                .map_or(Value::Null, |t| json!(rfc3339(t))),
         );
         out
     }
 
     /// The activity endpoint's answer: events of `types` in `[since, until)`.
-    pub fn activity(&self, user: &str, types: &[&str], since: i64, until: i64, limit: usize) -> Vec<String> {
+    pub fn activity(
+        &self,
+        user: &str,
+        types: &[&str],
+        since: i64,
+        until: i64,
+        limit: usize,
+    ) -> Vec<String> {
         let mut events: Vec<&Sent> = self
             .events_of(user)
             .into_iter()
@@ -134,12 +167,20 @@ impl Reference {
             .filter(|e| e.time >= since && e.time < until)
             .collect();
         events.sort_by(|a, b| (b.time, &b.event_id).cmp(&(a.time, &a.event_id)));
-        events.into_iter().take(limit).map(|e| e.event_id.clone()).collect()
+        events
+            .into_iter()
+            .take(limit)
+            .map(|e| e.event_id.clone())
+            .collect()
     }
 }
 
 /// Distinct values, ordered by each value's newest event, newest first.
-fn newest_distinct<'a>(events: impl Iterator<Item = &'a &'a Sent>, value: impl Fn(&Sent) -> Option<String>, limit: usize) -> Vec<String> {
+fn newest_distinct<'a>(
+    events: impl Iterator<Item = &'a &'a Sent>,
+    value: impl Fn(&Sent) -> Option<String>,
+    limit: usize,
+) -> Vec<String> {
     let mut newest: HashMap<String, &Sent> = HashMap::new();
     for e in events {
         if let Some(v) = value(e) {
@@ -156,7 +197,10 @@ fn newest_distinct<'a>(events: impl Iterator<Item = &'a &'a Sent>, value: impl F
 
 fn wishlist(events: &[&Sent]) -> Vec<String> {
     let mut latest: HashMap<String, &Sent> = HashMap::new();
-    for e in events.iter().filter(|e| e.event_type.starts_with("wishlist_")) {
+    for e in events
+        .iter()
+        .filter(|e| e.event_type.starts_with("wishlist_"))
+    {
         if let Some(item) = &e.item_id {
             let slot = latest.entry(item.clone()).or_insert(e);
             if e.later_than(slot) {
@@ -164,7 +208,10 @@ fn wishlist(events: &[&Sent]) -> Vec<String> {
             }
         }
     }
-    let mut present: Vec<(String, &Sent)> = latest.into_iter().filter(|(_, e)| e.event_type == "wishlist_add").collect();
+    let mut present: Vec<(String, &Sent)> = latest
+        .into_iter()
+        .filter(|(_, e)| e.event_type == "wishlist_add")
+        .collect();
     present.sort_by(|a, b| (b.1.time, &b.1.event_id).cmp(&(a.1.time, &a.1.event_id)));
     present.into_iter().map(|(item, _)| item).collect()
 }

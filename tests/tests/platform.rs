@@ -21,7 +21,9 @@ fn now() -> i64 {
 }
 
 fn parse_rfc3339(text: &str) -> i64 {
-    chrono::DateTime::parse_from_rfc3339(text).expect("RFC 3339").timestamp_millis()
+    chrono::DateTime::parse_from_rfc3339(text)
+        .expect("RFC 3339")
+        .timestamp_millis()
 }
 
 /// A realistic mix: recent activity, late events, events outside every
@@ -38,7 +40,15 @@ fn generate(rng: &mut StdRng, count: usize, id_prefix: &str, base: i64) -> Vec<S
                 8 => rng.random_range(8 * DAY..20 * DAY),
                 _ => -rng.random_range(0..5 * 60_000),
             };
-            let kind = ["view", "view", "view", "click", "search", "wishlist_add", "wishlist_remove"][rng.random_range(0..7)];
+            let kind = [
+                "view",
+                "view",
+                "view",
+                "click",
+                "search",
+                "wishlist_add",
+                "wishlist_remove",
+            ][rng.random_range(0..7)];
             Sent {
                 event_id: format!("{id_prefix}-{i}"),
                 user_id: user,
@@ -46,7 +56,9 @@ fn generate(rng: &mut StdRng, count: usize, id_prefix: &str, base: i64) -> Vec<S
                 item_id: (kind != "search").then(|| format!("item-{}", rng.random_range(0..30))),
                 query: (kind == "search").then(|| format!("query {}", rng.random_range(0..15))),
                 time: base - age,
-                city: rng.random_bool(0.6).then(|| cities[rng.random_range(0..cities.len())].to_string()),
+                city: rng
+                    .random_bool(0.6)
+                    .then(|| cities[rng.random_range(0..cities.len())].to_string()),
             }
         })
         .collect()
@@ -54,7 +66,12 @@ fn generate(rng: &mut StdRng, count: usize, id_prefix: &str, base: i64) -> Vec<S
 
 /// Posts `events` (with duplicates) in shuffled batches, mixing in invalid
 /// events that must be rejected without affecting the valid ones.
-async fn post_all(platform: &Platform, reference: &mut Reference, rng: &mut StdRng, events: Vec<Sent>) {
+async fn post_all(
+    platform: &Platform,
+    reference: &mut Reference,
+    rng: &mut StdRng,
+    events: Vec<Sent>,
+) {
     let mut sends: Vec<Sent> = events.clone();
     for _ in 0..events.len() / 8 {
         sends.push(events[rng.random_range(0..events.len())].clone());
@@ -63,11 +80,20 @@ async fn post_all(platform: &Platform, reference: &mut Reference, rng: &mut StdR
     for chunk in sends.chunks(200) {
         let mut body: Vec<Value> = chunk.iter().map(Sent::to_json).collect();
         let bad = rng.random_range(0..=body.len());
-        body.insert(bad, json!({"event_id": "bad", "user_id": "u-0", "event_type": "purchase", "event_time": 0}));
+        body.insert(
+            bad,
+            json!({"event_id": "bad", "user_id": "u-0", "event_type": "purchase", "event_time": 0}),
+        );
         let answer = platform.post_events(&body).await.expect("events accepted");
         assert_eq!(answer["accepted"], json!(chunk.len()), "{answer}");
         assert_eq!(answer["rejected"][0]["index"], json!(bad), "{answer}");
-        assert!(answer["rejected"][0]["error"].as_str().unwrap_or("").contains("purchase"), "{answer}");
+        assert!(
+            answer["rejected"][0]["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("purchase"),
+            "{answer}"
+        );
         for sent in chunk {
             reference.accept(sent.clone());
         }
@@ -77,21 +103,38 @@ async fn post_all(platform: &Platform, reference: &mut Reference, rng: &mut StdR
 /// Every user's every signal, at now and at two hour boundaries, plus their
 /// activity, equals the reference.
 async fn assert_exact(platform: &Platform, reference: &Reference, stage: &str) {
-    platform.wait_caught_up().await.expect("speed layer catches up");
+    platform
+        .wait_caught_up()
+        .await
+        .expect("speed layer catches up");
     let hour = now() - now().rem_euclid(HOUR);
     for user in reference.users() {
-        let (status, body) = platform.get_json(&format!("/v1/users/{user}/signals")).await.expect("signals");
+        let (status, body) = platform
+            .get_json(&format!("/v1/users/{user}/signals"))
+            .await
+            .expect("signals");
         assert_eq!(status, 200, "{body}");
         let at = parse_rfc3339(body["at"].as_str().expect("at"));
         compare(&body, reference.signals(&user, at), &user, stage, "now");
         for at in [hour, hour - 5 * HOUR] {
-            let (status, body) = platform.get_json(&format!("/v1/users/{user}/signals?at={at}")).await.expect("signals");
+            let (status, body) = platform
+                .get_json(&format!("/v1/users/{user}/signals?at={at}"))
+                .await
+                .expect("signals");
             assert_eq!(status, 200, "{body}");
-            compare(&body, reference.signals(&user, at), &user, stage, &at.to_string());
+            compare(
+                &body,
+                reference.signals(&user, at),
+                &user,
+                stage,
+                &at.to_string(),
+            );
         }
         let until = now() + 10 * 60_000;
         let since = until - 3 * DAY;
-        let path = format!("/v1/users/{user}/activity?types=view,search&since={since}&until={until}&limit=25");
+        let path = format!(
+            "/v1/users/{user}/activity?types=view,search&since={since}&until={until}&limit=25"
+        );
         let (status, body) = platform.get_json(&path).await.expect("activity");
         assert_eq!(status, 200, "{body}");
         let ids: Vec<String> = body["events"]
@@ -100,16 +143,30 @@ async fn assert_exact(platform: &Platform, reference: &Reference, stage: &str) {
             .iter()
             .map(|e| e["event_id"].as_str().expect("id").to_owned())
             .collect();
-        assert_eq!(ids, reference.activity(&user, &["view", "search"], since, until, 25), "{stage}: activity of {user}");
+        assert_eq!(
+            ids,
+            reference.activity(&user, &["view", "search"], since, until, 25),
+            "{stage}: activity of {user}"
+        );
     }
 }
 
 fn compare(body: &Value, expected: BTreeMap<String, Value>, user: &str, stage: &str, at: &str) {
-    let actual: BTreeMap<String, Value> = serde_json::from_value(body["signals"].clone()).expect("signals object");
+    let actual: BTreeMap<String, Value> =
+        serde_json::from_value(body["signals"].clone()).expect("signals object");
     for (name, value) in &expected {
-        assert_eq!(actual.get(name), Some(value), "{stage}: {name} of {user} at {at}; freshness {}", body["freshness"]);
+        assert_eq!(
+            actual.get(name),
+            Some(value),
+            "{stage}: {name} of {user} at {at}; freshness {}",
+            body["freshness"]
+        );
     }
-    assert_eq!(actual.len(), expected.len(), "{stage}: signal names of {user}");
+    assert_eq!(
+        actual.len(),
+        expected.len(),
+        "{stage}: signal names of {user}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,7 +183,10 @@ async fn speed_batch_and_retractions_stay_exact() {
     // Batch, then the merge of batch and speed.
     let summary = platform.run_batch().await.expect("batch runs");
     assert_eq!(summary["version"], json!(1), "{summary}");
-    assert!(summary["corrections"]["duplicates"].as_u64().unwrap_or(0) > 0, "{summary}");
+    assert!(
+        summary["corrections"]["duplicates"].as_u64().unwrap_or(0) > 0,
+        "{summary}"
+    );
     assert_exact(&platform, &reference, "after batch 1").await;
 
     // New events and re-sent old ones after the batch: the handoff.
@@ -137,17 +197,35 @@ async fn speed_batch_and_retractions_stay_exact() {
     assert_exact(&platform, &reference, "batch + speed").await;
 
     // Retract events on both sides of the batch's log position.
-    let retracted: Vec<String> = reference.users().iter().take(20).enumerate().flat_map(|(i, user)| {
-        reference.events_of(user).iter().skip(i % 3).step_by(4).map(|e| e.event_id.clone()).collect::<Vec<_>>()
-    }).collect();
-    platform.retract(&retracted).await.expect("retraction accepted");
+    let retracted: Vec<String> = reference
+        .users()
+        .iter()
+        .take(20)
+        .enumerate()
+        .flat_map(|(i, user)| {
+            reference
+                .events_of(user)
+                .iter()
+                .skip(i % 3)
+                .step_by(4)
+                .map(|e| e.event_id.clone())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    platform
+        .retract(&retracted)
+        .await
+        .expect("retraction accepted");
     for id in &retracted {
         reference.retract(id);
     }
     assert_exact(&platform, &reference, "retracted, before batch").await;
     let summary = platform.run_batch().await.expect("batch runs");
     assert_eq!(summary["version"], json!(2), "{summary}");
-    assert!(summary["corrections"]["retracted"].as_u64().unwrap_or(0) > 0, "{summary}");
+    assert!(
+        summary["corrections"]["retracted"].as_u64().unwrap_or(0) > 0,
+        "{summary}"
+    );
     assert_exact(&platform, &reference, "retracted, after batch 2").await;
 
     // A clean stop and a restart keep every answer.
@@ -165,7 +243,10 @@ async fn a_killed_process_loses_nothing_accepted_and_counts_nothing_twice() {
     for e in &events {
         reference.accept(e.clone());
     }
-    let chunks: Vec<Vec<Value>> = events.chunks(100).map(|c| c.iter().map(Sent::to_json).collect()).collect();
+    let chunks: Vec<Vec<Value>> = events
+        .chunks(100)
+        .map(|c| c.iter().map(Sent::to_json).collect())
+        .collect();
 
     // Post, and SIGKILL the process once a third of the requests got through.
     let client = platform.http().clone();
@@ -191,12 +272,20 @@ async fn a_killed_process_loses_nothing_accepted_and_counts_nothing_twice() {
     platform.kill();
     let outcomes = sender.await.expect("sender finishes");
     let acknowledged = outcomes.iter().filter(|(_, ok)| *ok).count();
-    assert!(acknowledged > 0 && acknowledged < outcomes.len(), "the kill landed mid-stream ({acknowledged}/{})", outcomes.len());
+    assert!(
+        acknowledged > 0 && acknowledged < outcomes.len(),
+        "the kill landed mid-stream ({acknowledged}/{})",
+        outcomes.len()
+    );
 
     // Restart and retry what was not acknowledged, as a client would: some
     // of it may be in the log already, and must not count twice.
     platform.restart().await.expect("restarts");
-    let mut retried = outcomes.iter().filter(|(_, ok)| !*ok).map(|(c, _)| c.clone()).collect::<Vec<_>>();
+    let mut retried = outcomes
+        .iter()
+        .filter(|(_, ok)| !*ok)
+        .map(|(c, _)| c.clone())
+        .collect::<Vec<_>>();
     if let Some(first_acked) = outcomes.iter().find(|(_, ok)| *ok) {
         retried.push(first_acked.0.clone());
     }

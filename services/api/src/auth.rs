@@ -15,10 +15,18 @@ fn needs_admin(path: &str) -> bool {
 
 /// Compares without leaking where two tokens first differ.
 fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
-pub async fn require_tokens(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn require_tokens(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let tokens = &state.options.tokens;
     let path = request.uri().path();
     if !tokens.enabled() || !path.starts_with("/v1") {
@@ -31,9 +39,13 @@ pub async fn require_tokens(State(state): State<AppState>, request: Request, nex
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     let Some(presented) = presented else {
-        return ApiError::Unauthorized("missing `Authorization: Bearer <token>` header".into()).into_response();
+        return ApiError::Unauthorized("missing `Authorization: Bearer <token>` header".into())
+            .into_response();
     };
-    let is_admin = tokens.admin.as_deref().is_some_and(|admin| same(admin, presented));
+    let is_admin = tokens
+        .admin
+        .as_deref()
+        .is_some_and(|admin| same(admin, presented));
     let is_api = tokens.api.iter().any(|t| same(t, presented));
     if needs_admin(path) {
         if !is_admin {

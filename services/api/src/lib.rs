@@ -26,8 +26,14 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/v1/events", post(routes::collector::post_events))
         .route("/v1/retractions", post(routes::collector::post_retractions))
-        .route("/v1/users/{user_id}/signals", get(routes::serving::user_signals))
-        .route("/v1/users/{user_id}/activity", get(routes::serving::activity))
+        .route(
+            "/v1/users/{user_id}/signals",
+            get(routes::serving::user_signals),
+        )
+        .route(
+            "/v1/users/{user_id}/activity",
+            get(routes::serving::activity),
+        )
         .route("/v1/signals/query", post(routes::serving::query))
         .route("/v1/definitions", get(routes::admin::definitions))
         .route("/v1/admin/batch", get(routes::admin::batch_status))
@@ -36,7 +42,10 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(routes::ops::readyz))
         .route("/metrics", get(routes::ops::metrics))
         .route("/openapi.json", get(openapi::serve))
-        .layer(middleware::from_fn_with_state(state.clone(), auth::require_tokens))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_tokens,
+        ))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn(track))
         .with_state(state)

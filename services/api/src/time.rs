@@ -24,8 +24,14 @@ mod tests {
     #[test]
     fn parses_both_forms() {
         assert_eq!(parse_time("1795428000123"), Ok(1_795_428_000_123));
-        assert_eq!(parse_time("2026-11-23T10:00:00.123Z"), Ok(1_795_428_000_123));
-        assert_eq!(parse_time("2026-11-23T11:00:00.123+01:00"), Ok(1_795_428_000_123));
+        assert_eq!(
+            parse_time("2026-11-23T10:00:00.123Z"),
+            Ok(1_795_428_000_123)
+        );
+        assert_eq!(
+            parse_time("2026-11-23T11:00:00.123+01:00"),
+            Ok(1_795_428_000_123)
+        );
         assert_eq!(
             parse_time("yesterday"),
             Err("`yesterday` is not an RFC 3339 time or integer epoch milliseconds".to_owned())

@@ -81,7 +81,11 @@ fn max_opt(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     }
 }
 
-fn opt_extreme(a: Option<Millis>, b: Option<Millis>, pick: fn(Millis, Millis) -> Millis) -> Option<Millis> {
+fn opt_extreme(
+    a: Option<Millis>,
+    b: Option<Millis>,
+    pick: fn(Millis, Millis) -> Millis,
+) -> Option<Millis> {
     match (a, b) {
         (Some(x), Some(y)) => Some(pick(x, y)),
         (x, None) | (None, x) => x,
@@ -286,7 +290,7 @@ fn number(v: f64) -> Value {
 mod tests {
     use super::*;
     use crate::definition::EventTypes;
-    use crate::testing::{arb_events, aggregations};
+    use crate::testing::{aggregations, arb_events};
     use proptest::prelude::*;
 
     fn fold(aggregation: &Aggregation, events: &[Event]) -> State {
@@ -360,7 +364,12 @@ mod tests {
         add.insert(WishlistAdd);
         let mut remove = EventTypes::default();
         remove.insert(WishlistRemove);
-        let aggregation = Aggregation::Set { field: Field::ItemId, add, remove, limit: None };
+        let aggregation = Aggregation::Set {
+            field: Field::ItemId,
+            add,
+            remove,
+            limit: None,
+        };
         let events = [
             event("e1", WishlistAdd, "a", 10),
             event("e2", WishlistAdd, "b", 20),
@@ -370,13 +379,19 @@ mod tests {
             event("e6", WishlistRemove, "c", 40),
             event("e5", WishlistAdd, "c", 40),
         ];
-        assert_eq!(fold(&aggregation, &events).finish(&aggregation), json!(["b"]));
+        assert_eq!(
+            fold(&aggregation, &events).finish(&aggregation),
+            json!(["b"])
+        );
     }
 
     #[test]
     fn top_k_orders_by_count_then_key() {
         use crate::testing::event_with_city;
-        let aggregation = Aggregation::TopK { field: Field::Attribute("city".into()), limit: 3 };
+        let aggregation = Aggregation::TopK {
+            field: Field::Attribute("city".into()),
+            limit: 3,
+        };
         let events: Vec<Event> = ["Rome", "Paris", "Oslo", "Rome", "Oslo", "Lima", "Bern"]
             .iter()
             .enumerate()

@@ -290,7 +290,11 @@ fn problem(spec: &SignalSpec, message: impl fmt::Display) -> DefinitionError {
     }
 }
 
-fn event_types(spec: &SignalSpec, key: &str, names: &[String]) -> Result<EventTypes, DefinitionError> {
+fn event_types(
+    spec: &SignalSpec,
+    key: &str,
+    names: &[String],
+) -> Result<EventTypes, DefinitionError> {
     let mut types = EventTypes::default();
     for name in names {
         let t = EventType::parse(name).ok_or_else(|| {
@@ -323,7 +327,10 @@ fn compile(spec: &SignalSpec) -> Result<SignalDefinition, DefinitionError> {
 
     let field = || -> Result<Field, DefinitionError> {
         let path = spec.field.as_deref().ok_or_else(|| {
-            problem(spec, format_args!("`field` is required for `{}`", spec.aggregation))
+            problem(
+                spec,
+                format_args!("`field` is required for `{}`", spec.aggregation),
+            )
         })?;
         Field::parse(path).ok_or_else(|| {
             problem(
@@ -363,7 +370,8 @@ fn compile(spec: &SignalSpec) -> Result<SignalDefinition, DefinitionError> {
     if spec.aggregation != "set" && !(spec.add.is_empty() && spec.remove.is_empty()) {
         return Err(problem(spec, "`add` and `remove` only apply to `set`"));
     }
-    if spec.limit.is_some() && !matches!(spec.aggregation.as_str(), "last_distinct" | "top_k" | "set")
+    if spec.limit.is_some()
+        && !matches!(spec.aggregation.as_str(), "last_distinct" | "top_k" | "set")
     {
         return Err(problem(
             spec,
@@ -430,13 +438,17 @@ fn compile(spec: &SignalSpec) -> Result<SignalDefinition, DefinitionError> {
             let duration = humantime::parse_duration(text).map_err(|e| {
                 problem(
                     spec,
-                    format_args!("`window` = `{text}` is not `lifetime` or a duration like 1h, 7d: {e}"),
+                    format_args!(
+                        "`window` = `{text}` is not `lifetime` or a duration like 1h, 7d: {e}"
+                    ),
                 )
             })?;
             let millis = Millis::try_from(duration.as_millis())
                 .ok()
                 .filter(|ms| *ms > 0)
-                .ok_or_else(|| problem(spec, format_args!("`window` = `{text}` is out of range")))?;
+                .ok_or_else(|| {
+                    problem(spec, format_args!("`window` = `{text}` is out of range"))
+                })?;
             Window::Sliding(millis)
         }
     };
@@ -535,15 +547,22 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_refused_by_the_parser() {
-        let parsed: Result<SignalSpec, _> = toml::from_str("name = \"x\"\naggregation = \"count\"\nwindw = \"1h\"");
+        let parsed: Result<SignalSpec, _> =
+            toml::from_str("name = \"x\"\naggregation = \"count\"\nwindw = \"1h\"");
         let message = parsed.expect_err("unknown key").to_string();
         assert!(message.contains("unknown field `windw`"), "{message}");
     }
 
     #[test]
     fn fingerprint_follows_the_definition() {
-        let a = compile(&spec("name = \"x\"\naggregation = \"count\"\nwindow = \"1h\"")).expect("valid");
-        let b = compile(&spec("name = \"x\"\naggregation = \"count\"\nwindow = \"2h\"")).expect("valid");
+        let a = compile(&spec(
+            "name = \"x\"\naggregation = \"count\"\nwindow = \"1h\"",
+        ))
+        .expect("valid");
+        let b = compile(&spec(
+            "name = \"x\"\naggregation = \"count\"\nwindow = \"2h\"",
+        ))
+        .expect("valid");
         assert_ne!(a.fingerprint(), b.fingerprint());
         assert_eq!(a.fingerprint(), a.clone().fingerprint());
     }

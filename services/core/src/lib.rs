@@ -15,6 +15,8 @@ pub mod view;
 pub mod testing;
 
 pub use aggregate::State;
+pub use definition::{
+    DefinitionError, Definitions, EventTypes, SignalDefinition, SignalSpec, Window,
+};
 pub use position::{LogPosition, Offset, Partition};
-pub use definition::{Definitions, DefinitionError, EventTypes, SignalDefinition, SignalSpec, Window};
 pub use view::{SpeedEntry, StaleSignal, UserRecord, UserView};

@@ -84,6 +84,9 @@ mod tests {
         assert_eq!(p.lag_behind(&end), 6);
         assert!(!p.reaches(&end));
         assert!(end.reaches(&p));
-        assert_eq!(serde_json::to_string(&p).expect("serialises"), r#"{"0":10,"1":3}"#);
+        assert_eq!(
+            serde_json::to_string(&p).expect("serialises"),
+            r#"{"0":10,"1":3}"#
+        );
     }
 }

@@ -40,9 +40,20 @@ pub fn aggregations() -> Vec<Aggregation> {
         Aggregation::Sum(price.clone()),
         Aggregation::Min(price.clone()),
         Aggregation::Max(price),
-        Aggregation::LastDistinct { field: Field::ItemId, limit: 3 },
-        Aggregation::Set { field: Field::ItemId, add, remove, limit: None },
-        Aggregation::TopK { field: Field::Attribute("city".to_owned()), limit: 2 },
+        Aggregation::LastDistinct {
+            field: Field::ItemId,
+            limit: 3,
+        },
+        Aggregation::Set {
+            field: Field::ItemId,
+            add,
+            remove,
+            limit: None,
+        },
+        Aggregation::TopK {
+            field: Field::Attribute("city".to_owned()),
+            limit: 2,
+        },
         Aggregation::DistinctCount(Field::Query),
         Aggregation::FirstSeen,
         Aggregation::LastSeen,

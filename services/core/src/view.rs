@@ -62,9 +62,8 @@ impl UserRecord {
                 );
             }
         }
-        recent.sort_unstable_by(|a, b| {
-            (b.event_time, &b.event_id).cmp(&(a.event_time, &a.event_id))
-        });
+        recent
+            .sort_unstable_by(|a, b| (b.event_time, &b.event_id).cmp(&(a.event_time, &a.event_id)));
         UserRecord {
             horizon,
             base,
@@ -101,7 +100,10 @@ pub struct UserView {
 impl UserView {
     /// Joins a published batch record with the speed entries written after
     /// the batch's log position, in log order.
-    pub fn merge(batch: Option<Arc<UserRecord>>, speed: impl IntoIterator<Item = SpeedEntry>) -> UserView {
+    pub fn merge(
+        batch: Option<Arc<UserRecord>>,
+        speed: impl IntoIterator<Item = SpeedEntry>,
+    ) -> UserView {
         let mut view = UserView {
             batch,
             hidden: HashSet::new(),
@@ -128,7 +130,8 @@ impl UserView {
         // handoff against an id that reached both layers.
         if let Some(batch) = &view.batch {
             if !view.speed.is_empty() {
-                let speed_ids: HashSet<&str> = view.speed.iter().map(|e| e.event_id.as_str()).collect();
+                let speed_ids: HashSet<&str> =
+                    view.speed.iter().map(|e| e.event_id.as_str()).collect();
                 let in_batch: HashSet<String> = batch
                     .events
                     .iter()
@@ -161,7 +164,11 @@ impl UserView {
     /// Values of lifetime signals whose pre-aggregated state was made by a
     /// different definition are computed from raw events only and reported
     /// in the second list.
-    pub fn evaluate(&self, definitions: &[&SignalDefinition], at: Millis) -> (Vec<Value>, Vec<StaleSignal>) {
+    pub fn evaluate(
+        &self,
+        definitions: &[&SignalDefinition],
+        at: Millis,
+    ) -> (Vec<Value>, Vec<StaleSignal>) {
         let mut states: Vec<State> = definitions
             .iter()
             .map(|d| State::empty(&d.aggregation))
@@ -180,7 +187,10 @@ impl UserView {
                     continue;
                 }
                 match batch.base.get(&definition.name) {
-                    Some(base) if base.fingerprint == definition.fingerprint() && base.state.fits(&definition.aggregation) => {
+                    Some(base)
+                        if base.fingerprint == definition.fingerprint()
+                            && base.state.fits(&definition.aggregation) =>
+                    {
                         state.merge(&definition.aggregation, &base.state)
                     }
                     // No old events for this user, or no old state at all.
@@ -199,12 +209,21 @@ impl UserView {
 
     /// The user's events of `types` with `since <= event_time < until`,
     /// newest first (ties: larger event id first), at most `limit`.
-    pub fn activity(&self, types: EventTypes, since: Millis, until: Millis, limit: usize) -> Vec<Event> {
+    pub fn activity(
+        &self,
+        types: EventTypes,
+        since: Millis,
+        until: Millis,
+        limit: usize,
+    ) -> Vec<Event> {
         let mut selected: Vec<&Event> = self
             .events()
-            .filter(|e| types.contains(e.event_type) && e.event_time >= since && e.event_time < until)
+            .filter(|e| {
+                types.contains(e.event_type) && e.event_time >= since && e.event_time < until
+            })
             .collect();
-        selected.sort_unstable_by(|a, b| (b.event_time, &b.event_id).cmp(&(a.event_time, &a.event_id)));
+        selected
+            .sort_unstable_by(|a, b| (b.event_time, &b.event_id).cmp(&(a.event_time, &a.event_id)));
         selected.into_iter().take(limit).cloned().collect()
     }
 }
@@ -256,7 +275,9 @@ mod tests {
     fn recompute(defs: &Definitions, events: &[Event], at: Millis) -> Vec<Value> {
         let all: Vec<&SignalDefinition> = defs.iter().collect();
         let record = UserRecord::compact(defs, events.to_vec(), Millis::MIN);
-        UserView::merge(Some(Arc::new(record)), []).evaluate(&all, at).0
+        UserView::merge(Some(Arc::new(record)), [])
+            .evaluate(&all, at)
+            .0
     }
 
     proptest! {

@@ -86,7 +86,9 @@ impl DeadLetterSink for DeadLetterFile {
                 reason: letter.reason,
                 bytes_base64: base64::engine::general_purpose::STANDARD.encode(&letter.bytes),
             };
-            text.push_str(&serde_json::to_string(&line).map_err(|e| LogError::Invalid(e.to_string()))?);
+            text.push_str(
+                &serde_json::to_string(&line).map_err(|e| LogError::Invalid(e.to_string()))?,
+            );
             text.push('\n');
         }
         let path = self.path.clone();
@@ -94,7 +96,10 @@ impl DeadLetterSink for DeadLetterFile {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)?;
             file.write_all(text.as_bytes())?;
             file.sync_data()?;
             Ok(())
@@ -121,6 +126,9 @@ mod tests {
         };
         file.send(vec![letter.clone()]).await.expect("written");
         file.send(vec![letter.clone()]).await.expect("written");
-        assert_eq!(file.read_all().expect("readable"), vec![letter.clone(), letter]);
+        assert_eq!(
+            file.read_all().expect("readable"),
+            vec![letter.clone(), letter]
+        );
     }
 }

@@ -34,7 +34,10 @@ use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
-use crate::{Append, DeadLetter, DeadLetterSink, EventLog, LogEntry, LogError, LogPosition, LogReader, Offset, Partition};
+use crate::{
+    Append, DeadLetter, DeadLetterSink, EventLog, LogEntry, LogError, LogPosition, LogReader,
+    Offset, Partition,
+};
 
 /// Where the log lives on Kafka and how its topics are made.
 #[derive(Clone, Debug)]
@@ -141,12 +144,19 @@ async fn ensure_topics(options: &KafkaOptions) -> Result<(), LogError> {
     let topics: Vec<NewTopic<'_>> = [&options.topic, &options.dead_letter_topic]
         .into_iter()
         .map(|name| {
-            NewTopic::new(name, options.partitions, TopicReplication::Fixed(options.replication_factor))
-                .set("retention.ms", &retention)
+            NewTopic::new(
+                name,
+                options.partitions,
+                TopicReplication::Fixed(options.replication_factor),
+            )
+            .set("retention.ms", &retention)
         })
         .collect();
     let results = admin
-        .create_topics(&topics, &AdminOptions::new().operation_timeout(Some(options.timeout)))
+        .create_topics(
+            &topics,
+            &AdminOptions::new().operation_timeout(Some(options.timeout)),
+        )
         .await
         .map_err(|e| unavailable("cannot create topics", e))?;
     for result in results {
@@ -154,14 +164,19 @@ async fn ensure_topics(options: &KafkaOptions) -> Result<(), LogError> {
             Ok(topic) => info!(%topic, "created topic"),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => {
-                return Err(LogError::Invalid(format!("kafka: cannot create topic {topic}: {code}")))
+                return Err(LogError::Invalid(format!(
+                    "kafka: cannot create topic {topic}: {code}"
+                )))
             }
         }
     }
     Ok(())
 }
 
-async fn partition_count(probe: &Arc<BaseConsumer>, options: &KafkaOptions) -> Result<u32, LogError> {
+async fn partition_count(
+    probe: &Arc<BaseConsumer>,
+    options: &KafkaOptions,
+) -> Result<u32, LogError> {
     let probe = probe.clone();
     let topic = options.topic.clone();
     let timeout = options.timeout;
@@ -203,7 +218,10 @@ async fn transactional_producer(options: &KafkaOptions) -> Result<FutureProducer
         .set("linger.ms", "1")
         // Same partition for a key as Java clients and Kafka Streams.
         .set("partitioner", "murmur2_random")
-        .set("message.timeout.ms", options.timeout.as_millis().to_string())
+        .set(
+            "message.timeout.ms",
+            options.timeout.as_millis().to_string(),
+        )
         .create()
         .map_err(|e| unavailable("cannot create a producer", e))?;
     let timeout = options.timeout;
@@ -241,7 +259,9 @@ impl EventLog for KafkaLog {
             .map_err(|e| unavailable("cannot begin a transaction", e))?;
         let sends = records.iter().map(|r| {
             producer.send(
-                FutureRecord::to(&self.options.topic).key(&r.key).payload(&r.bytes),
+                FutureRecord::to(&self.options.topic)
+                    .key(&r.key)
+                    .payload(&r.bytes),
                 timeout,
             )
         });
@@ -260,7 +280,10 @@ impl EventLog for KafkaLog {
         };
         if let Err(error) = outcome {
             warn!(%error, "append failed; aborting its transaction");
-            if on_producer(&producer, move |p| p.abort_transaction(timeout)).await.is_err() {
+            if on_producer(&producer, move |p| p.abort_transaction(timeout))
+                .await
+                .is_err()
+            {
                 // A producer in a fatal state cannot abort: replace it.
                 *producer = transactional_producer(&self.options).await?;
             }
@@ -293,25 +316,45 @@ impl EventLog for KafkaLog {
         let mut assignment = TopicPartitionList::new();
         for p in 0..self.partitions {
             assignment
-                .add_partition_offset(&self.options.topic, p as i32, KafkaOffset::Offset(from.next(p) as i64))
+                .add_partition_offset(
+                    &self.options.topic,
+                    p as i32,
+                    KafkaOffset::Offset(from.next(p) as i64),
+                )
                 .map_err(|e| unavailable("cannot build an assignment", e))?;
         }
         consumer
             .assign(&assignment)
             .map_err(|e| unavailable("cannot assign partitions", e))?;
-        Ok(Box::new(KafkaReader::new(consumer, self.options.clone(), from.clone(), false)))
+        Ok(Box::new(KafkaReader::new(
+            consumer,
+            self.options.clone(),
+            from.clone(),
+            false,
+        )))
     }
 
-    async fn subscribe(&self, group: &str, checkpoint: &LogPosition) -> Result<Box<dyn LogReader>, LogError> {
+    async fn subscribe(
+        &self,
+        group: &str,
+        checkpoint: &LogPosition,
+    ) -> Result<Box<dyn LogReader>, LogError> {
         let consumer = self.consumer(group)?;
         consumer
             .subscribe(&[&self.options.topic])
             .map_err(|e| unavailable("cannot subscribe", e))?;
-        Ok(Box::new(KafkaReader::new(consumer, self.options.clone(), checkpoint.clone(), true)))
+        Ok(Box::new(KafkaReader::new(
+            consumer,
+            self.options.clone(),
+            checkpoint.clone(),
+            true,
+        )))
     }
 
     async fn check(&self) -> Result<(), LogError> {
-        partition_count(&self.probe, &self.options).await.map(|_| ())
+        partition_count(&self.probe, &self.options)
+            .await
+            .map(|_| ())
     }
 }
 
@@ -324,7 +367,12 @@ struct KafkaReader {
 }
 
 impl KafkaReader {
-    fn new(consumer: BaseConsumer, options: KafkaOptions, position: LogPosition, grouped: bool) -> KafkaReader {
+    fn new(
+        consumer: BaseConsumer,
+        options: KafkaOptions,
+        position: LogPosition,
+        grouped: bool,
+    ) -> KafkaReader {
         KafkaReader {
             consumer: Arc::new(consumer),
             options,
@@ -445,10 +493,21 @@ impl DeadLetterSink for KafkaDeadLetters {
             let partition = letter.partition.to_string();
             let offset = letter.offset.to_string();
             let headers = OwnedHeaders::new()
-                .insert(Header { key: "signals.reason", value: Some(letter.reason.as_bytes()) })
-                .insert(Header { key: "signals.partition", value: Some(partition.as_bytes()) })
-                .insert(Header { key: "signals.offset", value: Some(offset.as_bytes()) });
-            let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic).payload(&letter.bytes).headers(headers);
+                .insert(Header {
+                    key: "signals.reason",
+                    value: Some(letter.reason.as_bytes()),
+                })
+                .insert(Header {
+                    key: "signals.partition",
+                    value: Some(partition.as_bytes()),
+                })
+                .insert(Header {
+                    key: "signals.offset",
+                    value: Some(offset.as_bytes()),
+                });
+            let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic)
+                .payload(&letter.bytes)
+                .headers(headers);
             self.producer.send(record, self.timeout)
         });
         for delivery in futures::future::join_all(sends).await {

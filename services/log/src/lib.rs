@@ -54,7 +54,11 @@ pub trait EventLog: Send + Sync + 'static {
     /// `checkpoint` (the durable progress kept beside the speed layer's
     /// writes). Backends with group management may assign only some
     /// partitions to each member.
-    async fn subscribe(&self, group: &str, checkpoint: &LogPosition) -> Result<Box<dyn LogReader>, LogError>;
+    async fn subscribe(
+        &self,
+        group: &str,
+        checkpoint: &LogPosition,
+    ) -> Result<Box<dyn LogReader>, LogError>;
 
     /// Whether the log answers now (readiness).
     async fn check(&self) -> Result<(), LogError>;
@@ -82,6 +86,8 @@ pub trait LogReader: Send {
 /// Which partition a key belongs to: stable across processes and versions.
 pub fn partition_for(key: &str, partitions: u32) -> Partition {
     // FNV-1a: tiny, stable, well spread for short ids.
-    let hash = key.bytes().fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    let hash = key.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
     hash % partitions.max(1)
 }

@@ -30,10 +30,9 @@ impl Backends {
                         Fsync::Never => FsyncPolicy::Never,
                     },
                 };
-                Arc::new(
-                    EmbeddedLog::open(&dir, options)
-                        .with_context(|| format!("cannot open the embedded event log in {}", dir.display()))?,
-                )
+                Arc::new(EmbeddedLog::open(&dir, options).with_context(|| {
+                    format!("cannot open the embedded event log in {}", dir.display())
+                })?)
             }
         };
         let store: Arc<dyn SignalStore> = match config.store.backend {
@@ -47,8 +46,13 @@ impl Backends {
                 })?)
             }
         };
-        let dead_letters: Arc<dyn DeadLetterSink> =
-            Arc::new(DeadLetterFile::new(&config.data_dir.join("dead-letters.ndjson")));
-        Ok(Backends { log, store, dead_letters })
+        let dead_letters: Arc<dyn DeadLetterSink> = Arc::new(DeadLetterFile::new(
+            &config.data_dir.join("dead-letters.ndjson"),
+        ));
+        Ok(Backends {
+            log,
+            store,
+            dead_letters,
+        })
     }
 }

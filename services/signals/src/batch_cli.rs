@@ -55,17 +55,30 @@ fn print_summary(summary: &BatchSummary, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(summary)?);
         return Ok(());
     }
-    let verb = if summary.published { "published" } else { "computed (dry run, not published)" };
+    let verb = if summary.published {
+        "published"
+    } else {
+        "computed (dry run, not published)"
+    };
     println!("batch version {} {verb}", summary.version);
-    println!("  log position covered  {}", serde_json::to_string(&summary.position)?);
+    println!(
+        "  log position covered  {}",
+        serde_json::to_string(&summary.position)?
+    );
     println!("  records read          {}", summary.records_read);
     println!("  undecodable records   {}", summary.undecodable);
     println!("  users                 {}", summary.users);
     println!("  events kept           {}", summary.events);
     println!("  duplicates dropped    {}", summary.corrections.duplicates);
     println!("  retracted events      {}", summary.corrections.retracted);
-    println!("  deleted users' events {}", summary.corrections.deleted_user_events);
-    println!("  duration              {:.1}s", summary.duration_ms as f64 / 1000.0);
+    println!(
+        "  deleted users' events {}",
+        summary.corrections.deleted_user_events
+    );
+    println!(
+        "  duration              {:.1}s",
+        summary.duration_ms as f64 / 1000.0
+    );
     Ok(())
 }
 
@@ -81,13 +94,19 @@ impl Report {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::new(0);
             bar.set_style(
-                ProgressStyle::with_template("{msg:>10} [{bar:40}] {human_pos}/{human_len} {per_sec} ETA {eta}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar())
-                    .progress_chars("=> "),
+                ProgressStyle::with_template(
+                    "{msg:>10} [{bar:40}] {human_pos}/{human_len} {per_sec} ETA {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
             );
             bar
         });
-        Report { bar, phase: Mutex::new(None), last_line: Mutex::new(Instant::now()) }
+        Report {
+            bar,
+            phase: Mutex::new(None),
+            last_line: Mutex::new(Instant::now()),
+        }
     }
 
     fn finish(&self) {
@@ -119,7 +138,13 @@ impl Progress for Report {
         if let Ok(mut last) = self.last_line.lock() {
             if last.elapsed() >= Duration::from_secs(5) {
                 *last = Instant::now();
-                info!(phase = label, done = running.done, total = running.total, version = running.version, "batch progress");
+                info!(
+                    phase = label,
+                    done = running.done,
+                    total = running.total,
+                    version = running.version,
+                    "batch progress"
+                );
             }
         }
     }

@@ -117,8 +117,12 @@ impl Schedule {
             return Ok(Schedule::Off);
         }
         if let Some((h, m)) = text.split_once(':') {
-            let hour: u32 = h.parse().map_err(|_| format!("`{text}`: hour is not a number"))?;
-            let minute: u32 = m.parse().map_err(|_| format!("`{text}`: minute is not a number"))?;
+            let hour: u32 = h
+                .parse()
+                .map_err(|_| format!("`{text}`: hour is not a number"))?;
+            let minute: u32 = m
+                .parse()
+                .map_err(|_| format!("`{text}`: minute is not a number"))?;
             if hour > 23 || minute > 59 {
                 return Err(format!("`{text}` is not a time of day (00:00 to 23:59)"));
             }
@@ -171,9 +175,13 @@ pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
         figment = figment.merge(Toml::file_exact(file));
     }
     // SIGNALS_TEST_* variables point test suites at services; they are not settings.
-    let env = Env::prefixed("SIGNALS_").split("__").filter(|key| !key.as_str().starts_with("test_"));
+    let env = Env::prefixed("SIGNALS_")
+        .split("__")
+        .filter(|key| !key.as_str().starts_with("test_"));
     figment = figment.merge(env);
-    let config: Config = figment.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    let config: Config = figment
+        .extract()
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     config.check()?;
     Ok(config)
 }
@@ -193,7 +201,13 @@ impl Config {
                 self.server.listen
             );
         }
-        if self.server.api_tokens.iter().chain(self.server.admin_token.iter()).any(|t| t.len() < 16) {
+        if self
+            .server
+            .api_tokens
+            .iter()
+            .chain(self.server.admin_token.iter())
+            .any(|t| t.len() < 16)
+        {
             bail!("invalid configuration: server.api_tokens and server.admin_token must be at least 16 characters");
         }
         if self.log.embedded.partitions == 0 {
@@ -233,12 +247,25 @@ mod tests {
     #[test]
     fn the_shipped_defaults_load_with_the_contract_signals() {
         let config = load(None).expect("defaults are valid");
-        let names: Vec<String> = config.definitions().expect("valid").iter().map(|d| d.name.clone()).collect();
+        let names: Vec<String> = config
+            .definitions()
+            .expect("valid")
+            .iter()
+            .map(|d| d.name.clone())
+            .collect();
         assert_eq!(
             names,
             [
-                "recent_views", "recent_searches", "wishlist", "views_1h", "views_24h", "views_7d",
-                "clicks_24h", "searches_24h", "top_cities_7d", "last_active"
+                "recent_views",
+                "recent_searches",
+                "wishlist",
+                "views_1h",
+                "views_24h",
+                "views_7d",
+                "clicks_24h",
+                "searches_24h",
+                "top_cities_7d",
+                "last_active"
             ]
         );
         assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
@@ -253,25 +280,52 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        let err = load_text("[server]\nlisten = \"nowhere\"").expect_err("bad address").to_string();
+        let err = load_text("[server]\nlisten = \"nowhere\"")
+            .expect_err("bad address")
+            .to_string();
         assert!(err.contains("server.listen"), "{err}");
-        let err = load_text("[speed]\nmax_batchh = 3").expect_err("unknown key").to_string();
+        let err = load_text("[speed]\nmax_batchh = 3")
+            .expect_err("unknown key")
+            .to_string();
         assert!(err.contains("max_batchh"), "{err}");
-        let err = load_text("[batch]\nschedule = \"25:00\"").expect_err("bad time").to_string();
-        assert!(err.contains("batch.schedule") && err.contains("25:00"), "{err}");
-        let err = load_text("[server]\nlisten = \"0.0.0.0:8080\"").expect_err("no tokens").to_string();
+        let err = load_text("[batch]\nschedule = \"25:00\"")
+            .expect_err("bad time")
+            .to_string();
+        assert!(
+            err.contains("batch.schedule") && err.contains("25:00"),
+            "{err}"
+        );
+        let err = load_text("[server]\nlisten = \"0.0.0.0:8080\"")
+            .expect_err("no tokens")
+            .to_string();
         assert!(err.contains("server.api_tokens"), "{err}");
-        let err = load_text("[[signals]]\nname = \"x\"\naggregation = \"avg\"").expect_err("bad signal");
-        assert!(format!("{err:#}").contains("signal `x`: unknown aggregation `avg`"), "{err:#}");
+        let err =
+            load_text("[[signals]]\nname = \"x\"\naggregation = \"avg\"").expect_err("bad signal");
+        assert!(
+            format!("{err:#}").contains("signal `x`: unknown aggregation `avg`"),
+            "{err:#}"
+        );
     }
 
     #[test]
     fn schedules_parse_and_step() {
         use chrono::TimeZone;
         assert_eq!(Schedule::parse("off"), Ok(Schedule::Off));
-        assert_eq!(Schedule::parse("15m"), Ok(Schedule::Every(Duration::from_secs(900))));
-        let now = chrono::Utc.with_ymd_and_hms(2026, 11, 23, 3, 0, 0).single().expect("valid");
-        assert_eq!(Schedule::DailyAt(120).next_after(now), Some(Duration::from_secs(23 * 3600)));
-        assert_eq!(Schedule::DailyAt(240).next_after(now), Some(Duration::from_secs(3600)));
+        assert_eq!(
+            Schedule::parse("15m"),
+            Ok(Schedule::Every(Duration::from_secs(900)))
+        );
+        let now = chrono::Utc
+            .with_ymd_and_hms(2026, 11, 23, 3, 0, 0)
+            .single()
+            .expect("valid");
+        assert_eq!(
+            Schedule::DailyAt(120).next_after(now),
+            Some(Duration::from_secs(23 * 3600))
+        );
+        assert_eq!(
+            Schedule::DailyAt(240).next_after(now),
+            Some(Duration::from_secs(3600))
+        );
     }
 }

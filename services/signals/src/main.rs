@@ -13,7 +13,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "signals", version, about = "Per-user signals from raw events: speed layer, batch layer and serving API")]
+#[command(
+    name = "signals",
+    version,
+    about = "Per-user signals from raw events: speed layer, batch layer and serving API"
+)]
 struct Cli {
     /// A TOML configuration file layered over the built-in defaults.
     #[arg(long, global = true, env = "SIGNALS_CONFIG")]
@@ -60,7 +64,10 @@ fn main() -> ExitCode {
         config.data_dir = dir;
     }
     telemetry::init_logs(&config.telemetry);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("signals: cannot start the async runtime: {error}");

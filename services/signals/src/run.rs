@@ -47,7 +47,11 @@ fn cancel_on_signal(token: CancellationToken) {
     });
 }
 
-fn batch_layer(config: &Config, backends: &Backends, definitions: Arc<signals_core::Definitions>) -> Arc<BatchLayer> {
+fn batch_layer(
+    config: &Config,
+    backends: &Backends,
+    definitions: Arc<signals_core::Definitions>,
+) -> Arc<BatchLayer> {
     Arc::new(BatchLayer::new(
         backends.log.clone(),
         backends.store.clone(),
@@ -73,7 +77,11 @@ fn speed_layer(config: &Config, backends: &Backends) -> SpeedLayer {
 }
 
 /// Runs the batch on `schedule` until `shutdown`.
-fn schedule_batch(batch: Arc<BatchLayer>, schedule: Schedule, shutdown: CancellationToken) -> JoinHandle<()> {
+fn schedule_batch(
+    batch: Arc<BatchLayer>,
+    schedule: Schedule,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         while let Some(wait) = schedule.next_after(chrono::Utc::now()) {
             info!(in_seconds = wait.as_secs(), "next scheduled batch run");
@@ -103,17 +111,25 @@ async fn serve_http(
         .with_context(|| format!("cannot listen on {address}"))?;
     info!(address = %listener.local_addr()?, "serving HTTP");
     let grace = config.server.shutdown_grace;
-    let server = axum::serve(listener, signals_api::app(state)).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server = axum::serve(listener, signals_api::app(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let server = tokio::spawn(async move { server.await });
     shutdown.cancelled().await;
     match tokio::time::timeout(grace, server).await {
-        Ok(result) => result.context("HTTP server task failed")?.context("HTTP server failed")?,
+        Ok(result) => result
+            .context("HTTP server task failed")?
+            .context("HTTP server failed")?,
         Err(_) => warn!(?grace, "in-flight requests did not finish in time"),
     }
     Ok(())
 }
 
-fn api_state(config: &Config, backends: &Backends, definitions: Arc<signals_core::Definitions>, batch: Option<Arc<BatchLayer>>) -> anyhow::Result<AppState> {
+fn api_state(
+    config: &Config,
+    backends: &Backends,
+    definitions: Arc<signals_core::Definitions>,
+    batch: Option<Arc<BatchLayer>>,
+) -> anyhow::Result<AppState> {
     Ok(AppState {
         log: backends.log.clone(),
         store: backends.store.clone(),
@@ -135,7 +151,9 @@ fn api_state(config: &Config, backends: &Backends, definitions: Arc<signals_core
 /// Waits for the speed layer to stop after `shutdown`, or for it to fail.
 async fn join_speed(task: JoinHandle<Result<(), signals_speed::SpeedError>>) -> anyhow::Result<()> {
     match tokio::time::timeout(Duration::from_secs(30), task).await {
-        Ok(joined) => joined.context("speed layer task failed")?.context("speed layer failed"),
+        Ok(joined) => joined
+            .context("speed layer task failed")?
+            .context("speed layer failed"),
         Err(_) => anyhow::bail!("the speed layer did not stop within 30s"),
     }
 }

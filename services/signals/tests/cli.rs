@@ -21,7 +21,12 @@ fn a_bad_configuration_names_the_key_and_exits_2() {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("bad.toml");
     std::fs::write(&file, "[speed]\nmax_batch = \"lots\"\n").expect("written");
-    let output = signals().arg("--config").arg(&file).arg("up").output().expect("runs");
+    let output = signals()
+        .arg("--config")
+        .arg(&file)
+        .arg("up")
+        .output()
+        .expect("runs");
     assert_eq!(output.status.code(), Some(2));
     let text = String::from_utf8_lossy(&output.stderr);
     assert!(text.contains("speed.max_batch"), "{text}");

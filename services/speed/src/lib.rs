@@ -70,10 +70,19 @@ pub struct SpeedLayer {
 impl SpeedLayer {
     /// Runs until `shutdown` is cancelled; the batch in hand is finished first.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), SpeedError> {
-        let progress = self.retry("read speed progress", &shutdown, || self.store.speed_progress()).await?;
-        let Some(progress) = progress else { return Ok(()) };
+        let progress = self
+            .retry("read speed progress", &shutdown, || {
+                self.store.speed_progress()
+            })
+            .await?;
+        let Some(progress) = progress else {
+            return Ok(());
+        };
         info!(position = ?progress.position, "speed layer starting");
-        let mut reader = self.log.subscribe(&self.options.group, &progress.position).await?;
+        let mut reader = self
+            .log
+            .subscribe(&self.options.group, &progress.position)
+            .await?;
         let mut position = progress.position;
         let mut last_accepted_at = progress.last_accepted_at;
         loop {
@@ -85,7 +94,16 @@ impl SpeedLayer {
             if entries.is_empty() {
                 continue;
             }
-            let Some(stats) = self.step(&mut *reader, entries, &mut position, &mut last_accepted_at, &shutdown).await? else {
+            let Some(stats) = self
+                .step(
+                    &mut *reader,
+                    entries,
+                    &mut position,
+                    &mut last_accepted_at,
+                    &shutdown,
+                )
+                .await?
+            else {
                 break;
             };
             record_metrics(&stats);
@@ -112,7 +130,9 @@ impl SpeedLayer {
             }
             let letters = std::mem::take(&mut batch.dead_letters);
             let sent = self
-                .retry("write dead letters", shutdown, || self.dead_letters.send(letters.clone()))
+                .retry("write dead letters", shutdown, || {
+                    self.dead_letters.send(letters.clone())
+                })
                 .await?;
             if sent.is_none() {
                 return Ok(None);
@@ -120,25 +140,42 @@ impl SpeedLayer {
             batch.dead_letters = letters;
         }
         let ids = plan::ids_to_look_up(&batch.records);
-        let Some(known) = self.retry("look up event ids", shutdown, || self.store.lookup_events(&ids)).await? else {
+        let Some(known) = self
+            .retry("look up event ids", shutdown, || {
+                self.store.lookup_events(&ids)
+            })
+            .await?
+        else {
             return Ok(None);
         };
         let (write, stats) = plan::plan(&batch, known, *last_accepted_at);
         let progress = write.progress.clone();
-        if self.retry("apply speed write", shutdown, || self.store.apply_speed(write.clone())).await?.is_none() {
+        if self
+            .retry("apply speed write", shutdown, || {
+                self.store.apply_speed(write.clone())
+            })
+            .await?
+            .is_none()
+        {
             return Ok(None);
         }
         // Durable now: the log may forget the batch.
         reader.commit(&progress.position).await?;
         *position = progress.position;
         *last_accepted_at = progress.last_accepted_at;
-        metrics::histogram!("signals_speed_batch_duration_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("signals_speed_batch_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
         Ok(Some(stats))
     }
 
     /// Calls `call` until it succeeds, backing off on transient errors;
     /// `None` when shutdown came first.
-    async fn retry<T, E, F, Fut>(&self, what: &str, shutdown: &CancellationToken, mut call: F) -> Result<Option<T>, SpeedError>
+    async fn retry<T, E, F, Fut>(
+        &self,
+        what: &str,
+        shutdown: &CancellationToken,
+        mut call: F,
+    ) -> Result<Option<T>, SpeedError>
     where
         E: Transient + std::fmt::Display + Into<SpeedError>,
         F: FnMut() -> Fut,

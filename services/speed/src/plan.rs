@@ -195,7 +195,11 @@ mod tests {
             entry(2, retract(&["b", "c"])),
             entry(3, view("b")),
             entry(4, view("old")),
-            LogEntry { partition: 0, offset: 5, bytes: vec![9, 9, 9] },
+            LogEntry {
+                partition: 0,
+                offset: 5,
+                bytes: vec![9, 9, 9],
+            },
         ];
         let batch = decode(entries, &LogPosition::new());
         assert_eq!(batch.position.next(0), 6);
@@ -206,31 +210,66 @@ mod tests {
         // "old" was seen in an earlier batch, for user u.
         let known = HashMap::from([(
             "old".to_owned(),
-            IndexEntry { user_id: Some("u".into()), retracted: false },
+            IndexEntry {
+                user_id: Some("u".into()),
+                retracted: false,
+            },
         )]);
         let (write, stats) = plan(&batch, known, None);
-        let kinds: Vec<(u64, &SpeedEntry)> = write.entries.iter().map(|e| (e.offset, &e.entry)).collect();
+        let kinds: Vec<(u64, &SpeedEntry)> =
+            write.entries.iter().map(|e| (e.offset, &e.entry)).collect();
         assert_eq!(kinds.len(), 1);
         assert!(matches!(kinds[0], (0, SpeedEntry::Event(e)) if e.event_id == "a"));
-        assert_eq!(stats, PlanStats { events: 1, duplicates: 3, retractions: 1, deletions: 0, dead_letters: 1 });
+        assert_eq!(
+            stats,
+            PlanStats {
+                events: 1,
+                duplicates: 3,
+                retractions: 1,
+                deletions: 0,
+                dead_letters: 1
+            }
+        );
         assert_eq!(write.progress.last_accepted_at, Some(4));
-        let retracted: Vec<&str> = write.index.iter().filter(|(_, e)| e.retracted).map(|(id, _)| id.as_str()).collect();
+        let retracted: Vec<&str> = write
+            .index
+            .iter()
+            .filter(|(_, e)| e.retracted)
+            .map(|(id, _)| id.as_str())
+            .collect();
         assert_eq!(retracted, vec!["b", "c"]);
     }
 
     #[test]
     fn a_retraction_of_a_known_event_marks_its_user() {
-        let batch = decode(vec![entry(7, retract(&["x", "y", "x"]))], &LogPosition::new());
+        let batch = decode(
+            vec![entry(7, retract(&["x", "y", "x"]))],
+            &LogPosition::new(),
+        );
         let known = HashMap::from([
-            ("x".to_owned(), IndexEntry { user_id: Some("u1".into()), retracted: false }),
-            ("y".to_owned(), IndexEntry { user_id: Some("u1".into()), retracted: false }),
+            (
+                "x".to_owned(),
+                IndexEntry {
+                    user_id: Some("u1".into()),
+                    retracted: false,
+                },
+            ),
+            (
+                "y".to_owned(),
+                IndexEntry {
+                    user_id: Some("u1".into()),
+                    retracted: false,
+                },
+            ),
         ]);
         let (write, _) = plan(&batch, known, None);
         assert_eq!(write.entries.len(), 1);
         assert_eq!(write.entries[0].user_id, "u1");
         assert_eq!(
             write.entries[0].entry,
-            SpeedEntry::Retracted { event_ids: vec!["x".into(), "y".into()] }
+            SpeedEntry::Retracted {
+                event_ids: vec!["x".into(), "y".into()]
+            }
         );
     }
 }

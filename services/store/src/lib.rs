@@ -34,7 +34,10 @@ pub trait SignalStore: Send + Sync + 'static {
     async fn speed_progress(&self) -> Result<SpeedProgress, StoreError>;
 
     /// What the index knows about each of `event_ids` (absent: never seen).
-    async fn lookup_events(&self, event_ids: &[String]) -> Result<HashMap<String, IndexEntry>, StoreError>;
+    async fn lookup_events(
+        &self,
+        event_ids: &[String],
+    ) -> Result<HashMap<String, IndexEntry>, StoreError>;
 
     /// Makes one batch of speed writes durable, then records `write.progress`.
     /// Applying the same write twice leaves the store as applying it once.
@@ -47,13 +50,21 @@ pub trait SignalStore: Send + Sync + 'static {
     async fn user_history(&self, user_id: &str) -> Result<UserHistory, StoreError>;
 
     /// Writes records of an unpublished version (idempotent per user).
-    async fn write_batch(&self, version: u64, records: Vec<(String, signals_core::UserRecord)>) -> Result<(), StoreError>;
+    async fn write_batch(
+        &self,
+        version: u64,
+        records: Vec<(String, signals_core::UserRecord)>,
+    ) -> Result<(), StoreError>;
 
     /// Makes `manifest` the published version in one atomic step.
     async fn publish(&self, manifest: &BatchManifest) -> Result<(), StoreError>;
 
     /// Drops speed entries before `covered` and versions older than `keep_version`.
-    async fn collect_garbage(&self, covered: &signals_core::LogPosition, keep_version: u64) -> Result<GarbageStats, StoreError>;
+    async fn collect_garbage(
+        &self,
+        covered: &signals_core::LogPosition,
+        keep_version: u64,
+    ) -> Result<GarbageStats, StoreError>;
 
     /// Whether the store answers now (readiness).
     async fn check(&self) -> Result<(), StoreError>;

@@ -47,7 +47,10 @@ pub async fn definitions(State(state): State<AppState>) -> Json<DefinitionsRespo
         signals: state
             .definitions
             .iter()
-            .map(|d| DefinitionEntry { spec: d.spec.clone(), fingerprint: d.fingerprint() })
+            .map(|d| DefinitionEntry {
+                spec: d.spec.clone(),
+                fingerprint: d.fingerprint(),
+            })
             .collect(),
     })
 }
@@ -73,7 +76,9 @@ pub async fn run_batch(State(state): State<AppState>) -> Result<Json<BatchSummar
     let run = tokio::spawn(async move { batch.run(false, &Quiet).await });
     match run.await {
         Ok(Ok(summary)) => Ok(Json(summary)),
-        Ok(Err(error @ BatchError::AlreadyRunning(_))) => Err(ApiError::Conflict(error.to_string())),
+        Ok(Err(error @ BatchError::AlreadyRunning(_))) => {
+            Err(ApiError::Conflict(error.to_string()))
+        }
         Ok(Err(error)) => Err(ApiError::Unavailable(error.to_string())),
         Err(error) => Err(ApiError::Internal(format!("batch task failed: {error}"))),
     }
@@ -81,7 +86,9 @@ pub async fn run_batch(State(state): State<AppState>) -> Result<Json<BatchSummar
 
 /// Shows the published version and the running and last runs.
 #[utoipa::path(get, path = "/v1/admin/batch", responses((status = 200, body = BatchStatusResponse)), security(("admin_token" = [])), tag = "admin")]
-pub async fn batch_status(State(state): State<AppState>) -> Result<Json<BatchStatusResponse>, ApiError> {
+pub async fn batch_status(
+    State(state): State<AppState>,
+) -> Result<Json<BatchStatusResponse>, ApiError> {
     let published = state.store.published().await?;
     Ok(Json(BatchStatusResponse {
         published,

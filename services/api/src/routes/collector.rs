@@ -101,8 +101,11 @@ pub async fn post_events(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<EventsResponse>, ApiError> {
     let body = body_bytes(&state, body)?;
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    let parsed = json::parse_events(&body, content_type).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let parsed =
+        json::parse_events(&body, content_type).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let accepted_at = now_millis();
     let mut appends = Vec::with_capacity(parsed.len());
     let mut rejected = Vec::new();
@@ -110,17 +113,25 @@ pub async fn post_events(
         match result {
             Ok(event) => appends.push(Append {
                 key: event.user_id.clone(),
-                bytes: avro::encode(&LogRecord { accepted_at, body: RecordBody::Event(event) }),
+                bytes: avro::encode(&LogRecord {
+                    accepted_at,
+                    body: RecordBody::Event(event),
+                }),
             }),
-            Err(error) => rejected.push(Rejected { index, error: error.to_string() }),
+            Err(error) => rejected.push(Rejected {
+                index,
+                error: error.to_string(),
+            }),
         }
     }
     let accepted = appends.len();
     if accepted > 0 {
         state.log.append(appends).await?;
     }
-    metrics::counter!("signals_collector_events_total", "outcome" => "accepted").increment(accepted as u64);
-    metrics::counter!("signals_collector_events_total", "outcome" => "rejected").increment(rejected.len() as u64);
+    metrics::counter!("signals_collector_events_total", "outcome" => "accepted")
+        .increment(accepted as u64);
+    metrics::counter!("signals_collector_events_total", "outcome" => "rejected")
+        .increment(rejected.len() as u64);
     Ok(Json(EventsResponse { accepted, rejected }))
 }
 
@@ -142,10 +153,20 @@ pub async fn post_retractions(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<RetractionResponse>, ApiError> {
     let body = body_bytes(&state, body)?;
-    let retraction = json::parse_retraction(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let retraction =
+        json::parse_retraction(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let accepted = retraction.event_ids.len();
-    let record = LogRecord { accepted_at: now_millis(), body: RecordBody::Retraction(retraction) };
-    state.log.append(vec![Append { key: record.key().to_owned(), bytes: avro::encode(&record) }]).await?;
+    let record = LogRecord {
+        accepted_at: now_millis(),
+        body: RecordBody::Retraction(retraction),
+    };
+    state
+        .log
+        .append(vec![Append {
+            key: record.key().to_owned(),
+            bytes: avro::encode(&record),
+        }])
+        .await?;
     metrics::counter!("signals_collector_retractions_total").increment(1);
     Ok(Json(RetractionResponse { accepted }))
 }

@@ -36,11 +36,27 @@ pub async fn healthz() -> &'static str {
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let (log, store) = tokio::join!(state.log.check(), state.store.check());
     let mut checks = BTreeMap::new();
-    checks.insert("log", log.as_ref().map_or_else(|e| e.to_string(), |()| "ok".into()));
-    checks.insert("store", store.as_ref().map_or_else(|e| e.to_string(), |()| "ok".into()));
+    checks.insert(
+        "log",
+        log.as_ref()
+            .map_or_else(|e| e.to_string(), |()| "ok".into()),
+    );
+    checks.insert(
+        "store",
+        store
+            .as_ref()
+            .map_or_else(|e| e.to_string(), |()| "ok".into()),
+    );
     let ready = log.is_ok() && store.is_ok();
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    let body = ReadyResponse { status: if ready { "ready" } else { "not_ready" }, checks };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = ReadyResponse {
+        status: if ready { "ready" } else { "not_ready" },
+        checks,
+    };
     (status, Json(body)).into_response()
 }
 

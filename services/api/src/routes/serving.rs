@@ -102,18 +102,30 @@ pub struct ActivityResponse {
 }
 
 /// Resolves `names` against the definitions; all when `None`.
-fn select<'a>(state: &'a AppState, names: Option<Vec<String>>) -> Result<Vec<&'a SignalDefinition>, ApiError> {
+fn select(
+    state: &AppState,
+    names: Option<Vec<String>>,
+) -> Result<Vec<&SignalDefinition>, ApiError> {
     match names {
         None => Ok(state.definitions.iter().collect()),
         Some(names) => state.definitions.select(&names).map_err(|unknown| {
             let known: Vec<&str> = state.definitions.iter().map(|d| d.name.as_str()).collect();
-            ApiError::BadRequest(format!("unknown signal `{unknown}` (defined: {})", known.join(", ")))
+            ApiError::BadRequest(format!(
+                "unknown signal `{unknown}` (defined: {})",
+                known.join(", ")
+            ))
         }),
     }
 }
 
 fn split_names(names: Option<String>) -> Option<Vec<String>> {
-    names.map(|n| n.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect())
+    names.map(|n| {
+        n.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    })
 }
 
 /// Checks `at` against the history retention; `None` is now.
@@ -133,10 +145,13 @@ fn resolve_at(state: &AppState, at: Option<Millis>) -> Result<Millis, ApiError> 
 }
 
 fn parse_at_param(text: Option<&str>) -> Result<Option<Millis>, ApiError> {
-    text.map(|t| parse_time(t).map_err(|e| ApiError::BadRequest(format!("`at`: {e}")))).transpose()
+    text.map(|t| parse_time(t).map_err(|e| ApiError::BadRequest(format!("`at`: {e}"))))
+        .transpose()
 }
 
-async fn speed_and_log(state: &AppState) -> Result<(signals_store::SpeedProgress, LogPosition), ApiError> {
+async fn speed_and_log(
+    state: &AppState,
+) -> Result<(signals_store::SpeedProgress, LogPosition), ApiError> {
     let (progress, end) = tokio::join!(state.store.speed_progress(), state.log.end());
     Ok((progress?, end?))
 }
@@ -157,7 +172,10 @@ async fn answer(
     let now = now_millis();
     let freshness = Freshness {
         batch_version: manifest.as_ref().map(|m| m.version),
-        batch_position: manifest.as_ref().map(|m| m.position.clone()).unwrap_or_default(),
+        batch_position: manifest
+            .as_ref()
+            .map(|m| m.position.clone())
+            .unwrap_or_default(),
         batch_created_at: manifest.as_ref().map(|m| format_millis(m.created_at)),
         speed_position: speed.position.clone(),
         log_end: end.clone(),
@@ -172,7 +190,11 @@ async fn answer(
     Ok(SignalsResponse {
         user_id,
         at: format_millis(at),
-        signals: definitions.iter().map(|d| d.name.clone()).zip(values).collect(),
+        signals: definitions
+            .iter()
+            .map(|d| d.name.clone())
+            .zip(values)
+            .collect(),
         freshness,
     })
 }
@@ -197,7 +219,9 @@ pub async fn user_signals(
     let definitions = select(&state, split_names(params.names))?;
     let at = resolve_at(&state, parse_at_param(params.at.as_deref())?)?;
     let (speed, end) = speed_and_log(&state).await?;
-    Ok(Json(answer(&state, user_id, &definitions, at, &speed, &end).await?))
+    Ok(Json(
+        answer(&state, user_id, &definitions, at, &speed, &end).await?,
+    ))
 }
 
 /// Many users' signals in one call.
@@ -227,9 +251,15 @@ pub async fn query(
     let definitions = select(&state, request.names)?;
     let at = match request.at {
         None | Some(Value::Null) => None,
-        Some(Value::Number(n)) => Some(n.as_i64().ok_or_else(|| ApiError::BadRequest("`at`: epoch milliseconds must be an integer".into()))?),
+        Some(Value::Number(n)) => Some(n.as_i64().ok_or_else(|| {
+            ApiError::BadRequest("`at`: epoch milliseconds must be an integer".into())
+        })?),
         Some(Value::String(s)) => parse_at_param(Some(&s))?,
-        Some(_) => return Err(ApiError::BadRequest("`at` must be an RFC 3339 string or epoch milliseconds".into())),
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "`at` must be an RFC 3339 string or epoch milliseconds".into(),
+            ))
+        }
     };
     let at = resolve_at(&state, at)?;
     let (speed, end) = speed_and_log(&state).await?;
@@ -284,7 +314,9 @@ pub async fn activity(
     let until = time("until", params.until.as_deref())?.unwrap_or_else(now_millis);
     let limit = params.limit.unwrap_or(100);
     if limit == 0 || limit > 1_000 {
-        return Err(ApiError::BadRequest(format!("`limit` = {limit} must be between 1 and 1000")));
+        return Err(ApiError::BadRequest(format!(
+            "`limit` = {limit} must be between 1 and 1000"
+        )));
     }
     let history = state.store.user_history(&user_id).await?;
     let view = UserView::merge(history.record, history.speed);

@@ -100,7 +100,10 @@ impl EmbeddedLog {
         let partitions = check_meta(dir, options.partitions)?;
         let mut states = Vec::with_capacity(partitions as usize);
         for p in 0..partitions {
-            states.push(RwLock::new(PartitionState::open(&partition_dir(dir, p), p)?));
+            states.push(RwLock::new(PartitionState::open(
+                &partition_dir(dir, p),
+                p,
+            )?));
         }
         let end: LogPosition = states
             .iter()
@@ -175,9 +178,12 @@ fn check_meta(dir: &Path, partitions: u32) -> Result<u32, LogError> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if partitions == 0 {
-                return Err(LogError::Invalid("a log needs at least one partition".into()));
+                return Err(LogError::Invalid(
+                    "a log needs at least one partition".into(),
+                ));
             }
-            let bytes = serde_json::to_vec(&Meta { partitions }).map_err(|e| LogError::Invalid(e.to_string()))?;
+            let bytes = serde_json::to_vec(&Meta { partitions })
+                .map_err(|e| LogError::Invalid(e.to_string()))?;
             let temp = dir.join("meta.json.tmp");
             std::fs::write(&temp, bytes)?;
             std::fs::File::open(&temp)?.sync_all()?;
@@ -219,10 +225,18 @@ impl EventLog for EmbeddedLog {
     }
 
     async fn read_from(&self, from: &LogPosition) -> Result<Box<dyn LogReader>, LogError> {
-        Ok(Box::new(reader::EmbeddedReader::new(self.shared.clone(), from, self.partitions)?))
+        Ok(Box::new(reader::EmbeddedReader::new(
+            self.shared.clone(),
+            from,
+            self.partitions,
+        )?))
     }
 
-    async fn subscribe(&self, _group: &str, checkpoint: &LogPosition) -> Result<Box<dyn LogReader>, LogError> {
+    async fn subscribe(
+        &self,
+        _group: &str,
+        checkpoint: &LogPosition,
+    ) -> Result<Box<dyn LogReader>, LogError> {
         // One process owns the embedded log: the group has all partitions.
         self.read_from(checkpoint).await
     }
@@ -230,7 +244,10 @@ impl EventLog for EmbeddedLog {
     async fn check(&self) -> Result<(), LogError> {
         let (reply, answer) = oneshot::channel();
         self.requests
-            .send(writer::Request { records: Vec::new(), reply })
+            .send(writer::Request {
+                records: Vec::new(),
+                reply,
+            })
             .map_err(|_| LogError::Unavailable("the embedded log writer has stopped".into()))?;
         tokio::time::timeout(Duration::from_secs(5), answer)
             .await

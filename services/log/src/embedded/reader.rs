@@ -32,16 +32,32 @@ pub struct EmbeddedReader {
 }
 
 impl EmbeddedReader {
-    pub fn new(shared: Arc<Shared>, from: &LogPosition, partitions: u32) -> Result<EmbeddedReader, LogError> {
+    pub fn new(
+        shared: Arc<Shared>,
+        from: &LogPosition,
+        partitions: u32,
+    ) -> Result<EmbeddedReader, LogError> {
         let end = shared.end.subscribe();
         let cursors = (0..partitions)
-            .map(|p| Cursor { partition: p, next: from.next(p), file: None })
+            .map(|p| Cursor {
+                partition: p,
+                next: from.next(p),
+                file: None,
+            })
             .collect();
-        Ok(EmbeddedReader { shared, end, cursors: Some(cursors), turn: 0 })
+        Ok(EmbeddedReader {
+            shared,
+            end,
+            cursors: Some(cursors),
+            turn: 0,
+        })
     }
 
     fn has_more(&self, end: &LogPosition) -> bool {
-        self.cursors.iter().flatten().any(|c| c.next < end.next(c.partition))
+        self.cursors
+            .iter()
+            .flatten()
+            .any(|c| c.next < end.next(c.partition))
     }
 }
 
@@ -53,17 +69,18 @@ impl LogReader for EmbeddedReader {
             let changed = tokio::time::timeout(wait, self.end.changed()).await;
             match changed {
                 Ok(Ok(())) => end = self.end.borrow_and_update().clone(),
-                Ok(Err(_)) => return Err(LogError::Unavailable("the embedded log was closed".into())),
+                Ok(Err(_)) => {
+                    return Err(LogError::Unavailable("the embedded log was closed".into()))
+                }
                 Err(_) => return Ok(Vec::new()),
             }
             if !self.has_more(&end) {
                 return Ok(Vec::new());
             }
         }
-        let mut cursors = self
-            .cursors
-            .take()
-            .ok_or_else(|| LogError::Unavailable("a previous read of this reader was interrupted".into()))?;
+        let mut cursors = self.cursors.take().ok_or_else(|| {
+            LogError::Unavailable("a previous read of this reader was interrupted".into())
+        })?;
         let shared = self.shared.clone();
         let turn = self.turn;
         let (cursors, result) = tokio::task::spawn_blocking(move || {
@@ -78,11 +95,21 @@ impl LogReader for EmbeddedReader {
     }
 
     fn position(&self) -> LogPosition {
-        self.cursors.iter().flatten().map(|c| (c.partition, c.next)).collect()
+        self.cursors
+            .iter()
+            .flatten()
+            .map(|c| (c.partition, c.next))
+            .collect()
     }
 }
 
-fn read_batch(shared: &Shared, cursors: &mut [Cursor], end: &LogPosition, max: usize, turn: usize) -> Result<Vec<LogEntry>, LogError> {
+fn read_batch(
+    shared: &Shared,
+    cursors: &mut [Cursor],
+    end: &LogPosition,
+    max: usize,
+    turn: usize,
+) -> Result<Vec<LogEntry>, LogError> {
     let mut entries = Vec::new();
     let mut bytes = 0;
     let count = cursors.len();
@@ -93,7 +120,11 @@ fn read_batch(shared: &Shared, cursors: &mut [Cursor], end: &LogPosition, max: u
             let cursor = &mut cursors[(turn + i) % count];
             let stop = end.next(cursor.partition);
             let mut taken = 0;
-            while cursor.next < stop && taken < round && entries.len() < max && bytes < MAX_BATCH_BYTES {
+            while cursor.next < stop
+                && taken < round
+                && entries.len() < max
+                && bytes < MAX_BATCH_BYTES
+            {
                 let entry = read_one(shared, cursor)?;
                 bytes += entry.bytes.len();
                 entries.push(entry);
@@ -115,7 +146,10 @@ fn read_one(shared: &Shared, cursor: &mut Cursor) -> Result<LogEntry, LogError> 
             .read()
             .map_err(|_| LogError::Unavailable("embedded log lock poisoned".into()))?;
         let segment = state.find(cursor.next)?.ok_or_else(|| {
-            LogError::Corrupt(format!("offset {} of partition {} is not in any segment", cursor.next, cursor.partition))
+            LogError::Corrupt(format!(
+                "offset {} of partition {} is not in any segment",
+                cursor.next, cursor.partition
+            ))
         })?;
         if in_file != Some(segment.base) {
             // Open the segment and skip from the nearest indexed record.
@@ -124,8 +158,13 @@ fn read_one(shared: &Shared, cursor: &mut Cursor) -> Result<LogEntry, LogError> 
             file.seek(SeekFrom::Start(position))?;
             let mut scratch = Vec::new();
             while offset < cursor.next {
-                read_record(&mut file, &mut scratch)?
-                    .ok_or_else(|| LogError::Corrupt(format!("{} ends before offset {}", segment.path.display(), cursor.next)))?;
+                read_record(&mut file, &mut scratch)?.ok_or_else(|| {
+                    LogError::Corrupt(format!(
+                        "{} ends before offset {}",
+                        segment.path.display(),
+                        cursor.next
+                    ))
+                })?;
                 offset += 1;
             }
             cursor.file = Some((segment.base, file));
@@ -137,7 +176,10 @@ fn read_one(shared: &Shared, cursor: &mut Cursor) -> Result<LogEntry, LogError> 
     };
     let mut payload = Vec::new();
     let (_, crc) = read_record(file, &mut payload)?.ok_or_else(|| {
-        LogError::Corrupt(format!("partition {} segment {segment_base}: record {} is missing", cursor.partition, cursor.next))
+        LogError::Corrupt(format!(
+            "partition {} segment {segment_base}: record {} is missing",
+            cursor.partition, cursor.next
+        ))
     })?;
     if crc32fast::hash(&payload) != crc {
         return Err(LogError::Corrupt(format!(
@@ -148,7 +190,11 @@ fn read_one(shared: &Shared, cursor: &mut Cursor) -> Result<LogEntry, LogError> 
             payload.len()
         )));
     }
-    let entry = LogEntry { partition: cursor.partition, offset: cursor.next, bytes: payload };
+    let entry = LogEntry {
+        partition: cursor.partition,
+        offset: cursor.next,
+        bytes: payload,
+    };
     cursor.next += 1;
     // Past a segment's end the next read opens the following segment; the
     // active segment's handle stays open and sees later appends.

@@ -39,7 +39,7 @@ impl Segment {
     /// Notes a record appended at `position` (bytes) as the next offset.
     pub fn push(&mut self, position: u64, length: u64) {
         let offset = self.base + self.count;
-        if self.count % INDEX_EVERY == 0 {
+        if self.count.is_multiple_of(INDEX_EVERY) {
             self.index.push((offset, position));
         }
         self.count += 1;
@@ -91,7 +91,11 @@ impl PartitionState {
                 )));
             }
         }
-        let mut state = PartitionState { partition, dir: dir.to_owned(), segments };
+        let mut state = PartitionState {
+            partition,
+            dir: dir.to_owned(),
+            segments,
+        };
         if state.segments.is_empty() {
             state.roll(0)?;
         }
@@ -117,7 +121,13 @@ impl PartitionState {
         let path = segment_path(&self.dir, base);
         OpenOptions::new().create(true).append(true).open(&path)?;
         File::open(&self.dir)?.sync_all()?;
-        self.segments.push(Segment { base, path, count: 0, bytes: 0, index: Vec::new() });
+        self.segments.push(Segment {
+            base,
+            path,
+            count: 0,
+            bytes: 0,
+            index: Vec::new(),
+        });
         Ok(())
     }
 
@@ -131,7 +141,10 @@ impl PartitionState {
             )));
         }
         let i = self.segments.partition_point(|s| s.base <= offset);
-        Ok(self.segments.get(i.wrapping_sub(1)).filter(|s| offset < s.end()))
+        Ok(self
+            .segments
+            .get(i.wrapping_sub(1))
+            .filter(|s| offset < s.end()))
     }
 
     /// Removes segments entirely below `before`, never the active one.
@@ -150,7 +163,10 @@ impl PartitionState {
 }
 
 /// Reads one framed record; `None` at a clean end of data.
-pub fn read_record(reader: &mut impl Read, buffer: &mut Vec<u8>) -> std::io::Result<Option<(u32, u32)>> {
+pub fn read_record(
+    reader: &mut impl Read,
+    buffer: &mut Vec<u8>,
+) -> std::io::Result<Option<(u32, u32)>> {
     let mut header = [0u8; HEADER as usize];
     match reader.read_exact(&mut header) {
         Ok(()) => {}
@@ -173,13 +189,22 @@ fn scan(path: &Path, base: Offset, is_tail: bool) -> Result<Segment, LogError> {
     let file = File::open(path)?;
     let size = file.metadata()?.len();
     let mut reader = BufReader::with_capacity(1 << 20, file);
-    let mut segment = Segment { base, path: path.to_owned(), count: 0, bytes: 0, index: Vec::new() };
+    let mut segment = Segment {
+        base,
+        path: path.to_owned(),
+        count: 0,
+        bytes: 0,
+        index: Vec::new(),
+    };
     let mut buffer = Vec::new();
     loop {
         let position = segment.bytes;
         if is_tail {
             match read_record(&mut reader, &mut buffer)? {
-                Some((length, crc)) if length as usize <= super::MAX_RECORD_BYTES && crc32fast::hash(&buffer) == crc => {
+                Some((length, crc))
+                    if length as usize <= super::MAX_RECORD_BYTES
+                        && crc32fast::hash(&buffer) == crc =>
+                {
                     segment.push(position, u64::from(length));
                 }
                 _ => break,
@@ -189,9 +214,14 @@ fn scan(path: &Path, base: Offset, is_tail: bool) -> Result<Segment, LogError> {
             if position + HEADER > size || reader.read_exact(&mut header).is_err() {
                 break;
             }
-            let length = u64::from(u32::from_le_bytes([header[0], header[1], header[2], header[3]]));
+            let length = u64::from(u32::from_le_bytes([
+                header[0], header[1], header[2], header[3],
+            ]));
             if position + HEADER + length > size {
-                return Err(LogError::Corrupt(format!("{}: record at byte {position} runs past the end", path.display())));
+                return Err(LogError::Corrupt(format!(
+                    "{}: record at byte {position} runs past the end",
+                    path.display()
+                )));
             }
             reader.seek(SeekFrom::Current(length as i64))?;
             segment.push(position, length);
@@ -199,7 +229,11 @@ fn scan(path: &Path, base: Offset, is_tail: bool) -> Result<Segment, LogError> {
     }
     if segment.bytes < size {
         if !is_tail {
-            return Err(LogError::Corrupt(format!("{}: {} stray bytes after the last record", path.display(), size - segment.bytes)));
+            return Err(LogError::Corrupt(format!(
+                "{}: {} stray bytes after the last record",
+                path.display(),
+                size - segment.bytes
+            )));
         }
         warn!(segment = %path.display(), dropped_bytes = size - segment.bytes, "cutting a torn tail off the event log");
         let file = OpenOptions::new().write(true).open(path)?;

@@ -8,11 +8,18 @@ use super::*;
 use crate::LogEntry;
 
 fn options(partitions: u32, segment_bytes: u64) -> EmbeddedLogOptions {
-    EmbeddedLogOptions { partitions, segment_bytes, fsync: FsyncPolicy::Always }
+    EmbeddedLogOptions {
+        partitions,
+        segment_bytes,
+        fsync: FsyncPolicy::Always,
+    }
 }
 
 fn append(key: &str, bytes: &[u8]) -> Append {
-    Append { key: key.to_owned(), bytes: bytes.to_vec() }
+    Append {
+        key: key.to_owned(),
+        bytes: bytes.to_vec(),
+    }
 }
 
 async fn read_all(log: &EmbeddedLog, from: &LogPosition) -> Vec<LogEntry> {
@@ -20,7 +27,12 @@ async fn read_all(log: &EmbeddedLog, from: &LogPosition) -> Vec<LogEntry> {
     let mut reader = log.read_from(from).await.expect("reader");
     let mut entries = Vec::new();
     while !reader.position().reaches(&end) {
-        entries.extend(reader.next_batch(7, Duration::from_millis(10)).await.expect("batch"));
+        entries.extend(
+            reader
+                .next_batch(7, Duration::from_millis(10))
+                .await
+                .expect("batch"),
+        );
     }
     entries
 }
@@ -33,7 +45,10 @@ async fn appends_read_back_in_order_across_partitions_and_segments() {
     for i in 0..60u32 {
         let key = format!("user-{}", i % 7);
         let bytes = format!("record {i}").into_bytes();
-        let positions = log.append(vec![append(&key, &bytes)]).await.expect("appended");
+        let positions = log
+            .append(vec![append(&key, &bytes)])
+            .await
+            .expect("appended");
         let (partition, offset) = positions[0];
         let slot = expected.entry(partition).or_default();
         assert_eq!(offset, slot.len() as u64, "dense offsets");
@@ -47,7 +62,9 @@ async fn appends_read_back_in_order_across_partitions_and_segments() {
         slot.push(entry.bytes);
     }
     assert_eq!(actual, expected);
-    let segments = std::fs::read_dir(dir.path().join("partition-0")).expect("dir").count();
+    let segments = std::fs::read_dir(dir.path().join("partition-0"))
+        .expect("dir")
+        .count();
     assert!(segments > 1, "small segments rolled over ({segments})");
 }
 
@@ -62,7 +79,10 @@ async fn reopening_keeps_everything_and_continues_offsets() {
     }
     let log = EmbeddedLog::open(dir.path(), options(1, 64)).expect("reopens");
     assert_eq!(log.end().await.expect("end").next(0), 10);
-    assert_eq!(log.append(vec![append("k", b"x")]).await.expect("appended"), vec![(0, 10)]);
+    assert_eq!(
+        log.append(vec![append("k", b"x")]).await.expect("appended"),
+        vec![(0, 10)]
+    );
     let from: LogPosition = [(0, 4)].into_iter().collect();
     let entries = read_all(&log, &from).await;
     assert_eq!(entries.len(), 7);
@@ -75,20 +95,40 @@ async fn a_torn_tail_is_cut_and_acknowledged_records_survive() {
     let dir = tempfile::tempdir().expect("temp dir");
     {
         let log = EmbeddedLog::open(dir.path(), options(1, 1 << 20)).expect("opens");
-        log.append(vec![append("k", b"one"), append("k", b"two")]).await.expect("appended");
+        log.append(vec![append("k", b"one"), append("k", b"two")])
+            .await
+            .expect("appended");
     }
-    let segment = dir.path().join("partition-0").join(format!("{:020}.log", 0));
+    let segment = dir
+        .path()
+        .join("partition-0")
+        .join(format!("{:020}.log", 0));
     // A crash mid-write: a header promising 100 bytes, then only 3.
-    let mut file = std::fs::OpenOptions::new().append(true).open(&segment).expect("segment");
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&segment)
+        .expect("segment");
     file.write_all(&100u32.to_le_bytes()).expect("write");
     file.write_all(&0u32.to_le_bytes()).expect("write");
     file.write_all(b"abc").expect("write");
     drop(file);
     let log = EmbeddedLog::open(dir.path(), options(1, 1 << 20)).expect("recovers");
     assert_eq!(log.end().await.expect("end").next(0), 2);
-    assert_eq!(log.append(vec![append("k", b"three")]).await.expect("appended"), vec![(0, 2)]);
-    let bytes: Vec<Vec<u8>> = read_all(&log, &LogPosition::new()).await.into_iter().map(|e| e.bytes).collect();
-    assert_eq!(bytes, vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]);
+    assert_eq!(
+        log.append(vec![append("k", b"three")])
+            .await
+            .expect("appended"),
+        vec![(0, 2)]
+    );
+    let bytes: Vec<Vec<u8>> = read_all(&log, &LogPosition::new())
+        .await
+        .into_iter()
+        .map(|e| e.bytes)
+        .collect();
+    assert_eq!(
+        bytes,
+        vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]
+    );
 }
 
 #[tokio::test]
@@ -100,7 +140,10 @@ async fn a_corrupt_record_in_the_tail_is_cut_with_everything_after_it() {
             log.append(vec![append("k", word)]).await.expect("appended");
         }
     }
-    let segment = dir.path().join("partition-0").join(format!("{:020}.log", 0));
+    let segment = dir
+        .path()
+        .join("partition-0")
+        .join(format!("{:020}.log", 0));
     let mut bytes = std::fs::read(&segment).expect("segment");
     // Flip a payload byte of the second record (each frame is 8 + 4 bytes).
     bytes[12 + 8] ^= 0xff;
@@ -119,7 +162,10 @@ async fn concurrent_appends_get_distinct_dense_offsets() {
             tokio::spawn(async move {
                 let mut positions = Vec::new();
                 for i in 0..20 {
-                    let records = vec![append(&format!("k{t}"), format!("{t}-{i}-a").as_bytes()), append("shared", format!("{t}-{i}-b").as_bytes())];
+                    let records = vec![
+                        append(&format!("k{t}"), format!("{t}-{i}-a").as_bytes()),
+                        append("shared", format!("{t}-{i}-b").as_bytes()),
+                    ];
                     positions.extend(log.append(records).await.expect("appended"));
                 }
                 positions
@@ -151,13 +197,26 @@ async fn a_waiting_reader_wakes_on_append() {
     let writer = log.clone();
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        writer.append(vec![append("k", b"hello")]).await.expect("appended");
+        writer
+            .append(vec![append("k", b"hello")])
+            .await
+            .expect("appended");
     });
     let started = Instant::now();
-    let entries = reader.next_batch(10, Duration::from_secs(10)).await.expect("batch");
+    let entries = reader
+        .next_batch(10, Duration::from_secs(10))
+        .await
+        .expect("batch");
     assert_eq!(entries.len(), 1);
-    assert!(started.elapsed() < Duration::from_secs(2), "woke up early: {:?}", started.elapsed());
-    let empty = reader.next_batch(10, Duration::from_millis(20)).await.expect("batch");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "woke up early: {:?}",
+        started.elapsed()
+    );
+    let empty = reader
+        .next_batch(10, Duration::from_millis(20))
+        .await
+        .expect("batch");
     assert!(empty.is_empty());
 }
 
@@ -166,16 +225,23 @@ async fn retention_deletes_old_segments_and_refuses_reads_below_them() {
     let dir = tempfile::tempdir().expect("temp dir");
     let log = EmbeddedLog::open(dir.path(), options(1, 40)).expect("opens");
     for i in 0..20u8 {
-        log.append(vec![append("k", &[i; 10])]).await.expect("appended");
+        log.append(vec![append("k", &[i; 10])])
+            .await
+            .expect("appended");
     }
-    let removed = log.delete_before(&[(0, 10)].into_iter().collect()).expect("deleted");
+    let removed = log
+        .delete_before(&[(0, 10)].into_iter().collect())
+        .expect("deleted");
     assert!(removed > 0);
     let earliest = log.earliest().next(0);
     assert!(earliest > 0 && earliest <= 10, "earliest {earliest}");
     let from: LogPosition = [(0, earliest)].into_iter().collect();
     assert_eq!(read_all(&log, &from).await.len() as u64, 20 - earliest);
     let mut reader = log.read_from(&LogPosition::new()).await.expect("reader");
-    let error = reader.next_batch(5, Duration::from_millis(10)).await.expect_err("deleted");
+    let error = reader
+        .next_batch(5, Duration::from_millis(10))
+        .await
+        .expect_err("deleted");
     assert_eq!(
         error.to_string(),
         format!("invalid log request: offset 0 of partition 0 was deleted by retention; earliest is {earliest}")
@@ -186,7 +252,9 @@ async fn retention_deletes_old_segments_and_refuses_reads_below_them() {
 async fn the_partition_count_is_fixed_at_creation() {
     let dir = tempfile::tempdir().expect("temp dir");
     drop(EmbeddedLog::open(dir.path(), options(2, 4096)).expect("opens"));
-    let error = EmbeddedLog::open(dir.path(), options(3, 4096)).err().expect("refused");
+    let error = EmbeddedLog::open(dir.path(), options(3, 4096))
+        .err()
+        .expect("refused");
     assert_eq!(
         error.to_string(),
         format!(
@@ -201,7 +269,10 @@ async fn oversized_records_are_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
     let log = EmbeddedLog::open(dir.path(), options(1, 4096)).expect("opens");
     let big = vec![0u8; MAX_RECORD_BYTES + 1];
-    assert!(matches!(log.append(vec![append("k", &big)]).await, Err(LogError::Invalid(_))));
+    assert!(matches!(
+        log.append(vec![append("k", &big)]).await,
+        Err(LogError::Invalid(_))
+    ));
     assert_eq!(log.end().await.expect("end").next(0), 0);
 }
 

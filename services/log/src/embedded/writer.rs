@@ -21,7 +21,10 @@ pub struct Request {
     pub reply: oneshot::Sender<Result<Vec<(Partition, Offset)>, LogError>>,
 }
 
-pub fn spawn(shared: Arc<Shared>, options: EmbeddedLogOptions) -> Result<Sender<Request>, LogError> {
+pub fn spawn(
+    shared: Arc<Shared>,
+    options: EmbeddedLogOptions,
+) -> Result<Sender<Request>, LogError> {
     let (sender, receiver) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("signals-log-writer".into())
@@ -54,7 +57,9 @@ fn run(shared: &Shared, options: &EmbeddedLogOptions, requests: &Receiver<Reques
                 // Handles may point at truncated files; reopen on next use.
                 files.0.iter_mut().for_each(|f| *f = None);
                 for request in group {
-                    let _ = request.reply.send(Err(LogError::Unavailable(format!("append failed: {failure}"))));
+                    let _ = request.reply.send(Err(LogError::Unavailable(format!(
+                        "append failed: {failure}"
+                    ))));
                 }
             }
         }
@@ -90,10 +95,16 @@ fn commit(
             };
             positions.push((*partition, *offset));
             *offset += 1;
-            let slot = pending.entry(*partition).or_insert_with(|| Pending { frames: Vec::new(), records: Vec::new() });
-            slot.records.push((bytes.len() as u64, slot.frames.len() as u64));
-            slot.frames.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-            slot.frames.extend_from_slice(&crc32fast::hash(bytes).to_le_bytes());
+            let slot = pending.entry(*partition).or_insert_with(|| Pending {
+                frames: Vec::new(),
+                records: Vec::new(),
+            });
+            slot.records
+                .push((bytes.len() as u64, slot.frames.len() as u64));
+            slot.frames
+                .extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            slot.frames
+                .extend_from_slice(&crc32fast::hash(bytes).to_le_bytes());
             slot.frames.extend_from_slice(bytes);
         }
         assigned.push(positions);
@@ -153,7 +164,12 @@ fn commit(
     Ok(assigned)
 }
 
-fn open_active<'f>(shared: &Shared, files: &'f mut Files, partition: Partition, base: Offset) -> Result<&'f mut File, LogError> {
+fn open_active<'f>(
+    shared: &Shared,
+    files: &'f mut Files,
+    partition: Partition,
+    base: Offset,
+) -> Result<&'f mut File, LogError> {
     let slot = &mut files.0[partition as usize];
     if slot.as_ref().is_none_or(|(b, _)| *b != base) {
         let path = lock(shared, partition)?
@@ -168,7 +184,10 @@ fn open_active<'f>(shared: &Shared, files: &'f mut Files, partition: Partition, 
         .ok_or_else(|| LogError::Unavailable("segment handle missing".into()))
 }
 
-fn lock(shared: &Shared, partition: Partition) -> Result<std::sync::RwLockReadGuard<'_, super::segment::PartitionState>, LogError> {
+fn lock(
+    shared: &Shared,
+    partition: Partition,
+) -> Result<std::sync::RwLockReadGuard<'_, super::segment::PartitionState>, LogError> {
     shared
         .partitions
         .get(partition as usize)
@@ -177,7 +196,10 @@ fn lock(shared: &Shared, partition: Partition) -> Result<std::sync::RwLockReadGu
         .map_err(|_| LogError::Unavailable("embedded log lock poisoned".into()))
 }
 
-fn write_lock(shared: &Shared, partition: Partition) -> Result<std::sync::RwLockWriteGuard<'_, super::segment::PartitionState>, LogError> {
+fn write_lock(
+    shared: &Shared,
+    partition: Partition,
+) -> Result<std::sync::RwLockWriteGuard<'_, super::segment::PartitionState>, LogError> {
     shared
         .partitions
         .get(partition as usize)
