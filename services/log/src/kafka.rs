@@ -505,7 +505,7 @@ impl DeadLetterSink for KafkaDeadLetters {
                     key: "signals.offset",
                     value: Some(offset.as_bytes()),
                 });
-            let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic)
+            let record: FutureRecord<'_, [u8], Vec<u8>> = FutureRecord::to(&self.topic)
                 .payload(&letter.bytes)
                 .headers(headers);
             self.producer.send(record, self.timeout)

@@ -350,6 +350,18 @@ pub async fn history_merges_the_published_record_with_uncovered_entries_only(
         Some(&record("u", "old")),
         "a repeated read answers the same"
     );
+
+    // The parts of a history, read one by one, agree with the whole.
+    assert_eq!(
+        store.batch_record(1, "u").await.expect("record").as_deref(),
+        Some(&record("u", "old"))
+    );
+    assert!(store.batch_record(1, "w").await.expect("record").is_none());
+    assert!(store.batch_record(2, "u").await.expect("record").is_none());
+    assert_eq!(
+        store.speed_entries("u", &published.position).await.expect("entries"),
+        history.speed
+    );
 }
 
 pub async fn publishing_never_goes_back_and_published_versions_are_immutable(

@@ -22,9 +22,11 @@ mod types;
 pub mod contract;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 pub use error::StoreError;
+use signals_core::{LogPosition, SpeedEntry, UserRecord};
 pub use types::*;
 
 /// The store behind both layers and serving.
@@ -49,11 +51,18 @@ pub trait SignalStore: Send + Sync + 'static {
     /// One user's published record and newer speed entries, consistently.
     async fn user_history(&self, user_id: &str) -> Result<UserHistory, StoreError>;
 
+    /// One user's record of `version`, if the version has one.
+    async fn batch_record(&self, version: u64, user_id: &str) -> Result<Option<Arc<UserRecord>>, StoreError>;
+
+    /// One user's speed entries that `from` does not cover, ordered by
+    /// (partition, offset).
+    async fn speed_entries(&self, user_id: &str, from: &LogPosition) -> Result<Vec<SpeedEntry>, StoreError>;
+
     /// Writes records of an unpublished version (idempotent per user).
     async fn write_batch(
         &self,
         version: u64,
-        records: Vec<(String, signals_core::UserRecord)>,
+        records: Vec<(String, UserRecord)>,
     ) -> Result<(), StoreError>;
 
     /// Makes `manifest` the published version in one atomic step.
@@ -62,10 +71,15 @@ pub trait SignalStore: Send + Sync + 'static {
     /// Drops speed entries before `covered` and versions older than `keep_version`.
     async fn collect_garbage(
         &self,
-        covered: &signals_core::LogPosition,
+        covered: &LogPosition,
         keep_version: u64,
     ) -> Result<GarbageStats, StoreError>;
 
     /// Whether the store answers now (readiness).
     async fn check(&self) -> Result<(), StoreError>;
+
+    /// A part that is down without making answers wrong (a cache), if any.
+    async fn degraded(&self) -> Option<String> {
+        None
+    }
 }

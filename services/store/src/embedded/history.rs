@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use redb::ReadableTable;
-use signals_core::UserRecord;
+use signals_core::{LogPosition, SpeedEntry, UserRecord};
 
 use super::tables::{BATCH, META, PUBLISHED_KEY, SPEED};
 use super::{codec, engine, keys, speed, Inner};
@@ -32,6 +32,23 @@ impl Inner {
             record,
             speed,
         })
+    }
+
+    /// `user`'s record of `version`, from the cache or one read.
+    pub(super) fn batch_record(&self, version: u64, user: &str) -> Result<Option<Arc<UserRecord>>, StoreError> {
+        if let Some(cached) = self.records.get(version, user) {
+            return Ok(Some(cached));
+        }
+        let txn = self.db.begin_read().map_err(engine("begin a read"))?;
+        let batch = txn.open_table(BATCH).map_err(engine("open table batch"))?;
+        self.read_record(&batch, version, user)
+    }
+
+    /// `user`'s speed entries not covered by `from`.
+    pub(super) fn speed_entries(&self, user: &str, from: &LogPosition) -> Result<Vec<SpeedEntry>, StoreError> {
+        let txn = self.db.begin_read().map_err(engine("begin a read"))?;
+        let speed_table = txn.open_table(SPEED).map_err(engine("open table speed"))?;
+        speed::read_tail(&speed_table, user, Some(from))
     }
 
     /// The published manifest, from its own snapshot.

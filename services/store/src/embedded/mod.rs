@@ -205,6 +205,26 @@ impl SignalStore for EmbeddedStore {
         self.blocking(move |inner| inner.user_history(&user)).await
     }
 
+    async fn batch_record(
+        &self,
+        version: u64,
+        user_id: &str,
+    ) -> Result<Option<Arc<UserRecord>>, StoreError> {
+        let user = user_id.to_owned();
+        self.blocking(move |inner| inner.batch_record(version, &user))
+            .await
+    }
+
+    async fn speed_entries(
+        &self,
+        user_id: &str,
+        from: &LogPosition,
+    ) -> Result<Vec<signals_core::SpeedEntry>, StoreError> {
+        let (user, from) = (user_id.to_owned(), from.clone());
+        self.blocking(move |inner| inner.speed_entries(&user, &from))
+            .await
+    }
+
     async fn write_batch(
         &self,
         version: u64,
