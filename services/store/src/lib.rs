@@ -15,6 +15,8 @@
 //! holding the previous manifest never finds its speed entries gone.
 
 pub mod embedded;
+#[cfg(feature = "redis")]
+pub mod redis_cache;
 mod error;
 mod types;
 

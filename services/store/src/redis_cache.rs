@@ -1,0 +1,321 @@
+//! Redis on the hot path: a read-through cache of published user records.
+//!
+//! Why this role and no other: a user record of a published batch version
+//! never changes, so a cached copy is always right, needs no invalidation,
+//! and losing it (restart, `FLUSHALL`, eviction) costs one read of the
+//! store. Speed entries change every second and stay in the store, where
+//! the speed layer's progress makes them consistent; caching them would need
+//! a reconciliation protocol for a saving of one partition read. Redis is
+//! therefore never the only copy of anything, and an answer never depends
+//! on it being up: on any Redis error the read goes to the store, and
+//! [`SignalStore::degraded`] says so for readiness.
+//!
+//! Keys: `{prefix}:record:{version}:{user}` → a format byte then postcard,
+//! or the single byte `0` for "this user has no record in this version".
+//! Every key has a TTL, so versions collected from the store also leave
+//! Redis on their own.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::AsyncCommands;
+use signals_core::{LogPosition, SpeedEntry, UserRecord};
+use tracing::warn;
+
+use crate::{
+    BatchManifest, GarbageStats, IndexEntry, SignalStore, SpeedProgress, SpeedWrite, StoreError,
+    UserHistory,
+};
+
+const FORMAT: u8 = 1;
+const ABSENT: u8 = 0;
+
+/// Where Redis is and how long to wait for it.
+#[derive(Clone, Debug)]
+pub struct RedisOptions {
+    /// `redis://host:port[/db]`.
+    pub url: String,
+    /// Key prefix, so several deployments can share one Redis.
+    pub prefix: String,
+    /// Lifetime of a cached record.
+    pub ttl: Duration,
+    /// Longest wait for one Redis call before the store answers instead.
+    pub timeout: Duration,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        RedisOptions {
+            url: "redis://127.0.0.1:6379".into(),
+            prefix: "signals".into(),
+            ttl: Duration::from_secs(48 * 3600),
+            timeout: Duration::from_millis(50),
+        }
+    }
+}
+
+/// A [`SignalStore`] whose published records are cached in Redis.
+pub struct CachedStore {
+    inner: Arc<dyn SignalStore>,
+    options: RedisOptions,
+    client: redis::Client,
+    connection: tokio::sync::Mutex<Option<ConnectionManager>>,
+    /// The last Redis failure, for readiness.
+    last_error: Mutex<Option<(Instant, String)>>,
+}
+
+impl CachedStore {
+    /// Wraps `inner`; a Redis that is down now is retried on later reads.
+    pub fn new(inner: Arc<dyn SignalStore>, options: RedisOptions) -> Result<CachedStore, StoreError> {
+        let client = redis::Client::open(options.url.as_str())
+            .map_err(|e| StoreError::Backend(format!("invalid Redis URL {}: {e}", options.url)))?;
+        Ok(CachedStore {
+            inner,
+            options,
+            client,
+            connection: tokio::sync::Mutex::new(None),
+            last_error: Mutex::new(None),
+        })
+    }
+
+    fn key(&self, version: u64, user: &str) -> String {
+        format!("{}:record:{version}:{user}", self.options.prefix)
+    }
+
+    fn note_error(&self, what: &str, error: impl std::fmt::Display) {
+        warn!(%error, "redis {what} failed; answering from the store");
+        metrics::counter!("signals_cache_errors_total").increment(1);
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some((Instant::now(), format!("redis {what} failed: {error}")));
+        }
+    }
+
+    /// A connection, (re)established at most once per call.
+    async fn connection(&self) -> Option<ConnectionManager> {
+        let mut slot = self.connection.lock().await;
+        if slot.is_none() {
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(self.options.timeout * 4))
+                .set_response_timeout(Some(self.options.timeout))
+                .set_number_of_retries(1);
+            let connect = self.client.get_connection_manager_with_config(config);
+            match tokio::time::timeout(self.options.timeout * 4, connect).await {
+                Ok(Ok(manager)) => *slot = Some(manager),
+                Ok(Err(error)) => self.note_error("connect", error),
+                Err(_) => self.note_error("connect", "timed out"),
+            }
+        }
+        slot.clone()
+    }
+
+    async fn cached(&self, key: &str) -> Option<Option<Arc<UserRecord>>> {
+        let mut connection = self.connection().await?;
+        let read = tokio::time::timeout(self.options.timeout, connection.get::<_, Option<Vec<u8>>>(key)).await;
+        let bytes = match read {
+            Ok(Ok(bytes)) => bytes?,
+            Ok(Err(error)) => {
+                self.note_error("GET", error);
+                return None;
+            }
+            Err(_) => {
+                self.note_error("GET", "timed out");
+                return None;
+            }
+        };
+        match bytes.split_first() {
+            Some((&ABSENT, [])) => Some(None),
+            Some((&FORMAT, rest)) => match postcard::from_bytes::<UserRecord>(rest) {
+                Ok(record) => Some(Some(Arc::new(record))),
+                Err(error) => {
+                    self.note_error("decode", error);
+                    None
+                }
+            },
+            _ => {
+                self.note_error("decode", "unknown format byte");
+                None
+            }
+        }
+    }
+
+    async fn remember(&self, key: String, record: Option<&UserRecord>) {
+        let bytes = match record {
+            None => vec![ABSENT],
+            Some(record) => {
+                let bytes = vec![FORMAT];
+                match postcard::to_extend(record, bytes) {
+                    Ok(encoded) => encoded,
+                    Err(error) => return self.note_error("encode", error),
+                }
+            }
+        };
+        let Some(mut connection) = self.connection().await else { return };
+        let ttl = self.options.ttl.as_secs().max(1);
+        let write = tokio::time::timeout(self.options.timeout, connection.set_ex::<_, _, ()>(key, bytes, ttl)).await;
+        match write {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => self.note_error("SET", error),
+            Err(_) => self.note_error("SET", "timed out"),
+        }
+    }
+}
+
+#[async_trait]
+impl SignalStore for CachedStore {
+    async fn speed_progress(&self) -> Result<SpeedProgress, StoreError> {
+        self.inner.speed_progress().await
+    }
+
+    async fn lookup_events(&self, event_ids: &[String]) -> Result<HashMap<String, IndexEntry>, StoreError> {
+        self.inner.lookup_events(event_ids).await
+    }
+
+    async fn apply_speed(&self, write: SpeedWrite) -> Result<(), StoreError> {
+        self.inner.apply_speed(write).await
+    }
+
+    async fn published(&self) -> Result<Option<BatchManifest>, StoreError> {
+        self.inner.published().await
+    }
+
+    async fn user_history(&self, user_id: &str) -> Result<UserHistory, StoreError> {
+        let Some(manifest) = self.inner.published().await?.map(Arc::new) else {
+            return self.inner.user_history(user_id).await;
+        };
+        let (record, speed) = tokio::join!(
+            self.batch_record(manifest.version, user_id),
+            self.inner.speed_entries(user_id, &manifest.position)
+        );
+        Ok(UserHistory { manifest: Some(manifest), record: record?, speed: speed? })
+    }
+
+    async fn batch_record(&self, version: u64, user_id: &str) -> Result<Option<Arc<UserRecord>>, StoreError> {
+        let key = self.key(version, user_id);
+        if let Some(hit) = self.cached(&key).await {
+            metrics::counter!("signals_cache_requests_total", "outcome" => "hit").increment(1);
+            return Ok(hit);
+        }
+        metrics::counter!("signals_cache_requests_total", "outcome" => "miss").increment(1);
+        let record = self.inner.batch_record(version, user_id).await?;
+        // Only published versions are immutable; unpublished ones may be rewritten.
+        let published = self.inner.published().await?.is_some_and(|m| m.version >= version);
+        if published {
+            self.remember(key, record.as_deref()).await;
+        }
+        Ok(record)
+    }
+
+    async fn speed_entries(&self, user_id: &str, from: &LogPosition) -> Result<Vec<SpeedEntry>, StoreError> {
+        self.inner.speed_entries(user_id, from).await
+    }
+
+    async fn write_batch(&self, version: u64, records: Vec<(String, UserRecord)>) -> Result<(), StoreError> {
+        self.inner.write_batch(version, records).await
+    }
+
+    async fn publish(&self, manifest: &BatchManifest) -> Result<(), StoreError> {
+        self.inner.publish(manifest).await
+    }
+
+    async fn collect_garbage(&self, covered: &LogPosition, keep_version: u64) -> Result<GarbageStats, StoreError> {
+        self.inner.collect_garbage(covered, keep_version).await
+    }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        self.inner.check().await
+    }
+
+    async fn degraded(&self) -> Option<String> {
+        if let Some(mut connection) = self.connection().await {
+            let ping = tokio::time::timeout(self.options.timeout * 4, redis::cmd("PING").query_async::<String>(&mut connection)).await;
+            match ping {
+                Ok(Ok(_)) => return None,
+                Ok(Err(error)) => self.note_error("PING", error),
+                Err(_) => self.note_error("PING", "timed out"),
+            }
+        }
+        self.last_error
+            .lock()
+            .ok()
+            .and_then(|last| last.as_ref().map(|(_, message)| message.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::embedded::EmbeddedStore;
+
+    /// Redis from `SIGNALS_TEST_REDIS_URL` (see `infra/local/up redis`).
+    fn redis_url() -> Option<String> {
+        match std::env::var("SIGNALS_TEST_REDIS_URL") {
+            Ok(url) => Some(url),
+            Err(_) if std::env::var("SIGNALS_TEST_SKIP_SERVICES").is_ok() => {
+                eprintln!("SIGNALS_TEST_REDIS_URL unset and SIGNALS_TEST_SKIP_SERVICES set: skipping");
+                None
+            }
+            Err(_) => panic!(
+                "SIGNALS_TEST_REDIS_URL is not set: start Redis with `eval \"$(infra/local/up redis)\"` \
+                 (or set SIGNALS_TEST_SKIP_SERVICES=1 to skip tests of real services)"
+            ),
+        }
+    }
+
+    fn unique_prefix() -> String {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        format!("signals-test-{}-{nanos}", std::process::id())
+    }
+
+    fn cached(url: &str, dir: &std::path::Path) -> CachedStore {
+        let inner = Arc::new(EmbeddedStore::open(&dir.join("store.redb")).expect("store"));
+        let options = RedisOptions { url: url.to_owned(), prefix: unique_prefix(), timeout: Duration::from_millis(200), ..RedisOptions::default() };
+        CachedStore::new(inner, options).expect("client")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_store_contract_holds_through_the_cache() {
+        let Some(url) = redis_url() else { return };
+        crate::contract::run_all(|| {
+            let url = url.clone();
+            async move {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let store: Box<dyn SignalStore> = Box::new(cached(&url, dir.path()));
+                (store, dir)
+            }
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flushed_or_unreachable_redis_changes_no_answer() {
+        let Some(url) = redis_url() else { return };
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = cached(&url, dir.path());
+        store.write_batch(1, vec![("u".into(), crate::contract::record("u", "e1"))]).await.expect("written");
+        store.publish(&crate::contract::manifest(1, &[(0, 0)])).await.expect("published");
+        let first = store.user_history("u").await.expect("history");
+        let cached_again = store.batch_record(1, "u").await.expect("record");
+        assert_eq!(cached_again.as_deref(), first.record.as_deref());
+        assert!(store.degraded().await.is_none());
+
+        // Flush everything: the answer comes from the store, unchanged.
+        let mut connection = store.connection().await.expect("connected");
+        redis::cmd("FLUSHALL").query_async::<()>(&mut connection).await.expect("flushed");
+        assert_eq!(store.user_history("u").await.expect("history").record.as_deref(), first.record.as_deref());
+
+        // A Redis that is not there: still the same answer, and readiness says why.
+        let gone = CachedStore {
+            inner: store.inner.clone(),
+            options: RedisOptions { url: "redis://127.0.0.1:1".into(), timeout: Duration::from_millis(50), ..RedisOptions::default() },
+            client: redis::Client::open("redis://127.0.0.1:1").expect("client"),
+            connection: tokio::sync::Mutex::new(None),
+            last_error: Mutex::new(None),
+        };
+        assert_eq!(gone.user_history("u").await.expect("history").record.as_deref(), first.record.as_deref());
+        let degraded = gone.degraded().await.expect("degraded");
+        assert!(degraded.starts_with("redis connect failed"), "{degraded}");
+    }
+}
