@@ -238,7 +238,9 @@ impl BatchLayer {
         let mut recompute = Recompute::default();
         let mut reader = self.log.read_from(&LogPosition::new()).await?;
         let mut read = LogPosition::new();
-        while !read.reaches(&end) {
+        // The reader's own position also passes offsets that hold no record
+        // (Kafka's transaction markers).
+        while !reader.position().reaches(&end) {
             let entries = reader
                 .next_batch(self.options.read_chunk, Duration::from_millis(50))
                 .await?;

@@ -4,11 +4,13 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use signals_log::embedded::{EmbeddedLog, EmbeddedLogOptions, FsyncPolicy};
+use signals_log::kafka::{KafkaDeadLetters, KafkaLog, KafkaOptions};
 use signals_log::{DeadLetterFile, DeadLetterSink, EventLog};
 use signals_store::embedded::EmbeddedStore;
+use signals_store::redis_cache::{CachedStore, RedisOptions};
 use signals_store::SignalStore;
 
-use crate::config::{Config, Fsync, LogBackend, StoreBackend};
+use crate::config::{Config, Fsync, KafkaConfig, LogBackend, StoreBackend};
 
 /// The log, the store and the dead-letter sink of one process.
 pub struct Backends {
@@ -34,6 +36,11 @@ impl Backends {
                     format!("cannot open the embedded event log in {}", dir.display())
                 })?)
             }
+            LogBackend::Kafka => Arc::new(
+                KafkaLog::connect(kafka_options(&config.log.kafka))
+                    .await
+                    .with_context(|| format!("cannot use the Kafka log at {}", config.log.kafka.brokers))?,
+            ),
         };
         let store: Arc<dyn SignalStore> = match config.store.backend {
             StoreBackend::Embedded => {
@@ -46,13 +53,40 @@ impl Backends {
                 })?)
             }
         };
-        let dead_letters: Arc<dyn DeadLetterSink> = Arc::new(DeadLetterFile::new(
-            &config.data_dir.join("dead-letters.ndjson"),
-        ));
+        let store = match config.cache.redis_url.as_str() {
+            "" => store,
+            url => Arc::new(CachedStore::new(
+                store,
+                RedisOptions {
+                    url: url.to_owned(),
+                    ttl: config.cache.ttl,
+                    timeout: config.cache.timeout,
+                    ..RedisOptions::default()
+                },
+            )?) as Arc<dyn SignalStore>,
+        };
+        let dead_letters: Arc<dyn DeadLetterSink> = match config.log.backend {
+            LogBackend::Embedded => Arc::new(DeadLetterFile::new(&config.data_dir.join("dead-letters.ndjson"))),
+            LogBackend::Kafka => Arc::new(KafkaDeadLetters::connect(&kafka_options(&config.log.kafka))?),
+        };
         Ok(Backends {
             log,
             store,
             dead_letters,
         })
+    }
+}
+
+fn kafka_options(config: &KafkaConfig) -> KafkaOptions {
+    KafkaOptions {
+        brokers: config.brokers.clone(),
+        topic: config.topic.clone(),
+        dead_letter_topic: config.dead_letter_topic.clone(),
+        partitions: config.partitions,
+        replication_factor: config.replication_factor,
+        // Checked when the configuration loaded.
+        retention: humantime::parse_duration(&config.retention).ok(),
+        create_topics: config.create_topics,
+        timeout: config.timeout,
     }
 }

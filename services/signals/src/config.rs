@@ -22,6 +22,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub log: LogConfig,
     pub store: StoreConfig,
+    pub cache: CacheConfig,
     pub speed: SpeedConfig,
     pub batch: BatchConfig,
     pub telemetry: TelemetryConfig,
@@ -44,12 +45,43 @@ pub struct ServerConfig {
 pub struct LogConfig {
     pub backend: LogBackend,
     pub embedded: EmbeddedLogConfig,
+    pub kafka: KafkaConfig,
 }
 
 #[derive(Debug, Deserialize, PartialEq, Eq, Clone, Copy)]
 #[serde(rename_all = "snake_case")]
 pub enum LogBackend {
     Embedded,
+    Kafka,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `host:port[,host:port...]`.
+    pub brokers: String,
+    pub topic: String,
+    pub dead_letter_topic: String,
+    pub partitions: i32,
+    pub replication_factor: i32,
+    /// `forever` or a duration.
+    pub retention: String,
+    pub create_topics: bool,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Consumer group of the speed layer.
+    pub group: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// `redis://host:port`; no cache when empty.
+    pub redis_url: String,
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Deserialize)]
@@ -174,10 +206,13 @@ pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
         }
         figment = figment.merge(Toml::file_exact(file));
     }
-    // SIGNALS_TEST_* variables point test suites at services; they are not settings.
-    let env = Env::prefixed("SIGNALS_")
-        .split("__")
-        .filter(|key| !key.as_str().starts_with("test_"));
+    // Not settings: SIGNALS_TEST_* point test suites at services,
+    // SIGNALS_INFRA_* and SIGNALS_MAVEN_REPO steer infra/local, and
+    // SIGNALS_CONFIG names the file (the --config flag).
+    let env = Env::prefixed("SIGNALS_").split("__").filter(|key| {
+        let key = key.as_str();
+        !(key.starts_with("test_") || key.starts_with("infra_") || key == "maven_repo" || key == "config")
+    });
     figment = figment.merge(env);
     let config: Config = figment
         .extract()
@@ -209,6 +244,15 @@ impl Config {
             .any(|t| t.len() < 16)
         {
             bail!("invalid configuration: server.api_tokens and server.admin_token must be at least 16 characters");
+        }
+        if self.log.kafka.retention != "forever" && humantime::parse_duration(&self.log.kafka.retention).is_err() {
+            bail!(
+                "invalid configuration: log.kafka.retention = `{}` is not `forever` or a duration like 7d",
+                self.log.kafka.retention
+            );
+        }
+        if self.log.kafka.partitions < 1 || self.log.kafka.replication_factor < 1 {
+            bail!("invalid configuration: log.kafka.partitions and log.kafka.replication_factor must be at least 1");
         }
         if self.log.embedded.partitions == 0 {
             bail!("invalid configuration: log.embedded.partitions must be at least 1");

@@ -69,6 +69,7 @@ fn speed_layer(config: &Config, backends: &Backends) -> SpeedLayer {
         store: backends.store.clone(),
         dead_letters: backends.dead_letters.clone(),
         options: SpeedOptions {
+            group: config.log.kafka.group.clone(),
             max_batch: config.speed.max_batch,
             poll_wait: config.speed.poll_wait,
             ..SpeedOptions::default()

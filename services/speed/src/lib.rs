@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use signals_log::{DeadLetterSink, EventLog, LogError, LogReader};
-use signals_store::{SignalStore, StoreError};
+use signals_store::{SignalStore, SpeedProgress, SpeedWrite, StoreError};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -92,6 +92,22 @@ impl SpeedLayer {
                 entries = reader.next_batch(self.options.max_batch, self.options.poll_wait) => entries?,
             };
             if entries.is_empty() {
+                // The log may have moved past records that are not events
+                // (Kafka's transaction markers): record that, or lag never ends.
+                let reader_position = reader.position();
+                if !position.reaches(&reader_position) {
+                    let write = SpeedWrite {
+                        progress: SpeedProgress { position: reader_position.clone(), last_accepted_at },
+                        ..SpeedWrite::default()
+                    };
+                    if self.retry("record progress", &shutdown, || self.store.apply_speed(write.clone())).await?.is_none() {
+                        break;
+                    }
+                    reader.commit(&reader_position).await?;
+                    for (partition, next) in reader_position.iter() {
+                        position.advance(partition, next);
+                    }
+                }
                 continue;
             }
             let Some(stats) = self
@@ -124,6 +140,9 @@ impl SpeedLayer {
     ) -> Result<Option<PlanStats>, SpeedError> {
         let started = Instant::now();
         let mut batch = plan::decode(entries, position);
+        for (partition, next) in reader.position().iter() {
+            batch.position.advance(partition, next);
+        }
         if !batch.dead_letters.is_empty() {
             for letter in &batch.dead_letters {
                 warn!(partition = letter.partition, offset = letter.offset, reason = %letter.reason, "record sent to dead letters");
