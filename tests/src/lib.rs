@@ -87,6 +87,12 @@ impl Platform {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
+        // Settings come from this test alone, not from the caller's shell.
+        for (key, _) in std::env::vars() {
+            if key.starts_with("SIGNALS_") && !key.starts_with("SIGNALS_TEST_") {
+                command.env_remove(key);
+            }
+        }
         for (k, v) in &self.env {
             command.env(k, v);
         }
