@@ -1,0 +1,151 @@
+//! The Kafka log against a real broker at `SIGNALS_TEST_KAFKA_BROKERS`
+//! (`eval "$(infra/local/up kafka)"`), each test on its own topics.
+#![cfg(feature = "kafka")]
+
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use signals_log::kafka::{KafkaDeadLetters, KafkaLog, KafkaOptions};
+use signals_log::{Append, DeadLetter, DeadLetterSink, EventLog, LogEntry, LogPosition, LogReader};
+
+fn brokers() -> Option<String> {
+    match std::env::var("SIGNALS_TEST_KAFKA_BROKERS") {
+        Ok(brokers) => Some(brokers),
+        Err(_) if std::env::var("SIGNALS_TEST_SKIP_SERVICES").is_ok() => {
+            eprintln!("SIGNALS_TEST_KAFKA_BROKERS unset and SIGNALS_TEST_SKIP_SERVICES set: skipping");
+            None
+        }
+        Err(_) => panic!(
+            "SIGNALS_TEST_KAFKA_BROKERS is not set: start Kafka with `eval \"$(infra/local/up kafka)\"` \
+             (or set SIGNALS_TEST_SKIP_SERVICES=1 to skip tests of real services)"
+        ),
+    }
+}
+
+fn options(brokers: &str) -> KafkaOptions {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let topic = format!("signals-test-{}-{nanos}", std::process::id());
+    KafkaOptions {
+        brokers: brokers.to_owned(),
+        dead_letter_topic: format!("{topic}.dlq"),
+        topic,
+        partitions: 3,
+        ..KafkaOptions::default()
+    }
+}
+
+fn append(key: &str, bytes: &[u8]) -> Append {
+    Append { key: key.to_owned(), bytes: bytes.to_vec() }
+}
+
+/// Reads until the reader's position reaches `end`.
+async fn read_to(reader: &mut Box<dyn LogReader>, end: &LogPosition) -> Vec<LogEntry> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut entries = Vec::new();
+    while !reader.position().reaches(end) {
+        assert!(Instant::now() < deadline, "reader stuck at {:?}, end {:?}", reader.position(), end);
+        entries.extend(reader.next_batch(100, Duration::from_millis(200)).await.expect("batch"));
+    }
+    entries
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_are_durable_ordered_per_key_and_replayable() {
+    let Some(brokers) = brokers() else { return };
+    let log = KafkaLog::connect(options(&brokers)).await.expect("connects");
+    let mut sent = Vec::new();
+    for round in 0..5 {
+        let records: Vec<Append> = (0..20).map(|i| append(&format!("user-{}", i % 4), format!("{round}-{i}").as_bytes())).collect();
+        sent.extend(log.append(records.clone()).await.expect("appended").into_iter().zip(records));
+    }
+    let end = log.end().await.expect("end");
+    // Transaction markers take offsets too: the end is past the last record.
+    assert!(end.total() >= 100, "{end:?}");
+
+    let mut reader = log.read_from(&LogPosition::new()).await.expect("reader");
+    let entries = read_to(&mut reader, &end).await;
+    assert_eq!(entries.len(), 100);
+    for ((partition, offset), record) in &sent {
+        let found = entries.iter().find(|e| e.partition == *partition && e.offset == *offset).expect("appended record is read back");
+        assert_eq!(found.bytes, record.bytes);
+    }
+    // One key, one partition, in append order.
+    for user in 0..4 {
+        let key = format!("user-{user}");
+        let partitions: std::collections::BTreeSet<u32> =
+            sent.iter().filter(|(_, r)| r.key == key).map(|((p, _), _)| *p).collect();
+        assert_eq!(partitions.len(), 1, "{key} spread over {partitions:?}");
+    }
+
+    // Replay from the middle of one partition.
+    let (partition, offset) = sent[50].0;
+    let mut from = LogPosition::new();
+    for p in 0..3 {
+        from.set(p, if p == partition { offset } else { end.next(p) });
+    }
+    let mut replay = log.read_from(&from).await.expect("reader");
+    let replayed = read_to(&mut replay, &end).await;
+    assert_eq!(replayed.first().map(|e| (e.partition, e.offset)), Some((partition, offset)));
+    assert!(replayed.iter().all(|e| e.partition == partition));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_member_resumes_from_its_last_commit() {
+    let Some(brokers) = brokers() else { return };
+    let log = KafkaLog::connect(options(&brokers)).await.expect("connects");
+    log.append((0..30).map(|i| append(&format!("k{i}"), &[i as u8])).collect()).await.expect("appended");
+    let end = log.end().await.expect("end");
+
+    let mut first = log.subscribe("resume-test", &LogPosition::new()).await.expect("member");
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.len() < 10 {
+        assert!(Instant::now() < deadline, "no records for the group");
+        seen.extend(first.next_batch(10, Duration::from_millis(500)).await.expect("batch"));
+    }
+    let committed = first.position();
+    first.commit(&committed).await.expect("commit");
+    drop(first);
+
+    let mut second = log.subscribe("resume-test", &LogPosition::new()).await.expect("member");
+    let rest = read_to(&mut second, &end).await;
+    assert_eq!(seen.len() + rest.len(), 30, "nothing skipped, nothing read twice after the commit");
+    for entry in &rest {
+        assert!(!committed.covers(entry.partition, entry.offset), "{entry:?} was committed already");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_keep_the_bytes_and_say_why() {
+    let Some(brokers) = brokers() else { return };
+    let options = options(&brokers);
+    let _log = KafkaLog::connect(options.clone()).await.expect("connects, creating topics");
+    let sink = KafkaDeadLetters::connect(&options).expect("producer");
+    let letter = DeadLetter { partition: 2, offset: 41, reason: "bad magic byte 0x07 (expected 0x00)".into(), bytes: vec![7, 1, 2, 3] };
+    sink.send(vec![letter.clone()]).await.expect("sent");
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", "dead-letter-reader")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[&options.dead_letter_topic]).expect("subscribed");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let message = loop {
+        assert!(Instant::now() < deadline, "no dead letter arrived");
+        if let Some(message) = consumer.poll(Duration::from_millis(500)) {
+            break message.expect("message").detach();
+        }
+    };
+    assert_eq!(message.payload(), Some(&letter.bytes[..]));
+    let headers = message.headers().expect("headers");
+    let header = |name: &str| {
+        headers.iter().find(|h| h.key == name).and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
+    };
+    assert_eq!(header("signals.reason").as_deref(), Some(letter.reason.as_str()));
+    assert_eq!(header("signals.partition").as_deref(), Some("2"));
+    assert_eq!(header("signals.offset").as_deref(), Some("41"));
+}
