@@ -17,6 +17,8 @@
 pub mod embedded;
 #[cfg(feature = "redis")]
 pub mod redis_cache;
+#[cfg(feature = "scylla")]
+pub mod scylla;
 mod error;
 mod types;
 

@@ -1,0 +1,330 @@
+//! Batch versions: records, the user listing, publication and serving's read.
+
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use ::scylla::statement::prepared::PreparedStatement;
+use ::scylla::value::{CqlValue, Row};
+use futures::{stream, TryStreamExt};
+use signals_core::UserRecord;
+use tracing::{debug, info};
+
+use super::codec::{self, from_bigint, to_bigint, user_bucket};
+use super::driver;
+use super::speed::non_empty;
+use super::store::Inner;
+use crate::{BatchManifest, StoreError, UserHistory};
+
+/// Conditional writes `publish` tries before giving up on a contended pointer.
+const PUBLISH_ATTEMPTS: usize = 5;
+
+impl Inner {
+    /// Writes `records` under the unpublished `version`: the version's row,
+    /// then per user its listing row and then its record, at most
+    /// `max_in_flight` users at a time.
+    pub(super) async fn write_batch(
+        &self,
+        version: u64,
+        records: Vec<(String, UserRecord)>,
+    ) -> Result<(), StoreError> {
+        let statements = self.statements().await?;
+        if let Some(published) = self.read_pointer(&statements.select_pointer).await? {
+            if version <= published.version {
+                return Err(StoreError::Backend(format!(
+                    "cannot write records of version {version}: version {} is published and published versions are immutable",
+                    published.version
+                )));
+            }
+        }
+        let v = to_bigint(version, "version")?;
+        for (user, _) in &records {
+            non_empty(user, "user id")?;
+        }
+        self.run(
+            &statements.register_version,
+            (v,),
+            "register a batch version",
+        )
+        .await?;
+        let users = records.len();
+        stream::iter(records.into_iter().map(Ok))
+            .try_for_each_concurrent(self.options.max_in_flight, |(user, record)| async move {
+                let value = codec::encode(&record)?;
+                // Listed before written: garbage collection finds every record.
+                self.run(
+                    &statements.insert_listing,
+                    // A bucket is below USER_BUCKETS (256): it fits.
+                    (v, user_bucket(&user) as i32, user.as_str()),
+                    "write a batch listing row",
+                )
+                .await?;
+                self.run(
+                    &statements.insert_record,
+                    (v, user.as_str(), value),
+                    "write a batch record",
+                )
+                .await
+            })
+            .await?;
+        debug!(version, users, "scylla batch records written");
+        Ok(())
+    }
+
+    /// Makes `manifest` the published one with a compare-and-set of the
+    /// pointer row on the version read before, refusing to go back.
+    pub(super) async fn publish(&self, manifest: &BatchManifest) -> Result<(), StoreError> {
+        let statements = self.statements().await?;
+        let bytes = codec::encode(manifest)?;
+        let version = to_bigint(manifest.version, "version")?;
+        for attempt in 1..=PUBLISH_ATTEMPTS {
+            let started = Instant::now();
+            // A Paxos read: sees any publication in progress, and our own
+            // if a retried conditional write applied twice.
+            let current = self.read_pointer(&statements.select_pointer_serial).await?;
+            if let Some(current) = &current {
+                refuse_backwards(current, manifest)?;
+                if current.version == manifest.version {
+                    // Published already, with this very manifest.
+                    self.manifest.store(Some(current.clone()), started);
+                    return Ok(());
+                }
+            }
+            // The version's history row first; the pointer row is the last write.
+            self.run(
+                &statements.set_version_manifest,
+                (bytes.as_slice(), version),
+                "record a version's manifest",
+            )
+            .await?;
+            let applied = match &current {
+                None => {
+                    self.conditional(&statements.create_pointer, (version, bytes.as_slice()))
+                        .await?
+                }
+                Some(current) => {
+                    let expected = to_bigint(current.version, "version")?;
+                    self.conditional(
+                        &statements.advance_pointer,
+                        (version, bytes.as_slice(), expected),
+                    )
+                    .await?
+                }
+            };
+            if applied {
+                self.manifest
+                    .store(Some(Arc::new(manifest.clone())), started);
+                info!(version = manifest.version, "scylla batch version published");
+                return Ok(());
+            }
+            debug!(
+                attempt,
+                "publication raced with another; reading the pointer again"
+            );
+        }
+        Err(StoreError::Unavailable(format!(
+            "cannot publish version {}: the published pointer changed under {PUBLISH_ATTEMPTS} attempts in a row",
+            manifest.version
+        )))
+    }
+
+    /// Runs a conditional (lightweight transaction) write; whether it applied.
+    async fn conditional(
+        &self,
+        statement: &PreparedStatement,
+        values: impl ::scylla::serialize::row::SerializeRow,
+    ) -> Result<bool, StoreError> {
+        let what = "publish (conditional write of the published pointer)";
+        let result = self
+            .session
+            .execute_unpaged(statement, values)
+            .await
+            .map_err(driver(what))?
+            .into_rows_result()
+            .map_err(driver(what))?;
+        let row: Option<Row> = result.maybe_first_row().map_err(driver(what))?;
+        match row.as_ref().and_then(|r| r.columns.first()) {
+            Some(Some(CqlValue::Boolean(applied))) => Ok(*applied),
+            other => Err(StoreError::Corrupt(format!(
+                "cannot {what}: the answer has no [applied] flag: {other:?}"
+            ))),
+        }
+    }
+
+    /// The published manifest, read now (and remembered for serving).
+    pub(super) async fn read_published(&self) -> Result<Option<Arc<BatchManifest>>, StoreError> {
+        let statements = self.statements().await?;
+        let started = Instant::now();
+        let manifest = self.read_pointer(&statements.select_pointer).await?;
+        Ok(self.manifest.store(manifest, started))
+    }
+
+    /// The manifest serving merges with: the cached one while fresh.
+    async fn serving_manifest(&self) -> Result<Option<Arc<BatchManifest>>, StoreError> {
+        match self.manifest.fresh() {
+            Some(manifest) => Ok(manifest),
+            None => self.read_published().await,
+        }
+    }
+
+    /// Reads and decodes the pointer row with `statement`.
+    async fn read_pointer(
+        &self,
+        statement: &PreparedStatement,
+    ) -> Result<Option<Arc<BatchManifest>>, StoreError> {
+        let what = "read the published pointer";
+        let result = self
+            .session
+            .execute_unpaged(statement, ())
+            .await
+            .map_err(driver(what))?
+            .into_rows_result()
+            .map_err(driver(what))?;
+        let Some((version, bytes)) = result
+            .maybe_first_row::<(Option<i64>, Option<&[u8]>)>()
+            .map_err(driver(what))?
+        else {
+            return Ok(None);
+        };
+        let (Some(version), Some(bytes)) = (version, bytes) else {
+            return Err(StoreError::Corrupt(
+                "table batch_pointer, row published: version or manifest missing".into(),
+            ));
+        };
+        let manifest: BatchManifest =
+            codec::decode(bytes, "batch_pointer", || "row published".into())?;
+        if manifest.version != from_bigint(version, "batch_pointer", "version")? {
+            return Err(StoreError::Corrupt(format!(
+                "table batch_pointer, row published: version {version} holds the manifest of version {}",
+                manifest.version
+            )));
+        }
+        Ok(Some(Arc::new(manifest)))
+    }
+
+    /// `user`'s record of `version`, if the version has one.
+    pub(super) async fn batch_record(
+        &self,
+        version: u64,
+        user: &str,
+    ) -> Result<Option<Arc<UserRecord>>, StoreError> {
+        let statements = self.statements().await?;
+        let what = "read a batch record";
+        let v = to_bigint(version, "version")?;
+        if user.is_empty() {
+            return Ok(None);
+        }
+        let result = self
+            .session
+            .execute_unpaged(&statements.select_record, (v, user))
+            .await
+            .map_err(driver(what))?
+            .into_rows_result()
+            .map_err(driver(what))?;
+        let Some((Some(bytes),)) = result
+            .maybe_first_row::<(Option<&[u8]>,)>()
+            .map_err(driver(what))?
+        else {
+            return Ok(None);
+        };
+        let record = codec::decode(bytes, "batch_records", || {
+            format!("version {version} user {user:?}")
+        })?;
+        Ok(Some(Arc::new(record)))
+    }
+
+    /// `user`'s published record and uncovered speed entries, for one
+    /// manifest: the two partition reads run concurrently.
+    pub(super) async fn user_history(&self, user: &str) -> Result<UserHistory, StoreError> {
+        let manifest = self.serving_manifest().await?;
+        let (record, speed) = match &manifest {
+            Some(m) => futures::try_join!(
+                self.batch_record(m.version, user),
+                self.speed_entries(user, Some(&m.position))
+            )?,
+            None => (None, self.speed_entries(user, None).await?),
+        };
+        Ok(UserHistory {
+            manifest,
+            record,
+            speed,
+        })
+    }
+}
+
+/// Refuses `next` if `current` is newer, or the same version with another manifest.
+pub(super) fn refuse_backwards(
+    current: &BatchManifest,
+    next: &BatchManifest,
+) -> Result<(), StoreError> {
+    if next.version < current.version {
+        return Err(StoreError::Backend(format!(
+            "cannot publish version {}: version {} is already published and versions only move forward",
+            next.version, current.version
+        )));
+    }
+    if next.version == current.version && next != current {
+        return Err(StoreError::Backend(format!(
+            "cannot publish version {}: it is already published with a different manifest",
+            next.version
+        )));
+    }
+    Ok(())
+}
+
+/// The published manifest as last read, for at most a TTL.
+///
+/// Monotone: it never goes back to an older version (a slow read that
+/// started before a publication cannot undo it), and a publish by this
+/// process replaces it at once.
+pub(super) struct ManifestCache {
+    ttl: Duration,
+    current: RwLock<Option<Cached>>,
+}
+
+struct Cached {
+    /// When the read that produced it started.
+    read_at: Instant,
+    manifest: Option<Arc<BatchManifest>>,
+}
+
+impl ManifestCache {
+    pub(super) fn new(ttl: Duration) -> ManifestCache {
+        ManifestCache {
+            ttl,
+            current: RwLock::new(None),
+        }
+    }
+
+    /// The cached manifest (or its absence) if read less than a TTL ago.
+    pub(super) fn fresh(&self) -> Option<Option<Arc<BatchManifest>>> {
+        let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
+        current
+            .as_ref()
+            .filter(|c| c.read_at.elapsed() < self.ttl)
+            .map(|c| c.manifest.clone())
+    }
+
+    /// Remembers `manifest` as read at `read_at`, unless a newer one is
+    /// cached; returns the one to use.
+    pub(super) fn store(
+        &self,
+        manifest: Option<Arc<BatchManifest>>,
+        read_at: Instant,
+    ) -> Option<Arc<BatchManifest>> {
+        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        let version = |m: &Option<Arc<BatchManifest>>| m.as_ref().map(|m| m.version);
+        let keep = match current.as_ref() {
+            Some(cached) if version(&cached.manifest) > version(&manifest) => {
+                Some(cached.manifest.clone())
+            }
+            _ => None,
+        };
+        let manifest = keep.unwrap_or(manifest);
+        let read_at = current.as_ref().map_or(read_at, |c| c.read_at.max(read_at));
+        *current = Some(Cached {
+            read_at,
+            manifest: manifest.clone(),
+        });
+        manifest
+    }
+}

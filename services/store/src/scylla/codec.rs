@@ -1,0 +1,85 @@
+//! Values and keys as the CQL tables hold them.
+//!
+//! Blobs are one format byte followed by postcard, byte for byte the
+//! embedded store's value format:
+//!
+//! ```text
+//! [FORMAT = 1] [postcard bytes …]
+//! ```
+//!
+//! postcard carries no field names, so a change to a stored type
+//! (`SpeedEntry`, `UserRecord`, `IndexEntry`, `BatchManifest`) must bump
+//! [`FORMAT`] and teach [`decode`] the old one. An unknown format byte is
+//! reported as corrupt, never guessed.
+//!
+//! Log partitions (u32), offsets and versions (u64) are CQL `bigint`s.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::StoreError;
+
+/// The format byte written in front of every value.
+pub const FORMAT: u8 = 1;
+
+/// Buckets of a version's user listing (`batch_users`). Fixed forever:
+/// changing it makes the listings of existing versions unreadable.
+pub const USER_BUCKETS: u32 = 256;
+
+/// Encodes `value` behind the format byte.
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, StoreError> {
+    postcard::to_extend(value, vec![FORMAT])
+        .map_err(|e| StoreError::Backend(format!("cannot encode a value: {e}")))
+}
+
+/// Decodes a value read from `table` at the row `key` describes.
+pub fn decode<T: DeserializeOwned>(
+    bytes: &[u8],
+    table: &str,
+    key: impl FnOnce() -> String,
+) -> Result<T, StoreError> {
+    match bytes.split_first() {
+        Some((&FORMAT, body)) => postcard::from_bytes(body).map_err(|e| {
+            StoreError::Corrupt(format!("table {table}, {}: undecodable value: {e}", key()))
+        }),
+        Some((format, _)) => Err(StoreError::Corrupt(format!(
+            "table {table}, {}: unknown value format {format} (this build reads format {FORMAT})",
+            key()
+        ))),
+        None => Err(StoreError::Corrupt(format!(
+            "table {table}, {}: empty value",
+            key()
+        ))),
+    }
+}
+
+/// The listing bucket (`batch_users`) of `user`: FNV-1a (64 bit) of its bytes, modulo
+/// [`USER_BUCKETS`]. Stable across builds, platforms and processes.
+pub fn user_bucket(user: &str) -> u32 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in user.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    // Below USER_BUCKETS: always fits.
+    (hash % u64::from(USER_BUCKETS)) as u32
+}
+
+/// A u64 (offset, version) as a CQL bigint.
+pub fn to_bigint(value: u64, what: &str) -> Result<i64, StoreError> {
+    i64::try_from(value)
+        .map_err(|_| StoreError::Backend(format!("{what} {value} does not fit a CQL bigint")))
+}
+
+/// A CQL bigint read from `table` as a u64 (offset, version).
+pub fn from_bigint(value: i64, table: &str, what: &str) -> Result<u64, StoreError> {
+    u64::try_from(value)
+        .map_err(|_| StoreError::Corrupt(format!("table {table}: negative {what} {value}")))
+}
+
+/// A CQL bigint read from `table` as a log partition.
+pub fn partition_from_bigint(value: i64, table: &str) -> Result<u32, StoreError> {
+    u32::try_from(value).map_err(|_| {
+        StoreError::Corrupt(format!("table {table}: log partition {value} out of range"))
+    })
+}

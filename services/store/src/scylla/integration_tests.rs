@@ -1,0 +1,496 @@
+//! Tests against a real CQL server: ScyllaDB, or the Apache Cassandra that
+//! `infra/local/up` starts.
+//!
+//! ```sh
+//! eval "$(infra/local/up cassandra)"     # exports SIGNALS_TEST_CQL_NODES
+//! cargo test -p signals-store --features scylla scylla::
+//! cargo test -p signals-store --features scylla scylla_figures -- --ignored --nocapture
+//! ```
+//!
+//! Every store gets a keyspace of its own (`signals_test_<random>`), dropped
+//! when the test ends, even by a panic. Without `SIGNALS_TEST_CQL_NODES` the
+//! tests fail, saying how to start the server, unless
+//! `SIGNALS_TEST_SKIP_SERVICES=1` says to skip them.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use signals_core::{LogPosition, SpeedEntry};
+
+use super::{ScyllaOptions, ScyllaStore};
+use crate::contract::{self, at, manifest, record, write};
+use crate::{IndexEntry, SignalStore, StoreError};
+
+/// The CQL nodes to test against, or `None` to skip (said on stderr).
+fn nodes() -> Option<Vec<String>> {
+    match std::env::var("SIGNALS_TEST_CQL_NODES") {
+        Ok(nodes) if !nodes.trim().is_empty() => Some(
+            nodes
+                .split(',')
+                .map(|n| n.trim().to_owned())
+                .filter(|n| !n.is_empty())
+                .collect(),
+        ),
+        _ if std::env::var("SIGNALS_TEST_SKIP_SERVICES").as_deref() == Ok("1") => {
+            eprintln!(
+                "skipping a ScyllaDB integration test: SIGNALS_TEST_CQL_NODES is unset and SIGNALS_TEST_SKIP_SERVICES=1"
+            );
+            None
+        }
+        _ => panic!(
+            "SIGNALS_TEST_CQL_NODES is not set. Start a local Cassandra (the CQL stand-in for \
+             ScyllaDB) with `eval \"$(infra/local/up cassandra)\"`, which exports it \
+             (e.g. 127.0.0.1:19042), or set SIGNALS_TEST_SKIP_SERVICES=1 to skip tests that need services"
+        ),
+    }
+}
+
+/// Keyspaces made by one test, dropped when it ends (even by a panic).
+struct Server {
+    nodes: Vec<String>,
+    keyspaces: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    fn new() -> Option<Server> {
+        Some(Server {
+            nodes: nodes()?,
+            keyspaces: Arc::default(),
+        })
+    }
+
+    /// A fresh keyspace name, to be dropped with the server.
+    fn keyspace(&self) -> String {
+        let mut hasher = RandomState::new().build_hasher();
+        hasher.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        let name = format!("signals_test_{:016x}", hasher.finish());
+        self.keyspaces
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(name.clone());
+        name
+    }
+
+    fn options(&self, keyspace: &str) -> ScyllaOptions {
+        ScyllaOptions {
+            nodes: self.nodes.clone(),
+            keyspace: keyspace.to_owned(),
+            request_timeout: Duration::from_secs(20),
+            ..ScyllaOptions::default()
+        }
+    }
+
+    /// A connected, migrated store on `keyspace`.
+    async fn store(&self, options: ScyllaOptions) -> ScyllaStore {
+        let store = ScyllaStore::connect(options).await.expect("connects");
+        store.migrate().await.expect("migrates");
+        store
+    }
+
+    /// A store on a keyspace of its own.
+    async fn fresh(&self) -> ScyllaStore {
+        let keyspace = self.keyspace();
+        self.store(self.options(&keyspace)).await
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let keyspaces = std::mem::take(
+            &mut *self
+                .keyspaces
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        if keyspaces.is_empty() {
+            return;
+        }
+        let options = self.options("system");
+        // Drop may run inside the test's runtime: clean up from a thread of our own.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for the cleanup");
+            runtime.block_on(async {
+                let store = ScyllaStore::connect(options).await?;
+                for keyspace in keyspaces {
+                    let mut drop = ::scylla::statement::unprepared::Statement::new(format!(
+                        "DROP KEYSPACE IF EXISTS {keyspace}"
+                    ));
+                    drop.set_request_timeout(Some(Duration::from_secs(60)));
+                    if let Err(error) = store.inner.session.query_unpaged(drop, &[]).await {
+                        eprintln!("cannot drop test keyspace {keyspace}: {error}");
+                    }
+                }
+                Ok::<_, StoreError>(())
+            })
+        });
+        match cleanup.join() {
+            Ok(Err(error)) => eprintln!("cannot clean up test keyspaces: {error}"),
+            Err(_) => eprintln!("the keyspace cleanup panicked"),
+            Ok(Ok(())) => {}
+        }
+    }
+}
+
+fn event_ids(entries: &[SpeedEntry]) -> Vec<String> {
+    entries
+        .iter()
+        .map(|e| match e {
+            SpeedEntry::Event(event) => event.event_id.clone(),
+            other => format!("{other:?}"),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passes_the_store_contract() {
+    let Some(server) = Server::new() else { return };
+    let server = &server;
+    contract::run_all(|| async move {
+        let store: Box<dyn SignalStore> = Box::new(server.fresh().await);
+        (store, ())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_before_migrate_says_so_and_works_after() {
+    let Some(server) = Server::new() else { return };
+    let keyspace = server.keyspace();
+    let store = ScyllaStore::connect(server.options(&keyspace))
+        .await
+        .expect("connecting needs no schema");
+    let error = store.speed_progress().await.expect_err("no tables yet");
+    assert!(
+        error.to_string().contains("signals migrate"),
+        "the error says what to do: {error}"
+    );
+    store.migrate().await.expect("migrates");
+    store.migrate().await.expect("migrating again is harmless");
+    store.check().await.expect("ready");
+    assert_eq!(
+        store.speed_progress().await.expect("progress"),
+        Default::default()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_connection_sees_everything() {
+    let Some(server) = Server::new() else { return };
+    let keyspace = server.keyspace();
+    let store = server.store(server.options(&keyspace)).await;
+    let mut w = write(
+        vec![at("u", 0, 0), at("u", 0, 5), at("u", 1, 2)],
+        &[(0, 6), (1, 3)],
+    );
+    w.index = vec![(
+        "p0-0".into(),
+        IndexEntry {
+            user_id: Some("u".into()),
+            retracted: false,
+        },
+    )];
+    store.apply_speed(w.clone()).await.expect("apply");
+    store
+        .write_batch(1, vec![("u".into(), record("u", "b"))])
+        .await
+        .expect("write");
+    store
+        .publish(&manifest(1, &[(0, 1)]))
+        .await
+        .expect("publish");
+    let before = store.user_history("u").await.expect("history");
+    drop(store);
+
+    let store = server.store(server.options(&keyspace)).await;
+    assert_eq!(store.speed_progress().await.expect("progress"), w.progress);
+    assert_eq!(
+        store.published().await.expect("published"),
+        Some(manifest(1, &[(0, 1)]))
+    );
+    let found = store
+        .lookup_events(&["p0-0".into(), "p0-0".into(), "nope".into()])
+        .await
+        .expect("lookup");
+    assert_eq!(found.len(), 1);
+    let after = store.user_history("u").await.expect("history");
+    assert_eq!(after.manifest, before.manifest);
+    assert_eq!(after.record, before.record);
+    assert_eq!(after.speed, before.speed);
+    assert_eq!(event_ids(&after.speed), ["p0-5", "p1-2"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_on_one_keyspace_publish_and_read_consistently() {
+    let Some(server) = Server::new() else { return };
+    let keyspace = server.keyspace();
+    let ttl = Duration::from_millis(300);
+    let options = ScyllaOptions {
+        manifest_ttl: ttl,
+        ..server.options(&keyspace)
+    };
+    let a = server.store(options.clone()).await;
+    let b = server.store(options).await;
+    let entries = (0..6).map(|o| at("u", 0, o)).collect();
+    a.apply_speed(write(entries, &[(0, 6)]))
+        .await
+        .expect("apply");
+
+    a.write_batch(1, vec![("u".into(), record("u", "v1"))])
+        .await
+        .expect("write v1");
+    let v1 = manifest(1, &[(0, 2)]);
+    a.publish(&v1).await.expect("a publishes v1");
+    assert_eq!(b.published().await.expect("published"), Some(v1.clone()));
+    let seen = b.user_history("u").await.expect("history");
+    assert_eq!(seen.record.as_deref(), Some(&record("u", "v1")));
+    assert_eq!(event_ids(&seen.speed), ["p0-2", "p0-3", "p0-4", "p0-5"]);
+
+    b.write_batch(2, vec![("u".into(), record("u", "v2"))])
+        .await
+        .expect("write v2");
+    let v2 = manifest(2, &[(0, 4)]);
+    b.publish(&v2).await.expect("b publishes v2");
+    let error = a
+        .publish(&v1)
+        .await
+        .expect_err("a cannot go back, whatever it cached");
+    let message = error.to_string();
+    assert!(
+        message.contains("version 1") && message.contains("version 2"),
+        "{message}"
+    );
+    a.write_batch(2, vec![("u".into(), record("u", "x"))])
+        .await
+        .expect_err("a cannot write into the version b published");
+
+    // Until a's cache expires it may still answer from v1, but always as one
+    // snapshot: the record and the tail of the same manifest.
+    let deadline = Instant::now() + ttl + Duration::from_millis(200);
+    loop {
+        let history = a.user_history("u").await.expect("history");
+        let version = history.manifest.as_ref().map(|m| m.version);
+        let expected = match version {
+            Some(1) => (record("u", "v1"), vec!["p0-2", "p0-3", "p0-4", "p0-5"]),
+            Some(2) => (record("u", "v2"), vec!["p0-4", "p0-5"]),
+            other => panic!("unexpected manifest {other:?}"),
+        };
+        assert_eq!(history.record.as_deref(), Some(&expected.0));
+        assert_eq!(event_ids(&history.speed), expected.1);
+        if version == Some(2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a never saw v2 after its TTL");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Both race to publish v3 with different manifests: exactly one wins.
+    a.write_batch(3, vec![("u".into(), record("u", "v3"))])
+        .await
+        .expect("write v3");
+    let listed = b
+        .version_users(3, super::user_bucket("u"))
+        .await
+        .expect("listing");
+    assert_eq!(listed, ["u"], "a version's users are listed by bucket");
+    let (from_a, from_b) = (manifest(3, &[(0, 5)]), manifest(3, &[(0, 6)]));
+    let (ra, rb) = tokio::join!(a.publish(&from_a), b.publish(&from_b));
+    assert!(ra.is_ok() != rb.is_ok(), "one wins: {ra:?} {rb:?}");
+    let winner = if ra.is_ok() { from_a } else { from_b };
+    let loser_error = ra.err().or(rb.err()).map(|e| e.to_string());
+    assert!(
+        loser_error
+            .as_deref()
+            .is_some_and(|e| e.contains("different manifest")),
+        "{loser_error:?}"
+    );
+    assert_eq!(
+        a.published().await.expect("published"),
+        Some(winner.clone())
+    );
+    assert_eq!(b.published().await.expect("published"), Some(winner));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_merges_across_partitions_from_two_writers() {
+    let Some(server) = Server::new() else { return };
+    let keyspace = server.keyspace();
+    let a = server.store(server.options(&keyspace)).await;
+    let b = server.store(server.options(&keyspace)).await;
+    // a owns log partitions 0 and 1, b owns 2 and 3; they write concurrently.
+    let writer = |store: ScyllaStore, partitions: [u32; 2]| async move {
+        for step in 1..=20u64 {
+            let entries = partitions
+                .iter()
+                .map(|p| at(&format!("user-{p}"), *p, step * 10 + u64::from(*p)))
+                .collect();
+            let position: Vec<(u32, u64)> = partitions
+                .iter()
+                .map(|p| (*p, step * 10 + u64::from(*p) + 1))
+                .collect();
+            let mut w = write(entries, &position);
+            w.progress.last_accepted_at = Some(1_000 + step as i64 * 10 + i64::from(partitions[0]));
+            store.apply_speed(w).await.expect("apply");
+        }
+    };
+    tokio::join!(writer(a.clone(), [0, 1]), writer(b.clone(), [2, 3]));
+    // A stale replay (a zombie writer, a retry) moves nothing back.
+    let mut stale = write(vec![at("user-0", 0, 10)], &[(0, 11), (1, 12), (2, 13)]);
+    stale.progress.last_accepted_at = Some(5);
+    a.apply_speed(stale).await.expect("replay");
+
+    let expected: LogPosition = [(0, 201), (1, 202), (2, 203), (3, 204)]
+        .into_iter()
+        .collect();
+    let fresh = server.store(server.options(&keyspace)).await;
+    for store in [&a, &b, &fresh] {
+        let progress = store.speed_progress().await.expect("progress");
+        assert_eq!(progress.position, expected);
+        assert_eq!(progress.last_accepted_at, Some(1_202));
+    }
+    assert_eq!(
+        fresh
+            .speed_entries("user-2", &LogPosition::new())
+            .await
+            .expect("entries")
+            .len(),
+        20
+    );
+}
+
+/// Prints this machine's figures; no assertion on time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "figures, run explicitly with --ignored --nocapture"]
+async fn scylla_figures() {
+    let Some(server) = Server::new() else { return };
+    let store = server.fresh().await;
+    let users = 500;
+    let mut rounds = Vec::new();
+    for round in 0..4u64 {
+        let entries: Vec<_> = (0..5_000u64)
+            .map(|i| at(&format!("user-{}", i % users), 0, round * 5_000 + i))
+            .collect();
+        let index = entries
+            .iter()
+            .map(|e| {
+                (
+                    format!("p0-{}", e.offset),
+                    IndexEntry {
+                        user_id: Some(e.user_id.clone()),
+                        retracted: false,
+                    },
+                )
+            })
+            .collect();
+        let mut w = write(entries, &[(0, (round + 1) * 5_000)]);
+        w.index = index;
+        let started = Instant::now();
+        store.apply_speed(w).await.expect("apply");
+        rounds.push(started.elapsed());
+    }
+    println!("apply_speed, 5000 entries + 5000 index rows, 500 users: {rounds:?}");
+
+    let ids: Vec<String> = (0..5_000).map(|i| format!("p0-{i}")).collect();
+    let started = Instant::now();
+    let found = store.lookup_events(&ids).await.expect("lookup");
+    println!(
+        "lookup_events, 5000 ids ({} found): {:?}",
+        found.len(),
+        started.elapsed()
+    );
+
+    let records = (0..users)
+        .map(|u| (format!("user-{u}"), record(&format!("user-{u}"), "batch")))
+        .collect();
+    let started = Instant::now();
+    store.write_batch(1, records).await.expect("write_batch");
+    println!("write_batch, 500 users: {:?}", started.elapsed());
+    store
+        .publish(&manifest(1, &[(0, 10_000)]))
+        .await
+        .expect("publish");
+
+    // Warm reads: record + 20 uncovered (and 20 covered) speed entries each.
+    let mut latencies = Vec::new();
+    for i in 0..2_000 {
+        let user = format!("user-{}", i % users);
+        let started = Instant::now();
+        let history = store.user_history(&user).await.expect("history");
+        latencies.push(started.elapsed());
+        assert_eq!(history.speed.len(), 20);
+    }
+    latencies.sort();
+    let pct = |p: usize| latencies[latencies.len() * p / 100];
+    println!(
+        "user_history (record + 20 of 40 entries), sequential: p50 {:?} p90 {:?} p99 {:?} max {:?}",
+        pct(50),
+        pct(90),
+        pct(99),
+        latencies[latencies.len() - 1]
+    );
+
+    let started = Instant::now();
+    let stats = store
+        .collect_garbage(&[(0, 10_000)].into_iter().collect(), 1)
+        .await
+        .expect("gc");
+    println!(
+        "collect_garbage over 500 users: {stats:?} in {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_keys_read_as_absent_and_are_refused_on_write() {
+    let Some(server) = Server::new() else { return };
+    let store = server.fresh().await;
+    let history = store.user_history("").await.expect("history");
+    assert!(history.record.is_none() && history.speed.is_empty());
+    assert!(store
+        .lookup_events(&[String::new()])
+        .await
+        .expect("lookup")
+        .is_empty());
+    let error = store
+        .apply_speed(write(vec![at("", 0, 0)], &[(0, 1)]))
+        .await
+        .expect_err("an empty user id");
+    assert!(error.to_string().contains("empty user id"), "{error}");
+    assert_eq!(
+        store.speed_progress().await.expect("progress"),
+        Default::default(),
+        "nothing written"
+    );
+    store
+        .write_batch(1, vec![(String::new(), record("", "x"))])
+        .await
+        .expect_err("an empty user id");
+}
+
+/// Needs no server: nothing listens on the port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_cluster_is_unavailable_and_retryable() {
+    let options = ScyllaOptions {
+        nodes: vec!["127.0.0.1:1".into()],
+        request_timeout: Duration::from_secs(2),
+        ..ScyllaOptions::default()
+    };
+    let started = Instant::now();
+    let error = ScyllaStore::connect(options)
+        .await
+        .expect_err("nothing listens on port 1");
+    assert!(
+        matches!(&error, StoreError::Unavailable(m) if m.contains("127.0.0.1:1")),
+        "{error}"
+    );
+    assert!(error.is_retryable());
+    assert!(started.elapsed() < Duration::from_secs(10));
+}

@@ -1,0 +1,148 @@
+//! The CQL schema (`infra/cql/schema.cql`) and the statements prepared on it.
+
+use ::scylla::client::session::Session;
+use ::scylla::statement::prepared::PreparedStatement;
+use ::scylla::statement::{Consistency, SerialConsistency};
+
+use super::driver;
+use crate::StoreError;
+
+/// `infra/cql/schema.cql`, with `{keyspace}` and `{replication_factor}` placeholders.
+pub const SCHEMA: &str = include_str!("../../../../infra/cql/schema.cql");
+
+/// The tables [`SCHEMA`] creates; the store is usable once all exist.
+pub const TABLES: [&str; 7] = [
+    "speed_entries",
+    "event_index",
+    "speed_progress",
+    "batch_records",
+    "batch_users",
+    "batch_manifests",
+    "batch_pointer",
+];
+
+/// The statements of [`SCHEMA`] for `keyspace`: comments dropped,
+/// placeholders substituted, split on `;`, empty ones left out.
+pub fn migration(keyspace: &str, replication_factor: u32) -> Vec<String> {
+    let text: String = SCHEMA
+        .lines()
+        .map(|line| line.split_once("--").map_or(line, |(code, _)| code))
+        .collect::<Vec<_>>()
+        .join("\n");
+    text.replace("{keyspace}", keyspace)
+        .replace("{replication_factor}", &replication_factor.to_string())
+        .split(';')
+        .map(|s| {
+            s.lines()
+                .map(str::trim_end)
+                .filter(|l| !l.trim().is_empty())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Declares [`Statements`]: one field per statement, `{ks}` standing for the keyspace.
+macro_rules! statements {
+    ($($(#[doc = $doc:literal])* $name:ident = $cql:literal;)*) => {
+        /// Every statement the store runs, prepared once.
+        pub struct Statements {
+            $($(#[doc = $doc])* pub $name: PreparedStatement,)*
+        }
+
+        impl Statements {
+            /// Prepares every statement on `keyspace` (all at once).
+            pub async fn prepare(session: &Session, keyspace: &str) -> Result<Statements, StoreError> {
+                let ($($name,)*) = futures::try_join!(
+                    $(prepare(session, $cql.replace("{ks}", keyspace)),)*
+                )?;
+                let mut statements = Statements { $($name,)* };
+                statements.tune();
+                Ok(statements)
+            }
+
+            /// Every statement, for settings they all share.
+            fn all_mut(&mut self) -> Vec<&mut PreparedStatement> {
+                vec![$(&mut self.$name,)*]
+            }
+        }
+    };
+}
+
+statements! {
+    /// A speed entry at its log position.
+    insert_entry = "INSERT INTO {ks}.speed_entries (user_id, log_partition, log_offset, entry) VALUES (?, ?, ?, ?)";
+    /// A user's speed entries in log order.
+    select_entries = "SELECT log_partition, log_offset, entry FROM {ks}.speed_entries WHERE user_id = ?";
+    /// A user's speed entry positions (garbage collection counts what it deletes).
+    select_entry_positions = "SELECT log_partition, log_offset FROM {ks}.speed_entries WHERE user_id = ?";
+    /// Every user with speed entries (a token-range scan; garbage collection only).
+    select_speed_users = "SELECT DISTINCT user_id FROM {ks}.speed_entries";
+    /// One range tombstone: a user's entries of one log partition before an offset.
+    delete_entries_before = "DELETE FROM {ks}.speed_entries WHERE user_id = ? AND log_partition = ? AND log_offset < ?";
+    /// An event index entry.
+    insert_index = "INSERT INTO {ks}.event_index (event_id, entry) VALUES (?, ?)";
+    /// One event index entry.
+    select_index = "SELECT entry FROM {ks}.event_index WHERE event_id = ?";
+    /// A partition's progress, as a max-register: the write timestamp is the next offset.
+    insert_progress = "INSERT INTO {ks}.speed_progress (log_partition, next_offset, last_accepted_at) VALUES (?, ?, ?) USING TIMESTAMP ?";
+    /// Every partition's progress.
+    select_progress = "SELECT log_partition, next_offset, last_accepted_at FROM {ks}.speed_progress";
+    /// A user's record of a version.
+    insert_record = "INSERT INTO {ks}.batch_records (version, user_id, record) VALUES (?, ?, ?)";
+    /// A user's record of a version.
+    select_record = "SELECT record FROM {ks}.batch_records WHERE version = ? AND user_id = ?";
+    /// A user's record of a version.
+    delete_record = "DELETE FROM {ks}.batch_records WHERE version = ? AND user_id = ?";
+    /// A user in a version's listing.
+    insert_listing = "INSERT INTO {ks}.batch_users (version, bucket, user_id) VALUES (?, ?, ?)";
+    /// The users of one bucket of a version's listing.
+    select_listing = "SELECT user_id FROM {ks}.batch_users WHERE version = ? AND bucket = ?";
+    /// One bucket of a version's listing.
+    delete_listing = "DELETE FROM {ks}.batch_users WHERE version = ? AND bucket = ?";
+    /// Registers a version whose records are being written.
+    register_version = "INSERT INTO {ks}.batch_manifests (version) VALUES (?)";
+    /// Records the manifest a version is published with.
+    set_version_manifest = "UPDATE {ks}.batch_manifests SET manifest = ? WHERE version = ?";
+    /// Every registered version.
+    select_versions = "SELECT version FROM {ks}.batch_manifests";
+    /// A version's row, dropped last when the version is collected.
+    delete_version = "DELETE FROM {ks}.batch_manifests WHERE version = ?";
+    /// The published version and manifest.
+    select_pointer = "SELECT version, manifest FROM {ks}.batch_pointer WHERE name = 'published'";
+    /// The same, as a Paxos (SERIAL) read, for publishing.
+    select_pointer_serial = "SELECT version, manifest FROM {ks}.batch_pointer WHERE name = 'published'";
+    /// The first publication.
+    create_pointer = "INSERT INTO {ks}.batch_pointer (name, version, manifest) VALUES ('published', ?, ?) IF NOT EXISTS";
+    /// Every later publication: compare-and-set on the version read before.
+    advance_pointer = "UPDATE {ks}.batch_pointer SET version = ?, manifest = ? WHERE name = 'published' IF version = ?";
+}
+
+impl Statements {
+    /// Statement settings: all idempotent (every write rewrites the same
+    /// row with the same value), Paxos where it is used, page sizes.
+    fn tune(&mut self) {
+        // Conditional writes too: a retry that finds its own write already
+        // applied is recognised by `publish`, which reads the pointer again.
+        for statement in self.all_mut() {
+            statement.set_is_idempotent(true);
+        }
+        self.select_pointer_serial
+            .set_consistency(Consistency::Serial);
+        self.create_pointer
+            .set_serial_consistency(Some(SerialConsistency::Serial));
+        self.advance_pointer
+            .set_serial_consistency(Some(SerialConsistency::Serial));
+        self.select_speed_users.set_page_size(1000);
+        self.select_listing.set_page_size(1000);
+    }
+}
+
+/// Prepares one statement.
+async fn prepare(session: &Session, cql: String) -> Result<PreparedStatement, StoreError> {
+    session
+        .prepare(cql.as_str())
+        .await
+        .map_err(driver(format_args!("prepare `{cql}`")))
+}

@@ -1,0 +1,226 @@
+//! The speed layer's writes and reads: entries, the event index, progress.
+
+use std::collections::{HashMap, HashSet};
+
+use ::scylla::value::MaybeUnset;
+use futures::{stream, StreamExt, TryStreamExt};
+use signals_core::{LogPosition, SpeedEntry};
+use tracing::debug;
+
+use super::codec::{self, from_bigint, partition_from_bigint, to_bigint};
+use super::schema::Statements;
+use super::store::Inner;
+use crate::{IndexEntry, SpeedProgress, SpeedWrite, StoreError};
+
+/// One row of a speed write, encoded.
+enum Row<'a> {
+    Entry {
+        user: &'a str,
+        partition: i64,
+        offset: i64,
+        value: Vec<u8>,
+    },
+    Index {
+        event_id: &'a str,
+        value: Vec<u8>,
+    },
+}
+
+impl Inner {
+    /// Writes entries and index updates (at most `max_in_flight` at a time),
+    /// waits for all of them, then advances the progress rows.
+    pub(super) async fn apply_speed(&self, write: &SpeedWrite) -> Result<(), StoreError> {
+        let statements = self.statements().await?;
+        // Encoded up front: a value that cannot be encoded fails the call
+        // before anything is written.
+        let mut rows = Vec::with_capacity(write.entries.len() + write.index.len());
+        for e in &write.entries {
+            non_empty(&e.user_id, "user id")?;
+            rows.push(Row::Entry {
+                user: &e.user_id,
+                partition: i64::from(e.partition),
+                offset: to_bigint(e.offset, "log offset")?,
+                value: codec::encode(&e.entry)?,
+            });
+        }
+        for (event_id, entry) in &write.index {
+            non_empty(event_id, "event id")?;
+            rows.push(Row::Index {
+                event_id,
+                value: codec::encode(entry)?,
+            });
+        }
+        let count = rows.len();
+        stream::iter(rows.into_iter().map(Ok))
+            .try_for_each_concurrent(self.options.max_in_flight, |row| {
+                self.write_row(statements, row)
+            })
+            .await?;
+
+        // Only now, with every row above acknowledged: the progress rows.
+        let last_accepted_at = match write.progress.last_accepted_at {
+            Some(at) => MaybeUnset::Set(at),
+            None => MaybeUnset::Unset,
+        };
+        let progress = write
+            .progress
+            .position
+            .iter()
+            .map(|(partition, next)| Ok((i64::from(partition), to_bigint(next, "log offset")?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        stream::iter(progress.into_iter().map(Ok))
+            .try_for_each_concurrent(self.options.max_in_flight, |(partition, next)| {
+                self.run(
+                    &statements.insert_progress,
+                    (partition, next, last_accepted_at, next),
+                    "write the speed progress",
+                )
+            })
+            .await?;
+        debug!(rows = count, "scylla speed write applied");
+        Ok(())
+    }
+
+    async fn write_row(&self, statements: &Statements, row: Row<'_>) -> Result<(), StoreError> {
+        match row {
+            Row::Entry {
+                user,
+                partition,
+                offset,
+                value,
+            } => {
+                self.run(
+                    &statements.insert_entry,
+                    (user, partition, offset, value),
+                    "write a speed entry",
+                )
+                .await
+            }
+            Row::Index { event_id, value } => {
+                self.run(
+                    &statements.insert_index,
+                    (event_id, value),
+                    "write an event index entry",
+                )
+                .await
+            }
+        }
+    }
+
+    /// Progress merged over the partitions' rows.
+    pub(super) async fn speed_progress(&self) -> Result<SpeedProgress, StoreError> {
+        let statements = self.statements().await?;
+        let mut progress = SpeedProgress::default();
+        self.pages(
+            &statements.select_progress,
+            &(),
+            "read the speed progress",
+            |page| {
+                for row in page
+                    .rows::<(i64, Option<i64>, Option<i64>)>()
+                    .map_err(super::driver("read the speed progress"))?
+                {
+                    let (partition, next, accepted) =
+                        row.map_err(super::driver("decode the speed progress"))?;
+                    let partition = partition_from_bigint(partition, "speed_progress")?;
+                    if let Some(next) = next {
+                        let next = from_bigint(next, "speed_progress", "next offset")?;
+                        progress.position.advance(partition, next);
+                    }
+                    progress.last_accepted_at = progress.last_accepted_at.max(accepted);
+                }
+                Ok(())
+            },
+        )
+        .await?;
+        Ok(progress)
+    }
+
+    /// What the index holds for each of `event_ids`: one point read per
+    /// distinct id, at most `max_in_flight` at a time.
+    pub(super) async fn lookup_events(
+        &self,
+        event_ids: &[String],
+    ) -> Result<HashMap<String, IndexEntry>, StoreError> {
+        let statements = self.statements().await?;
+        let distinct: HashSet<&String> = event_ids.iter().collect();
+        let found: Vec<Option<(String, IndexEntry)>> = stream::iter(distinct.into_iter().cloned())
+            .map(|id| self.lookup_event(statements, id))
+            .buffer_unordered(self.options.max_in_flight)
+            .try_collect()
+            .await?;
+        Ok(found.into_iter().flatten().collect())
+    }
+
+    async fn lookup_event(
+        &self,
+        statements: &Statements,
+        event_id: String,
+    ) -> Result<Option<(String, IndexEntry)>, StoreError> {
+        let what = "read the event index";
+        if event_id.is_empty() {
+            return Ok(None);
+        }
+        let result = self
+            .session
+            .execute_unpaged(&statements.select_index, (event_id.as_str(),))
+            .await
+            .map_err(super::driver(what))?
+            .into_rows_result()
+            .map_err(super::driver(what))?;
+        let Some((Some(bytes),)) = result
+            .maybe_first_row::<(Option<&[u8]>,)>()
+            .map_err(super::driver(what))?
+        else {
+            return Ok(None);
+        };
+        let entry = codec::decode(bytes, "event_index", || format!("event id {event_id:?}"))?;
+        Ok(Some((event_id, entry)))
+    }
+
+    /// `user`'s speed entries that `covered` does not cover, in (partition,
+    /// offset) order: one partition read, covered rows skipped undecoded.
+    pub(super) async fn speed_entries(
+        &self,
+        user: &str,
+        covered: Option<&LogPosition>,
+    ) -> Result<Vec<SpeedEntry>, StoreError> {
+        let statements = self.statements().await?;
+        let what = "read speed entries";
+        let mut entries = Vec::new();
+        if user.is_empty() {
+            return Ok(entries);
+        }
+        self.pages(&statements.select_entries, &(user,), what, |page| {
+            for row in page
+                .rows::<(i64, i64, Option<&[u8]>)>()
+                .map_err(super::driver(what))?
+            {
+                let (partition, offset, value) = row.map_err(super::driver(what))?;
+                let partition = partition_from_bigint(partition, "speed_entries")?;
+                let offset = from_bigint(offset, "speed_entries", "log offset")?;
+                if covered.is_some_and(|position| position.covers(partition, offset)) {
+                    continue;
+                }
+                let key = || format!("user {user:?} partition {partition} offset {offset}");
+                let value = value.ok_or_else(|| {
+                    StoreError::Corrupt(format!("table speed_entries, {}: no entry", key()))
+                })?;
+                entries.push(codec::decode(value, "speed_entries", key)?);
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(entries)
+    }
+}
+
+/// Refuses an empty key: CQL partition keys must not be empty.
+pub(super) fn non_empty(key: &str, what: &str) -> Result<(), StoreError> {
+    if key.is_empty() {
+        return Err(StoreError::Backend(format!(
+            "cannot store an empty {what}: CQL partition keys must not be empty"
+        )));
+    }
+    Ok(())
+}
