@@ -1,108 +1,160 @@
 //! Readers: stream durable records from any offset, waiting for new ones.
+//!
+//! File reads run on the blocking pool, one `spawn_blocking` per batch, with
+//! each partition's segment file and read buffer kept across batches. A
+//! batch cancelled while its read runs is not lost: the read finishes in the
+//! background and the next call returns it.
 
-use std::fs::File;
-use std::io::{BufReader, Seek, SeekFrom};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
-use super::segment::{read_record, HEADER};
-use super::Shared;
+use super::frame::{FrameError, FrameReader};
+use super::{read_state, Shared};
 use crate::{LogEntry, LogError, LogPosition, LogReader, Offset, Partition};
 
-/// Most payload bytes returned by one `next_batch`.
+/// Most payload bytes returned by one `next_batch` (at least one record).
 const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
 
 /// Where one partition is being read.
 struct Cursor {
     partition: Partition,
+    /// The next offset to return.
     next: Offset,
-    /// The open segment (its base) positioned at `next`.
-    file: Option<(Offset, BufReader<File>)>,
+    /// The segment being read (its base), positioned at `next`.
+    open: Option<(Offset, FrameReader)>,
 }
 
-pub struct EmbeddedReader {
+/// What a background read hands back: the cursors, and the records read.
+type Read = (Vec<Cursor>, Result<Vec<LogEntry>, LogError>);
+
+pub(super) struct EmbeddedReader {
     shared: Arc<Shared>,
     end: watch::Receiver<LogPosition>,
+    /// The next offset of every partition, as returned so far.
+    position: LogPosition,
+    /// Absent while a read is in flight (or after one panicked).
     cursors: Option<Vec<Cursor>>,
-    /// Partition to start the next batch with, so none starves.
+    in_flight: Option<JoinHandle<Read>>,
+    /// Partition that starts the next batch, so that none starves.
     turn: usize,
 }
 
 impl EmbeddedReader {
-    pub fn new(
-        shared: Arc<Shared>,
-        from: &LogPosition,
-        partitions: u32,
-    ) -> Result<EmbeddedReader, LogError> {
-        let end = shared.end.subscribe();
-        let cursors = (0..partitions)
-            .map(|p| Cursor {
-                partition: p,
-                next: from.next(p),
-                file: None,
+    /// A reader of every partition from `from`, already validated.
+    pub fn new(shared: Arc<Shared>, from: &LogPosition) -> EmbeddedReader {
+        let end = shared.end.clone();
+        let cursors: Vec<Cursor> = (0..shared.partitions.len() as Partition)
+            .map(|partition| Cursor {
+                partition,
+                next: from.next(partition),
+                open: None,
             })
             .collect();
-        Ok(EmbeddedReader {
+        EmbeddedReader {
             shared,
             end,
+            position: cursors.iter().map(|c| (c.partition, c.next)).collect(),
             cursors: Some(cursors),
+            in_flight: None,
             turn: 0,
-        })
+        }
     }
 
-    fn has_more(&self, end: &LogPosition) -> bool {
-        self.cursors
-            .iter()
-            .flatten()
-            .any(|c| c.next < end.next(c.partition))
+    /// Waits until some partition has records past this reader, or until
+    /// `wait` has passed (false).
+    async fn wait_for_records(&mut self, wait: Duration) -> Result<bool, LogError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if has_more(&self.position, &self.end.borrow_and_update()) {
+                return Ok(true);
+            }
+            match tokio::time::timeout_at(deadline, self.end.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    return Err(LogError::Unavailable(
+                        "the embedded event log was closed".into(),
+                    ))
+                }
+                Err(_) => return Ok(false),
+            }
+        }
     }
+
+    /// Starts reading up to `max` records in the background.
+    fn start_read(&mut self, max: usize) -> Result<(), LogError> {
+        let mut cursors = self.cursors.take().ok_or_else(|| {
+            LogError::Unavailable("this reader is unusable: an earlier read of it panicked".into())
+        })?;
+        let end = self.end.borrow().clone();
+        let shared = self.shared.clone();
+        let turn = self.turn;
+        self.turn = self.turn.wrapping_add(1);
+        self.in_flight = Some(tokio::task::spawn_blocking(move || {
+            let result = read_batch(&shared, &mut cursors, &end, max.max(1), turn);
+            (cursors, result)
+        }));
+        Ok(())
+    }
+
+    /// Waits for the read in flight; cancel-safe (the handle stays until done).
+    async fn finish_read(&mut self) -> Result<Vec<LogEntry>, LogError> {
+        let Some(handle) = self.in_flight.as_mut() else {
+            return Ok(Vec::new());
+        };
+        let joined = handle.await;
+        self.in_flight = None;
+        let (cursors, result) = joined
+            .map_err(|e| LogError::Unavailable(format!("a read of the event log failed: {e}")))?;
+        for cursor in &cursors {
+            self.position.set(cursor.partition, cursor.next);
+        }
+        self.cursors = Some(cursors);
+        result
+    }
+}
+
+fn has_more(position: &LogPosition, end: &LogPosition) -> bool {
+    end.iter().any(|(p, e)| position.next(p) < e)
 }
 
 #[async_trait]
 impl LogReader for EmbeddedReader {
     async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<LogEntry>, LogError> {
-        let mut end = self.end.borrow_and_update().clone();
-        if !self.has_more(&end) {
-            let changed = tokio::time::timeout(wait, self.end.changed()).await;
-            match changed {
-                Ok(Ok(())) => end = self.end.borrow_and_update().clone(),
-                Ok(Err(_)) => {
-                    return Err(LogError::Unavailable("the embedded log was closed".into()))
-                }
-                Err(_) => return Ok(Vec::new()),
-            }
-            if !self.has_more(&end) {
+        if self.in_flight.is_none() {
+            if !self.wait_for_records(wait).await? {
                 return Ok(Vec::new());
             }
+            self.start_read(max)?;
         }
-        let mut cursors = self.cursors.take().ok_or_else(|| {
-            LogError::Unavailable("a previous read of this reader was interrupted".into())
-        })?;
-        let shared = self.shared.clone();
-        let turn = self.turn;
-        let (cursors, result) = tokio::task::spawn_blocking(move || {
-            let result = read_batch(&shared, &mut cursors, &end, max.max(1), turn);
-            (cursors, result)
-        })
-        .await
-        .map_err(|e| LogError::Unavailable(format!("log read failed: {e}")))?;
-        self.turn = (turn + 1) % cursors.len().max(1);
-        self.cursors = Some(cursors);
-        result
+        self.finish_read().await
     }
 
     fn position(&self) -> LogPosition {
-        self.cursors
-            .iter()
-            .flatten()
-            .map(|c| (c.partition, c.next))
-            .collect()
+        self.position.clone()
     }
 }
 
+/// The records of one batch and what they weigh.
+struct Batch {
+    entries: Vec<LogEntry>,
+    bytes: usize,
+    max: usize,
+}
+
+impl Batch {
+    fn full(&self) -> bool {
+        self.entries.len() >= self.max || self.bytes >= MAX_BATCH_BYTES
+    }
+}
+
+/// Reads up to `max` durable records: first a fair share of every partition
+/// (starting with partition `turn`), then whatever room is left. A failure
+/// after some records were read returns those; the next call meets it again.
 fn read_batch(
     shared: &Shared,
     cursors: &mut [Cursor],
@@ -110,93 +162,107 @@ fn read_batch(
     max: usize,
     turn: usize,
 ) -> Result<Vec<LogEntry>, LogError> {
-    let mut entries = Vec::new();
-    let mut bytes = 0;
-    let count = cursors.len();
-    // A fair share per partition first, then whatever budget is left.
-    let share = (max / count.max(1)).max(1);
-    for round in [share, max] {
-        for i in 0..count {
-            let cursor = &mut cursors[(turn + i) % count];
-            let stop = end.next(cursor.partition);
-            let mut taken = 0;
-            while cursor.next < stop
-                && taken < round
-                && entries.len() < max
-                && bytes < MAX_BATCH_BYTES
-            {
-                let entry = read_one(shared, cursor)?;
-                bytes += entry.bytes.len();
-                entries.push(entry);
-                taken += 1;
+    let mut batch = Batch {
+        entries: Vec::with_capacity(max.min(4096)),
+        bytes: 0,
+        max,
+    };
+    let count = cursors.len().max(1);
+    for quota in [max.div_ceil(count), max] {
+        for i in 0..cursors.len() {
+            let cursor = &mut cursors[(turn % count + i) % count];
+            if let Err(error) = read_partition(shared, cursor, end, quota, &mut batch) {
+                // Re-open and seek afresh next time.
+                cursor.open = None;
+                if batch.entries.is_empty() {
+                    return Err(error);
+                }
+                return Ok(batch.entries);
             }
         }
-        if entries.len() >= max || bytes >= MAX_BATCH_BYTES {
+        if batch.full() {
             break;
         }
     }
-    Ok(entries)
+    Ok(batch.entries)
 }
 
-/// Reads the record at `cursor.next`, which is known to be durable.
-fn read_one(shared: &Shared, cursor: &mut Cursor) -> Result<LogEntry, LogError> {
-    let in_file = cursor.file.as_ref().map(|(base, _)| *base);
-    let segment_base = {
-        let state = shared.partitions[cursor.partition as usize]
-            .read()
-            .map_err(|_| LogError::Unavailable("embedded log lock poisoned".into()))?;
-        let segment = state.find(cursor.next)?.ok_or_else(|| {
-            LogError::Corrupt(format!(
-                "offset {} of partition {} is not in any segment",
-                cursor.next, cursor.partition
-            ))
-        })?;
-        if in_file != Some(segment.base) {
-            // Open the segment and skip from the nearest indexed record.
-            let (mut offset, position) = segment.seek_hint(cursor.next);
-            let mut file = BufReader::with_capacity(256 * 1024, File::open(&segment.path)?);
-            file.seek(SeekFrom::Start(position))?;
-            let mut scratch = Vec::new();
-            while offset < cursor.next {
-                read_record(&mut file, &mut scratch)?.ok_or_else(|| {
-                    LogError::Corrupt(format!(
-                        "{} ends before offset {}",
-                        segment.path.display(),
-                        cursor.next
-                    ))
+/// Reads up to `quota` records of one partition into `batch`.
+fn read_partition(
+    shared: &Shared,
+    cursor: &mut Cursor,
+    end: &LogPosition,
+    quota: usize,
+    batch: &mut Batch,
+) -> Result<(), LogError> {
+    let stop = end.next(cursor.partition);
+    let mut taken = 0;
+    while taken < quota && cursor.next < stop && !batch.full() {
+        let (segment_end, durable_bytes) = locate(shared, cursor)?;
+        let Some((base, frames)) = cursor.open.as_mut() else {
+            return Err(LogError::Unavailable("no segment open".into()));
+        };
+        while taken < quota && cursor.next < stop.min(segment_end) && !batch.full() {
+            let payload = frames
+                .next(durable_bytes, true)
+                .map_err(|e| bad_record(cursor.partition, cursor.next, *base, &e))?
+                .ok_or_else(|| {
+                    bad_record(cursor.partition, cursor.next, *base, &FrameError::Truncated)
                 })?;
-                offset += 1;
-            }
-            cursor.file = Some((segment.base, file));
+            batch.bytes += payload.len();
+            batch.entries.push(LogEntry {
+                partition: cursor.partition,
+                offset: cursor.next,
+                bytes: payload.to_vec(),
+            });
+            cursor.next += 1;
+            taken += 1;
         }
-        segment.base
-    };
-    let Some((_, file)) = cursor.file.as_mut() else {
-        return Err(LogError::Unavailable("segment handle missing".into()));
-    };
-    let mut payload = Vec::new();
-    let (_, crc) = read_record(file, &mut payload)?.ok_or_else(|| {
-        LogError::Corrupt(format!(
-            "partition {} segment {segment_base}: record {} is missing",
-            cursor.partition, cursor.next
-        ))
-    })?;
-    if crc32fast::hash(&payload) != crc {
-        return Err(LogError::Corrupt(format!(
-            "partition {} offset {}: CRC mismatch ({} header bytes + {} payload)",
-            cursor.partition,
-            cursor.next,
-            HEADER,
-            payload.len()
-        )));
     }
-    let entry = LogEntry {
-        partition: cursor.partition,
-        offset: cursor.next,
-        bytes: payload,
-    };
-    cursor.next += 1;
-    // Past a segment's end the next read opens the following segment; the
-    // active segment's handle stays open and sees later appends.
-    Ok(entry)
+    Ok(())
+}
+
+/// Makes sure the segment holding `cursor.next` is open and positioned at
+/// it; returns that segment's end offset and durable size.
+fn locate(shared: &Shared, cursor: &mut Cursor) -> Result<(Offset, u64), LogError> {
+    let state = read_state(shared, cursor.partition);
+    let segment = state.find(cursor.next)?;
+    if cursor
+        .open
+        .as_ref()
+        .is_none_or(|(base, _)| *base != segment.base)
+    {
+        let (mut offset, at) = segment.seek_hint(cursor.next);
+        let mut frames = FrameReader::open(&segment.path, at)?;
+        while offset < cursor.next {
+            frames
+                .next(segment.bytes, false)
+                .map_err(|e| bad_record(cursor.partition, offset, segment.base, &e))?
+                .ok_or_else(|| {
+                    bad_record(
+                        cursor.partition,
+                        offset,
+                        segment.base,
+                        &FrameError::Truncated,
+                    )
+                })?;
+            offset += 1;
+        }
+        cursor.open = Some((segment.base, frames));
+    }
+    Ok((segment.end(), segment.bytes))
+}
+
+fn bad_record(partition: Partition, offset: Offset, base: Offset, error: &FrameError) -> LogError {
+    match error {
+        FrameError::Io(e) => LogError::Io(std::io::Error::new(
+            e.kind(),
+            format!(
+                "reading offset {offset} of partition {partition} (segment {base:020}.log): {e}"
+            ),
+        )),
+        bad => LogError::Corrupt(format!(
+            "offset {offset} of partition {partition} (segment {base:020}.log): {bad}"
+        )),
+    }
 }

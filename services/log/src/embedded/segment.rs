@@ -1,244 +1,249 @@
-//! Segments of one partition: files of framed records, and where offsets are.
+//! The segments of one partition: which file holds which offsets, where in
+//! it a given offset starts, and crash recovery of the tail.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use tracing::warn;
 
+use super::frame::{FrameError, FrameReader, HEADER};
 use crate::{LogError, Offset, Partition};
 
-/// Bytes before each payload: length and CRC-32, both u32 little-endian.
-pub const HEADER: u64 = 8;
-/// One sparse index entry per this many records.
-const INDEX_EVERY: u64 = 256;
+/// The sparse index has an entry at least every this many bytes, so a seek
+/// skips at most this much (plus one record) by walking frames.
+const INDEX_EVERY_BYTES: u64 = 4096;
 
-/// One segment file.
-pub struct Segment {
+/// One segment file: records `base..end()`, `bytes` of them durable.
+pub(super) struct Segment {
     pub base: Offset,
     pub path: PathBuf,
     /// Records in the segment.
     pub count: u64,
-    /// Durable bytes in the segment.
+    /// Bytes of whole, durable records; nothing past them is ever read.
     pub bytes: u64,
-    /// (offset, byte position) of every `INDEX_EVERY`-th record.
+    /// (offset, byte position) of a record every `INDEX_EVERY_BYTES`.
     index: Vec<(Offset, u64)>,
 }
 
 impl Segment {
-    /// The byte position of the last indexed record at or before `offset`.
-    pub fn seek_hint(&self, offset: Offset) -> (Offset, u64) {
-        let i = self.index.partition_point(|(o, _)| *o <= offset);
-        if i == 0 {
-            (self.base, 0)
-        } else {
-            self.index[i - 1]
+    fn empty(base: Offset, path: PathBuf) -> Segment {
+        Segment {
+            base,
+            path,
+            count: 0,
+            bytes: 0,
+            index: Vec::new(),
         }
-    }
-
-    /// Notes a record appended at `position` (bytes) as the next offset.
-    pub fn push(&mut self, position: u64, length: u64) {
-        let offset = self.base + self.count;
-        if self.count.is_multiple_of(INDEX_EVERY) {
-            self.index.push((offset, position));
-        }
-        self.count += 1;
-        self.bytes = position + HEADER + length;
     }
 
     /// The offset after the segment's last record.
     pub fn end(&self) -> Offset {
         self.base + self.count
     }
+
+    /// The last indexed record at or before `offset`: (its offset, its byte).
+    pub fn seek_hint(&self, offset: Offset) -> (Offset, u64) {
+        match self.index.partition_point(|(o, _)| *o <= offset) {
+            0 => (self.base, 0),
+            i => self.index[i - 1],
+        }
+    }
+
+    /// Notes one more record of `length` payload bytes after the last.
+    pub fn push(&mut self, length: usize) {
+        let indexed = self.index.last().map(|(_, at)| *at);
+        if indexed.is_none_or(|at| self.bytes - at >= INDEX_EVERY_BYTES) {
+            self.index.push((self.end(), self.bytes));
+        }
+        self.count += 1;
+        self.bytes += (HEADER + length) as u64;
+    }
 }
 
-/// Every segment of one partition, oldest first.
-pub struct PartitionState {
+/// Every segment of one partition, oldest first; never empty.
+pub(super) struct PartitionState {
     pub partition: Partition,
-    pub dir: PathBuf,
-    pub segments: Vec<Segment>,
+    dir: PathBuf,
+    segments: Vec<Segment>,
 }
 
 fn segment_path(dir: &Path, base: Offset) -> PathBuf {
     dir.join(format!("{base:020}.log"))
 }
 
+/// The error for a read below what retention kept.
+pub(super) fn deleted(partition: Partition, offset: Offset, earliest: Offset) -> LogError {
+    LogError::Invalid(format!(
+        "offset {offset} of partition {partition} was deleted by retention; earliest is {earliest}"
+    ))
+}
+
 impl PartitionState {
-    /// Loads the partition's segments, cutting a torn tail off the last.
+    /// Loads the partition's segments, cutting a torn or corrupt tail off
+    /// the last one; an empty partition gets its first segment.
     pub fn open(dir: &Path, partition: Partition) -> Result<PartitionState, LogError> {
         std::fs::create_dir_all(dir)?;
-        let mut bases: Vec<Offset> = std::fs::read_dir(dir)?
-            .filter_map(|entry| entry.ok())
-            .filter_map(|entry| {
-                let name = entry.file_name().into_string().ok()?;
-                name.strip_suffix(".log")?.parse::<Offset>().ok()
-            })
-            .collect();
-        bases.sort_unstable();
+        let bases = segment_bases(dir)?;
         let mut segments = Vec::with_capacity(bases.len().max(1));
-        let last = bases.len().saturating_sub(1);
         for (i, base) in bases.iter().enumerate() {
-            let path = segment_path(dir, *base);
-            segments.push(scan(&path, *base, i == last)?);
+            let tail = i + 1 == bases.len();
+            segments.push(scan(segment_path(dir, *base), *base, tail)?);
         }
-        for pair in segments.windows(2) {
-            if pair[0].end() != pair[1].base {
-                return Err(LogError::Corrupt(format!(
-                    "partition {partition}: segment {} ends at offset {} but the next starts at {}",
-                    pair[0].path.display(),
-                    pair[0].end(),
-                    pair[1].base
-                )));
-            }
-        }
+        check_contiguous(partition, &segments)?;
         let mut state = PartitionState {
             partition,
             dir: dir.to_owned(),
             segments,
         };
         if state.segments.is_empty() {
-            state.roll(0)?;
+            state.roll()?;
         }
         Ok(state)
     }
 
+    /// The offset the next appended record gets.
     pub fn next_offset(&self) -> Offset {
         self.segments.last().map_or(0, Segment::end)
     }
 
+    /// The first offset retention kept.
     pub fn first_offset(&self) -> Offset {
         self.segments.first().map_or(0, |s| s.base)
     }
 
-    pub fn active(&mut self) -> &mut Segment {
-        // `open` and `roll` guarantee at least one segment.
-        let last = self.segments.len() - 1;
-        &mut self.segments[last]
+    /// The segment appends go to.
+    pub fn active(&self) -> Option<&Segment> {
+        self.segments.last()
     }
 
-    /// Starts a new, empty segment at `base`.
-    pub fn roll(&mut self, base: Offset) -> Result<(), LogError> {
+    pub fn active_mut(&mut self) -> Option<&mut Segment> {
+        self.segments.last_mut()
+    }
+
+    /// Starts a new, empty active segment at the next offset.
+    pub fn roll(&mut self) -> Result<(), LogError> {
+        let base = self.next_offset();
         let path = segment_path(&self.dir, base);
         OpenOptions::new().create(true).append(true).open(&path)?;
-        File::open(&self.dir)?.sync_all()?;
-        self.segments.push(Segment {
-            base,
-            path,
-            count: 0,
-            bytes: 0,
-            index: Vec::new(),
-        });
+        sync_dir(&self.dir)?;
+        self.segments.push(Segment::empty(base, path));
         Ok(())
     }
 
-    /// The segment holding `offset`, if it is retained and durable.
-    pub fn find(&self, offset: Offset) -> Result<Option<&Segment>, LogError> {
+    /// The segment holding `offset`, which must be below the durable end.
+    pub fn find(&self, offset: Offset) -> Result<&Segment, LogError> {
         if offset < self.first_offset() {
-            return Err(LogError::Invalid(format!(
-                "offset {offset} of partition {} was deleted by retention; earliest is {}",
-                self.partition,
-                self.first_offset()
-            )));
+            return Err(deleted(self.partition, offset, self.first_offset()));
         }
         let i = self.segments.partition_point(|s| s.base <= offset);
-        Ok(self
-            .segments
+        self.segments
             .get(i.wrapping_sub(1))
-            .filter(|s| offset < s.end()))
+            .filter(|s| offset < s.end())
+            .ok_or_else(|| {
+                LogError::Corrupt(format!(
+                    "offset {offset} of partition {} is in no segment (the partition ends at {})",
+                    self.partition,
+                    self.next_offset()
+                ))
+            })
     }
 
-    /// Removes segments entirely below `before`, never the active one.
+    /// Removes the segments entirely below `before`, never the active one;
+    /// returns how many.
     pub fn delete_before(&mut self, before: Offset) -> Result<usize, LogError> {
         let mut removed = 0;
         while self.segments.len() > 1 && self.segments[0].end() <= before {
-            let segment = self.segments.remove(0);
-            std::fs::remove_file(&segment.path)?;
+            match std::fs::remove_file(&self.segments[0].path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+            self.segments.remove(0);
             removed += 1;
         }
         if removed > 0 {
-            File::open(&self.dir)?.sync_all()?;
+            sync_dir(&self.dir)?;
         }
         Ok(removed)
     }
 }
 
-/// Reads one framed record; `None` at a clean end of data.
-pub fn read_record(
-    reader: &mut impl Read,
-    buffer: &mut Vec<u8>,
-) -> std::io::Result<Option<(u32, u32)>> {
-    let mut header = [0u8; HEADER as usize];
-    match reader.read_exact(&mut header) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
+/// Base offsets of the segment files in `dir`, ascending.
+fn segment_bases(dir: &Path) -> Result<Vec<Offset>, LogError> {
+    let mut bases = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let base = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".log"))
+            .and_then(|n| n.parse::<Offset>().ok());
+        bases.extend(base);
     }
-    let length = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
-    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-    buffer.resize(length as usize, 0);
-    match reader.read_exact(buffer) {
-        Ok(()) => Ok(Some((length, crc))),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
-        Err(e) => Err(e),
+    bases.sort_unstable();
+    Ok(bases)
+}
+
+fn check_contiguous(partition: Partition, segments: &[Segment]) -> Result<(), LogError> {
+    for pair in segments.windows(2) {
+        if pair[0].end() != pair[1].base {
+            return Err(LogError::Corrupt(format!(
+                "partition {partition}: segment {} ends at offset {} but the next one starts at {}",
+                pair[0].path.display(),
+                pair[0].end(),
+                pair[1].base
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Walks a segment's frames to build its index. The tail segment is also
+/// checked record by record (length and CRC) and cut at the first bad one:
+/// only records never acknowledged can be there. Sealed segments were synced
+/// when the next one started, so a bad frame in one is corruption.
+fn scan(path: PathBuf, base: Offset, tail: bool) -> Result<Segment, LogError> {
+    let size = std::fs::metadata(&path)?.len();
+    let mut frames = FrameReader::open(&path, 0)?;
+    let mut segment = Segment::empty(base, path);
+    loop {
+        match frames.next(size, tail) {
+            Ok(Some(payload)) => segment.push(payload.len()),
+            Ok(None) => return Ok(segment),
+            Err(FrameError::Io(e)) => return Err(e.into()),
+            Err(bad) if tail => {
+                cut_tail(&segment, size, &bad)?;
+                return Ok(segment);
+            }
+            Err(bad) => {
+                return Err(LogError::Corrupt(format!(
+                    "{}: {bad} at byte {} (offset {}) of a sealed segment",
+                    segment.path.display(),
+                    segment.bytes,
+                    segment.end()
+                )))
+            }
+        }
     }
 }
 
-/// Walks a segment, building its index; the tail segment is also checked
-/// (length and CRC) and cut at the first bad record.
-fn scan(path: &Path, base: Offset, is_tail: bool) -> Result<Segment, LogError> {
-    let file = File::open(path)?;
-    let size = file.metadata()?.len();
-    let mut reader = BufReader::with_capacity(1 << 20, file);
-    let mut segment = Segment {
-        base,
-        path: path.to_owned(),
-        count: 0,
-        bytes: 0,
-        index: Vec::new(),
-    };
-    let mut buffer = Vec::new();
-    loop {
-        let position = segment.bytes;
-        if is_tail {
-            match read_record(&mut reader, &mut buffer)? {
-                Some((length, crc))
-                    if length as usize <= super::MAX_RECORD_BYTES
-                        && crc32fast::hash(&buffer) == crc =>
-                {
-                    segment.push(position, u64::from(length));
-                }
-                _ => break,
-            }
-        } else {
-            let mut header = [0u8; HEADER as usize];
-            if position + HEADER > size || reader.read_exact(&mut header).is_err() {
-                break;
-            }
-            let length = u64::from(u32::from_le_bytes([
-                header[0], header[1], header[2], header[3],
-            ]));
-            if position + HEADER + length > size {
-                return Err(LogError::Corrupt(format!(
-                    "{}: record at byte {position} runs past the end",
-                    path.display()
-                )));
-            }
-            reader.seek(SeekFrom::Current(length as i64))?;
-            segment.push(position, length);
-        }
-    }
-    if segment.bytes < size {
-        if !is_tail {
-            return Err(LogError::Corrupt(format!(
-                "{}: {} stray bytes after the last record",
-                path.display(),
-                size - segment.bytes
-            )));
-        }
-        warn!(segment = %path.display(), dropped_bytes = size - segment.bytes, "cutting a torn tail off the event log");
-        let file = OpenOptions::new().write(true).open(path)?;
-        file.set_len(segment.bytes)?;
-        file.sync_all()?;
-    }
-    Ok(segment)
+/// Truncates the tail segment to its last whole, valid record.
+fn cut_tail(segment: &Segment, size: u64, why: &FrameError) -> Result<(), LogError> {
+    warn!(
+        segment = %segment.path.display(),
+        kept_records = segment.count,
+        kept_bytes = segment.bytes,
+        dropped_bytes = size - segment.bytes,
+        reason = %why,
+        "cutting a torn or corrupt tail off the event log"
+    );
+    let file = OpenOptions::new().write(true).open(&segment.path)?;
+    file.set_len(segment.bytes)?;
+    file.sync_all()?;
+    Ok(())
+}
+
+/// Makes creations and removals of files in `dir` durable.
+pub(super) fn sync_dir(dir: &Path) -> Result<(), LogError> {
+    File::open(dir)?.sync_all()?;
+    Ok(())
 }
