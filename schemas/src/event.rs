@@ -2,6 +2,11 @@
 //!
 //! Times are epoch milliseconds (UTC) everywhere inside the platform; RFC 3339
 //! exists only at the HTTP edge.
+//!
+//! The serde derives here are also the Avro mapping ([`crate::avro`]): field
+//! names are the schema's field names, [`EventType`]'s variants are the enum's
+//! symbols in order, and [`RecordBody`]'s variants are the branches of the
+//! `body` union in order. Change them only together with the schema.
 
 use std::collections::BTreeMap;
 use std::fmt;

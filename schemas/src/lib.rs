@@ -1,11 +1,23 @@
-//! The records on the event log, owned in one place: Rust types, the JSON
-//! the collector accepts, and the Avro encoding on the log.
+//! The records on the event log, owned in one place: the Rust types
+//! ([`event`]), the rules every event satisfies ([`rules`]), the JSON the
+//! collector accepts ([`json`]), and the Avro encoding on the log ([`avro`]),
+//! whose schemas are the `.avsc` files beside this crate
+//! (`schemas/EVOLUTION.md` says how they may change).
+//!
+//! Guarantees: every event that `json` accepts or `avro` decodes passes
+//! [`rules::check_event`]; `avro::decode(&avro::encode(r)) == Ok(r)` for
+//! every record whose event (if any) passes it; records written with any
+//! schema id in `schemas/versions` decode.
 
 pub mod avro;
 pub mod event;
 pub mod json;
+pub mod rules;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
+pub use avro::{decode, encode, DecodeError};
 pub use event::{Event, EventType, LogRecord, Millis, RecordBody, Retraction, UserDeletion};
+pub use json::{parse_events, parse_retraction, to_json, BodyError};
+pub use rules::EventError;
