@@ -3,6 +3,7 @@
 //! written independently of the platform's own code.
 
 pub mod reference;
+pub mod scenario;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -38,13 +39,24 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// `signals up` running on a private data dir and port.
+/// How the platform's processes are laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// `signals up`: everything in one process.
+    Up,
+    /// `signals serve` and `signals speed` as two processes, and
+    /// `signals batch run` as the batch (needs a shared store: ScyllaDB).
+    Split,
+}
+
+/// The platform running on a private data dir and port.
 pub struct Platform {
     pub data_dir: PathBuf,
     pub base: String,
     port: u16,
+    shape: Shape,
     env: Vec<(String, String)>,
-    child: Option<Child>,
+    children: Vec<Child>,
     http: reqwest::Client,
     _temp: Option<tempfile::TempDir>,
 }
@@ -52,6 +64,14 @@ pub struct Platform {
 impl Platform {
     /// Starts `signals up` on a fresh temp dir, batch schedule off.
     pub async fn start() -> anyhow::Result<Platform> {
+        Platform::start_with(Shape::Up, Vec::new()).await
+    }
+
+    /// Starts the platform in `shape` with extra `SIGNALS_*` settings.
+    pub async fn start_with(
+        shape: Shape,
+        settings: Vec<(String, String)>,
+    ) -> anyhow::Result<Platform> {
         let temp = tempfile::tempdir()?;
         let data_dir = temp.path().join("data");
         let port = free_port();
@@ -59,8 +79,12 @@ impl Platform {
             data_dir,
             base: format!("http://127.0.0.1:{port}"),
             port,
-            env: vec![("SIGNALS_BATCH__SCHEDULE".into(), "off".into())],
-            child: None,
+            shape,
+            env: [("SIGNALS_BATCH__SCHEDULE".to_owned(), "off".to_owned())]
+                .into_iter()
+                .chain(settings)
+                .collect(),
+            children: Vec::new(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
                 .build()?,
@@ -70,22 +94,19 @@ impl Platform {
         Ok(platform)
     }
 
-    async fn launch(&mut self) -> anyhow::Result<()> {
-        let log_path = self.data_dir.with_extension("log");
+    /// A `signals` command with this platform's settings and nothing else.
+    fn command(&self, args: &[&str], log: &Path) -> anyhow::Result<Command> {
         std::fs::create_dir_all(&self.data_dir)?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&log_path)?;
+            .open(log)?;
         let mut command = Command::new(binary());
         command
-            .arg("up")
+            .args(args)
             .arg("--data-dir")
             .arg(&self.data_dir)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{}", self.port))
             .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
             .stderr(log);
         // Settings come from this test alone, not from the caller's shell.
         for (key, _) in std::env::vars() {
@@ -96,7 +117,28 @@ impl Platform {
         for (k, v) in &self.env {
             command.env(k, v);
         }
-        self.child = Some(command.spawn().context("spawning signals up")?);
+        Ok(command)
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.data_dir.with_extension("log")
+    }
+
+    async fn launch(&mut self) -> anyhow::Result<()> {
+        let listen = format!("127.0.0.1:{}", self.port);
+        let commands: Vec<Vec<&str>> = match self.shape {
+            Shape::Up => vec![vec!["up", "--listen", &listen]],
+            Shape::Split => vec![vec!["serve", "--listen", &listen], vec!["speed"]],
+        };
+        for args in commands {
+            let mut command = self.command(&args, &self.log_path())?;
+            command.stdout(Stdio::null());
+            self.children.push(
+                command
+                    .spawn()
+                    .with_context(|| format!("spawning signals {args:?}"))?,
+            );
+        }
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(response) = self.http.get(format!("{}/readyz", self.base)).send().await {
@@ -104,47 +146,49 @@ impl Platform {
                     return Ok(());
                 }
             }
-            if let Some(child) = self.child.as_mut() {
+            for child in &mut self.children {
                 if let Some(status) = child.try_wait()? {
-                    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                    bail!("signals up exited with {status} before becoming ready:\n{log}");
+                    let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+                    bail!("signals exited with {status} before becoming ready:\n{log}");
                 }
             }
             if Instant::now() > deadline {
-                bail!("signals up not ready within 60s");
+                bail!("signals not ready within 60s");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
-    /// SIGKILL: no chance to flush or checkpoint anything.
+    /// SIGKILL every process: no chance to flush or checkpoint anything.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
+        for mut child in self.children.drain(..) {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
-    /// SIGTERM and wait for a clean exit; returns whether it exited 0.
+    /// SIGTERM and wait for clean exits; returns whether all exited 0.
     pub fn stop(&mut self) -> anyhow::Result<bool> {
-        let Some(mut child) = self.child.take() else {
-            return Ok(true);
-        };
-        Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status()?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status.success());
+        let mut clean = true;
+        for mut child in self.children.drain(..) {
+            Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status()?;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Some(status) = child.try_wait()? {
+                    clean &= status.success();
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    bail!("signals did not stop within 30s of SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                bail!("signals did not stop within 30s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
         }
+        Ok(clean)
     }
 
     /// Starts the same data dir again.
@@ -198,7 +242,18 @@ impl Platform {
         Ok((status, response.json().await?))
     }
 
+    /// Runs the batch: the admin endpoint of `signals up`, or the
+    /// `signals batch run` command beside `serve` and `speed`.
     pub async fn run_batch(&self) -> anyhow::Result<Value> {
+        if self.shape == Shape::Split {
+            let output = self
+                .command(&["batch", "run", "--json"], &self.log_path())?
+                .output()?;
+            if !output.status.success() {
+                bail!("signals batch run failed with {}", output.status);
+            }
+            return Ok(serde_json::from_slice(&output.stdout)?);
+        }
         let response = self
             .http
             .post(self.url("/v1/admin/batch/run"))

@@ -8,9 +8,10 @@ use signals_log::kafka::{KafkaDeadLetters, KafkaLog, KafkaOptions};
 use signals_log::{DeadLetterFile, DeadLetterSink, EventLog};
 use signals_store::embedded::EmbeddedStore;
 use signals_store::redis_cache::{CachedStore, RedisOptions};
+use signals_store::scylla::{ScyllaOptions, ScyllaStore};
 use signals_store::SignalStore;
 
-use crate::config::{Config, Fsync, KafkaConfig, LogBackend, StoreBackend};
+use crate::config::{Config, Fsync, KafkaConfig, LogBackend, ScyllaConfig, StoreBackend};
 
 /// The log, the store and the dead-letter sink of one process.
 pub struct Backends {
@@ -39,7 +40,9 @@ impl Backends {
             LogBackend::Kafka => Arc::new(
                 KafkaLog::connect(kafka_options(&config.log.kafka))
                     .await
-                    .with_context(|| format!("cannot use the Kafka log at {}", config.log.kafka.brokers))?,
+                    .with_context(|| {
+                        format!("cannot use the Kafka log at {}", config.log.kafka.brokers)
+                    })?,
             ),
         };
         let store: Arc<dyn SignalStore> = match config.store.backend {
@@ -52,6 +55,7 @@ impl Backends {
                     )
                 })?)
             }
+            StoreBackend::Scylla => Arc::new(scylla_store(&config.store.scylla).await?),
         };
         let store = match config.cache.redis_url.as_str() {
             "" => store,
@@ -66,8 +70,12 @@ impl Backends {
             )?) as Arc<dyn SignalStore>,
         };
         let dead_letters: Arc<dyn DeadLetterSink> = match config.log.backend {
-            LogBackend::Embedded => Arc::new(DeadLetterFile::new(&config.data_dir.join("dead-letters.ndjson"))),
-            LogBackend::Kafka => Arc::new(KafkaDeadLetters::connect(&kafka_options(&config.log.kafka))?),
+            LogBackend::Embedded => Arc::new(DeadLetterFile::new(
+                &config.data_dir.join("dead-letters.ndjson"),
+            )),
+            LogBackend::Kafka => Arc::new(KafkaDeadLetters::connect(&kafka_options(
+                &config.log.kafka,
+            ))?),
         };
         Ok(Backends {
             log,
@@ -89,4 +97,31 @@ fn kafka_options(config: &KafkaConfig) -> KafkaOptions {
         create_topics: config.create_topics,
         timeout: config.timeout,
     }
+}
+
+/// Connects to ScyllaDB/Cassandra, applying the schema when configured to.
+pub async fn scylla_store(config: &ScyllaConfig) -> anyhow::Result<ScyllaStore> {
+    let options = ScyllaOptions {
+        nodes: config
+            .nodes
+            .split(',')
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty())
+            .collect(),
+        keyspace: config.keyspace.clone(),
+        replication_factor: config.replication_factor,
+        request_timeout: config.request_timeout,
+        max_in_flight: config.max_in_flight,
+        ..ScyllaOptions::default()
+    };
+    let store = ScyllaStore::connect(options)
+        .await
+        .with_context(|| format!("cannot use ScyllaDB/Cassandra at {}", config.nodes))?;
+    if config.migrate_on_start {
+        store
+            .migrate()
+            .await
+            .context("cannot apply the CQL schema (store.scylla.migrate_on_start)")?;
+    }
+    Ok(store)
 }

@@ -103,12 +103,28 @@ pub enum Fsync {
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     pub backend: StoreBackend,
+    pub scylla: ScyllaConfig,
 }
 
 #[derive(Debug, Deserialize, PartialEq, Eq, Clone, Copy)]
 #[serde(rename_all = "snake_case")]
 pub enum StoreBackend {
     Embedded,
+    Scylla,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScyllaConfig {
+    /// Contact points, `host:port[,host:port...]`.
+    pub nodes: String,
+    pub keyspace: String,
+    pub replication_factor: u32,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    pub max_in_flight: usize,
+    /// Apply the schema (idempotent) at start-up; otherwise run `signals migrate`.
+    pub migrate_on_start: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -210,8 +226,11 @@ pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
     // SIGNALS_INFRA_* and SIGNALS_MAVEN_REPO steer infra/local, and
     // SIGNALS_CONFIG names the file (the --config flag).
     let env = Env::prefixed("SIGNALS_").split("__").filter(|key| {
-        let key = key.as_str();
-        !(key.starts_with("test_") || key.starts_with("infra_") || key == "maven_repo" || key == "config")
+        let key = key.as_str().to_ascii_lowercase();
+        !(key.starts_with("test_")
+            || key.starts_with("infra_")
+            || key == "maven_repo"
+            || key == "config")
     });
     figment = figment.merge(env);
     let config: Config = figment
@@ -245,7 +264,9 @@ impl Config {
         {
             bail!("invalid configuration: server.api_tokens and server.admin_token must be at least 16 characters");
         }
-        if self.log.kafka.retention != "forever" && humantime::parse_duration(&self.log.kafka.retention).is_err() {
+        if self.log.kafka.retention != "forever"
+            && humantime::parse_duration(&self.log.kafka.retention).is_err()
+        {
             bail!(
                 "invalid configuration: log.kafka.retention = `{}` is not `forever` or a duration like 7d",
                 self.log.kafka.retention
@@ -349,6 +370,21 @@ mod tests {
             format!("{err:#}").contains("signal `x`: unknown aggregation `avg`"),
             "{err:#}"
         );
+    }
+
+    #[test]
+    // figment's own test jail fixes the closure's error type.
+    #[allow(clippy::result_large_err)]
+    fn variables_that_are_not_settings_are_ignored() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("SIGNALS_TEST_KAFKA_BROKERS", "127.0.0.1:1");
+            jail.set_env("SIGNALS_INFRA_CACHE", "/tmp");
+            jail.set_env("SIGNALS_MAVEN_REPO", "/tmp");
+            jail.set_env("SIGNALS_SPEED__MAX_BATCH", "7");
+            let config = load(None).map_err(|e| e.to_string())?;
+            assert_eq!(config.speed.max_batch, 7);
+            Ok(())
+        });
     }
 
     #[test]

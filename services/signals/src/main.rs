@@ -44,6 +44,8 @@ enum Command {
     },
     /// The speed layer alone.
     Speed,
+    /// Apply the CQL schema to ScyllaDB/Cassandra (idempotent).
+    Migrate,
     /// The batch layer.
     Batch {
         #[command(subcommand)]
@@ -79,6 +81,17 @@ fn main() -> ExitCode {
             Command::Up { listen } => run::up(config, listen).await,
             Command::Serve { listen } => run::serve(config, listen).await,
             Command::Speed => run::speed(config).await,
+            Command::Migrate => {
+                backends::scylla_store(&config.store.scylla)
+                    .await?
+                    .migrate()
+                    .await?;
+                println!(
+                    "schema applied to keyspace {} at {}",
+                    config.store.scylla.keyspace, config.store.scylla.nodes
+                );
+                Ok(ExitCode::SUCCESS)
+            }
             Command::Batch { command } => batch_cli::run(config, command).await,
         }
     });
