@@ -107,6 +107,10 @@ impl KafkaLog {
         let probe: BaseConsumer = base_config(&options)
             .set("group.id", "signals-probe")
             .set("enable.auto.commit", "false")
+            // Watermarks as the high watermark, not the last stable offset:
+            // an append that returned is counted at once, even while its
+            // transaction's commit marker is still being written.
+            .set("isolation.level", "read_uncommitted")
             .create()
             .map_err(|e| unavailable("cannot create a consumer", e))?;
         let probe = Arc::new(probe);
