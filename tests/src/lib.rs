@@ -44,9 +44,10 @@ pub fn free_port() -> u16 {
 pub enum Shape {
     /// `signals up`: everything in one process.
     Up,
-    /// `signals serve` and `signals speed` as two processes, and
-    /// `signals batch run` as the batch (needs a shared store: ScyllaDB).
-    Split,
+    /// `signals serve` and this many `signals speed` processes (one
+    /// consumer group), and `signals batch run` as the batch (needs a shared
+    /// store: ScyllaDB).
+    Split { speed_processes: usize },
 }
 
 /// The platform running on a private data dir and port.
@@ -128,7 +129,11 @@ impl Platform {
         let listen = format!("127.0.0.1:{}", self.port);
         let commands: Vec<Vec<&str>> = match self.shape {
             Shape::Up => vec![vec!["up", "--listen", &listen]],
-            Shape::Split => vec![vec!["serve", "--listen", &listen], vec!["speed"]],
+            Shape::Split { speed_processes } => {
+                std::iter::once(vec!["serve", "--listen", listen.as_str()])
+                    .chain(std::iter::repeat_n(vec!["speed"], speed_processes))
+                    .collect()
+            }
         };
         for args in commands {
             let mut command = self.command(&args, &self.log_path())?;
@@ -245,7 +250,7 @@ impl Platform {
     /// Runs the batch: the admin endpoint of `signals up`, or the
     /// `signals batch run` command beside `serve` and `speed`.
     pub async fn run_batch(&self) -> anyhow::Result<Value> {
-        if self.shape == Shape::Split {
+        if matches!(self.shape, Shape::Split { .. }) {
             let output = self
                 .command(&["batch", "run", "--json"], &self.log_path())?
                 .output()?;
