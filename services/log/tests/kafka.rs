@@ -25,7 +25,9 @@ fn brokers() -> Option<String> {
 }
 
 fn options(brokers: &str) -> KafkaOptions {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
     let topic = format!("signals-test-{}-{nanos}", std::process::id());
     KafkaOptions {
         brokers: brokers.to_owned(),
@@ -37,7 +39,10 @@ fn options(brokers: &str) -> KafkaOptions {
 }
 
 fn append(key: &str, bytes: &[u8]) -> Append {
-    Append { key: key.to_owned(), bytes: bytes.to_vec() }
+    Append {
+        key: key.to_owned(),
+        bytes: bytes.to_vec(),
+    }
 }
 
 /// Reads until the reader's position reaches `end`.
@@ -45,8 +50,18 @@ async fn read_to(reader: &mut Box<dyn LogReader>, end: &LogPosition) -> Vec<LogE
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut entries = Vec::new();
     while !reader.position().reaches(end) {
-        assert!(Instant::now() < deadline, "reader stuck at {:?}, end {:?}", reader.position(), end);
-        entries.extend(reader.next_batch(100, Duration::from_millis(200)).await.expect("batch"));
+        assert!(
+            Instant::now() < deadline,
+            "reader stuck at {:?}, end {:?}",
+            reader.position(),
+            end
+        );
+        entries.extend(
+            reader
+                .next_batch(100, Duration::from_millis(200))
+                .await
+                .expect("batch"),
+        );
     }
     entries
 }
@@ -54,11 +69,26 @@ async fn read_to(reader: &mut Box<dyn LogReader>, end: &LogPosition) -> Vec<LogE
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appends_are_durable_ordered_per_key_and_replayable() {
     let Some(brokers) = brokers() else { return };
-    let log = KafkaLog::connect(options(&brokers)).await.expect("connects");
+    let log = KafkaLog::connect(options(&brokers))
+        .await
+        .expect("connects");
     let mut sent = Vec::new();
     for round in 0..5 {
-        let records: Vec<Append> = (0..20).map(|i| append(&format!("user-{}", i % 4), format!("{round}-{i}").as_bytes())).collect();
-        sent.extend(log.append(records.clone()).await.expect("appended").into_iter().zip(records));
+        let records: Vec<Append> = (0..20)
+            .map(|i| {
+                append(
+                    &format!("user-{}", i % 4),
+                    format!("{round}-{i}").as_bytes(),
+                )
+            })
+            .collect();
+        sent.extend(
+            log.append(records.clone())
+                .await
+                .expect("appended")
+                .into_iter()
+                .zip(records),
+        );
     }
     let end = log.end().await.expect("end");
     // Transaction markers take offsets too: the end is past the last record.
@@ -68,14 +98,20 @@ async fn appends_are_durable_ordered_per_key_and_replayable() {
     let entries = read_to(&mut reader, &end).await;
     assert_eq!(entries.len(), 100);
     for ((partition, offset), record) in &sent {
-        let found = entries.iter().find(|e| e.partition == *partition && e.offset == *offset).expect("appended record is read back");
+        let found = entries
+            .iter()
+            .find(|e| e.partition == *partition && e.offset == *offset)
+            .expect("appended record is read back");
         assert_eq!(found.bytes, record.bytes);
     }
     // One key, one partition, in append order.
     for user in 0..4 {
         let key = format!("user-{user}");
-        let partitions: std::collections::BTreeSet<u32> =
-            sent.iter().filter(|(_, r)| r.key == key).map(|((p, _), _)| *p).collect();
+        let partitions: std::collections::BTreeSet<u32> = sent
+            .iter()
+            .filter(|(_, r)| r.key == key)
+            .map(|((p, _), _)| *p)
+            .collect();
         assert_eq!(partitions.len(), 1, "{key} spread over {partitions:?}");
     }
 
@@ -87,33 +123,62 @@ async fn appends_are_durable_ordered_per_key_and_replayable() {
     }
     let mut replay = log.read_from(&from).await.expect("reader");
     let replayed = read_to(&mut replay, &end).await;
-    assert_eq!(replayed.first().map(|e| (e.partition, e.offset)), Some((partition, offset)));
+    assert_eq!(
+        replayed.first().map(|e| (e.partition, e.offset)),
+        Some((partition, offset))
+    );
     assert!(replayed.iter().all(|e| e.partition == partition));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_member_resumes_from_its_last_commit() {
     let Some(brokers) = brokers() else { return };
-    let log = KafkaLog::connect(options(&brokers)).await.expect("connects");
-    log.append((0..30).map(|i| append(&format!("k{i}"), &[i as u8])).collect()).await.expect("appended");
+    let log = KafkaLog::connect(options(&brokers))
+        .await
+        .expect("connects");
+    log.append(
+        (0..30)
+            .map(|i| append(&format!("k{i}"), &[i as u8]))
+            .collect(),
+    )
+    .await
+    .expect("appended");
     let end = log.end().await.expect("end");
 
-    let mut first = log.subscribe("resume-test", &LogPosition::new()).await.expect("member");
+    let mut first = log
+        .subscribe("resume-test", &LogPosition::new())
+        .await
+        .expect("member");
     let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while seen.len() < 10 {
         assert!(Instant::now() < deadline, "no records for the group");
-        seen.extend(first.next_batch(10, Duration::from_millis(500)).await.expect("batch"));
+        seen.extend(
+            first
+                .next_batch(10, Duration::from_millis(500))
+                .await
+                .expect("batch"),
+        );
     }
     let committed = first.position();
     first.commit(&committed).await.expect("commit");
     drop(first);
 
-    let mut second = log.subscribe("resume-test", &LogPosition::new()).await.expect("member");
+    let mut second = log
+        .subscribe("resume-test", &LogPosition::new())
+        .await
+        .expect("member");
     let rest = read_to(&mut second, &end).await;
-    assert_eq!(seen.len() + rest.len(), 30, "nothing skipped, nothing read twice after the commit");
+    assert_eq!(
+        seen.len() + rest.len(),
+        30,
+        "nothing skipped, nothing read twice after the commit"
+    );
     for entry in &rest {
-        assert!(!committed.covers(entry.partition, entry.offset), "{entry:?} was committed already");
+        assert!(
+            !committed.covers(entry.partition, entry.offset),
+            "{entry:?} was committed already"
+        );
     }
 }
 
@@ -121,9 +186,16 @@ async fn a_group_member_resumes_from_its_last_commit() {
 async fn dead_letters_keep_the_bytes_and_say_why() {
     let Some(brokers) = brokers() else { return };
     let options = options(&brokers);
-    let _log = KafkaLog::connect(options.clone()).await.expect("connects, creating topics");
+    let _log = KafkaLog::connect(options.clone())
+        .await
+        .expect("connects, creating topics");
     let sink = KafkaDeadLetters::connect(&options).expect("producer");
-    let letter = DeadLetter { partition: 2, offset: 41, reason: "bad magic byte 0x07 (expected 0x00)".into(), bytes: vec![7, 1, 2, 3] };
+    let letter = DeadLetter {
+        partition: 2,
+        offset: 41,
+        reason: "bad magic byte 0x07 (expected 0x00)".into(),
+        bytes: vec![7, 1, 2, 3],
+    };
     sink.send(vec![letter.clone()]).await.expect("sent");
 
     let consumer: BaseConsumer = ClientConfig::new()
@@ -132,7 +204,9 @@ async fn dead_letters_keep_the_bytes_and_say_why() {
         .set("auto.offset.reset", "earliest")
         .create()
         .expect("consumer");
-    consumer.subscribe(&[&options.dead_letter_topic]).expect("subscribed");
+    consumer
+        .subscribe(&[&options.dead_letter_topic])
+        .expect("subscribed");
     let deadline = Instant::now() + Duration::from_secs(30);
     let message = loop {
         assert!(Instant::now() < deadline, "no dead letter arrived");
@@ -143,9 +217,15 @@ async fn dead_letters_keep_the_bytes_and_say_why() {
     assert_eq!(message.payload(), Some(&letter.bytes[..]));
     let headers = message.headers().expect("headers");
     let header = |name: &str| {
-        headers.iter().find(|h| h.key == name).and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
+        headers
+            .iter()
+            .find(|h| h.key == name)
+            .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
     };
-    assert_eq!(header("signals.reason").as_deref(), Some(letter.reason.as_str()));
+    assert_eq!(
+        header("signals.reason").as_deref(),
+        Some(letter.reason.as_str())
+    );
     assert_eq!(header("signals.partition").as_deref(), Some("2"));
     assert_eq!(header("signals.offset").as_deref(), Some("41"));
 }

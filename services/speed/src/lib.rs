@@ -97,10 +97,19 @@ impl SpeedLayer {
                 let reader_position = reader.position();
                 if !position.reaches(&reader_position) {
                     let write = SpeedWrite {
-                        progress: SpeedProgress { position: reader_position.clone(), last_accepted_at },
+                        progress: SpeedProgress {
+                            position: reader_position.clone(),
+                            last_accepted_at,
+                        },
                         ..SpeedWrite::default()
                     };
-                    if self.retry("record progress", &shutdown, || self.store.apply_speed(write.clone())).await?.is_none() {
+                    if self
+                        .retry("record progress", &shutdown, || {
+                            self.store.apply_speed(write.clone())
+                        })
+                        .await?
+                        .is_none()
+                    {
                         break;
                     }
                     reader.commit(&reader_position).await?;

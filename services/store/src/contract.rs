@@ -359,7 +359,10 @@ pub async fn history_merges_the_published_record_with_uncovered_entries_only(
     assert!(store.batch_record(1, "w").await.expect("record").is_none());
     assert!(store.batch_record(2, "u").await.expect("record").is_none());
     assert_eq!(
-        store.speed_entries("u", &published.position).await.expect("entries"),
+        store
+            .speed_entries("u", &published.position)
+            .await
+            .expect("entries"),
         history.speed
     );
 }

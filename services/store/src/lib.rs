@@ -15,11 +15,11 @@
 //! holding the previous manifest never finds its speed entries gone.
 
 pub mod embedded;
+mod error;
 #[cfg(feature = "redis")]
 pub mod redis_cache;
 #[cfg(feature = "scylla")]
 pub mod scylla;
-mod error;
 mod types;
 
 #[cfg(any(test, feature = "contract-tests"))]
@@ -56,11 +56,19 @@ pub trait SignalStore: Send + Sync + 'static {
     async fn user_history(&self, user_id: &str) -> Result<UserHistory, StoreError>;
 
     /// One user's record of `version`, if the version has one.
-    async fn batch_record(&self, version: u64, user_id: &str) -> Result<Option<Arc<UserRecord>>, StoreError>;
+    async fn batch_record(
+        &self,
+        version: u64,
+        user_id: &str,
+    ) -> Result<Option<Arc<UserRecord>>, StoreError>;
 
     /// One user's speed entries that `from` does not cover, ordered by
     /// (partition, offset).
-    async fn speed_entries(&self, user_id: &str, from: &LogPosition) -> Result<Vec<SpeedEntry>, StoreError>;
+    async fn speed_entries(
+        &self,
+        user_id: &str,
+        from: &LogPosition,
+    ) -> Result<Vec<SpeedEntry>, StoreError>;
 
     /// Writes records of an unpublished version (idempotent per user).
     async fn write_batch(

@@ -69,7 +69,10 @@ pub struct CachedStore {
 
 impl CachedStore {
     /// Wraps `inner`; a Redis that is down now is retried on later reads.
-    pub fn new(inner: Arc<dyn SignalStore>, options: RedisOptions) -> Result<CachedStore, StoreError> {
+    pub fn new(
+        inner: Arc<dyn SignalStore>,
+        options: RedisOptions,
+    ) -> Result<CachedStore, StoreError> {
         let client = redis::Client::open(options.url.as_str())
             .map_err(|e| StoreError::Backend(format!("invalid Redis URL {}: {e}", options.url)))?;
         Ok(CachedStore {
@@ -113,7 +116,11 @@ impl CachedStore {
 
     async fn cached(&self, key: &str) -> Option<Option<Arc<UserRecord>>> {
         let mut connection = self.connection().await?;
-        let read = tokio::time::timeout(self.options.timeout, connection.get::<_, Option<Vec<u8>>>(key)).await;
+        let read = tokio::time::timeout(
+            self.options.timeout,
+            connection.get::<_, Option<Vec<u8>>>(key),
+        )
+        .await;
         let bytes = match read {
             Ok(Ok(bytes)) => bytes?,
             Ok(Err(error)) => {
@@ -152,9 +159,15 @@ impl CachedStore {
                 }
             }
         };
-        let Some(mut connection) = self.connection().await else { return };
+        let Some(mut connection) = self.connection().await else {
+            return;
+        };
         let ttl = self.options.ttl.as_secs().max(1);
-        let write = tokio::time::timeout(self.options.timeout, connection.set_ex::<_, _, ()>(key, bytes, ttl)).await;
+        let write = tokio::time::timeout(
+            self.options.timeout,
+            connection.set_ex::<_, _, ()>(key, bytes, ttl),
+        )
+        .await;
         match write {
             Ok(Ok(())) => {}
             Ok(Err(error)) => self.note_error("SET", error),
@@ -169,7 +182,10 @@ impl SignalStore for CachedStore {
         self.inner.speed_progress().await
     }
 
-    async fn lookup_events(&self, event_ids: &[String]) -> Result<HashMap<String, IndexEntry>, StoreError> {
+    async fn lookup_events(
+        &self,
+        event_ids: &[String],
+    ) -> Result<HashMap<String, IndexEntry>, StoreError> {
         self.inner.lookup_events(event_ids).await
     }
 
@@ -189,10 +205,18 @@ impl SignalStore for CachedStore {
             self.batch_record(manifest.version, user_id),
             self.inner.speed_entries(user_id, &manifest.position)
         );
-        Ok(UserHistory { manifest: Some(manifest), record: record?, speed: speed? })
+        Ok(UserHistory {
+            manifest: Some(manifest),
+            record: record?,
+            speed: speed?,
+        })
     }
 
-    async fn batch_record(&self, version: u64, user_id: &str) -> Result<Option<Arc<UserRecord>>, StoreError> {
+    async fn batch_record(
+        &self,
+        version: u64,
+        user_id: &str,
+    ) -> Result<Option<Arc<UserRecord>>, StoreError> {
         let key = self.key(version, user_id);
         if let Some(hit) = self.cached(&key).await {
             metrics::counter!("signals_cache_requests_total", "outcome" => "hit").increment(1);
@@ -201,18 +225,30 @@ impl SignalStore for CachedStore {
         metrics::counter!("signals_cache_requests_total", "outcome" => "miss").increment(1);
         let record = self.inner.batch_record(version, user_id).await?;
         // Only published versions are immutable; unpublished ones may be rewritten.
-        let published = self.inner.published().await?.is_some_and(|m| m.version >= version);
+        let published = self
+            .inner
+            .published()
+            .await?
+            .is_some_and(|m| m.version >= version);
         if published {
             self.remember(key, record.as_deref()).await;
         }
         Ok(record)
     }
 
-    async fn speed_entries(&self, user_id: &str, from: &LogPosition) -> Result<Vec<SpeedEntry>, StoreError> {
+    async fn speed_entries(
+        &self,
+        user_id: &str,
+        from: &LogPosition,
+    ) -> Result<Vec<SpeedEntry>, StoreError> {
         self.inner.speed_entries(user_id, from).await
     }
 
-    async fn write_batch(&self, version: u64, records: Vec<(String, UserRecord)>) -> Result<(), StoreError> {
+    async fn write_batch(
+        &self,
+        version: u64,
+        records: Vec<(String, UserRecord)>,
+    ) -> Result<(), StoreError> {
         self.inner.write_batch(version, records).await
     }
 
@@ -220,7 +256,11 @@ impl SignalStore for CachedStore {
         self.inner.publish(manifest).await
     }
 
-    async fn collect_garbage(&self, covered: &LogPosition, keep_version: u64) -> Result<GarbageStats, StoreError> {
+    async fn collect_garbage(
+        &self,
+        covered: &LogPosition,
+        keep_version: u64,
+    ) -> Result<GarbageStats, StoreError> {
         self.inner.collect_garbage(covered, keep_version).await
     }
 
@@ -230,7 +270,11 @@ impl SignalStore for CachedStore {
 
     async fn degraded(&self) -> Option<String> {
         if let Some(mut connection) = self.connection().await {
-            let ping = tokio::time::timeout(self.options.timeout * 4, redis::cmd("PING").query_async::<String>(&mut connection)).await;
+            let ping = tokio::time::timeout(
+                self.options.timeout * 4,
+                redis::cmd("PING").query_async::<String>(&mut connection),
+            )
+            .await;
             match ping {
                 Ok(Ok(_)) => return None,
                 Ok(Err(error)) => self.note_error("PING", error),
@@ -265,13 +309,20 @@ mod tests {
     }
 
     fn unique_prefix() -> String {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
         format!("signals-test-{}-{nanos}", std::process::id())
     }
 
     fn cached(url: &str, dir: &std::path::Path) -> CachedStore {
         let inner = Arc::new(EmbeddedStore::open(&dir.join("store.redb")).expect("store"));
-        let options = RedisOptions { url: url.to_owned(), prefix: unique_prefix(), timeout: Duration::from_millis(200), ..RedisOptions::default() };
+        let options = RedisOptions {
+            url: url.to_owned(),
+            prefix: unique_prefix(),
+            timeout: Duration::from_millis(200),
+            ..RedisOptions::default()
+        };
         CachedStore::new(inner, options).expect("client")
     }
 
@@ -294,8 +345,14 @@ mod tests {
         let Some(url) = redis_url() else { return };
         let dir = tempfile::tempdir().expect("temp dir");
         let store = cached(&url, dir.path());
-        store.write_batch(1, vec![("u".into(), crate::contract::record("u", "e1"))]).await.expect("written");
-        store.publish(&crate::contract::manifest(1, &[(0, 0)])).await.expect("published");
+        store
+            .write_batch(1, vec![("u".into(), crate::contract::record("u", "e1"))])
+            .await
+            .expect("written");
+        store
+            .publish(&crate::contract::manifest(1, &[(0, 0)]))
+            .await
+            .expect("published");
         let first = store.user_history("u").await.expect("history");
         let cached_again = store.batch_record(1, "u").await.expect("record");
         assert_eq!(cached_again.as_deref(), first.record.as_deref());
@@ -303,18 +360,40 @@ mod tests {
 
         // Flush everything: the answer comes from the store, unchanged.
         let mut connection = store.connection().await.expect("connected");
-        redis::cmd("FLUSHALL").query_async::<()>(&mut connection).await.expect("flushed");
-        assert_eq!(store.user_history("u").await.expect("history").record.as_deref(), first.record.as_deref());
+        redis::cmd("FLUSHALL")
+            .query_async::<()>(&mut connection)
+            .await
+            .expect("flushed");
+        assert_eq!(
+            store
+                .user_history("u")
+                .await
+                .expect("history")
+                .record
+                .as_deref(),
+            first.record.as_deref()
+        );
 
         // A Redis that is not there: still the same answer, and readiness says why.
         let gone = CachedStore {
             inner: store.inner.clone(),
-            options: RedisOptions { url: "redis://127.0.0.1:1".into(), timeout: Duration::from_millis(50), ..RedisOptions::default() },
+            options: RedisOptions {
+                url: "redis://127.0.0.1:1".into(),
+                timeout: Duration::from_millis(50),
+                ..RedisOptions::default()
+            },
             client: redis::Client::open("redis://127.0.0.1:1").expect("client"),
             connection: tokio::sync::Mutex::new(None),
             last_error: Mutex::new(None),
         };
-        assert_eq!(gone.user_history("u").await.expect("history").record.as_deref(), first.record.as_deref());
+        assert_eq!(
+            gone.user_history("u")
+                .await
+                .expect("history")
+                .record
+                .as_deref(),
+            first.record.as_deref()
+        );
         let degraded = gone.degraded().await.expect("degraded");
         assert!(degraded.starts_with("redis connect failed"), "{degraded}");
     }

@@ -35,7 +35,11 @@ impl Inner {
     }
 
     /// `user`'s record of `version`, from the cache or one read.
-    pub(super) fn batch_record(&self, version: u64, user: &str) -> Result<Option<Arc<UserRecord>>, StoreError> {
+    pub(super) fn batch_record(
+        &self,
+        version: u64,
+        user: &str,
+    ) -> Result<Option<Arc<UserRecord>>, StoreError> {
         if let Some(cached) = self.records.get(version, user) {
             return Ok(Some(cached));
         }
@@ -45,7 +49,11 @@ impl Inner {
     }
 
     /// `user`'s speed entries not covered by `from`.
-    pub(super) fn speed_entries(&self, user: &str, from: &LogPosition) -> Result<Vec<SpeedEntry>, StoreError> {
+    pub(super) fn speed_entries(
+        &self,
+        user: &str,
+        from: &LogPosition,
+    ) -> Result<Vec<SpeedEntry>, StoreError> {
         let txn = self.db.begin_read().map_err(engine("begin a read"))?;
         let speed_table = txn.open_table(SPEED).map_err(engine("open table speed"))?;
         speed::read_tail(&speed_table, user, Some(from))
