@@ -266,9 +266,13 @@ impl BatchLayer {
         let user_count = recompute.users() as u64;
         let (records, corrections) = recompute.finish(&self.definitions, horizon);
         let mut chunk = Vec::with_capacity(self.options.write_chunk);
+        let mut written = 0u64;
         for (user, record) in records {
-            summary.users += 1;
+            if !record.events.is_empty() || !record.base.is_empty() {
+                summary.users += 1;
+            }
             summary.events += record.events.len() as u64;
+            written += 1;
             chunk.push((user, record));
             if chunk.len() >= self.options.write_chunk {
                 if !dry_run {
@@ -277,7 +281,7 @@ impl BatchLayer {
                         .await?;
                 }
                 chunk.clear();
-                self.report(progress, running(Phase::Writing, summary.users, user_count));
+                self.report(progress, running(Phase::Writing, written, user_count));
             }
         }
         if !chunk.is_empty() && !dry_run {
@@ -321,5 +325,67 @@ impl BatchLayer {
             );
         }
         Ok(summary)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use signals_core::testing::event;
+    use signals_log::embedded::{EmbeddedLog, EmbeddedLogOptions};
+    use signals_log::Append;
+    use signals_schemas::{EventType, LogRecord, RecordBody, Retraction};
+    use signals_store::embedded::EmbeddedStore;
+
+    fn append(body: RecordBody) -> Append {
+        let record = LogRecord {
+            accepted_at: 0,
+            body,
+        };
+        Append {
+            key: record.key().to_owned(),
+            bytes: avro::encode(&record),
+        }
+    }
+
+    /// A run that died after writing rows leaves them under the version the
+    /// next run reuses; the next run must overwrite every one of them.
+    #[tokio::test]
+    async fn a_rerun_overwrites_what_a_crashed_run_wrote() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = Arc::new(
+            EmbeddedLog::open(&dir.path().join("log"), EmbeddedLogOptions::default()).expect("log"),
+        );
+        let store = Arc::new(EmbeddedStore::open(&dir.path().join("store.redb")).expect("store"));
+        let now = chrono::Utc::now().timestamp_millis();
+        let mut view = event("e1", EventType::View, "i", now - 1000);
+        view.user_id = "x".into();
+        log.append(vec![append(RecordBody::Event(view.clone()))])
+            .await
+            .expect("appended");
+
+        // The crashed run of version 1 wrote x's record, then died.
+        let definitions = Arc::new(Definitions::default());
+        let stale = signals_core::UserRecord::compact(&definitions, vec![view], 0);
+        store
+            .write_batch(1, vec![("x".into(), stale)])
+            .await
+            .expect("written");
+
+        // Meanwhile x's only event is retracted; the rerun publishes version 1.
+        let retraction = Retraction {
+            event_ids: vec!["e1".into()],
+            reason: String::new(),
+        };
+        log.append(vec![append(RecordBody::Retraction(retraction))])
+            .await
+            .expect("appended");
+        let batch = BatchLayer::new(log, store.clone(), definitions, BatchOptions::default());
+        let summary = batch.run(false, &Quiet).await.expect("runs");
+        assert_eq!(summary.version, 1);
+        assert_eq!(summary.users, 0);
+        let history = store.user_history("x").await.expect("history");
+        let record = history.record.expect("the rerun wrote x again");
+        assert!(record.events.is_empty(), "{record:?}");
     }
 }

@@ -73,18 +73,19 @@ impl Recompute {
             duplicates,
             ..Corrections::default()
         };
+        // Every user seen in the log gets a record, empty when nothing of
+        // theirs counts: a rerun of a version that crashed before publishing
+        // then overwrites every row the crashed run may have written.
         let mut kept: Vec<(String, Vec<Event>)> = Vec::with_capacity(by_user.len());
         for (user, mut events) in by_user {
             if deleted.contains(&user) {
                 corrections.deleted_user_events += events.len() as u64;
-                continue;
+                events.clear();
             }
             let before = events.len();
             events.retain(|e| !retracted.contains(&e.event_id));
             corrections.retracted += (before - events.len()) as u64;
-            if !events.is_empty() {
-                kept.push((user, events));
-            }
+            kept.push((user, events));
         }
         kept.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let records = kept
@@ -133,8 +134,10 @@ mod tests {
                 deleted_user_events: 1
             }
         );
-        assert_eq!(records.len(), 1);
-        assert_eq!(records[0].0, "u1");
-        assert_eq!(records[0].1.events, vec![e1]);
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[0].0, "gone");
+        assert!(records[0].1.events.is_empty() && records[0].1.base.is_empty());
+        assert_eq!(records[1].0, "u1");
+        assert_eq!(records[1].1.events, vec![e1]);
     }
 }
