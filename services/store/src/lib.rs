@@ -14,6 +14,7 @@
 //! Garbage collection lags one version behind publishing so that a reader
 //! holding the previous manifest never finds its speed entries gone.
 
+mod codec;
 pub mod embedded;
 mod error;
 #[cfg(feature = "redis")]

@@ -25,12 +25,13 @@ use redis::AsyncCommands;
 use signals_core::{LogPosition, SpeedEntry, UserRecord};
 use tracing::warn;
 
+use crate::codec;
 use crate::{
     BatchManifest, GarbageStats, IndexEntry, SignalStore, SpeedProgress, SpeedWrite, StoreError,
     UserHistory,
 };
 
-const FORMAT: u8 = 1;
+/// Cached for "no record"; never a first byte of [`codec`]'s values.
 const ABSENT: u8 = 0;
 
 /// Where Redis is and how long to wait for it.
@@ -132,32 +133,23 @@ impl CachedStore {
                 return None;
             }
         };
-        match bytes.split_first() {
-            Some((&ABSENT, [])) => Some(None),
-            Some((&FORMAT, rest)) => match postcard::from_bytes::<UserRecord>(rest) {
-                Ok(record) => Some(Some(Arc::new(record))),
-                Err(error) => {
-                    self.note_error("decode", error);
-                    None
-                }
-            },
-            _ => {
-                self.note_error("decode", "unknown format byte");
+        if bytes == [ABSENT] {
+            return Some(None);
+        }
+        match codec::decode::<UserRecord>(&bytes, "redis", || format!("key {key}")) {
+            Ok(record) => Some(Some(Arc::new(record))),
+            Err(error) => {
+                self.note_error("decode", error);
                 None
             }
         }
     }
 
     async fn remember(&self, key: String, record: Option<&UserRecord>) {
-        let bytes = match record {
-            None => vec![ABSENT],
-            Some(record) => {
-                let bytes = vec![FORMAT];
-                match postcard::to_extend(record, bytes) {
-                    Ok(encoded) => encoded,
-                    Err(error) => return self.note_error("encode", error),
-                }
-            }
+        let bytes = match record.map(codec::encode).transpose() {
+            Ok(Some(encoded)) => encoded,
+            Ok(None) => vec![ABSENT],
+            Err(error) => return self.note_error("encode", error),
         };
         let Some(mut connection) = self.connection().await else {
             return;

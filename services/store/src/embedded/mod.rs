@@ -55,7 +55,6 @@
 
 mod batch;
 mod cache;
-mod codec;
 mod gc;
 mod history;
 mod keys;
@@ -73,6 +72,7 @@ use redb::Database;
 use signals_core::{LogPosition, UserRecord};
 use tracing::info;
 
+use crate::codec;
 use crate::{
     BatchManifest, GarbageStats, IndexEntry, SignalStore, SpeedProgress, SpeedWrite, StoreError,
     UserHistory,

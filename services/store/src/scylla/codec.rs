@@ -14,44 +14,13 @@
 //!
 //! Log partitions (u32), offsets and versions (u64) are CQL `bigint`s.
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-
 use crate::StoreError;
 
-/// The format byte written in front of every value.
-pub const FORMAT: u8 = 1;
+pub use crate::codec::{decode, encode};
 
 /// Buckets of a version's user listing (`batch_users`). Fixed forever:
 /// changing it makes the listings of existing versions unreadable.
 pub const USER_BUCKETS: u32 = 256;
-
-/// Encodes `value` behind the format byte.
-pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, StoreError> {
-    postcard::to_extend(value, vec![FORMAT])
-        .map_err(|e| StoreError::Backend(format!("cannot encode a value: {e}")))
-}
-
-/// Decodes a value read from `table` at the row `key` describes.
-pub fn decode<T: DeserializeOwned>(
-    bytes: &[u8],
-    table: &str,
-    key: impl FnOnce() -> String,
-) -> Result<T, StoreError> {
-    match bytes.split_first() {
-        Some((&FORMAT, body)) => postcard::from_bytes(body).map_err(|e| {
-            StoreError::Corrupt(format!("table {table}, {}: undecodable value: {e}", key()))
-        }),
-        Some((format, _)) => Err(StoreError::Corrupt(format!(
-            "table {table}, {}: unknown value format {format} (this build reads format {FORMAT})",
-            key()
-        ))),
-        None => Err(StoreError::Corrupt(format!(
-            "table {table}, {}: empty value",
-            key()
-        ))),
-    }
-}
 
 /// The listing bucket (`batch_users`) of `user`: FNV-1a (64 bit) of its bytes, modulo
 /// [`USER_BUCKETS`]. Stable across builds, platforms and processes.

@@ -7,9 +7,10 @@ use ::scylla::errors::{DbError, ExecutionError, RequestAttemptError};
 use ::scylla::statement::Consistency;
 
 use super::batch::{refuse_backwards, ManifestCache};
-use super::codec::{self, user_bucket, FORMAT, USER_BUCKETS};
+use super::codec::{self, user_bucket, USER_BUCKETS};
 use super::schema::{migration, TABLES};
 use super::{driver, ScyllaOptions};
+use crate::codec::FORMAT;
 use crate::contract::manifest;
 use crate::{IndexEntry, StoreError};
 

@@ -1,4 +1,5 @@
-//! Value format of the embedded store.
+//! The value format every backend stores (redb values, CQL blobs, Redis
+//! cache entries), so that bytes mean the same wherever they sit.
 //!
 //! Every stored value is one format byte followed by the value encoded with
 //! postcard (serde, compact, not self-describing):
