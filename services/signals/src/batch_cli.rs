@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
-use signals_batch::{BatchLayer, BatchOptions, BatchSummary, Phase, Progress, Running};
+use signals_batch::{BatchSummary, Phase, Progress, Running};
 use tracing::info;
 
 use crate::backends::Backends;
@@ -32,15 +32,7 @@ pub async fn run(config: Config, command: BatchCommand) -> anyhow::Result<ExitCo
         BatchCommand::Run { dry_run, json } => {
             let definitions = Arc::new(config.definitions()?);
             let backends = Backends::open(&config).await?;
-            let batch = BatchLayer::new(
-                backends.log.clone(),
-                backends.store.clone(),
-                definitions,
-                BatchOptions {
-                    retention: config.retention_millis(),
-                    ..BatchOptions::default()
-                },
-            );
+            let batch = crate::run::batch_layer(&config, &backends, definitions);
             let progress = Report::new();
             let summary = batch.run(dry_run, &progress).await?;
             progress.finish();

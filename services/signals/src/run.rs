@@ -47,7 +47,8 @@ fn cancel_on_signal(token: CancellationToken) {
     });
 }
 
-fn batch_layer(
+/// The batch layer as configured; `up`, `serve` and `batch run` share it.
+pub fn batch_layer(
     config: &Config,
     backends: &Backends,
     definitions: Arc<signals_core::Definitions>,
