@@ -274,7 +274,8 @@ impl Platform {
 
     /// Waits until the speed layer has applied everything in the log.
     pub async fn wait_caught_up(&self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        // Kafka may first wait out the session of a killed group member.
+        let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let (_, body) = self
                 .get_json("/v1/users/nobody/signals?names=last_active")
@@ -283,7 +284,10 @@ impl Platform {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("speed layer still lagging after 60s: {}", body["freshness"]);
+                bail!(
+                    "speed layer still lagging after 120s: {}",
+                    body["freshness"]
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -55,6 +55,8 @@ pub struct KafkaOptions {
     pub create_topics: bool,
     /// Longest a Kafka call may block before the log counts as unavailable.
     pub timeout: Duration,
+    /// How long a silent consumer-group member keeps its partitions.
+    pub session_timeout: Duration,
 }
 
 impl Default for KafkaOptions {
@@ -68,6 +70,7 @@ impl Default for KafkaOptions {
             retention: None,
             create_topics: true,
             timeout: Duration::from_secs(10),
+            session_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -133,6 +136,18 @@ impl KafkaLog {
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")
             .set("enable.partition.eof", "false")
+            // A member that died (SIGKILL) holds its partitions until this
+            // expires; librdkafka's 45 s default stalls a restarted group.
+            .set(
+                "session.timeout.ms",
+                self.options.session_timeout.as_millis().to_string(),
+            )
+            .set(
+                "heartbeat.interval.ms",
+                (self.options.session_timeout.as_millis() / 3)
+                    .max(1)
+                    .to_string(),
+            )
             .create()
             .map_err(|e| unavailable("cannot create a consumer", e))
     }

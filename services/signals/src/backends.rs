@@ -96,6 +96,7 @@ fn kafka_options(config: &KafkaConfig) -> KafkaOptions {
         retention: humantime::parse_duration(&config.retention).ok(),
         create_topics: config.create_topics,
         timeout: config.timeout,
+        session_timeout: config.session_timeout,
     }
 }
 

@@ -71,6 +71,9 @@ pub struct KafkaConfig {
     pub timeout: Duration,
     /// Consumer group of the speed layer.
     pub group: String,
+    /// How long a dead group member keeps its partitions (Kafka allows 6s..30min by default).
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
 }
 
 #[derive(Debug, Deserialize)]
