@@ -10,7 +10,7 @@
 //! on it being up: on any Redis error the read goes to the store, and
 //! [`SignalStore::degraded`] says so for readiness.
 //!
-//! Keys: `{prefix}:record:{version}:{user}` → a format byte then postcard,
+//! Keys: `{prefix}:record:{version}:{created_at}:{user}` → a format byte then postcard,
 //! or the single byte `0` for "this user has no record in this version".
 //! Every key has a TTL, so versions collected from the store also leave
 //! Redis on their own.
@@ -85,8 +85,14 @@ impl CachedStore {
         })
     }
 
-    fn key(&self, version: u64, user: &str) -> String {
-        format!("{}:record:{version}:{user}", self.options.prefix)
+    /// A version is named by its number and the time its run started: a
+    /// store that was reset, or another deployment sharing this Redis,
+    /// reuses numbers but never both.
+    fn key(&self, manifest: &BatchManifest, user: &str) -> String {
+        format!(
+            "{}:record:{}:{}:{user}",
+            self.options.prefix, manifest.version, manifest.created_at
+        )
     }
 
     fn note_error(&self, what: &str, error: impl std::fmt::Display) {
@@ -209,22 +215,20 @@ impl SignalStore for CachedStore {
         version: u64,
         user_id: &str,
     ) -> Result<Option<Arc<UserRecord>>, StoreError> {
-        let key = self.key(version, user_id);
+        // Only the published version's records are cached: they are
+        // immutable, while an unpublished version may still be rewritten.
+        let manifest = match self.inner.published().await? {
+            Some(manifest) if manifest.version == version => manifest,
+            _ => return self.inner.batch_record(version, user_id).await,
+        };
+        let key = self.key(&manifest, user_id);
         if let Some(hit) = self.cached(&key).await {
             metrics::counter!("signals_cache_requests_total", "outcome" => "hit").increment(1);
             return Ok(hit);
         }
         metrics::counter!("signals_cache_requests_total", "outcome" => "miss").increment(1);
         let record = self.inner.batch_record(version, user_id).await?;
-        // Only published versions are immutable; unpublished ones may be rewritten.
-        let published = self
-            .inner
-            .published()
-            .await?
-            .is_some_and(|m| m.version >= version);
-        if published {
-            self.remember(key, record.as_deref()).await;
-        }
+        self.remember(key, record.as_deref()).await;
         Ok(record)
     }
 
@@ -330,6 +334,39 @@ mod tests {
             }
         })
         .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stores_sharing_a_redis_never_see_each_others_versions() {
+        let Some(url) = redis_url() else { return };
+        let prefix = unique_prefix();
+        let open = |dir: &std::path::Path| {
+            let inner = Arc::new(EmbeddedStore::open(&dir.join("store.redb")).expect("store"));
+            let options = RedisOptions {
+                url: url.clone(),
+                prefix: prefix.clone(),
+                ..RedisOptions::default()
+            };
+            CachedStore::new(inner, options).expect("client")
+        };
+        let (first_dir, second_dir) = (
+            tempfile::tempdir().expect("dir"),
+            tempfile::tempdir().expect("dir"),
+        );
+        let (first, second) = (open(first_dir.path()), open(second_dir.path()));
+        for (store, event, created_at) in [(&first, "old", 1), (&second, "new", 2)] {
+            store
+                .write_batch(1, vec![("u".into(), crate::contract::record("u", event))])
+                .await
+                .expect("written");
+            let mut manifest = crate::contract::manifest(1, &[(0, 0)]);
+            manifest.created_at = created_at;
+            store.publish(&manifest).await.expect("published");
+        }
+        let old = first.user_history("u").await.expect("history").record;
+        let new = second.user_history("u").await.expect("history").record;
+        assert_eq!(old.as_deref(), Some(&crate::contract::record("u", "old")));
+        assert_eq!(new.as_deref(), Some(&crate::contract::record("u", "new")));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
