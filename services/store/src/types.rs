@@ -75,3 +75,25 @@ pub struct GarbageStats {
     pub speed_entries: u64,
     pub batch_records: u64,
 }
+
+/// Refuses to publish `next` over `current` unless it is newer, or
+/// `current` itself again: published versions only move forward. Every
+/// backend applies this one rule.
+pub(crate) fn refuse_backwards(
+    current: &BatchManifest,
+    next: &BatchManifest,
+) -> Result<(), crate::StoreError> {
+    if next.version < current.version {
+        return Err(crate::StoreError::Backend(format!(
+            "cannot publish version {}: version {} is already published and versions only move forward",
+            next.version, current.version
+        )));
+    }
+    if next.version == current.version && next != current {
+        return Err(crate::StoreError::Backend(format!(
+            "cannot publish version {}: it is already published with a different manifest",
+            next.version
+        )));
+    }
+    Ok(())
+}

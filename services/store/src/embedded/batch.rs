@@ -7,6 +7,7 @@ use signals_core::UserRecord;
 
 use super::tables::{BATCH, META, PUBLISHED_KEY};
 use super::{codec, engine, keys, Inner};
+use crate::types::refuse_backwards;
 use crate::{BatchManifest, StoreError};
 
 impl Inner {
@@ -57,21 +58,4 @@ impl Inner {
         self.manifest.set(&bytes, Arc::new(manifest));
         Ok(())
     }
-}
-
-/// Refuses `next` unless it is newer than `current` or `current` itself again.
-fn refuse_backwards(current: &BatchManifest, next: &BatchManifest) -> Result<(), StoreError> {
-    if next.version < current.version {
-        return Err(StoreError::Backend(format!(
-            "cannot publish version {}: version {} is already published and versions only move forward",
-            next.version, current.version
-        )));
-    }
-    if next.version == current.version && next != current {
-        return Err(StoreError::Backend(format!(
-            "cannot publish version {}: it is already published with a different manifest",
-            next.version
-        )));
-    }
-    Ok(())
 }

@@ -13,6 +13,7 @@ use super::codec::{self, from_bigint, to_bigint, user_bucket};
 use super::driver;
 use super::speed::non_empty;
 use super::store::Inner;
+pub(super) use crate::types::refuse_backwards;
 use crate::{BatchManifest, StoreError, UserHistory};
 
 /// Conditional writes `publish` tries before giving up on a contended pointer.
@@ -249,26 +250,6 @@ impl Inner {
             speed,
         })
     }
-}
-
-/// Refuses `next` if `current` is newer, or the same version with another manifest.
-pub(super) fn refuse_backwards(
-    current: &BatchManifest,
-    next: &BatchManifest,
-) -> Result<(), StoreError> {
-    if next.version < current.version {
-        return Err(StoreError::Backend(format!(
-            "cannot publish version {}: version {} is already published and versions only move forward",
-            next.version, current.version
-        )));
-    }
-    if next.version == current.version && next != current {
-        return Err(StoreError::Backend(format!(
-            "cannot publish version {}: it is already published with a different manifest",
-            next.version
-        )));
-    }
-    Ok(())
 }
 
 /// The published manifest as last read, for at most a TTL.
