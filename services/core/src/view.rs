@@ -39,6 +39,9 @@ pub struct UserRecord {
     pub base: BTreeMap<String, BaseState>,
     /// Events at or after `horizon`: deduplicated, retractions applied.
     pub events: Vec<Event>,
+    /// The user was deleted: nothing of theirs counts, neither what came
+    /// before the deletion nor anything the speed layer wrote after it.
+    pub deleted: bool,
 }
 
 impl UserRecord {
@@ -68,6 +71,16 @@ impl UserRecord {
             horizon,
             base,
             events: recent,
+            deleted: false,
+        }
+    }
+
+    /// The record of a deleted user: empty, and it voids later speed entries.
+    pub fn erased(horizon: Millis) -> UserRecord {
+        UserRecord {
+            horizon,
+            deleted: true,
+            ..UserRecord::default()
         }
     }
 }
@@ -79,7 +92,8 @@ pub enum SpeedEntry {
     Event(Event),
     /// Events of this user were retracted by one retraction record.
     Retracted { event_ids: Vec<String> },
-    /// The user was deleted: nothing before this entry counts any more.
+    /// The user was deleted: none of their entries counts any more, before
+    /// or after this one (deletion is permanent, as in the batch layer).
     Deleted,
 }
 
@@ -100,6 +114,10 @@ pub struct UserView {
 impl UserView {
     /// Joins a published batch record with the speed entries written after
     /// the batch's log position, in log order.
+    ///
+    /// A deleted user (a deleted batch record, or a deletion marker among the
+    /// speed entries) has an empty view: deletion is permanent, so events
+    /// the speed layer wrote after it do not count either.
     pub fn merge(
         batch: Option<Arc<UserRecord>>,
         speed: impl IntoIterator<Item = SpeedEntry>,
@@ -109,17 +127,16 @@ impl UserView {
             hidden: HashSet::new(),
             speed: Vec::new(),
         };
+        if view.batch.as_ref().is_some_and(|b| b.deleted) {
+            return UserView::default();
+        }
         for entry in speed {
             match entry {
                 SpeedEntry::Event(event) => view.speed.push(event),
                 // A marker may sort before the event it retracts: retraction
                 // records live in another partition than the user's events.
                 SpeedEntry::Retracted { event_ids } => view.hidden.extend(event_ids),
-                SpeedEntry::Deleted => {
-                    view.batch = None;
-                    view.hidden.clear();
-                    view.speed.clear();
-                }
+                SpeedEntry::Deleted => return UserView::default(),
             }
         }
         if !view.hidden.is_empty() {
@@ -367,15 +384,35 @@ mod tests {
     }
 
     #[test]
-    fn deletion_forgets_everything_before_it() {
+    fn deletion_voids_everything_before_and_after_it() {
         let defs = definitions();
         let all: Vec<&SignalDefinition> = defs.iter().collect();
-        let e = crate::testing::event("e1", signals_schemas::EventType::View, "a", 10);
-        let record = UserRecord::compact(&defs, vec![e.clone()], 0);
-        let view = UserView::merge(Some(Arc::new(record)), [SpeedEntry::Deleted]);
-        assert!(view.is_empty());
+        let event =
+            |id: &str, time| crate::testing::event(id, signals_schemas::EventType::View, "a", time);
         let empty = UserView::default().evaluate(&all, 100).0;
+        let record = Arc::new(UserRecord::compact(&defs, vec![event("e1", 10)], 0));
+
+        let speed = [
+            SpeedEntry::Event(event("e2", 20)),
+            SpeedEntry::Deleted,
+            SpeedEntry::Event(event("e3", 30)),
+        ];
+        let view = UserView::merge(Some(record.clone()), speed.clone());
+        assert!(view.is_empty());
         assert_eq!(view.evaluate(&all, 100).0, empty);
+
+        // Once the batch has seen the deletion, its record voids what the
+        // speed layer wrote after it.
+        let after_batch = UserView::merge(
+            Some(Arc::new(UserRecord::erased(0))),
+            [SpeedEntry::Event(event("e4", 40))],
+        );
+        assert!(after_batch.is_empty());
+        assert_eq!(after_batch.evaluate(&all, 100).0, empty);
+
+        // Without a deletion the same entries count.
+        let alive = UserView::merge(Some(record), [SpeedEntry::Event(event("e4", 40))]);
+        assert_eq!(alive.events().count(), 2);
     }
 
     #[test]

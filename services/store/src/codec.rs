@@ -12,9 +12,17 @@
 //! (`SpeedEntry`, `UserRecord`, `IndexEntry`, `SpeedProgress`,
 //! `BatchManifest`) must bump [`FORMAT`] and teach [`decode`] the old one.
 //! A value with an unknown format byte is reported as corrupt, never guessed.
+//!
+//! [`UserRecord`]s are written with format 2 ([`encode_record`]), which
+//! added `deleted`; [`decode_record`] still reads format 1 records.
+
+use std::collections::BTreeMap;
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use signals_core::view::BaseState;
+use signals_core::UserRecord;
+use signals_schemas::{Event, Millis};
 
 use crate::StoreError;
 
@@ -39,6 +47,58 @@ pub fn decode<T: DeserializeOwned>(
         }),
         Some((format, _)) => Err(StoreError::Corrupt(format!(
             "table {table}, {}: unknown value format {format} (this build reads format {FORMAT})",
+            key()
+        ))),
+        None => Err(StoreError::Corrupt(format!(
+            "table {table}, {}: empty value",
+            key()
+        ))),
+    }
+}
+
+/// The format byte of [`UserRecord`] values.
+pub const RECORD_FORMAT: u8 = 2;
+
+/// A user record as format 1 stored it (before deletion existed).
+#[derive(Deserialize)]
+struct UserRecordV1 {
+    horizon: Millis,
+    base: BTreeMap<String, BaseState>,
+    events: Vec<Event>,
+}
+
+/// Encodes a user record behind [`RECORD_FORMAT`].
+pub fn encode_record(record: &UserRecord) -> Result<Vec<u8>, StoreError> {
+    postcard::to_extend(record, vec![RECORD_FORMAT])
+        .map_err(|e| StoreError::Backend(format!("cannot encode a user record: {e}")))
+}
+
+/// Decodes what [`encode_record`] wrote, or a format 1 record.
+pub fn decode_record(
+    bytes: &[u8],
+    table: &str,
+    key: impl FnOnce() -> String,
+) -> Result<UserRecord, StoreError> {
+    let undecodable = |e: postcard::Error, key: String| {
+        StoreError::Corrupt(format!(
+            "table {table}, {key}: undecodable user record: {e}"
+        ))
+    };
+    match bytes.split_first() {
+        Some((&RECORD_FORMAT, body)) => {
+            postcard::from_bytes(body).map_err(|e| undecodable(e, key()))
+        }
+        Some((&FORMAT, body)) => {
+            let old: UserRecordV1 = postcard::from_bytes(body).map_err(|e| undecodable(e, key()))?;
+            Ok(UserRecord {
+                horizon: old.horizon,
+                base: old.base,
+                events: old.events,
+                deleted: false,
+            })
+        }
+        Some((format, _)) => Err(StoreError::Corrupt(format!(
+            "table {table}, {}: unknown user record format {format} (this build reads formats {FORMAT} and {RECORD_FORMAT})",
             key()
         ))),
         None => Err(StoreError::Corrupt(format!(
@@ -79,6 +139,45 @@ mod tests {
         assert!(matches!(
             decode::<IndexEntry>(&[FORMAT, 7], "t", String::new),
             Err(StoreError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn records_of_format_1_still_decode() {
+        #[derive(Serialize)]
+        struct V1<'a> {
+            horizon: Millis,
+            base: &'a BTreeMap<String, BaseState>,
+            events: &'a [Event],
+        }
+        let event = signals_core::testing::event("e1", signals_schemas::EventType::View, "a", 5);
+        let record = UserRecord {
+            horizon: 3,
+            events: vec![event],
+            ..UserRecord::default()
+        };
+        let old = encode(&V1 {
+            horizon: record.horizon,
+            base: &record.base,
+            events: &record.events,
+        })
+        .expect("encodes");
+        assert_eq!(old[0], FORMAT);
+        assert_eq!(
+            decode_record(&old, "batch", String::new).expect("decodes"),
+            record
+        );
+
+        let erased = UserRecord::erased(7);
+        let bytes = encode_record(&erased).expect("encodes");
+        assert_eq!(bytes[0], RECORD_FORMAT);
+        assert_eq!(
+            decode_record(&bytes, "batch", String::new).expect("decodes"),
+            erased
+        );
+        assert!(matches!(
+            decode_record(&[9, 0], "batch", String::new),
+            Err(StoreError::Corrupt(m)) if m.contains("format 9")
         ));
     }
 }

@@ -27,8 +27,8 @@ use signals_core::{LogPosition, Offset, Partition, SpeedEntry, UserRecord};
 use signals_schemas::{Event, EventType};
 
 use crate::{
-    BatchManifest, GarbageStats, IndexEntry, PositionedEntry, SignalStore, SpeedProgress,
-    SpeedWrite,
+    BatchCheckpoint, BatchManifest, GarbageStats, IndexEntry, PositionedEntry, SignalStore,
+    SpeedProgress, SpeedWrite,
 };
 
 /// Runs every case, each on a fresh store from `make`.
@@ -57,6 +57,8 @@ where
         publishing_never_goes_back_and_published_versions_are_immutable,
         garbage_collection_keeps_what_the_published_version_needs,
         a_user_with_only_speed_entries_has_no_record,
+        erasing_a_user_leaves_a_marker_and_erased_records_only,
+        the_batch_checkpoint_is_saved_replaced_and_cleared,
     );
 }
 
@@ -118,6 +120,7 @@ pub fn record(user: &str, id: &str) -> UserRecord {
         horizon: 0,
         base: BTreeMap::new(),
         events: vec![event(id, user, 1)],
+        deleted: false,
     }
 }
 
@@ -362,7 +365,10 @@ pub async fn history_merges_the_published_record_with_uncovered_entries_only(
         store
             .speed_entries("u", &published.position)
             .await
-            .expect("entries"),
+            .expect("entries")
+            .into_iter()
+            .map(|p| p.entry)
+            .collect::<Vec<_>>(),
         history.speed
     );
 }
@@ -508,4 +514,119 @@ pub async fn a_user_with_only_speed_entries_has_no_record(store: &dyn SignalStor
         ids(&["p0-1"]),
         "offset 0 is covered by the manifest"
     );
+}
+
+pub async fn erasing_a_user_leaves_a_marker_and_erased_records_only(store: &dyn SignalStore) {
+    let entry = |user: &str, partition, offset, id: &str| PositionedEntry {
+        user_id: user.into(),
+        partition,
+        offset,
+        entry: SpeedEntry::Event(event(id, user, 1)),
+    };
+    store
+        .write_batch(
+            1,
+            vec![
+                ("u".into(), record("u", "b1")),
+                ("w".into(), record("w", "b2")),
+            ],
+        )
+        .await
+        .expect("write_batch");
+    store
+        .publish(&manifest(1, &[(0, 2)]))
+        .await
+        .expect("publish");
+    store
+        .write_batch(2, vec![("u".into(), record("u", "b3"))])
+        .await
+        .expect("write_batch");
+    let write = SpeedWrite {
+        entries: vec![
+            entry("u", 0, 1, "covered"),
+            entry("u", 0, 3, "s1"),
+            entry("u", 1, 0, "s2"),
+            entry("w", 0, 4, "w1"),
+        ],
+        index: Vec::new(),
+        progress: SpeedProgress {
+            position: [(0, 5), (1, 1)].into_iter().collect(),
+            last_accepted_at: None,
+        },
+    };
+    store.apply_speed(write).await.expect("apply");
+    assert!(store
+        .user_history("u")
+        .await
+        .expect("history")
+        .record
+        .is_some());
+
+    for _ in 0..2 {
+        store
+            .erase_user("u", (0, 7))
+            .await
+            .expect("erase (idempotent)");
+    }
+    let history = store.user_history("u").await.expect("history");
+    let erased = history
+        .record
+        .expect("the published version keeps an erased record");
+    assert!(erased.deleted && erased.events.is_empty() && erased.base.is_empty());
+    assert_eq!(history.speed, vec![SpeedEntry::Deleted]);
+    let unpublished = store
+        .batch_record(2, "u")
+        .await
+        .expect("record")
+        .expect("erased");
+    assert!(unpublished.deleted && unpublished.events.is_empty());
+    let entries = store
+        .speed_entries("u", &LogPosition::new())
+        .await
+        .expect("entries");
+    assert_eq!(
+        entries,
+        vec![PositionedEntry {
+            user_id: "u".into(),
+            partition: 0,
+            offset: 7,
+            entry: SpeedEntry::Deleted,
+        }],
+        "every other entry of the user is gone, covered ones too"
+    );
+
+    // Nobody else is touched.
+    let other = store.user_history("w").await.expect("history");
+    assert_eq!(other.record.as_deref(), Some(&record("w", "b2")));
+    assert_eq!(speed_ids(store, "w").await, ids(&["w1"]));
+}
+
+pub async fn the_batch_checkpoint_is_saved_replaced_and_cleared(store: &dyn SignalStore) {
+    assert_eq!(store.batch_checkpoint().await.expect("read"), None);
+    let mut checkpoint = BatchCheckpoint {
+        version: 3,
+        plan: "run".into(),
+        position: [(0, 10), (3, 2)].into_iter().collect(),
+        started_at: 1_700_000_000_000,
+        written_through: None,
+    };
+    store
+        .save_batch_checkpoint(Some(&checkpoint))
+        .await
+        .expect("save");
+    assert_eq!(
+        store.batch_checkpoint().await.expect("read").as_ref(),
+        Some(&checkpoint)
+    );
+    checkpoint.written_through = Some("user-0042".into());
+    store
+        .save_batch_checkpoint(Some(&checkpoint))
+        .await
+        .expect("replace");
+    assert_eq!(
+        store.batch_checkpoint().await.expect("read").as_ref(),
+        Some(&checkpoint)
+    );
+    store.save_batch_checkpoint(None).await.expect("clear");
+    assert_eq!(store.batch_checkpoint().await.expect("read"), None);
 }

@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 pub use error::StoreError;
-use signals_core::{LogPosition, SpeedEntry, UserRecord};
+use signals_core::{LogPosition, Offset, Partition, UserRecord};
 pub use types::*;
 
 /// The store behind both layers and serving.
@@ -64,12 +64,12 @@ pub trait SignalStore: Send + Sync + 'static {
     ) -> Result<Option<Arc<UserRecord>>, StoreError>;
 
     /// One user's speed entries that `from` does not cover, ordered by
-    /// (partition, offset).
+    /// (partition, offset), with their positions.
     async fn speed_entries(
         &self,
         user_id: &str,
         from: &LogPosition,
-    ) -> Result<Vec<SpeedEntry>, StoreError>;
+    ) -> Result<Vec<PositionedEntry>, StoreError>;
 
     /// Writes records of an unpublished version (idempotent per user).
     async fn write_batch(
@@ -87,6 +87,27 @@ pub trait SignalStore: Send + Sync + 'static {
         covered: &LogPosition,
         keep_version: u64,
     ) -> Result<GarbageStats, StoreError>;
+
+    /// Erases a deleted user: writes the deletion marker at `marker` (the
+    /// log position of their `UserDeletion` record, the same entry the speed
+    /// layer writes when it applies that record), removes every other speed
+    /// entry of theirs, and replaces their record in every stored version,
+    /// published ones included, by [`UserRecord::erased`]. Idempotent.
+    async fn erase_user(
+        &self,
+        user_id: &str,
+        marker: (Partition, Offset),
+    ) -> Result<(), StoreError>;
+
+    /// The checkpoint of a batch run that has not published yet, if any.
+    async fn batch_checkpoint(&self) -> Result<Option<BatchCheckpoint>, StoreError>;
+
+    /// Records the checkpoint of the batch run in progress (`Some`), or
+    /// clears it (`None`). Durable once it returns.
+    async fn save_batch_checkpoint(
+        &self,
+        checkpoint: Option<&BatchCheckpoint>,
+    ) -> Result<(), StoreError>;
 
     /// Whether the store answers now (readiness).
     async fn check(&self) -> Result<(), StoreError>;

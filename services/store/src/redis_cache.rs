@@ -22,13 +22,13 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::AsyncCommands;
-use signals_core::{LogPosition, SpeedEntry, UserRecord};
+use signals_core::{LogPosition, Offset, Partition, UserRecord};
 use tracing::warn;
 
 use crate::codec;
 use crate::{
-    BatchManifest, GarbageStats, IndexEntry, SignalStore, SpeedProgress, SpeedWrite, StoreError,
-    UserHistory,
+    BatchCheckpoint, BatchManifest, GarbageStats, IndexEntry, PositionedEntry, SignalStore,
+    SpeedProgress, SpeedWrite, StoreError, UserHistory,
 };
 
 /// Cached for "no record"; never a first byte of [`codec`]'s values.
@@ -142,7 +142,7 @@ impl CachedStore {
         if bytes == [ABSENT] {
             return Some(None);
         }
-        match codec::decode::<UserRecord>(&bytes, "redis", || format!("key {key}")) {
+        match codec::decode_record(&bytes, "redis", || format!("key {key}")) {
             Ok(record) => Some(Some(Arc::new(record))),
             Err(error) => {
                 self.note_error("decode", error);
@@ -152,7 +152,7 @@ impl CachedStore {
     }
 
     async fn remember(&self, key: String, record: Option<&UserRecord>) {
-        let bytes = match record.map(codec::encode).transpose() {
+        let bytes = match record.map(codec::encode_record).transpose() {
             Ok(Some(encoded)) => encoded,
             Ok(None) => vec![ABSENT],
             Err(error) => return self.note_error("encode", error),
@@ -206,7 +206,7 @@ impl SignalStore for CachedStore {
         Ok(UserHistory {
             manifest: Some(manifest),
             record: record?,
-            speed: speed?,
+            speed: speed?.into_iter().map(|p| p.entry).collect(),
         })
     }
 
@@ -236,7 +236,7 @@ impl SignalStore for CachedStore {
         &self,
         user_id: &str,
         from: &LogPosition,
-    ) -> Result<Vec<SpeedEntry>, StoreError> {
+    ) -> Result<Vec<PositionedEntry>, StoreError> {
         self.inner.speed_entries(user_id, from).await
     }
 
@@ -258,6 +258,42 @@ impl SignalStore for CachedStore {
         keep_version: u64,
     ) -> Result<GarbageStats, StoreError> {
         self.inner.collect_garbage(covered, keep_version).await
+    }
+
+    /// Erases in the store, then drops the cached record of the published
+    /// version. A reader that read the old record just before the erasure
+    /// may cache it again: its answer is still empty (the deletion marker
+    /// voids the record) and the entry expires with its TTL.
+    async fn erase_user(
+        &self,
+        user_id: &str,
+        marker: (Partition, Offset),
+    ) -> Result<(), StoreError> {
+        self.inner.erase_user(user_id, marker).await?;
+        if let Some(manifest) = self.inner.published().await? {
+            let key = self.key(&manifest, user_id);
+            if let Some(mut connection) = self.connection().await {
+                let removal =
+                    tokio::time::timeout(self.options.timeout, connection.del::<_, ()>(&key)).await;
+                match removal {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => self.note_error("DEL", error),
+                    Err(_) => self.note_error("DEL", "timed out"),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn batch_checkpoint(&self) -> Result<Option<BatchCheckpoint>, StoreError> {
+        self.inner.batch_checkpoint().await
+    }
+
+    async fn save_batch_checkpoint(
+        &self,
+        checkpoint: Option<&BatchCheckpoint>,
+    ) -> Result<(), StoreError> {
+        self.inner.save_batch_checkpoint(checkpoint).await
     }
 
     async fn check(&self) -> Result<(), StoreError> {

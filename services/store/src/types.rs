@@ -60,6 +60,24 @@ pub struct BatchManifest {
     pub events: u64,
 }
 
+/// Where an unpublished batch run got to, so that a rerun after a crash
+/// finishes the same version with the same result instead of starting over.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchCheckpoint {
+    /// The version the run writes.
+    pub version: u64,
+    /// What the run computes (the batch layer's own description: kind,
+    /// range, signals, definitions); a rerun resumes only an identical plan.
+    pub plan: String,
+    /// The log position the run covers.
+    pub position: LogPosition,
+    /// When the run started (it fixes the run's horizon).
+    pub started_at: Millis,
+    /// Records of users up to and including this one (in user id order)
+    /// are written.
+    pub written_through: Option<String>,
+}
+
 /// One user's data as serving merges it.
 #[derive(Clone, Debug, Default)]
 pub struct UserHistory {

@@ -32,7 +32,7 @@ impl Inner {
             let mut batch = txn.open_table(BATCH).map_err(engine("open table batch"))?;
             for (user, record) in records {
                 let key = keys::batch_key(version, user);
-                let value = codec::encode(record)?;
+                let value = codec::encode_record(record)?;
                 batch
                     .insert(key.as_slice(), value.as_slice())
                     .map_err(engine("write a batch record"))?;

@@ -99,6 +99,17 @@ impl RecordCache {
         shard.evict(self.shard_budget);
     }
 
+    /// Forgets `user`'s record (their records were erased).
+    pub fn remove(&self, user: &str) {
+        let mut shard = self
+            .shard(user)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(slot) = shard.slots.remove(user) {
+            shard.weight -= slot.weight;
+        }
+    }
+
     /// Encoded bytes of the records held now.
     #[cfg(test)]
     pub fn weight(&self) -> usize {

@@ -3,11 +3,11 @@
 use std::sync::Arc;
 
 use redb::ReadableTable;
-use signals_core::{LogPosition, SpeedEntry, UserRecord};
+use signals_core::{LogPosition, UserRecord};
 
 use super::tables::{BATCH, META, PUBLISHED_KEY, SPEED};
 use super::{codec, engine, keys, speed, Inner};
-use crate::{BatchManifest, StoreError, UserHistory};
+use crate::{BatchManifest, PositionedEntry, StoreError, UserHistory};
 
 impl Inner {
     /// `user`'s published record and uncovered speed entries, from one read transaction.
@@ -30,7 +30,7 @@ impl Inner {
         Ok(UserHistory {
             manifest,
             record,
-            speed,
+            speed: speed.into_iter().map(|p| p.entry).collect(),
         })
     }
 
@@ -53,7 +53,7 @@ impl Inner {
         &self,
         user: &str,
         from: &LogPosition,
-    ) -> Result<Vec<SpeedEntry>, StoreError> {
+    ) -> Result<Vec<PositionedEntry>, StoreError> {
         let txn = self.db.begin_read().map_err(engine("begin a read"))?;
         let speed_table = txn.open_table(SPEED).map_err(engine("open table speed"))?;
         speed::read_tail(&speed_table, user, Some(from))
@@ -103,7 +103,7 @@ impl Inner {
             return Ok(None);
         };
         let bytes = value.value();
-        let record: Arc<UserRecord> = Arc::new(codec::decode(bytes, "batch", || {
+        let record: Arc<UserRecord> = Arc::new(codec::decode_record(bytes, "batch", || {
             format!("version {version} user {user:?}")
         })?);
         self.records

@@ -98,6 +98,18 @@ pub fn describe_speed_key(key: &[u8]) -> String {
     }
 }
 
+/// A readable rendering of a batch key for error messages.
+pub fn describe_batch_key(key: &[u8]) -> String {
+    match key.split_at_checked(8) {
+        Some((version, user)) => format!(
+            "version {} user {:?}",
+            u64::from_be_bytes(version.try_into().unwrap_or_default()),
+            String::from_utf8_lossy(user)
+        ),
+        None => format!("malformed key {key:02x?}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,7 +37,7 @@
 //! | `speed` | user ‖ partition ‖ offset | [`signals_core::SpeedEntry`] |
 //! | `event_index` | event id | [`crate::IndexEntry`] |
 //! | `batch` | version ‖ user | [`signals_core::UserRecord`] |
-//! | `meta` | `layout`, `speed_progress`, `published` | u8, [`crate::SpeedProgress`], [`crate::BatchManifest`] |
+//! | `meta` | `layout`, `speed_progress`, `published`, `batch_checkpoint` | u8, [`crate::SpeedProgress`], [`crate::BatchManifest`], [`crate::BatchCheckpoint`] |
 //!
 //! # Concurrency and cost
 //!
@@ -55,6 +55,7 @@
 
 mod batch;
 mod cache;
+mod erase;
 mod gc;
 mod history;
 mod keys;
@@ -69,13 +70,13 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use redb::Database;
-use signals_core::{LogPosition, UserRecord};
+use signals_core::{LogPosition, Offset, Partition, UserRecord};
 use tracing::info;
 
 use crate::codec;
 use crate::{
-    BatchManifest, GarbageStats, IndexEntry, SignalStore, SpeedProgress, SpeedWrite, StoreError,
-    UserHistory,
+    BatchCheckpoint, BatchManifest, GarbageStats, IndexEntry, PositionedEntry, SignalStore,
+    SpeedProgress, SpeedWrite, StoreError, UserHistory,
 };
 use cache::{ManifestCache, RecordCache};
 
@@ -219,7 +220,7 @@ impl SignalStore for EmbeddedStore {
         &self,
         user_id: &str,
         from: &LogPosition,
-    ) -> Result<Vec<signals_core::SpeedEntry>, StoreError> {
+    ) -> Result<Vec<PositionedEntry>, StoreError> {
         let (user, from) = (user_id.to_owned(), from.clone());
         self.blocking(move |inner| inner.speed_entries(&user, &from))
             .await
@@ -246,6 +247,29 @@ impl SignalStore for EmbeddedStore {
     ) -> Result<GarbageStats, StoreError> {
         let covered = covered.clone();
         self.blocking(move |inner| inner.collect_garbage(&covered, keep_version))
+            .await
+    }
+
+    async fn erase_user(
+        &self,
+        user_id: &str,
+        marker: (Partition, Offset),
+    ) -> Result<(), StoreError> {
+        let user = user_id.to_owned();
+        self.blocking(move |inner| inner.erase_user(&user, marker))
+            .await
+    }
+
+    async fn batch_checkpoint(&self) -> Result<Option<BatchCheckpoint>, StoreError> {
+        self.blocking(Inner::batch_checkpoint).await
+    }
+
+    async fn save_batch_checkpoint(
+        &self,
+        checkpoint: Option<&BatchCheckpoint>,
+    ) -> Result<(), StoreError> {
+        let checkpoint = checkpoint.cloned();
+        self.blocking(move |inner| inner.save_batch_checkpoint(checkpoint.as_ref()))
             .await
     }
 

@@ -3,11 +3,11 @@
 use std::collections::HashMap;
 
 use redb::{Durability, ReadableTable};
-use signals_core::{LogPosition, SpeedEntry};
+use signals_core::LogPosition;
 
 use super::tables::{EVENT_INDEX, META, PROGRESS_KEY, SPEED};
 use super::{codec, engine, keys, Inner};
-use crate::{IndexEntry, SpeedProgress, SpeedWrite, StoreError};
+use crate::{IndexEntry, PositionedEntry, SpeedProgress, SpeedWrite, StoreError};
 
 impl Inner {
     /// Writes entries, index updates and progress in one durable transaction.
@@ -127,7 +127,7 @@ pub(super) fn read_tail(
     speed: &impl ReadableTable<&'static [u8], &'static [u8]>,
     user: &str,
     covered: Option<&LogPosition>,
-) -> Result<Vec<SpeedEntry>, StoreError> {
+) -> Result<Vec<PositionedEntry>, StoreError> {
     let (start, end) = keys::user_range(user)?;
     let mut entries = Vec::new();
     for item in speed
@@ -142,9 +142,12 @@ pub(super) fn read_tail(
         if covered.is_some_and(|position| position.covers(partition, offset)) {
             continue;
         }
-        entries.push(codec::decode(value.value(), "speed", || {
-            keys::describe_speed_key(key)
-        })?);
+        entries.push(PositionedEntry {
+            user_id: user.to_owned(),
+            partition,
+            offset,
+            entry: codec::decode(value.value(), "speed", || keys::describe_speed_key(key))?,
+        });
     }
     Ok(entries)
 }

@@ -20,6 +20,8 @@ pub const LAYOUT_KEY: &str = "layout";
 pub const PROGRESS_KEY: &str = "speed_progress";
 /// `meta` key: the published manifest.
 pub const PUBLISHED_KEY: &str = "published";
+/// `meta` key: the checkpoint of an unpublished batch run.
+pub const CHECKPOINT_KEY: &str = "batch_checkpoint";
 
 /// The layout this build reads and writes (see `keys` and `codec`).
 pub const LAYOUT: u8 = 1;

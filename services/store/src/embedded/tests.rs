@@ -463,10 +463,10 @@ async fn embedded_figures() {
     );
 
     let (_, record) = record_of(0);
-    let bytes = codec::encode(&record).expect("encodes");
+    let bytes = codec::encode_record(&record).expect("encodes");
     let started = Instant::now();
     for _ in 0..100 {
-        let _: UserRecord = codec::decode(&bytes, "batch", String::new).expect("decodes");
+        let _: UserRecord = codec::decode_record(&bytes, "batch", String::new).expect("decodes");
     }
     println!(
         "decoding one record of {} bytes: {:?}",

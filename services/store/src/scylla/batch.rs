@@ -50,7 +50,7 @@ impl Inner {
         let users = records.len();
         stream::iter(records.into_iter().map(Ok))
             .try_for_each_concurrent(self.options.max_in_flight, |(user, record)| async move {
-                let value = codec::encode(&record)?;
+                let value = codec::encode_record(&record)?;
                 // Listed before written: garbage collection finds every record.
                 self.run(
                     &statements.insert_listing,
@@ -227,7 +227,7 @@ impl Inner {
         else {
             return Ok(None);
         };
-        let record = codec::decode(bytes, "batch_records", || {
+        let record = codec::decode_record(bytes, "batch_records", || {
             format!("version {version} user {user:?}")
         })?;
         Ok(Some(Arc::new(record)))
@@ -247,7 +247,7 @@ impl Inner {
         Ok(UserHistory {
             manifest,
             record,
-            speed,
+            speed: speed.into_iter().map(|p| p.entry).collect(),
         })
     }
 }

@@ -1,22 +1,13 @@
 //! Values and keys as the CQL tables hold them.
 //!
-//! Blobs are one format byte followed by postcard, byte for byte the
-//! embedded store's value format:
-//!
-//! ```text
-//! [FORMAT = 1] [postcard bytes …]
-//! ```
-//!
-//! postcard carries no field names, so a change to a stored type
-//! (`SpeedEntry`, `UserRecord`, `IndexEntry`, `BatchManifest`) must bump
-//! [`FORMAT`] and teach [`decode`] the old one. An unknown format byte is
-//! reported as corrupt, never guessed.
+//! Blobs are the store's value format ([`crate::codec`]), byte for byte
+//! the embedded store's.
 //!
 //! Log partitions (u32), offsets and versions (u64) are CQL `bigint`s.
 
 use crate::StoreError;
 
-pub use crate::codec::{decode, encode};
+pub use crate::codec::{decode, decode_record, encode, encode_record};
 
 /// Buckets of a version's user listing (`batch_users`). Fixed forever:
 /// changing it makes the listings of existing versions unreadable.

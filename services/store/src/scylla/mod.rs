@@ -61,6 +61,7 @@
 mod batch;
 mod codec;
 mod config;
+mod erase;
 mod gc;
 mod schema;
 mod speed;

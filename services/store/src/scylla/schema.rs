@@ -73,6 +73,10 @@ macro_rules! statements {
 statements! {
     /// A speed entry at its log position.
     insert_entry = "INSERT INTO {ks}.speed_entries (user_id, log_partition, log_offset, entry) VALUES (?, ?, ?, ?)";
+    /// A speed entry at its log position, with an explicit write timestamp (erasure's marker).
+    insert_entry_at = "INSERT INTO {ks}.speed_entries (user_id, log_partition, log_offset, entry) VALUES (?, ?, ?, ?) USING TIMESTAMP ?";
+    /// All of a user's speed entries (erasure), as of an explicit write timestamp.
+    delete_user_entries = "DELETE FROM {ks}.speed_entries USING TIMESTAMP ? WHERE user_id = ?";
     /// A user's speed entries in log order.
     select_entries = "SELECT log_partition, log_offset, entry FROM {ks}.speed_entries WHERE user_id = ?";
     /// A user's speed entry positions (garbage collection counts what it deletes).
@@ -115,6 +119,12 @@ statements! {
     select_pointer_serial = "SELECT version, manifest FROM {ks}.batch_pointer WHERE name = 'published'";
     /// The first publication.
     create_pointer = "INSERT INTO {ks}.batch_pointer (name, version, manifest) VALUES ('published', ?, ?) IF NOT EXISTS";
+    /// The checkpoint of an unpublished batch run.
+    select_checkpoint = "SELECT manifest FROM {ks}.batch_pointer WHERE name = 'checkpoint'";
+    /// Records the checkpoint of the batch run in progress.
+    upsert_checkpoint = "INSERT INTO {ks}.batch_pointer (name, version, manifest) VALUES ('checkpoint', ?, ?)";
+    /// Clears the checkpoint once its run published.
+    delete_checkpoint = "DELETE FROM {ks}.batch_pointer WHERE name = 'checkpoint'";
     /// Every later publication: compare-and-set on the version read before.
     advance_pointer = "UPDATE {ks}.batch_pointer SET version = ?, manifest = ? WHERE name = 'published' IF version = ?";
 }

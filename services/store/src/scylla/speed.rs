@@ -4,13 +4,13 @@ use std::collections::{HashMap, HashSet};
 
 use ::scylla::value::MaybeUnset;
 use futures::{stream, StreamExt, TryStreamExt};
-use signals_core::{LogPosition, SpeedEntry};
+use signals_core::LogPosition;
 use tracing::debug;
 
 use super::codec::{self, from_bigint, partition_from_bigint, to_bigint};
 use super::schema::Statements;
 use super::store::Inner;
-use crate::{IndexEntry, SpeedProgress, SpeedWrite, StoreError};
+use crate::{IndexEntry, PositionedEntry, SpeedProgress, SpeedWrite, StoreError};
 
 /// One row of a speed write, encoded.
 enum Row<'a> {
@@ -184,7 +184,7 @@ impl Inner {
         &self,
         user: &str,
         covered: Option<&LogPosition>,
-    ) -> Result<Vec<SpeedEntry>, StoreError> {
+    ) -> Result<Vec<PositionedEntry>, StoreError> {
         let statements = self.statements().await?;
         let what = "read speed entries";
         let mut entries = Vec::new();
@@ -206,7 +206,12 @@ impl Inner {
                 let value = value.ok_or_else(|| {
                     StoreError::Corrupt(format!("table speed_entries, {}: no entry", key()))
                 })?;
-                entries.push(codec::decode(value, "speed_entries", key)?);
+                entries.push(PositionedEntry {
+                    user_id: user.to_owned(),
+                    partition,
+                    offset,
+                    entry: codec::decode(value, "speed_entries", key)?,
+                });
             }
             Ok(())
         })

@@ -16,7 +16,7 @@ use ::scylla::statement::prepared::PreparedStatement;
 use ::scylla::statement::unprepared::Statement;
 use ::scylla::statement::{Consistency, SerialConsistency};
 use async_trait::async_trait;
-use signals_core::{LogPosition, SpeedEntry, UserRecord};
+use signals_core::{LogPosition, Offset, Partition, UserRecord};
 use tokio::sync::OnceCell;
 use tracing::info;
 
@@ -26,8 +26,8 @@ use super::config::ScyllaOptions;
 use super::driver;
 use super::schema::{self, Statements};
 use crate::{
-    BatchManifest, GarbageStats, IndexEntry, SignalStore, SpeedProgress, SpeedWrite, StoreError,
-    UserHistory,
+    BatchCheckpoint, BatchManifest, GarbageStats, IndexEntry, PositionedEntry, SignalStore,
+    SpeedProgress, SpeedWrite, StoreError, UserHistory,
 };
 
 /// The [`SignalStore`] on a ScyllaDB (or Cassandra) cluster. Cheap to clone.
@@ -224,7 +224,7 @@ impl SignalStore for ScyllaStore {
         &self,
         user_id: &str,
         from: &LogPosition,
-    ) -> Result<Vec<SpeedEntry>, StoreError> {
+    ) -> Result<Vec<PositionedEntry>, StoreError> {
         self.inner.speed_entries(user_id, Some(from)).await
     }
 
@@ -246,6 +246,25 @@ impl SignalStore for ScyllaStore {
         keep_version: u64,
     ) -> Result<GarbageStats, StoreError> {
         self.inner.collect_garbage(covered, keep_version).await
+    }
+
+    async fn erase_user(
+        &self,
+        user_id: &str,
+        marker: (Partition, Offset),
+    ) -> Result<(), StoreError> {
+        self.inner.erase_user(user_id, marker).await
+    }
+
+    async fn batch_checkpoint(&self) -> Result<Option<BatchCheckpoint>, StoreError> {
+        self.inner.batch_checkpoint().await
+    }
+
+    async fn save_batch_checkpoint(
+        &self,
+        checkpoint: Option<&BatchCheckpoint>,
+    ) -> Result<(), StoreError> {
+        self.inner.save_batch_checkpoint(checkpoint).await
     }
 
     async fn check(&self) -> Result<(), StoreError> {
