@@ -14,6 +14,7 @@
 
 pub mod plan;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -85,6 +86,8 @@ impl SpeedLayer {
             .await?;
         let mut position = progress.position;
         let mut last_accepted_at = progress.last_accepted_at;
+        // Users this process saw deleted (see `plan::plan`).
+        let mut deleted = HashSet::new();
         loop {
             let entries = tokio::select! {
                 biased;
@@ -125,6 +128,7 @@ impl SpeedLayer {
                     entries,
                     &mut position,
                     &mut last_accepted_at,
+                    &mut deleted,
                     &shutdown,
                 )
                 .await?
@@ -145,6 +149,7 @@ impl SpeedLayer {
         entries: Vec<signals_log::LogEntry>,
         position: &mut signals_core::LogPosition,
         last_accepted_at: &mut Option<signals_schemas::Millis>,
+        deleted: &mut HashSet<String>,
         shutdown: &CancellationToken,
     ) -> Result<Option<PlanStats>, SpeedError> {
         let started = Instant::now();
@@ -176,7 +181,7 @@ impl SpeedLayer {
         else {
             return Ok(None);
         };
-        let (write, stats) = plan::plan(&batch, known, *last_accepted_at);
+        let (write, stats) = plan::plan(&batch, known, *last_accepted_at, deleted);
         let progress = write.progress.clone();
         if self
             .retry("apply speed write", shutdown, || {
@@ -251,6 +256,7 @@ fn record_metrics(stats: &PlanStats) {
         ("duplicate", stats.duplicates),
         ("retraction", stats.retractions),
         ("deletion", stats.deletions),
+        ("deleted_user_event", stats.deleted_user_events),
         ("dead_letter", stats.dead_letters),
     ];
     for (outcome, n) in outcomes {

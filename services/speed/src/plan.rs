@@ -2,7 +2,7 @@
 //! deduplication by event id and retraction routing. Pure given the index
 //! entries of the ids involved, so it is tested without any backend.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use signals_core::{LogPosition, SpeedEntry};
 use signals_log::{DeadLetter, LogEntry};
@@ -34,6 +34,8 @@ pub struct PlanStats {
     pub duplicates: u64,
     pub retractions: u64,
     pub deletions: u64,
+    /// Events of users deleted before them, not written.
+    pub deleted_user_events: u64,
     pub dead_letters: u64,
 }
 
@@ -81,11 +83,19 @@ pub fn ids_to_look_up(records: &[Decoded]) -> Vec<String> {
 /// Plans the store write for `batch`, given what the index knew about its
 /// ids before the batch. Rules, identical to the batch layer's:
 /// the first occurrence of an id in log order counts, later ones never; an
-/// id named by a retraction never counts, whether it came before or after.
+/// id named by a retraction never counts, whether it came before or after;
+/// a deleted user's events never count.
+///
+/// `deleted` holds users this process saw deleted, and gains the ones
+/// `batch` deletes: their later events are indexed (they are still first
+/// occurrences of their ids) but not written. Serving ignores them anyway
+/// (deletion is permanent in [`signals_core::UserView::merge`]); not writing
+/// them keeps a deleted user's data out of the store.
 pub fn plan(
     batch: &DecodedBatch,
     mut known: HashMap<String, IndexEntry>,
     last_accepted_at: Option<Millis>,
+    deleted: &mut HashSet<String>,
 ) -> (SpeedWrite, PlanStats) {
     let mut stats = PlanStats {
         dead_letters: batch.dead_letters.len() as u64,
@@ -115,6 +125,10 @@ pub fn plan(
                 };
                 known.insert(event.event_id.clone(), entry.clone());
                 touched.insert(event.event_id.clone(), entry);
+                if deleted.contains(&event.user_id) {
+                    stats.deleted_user_events += 1;
+                    continue;
+                }
                 entries.push(at(&event.user_id, SpeedEntry::Event(event.clone())));
                 stats.events += 1;
             }
@@ -143,6 +157,7 @@ pub fn plan(
             }
             RecordBody::UserDeletion(deletion) => {
                 stats.deletions += 1;
+                deleted.insert(deletion.user_id.clone());
                 entries.push(at(&deletion.user_id, SpeedEntry::Deleted));
             }
         }
@@ -163,7 +178,7 @@ pub fn plan(
 mod tests {
     use super::*;
     use signals_core::testing::event;
-    use signals_schemas::{EventType, LogRecord, Retraction};
+    use signals_schemas::{EventType, LogRecord, Retraction, UserDeletion};
 
     fn entry(offset: u64, body: RecordBody) -> LogEntry {
         LogEntry {
@@ -215,7 +230,7 @@ mod tests {
                 retracted: false,
             },
         )]);
-        let (write, stats) = plan(&batch, known, None);
+        let (write, stats) = plan(&batch, known, None, &mut HashSet::new());
         let kinds: Vec<(u64, &SpeedEntry)> =
             write.entries.iter().map(|e| (e.offset, &e.entry)).collect();
         assert_eq!(kinds.len(), 1);
@@ -227,6 +242,7 @@ mod tests {
                 duplicates: 3,
                 retractions: 1,
                 deletions: 0,
+                deleted_user_events: 0,
                 dead_letters: 1
             }
         );
@@ -262,7 +278,7 @@ mod tests {
                 },
             ),
         ]);
-        let (write, _) = plan(&batch, known, None);
+        let (write, _) = plan(&batch, known, None, &mut HashSet::new());
         assert_eq!(write.entries.len(), 1);
         assert_eq!(write.entries[0].user_id, "u1");
         assert_eq!(
@@ -271,5 +287,36 @@ mod tests {
                 event_ids: vec!["x".into(), "y".into()]
             }
         );
+    }
+
+    #[test]
+    fn a_deleted_users_later_events_are_indexed_but_not_written() {
+        let deletion = RecordBody::UserDeletion(UserDeletion {
+            user_id: "u".into(),
+            reason: "asked".into(),
+        });
+        let batch = decode(
+            vec![entry(0, view("a")), entry(1, deletion), entry(2, view("b"))],
+            &LogPosition::new(),
+        );
+        let mut deleted = HashSet::new();
+        let (write, stats) = plan(&batch, HashMap::new(), None, &mut deleted);
+        let written: Vec<(u64, &SpeedEntry)> =
+            write.entries.iter().map(|e| (e.offset, &e.entry)).collect();
+        assert_eq!(written.len(), 2);
+        assert!(matches!(written[0], (0, SpeedEntry::Event(e)) if e.event_id == "a"));
+        assert_eq!(written[1], (1, &SpeedEntry::Deleted));
+        assert_eq!((stats.events, stats.deleted_user_events), (1, 1));
+        assert!(
+            write.index.iter().any(|(id, _)| id == "b"),
+            "b stays a seen id"
+        );
+        assert!(deleted.contains("u"));
+
+        // A later batch remembers the deletion.
+        let later = decode(vec![entry(3, view("c"))], &batch.position);
+        let (write, stats) = plan(&later, HashMap::new(), None, &mut deleted);
+        assert!(write.entries.is_empty());
+        assert_eq!(stats.deleted_user_events, 1);
     }
 }
