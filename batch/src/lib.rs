@@ -1,29 +1,45 @@
-//! The batch layer: recompute every signal from the event log and publish
-//! the result as a new immutable version.
+//! The batch layer: recompute signals from the event log and publish the
+//! result as a new immutable version.
 //!
-//! A run snapshots the log's end, replays the log from the start up to it
-//! with the core's rules ([`recompute`]), writes one record per user under a
-//! fresh version and only then publishes the version's manifest, atomically,
-//! with the log position it covers. Serving switches at that instant: the
-//! new version plus speed entries from its position, so nothing is missing
-//! or counted twice. A run that dies before publishing leaves the previous
-//! version in force; its rows are overwritten by the next run of the same
-//! version number.
+//! A [`Job::Run`] snapshots the log's end, replays the log from the start
+//! up to it with the core's rules ([`recompute`]), writes one record per
+//! user under a fresh version and only then publishes the version's
+//! manifest, atomically, with the log position it covers. Serving switches
+//! at that instant: the new version plus speed entries from its position,
+//! so nothing is missing or counted twice. A [`Job::Backfill`] makes the
+//! new version from the published one instead, recomputing part of it
+//! ([`backfill`]) at the same log position.
+//!
+//! Runs are resumable: a checkpoint in the store records the version, what
+//! the run computes, the log position and start time it fixed, and the last
+//! user written. A rerun after a crash with the same plan reads the log up
+//! to the same position, skips the users already written and publishes the
+//! same version with the same result; a run that dies leaves the previous
+//! version in force.
 
+pub mod backfill;
+pub mod bots;
+mod read;
 pub mod recompute;
+pub mod verify;
 
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use futures::{stream, StreamExt, TryStreamExt};
 use serde::Serialize;
 use signals_core::time::floor_hour;
-use signals_core::{Definitions, LogPosition};
-use signals_log::{EventLog, LogError};
-use signals_schemas::{avro, Millis};
-use signals_store::{BatchManifest, SignalStore, StoreError};
+use signals_core::{Definitions, LogPosition, SignalDefinition, UserRecord};
+use signals_log::{Append, EventLog, LogError};
+use signals_schemas::{avro, LogRecord, Millis, RecordBody, UserDeletion};
+use signals_store::{BatchCheckpoint, BatchManifest, SignalStore, StoreError};
 use tracing::{info, warn};
 
-pub use recompute::{Corrections, Recompute};
+pub use backfill::Backfill;
+pub use bots::BotFilter;
+pub use recompute::{Corrections, Keep, Recompute, UserFilter, UserOutcome};
+pub use verify::{Sample, VerifyReport, VerifyRequest};
 
 /// Tuning of the batch layer.
 #[derive(Clone, Debug)]
@@ -31,10 +47,14 @@ pub struct BatchOptions {
     /// How far back `at` may go; raw events are kept for this plus the
     /// widest window, older ones are pre-aggregated.
     pub retention: Millis,
-    /// Users per store write.
+    /// Users per store write (and per checkpoint).
     pub write_chunk: usize,
     /// Records per log read.
     pub read_chunk: usize,
+    /// Store reads in flight at once (backfills, verify, dry runs).
+    pub read_concurrency: usize,
+    /// The bot rule, if any.
+    pub bot_filter: Option<BotFilter>,
 }
 
 impl Default for BatchOptions {
@@ -43,13 +63,26 @@ impl Default for BatchOptions {
             retention: 30 * signals_core::time::DAY,
             write_chunk: 5_000,
             read_chunk: 50_000,
+            read_concurrency: 64,
+            bot_filter: None,
         }
     }
 }
 
+/// What a run computes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Job {
+    /// Everything, from the whole log up to its current end.
+    Run,
+    /// Part of the published version, at its log position.
+    Backfill(Backfill),
+}
+
 /// What one run did.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct BatchSummary {
+    pub job: Job,
     pub version: u64,
     pub position: LogPosition,
     pub horizon: Millis,
@@ -57,9 +90,19 @@ pub struct BatchSummary {
     pub duration_ms: u64,
     pub records_read: u64,
     pub undecodable: u64,
+    /// Raw events kept in the version's records.
     pub events: u64,
+    /// Users with something that counts.
     pub users: u64,
+    /// Records (one per user seen in the log) written by this process.
+    pub records_written: u64,
+    /// Users whose record differs from the published version's (backfills
+    /// and dry runs, which read the published records).
+    pub changed_users: Option<u64>,
+    /// A resumed run skipped the users up to this one, already written.
+    pub resumed_after: Option<String>,
     pub corrections: Corrections,
+    pub dry_run: bool,
     pub published: bool,
 }
 
@@ -70,6 +113,7 @@ pub enum Phase {
     Reading,
     Writing,
     Publishing,
+    Comparing,
 }
 
 /// A run in progress, as the admin endpoint shows it.
@@ -99,16 +143,32 @@ impl Progress for Quiet {
 pub enum BatchError {
     #[error("a batch run is already in progress (version {0})")]
     AlreadyRunning(u64),
+    #[error("nothing is published yet: run `signals batch run` before a backfill")]
+    NothingPublished,
+    #[error("{0}")]
+    Invalid(String),
     #[error(transparent)]
     Log(#[from] LogError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
+/// Where a user's deletion was recorded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DeletionReceipt {
+    pub user_id: String,
+    /// The log position of the `UserDeletion` record.
+    pub partition: u32,
+    pub offset: u64,
+}
+
+/// Runs the admin endpoint lists.
+const HISTORY: usize = 20;
+
 #[derive(Default)]
 struct Status {
     running: Option<Running>,
-    last: Option<BatchSummary>,
+    history: VecDeque<BatchSummary>,
 }
 
 /// The batch layer, wired to its backends.
@@ -146,13 +206,25 @@ impl BatchLayer {
 
     /// The summary of the last run of this process, if any.
     pub fn last(&self) -> Option<BatchSummary> {
-        self.status.lock().map(|s| s.last.clone()).unwrap_or(None)
+        self.status
+            .lock()
+            .map(|s| s.history.back().cloned())
+            .unwrap_or(None)
     }
 
-    /// Recomputes everything up to the log's current end and publishes it
-    /// (unless `dry_run`). One run at a time per process.
+    /// The last runs of this process, newest first.
+    pub fn history(&self) -> Vec<BatchSummary> {
+        self.status
+            .lock()
+            .map(|s| s.history.iter().rev().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Runs `job` and publishes its version (unless `dry_run`). One run at
+    /// a time per process.
     pub async fn run(
         &self,
+        job: Job,
         dry_run: bool,
         progress: &dyn Progress,
     ) -> Result<BatchSummary, BatchError> {
@@ -160,21 +232,9 @@ impl BatchLayer {
         let started_at = chrono::Utc::now().timestamp_millis();
         let previous = self.store.published().await?;
         let version = previous.as_ref().map_or(1, |m| m.version + 1);
-        {
-            let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(running) = &status.running {
-                return Err(BatchError::AlreadyRunning(running.version));
-            }
-            status.running = Some(Running {
-                version,
-                started_at,
-                phase: Phase::Reading,
-                done: 0,
-                total: 0,
-            });
-        }
+        self.begin(version, started_at)?;
         let result = self
-            .run_version(version, started_at, dry_run, previous, progress)
+            .run_version(job, version, started_at, dry_run, previous, progress)
             .await;
         let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
         status.running = None;
@@ -192,7 +252,10 @@ impl BatchLayer {
                 metrics::counter!("signals_batch_runs_total", "outcome" => "ok").increment(1);
                 metrics::histogram!("signals_batch_duration_seconds")
                     .record(started.elapsed().as_secs_f64());
-                status.last = Some(summary.clone());
+                if status.history.len() == HISTORY {
+                    status.history.pop_front();
+                }
+                status.history.push_back(summary.clone());
                 Ok(summary)
             }
             Err(error) => {
@@ -203,6 +266,60 @@ impl BatchLayer {
         }
     }
 
+    /// Records a user's deletion in the log (so both layers skip their
+    /// events, now and later) and erases them from the store (and cache).
+    /// Afterwards the user answers as an unknown user.
+    pub async fn delete_user(
+        &self,
+        user_id: &str,
+        reason: &str,
+    ) -> Result<DeletionReceipt, BatchError> {
+        signals_schemas::rules::check_id("user_id", user_id)
+            .map_err(|e| BatchError::Invalid(e.to_string()))?;
+        let record = LogRecord {
+            accepted_at: chrono::Utc::now().timestamp_millis(),
+            body: RecordBody::UserDeletion(UserDeletion {
+                user_id: user_id.to_owned(),
+                reason: reason.to_owned(),
+            }),
+        };
+        let appended = self
+            .log
+            .append(vec![Append {
+                key: record.key().to_owned(),
+                bytes: avro::encode(&record),
+            }])
+            .await?;
+        let Some(&(partition, offset)) = appended.first() else {
+            return Err(BatchError::Log(LogError::Unavailable(
+                "the log acknowledged no position for the deletion".into(),
+            )));
+        };
+        self.store.erase_user(user_id, (partition, offset)).await?;
+        info!(user_id, partition, offset, "user deleted");
+        metrics::counter!("signals_users_deleted_total").increment(1);
+        Ok(DeletionReceipt {
+            user_id: user_id.to_owned(),
+            partition,
+            offset,
+        })
+    }
+
+    fn begin(&self, version: u64, started_at: Millis) -> Result<(), BatchError> {
+        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(running) = &status.running {
+            return Err(BatchError::AlreadyRunning(running.version));
+        }
+        status.running = Some(Running {
+            version,
+            started_at,
+            phase: Phase::Reading,
+            done: 0,
+            total: 0,
+        });
+        Ok(())
+    }
+
     fn report(&self, progress: &dyn Progress, running: Running) {
         progress.update(&running);
         if let Ok(mut status) = self.status.lock() {
@@ -210,21 +327,88 @@ impl BatchLayer {
         }
     }
 
+    /// Signal name → fingerprint of every definition in force.
+    fn fingerprints(&self) -> BTreeMap<String, String> {
+        self.definitions
+            .iter()
+            .map(|d| (d.name.clone(), d.fingerprint()))
+            .collect()
+    }
+
     async fn run_version(
         &self,
+        job: Job,
         version: u64,
-        started_at: Millis,
+        now: Millis,
         dry_run: bool,
         previous: Option<BatchManifest>,
         progress: &dyn Progress,
     ) -> Result<BatchSummary, BatchError> {
-        let end = self.log.end().await?;
-        let total = end.total();
-        let mut summary = BatchSummary {
-            version,
-            position: end.clone(),
-            started_at,
-            ..BatchSummary::default()
+        // Check the job before anything is read or written.
+        let named: Vec<&SignalDefinition> = match &job {
+            Job::Run => Vec::new(),
+            Job::Backfill(backfill) => {
+                let published = previous.as_ref().ok_or(BatchError::NothingPublished)?;
+                let named = self
+                    .definitions
+                    .select(&backfill.signals)
+                    .map_err(|name| BatchError::Invalid(format!("unknown signal `{name}`")))?;
+                backfill::check(
+                    backfill,
+                    &named,
+                    published.horizon,
+                    self.options.retention,
+                    now,
+                )
+                .map_err(BatchError::Invalid)?;
+                named
+            }
+        };
+        let plan = serde_json::to_string(&(
+            &job,
+            self.fingerprints(),
+            self.options.bot_filter,
+            self.options.retention,
+        ))
+        .map_err(|e| BatchError::Invalid(format!("cannot describe the run: {e}")))?;
+
+        // Resume the same plan's checkpoint, or fix position and start time.
+        let checkpoint = match dry_run {
+            true => None,
+            false => self
+                .store
+                .batch_checkpoint()
+                .await?
+                .filter(|c| c.version == version && c.plan == plan),
+        };
+        let mut checkpoint = match checkpoint {
+            Some(checkpoint) => {
+                info!(version, after = ?checkpoint.written_through, "resuming a batch run");
+                checkpoint
+            }
+            None => {
+                let position = match (&job, &previous) {
+                    (Job::Backfill(_), Some(published)) => published.position.clone(),
+                    _ => self.log.end().await?,
+                };
+                let checkpoint = BatchCheckpoint {
+                    version,
+                    plan,
+                    position,
+                    started_at: now,
+                    written_through: None,
+                };
+                if !dry_run {
+                    self.store.save_batch_checkpoint(Some(&checkpoint)).await?;
+                }
+                checkpoint
+            }
+        };
+        let started_at = checkpoint.started_at;
+        let position = checkpoint.position.clone();
+        let horizon = match (&job, &previous) {
+            (Job::Backfill(_), Some(published)) => published.horizon,
+            _ => floor_hour(started_at - self.options.retention - self.definitions.max_window()),
         };
         let running = |phase, done, total| Running {
             version,
@@ -234,83 +418,134 @@ impl BatchLayer {
             total,
         };
 
-        // Read the log up to the snapshot of its end.
-        let mut recompute = Recompute::default();
-        let mut reader = self.log.read_from(&LogPosition::new()).await?;
-        let mut read = LogPosition::new();
-        // The reader's own position also passes offsets that hold no record
-        // (Kafka's transaction markers).
-        while !reader.position().reaches(&end) {
-            let entries = reader
-                .next_batch(self.options.read_chunk, Duration::from_millis(50))
-                .await?;
-            for entry in entries {
-                if !end.covers(entry.partition, entry.offset) {
-                    continue;
-                }
-                read.advance(entry.partition, entry.offset + 1);
-                summary.records_read += 1;
-                match avro::decode(&entry.bytes) {
-                    Ok(record) => recompute.add(record.body),
-                    // The speed layer dead-letters these; the batch skips them alike.
-                    Err(_) => summary.undecodable += 1,
-                }
-            }
-            self.report(progress, running(Phase::Reading, read.total(), total));
-        }
+        // Read the log up to the run's position.
+        let keep = match &job {
+            Job::Backfill(Backfill {
+                range: Some(range),
+                signals,
+            }) if signals.is_empty() => Keep {
+                users: None,
+                times: Some(*range),
+            },
+            _ => Keep::default(),
+        };
+        let mut recompute = Recompute::new(keep);
+        let total = position.total();
+        let read = read::read_log(
+            self.log.as_ref(),
+            &position,
+            self.options.read_chunk,
+            |body| recompute.add(body),
+            |done| self.report(progress, running(Phase::Reading, done, total)),
+        )
+        .await?;
+        let (users, corrections) = recompute.finish(self.options.bot_filter);
 
-        // Write every user's record under the new version.
-        let horizon =
-            floor_hour(started_at - self.options.retention - self.definitions.max_window());
-        summary.horizon = horizon;
-        let user_count = recompute.users() as u64;
-        let (records, corrections) = recompute.finish(&self.definitions, horizon);
-        let mut chunk = Vec::with_capacity(self.options.write_chunk);
-        let mut written = 0u64;
-        for (user, record) in records {
-            if !record.events.is_empty() || !record.base.is_empty() {
-                summary.users += 1;
+        let mut summary = BatchSummary {
+            job: job.clone(),
+            version,
+            position: position.clone(),
+            horizon,
+            started_at,
+            duration_ms: 0,
+            records_read: read.records,
+            undecodable: read.undecodable,
+            events: 0,
+            users: 0,
+            records_written: 0,
+            changed_users: (dry_run || matches!(job, Job::Backfill(_))).then_some(0),
+            resumed_after: checkpoint.written_through.clone(),
+            corrections,
+            dry_run,
+            published: false,
+        };
+
+        // Build and write every user's record, chunk by chunk.
+        let user_count = users.len() as u64;
+        let mut done = 0u64;
+        let mut users = users.into_iter().peekable();
+        while users.peek().is_some() {
+            let chunk: Vec<(String, UserOutcome)> =
+                users.by_ref().take(self.options.write_chunk).collect();
+            done += chunk.len() as u64;
+            let written_before = checkpoint.written_through.clone();
+            let (skipped, fresh): (Vec<_>, Vec<_>) = chunk.into_iter().partition(|(user, _)| {
+                written_before
+                    .as_deref()
+                    .is_some_and(|last| user.as_str() <= last)
+            });
+
+            // Users a crashed run already wrote count as they were written.
+            for record in self
+                .records(version, skipped.into_iter().map(|(u, _)| u).collect())
+                .await?
+            {
+                summary.count(record.as_deref());
             }
-            summary.events += record.events.len() as u64;
-            written += 1;
-            chunk.push((user, record));
-            if chunk.len() >= self.options.write_chunk {
-                if !dry_run {
-                    self.store
-                        .write_batch(version, std::mem::take(&mut chunk))
-                        .await?;
+            let published = match (&previous, &summary.changed_users) {
+                (Some(published), Some(_)) => Some(
+                    self.records(
+                        published.version,
+                        fresh.iter().map(|(u, _)| u.clone()).collect(),
+                    )
+                    .await?,
+                ),
+                _ => None,
+            };
+            let mut records = Vec::with_capacity(fresh.len());
+            for (i, (user, outcome)) in fresh.into_iter().enumerate() {
+                let before = published.as_ref().and_then(|p| p[i].clone());
+                let record = match &job {
+                    Job::Run => match outcome {
+                        UserOutcome::Deleted => UserRecord::erased(horizon),
+                        UserOutcome::Events(events) => {
+                            UserRecord::compact(&self.definitions, events, horizon)
+                        }
+                    },
+                    Job::Backfill(backfill) => {
+                        backfill::merge(before.as_deref(), outcome, backfill, &named, horizon)
+                    }
+                };
+                if let Some(changed) = summary.changed_users.as_mut() {
+                    if before.as_deref().is_none_or(|b| !same_content(b, &record)) {
+                        *changed += 1;
+                    }
                 }
-                chunk.clear();
-                self.report(progress, running(Phase::Writing, written, user_count));
+                summary.count(Some(&record));
+                records.push((user, record));
             }
+            if !dry_run && !records.is_empty() {
+                let last = records.last().map(|(user, _)| user.clone());
+                summary.records_written += records.len() as u64;
+                self.store.write_batch(version, records).await?;
+                checkpoint.written_through = last;
+                self.store.save_batch_checkpoint(Some(&checkpoint)).await?;
+            }
+            self.report(progress, running(Phase::Writing, done, user_count));
         }
-        if !chunk.is_empty() && !dry_run {
-            self.store.write_batch(version, chunk).await?;
-        }
-        summary.corrections = corrections;
         if dry_run {
             return Ok(summary);
         }
 
         // Publish, then collect what the previous version no longer needs.
-        self.report(
-            progress,
-            running(Phase::Publishing, summary.users, user_count),
-        );
+        self.report(progress, running(Phase::Publishing, done, user_count));
+        let definitions = match (&job, &previous) {
+            (Job::Backfill(_), Some(published)) => {
+                backfill::definitions_after(&published.definitions, &named)
+            }
+            _ => self.fingerprints(),
+        };
         let manifest = BatchManifest {
             version,
-            position: end,
+            position,
             horizon,
             created_at: started_at,
-            definitions: self
-                .definitions
-                .iter()
-                .map(|d| (d.name.clone(), d.fingerprint()))
-                .collect(),
+            definitions,
             users: summary.users,
             events: summary.events,
         };
         self.store.publish(&manifest).await?;
+        self.store.save_batch_checkpoint(None).await?;
         summary.published = true;
         if let Some(previous) = previous {
             // Lag one version: readers holding `previous` still find its data.
@@ -326,6 +561,39 @@ impl BatchLayer {
         }
         Ok(summary)
     }
+
+    /// The records of `users` in `version`, in their order.
+    async fn records(
+        &self,
+        version: u64,
+        users: Vec<String>,
+    ) -> Result<Vec<Option<Arc<UserRecord>>>, StoreError> {
+        let reads = users.into_iter().map(|user| {
+            let store = self.store.clone();
+            async move { store.batch_record(version, &user).await }
+        });
+        stream::iter(reads)
+            .buffered(self.options.read_concurrency.max(1))
+            .try_collect()
+            .await
+    }
+}
+
+impl BatchSummary {
+    fn count(&mut self, record: Option<&UserRecord>) {
+        if let Some(record) = record {
+            if !record.deleted && !(record.events.is_empty() && record.base.is_empty()) {
+                self.users += 1;
+            }
+            self.events += record.events.len() as u64;
+        }
+    }
+}
+
+/// Whether two records of a user hold the same history: their pre-aggregated
+/// states are compared only when they share a horizon.
+fn same_content(a: &UserRecord, b: &UserRecord) -> bool {
+    a.deleted == b.deleted && a.events == b.events && (a.horizon != b.horizon || a.base == b.base)
 }
 
 #[cfg(test)]
@@ -381,7 +649,7 @@ mod tests {
             .await
             .expect("appended");
         let batch = BatchLayer::new(log, store.clone(), definitions, BatchOptions::default());
-        let summary = batch.run(false, &Quiet).await.expect("runs");
+        let summary = batch.run(Job::Run, false, &Quiet).await.expect("runs");
         assert_eq!(summary.version, 1);
         assert_eq!(summary.users, 0);
         let history = store.user_history("x").await.expect("history");

@@ -38,6 +38,10 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/definitions", get(routes::admin::definitions))
         .route("/v1/admin/batch", get(routes::admin::batch_status))
         .route("/v1/admin/batch/run", post(routes::admin::run_batch))
+        .route(
+            "/v1/admin/users/{user_id}",
+            axum::routing::delete(routes::admin::delete_user),
+        )
         .route("/healthz", get(routes::ops::healthz))
         .route("/readyz", get(routes::ops::readyz))
         .route("/metrics", get(routes::ops::metrics))

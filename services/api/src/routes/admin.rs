@@ -1,9 +1,9 @@
 //! Definitions and the batch, for operators.
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::Json;
-use serde::Serialize;
-use signals_batch::{BatchError, BatchSummary, Quiet, Running};
+use serde::{Deserialize, Serialize};
+use signals_batch::{BatchError, BatchSummary, DeletionReceipt, Job, Quiet, Running};
 use signals_core::SignalSpec;
 use signals_store::BatchManifest;
 use utoipa::ToSchema;
@@ -24,6 +24,12 @@ pub struct DefinitionEntry {
     #[serde(flatten)]
     pub spec: SignalSpec,
     pub fingerprint: String,
+    /// `current`: the published batch version was computed with this
+    /// definition; `changed` or `new`: it was not (lifetime signals are
+    /// then computed from raw events only and reported stale until the
+    /// next `signals batch run` or `signals batch backfill --signal`);
+    /// `unpublished`: no batch version yet.
+    pub status: &'static str,
 }
 
 /// The batch layer's state.
@@ -38,21 +44,37 @@ pub struct BatchStatusResponse {
     /// The last run of this process.
     #[schema(value_type = Option<Object>)]
     pub last_run: Option<BatchSummary>,
+    /// The last runs of this process (at most 20), newest first.
+    #[schema(value_type = Vec<Object>)]
+    pub runs: Vec<BatchSummary>,
 }
 
 /// Lists the signal definitions in force.
 #[utoipa::path(get, path = "/v1/definitions", responses((status = 200, body = DefinitionsResponse)), tag = "serving")]
-pub async fn definitions(State(state): State<AppState>) -> Json<DefinitionsResponse> {
-    Json(DefinitionsResponse {
+pub async fn definitions(
+    State(state): State<AppState>,
+) -> Result<Json<DefinitionsResponse>, ApiError> {
+    let published = state.store.published().await?;
+    Ok(Json(DefinitionsResponse {
         signals: state
             .definitions
             .iter()
-            .map(|d| DefinitionEntry {
-                spec: d.spec.clone(),
-                fingerprint: d.fingerprint(),
+            .map(|d| {
+                let fingerprint = d.fingerprint();
+                let status = match published.as_ref().map(|m| m.definitions.get(&d.name)) {
+                    None => "unpublished",
+                    Some(None) => "new",
+                    Some(Some(used)) if *used == fingerprint => "current",
+                    Some(Some(_)) => "changed",
+                };
+                DefinitionEntry {
+                    spec: d.spec.clone(),
+                    fingerprint,
+                    status,
+                }
             })
             .collect(),
-    })
+    }))
 }
 
 /// Runs the batch now and answers with the published version.
@@ -73,7 +95,7 @@ pub async fn run_batch(State(state): State<AppState>) -> Result<Json<BatchSummar
         .clone()
         .ok_or_else(|| ApiError::Unavailable("this process does not run the batch layer".into()))?;
     // Run detached: a client that disconnects must not abort a publish.
-    let run = tokio::spawn(async move { batch.run(false, &Quiet).await });
+    let run = tokio::spawn(async move { batch.run(Job::Run, false, &Quiet).await });
     match run.await {
         Ok(Ok(summary)) => Ok(Json(summary)),
         Ok(Err(error @ BatchError::AlreadyRunning(_))) => {
@@ -94,5 +116,55 @@ pub async fn batch_status(
         published,
         running: state.batch.as_ref().and_then(|b| b.running()),
         last_run: state.batch.as_ref().and_then(|b| b.last()),
+        runs: state
+            .batch
+            .as_ref()
+            .map(|b| b.history())
+            .unwrap_or_default(),
     }))
+}
+
+/// Why a user is deleted (kept in the log's deletion record).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct DeleteUserRequest {
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// Deletes a user from every layer, permanently: records the deletion in
+/// the event log (both layers skip the user's events from then on, earlier
+/// and later ones alike) and erases their entries and records from the
+/// store and the cache. Afterwards the user answers as an unknown user.
+#[utoipa::path(
+    delete,
+    path = "/v1/admin/users/{user_id}",
+    params(("user_id" = String, Path, description = "The user to delete")),
+    request_body(content = Option<DeleteUserRequest>, description = "Optional reason"),
+    responses(
+        (status = 200, description = "Deleted: the log position of the deletion record", body = Object),
+        (status = 400, description = "Invalid user id", body = crate::error::ErrorBody),
+        (status = 503, description = "A backend failed; retrying is safe", body = crate::error::ErrorBody),
+    ),
+    security(("admin_token" = [])),
+    tag = "admin"
+)]
+pub async fn delete_user(
+    State(state): State<AppState>,
+    Path(user_id): Path<String>,
+    body: Option<Json<DeleteUserRequest>>,
+) -> Result<Json<DeletionReceipt>, ApiError> {
+    let batch = state
+        .batch
+        .clone()
+        .ok_or_else(|| ApiError::Unavailable("this process does not run the batch layer".into()))?;
+    let reason = body.map(|Json(b)| b.reason).unwrap_or_default();
+    // Detached, like a batch run: half a deletion must not be left behind
+    // by a client that disconnects.
+    let deletion = tokio::spawn(async move { batch.delete_user(&user_id, &reason).await });
+    match deletion.await {
+        Ok(Ok(receipt)) => Ok(Json(receipt)),
+        Ok(Err(BatchError::Invalid(why))) => Err(ApiError::BadRequest(why)),
+        Ok(Err(error)) => Err(ApiError::Unavailable(error.to_string())),
+        Err(error) => Err(ApiError::Internal(format!("deletion task failed: {error}"))),
+    }
 }

@@ -1,0 +1,249 @@
+//! Backfills: a new version made from the published one, with part of it
+//! recomputed from the log the published version covers.
+//!
+//! * `range`: every user's raw events with `event_time` in `[from, to)` are
+//!   replaced by the ones the log holds now (with today's corrections: bot
+//!   rule, retractions, deletions). Needs `from` at or after the published
+//!   version's horizon: older events are pre-aggregated, not raw.
+//! * `signals`: the pre-aggregated state of these lifetime signals is
+//!   recomputed with the definitions in force (how a new or changed lifetime
+//!   signal becomes exact without a full run). A sliding-window signal needs
+//!   nothing recomputed as long as its window lies within the raw events a
+//!   record keeps; a wider one needs a full `batch run`.
+//!
+//! The new version covers the same log position as the published one, so
+//! serving goes on merging the same speed entries after it.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use signals_core::view::BaseState;
+use signals_core::{SignalDefinition, State, UserRecord, Window};
+use signals_schemas::Millis;
+
+use crate::recompute::UserOutcome;
+
+/// What a backfill recomputes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Backfill {
+    /// `[from, to)` of `event_time`, in epoch milliseconds.
+    pub range: Option<(Millis, Millis)>,
+    /// Signals whose pre-aggregated state is recomputed.
+    pub signals: Vec<String>,
+}
+
+/// Why a backfill cannot run as asked.
+pub fn check(
+    backfill: &Backfill,
+    signals: &[&SignalDefinition],
+    horizon: Millis,
+    retention: Millis,
+    now: Millis,
+) -> Result<(), String> {
+    if backfill.range.is_none() && backfill.signals.is_empty() {
+        return Err("a backfill needs a range (--from and --to) or at least one --signal".into());
+    }
+    if let Some((from, to)) = backfill.range {
+        if from >= to {
+            return Err(format!(
+                "the range is empty: --from {} is not before --to {}",
+                iso(from),
+                iso(to)
+            ));
+        }
+        if from < horizon {
+            return Err(format!(
+                "--from {} is before the published version's horizon {}: older events are pre-aggregated; run `signals batch run` to recompute everything",
+                iso(from),
+                iso(horizon)
+            ));
+        }
+    }
+    for signal in signals {
+        if let Window::Sliding(width) = signal.window {
+            if now - retention - width < horizon {
+                return Err(format!(
+                    "signal {}: its window of {} ms reaches before the published version's horizon {}; run `signals batch run` to rebuild the records with it",
+                    signal.name,
+                    width,
+                    iso(horizon)
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A user's record of the new version.
+pub fn merge(
+    previous: Option<&UserRecord>,
+    outcome: UserOutcome,
+    backfill: &Backfill,
+    signals: &[&SignalDefinition],
+    horizon: Millis,
+) -> UserRecord {
+    let events = match outcome {
+        UserOutcome::Deleted => return UserRecord::erased(horizon),
+        UserOutcome::Events(events) => events,
+    };
+    let mut record = previous.cloned().unwrap_or_else(|| UserRecord {
+        horizon,
+        ..UserRecord::default()
+    });
+    if let Some((from, to)) = backfill.range {
+        let in_range = |time: Millis| time >= from && time < to;
+        record.events.retain(|e| !in_range(e.event_time));
+        record.events.extend(
+            events
+                .iter()
+                .filter(|e| in_range(e.event_time) && e.event_time >= horizon)
+                .cloned(),
+        );
+        record
+            .events
+            .sort_unstable_by(|a, b| (b.event_time, &b.event_id).cmp(&(a.event_time, &a.event_id)));
+    }
+    let old: Vec<_> = events.iter().filter(|e| e.event_time < horizon).collect();
+    for signal in signals.iter().filter(|s| s.window == Window::Lifetime) {
+        if old.is_empty() {
+            // As `UserRecord::compact`: no old events, no base state.
+            record.base.remove(&signal.name);
+            continue;
+        }
+        let mut state = State::empty(&signal.aggregation);
+        for event in old.iter().filter(|e| signal.matches(e)) {
+            state.add(&signal.aggregation, event);
+        }
+        record.base.insert(
+            signal.name.clone(),
+            BaseState {
+                fingerprint: signal.fingerprint(),
+                state,
+            },
+        );
+    }
+    record
+}
+
+/// The manifest's definitions after a backfill of `signals`.
+pub fn definitions_after(
+    previous: &BTreeMap<String, String>,
+    signals: &[&SignalDefinition],
+) -> BTreeMap<String, String> {
+    let mut definitions = previous.clone();
+    for signal in signals {
+        definitions.insert(signal.name.clone(), signal.fingerprint());
+    }
+    definitions
+}
+
+fn iso(millis: Millis) -> String {
+    signals_schemas::rules::format_time(millis)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use signals_core::testing::event;
+    use signals_core::{Definitions, UserView};
+    use signals_schemas::EventType;
+
+    #[test]
+    fn a_range_backfill_of_unchanged_history_changes_nothing() {
+        let definitions = Definitions::default();
+        let events: Vec<_> = (0..40)
+            .map(|i| {
+                event(
+                    &format!("e{i}"),
+                    EventType::View,
+                    &format!("i{}", i % 7),
+                    i * 3_600_000,
+                )
+            })
+            .collect();
+        let horizon = 10 * 3_600_000;
+        let published = UserRecord::compact(&definitions, events.clone(), horizon);
+        let backfill = Backfill {
+            range: Some((horizon, 30 * 3_600_000)),
+            signals: Vec::new(),
+        };
+        let all: Vec<&SignalDefinition> = definitions.iter().collect();
+        let merged = merge(
+            Some(&published),
+            UserOutcome::Events(events),
+            &backfill,
+            &all,
+            horizon,
+        );
+        assert_eq!(merged, published);
+    }
+
+    #[test]
+    fn a_range_backfill_replaces_only_its_range() {
+        let definitions = Definitions::default();
+        let hour = 3_600_000;
+        let e = |id: &str, t| event(id, EventType::View, id, t * hour);
+        let published = UserRecord::compact(&definitions, vec![e("a", 1), e("b", 2), e("c", 3)], 0);
+        let backfill = Backfill {
+            range: Some((2 * hour, 3 * hour)),
+            signals: Vec::new(),
+        };
+        // The log now says: b is gone (say, bot traffic), d is in the range.
+        let merged = merge(
+            Some(&published),
+            UserOutcome::Events(vec![e("a", 1), e("c", 3), e("d", 2)]),
+            &backfill,
+            &[],
+            0,
+        );
+        let ids: Vec<&str> = merged.events.iter().map(|e| e.event_id.as_str()).collect();
+        assert_eq!(ids, vec!["c", "d", "a"]);
+    }
+
+    /// Definitions from JSON specs, as the configuration file has them.
+    fn definitions(specs: serde_json::Value) -> Definitions {
+        let specs: Vec<signals_core::definition::SignalSpec> =
+            serde_json::from_value(specs).expect("specs");
+        Definitions::compile(&specs).expect("valid")
+    }
+
+    #[test]
+    fn a_signal_backfill_makes_a_new_lifetime_signal_exact() {
+        let count =
+            serde_json::json!({"name": "views_ever", "events": ["view"], "aggregation": "count"});
+        let first = serde_json::json!({"name": "first_view", "events": ["view"], "aggregation": "first_seen"});
+        let old = definitions(serde_json::json!([count.clone()]));
+        let hour = 3_600_000;
+        let events: Vec<_> = (0..6)
+            .map(|i| event(&format!("e{i}"), EventType::View, "i", i * hour))
+            .collect();
+        let horizon = 4 * hour;
+        let published = UserRecord::compact(&old, events.clone(), horizon);
+
+        // A second lifetime signal is added: stale until backfilled.
+        let now = definitions(serde_json::json!([count, first]));
+        let all: Vec<&SignalDefinition> = now.iter().collect();
+        let at = 10 * hour;
+        let view = UserView::merge(Some(std::sync::Arc::new(published.clone())), []);
+        assert_eq!(view.evaluate(&all, at).1.len(), 1, "first_view is stale");
+
+        let added = [now.get("first_view").expect("defined")];
+        let backfill = Backfill {
+            range: None,
+            signals: vec!["first_view".into()],
+        };
+        let merged = merge(
+            Some(&published),
+            UserOutcome::Events(events.clone()),
+            &backfill,
+            &added,
+            horizon,
+        );
+        let (values, stale) =
+            UserView::merge(Some(std::sync::Arc::new(merged)), []).evaluate(&all, at);
+        assert!(stale.is_empty());
+        let full = UserRecord::compact(&now, events, horizon);
+        let (expected, _) = UserView::merge(Some(std::sync::Arc::new(full)), []).evaluate(&all, at);
+        assert_eq!(values, expected);
+    }
+}
