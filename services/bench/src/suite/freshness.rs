@@ -1,0 +1,95 @@
+//! Freshness: from the collector's answer (the event is accepted) to the
+//! event being visible through the serving API, while the platform takes a
+//! steady background load.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde_json::json;
+
+use crate::http::{self, Call, Conn};
+use crate::load::{self, Kind};
+use crate::platform::{Platform, Services, Stack};
+use crate::workload::{self, Shape};
+
+/// Probes in flight at once; each is one user of its own.
+const PROBERS: u64 = 4;
+
+/// Freshness at `rate` events/s of background load, in µs.
+pub async fn measure(
+    stack: Stack,
+    services: &Services,
+    shape: &Shape,
+    rate: f64,
+    duration: Duration,
+) -> anyhow::Result<Histogram<u64>> {
+    let platform = Platform::start(stack, services, &[]).await?;
+    let address = platform.address;
+    let background = {
+        let shape = shape.clone();
+        tokio::spawn(async move {
+            load::send(address, Kind::Events, &shape, rate, 100, 8, duration).await
+        })
+    };
+    // Let the background load reach its pace before probing.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let deadline = Instant::now() + duration.saturating_sub(Duration::from_secs(1));
+    let next = Arc::new(AtomicU64::new(0));
+    let mut probers = tokio::task::JoinSet::new();
+    for _ in 0..PROBERS {
+        let next = next.clone();
+        probers.spawn(async move {
+            let mut latencies = http::histogram();
+            while Instant::now() < deadline {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                let micros = probe(address, n).await?;
+                let _ = latencies.record(micros.max(1));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            anyhow::Ok(latencies)
+        });
+    }
+    let mut latencies = http::histogram();
+    while let Some(done) = probers.join_next().await {
+        latencies.add(&done??)?;
+    }
+    let sent = background.await??;
+    if sent.failed > 0 {
+        eprintln!("freshness: {} background requests failed", sent.failed);
+    }
+    Ok(latencies)
+}
+
+/// Posts one view of a fresh user, then polls that user's `views_24h`
+/// until it counts the view; µs from the collector's answer.
+async fn probe(address: SocketAddr, n: u64) -> anyhow::Result<u64> {
+    let mut conn = Conn::open(address).await?;
+    let user = format!("probe-{:x}-{n}", workload::now_millis());
+    let event = json!([{
+        "event_id": format!("{user}-e"),
+        "user_id": user,
+        "event_type": "view",
+        "item_id": "listing-1",
+        "event_time": workload::now_millis() - 1,
+    }]);
+    let (status, _) = conn
+        .send(&Call::post_json("/v1/events", event.to_string()))
+        .await?;
+    anyhow::ensure!(status.is_success(), "the probe event was refused: {status}");
+    let accepted = Instant::now();
+    let read = Call::get(format!("/v1/users/{user}/signals?names=views_24h"));
+    loop {
+        let (_, body) = conn.send(&read).await?;
+        let answer: serde_json::Value = serde_json::from_slice(&body)?;
+        if answer["signals"]["views_24h"].as_u64() == Some(1) {
+            return Ok(accepted.elapsed().as_micros() as u64);
+        }
+        if accepted.elapsed() > Duration::from_secs(30) {
+            anyhow::bail!("the probe event was not visible after 30s");
+        }
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+}

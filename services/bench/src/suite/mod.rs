@@ -1,0 +1,402 @@
+//! `signals-bench suite`: every figure of docs/BENCHMARKS.md beside the raw
+//! ceiling of the same machine, measured in the same run.
+
+pub mod batch;
+mod freshness;
+mod ingest;
+mod scale;
+mod serving;
+pub mod speed;
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::backends::Place;
+use crate::http;
+use crate::platform::{self, Services, Stack};
+use crate::report::{self, Figure, Row};
+use crate::workload::Shape;
+
+/// One part of the suite.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Section {
+    Speed,
+    Ingest,
+    Freshness,
+    Serving,
+    Batch,
+    Scale,
+}
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct SuiteArgs {
+    /// Small sizes and short runs: a couple of minutes in all.
+    #[arg(long)]
+    pub quick: bool,
+    #[arg(long, value_enum, default_value = "embedded")]
+    pub stack: Stack,
+    /// Also write the table, with the machine's description, to this file.
+    #[arg(long)]
+    pub markdown: Option<PathBuf>,
+    /// Only these sections (comma-separated); all by default.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<Section>,
+    /// Zipf exponent of user and item popularity.
+    #[arg(long, default_value_t = 0.9)]
+    pub skew: f64,
+    /// Records per speed-layer store write (the layer's `speed.max_batch`).
+    #[arg(long, default_value_t = 5_000)]
+    pub speed_batch: usize,
+}
+
+/// How big each figure's run is.
+struct Sizes {
+    users: u64,
+    items: u64,
+    speed_events: u64,
+    batch_events: u64,
+    serve_events: u64,
+    duration: Duration,
+    freshness: Duration,
+    /// (users, events) points of the scale curve.
+    scale: Vec<(u64, u64)>,
+}
+
+impl Sizes {
+    fn of(args: &SuiteArgs) -> Sizes {
+        let real = args.stack == Stack::Real;
+        if args.quick {
+            Sizes {
+                users: 10_000,
+                items: 20_000,
+                speed_events: if real { 100_000 } else { 300_000 },
+                batch_events: if real { 200_000 } else { 1_000_000 },
+                serve_events: 100_000,
+                duration: Duration::from_secs(5),
+                freshness: Duration::from_secs(10),
+                scale: vec![(10_000, 300_000), (100_000, 300_000), (100_000, 1_000_000)],
+            }
+        } else {
+            Sizes {
+                users: 100_000,
+                items: 100_000,
+                speed_events: if real { 500_000 } else { 2_000_000 },
+                batch_events: if real { 1_000_000 } else { 5_000_000 },
+                serve_events: 1_000_000,
+                duration: Duration::from_secs(15),
+                freshness: Duration::from_secs(30),
+                scale: vec![
+                    (10_000, 1_000_000),
+                    (100_000, 1_000_000),
+                    (1_000_000, 1_000_000),
+                    (100_000, 5_000_000),
+                    (100_000, 20_000_000),
+                ],
+            }
+        }
+    }
+
+    fn shape(&self, args: &SuiteArgs, users: u64) -> Shape {
+        Shape {
+            users,
+            items: self.items,
+            skew: args.skew,
+            seed: 42,
+        }
+    }
+}
+
+pub async fn run(args: &SuiteArgs) -> anyhow::Result<()> {
+    let sizes = Sizes::of(args);
+    let services = Services::from_env();
+    let shape = sizes.shape(args, sizes.users);
+    let wanted = |s: Section| args.only.is_empty() || args.only.contains(&s);
+    let stack = args.stack;
+    let mut rows = Vec::new();
+    let real_place = |what: &str| Place::Real {
+        services: services.clone(),
+        name: platform::unique_name(what),
+    };
+
+    if wanted(Section::Speed) {
+        let dir = tempfile::tempdir()?;
+        let place = match stack {
+            Stack::Embedded => Place::Embedded(dir.path().to_owned()),
+            Stack::Real => real_place("speed"),
+        };
+        let f = speed::measure(&place, &shape, sizes.speed_events, args.speed_batch).await?;
+        let target = match stack {
+            Stack::Embedded => "≥ 400k/s, ≥ 0.7×",
+            Stack::Real => "≥ 150k/s, ≥ 0.7×",
+        };
+        rows.push(
+            Row::new(
+                format!("speed layer, log → store ({} events)", f.events),
+                Figure::per_sec(f.ours_rate()),
+                target,
+            )
+            .against(Figure::per_sec(f.ceiling_rate())),
+        );
+        rows.push(Row::new(
+            "  raw ceiling parts: log read alone",
+            Figure::per_sec(f.events as f64 / f.raw_read.as_secs_f64()),
+            "",
+        ));
+        rows.push(Row::new(
+            "  raw ceiling parts: store write alone",
+            Figure::per_sec(f.events as f64 / f.raw_write.as_secs_f64()),
+            "",
+        ));
+        progress(&rows);
+    }
+
+    if wanted(Section::Ingest) {
+        let f = ingest::measure(stack, &services, &shape, sizes.duration).await?;
+        rows.push(
+            Row::new(
+                format!(
+                    "collector ingest, JSON × {} per POST, accepted durably",
+                    ingest::BATCH
+                ),
+                Figure::per_sec(f.ours.accepted_rate()),
+                "",
+            )
+            .against(Figure::per_sec(f.ceiling)),
+        );
+        rows.push(Row::new(
+            "  collector POST p99",
+            Figure::ms(f.ours.ms(0.99)),
+            "",
+        ));
+        progress(&rows);
+    }
+
+    if wanted(Section::Freshness) {
+        let h = freshness::measure(stack, &services, &shape, 10_000.0, sizes.freshness).await?;
+        let target = match stack {
+            Stack::Embedded => "p99 ≤ 20 ms",
+            Stack::Real => "p99 ≤ 100 ms",
+        };
+        let ms = |q: f64| Figure::ms(h.value_at_quantile(q) as f64 / 1000.0);
+        rows.push(Row::new(
+            format!("freshness p50 @ 10k events/s ({} probes)", h.len()),
+            ms(0.5),
+            "",
+        ));
+        rows.push(Row::new("freshness p99 @ 10k events/s", ms(0.99), target));
+        rows.push(Row::new(
+            "freshness max @ 10k events/s",
+            Figure::ms(h.max() as f64 / 1000.0),
+            "",
+        ));
+        progress(&rows);
+    }
+
+    if wanted(Section::Serving) {
+        let f =
+            serving::measure(stack, &services, &shape, sizes.serve_events, sizes.duration).await?;
+        let (o, b) = (&f.ours, &f.bare);
+        let ms = |o: &http::Outcome, q: f64| Figure::ms(o.ms(q));
+        rows.push(
+            Row::new(
+                format!(
+                    "serving warm single-user, uniform users, saturation ({} B answers)",
+                    f.answer_bytes
+                ),
+                Figure::per_sec(o.warm.rate()),
+                "≥ 35k/s, ≥ 0.5×",
+            )
+            .against(Figure::per_sec(b.warm.rate())),
+        );
+        rows.push(
+            Row::new("  warm p50 at saturation", ms(&o.warm, 0.5), "").against(ms(&b.warm, 0.5)),
+        );
+        rows.push(
+            Row::new("  warm p99 at saturation", ms(&o.warm, 0.99), "").against(ms(&b.warm, 0.99)),
+        );
+        let fixed = format!("@ {}k/s", serving::FIXED_RATE / 1000.0);
+        rows.push(
+            Row::new(
+                format!(
+                    "serving warm p50 {fixed}, uniform users (achieved {:.0}/s)",
+                    o.warm_fixed.rate()
+                ),
+                ms(&o.warm_fixed, 0.5),
+                "",
+            )
+            .against(ms(&b.warm_fixed, 0.5)),
+        );
+        rows.push(
+            Row::new(
+                format!("serving warm p99 {fixed}, uniform users"),
+                ms(&o.warm_fixed, 0.99),
+                "p99 ≤ 2 ms",
+            )
+            .against(ms(&b.warm_fixed, 0.99)),
+        );
+        rows.push(
+            Row::new(
+                "serving warm single-user, Zipf users, saturation",
+                Figure::per_sec(o.warm_zipf.rate()),
+                "",
+            )
+            .against(Figure::per_sec(b.warm_zipf.rate())),
+        );
+        rows.push(
+            Row::new(
+                "  Zipf p50 at saturation",
+                ms(&o.warm_zipf, 0.5),
+                format!("p99 {:.2} ms", o.warm_zipf.ms(0.99)),
+            )
+            .against(ms(&b.warm_zipf, 0.5)),
+        );
+        if let Some(cold) = &o.cold {
+            rows.push(
+                Row::new(
+                    "serving cold single-user (after restart), saturation",
+                    Figure::per_sec(cold.rate()),
+                    "",
+                )
+                .against(Figure::per_sec(b.warm.rate())),
+            );
+            rows.push(Row::new(
+                "  cold p50",
+                ms(cold, 0.5),
+                format!("p99 {:.2} ms", cold.ms(0.99)),
+            ));
+        }
+        rows.push(
+            Row::new(
+                "serving multi-get, 100 uniform users per request",
+                Figure::per_sec(o.multi.rate()),
+                "",
+            )
+            .against(Figure::per_sec(b.multi.rate())),
+        );
+        rows.push(
+            Row::new(
+                "  multi-get p50",
+                ms(&o.multi, 0.5),
+                format!("p99 {:.2} ms", o.multi.ms(0.99)),
+            )
+            .against(ms(&b.multi, 0.5)),
+        );
+        progress(&rows);
+    }
+    if wanted(Section::Batch) {
+        let dir = tempfile::tempdir()?;
+        let place = match stack {
+            Stack::Embedded => Place::Embedded(dir.path().to_owned()),
+            Stack::Real => real_place("batch"),
+        };
+        let f = batch::measure(&place, &shape, sizes.batch_events).await?;
+        rows.push(
+            Row::new(
+                format!(
+                    "batch recompute ({} events, {} users)",
+                    f.report.events, f.report.users
+                ),
+                Figure::per_sec(f.rate()),
+                "≥ 0.5×",
+            )
+            .against(Figure::per_sec(f.scan_rate())),
+        );
+        rows.push(Row::new(
+            "  batch per CPU-second",
+            Figure::per_sec(f.per_core()),
+            "≥ 1M/s per core",
+        ));
+        rows.push(Row::new(
+            "  batch peak memory (VmHWM)",
+            Figure::mib(f.report.peak_bytes),
+            format!("before the run {}", Figure::mib(f.report.baseline_bytes)),
+        ));
+        progress(&rows);
+    }
+
+    if wanted(Section::Scale) && stack == Stack::Embedded {
+        for (users, events) in &sizes.scale {
+            let p = scale::measure(&sizes.shape(args, *users), *events, args.speed_batch).await?;
+            let at = format!("{}k users, {}k events", p.users / 1000, p.events / 1000);
+            rows.push(
+                Row::new(
+                    format!("scale {at}: speed"),
+                    Figure::per_sec(p.speed.ours_rate()),
+                    "",
+                )
+                .against(Figure::per_sec(p.speed.ceiling_rate())),
+            );
+            rows.push(
+                Row::new(
+                    format!("scale {at}: batch"),
+                    Figure::per_sec(p.batch.rate()),
+                    "",
+                )
+                .against(Figure::per_sec(p.batch.scan_rate())),
+            );
+            rows.push(Row::new(
+                format!("scale {at}: batch peak memory"),
+                Figure::mib(p.batch.report.peak_bytes),
+                "",
+            ));
+            rows.push(Row::new(
+                format!("scale {at}: read p50 in process"),
+                Figure::ms(p.read.value_at_quantile(0.5) as f64 / 1000.0),
+                format!(
+                    "p99 {:.2} ms",
+                    p.read.value_at_quantile(0.99) as f64 / 1000.0
+                ),
+            ));
+            progress(&rows);
+        }
+    }
+
+    println!("{}", report::text(&rows));
+    if let Some(path) = &args.markdown {
+        std::fs::write(path, markdown(args, &rows))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn progress(rows: &[Row]) {
+    eprintln!("{}", report::text(rows));
+}
+
+/// The table with what it was measured on.
+fn markdown(args: &SuiteArgs, rows: &[Row]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Measured {} with `signals-bench suite{}{}` ({:?} stack).\n",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+        if args.quick { " --quick" } else { "" },
+        match args.stack {
+            Stack::Embedded => "",
+            Stack::Real => " --stack real",
+        },
+        args.stack
+    );
+    let _ = writeln!(out, "Machine: {}\n", machine());
+    out.push_str(&report::markdown(rows));
+    out
+}
+
+/// CPU model, cores and memory of this machine.
+pub fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let memory = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0.0, |kib| kib as f64 / 1024.0 / 1024.0);
+    format!("{model}, {cores} cores, {memory:.0} GiB")
+}

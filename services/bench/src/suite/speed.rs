@@ -1,0 +1,316 @@
+//! Speed layer throughput: the real [`SpeedLayer`] from a full log into the
+//! store, against the raw ceiling of the same machine: reading the same
+//! records from the log without decoding, plus writing equivalent entries
+//! (same keys, same value sizes, one index row per event) straight into the
+//! store engine, with nothing of ours in between.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::TryStreamExt;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message, TopicPartitionList};
+use signals_core::{LogPosition, SpeedEntry};
+use signals_log::LogEntry;
+use signals_schemas::RecordBody;
+use signals_speed::{SpeedLayer, SpeedOptions};
+use tokio_util::sync::CancellationToken;
+
+use crate::backends::{self, Backends, Place};
+use crate::platform::Services;
+use crate::workload::Shape;
+
+/// What one speed measurement found.
+#[derive(Clone, Debug)]
+pub struct SpeedFigures {
+    pub events: u64,
+    pub ours: Duration,
+    pub raw_read: Duration,
+    pub raw_write: Duration,
+}
+
+impl SpeedFigures {
+    pub fn ours_rate(&self) -> f64 {
+        self.events as f64 / self.ours.as_secs_f64()
+    }
+
+    /// Reading and writing one after the other, as the layer does.
+    pub fn ceiling_rate(&self) -> f64 {
+        self.events as f64 / (self.raw_read + self.raw_write).as_secs_f64()
+    }
+}
+
+/// Fills a fresh log at `place` with `events` events and times the speed
+/// layer, then the raw ceiling, over them.
+pub async fn measure(
+    place: &Place,
+    shape: &Shape,
+    events: u64,
+    batch: usize,
+) -> anyhow::Result<SpeedFigures> {
+    let backends = place.open().await?;
+    backends::fill(&*backends.log, shape, events).await?;
+    let end = backends.log.end().await?;
+    let ours = run_speed_layer(&backends, &end, batch).await?;
+    let (raw_read, entries) = raw_read(place, &backends, &end, events).await?;
+    drop(backends);
+    let raw_write = match place {
+        Place::Embedded(dir) => raw_write_redb(&dir.join("raw.redb"), &entries, batch)?,
+        Place::Real { services, name } => raw_write_cql(services, name, &entries).await?,
+    };
+    Ok(SpeedFigures {
+        events,
+        ours,
+        raw_read,
+        raw_write,
+    })
+}
+
+/// The speed layer from the start of the log until its progress reaches `end`.
+async fn run_speed_layer(
+    backends: &Backends,
+    end: &LogPosition,
+    batch: usize,
+) -> anyhow::Result<Duration> {
+    let layer = SpeedLayer {
+        log: backends.log.clone(),
+        store: backends.store.clone(),
+        dead_letters: backends.dead_letters.clone(),
+        options: SpeedOptions {
+            group: format!("bench-speed-{}", crate::workload::now_millis()),
+            max_batch: batch,
+            poll_wait: Duration::from_millis(20),
+            ..SpeedOptions::default()
+        },
+    };
+    let shutdown = CancellationToken::new();
+    let started = Instant::now();
+    let running = {
+        let shutdown = shutdown.clone();
+        async move { layer.run(shutdown).await }
+    };
+    let running = tokio::spawn(running);
+    loop {
+        let progress = backends.store.speed_progress().await?;
+        if progress.position.reaches(end) {
+            break;
+        }
+        if running.is_finished() {
+            anyhow::bail!("the speed layer stopped before reaching the log's end");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let elapsed = started.elapsed();
+    shutdown.cancel();
+    running.await??;
+    Ok(elapsed)
+}
+
+/// One speed entry as the store engine would hold it: key parts and value bytes.
+pub struct RawEntry {
+    user: String,
+    partition: u32,
+    offset: u64,
+    value: Vec<u8>,
+    event_id: String,
+}
+
+/// Times reading every record of the log with nothing but the log's own
+/// reader (embedded) or a bare librdkafka consumer (Kafka); returns the
+/// entries to write, built outside the timing.
+async fn raw_read(
+    place: &Place,
+    backends: &Backends,
+    end: &LogPosition,
+    events: u64,
+) -> anyhow::Result<(Duration, Vec<RawEntry>)> {
+    let records = match place {
+        Place::Embedded(_) => {
+            let started = Instant::now();
+            let mut reader = backends.log.read_from(&LogPosition::new()).await?;
+            let mut records = Vec::with_capacity(events as usize);
+            while !reader.position().reaches(end) {
+                records.extend(reader.next_batch(5_000, Duration::ZERO).await?);
+            }
+            (started.elapsed(), records)
+        }
+        Place::Real { services, name } => {
+            let services = services.clone();
+            let name = name.clone();
+            tokio::task::spawn_blocking(move || raw_kafka_read(&services, &name, events)).await??
+        }
+    };
+    let (elapsed, records) = records;
+    Ok((elapsed, entries_of(records)))
+}
+
+pub(super) fn raw_kafka_read(
+    services: &Services,
+    name: &str,
+    events: u64,
+) -> anyhow::Result<(Duration, Vec<LogEntry>)> {
+    let topic = format!("{name}.events");
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &services.kafka)
+        .set("group.id", format!("{name}-raw"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
+    let partitions = metadata
+        .topics()
+        .first()
+        .map(|t| t.partitions().len())
+        .context("the topic has no metadata")?;
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        assignment.add_partition_offset(&topic, p, rdkafka::Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(300);
+    let mut records = Vec::with_capacity(events as usize);
+    while (records.len() as u64) < events && Instant::now() < deadline {
+        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+            let message = message?;
+            records.push(LogEntry {
+                partition: message.partition() as u32,
+                offset: message.offset() as u64,
+                bytes: message.payload().unwrap_or_default().to_vec(),
+            });
+        }
+    }
+    Ok((started.elapsed(), records))
+}
+
+fn entries_of(records: Vec<LogEntry>) -> Vec<RawEntry> {
+    records
+        .into_iter()
+        .filter_map(|r| {
+            let RecordBody::Event(event) = signals_schemas::avro::decode(&r.bytes).ok()?.body
+            else {
+                return None;
+            };
+            Some(RawEntry {
+                user: event.user_id.clone(),
+                partition: r.partition,
+                offset: r.offset,
+                event_id: event.event_id.clone(),
+                value: postcard::to_stdvec(&SpeedEntry::Event(event)).ok()?,
+            })
+        })
+        .collect()
+}
+
+const SPEED: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("speed");
+const INDEX: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("event_index");
+
+/// The entries and index rows in redb transactions of `batch`, keys sorted
+/// (redb's fastest insert order), each committed durably like the speed
+/// layer's writes.
+fn raw_write_redb(
+    path: &std::path::Path,
+    entries: &[RawEntry],
+    batch: usize,
+) -> anyhow::Result<Duration> {
+    let db = redb::Database::create(path)?;
+    let started = Instant::now();
+    for chunk in entries.chunks(batch.max(1)) {
+        let mut rows: Vec<(Vec<u8>, &[u8])> = chunk
+            .iter()
+            .map(|e| {
+                let mut key = Vec::with_capacity(e.user.len() + 13);
+                key.extend_from_slice(e.user.as_bytes());
+                key.push(0);
+                key.extend_from_slice(&e.partition.to_be_bytes());
+                key.extend_from_slice(&e.offset.to_be_bytes());
+                (key, e.value.as_slice())
+            })
+            .collect();
+        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut ids: Vec<(&str, &[u8])> = chunk
+            .iter()
+            .map(|e| (e.event_id.as_str(), e.user.as_bytes()))
+            .collect();
+        ids.sort_unstable();
+        let tx = db.begin_write()?;
+        {
+            let mut speed = tx.open_table(SPEED)?;
+            for (key, value) in &rows {
+                speed.insert(key.as_slice(), *value)?;
+            }
+            let mut index = tx.open_table(INDEX)?;
+            for (id, value) in &ids {
+                index.insert(*id, *value)?;
+            }
+        }
+        tx.commit()?;
+    }
+    Ok(started.elapsed())
+}
+
+/// The entries and index rows as prepared CQL inserts, 256 in flight.
+async fn raw_write_cql(
+    services: &Services,
+    name: &str,
+    entries: &[RawEntry],
+) -> anyhow::Result<Duration> {
+    let session = scylla::client::session_builder::SessionBuilder::new()
+        .known_node(&services.cql)
+        .build()
+        .await?;
+    let keyspace = format!("{}_raw", backends::keyspace(name));
+    session
+        .query_unpaged(
+            format!("CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}"),
+            &[],
+        )
+        .await?;
+    session
+        .query_unpaged(
+            format!("CREATE TABLE IF NOT EXISTS {keyspace}.speed (user text, partition bigint, offset bigint, value blob, PRIMARY KEY ((user), partition, offset))"),
+            &[],
+        )
+        .await?;
+    session
+        .query_unpaged(
+            format!("CREATE TABLE IF NOT EXISTS {keyspace}.event_index (event_id text PRIMARY KEY, value blob)"),
+            &[],
+        )
+        .await?;
+    session.await_schema_agreement().await?;
+    let insert_entry = session
+        .prepare(format!(
+            "INSERT INTO {keyspace}.speed (user, partition, offset, value) VALUES (?, ?, ?, ?)"
+        ))
+        .await?;
+    let insert_index = session
+        .prepare(format!(
+            "INSERT INTO {keyspace}.event_index (event_id, value) VALUES (?, ?)"
+        ))
+        .await?;
+    let started = Instant::now();
+    futures::stream::iter(entries.iter().map(Ok::<_, anyhow::Error>))
+        .try_for_each_concurrent(256, |e| {
+            let session = &session;
+            let (insert_entry, insert_index) = (&insert_entry, &insert_index);
+            async move {
+                session
+                    .execute_unpaged(
+                        insert_entry,
+                        (&e.user, i64::from(e.partition), e.offset as i64, &e.value),
+                    )
+                    .await?;
+                session
+                    .execute_unpaged(insert_index, (&e.event_id, e.user.as_bytes()))
+                    .await?;
+                Ok(())
+            }
+        })
+        .await?;
+    let elapsed = started.elapsed();
+    let _ = session
+        .query_unpaged(format!("DROP KEYSPACE IF EXISTS {keyspace}"), &[])
+        .await;
+    Ok(elapsed)
+}

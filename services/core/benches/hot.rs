@@ -1,0 +1,164 @@
+//! The core's hot functions: `cargo bench -p signals-core`.
+//!
+//! * fold: `State::add` of one user's events into every default definition
+//!   (what the batch does per user, and serving per request);
+//! * merge: `State::merge` of two halves (pre-aggregated base + tail);
+//! * view: `UserView::merge` of a batch record with a speed tail, then
+//!   `evaluate` of every default signal (one serving request, no I/O);
+//! * compact: `UserRecord::compact` (the batch's per-user output).
+//!
+//! Avro decode is timed in `schemas/benches/codec.rs`.
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use signals_core::{Definitions, SignalSpec, SpeedEntry, State, UserRecord, UserView};
+use signals_schemas::{Event, EventType, Millis};
+
+const NOW: Millis = 1_795_428_000_000;
+const HOUR: Millis = 3_600_000;
+
+fn definitions() -> Definitions {
+    #[derive(serde::Deserialize)]
+    struct File {
+        signals: Vec<SignalSpec>,
+    }
+    let text = include_str!("../../signals/config/default.toml");
+    let file: File = toml::from_str(text).expect("the shipped default config parses");
+    Definitions::compile(&file.signals).expect("the shipped definitions compile")
+}
+
+/// `n` events of one user over the last 10 days, a browsing mix of types.
+fn events(n: usize) -> Vec<Event> {
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    (0..n)
+        .map(|i| {
+            let r = next();
+            let event_type = match r % 100 {
+                0..60 => EventType::View,
+                60..80 => EventType::Click,
+                80..92 => EventType::Search,
+                92..97 => EventType::WishlistAdd,
+                _ => EventType::WishlistRemove,
+            };
+            let item = format!("listing-{}", (r >> 8) % 500);
+            let mut attributes = BTreeMap::new();
+            attributes.insert("city".to_owned(), format!("city-{}", (r >> 20) % 12));
+            Event {
+                event_id: format!("e-{i}"),
+                user_id: "u-1".to_owned(),
+                event_type,
+                item_id: (event_type != EventType::Search).then(|| item.clone()),
+                query: (event_type == EventType::Search).then_some(item),
+                event_time: NOW - ((r >> 32) as i64 % (240 * HOUR)),
+                attributes,
+            }
+        })
+        .collect()
+}
+
+fn fold(c: &mut Criterion) {
+    let definitions = definitions();
+    let mut group = c.benchmark_group("fold");
+    for n in [100, 1_000] {
+        let events = events(n);
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(n), &events, |b, events| {
+            b.iter(|| {
+                for d in definitions.iter() {
+                    let mut state = State::empty(&d.aggregation);
+                    for e in events.iter().filter(|e| d.matches(e)) {
+                        state.add(&d.aggregation, e);
+                    }
+                    black_box(&state);
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+fn merge(c: &mut Criterion) {
+    let definitions = definitions();
+    let events = events(1_000);
+    let (old, new) = events.split_at(500);
+    let states = |part: &[Event]| -> Vec<State> {
+        definitions
+            .iter()
+            .map(|d| {
+                let mut state = State::empty(&d.aggregation);
+                for e in part.iter().filter(|e| d.matches(e)) {
+                    state.add(&d.aggregation, e);
+                }
+                state
+            })
+            .collect()
+    };
+    let (a, b) = (states(old), states(new));
+    c.bench_function("merge/all default signals, 500 + 500 events", |bench| {
+        bench.iter_batched(
+            || a.clone(),
+            |mut a| {
+                for ((d, a), b) in definitions.iter().zip(a.iter_mut()).zip(&b) {
+                    a.merge(&d.aggregation, b);
+                }
+                a
+            },
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+fn view(c: &mut Criterion) {
+    let definitions = definitions();
+    let all: Vec<_> = definitions.iter().collect();
+    let mut group = c.benchmark_group("view merge + evaluate");
+    for (batch_events, speed_events) in [(20, 5), (200, 20), (2_000, 50)] {
+        let events = events(batch_events + speed_events);
+        let (old, tail) = events.split_at(batch_events);
+        let record = Arc::new(UserRecord::compact(
+            &definitions,
+            old.to_vec(),
+            NOW - 40 * 24 * HOUR,
+        ));
+        let speed: Vec<SpeedEntry> = tail.iter().cloned().map(SpeedEntry::Event).collect();
+        group.throughput(Throughput::Elements((batch_events + speed_events) as u64));
+        group.bench_function(
+            BenchmarkId::from_parameter(format!("{batch_events}+{speed_events}")),
+            |b| {
+                b.iter_batched(
+                    || speed.clone(),
+                    |speed| {
+                        let view = UserView::merge(Some(record.clone()), speed);
+                        view.evaluate(&all, NOW)
+                    },
+                    BatchSize::SmallInput,
+                )
+            },
+        );
+    }
+    group.finish();
+}
+
+fn compact(c: &mut Criterion) {
+    let definitions = definitions();
+    let events = events(1_000);
+    c.bench_function("compact/1000 events, half before the horizon", |b| {
+        b.iter_batched(
+            || events.clone(),
+            |events| UserRecord::compact(&definitions, events, NOW - 120 * HOUR),
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group!(benches, fold, merge, view, compact);
+criterion_main!(benches);
