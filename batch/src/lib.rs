@@ -435,7 +435,7 @@ impl BatchLayer {
             self.log.as_ref(),
             &position,
             self.options.read_chunk,
-            |body| recompute.add(body),
+            |_, _, body| recompute.add(body),
             |done| self.report(progress, running(Phase::Reading, done, total)),
         )
         .await?;

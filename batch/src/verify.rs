@@ -9,7 +9,10 @@
 //! a healthy deployment every signal of every user agrees; anything else is
 //! drift (a lost or doubled write, a corrupted store entry, a speed layer
 //! bug). The batch-only corrections (the bot rule) show up as drift until
-//! the next batch run applies them.
+//! the next batch run applies them. User deletions are taken from the whole
+//! log, as `delete-user` erases the store before the speed layer applies
+//! the deletion record (one the speed layer has not reached and nobody
+//! erased shows as drift until it does).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -18,7 +21,7 @@ use futures::{stream, StreamExt, TryStreamExt};
 use serde::Serialize;
 use serde_json::Value;
 use signals_core::{LogPosition, SignalDefinition, UserRecord, UserView};
-use signals_schemas::Millis;
+use signals_schemas::{Millis, RecordBody};
 use signals_store::StoreError;
 
 use crate::recompute::{Keep, Recompute, UserFilter, UserOutcome};
@@ -146,12 +149,19 @@ impl BatchLayer {
             users: filter,
             times: None,
         });
-        let total = covered.total();
+        // Deletions count wherever they are: `delete-user` erases the store
+        // at once, before the speed layer reaches the deletion record.
+        let total = end.total();
         read::read_log(
             self.log.as_ref(),
-            &covered,
+            &end,
             self.options.read_chunk,
-            |body| recompute.add(body),
+            |partition, offset, body| {
+                if covered.covers(partition, offset) || matches!(body, RecordBody::UserDeletion(_))
+                {
+                    recompute.add(body)
+                }
+            },
             |done| self.report_only(progress, running(Phase::Reading, done, total)),
         )
         .await?;

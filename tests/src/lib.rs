@@ -39,6 +39,37 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// Settings that point `signals` at the real services (Kafka, CQL, Redis;
+/// see `signals-test-support` for where they come from) on a topic, group
+/// and keyspace of its own; `None`: skip the test.
+pub fn real_engines(name: &str) -> Option<Vec<(String, String)>> {
+    let (kafka, cql, redis) = signals_test_support::all()?;
+    let unique = signals_test_support::unique_name(name);
+    Some(vec![
+        ("SIGNALS_LOG__BACKEND".into(), "kafka".into()),
+        ("SIGNALS_LOG__KAFKA__BROKERS".into(), kafka),
+        (
+            "SIGNALS_LOG__KAFKA__TOPIC".into(),
+            format!("signals-e2e-{unique}"),
+        ),
+        (
+            "SIGNALS_LOG__KAFKA__DEAD_LETTER_TOPIC".into(),
+            format!("signals-e2e-{unique}.dlq"),
+        ),
+        (
+            "SIGNALS_LOG__KAFKA__GROUP".into(),
+            format!("signals-e2e-{unique}"),
+        ),
+        ("SIGNALS_CACHE__REDIS_URL".into(), redis),
+        ("SIGNALS_STORE__BACKEND".into(), "scylla".into()),
+        ("SIGNALS_STORE__SCYLLA__NODES".into(), cql),
+        (
+            "SIGNALS_STORE__SCYLLA__KEYSPACE".into(),
+            format!("e2e_{}", unique.replace('-', "_")),
+        ),
+    ])
+}
+
 /// How the platform's processes are laid out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Shape {
@@ -56,6 +87,9 @@ pub struct Platform {
     pub base: String,
     port: u16,
     shape: Shape,
+    /// `http://127.0.0.1:port` of each `signals speed` process's
+    /// operations endpoint (`speed.listen`), in launch order.
+    pub speed_endpoints: Vec<String>,
     env: Vec<(String, String)>,
     children: Vec<Child>,
     http: reqwest::Client,
@@ -81,6 +115,7 @@ impl Platform {
             base: format!("http://127.0.0.1:{port}"),
             port,
             shape,
+            speed_endpoints: Vec::new(),
             env: [("SIGNALS_BATCH__SCHEDULE".to_owned(), "off".to_owned())]
                 .into_iter()
                 .chain(settings)
@@ -135,9 +170,23 @@ impl Platform {
                     .collect()
             }
         };
+        let fresh = self.speed_endpoints.is_empty();
+        let mut speed_index = 0;
         for args in commands {
             let mut command = self.command(&args, &self.log_path())?;
             command.stdout(Stdio::null());
+            if args == ["speed"] {
+                // Each speed process serves its operations endpoint on a
+                // port of its own (kept across restarts).
+                if fresh {
+                    self.speed_endpoints
+                        .push(format!("http://127.0.0.1:{}", free_port()));
+                }
+                let endpoint = &self.speed_endpoints[speed_index];
+                speed_index += 1;
+                let listen = endpoint.trim_start_matches("http://");
+                command.env("SIGNALS_SPEED__LISTEN", listen);
+            }
             self.children.push(
                 command
                     .spawn()

@@ -1,6 +1,7 @@
 //! The speed layer on a real Kafka topic written by outside producers: a
-//! poison record lands in the dead-letter topic with its bytes, and records
-//! written by Python's fastavro (schema ids 1 and 2) are understood.
+//! poison record lands in the dead-letter topic with its bytes (read back
+//! with rdkafka and with kcat, headers included), and records written by
+//! Python's fastavro (schema ids 1 and 2) are understood.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,14 +15,7 @@ use signals_store::SignalStore;
 use tokio_util::sync::CancellationToken;
 
 fn brokers() -> Option<String> {
-    match std::env::var("SIGNALS_TEST_KAFKA_BROKERS") {
-        Ok(brokers) => Some(brokers),
-        Err(_) if std::env::var("SIGNALS_TEST_SKIP_SERVICES").is_ok() => None,
-        Err(_) => panic!(
-            "SIGNALS_TEST_KAFKA_BROKERS is not set: start Kafka with `eval \"$(infra/local/up kafka)\"` \
-             (or set SIGNALS_TEST_SKIP_SERVICES=1 to skip tests of real services)"
-        ),
-    }
+    signals_test_support::kafka_brokers()
 }
 
 /// The records `schemas/examples/fastavro_producer.py` wrote.
@@ -131,7 +125,7 @@ async fn poison_goes_to_dead_letters_and_outside_avro_is_understood() {
     let dead = KafkaLog::connect(KafkaOptions {
         topic: options.dead_letter_topic.clone(),
         dead_letter_topic: format!("{unique}.dlq.unused"),
-        ..options
+        ..options.clone()
     })
     .await
     .expect("dead-letter topic");
@@ -149,6 +143,95 @@ async fn poison_goes_to_dead_letters_and_outside_avro_is_understood() {
     }
     assert_eq!(
         letters.iter().map(|l| l.bytes.clone()).collect::<Vec<_>>(),
-        vec![poison]
+        vec![poison.clone()]
     );
+
+    // Where the poison sat in the event topic.
+    let end = log.end().await.expect("end");
+    let mut reader = log.read_from(&LogPosition::new()).await.expect("reader");
+    let mut source = None;
+    while !reader.position().reaches(&end) {
+        assert!(Instant::now() < deadline, "event topic not readable");
+        for entry in reader
+            .next_batch(10, Duration::from_millis(200))
+            .await
+            .expect("batch")
+        {
+            if entry.bytes == poison {
+                source = Some((entry.partition, entry.offset));
+            }
+        }
+    }
+    let (partition, offset) = source.expect("the poison is in the event topic");
+
+    // kcat, as an operator would read it (README): headers and bytes.
+    let letter = kcat_one(&brokers, &options.dead_letter_topic);
+    assert_eq!(letter.bytes, poison, "the original bytes");
+    let headers = letter.headers;
+    let (rest, header_offset) = headers
+        .rsplit_once(",signals.offset=")
+        .unwrap_or_else(|| panic!("no signals.offset header in {headers:?}"));
+    let (rest, header_partition) = rest
+        .rsplit_once(",signals.partition=")
+        .unwrap_or_else(|| panic!("no signals.partition header in {headers:?}"));
+    let reason = rest
+        .strip_prefix("signals.reason=")
+        .unwrap_or_else(|| panic!("no signals.reason header first in {headers:?}"));
+    assert!(!reason.trim().is_empty(), "{headers:?}");
+    assert_eq!(header_partition, partition.to_string(), "{headers:?}");
+    assert_eq!(header_offset, offset.to_string(), "{headers:?}");
+}
+
+/// One record of `topic` as `kcat -C` prints it.
+struct KcatRecord {
+    headers: String,
+    bytes: Vec<u8>,
+}
+
+/// Reads the single record of `topic` with kcat (installed by
+/// `infra/local/up`; Debian package `kcat`).
+fn kcat_one(brokers: &str, topic: &str) -> KcatRecord {
+    let output = std::process::Command::new("kcat")
+        .args(["-C", "-b", brokers, "-t", topic, "-o", "beginning", "-e", "-q"])
+        .args(["-f", "headers=%h\nlength=%S\n%s\n"])
+        .output()
+        .unwrap_or_else(|error| {
+            panic!(
+                "cannot run kcat ({error}): `infra/local/up kafka` installs it (apt-get install kcat)"
+            )
+        });
+    assert!(
+        output.status.success(),
+        "kcat failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let out = output.stdout;
+    let mut lines = Vec::new();
+    let mut at = 0;
+    for _ in 0..2 {
+        let newline = out[at..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map(|i| at + i)
+            .unwrap_or_else(|| panic!("kcat printed {:?}", String::from_utf8_lossy(&out)));
+        lines.push(String::from_utf8_lossy(&out[at..newline]).into_owned());
+        at = newline + 1;
+    }
+    let field = |line: &str, name: &str| -> String {
+        line.strip_prefix(name)
+            .unwrap_or_else(|| panic!("expected {name} in {line:?}"))
+            .to_owned()
+    };
+    let length: usize = field(&lines[1], "length=").parse().expect("a length");
+    let bytes = out[at..at + length].to_vec();
+    assert_eq!(
+        &out[at + length..],
+        b"\n",
+        "one record only: {:?}",
+        String::from_utf8_lossy(&out)
+    );
+    KcatRecord {
+        headers: field(&lines[0], "headers="),
+        bytes,
+    }
 }

@@ -4,56 +4,7 @@
 //! sharing the topic's partitions, and `signals batch run` as the batch.
 //! Same binary, chosen by configuration alone.
 
-use signals_e2e::{scenario, Platform, Shape};
-
-/// Settings that point `signals` at the services, on topics of its own.
-fn real_engines(name: &str) -> Option<Vec<(String, String)>> {
-    let kafka = match std::env::var("SIGNALS_TEST_KAFKA_BROKERS") {
-        Ok(brokers) => brokers,
-        Err(_) if std::env::var("SIGNALS_TEST_SKIP_SERVICES").is_ok() => {
-            eprintln!("real services not configured and SIGNALS_TEST_SKIP_SERVICES set: skipping");
-            return None;
-        }
-        Err(_) => panic!(
-            "SIGNALS_TEST_KAFKA_BROKERS is not set: start the services with `eval \"$(infra/local/up)\"` \
-             (or set SIGNALS_TEST_SKIP_SERVICES=1 to skip tests of real services)"
-        ),
-    };
-    let redis = std::env::var("SIGNALS_TEST_REDIS_URL")
-        .expect("SIGNALS_TEST_REDIS_URL set with the Kafka one");
-    let cql = std::env::var("SIGNALS_TEST_CQL_NODES")
-        .expect("SIGNALS_TEST_CQL_NODES set with the Kafka one");
-    let unique = format!(
-        "{name}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis())
-    );
-    Some(vec![
-        ("SIGNALS_LOG__BACKEND".into(), "kafka".into()),
-        ("SIGNALS_LOG__KAFKA__BROKERS".into(), kafka),
-        (
-            "SIGNALS_LOG__KAFKA__TOPIC".into(),
-            format!("signals-e2e-{unique}"),
-        ),
-        (
-            "SIGNALS_LOG__KAFKA__DEAD_LETTER_TOPIC".into(),
-            format!("signals-e2e-{unique}.dlq"),
-        ),
-        (
-            "SIGNALS_LOG__KAFKA__GROUP".into(),
-            format!("signals-e2e-{unique}"),
-        ),
-        ("SIGNALS_CACHE__REDIS_URL".into(), redis),
-        ("SIGNALS_STORE__BACKEND".into(), "scylla".into()),
-        ("SIGNALS_STORE__SCYLLA__NODES".into(), cql),
-        (
-            "SIGNALS_STORE__SCYLLA__KEYSPACE".into(),
-            format!("e2e_{}", unique.replace('-', "_")),
-        ),
-    ])
-}
+use signals_e2e::{real_engines, scenario, Platform, Shape};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_real_engines_speed_batch_and_retractions_stay_exact() {

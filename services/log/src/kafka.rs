@@ -16,8 +16,8 @@
 //!   idempotent (writes are keyed by log position, the event index drops
 //!   ids already applied). No record is skipped: offsets are never committed
 //!   ahead of the store.
-//! * **Dead letters** go to their own topic with the original key and bytes
-//!   and headers `signals.reason`, `signals.partition`, `signals.offset`.
+//! * **Dead letters** go to their own topic with the original bytes (no
+//!   key) and headers `signals.reason`, `signals.partition`, `signals.offset`.
 
 use std::sync::Arc;
 use std::time::Duration;

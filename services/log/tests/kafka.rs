@@ -1,5 +1,6 @@
 //! The Kafka log against a real broker at `SIGNALS_TEST_KAFKA_BROKERS`
-//! (`eval "$(infra/local/up kafka)"`), each test on its own topics.
+//! (`eval "$(infra/local/up kafka)"`, or a container when Docker is
+//! reachable; see `tests/support`), each test on its own topics.
 #![cfg(feature = "kafka")]
 
 use std::time::{Duration, Instant};
@@ -10,18 +11,9 @@ use rdkafka::message::{Headers, Message};
 use signals_log::kafka::{KafkaDeadLetters, KafkaLog, KafkaOptions};
 use signals_log::{Append, DeadLetter, DeadLetterSink, EventLog, LogEntry, LogPosition, LogReader};
 
+/// The broker, by the rules of `signals-test-support`; `None`: skip.
 fn brokers() -> Option<String> {
-    match std::env::var("SIGNALS_TEST_KAFKA_BROKERS") {
-        Ok(brokers) => Some(brokers),
-        Err(_) if std::env::var("SIGNALS_TEST_SKIP_SERVICES").is_ok() => {
-            eprintln!("SIGNALS_TEST_KAFKA_BROKERS unset and SIGNALS_TEST_SKIP_SERVICES set: skipping");
-            None
-        }
-        Err(_) => panic!(
-            "SIGNALS_TEST_KAFKA_BROKERS is not set: start Kafka with `eval \"$(infra/local/up kafka)\"` \
-             (or set SIGNALS_TEST_SKIP_SERVICES=1 to skip tests of real services)"
-        ),
-    }
+    signals_test_support::kafka_brokers()
 }
 
 fn options(brokers: &str) -> KafkaOptions {

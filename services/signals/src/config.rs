@@ -136,6 +136,29 @@ pub struct SpeedConfig {
     pub max_batch: usize,
     #[serde(with = "humantime_serde")]
     pub poll_wait: Duration,
+    /// Where `signals speed` serves /metrics, /healthz and /readyz.
+    pub listen: Listen,
+}
+
+/// An optional HTTP address: `off`, or `host:port` (port 0: any free one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listen {
+    Off,
+    At(SocketAddr),
+}
+
+impl<'de> Deserialize<'de> for Listen {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        if text == "off" {
+            return Ok(Listen::Off);
+        }
+        text.parse().map(Listen::At).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "`{text}` is not \"off\" or an address like \"127.0.0.1:9091\""
+            ))
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -338,6 +361,28 @@ mod tests {
         );
         assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(config.batch.schedule, Schedule::DailyAt(120));
+        assert_eq!(
+            config.speed.listen,
+            Listen::At("127.0.0.1:9091".parse().expect("address"))
+        );
+    }
+
+    #[test]
+    fn the_speed_endpoint_is_an_address_or_off() {
+        let config = load_text("[speed]\nlisten = \"off\"").expect("off");
+        assert_eq!(config.speed.listen, Listen::Off);
+        let config = load_text("[speed]\nlisten = \"0.0.0.0:0\"").expect("any port");
+        assert_eq!(
+            config.speed.listen,
+            Listen::At("0.0.0.0:0".parse().expect("address"))
+        );
+        let err = load_text("[speed]\nlisten = \"on\"")
+            .expect_err("neither")
+            .to_string();
+        assert!(
+            err.contains("speed.listen") && err.contains("`on`"),
+            "{err}"
+        );
     }
 
     #[test]

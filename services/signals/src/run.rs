@@ -4,6 +4,7 @@
 //! in-flight requests finish (up to `server.shutdown_grace`), then stop the
 //! speed layer after the batch in hand is durable, then close the backends.
 
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::backends::Backends;
-use crate::config::{Config, Schedule};
+use crate::config::{Config, Listen, Schedule};
 use crate::telemetry;
 
 /// Cancels `token` on SIGINT or SIGTERM.
@@ -206,12 +207,53 @@ pub async fn serve(config: Config, listen: Option<SocketAddr>) -> anyhow::Result
     Ok(ExitCode::SUCCESS)
 }
 
-/// `signals speed`
+/// `signals speed`: the speed layer, and `/metrics`, `/healthz`, `/readyz`
+/// on `speed.listen` until it stops.
 pub async fn speed(config: Config) -> anyhow::Result<ExitCode> {
+    let definitions = Arc::new(config.definitions()?);
     let backends = Backends::open(&config).await?;
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
-    let _metrics = telemetry::init_metrics()?;
-    speed_layer(&config, &backends).run(shutdown).await?;
+    let state = api_state(&config, &backends, definitions, None)?;
+    let operations = match config.speed.listen {
+        Listen::Off => None,
+        Listen::At(address) => Some(serve_operations(address, state, shutdown.clone()).await?),
+    };
+    let result = speed_layer(&config, &backends).run(shutdown.clone()).await;
+    shutdown.cancel();
+    if let Some(server) = operations {
+        match tokio::time::timeout(config.server.shutdown_grace, server).await {
+            Ok(joined) => joined
+                .context("operations endpoint task failed")?
+                .context("operations endpoint failed")?,
+            Err(_) => warn!("operations endpoint did not stop in time"),
+        }
+    }
+    result?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Binds `address` (before the speed layer starts, so a taken port stops
+/// start-up) and serves the operations routes until `shutdown`.
+async fn serve_operations(
+    address: SocketAddr,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> anyhow::Result<JoinHandle<std::io::Result<()>>> {
+    use axum::routing::get;
+    use signals_api::routes::ops;
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address} (speed.listen)"))?;
+    info!(address = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
+    let app = axum::Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .with_state(state);
+    Ok(tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .into_future(),
+    ))
 }

@@ -16,7 +16,8 @@ use crate::state::AppState;
 pub struct ReadyResponse {
     /// `ready` or `not_ready`.
     pub status: &'static str,
-    /// Backend → `ok` or the reason it is not.
+    /// Backend → `ok` or the reason it is not; `cache` appears only when the
+    /// Redis cache is degraded (answers still come, from the store).
     pub checks: BTreeMap<&'static str, String>,
 }
 
@@ -34,7 +35,11 @@ pub async fn healthz() -> &'static str {
     tag = "operations"
 )]
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let (log, store) = tokio::join!(state.log.check(), state.store.check());
+    let (log, store, cache) = tokio::join!(
+        state.log.check(),
+        state.store.check(),
+        state.store.degraded()
+    );
     let mut checks = BTreeMap::new();
     checks.insert(
         "log",
@@ -47,6 +52,9 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
             .as_ref()
             .map_or_else(|e| e.to_string(), |()| "ok".into()),
     );
+    if let Some(reason) = cache {
+        checks.insert("cache", format!("degraded: {reason}"));
+    }
     let ready = log.is_ok() && store.is_ok();
     let status = if ready {
         StatusCode::OK

@@ -9,8 +9,9 @@
 //!
 //! Every store gets a keyspace of its own (`signals_test_<random>`), dropped
 //! when the test ends, even by a panic. Without `SIGNALS_TEST_CQL_NODES` the
-//! tests fail, saying how to start the server, unless
-//! `SIGNALS_TEST_SKIP_SERVICES=1` says to skip them.
+//! tests start a ScyllaDB container when Docker is reachable, or fail saying
+//! how to start the server, unless `SIGNALS_TEST_SKIP_SERVICES=1` says to
+//! skip them (`tests/support`).
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -23,28 +24,16 @@ use super::{ScyllaOptions, ScyllaStore};
 use crate::contract::{self, at, manifest, record, write};
 use crate::{IndexEntry, SignalStore, StoreError};
 
-/// The CQL nodes to test against, or `None` to skip (said on stderr).
+/// The CQL nodes to test against, or `None` to skip (said on stderr), by
+/// the rules of `signals-test-support`.
 fn nodes() -> Option<Vec<String>> {
-    match std::env::var("SIGNALS_TEST_CQL_NODES") {
-        Ok(nodes) if !nodes.trim().is_empty() => Some(
-            nodes
-                .split(',')
-                .map(|n| n.trim().to_owned())
-                .filter(|n| !n.is_empty())
-                .collect(),
-        ),
-        _ if std::env::var("SIGNALS_TEST_SKIP_SERVICES").as_deref() == Ok("1") => {
-            eprintln!(
-                "skipping a ScyllaDB integration test: SIGNALS_TEST_CQL_NODES is unset and SIGNALS_TEST_SKIP_SERVICES=1"
-            );
-            None
-        }
-        _ => panic!(
-            "SIGNALS_TEST_CQL_NODES is not set. Start a local Cassandra (the CQL stand-in for \
-             ScyllaDB) with `eval \"$(infra/local/up cassandra)\"`, which exports it \
-             (e.g. 127.0.0.1:19042), or set SIGNALS_TEST_SKIP_SERVICES=1 to skip tests that need services"
-        ),
-    }
+    Some(
+        signals_test_support::cql_nodes()?
+            .split(',')
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty())
+            .collect(),
+    )
 }
 
 /// Keyspaces made by one test, dropped when it ends (even by a panic).
