@@ -180,10 +180,16 @@ async fn scenario(mut steps: Vec<Step>, first_split: usize, second_split: usize)
     let (b, c) = rest.split_at(second_split.min(rest.len()));
     append(&log, a).await;
     catch_up(&speed, &log, &store).await;
-    batch.run(false, &Quiet).await.expect("batch 1");
+    batch
+        .run(signals_batch::Job::Run, false, &Quiet)
+        .await
+        .expect("batch 1");
     append(&log, b).await;
     catch_up(&speed, &log, &store).await;
-    batch.run(false, &Quiet).await.expect("batch 2");
+    batch
+        .run(signals_batch::Job::Run, false, &Quiet)
+        .await
+        .expect("batch 2");
     append(&log, c).await;
     catch_up(&speed, &log, &store).await;
 
@@ -216,7 +222,10 @@ async fn scenario(mut steps: Vec<Step>, first_split: usize, second_split: usize)
         .filter_map(|id| id.split('-').next().map(str::to_owned))
         .collect();
     assert_serving_equals(&store, &definitions, &reference, now, &waiting).await;
-    batch.run(false, &Quiet).await.expect("batch 3");
+    batch
+        .run(signals_batch::Job::Run, false, &Quiet)
+        .await
+        .expect("batch 3");
     assert_serving_equals(&store, &definitions, &reference, now, &Default::default()).await;
 }
 

@@ -167,6 +167,11 @@ pub struct BatchConfig {
     pub schedule: Schedule,
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
+    /// The bot rule: a user's minute with more events than this is bot
+    /// traffic and the batch drops it (0: off).
+    pub bot_max_events_per_minute: u32,
+    /// Users per store write and per run checkpoint.
+    pub write_chunk: usize,
 }
 
 /// When `signals up` runs the batch by itself.
@@ -309,6 +314,9 @@ impl Config {
         }
         if self.batch.retention < Duration::from_secs(3600) {
             bail!("invalid configuration: batch.retention must be at least 1h");
+        }
+        if self.batch.write_chunk == 0 {
+            bail!("invalid configuration: batch.write_chunk must be at least 1");
         }
         self.definitions()?;
         Ok(())

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use signals_api::{ApiOptions, AppState, Tokens};
-use signals_batch::{BatchLayer, BatchOptions, Quiet};
+use signals_batch::{BatchLayer, BatchOptions, BotFilter, Job, Quiet};
 use signals_speed::{SpeedLayer, SpeedOptions};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -60,6 +60,10 @@ pub fn batch_layer(
         definitions,
         BatchOptions {
             retention: config.retention_millis(),
+            write_chunk: config.batch.write_chunk,
+            bot_filter: (config.batch.bot_max_events_per_minute > 0).then_some(BotFilter {
+                max_events_per_minute: config.batch.bot_max_events_per_minute,
+            }),
             ..BatchOptions::default()
         },
     ))
@@ -92,7 +96,7 @@ fn schedule_batch(
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(wait) => {}
             }
-            if let Err(error) = batch.run(false, &Quiet).await {
+            if let Err(error) = batch.run(Job::Run, false, &Quiet).await {
                 error!(%error, "scheduled batch run failed");
             }
         }

@@ -144,7 +144,7 @@ pub async fn child(args: &ChildArgs) -> anyhow::Result<()> {
     let baseline_bytes = peak_memory();
     let cpu_before = cpu_seconds();
     let started = Instant::now();
-    let summary = layer.run(false, &Quiet).await?;
+    let summary = layer.run(signals_batch::Job::Run, false, &Quiet).await?;
     let report = ChildReport {
         events: summary.events,
         users: summary.users,
