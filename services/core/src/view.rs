@@ -179,8 +179,9 @@ impl UserView {
     /// The value of each definition at `at`.
     ///
     /// Values of lifetime signals whose pre-aggregated state was made by a
-    /// different definition are computed from raw events only and reported
-    /// in the second list.
+    /// different definition, and of sliding windows reaching before the
+    /// record's horizon, are computed from raw events only and reported in
+    /// the second list.
     pub fn evaluate(
         &self,
         definitions: &[&SignalDefinition],
@@ -200,7 +201,15 @@ impl UserView {
         let mut stale = Vec::new();
         if let Some(batch) = &self.batch {
             for (definition, state) in definitions.iter().zip(states.iter_mut()) {
-                if definition.window != Window::Lifetime || batch.horizon > at {
+                if let Window::Sliding(width) = definition.window {
+                    // A window wider than the record's raw history (a new
+                    // or widened definition) misses the folded events.
+                    if at.saturating_sub(width) < batch.horizon {
+                        stale.push(StaleSignal(definition.name.clone()));
+                    }
+                    continue;
+                }
+                if batch.horizon > at {
                     continue;
                 }
                 match batch.base.get(&definition.name) {
@@ -426,5 +435,18 @@ mod tests {
         let selected: Vec<&SignalDefinition> = changed.iter().collect();
         let (_, stale) = UserView::merge(Some(Arc::new(record)), []).evaluate(&selected, 100);
         assert_eq!(stale, vec![StaleSignal("recent".into())]);
+    }
+
+    #[test]
+    fn a_window_reaching_before_the_horizon_is_stale() {
+        let defs = definitions();
+        let views_50 = [defs.get("views_50").expect("defined")];
+        let record = Arc::new(UserRecord::compact(&defs, Vec::new(), 100));
+        let view = UserView::merge(Some(record), []);
+        assert!(view.evaluate(&views_50, 150).1.is_empty());
+        assert_eq!(
+            view.evaluate(&views_50, 149).1,
+            vec![StaleSignal("views_50".into())]
+        );
     }
 }
