@@ -296,6 +296,23 @@ impl Platform {
         Ok((status, response.json().await?))
     }
 
+    /// Runs `signals ARGS --json` with this platform's settings (beside
+    /// the running processes): its exit code and the JSON it printed.
+    pub fn cli_json(&self, args: &[&str]) -> anyhow::Result<(Option<i32>, Value)> {
+        let output = self
+            .command(args, &self.log_path())?
+            .arg("--json")
+            .output()?;
+        let body = serde_json::from_slice(&output.stdout).with_context(|| {
+            format!(
+                "signals {args:?} ({}) printed no JSON: {}",
+                output.status,
+                String::from_utf8_lossy(&output.stdout)
+            )
+        })?;
+        Ok((output.status.code(), body))
+    }
+
     /// Runs the batch: the admin endpoint of `signals up`, or the
     /// `signals batch run` command beside `serve` and `speed`.
     pub async fn run_batch(&self) -> anyhow::Result<Value> {

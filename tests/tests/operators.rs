@@ -368,3 +368,68 @@ async fn the_bot_rule_drops_over_limit_minutes_at_the_batch_run() {
     assert_eq!(signals_of(&platform, "bot").await["views_1h"], 0);
     assert_eq!(signals_of(&platform, "person").await["views_1h"], 3);
 }
+
+/// The operators' commands beside `signals serve` and `signals speed` on
+/// Kafka, Cassandra and Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_real_engines_backfill_verify_and_delete_user_work_beside_serving() {
+    let Some(settings) = signals_e2e::real_engines("operators") else {
+        return;
+    };
+    let platform = Platform::start_with(Shape::Split { speed_processes: 1 }, settings)
+        .await
+        .expect("platform starts");
+    let now = chrono::Utc::now().timestamp_millis();
+    for user in ["ann", "bob", "cid"] {
+        platform
+            .post_events(&events_of(user, &format!("{user}-a"), 6, now))
+            .await
+            .expect("posted");
+    }
+    platform.wait_caught_up().await.expect("caught up");
+    let (code, run) = platform.cli_json(&["batch", "run"]).expect("batch run");
+    assert_eq!(code, Some(0), "{run}");
+    assert_eq!(run["users"], 3);
+
+    let (code, report) = platform
+        .cli_json(&["batch", "verify", "--all"])
+        .expect("verify");
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(report["users_compared"], 3);
+    assert_eq!(report["max_mismatch_rate"], 0.0, "{report}");
+
+    let (from, to) = (date(now - DAY), date(now + DAY));
+    let (code, backfill) = platform
+        .cli_json(&["batch", "backfill", "--from", &from, "--to", &to])
+        .expect("backfill");
+    assert_eq!(code, Some(0), "{backfill}");
+    assert_eq!(backfill["version"], 2);
+    assert_eq!(backfill["changed_users"], 0, "{backfill}");
+
+    // Bob's record is in the Redis cache when he is deleted.
+    assert_eq!(signals_of(&platform, "bob").await["views_24h"], 6);
+    let (code, receipt) = platform
+        .cli_json(&["batch", "delete-user", "bob"])
+        .expect("delete-user");
+    assert_eq!(code, Some(0), "{receipt}");
+    let blank = unknown(&platform).await;
+    assert_eq!(signals_of(&platform, "bob").await, blank);
+
+    platform
+        .post_events(&events_of("bob", "bob-b", 4, now))
+        .await
+        .expect("posted");
+    platform.wait_caught_up().await.expect("caught up");
+    assert_eq!(signals_of(&platform, "bob").await, blank);
+    let (code, report) = platform
+        .cli_json(&["batch", "verify", "--all"])
+        .expect("verify");
+    assert_eq!(code, Some(0), "{report}");
+
+    let (code, run) = platform.cli_json(&["batch", "run"]).expect("batch run");
+    assert_eq!(code, Some(0), "{run}");
+    assert_eq!(run["version"], 3);
+    assert_eq!(run["corrections"]["deleted_users"], 1, "{run}");
+    assert_eq!(signals_of(&platform, "bob").await, blank);
+    assert_eq!(signals_of(&platform, "ann").await["views_24h"], 6);
+}
