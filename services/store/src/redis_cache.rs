@@ -325,19 +325,10 @@ mod tests {
     use super::*;
     use crate::embedded::EmbeddedStore;
 
-    /// Redis from `SIGNALS_TEST_REDIS_URL` (see `infra/local/up redis`).
+    /// Redis from `SIGNALS_TEST_REDIS_URL` (see `infra/local/up redis`),
+    /// else a container, else how to start it (`signals-test-support`).
     fn redis_url() -> Option<String> {
-        match std::env::var("SIGNALS_TEST_REDIS_URL") {
-            Ok(url) => Some(url),
-            Err(_) if std::env::var("SIGNALS_TEST_SKIP_SERVICES").is_ok() => {
-                eprintln!("SIGNALS_TEST_REDIS_URL unset and SIGNALS_TEST_SKIP_SERVICES set: skipping");
-                None
-            }
-            Err(_) => panic!(
-                "SIGNALS_TEST_REDIS_URL is not set: start Redis with `eval \"$(infra/local/up redis)\"` \
-                 (or set SIGNALS_TEST_SKIP_SERVICES=1 to skip tests of real services)"
-            ),
-        }
+        signals_test_support::redis_url()
     }
 
     fn unique_prefix() -> String {
