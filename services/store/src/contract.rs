@@ -27,8 +27,8 @@ use signals_core::{LogPosition, Offset, Partition, SpeedEntry, UserRecord};
 use signals_schemas::{Event, EventType};
 
 use crate::{
-    BatchCheckpoint, BatchManifest, GarbageStats, IndexEntry, PositionedEntry, SignalStore,
-    SpeedProgress, SpeedWrite,
+    BatchCheckpoint, BatchManifest, BatchPart, GarbageStats, IndexEntry, PositionedEntry,
+    SignalStore, SpeedProgress, SpeedWrite,
 };
 
 /// Runs every case, each on a fresh store from `make`.
@@ -59,6 +59,7 @@ where
         a_user_with_only_speed_entries_has_no_record,
         erasing_a_user_leaves_a_marker_and_erased_records_only,
         the_batch_checkpoint_is_saved_replaced_and_cleared,
+        a_claimed_checkpoint_is_shared_and_shares_are_listed_per_version,
     );
 }
 
@@ -628,5 +629,74 @@ pub async fn the_batch_checkpoint_is_saved_replaced_and_cleared(store: &dyn Sign
         Some(&checkpoint)
     );
     store.save_batch_checkpoint(None).await.expect("clear");
+    assert_eq!(store.batch_checkpoint().await.expect("read"), None);
+}
+
+pub async fn a_claimed_checkpoint_is_shared_and_shares_are_listed_per_version(
+    store: &dyn SignalStore,
+) {
+    let checkpoint = |version, started_at| BatchCheckpoint {
+        version,
+        plan: "partitioned".into(),
+        position: [(0, 10), (1, 4)].into_iter().collect(),
+        started_at,
+        written_through: None,
+    };
+    // The first claim wins; later claims of the version get the winner.
+    let first = store
+        .claim_batch_checkpoint(&checkpoint(2, 100))
+        .await
+        .expect("claim");
+    assert_eq!(first, checkpoint(2, 100));
+    let second = store
+        .claim_batch_checkpoint(&checkpoint(2, 200))
+        .await
+        .expect("claim");
+    assert_eq!(second, checkpoint(2, 100));
+    // An older version's checkpoint is replaced by a newer claim.
+    store
+        .save_batch_checkpoint(Some(&checkpoint(1, 50)))
+        .await
+        .expect("save");
+    let newer = store
+        .claim_batch_checkpoint(&checkpoint(3, 300))
+        .await
+        .expect("claim");
+    assert_eq!(newer, checkpoint(3, 300));
+
+    let part = |partitions: Vec<Partition>, done| BatchPart {
+        partitions,
+        written_through: Some("u-9".into()),
+        done,
+        users: 3,
+        events: 7,
+    };
+    store
+        .save_batch_part(3, &part(vec![0], false))
+        .await
+        .expect("save");
+    store
+        .save_batch_part(3, &part(vec![0], true))
+        .await
+        .expect("replace");
+    store
+        .save_batch_part(3, &part(vec![1, 2], false))
+        .await
+        .expect("save");
+    store
+        .save_batch_part(30, &part(vec![5], true))
+        .await
+        .expect("save");
+    let mut parts = store.batch_parts(3).await.expect("list");
+    parts.sort_by(|a, b| a.partitions.cmp(&b.partitions));
+    assert_eq!(parts, vec![part(vec![0], true), part(vec![1, 2], false)]);
+    assert_eq!(
+        store.batch_parts(30).await.expect("list"),
+        vec![part(vec![5], true)]
+    );
+
+    store.save_batch_checkpoint(None).await.expect("clear");
+    assert!(store.batch_parts(3).await.expect("list").is_empty());
+    assert!(store.batch_parts(30).await.expect("list").is_empty());
     assert_eq!(store.batch_checkpoint().await.expect("read"), None);
 }

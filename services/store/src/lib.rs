@@ -103,11 +103,27 @@ pub trait SignalStore: Send + Sync + 'static {
     async fn batch_checkpoint(&self) -> Result<Option<BatchCheckpoint>, StoreError>;
 
     /// Records the checkpoint of the batch run in progress (`Some`), or
-    /// clears it (`None`). Durable once it returns.
+    /// clears it and every share of a partitioned run (`None`). Durable
+    /// once it returns.
     async fn save_batch_checkpoint(
         &self,
         checkpoint: Option<&BatchCheckpoint>,
     ) -> Result<(), StoreError>;
+
+    /// The checkpoint of the run of `candidate.version`: `candidate` itself
+    /// if there was none or only one of an older version (then recorded),
+    /// otherwise the one already there, unchanged. Atomic: of several
+    /// workers claiming at once, all get the same checkpoint.
+    async fn claim_batch_checkpoint(
+        &self,
+        candidate: &BatchCheckpoint,
+    ) -> Result<BatchCheckpoint, StoreError>;
+
+    /// Records one worker's share of the partitioned run of `version`.
+    async fn save_batch_part(&self, version: u64, part: &BatchPart) -> Result<(), StoreError>;
+
+    /// Every share recorded for the run of `version`.
+    async fn batch_parts(&self, version: u64) -> Result<Vec<BatchPart>, StoreError>;
 
     /// Whether the store answers now (readiness).
     async fn check(&self) -> Result<(), StoreError>;

@@ -27,8 +27,8 @@ use tracing::warn;
 
 use crate::codec;
 use crate::{
-    BatchCheckpoint, BatchManifest, GarbageStats, IndexEntry, PositionedEntry, SignalStore,
-    SpeedProgress, SpeedWrite, StoreError, UserHistory,
+    BatchCheckpoint, BatchManifest, BatchPart, GarbageStats, IndexEntry, PositionedEntry,
+    SignalStore, SpeedProgress, SpeedWrite, StoreError, UserHistory,
 };
 
 /// Cached for "no record"; never a first byte of [`codec`]'s values.
@@ -294,6 +294,21 @@ impl SignalStore for CachedStore {
         checkpoint: Option<&BatchCheckpoint>,
     ) -> Result<(), StoreError> {
         self.inner.save_batch_checkpoint(checkpoint).await
+    }
+
+    async fn claim_batch_checkpoint(
+        &self,
+        candidate: &BatchCheckpoint,
+    ) -> Result<BatchCheckpoint, StoreError> {
+        self.inner.claim_batch_checkpoint(candidate).await
+    }
+
+    async fn save_batch_part(&self, version: u64, part: &BatchPart) -> Result<(), StoreError> {
+        self.inner.save_batch_part(version, part).await
+    }
+
+    async fn batch_parts(&self, version: u64) -> Result<Vec<BatchPart>, StoreError> {
+        self.inner.batch_parts(version).await
     }
 
     async fn check(&self) -> Result<(), StoreError> {

@@ -78,6 +78,29 @@ pub struct BatchCheckpoint {
     pub written_through: Option<String>,
 }
 
+/// One worker's share of a run split by log partitions (`signals batch run
+/// --partitions`): written only by that worker.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchPart {
+    /// The log partitions whose users this worker recomputes.
+    pub partitions: Vec<Partition>,
+    /// Records of users up to and including this one are written.
+    pub written_through: Option<String>,
+    /// Every record of the share is written.
+    pub done: bool,
+    /// Users with something that counts, and raw events, in the share.
+    pub users: u64,
+    pub events: u64,
+}
+
+impl BatchPart {
+    /// The share's name: its partitions, e.g. `0-3,7`... as given, sorted.
+    pub fn name(&self) -> String {
+        let parts: Vec<String> = self.partitions.iter().map(|p| p.to_string()).collect();
+        parts.join(",")
+    }
+}
+
 /// One user's data as serving merges it.
 #[derive(Clone, Debug, Default)]
 pub struct UserHistory {

@@ -1,11 +1,11 @@
-//! Erasing a deleted user, and the batch layer's run checkpoint.
+//! Erasing a deleted user, and the batch layer's run checkpoint and shares.
 
 use redb::{Durability, ReadableTable};
 use signals_core::{Offset, Partition, SpeedEntry, UserRecord};
 
 use super::tables::{BATCH, CHECKPOINT_KEY, META, SPEED};
 use super::{codec, engine, keys, Inner};
-use crate::{BatchCheckpoint, StoreError};
+use crate::{BatchCheckpoint, BatchPart, StoreError};
 
 impl Inner {
     /// Replaces everything the store holds of `user` by one deletion marker
@@ -82,10 +82,83 @@ impl Inner {
                 None => {
                     meta.remove(CHECKPOINT_KEY)
                         .map_err(engine("clear the batch checkpoint"))?;
+                    let (start, end) = part_range(None);
+                    meta.retain_in(start.as_str()..end.as_str(), |_, _| false)
+                        .map_err(engine("clear the batch shares"))?;
                 }
             }
         }
         txn.commit().map_err(engine("commit the batch checkpoint"))
+    }
+
+    pub(super) fn claim_batch_checkpoint(
+        &self,
+        candidate: &BatchCheckpoint,
+    ) -> Result<BatchCheckpoint, StoreError> {
+        let mut txn = self.db.begin_write().map_err(engine("begin a write"))?;
+        txn.set_durability(Durability::Immediate);
+        let claimed = {
+            let mut meta = txn.open_table(META).map_err(engine("open table meta"))?;
+            let current: Option<BatchCheckpoint> = meta
+                .get(CHECKPOINT_KEY)
+                .map_err(engine("read the batch checkpoint"))?
+                .map(|v| codec::decode(v.value(), "meta", || format!("key {CHECKPOINT_KEY}")))
+                .transpose()?;
+            match current {
+                Some(current) if current.version >= candidate.version => current,
+                _ => {
+                    let bytes = codec::encode(candidate)?;
+                    meta.insert(CHECKPOINT_KEY, bytes.as_slice())
+                        .map_err(engine("write the batch checkpoint"))?;
+                    candidate.clone()
+                }
+            }
+        };
+        txn.commit()
+            .map_err(engine("commit the batch checkpoint"))?;
+        Ok(claimed)
+    }
+
+    pub(super) fn save_batch_part(&self, version: u64, part: &BatchPart) -> Result<(), StoreError> {
+        let key = format!("{}{}", part_range(Some(version)).0, part.name());
+        let bytes = codec::encode(part)?;
+        let mut txn = self.db.begin_write().map_err(engine("begin a write"))?;
+        txn.set_durability(Durability::Immediate);
+        {
+            let mut meta = txn.open_table(META).map_err(engine("open table meta"))?;
+            meta.insert(key.as_str(), bytes.as_slice())
+                .map_err(engine("write a batch share"))?;
+        }
+        txn.commit().map_err(engine("commit a batch share"))
+    }
+
+    pub(super) fn batch_parts(&self, version: u64) -> Result<Vec<BatchPart>, StoreError> {
+        let txn = self.db.begin_read().map_err(engine("begin a read"))?;
+        let meta = txn.open_table(META).map_err(engine("open table meta"))?;
+        let (start, end) = part_range(Some(version));
+        let mut parts = Vec::new();
+        for item in meta
+            .range(start.as_str()..end.as_str())
+            .map_err(engine("scan batch shares"))?
+        {
+            let (key, value) = item.map_err(engine("scan batch shares"))?;
+            parts.push(codec::decode(value.value(), "meta", || {
+                format!("key {}", key.value())
+            })?);
+        }
+        Ok(parts)
+    }
+}
+
+/// The `meta` key range of the shares of `version` (of every version: `None`).
+fn part_range(version: Option<u64>) -> (String, String) {
+    match version {
+        // Fixed-width versions: the range of one version never holds another's.
+        Some(version) => (
+            format!("batch_part:{version:020}:"),
+            format!("batch_part:{version:020};"),
+        ),
+        None => ("batch_part:".into(), "batch_part;".into()),
     }
 }
 

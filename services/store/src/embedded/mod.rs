@@ -75,8 +75,8 @@ use tracing::info;
 
 use crate::codec;
 use crate::{
-    BatchCheckpoint, BatchManifest, GarbageStats, IndexEntry, PositionedEntry, SignalStore,
-    SpeedProgress, SpeedWrite, StoreError, UserHistory,
+    BatchCheckpoint, BatchManifest, BatchPart, GarbageStats, IndexEntry, PositionedEntry,
+    SignalStore, SpeedProgress, SpeedWrite, StoreError, UserHistory,
 };
 use cache::{ManifestCache, RecordCache};
 
@@ -271,6 +271,25 @@ impl SignalStore for EmbeddedStore {
         let checkpoint = checkpoint.cloned();
         self.blocking(move |inner| inner.save_batch_checkpoint(checkpoint.as_ref()))
             .await
+    }
+
+    async fn claim_batch_checkpoint(
+        &self,
+        candidate: &BatchCheckpoint,
+    ) -> Result<BatchCheckpoint, StoreError> {
+        let candidate = candidate.clone();
+        self.blocking(move |inner| inner.claim_batch_checkpoint(&candidate))
+            .await
+    }
+
+    async fn save_batch_part(&self, version: u64, part: &BatchPart) -> Result<(), StoreError> {
+        let part = part.clone();
+        self.blocking(move |inner| inner.save_batch_part(version, &part))
+            .await
+    }
+
+    async fn batch_parts(&self, version: u64) -> Result<Vec<BatchPart>, StoreError> {
+        self.blocking(move |inner| inner.batch_parts(version)).await
     }
 
     async fn check(&self) -> Result<(), StoreError> {

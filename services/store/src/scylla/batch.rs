@@ -129,7 +129,7 @@ impl Inner {
     }
 
     /// Runs a conditional (lightweight transaction) write; whether it applied.
-    async fn conditional(
+    pub(super) async fn conditional(
         &self,
         statement: &PreparedStatement,
         values: impl ::scylla::serialize::row::SerializeRow,

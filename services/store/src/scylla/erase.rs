@@ -1,11 +1,17 @@
-//! Erasing a deleted user, and the batch layer's run checkpoint.
+//! Erasing a deleted user, and the batch layer's run checkpoint and shares.
+//!
+//! The checkpoint and the shares of a partitioned run are rows of the tiny
+//! `batch_pointer` table: `checkpoint`, and `part:<version>:<partitions>`.
 
 use signals_core::{Offset, Partition, SpeedEntry, UserRecord};
 
 use super::codec::{self, from_bigint, to_bigint};
 use super::driver;
 use super::store::Inner;
-use crate::{BatchCheckpoint, StoreError};
+use crate::{BatchCheckpoint, BatchPart, StoreError};
+
+/// Attempts of a contended claim before giving up.
+const CLAIM_ATTEMPTS: usize = 5;
 
 impl Inner {
     /// Deletes `user`'s speed partition, writes the deletion marker after
@@ -110,6 +116,14 @@ impl Inner {
                 .await
             }
             None => {
+                for (name, _) in self.pointer_rows("part:").await? {
+                    self.run(
+                        &statements.delete_pointer_row,
+                        (name.as_str(),),
+                        "clear a batch share",
+                    )
+                    .await?;
+                }
                 self.run(
                     &statements.delete_checkpoint,
                     (),
@@ -119,4 +133,105 @@ impl Inner {
             }
         }
     }
+
+    /// Claims with Paxos: a serial read, then a conditional create (none
+    /// there) or replace (an older version's).
+    pub(super) async fn claim_batch_checkpoint(
+        &self,
+        candidate: &BatchCheckpoint,
+    ) -> Result<BatchCheckpoint, StoreError> {
+        let statements = self.statements().await?;
+        let what = "claim the batch checkpoint";
+        let bytes = codec::encode(candidate)?;
+        let version = to_bigint(candidate.version, "version")?;
+        for _ in 0..CLAIM_ATTEMPTS {
+            let result = self
+                .session
+                .execute_unpaged(&statements.select_checkpoint_serial, ())
+                .await
+                .map_err(driver(what))?
+                .into_rows_result()
+                .map_err(driver(what))?;
+            let current = result
+                .maybe_first_row::<(Option<i64>, Option<&[u8]>)>()
+                .map_err(driver(what))?;
+            let applied = match current {
+                Some((_, Some(current))) => {
+                    let current: BatchCheckpoint =
+                        codec::decode(current, "batch_pointer", || "row checkpoint".into())?;
+                    if current.version >= candidate.version {
+                        return Ok(current);
+                    }
+                    let expected = to_bigint(current.version, "version")?;
+                    self.conditional(
+                        &statements.replace_checkpoint,
+                        (version, bytes.as_slice(), expected),
+                    )
+                    .await?
+                }
+                _ => {
+                    self.conditional(&statements.create_checkpoint, (version, bytes.as_slice()))
+                        .await?
+                }
+            };
+            if applied {
+                return Ok(candidate.clone());
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "cannot {what}: it changed under {CLAIM_ATTEMPTS} attempts in a row"
+        )))
+    }
+
+    pub(super) async fn save_batch_part(
+        &self,
+        version: u64,
+        part: &BatchPart,
+    ) -> Result<(), StoreError> {
+        let statements = self.statements().await?;
+        self.run(
+            &statements.upsert_pointer_row,
+            (
+                format!("{}{}", part_prefix(version), part.name()),
+                to_bigint(version, "version")?,
+                codec::encode(part)?,
+            ),
+            "write a batch share",
+        )
+        .await
+    }
+
+    pub(super) async fn batch_parts(&self, version: u64) -> Result<Vec<BatchPart>, StoreError> {
+        self.pointer_rows(&part_prefix(version))
+            .await?
+            .into_iter()
+            .map(|(name, bytes)| codec::decode(&bytes, "batch_pointer", || format!("row {name}")))
+            .collect()
+    }
+
+    /// The rows of the pointer table whose name starts with `prefix`.
+    async fn pointer_rows(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let statements = self.statements().await?;
+        let what = "list the batch pointer rows";
+        let mut rows = Vec::new();
+        self.pages(&statements.select_pointer_rows, &(), what, |page| {
+            for row in page
+                .rows::<(String, Option<&[u8]>)>()
+                .map_err(driver(what))?
+            {
+                let (name, bytes) = row.map_err(driver(what))?;
+                if let (true, Some(bytes)) = (name.starts_with(prefix), bytes) {
+                    rows.push((name, bytes.to_vec()));
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(rows)
+    }
+}
+
+/// The row name prefix of the shares of `version`.
+fn part_prefix(version: u64) -> String {
+    format!("part:{version:020}:")
 }

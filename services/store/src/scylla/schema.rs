@@ -125,6 +125,18 @@ statements! {
     upsert_checkpoint = "INSERT INTO {ks}.batch_pointer (name, version, manifest) VALUES ('checkpoint', ?, ?)";
     /// Clears the checkpoint once its run published.
     delete_checkpoint = "DELETE FROM {ks}.batch_pointer WHERE name = 'checkpoint'";
+    /// The checkpoint, as a Paxos (SERIAL) read, for claiming it.
+    select_checkpoint_serial = "SELECT version, manifest FROM {ks}.batch_pointer WHERE name = 'checkpoint'";
+    /// The first claim of a checkpoint.
+    create_checkpoint = "INSERT INTO {ks}.batch_pointer (name, version, manifest) VALUES ('checkpoint', ?, ?) IF NOT EXISTS";
+    /// A claim replacing the checkpoint of an older version.
+    replace_checkpoint = "UPDATE {ks}.batch_pointer SET version = ?, manifest = ? WHERE name = 'checkpoint' IF version = ?";
+    /// A row of the pointer table by name (a share of a partitioned run).
+    upsert_pointer_row = "INSERT INTO {ks}.batch_pointer (name, version, manifest) VALUES (?, ?, ?)";
+    /// Every row of the (tiny) pointer table.
+    select_pointer_rows = "SELECT name, manifest FROM {ks}.batch_pointer";
+    /// A row of the pointer table by name.
+    delete_pointer_row = "DELETE FROM {ks}.batch_pointer WHERE name = ?";
     /// Every later publication: compare-and-set on the version read before.
     advance_pointer = "UPDATE {ks}.batch_pointer SET version = ?, manifest = ? WHERE name = 'published' IF version = ?";
 }
@@ -143,6 +155,12 @@ impl Statements {
         self.create_pointer
             .set_serial_consistency(Some(SerialConsistency::Serial));
         self.advance_pointer
+            .set_serial_consistency(Some(SerialConsistency::Serial));
+        self.select_checkpoint_serial
+            .set_consistency(Consistency::Serial);
+        self.create_checkpoint
+            .set_serial_consistency(Some(SerialConsistency::Serial));
+        self.replace_checkpoint
             .set_serial_consistency(Some(SerialConsistency::Serial));
         self.select_speed_users.set_page_size(1000);
         self.select_listing.set_page_size(1000);

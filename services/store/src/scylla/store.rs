@@ -26,8 +26,8 @@ use super::config::ScyllaOptions;
 use super::driver;
 use super::schema::{self, Statements};
 use crate::{
-    BatchCheckpoint, BatchManifest, GarbageStats, IndexEntry, PositionedEntry, SignalStore,
-    SpeedProgress, SpeedWrite, StoreError, UserHistory,
+    BatchCheckpoint, BatchManifest, BatchPart, GarbageStats, IndexEntry, PositionedEntry,
+    SignalStore, SpeedProgress, SpeedWrite, StoreError, UserHistory,
 };
 
 /// The [`SignalStore`] on a ScyllaDB (or Cassandra) cluster. Cheap to clone.
@@ -265,6 +265,21 @@ impl SignalStore for ScyllaStore {
         checkpoint: Option<&BatchCheckpoint>,
     ) -> Result<(), StoreError> {
         self.inner.save_batch_checkpoint(checkpoint).await
+    }
+
+    async fn claim_batch_checkpoint(
+        &self,
+        candidate: &BatchCheckpoint,
+    ) -> Result<BatchCheckpoint, StoreError> {
+        self.inner.claim_batch_checkpoint(candidate).await
+    }
+
+    async fn save_batch_part(&self, version: u64, part: &BatchPart) -> Result<(), StoreError> {
+        self.inner.save_batch_part(version, part).await
+    }
+
+    async fn batch_parts(&self, version: u64) -> Result<Vec<BatchPart>, StoreError> {
+        self.inner.batch_parts(version).await
     }
 
     async fn check(&self) -> Result<(), StoreError> {
