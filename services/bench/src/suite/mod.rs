@@ -132,7 +132,7 @@ pub async fn run(args: &SuiteArgs) -> anyhow::Result<()> {
         };
         rows.push(
             Row::new(
-                format!("speed layer, log → store ({} events)", f.events),
+                format!("speed layer, log → store ({} events, {} per write)", f.events, args.speed_batch),
                 Figure::per_sec(f.ours_rate()),
                 target,
             )
