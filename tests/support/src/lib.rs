@@ -91,31 +91,52 @@ pub fn unique_name(prefix: &str) -> String {
     )
 }
 
-/// The endpoint of `service` by the rules in the module doc.
+/// Where an endpoint comes from, by the rules in the module doc.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The `SIGNALS_TEST_*` variable's value.
+    Given(String),
+    /// Skip the test: asked for with `SIGNALS_TEST_SKIP_SERVICES`.
+    Skip,
+    /// Start a container.
+    Container,
+    /// Neither: fail with this message.
+    Missing(String),
+}
+
+/// The rules, without the environment: the variable's value, whether
+/// skipping was asked for, whether Docker is reachable.
+pub fn source(service: Service, value: Option<String>, skip: bool, docker: bool) -> Source {
+    match value {
+        Some(value) if !value.trim().is_empty() => Source::Given(value),
+        _ if skip => Source::Skip,
+        _ if docker => Source::Container,
+        _ => Source::Missing(format!(
+            "{variable} is not set and no Docker daemon is reachable. Start the services with \
+             `eval \"$(infra/local/up)\"` (or only this one: `eval \"$(infra/local/up {name})\"`), \
+             or make Docker reachable so the tests start containers themselves, or set \
+             SIGNALS_TEST_SKIP_SERVICES=1 to skip tests of real services",
+            variable = service.variable(),
+            name = service.infra_name(),
+        )),
+    }
+}
+
+/// The endpoint of `service` by the rules in the module doc; `None`: skip.
 pub fn endpoint(service: Service) -> Option<String> {
-    if let Ok(value) = std::env::var(service.variable()) {
-        if !value.trim().is_empty() {
-            return Some(value);
+    let value = std::env::var(service.variable()).ok();
+    match source(service, value, skip_requested(), docker_reachable()) {
+        Source::Given(value) => Some(value),
+        Source::Skip => {
+            eprintln!(
+                "{} is unset and SIGNALS_TEST_SKIP_SERVICES is set: skipping this test",
+                service.variable()
+            );
+            None
         }
+        Source::Container => Some(containers::endpoint(service)),
+        Source::Missing(message) => panic!("{message}"),
     }
-    if skip_requested() {
-        eprintln!(
-            "{} is unset and SIGNALS_TEST_SKIP_SERVICES is set: skipping this test",
-            service.variable()
-        );
-        return None;
-    }
-    if docker_reachable() {
-        return Some(containers::endpoint(service));
-    }
-    panic!(
-        "{variable} is not set and no Docker daemon is reachable. Start the services with \
-         `eval \"$(infra/local/up)\"` (or only this one: `eval \"$(infra/local/up {name})\"`), \
-         or make Docker reachable so the tests start containers themselves, or set \
-         SIGNALS_TEST_SKIP_SERVICES=1 to skip tests of real services",
-        variable = service.variable(),
-        name = service.infra_name(),
-    )
 }
 
 /// A Docker daemon the containers can be started on: `DOCKER_HOST`, or a
@@ -302,6 +323,37 @@ mod containers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_given_endpoint_wins_then_an_explicit_skip_then_docker() {
+        let given = || Some("127.0.0.1:19092".to_owned());
+        for (skip, docker) in [(false, false), (true, false), (false, true), (true, true)] {
+            assert_eq!(
+                source(Service::Kafka, given(), skip, docker),
+                Source::Given("127.0.0.1:19092".into())
+            );
+        }
+        for empty in [None, Some(String::new()), Some(" ".into())] {
+            assert_eq!(
+                source(Service::Cql, empty.clone(), true, true),
+                Source::Skip
+            );
+            assert_eq!(
+                source(Service::Cql, empty.clone(), false, true),
+                Source::Container
+            );
+            let Source::Missing(message) = source(Service::Cql, empty, false, false) else {
+                panic!("neither endpoint nor Docker must fail");
+            };
+            assert!(message.contains("SIGNALS_TEST_CQL_NODES"), "{message}");
+            assert!(message.contains("eval \"$(infra/local/up)\""), "{message}");
+            assert!(message.contains("infra/local/up cassandra"), "{message}");
+            assert!(
+                message.contains("SIGNALS_TEST_SKIP_SERVICES=1"),
+                "{message}"
+            );
+        }
+    }
 
     #[test]
     fn unique_names_differ() {
