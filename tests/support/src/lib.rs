@@ -207,7 +207,9 @@ mod containers {
             Service::Redis => {
                 let container = GenericImage::new("redis", "7")
                     .with_exposed_port(ContainerPort::Tcp(6379))
-                    .with_wait_for(WaitFor::message_on_stdout("Ready to accept connections"))
+                    .with_wait_for(WaitFor::message_on_either_std(
+                        "Ready to accept connections",
+                    ))
                     .with_cmd(["redis-server", "--save", "", "--appendonly", "no"])
                     .with_container_name("signals-test-redis")
                     .with_reuse(ReuseDirective::Always)
@@ -223,7 +225,7 @@ mod containers {
                 // broadcast 127.0.0.1 so that is the published port here.
                 let container = GenericImage::new("scylladb/scylla", "2025.4")
                     .with_exposed_port(ContainerPort::Tcp(9042))
-                    .with_wait_for(WaitFor::message_on_stderr("init - serving"))
+                    .with_wait_for(WaitFor::message_on_either_std("init - serving"))
                     .with_cmd([
                         "--smp",
                         "1",
@@ -295,7 +297,7 @@ mod containers {
                 ];
                 let mut request = GenericImage::new("apache/kafka", "4.1.2")
                     .with_exposed_port(ContainerPort::Tcp(29092))
-                    .with_wait_for(WaitFor::message_on_stdout("Kafka Server started"))
+                    .with_wait_for(WaitFor::message_on_either_std("Kafka Server started"))
                     .with_mapped_port(host_port, ContainerPort::Tcp(29092))
                     .with_container_name("signals-test-kafka")
                     .with_reuse(ReuseDirective::Always)
