@@ -30,10 +30,10 @@ use std::time::Instant;
 use futures::{stream, StreamExt, TryStreamExt};
 use serde::Serialize;
 use signals_core::time::floor_hour;
-use signals_core::{Definitions, LogPosition, SignalDefinition, UserRecord};
+use signals_core::{Definitions, LogPosition, Partition, SignalDefinition, UserRecord};
 use signals_log::{Append, EventLog, LogError};
 use signals_schemas::{avro, LogRecord, Millis, RecordBody, UserDeletion};
-use signals_store::{BatchCheckpoint, BatchManifest, SignalStore, StoreError};
+use signals_store::{BatchCheckpoint, BatchManifest, BatchPart, SignalStore, StoreError};
 use tracing::{info, warn};
 
 pub use backfill::Backfill;
@@ -101,6 +101,12 @@ pub struct BatchSummary {
     pub changed_users: Option<u64>,
     /// A resumed run skipped the users up to this one, already written.
     pub resumed_after: Option<String>,
+    /// The log partitions this process recomputed, when the run was split
+    /// (`--partitions`); its counts are then those of its share.
+    pub partitions: Option<Vec<Partition>>,
+    /// Partitions whose share is not done yet: the version publishes when
+    /// the last share is done, by whichever worker finishes it.
+    pub waiting_for: Vec<Partition>,
     pub corrections: Corrections,
     pub dry_run: bool,
     pub published: bool,
@@ -228,13 +234,42 @@ impl BatchLayer {
         dry_run: bool,
         progress: &dyn Progress,
     ) -> Result<BatchSummary, BatchError> {
+        self.run_share(job, None, dry_run, progress).await
+    }
+
+    /// Runs one share of `job` split over several workers by log
+    /// partition: this process recomputes the users of `partitions` (users
+    /// are keyed to partitions), all workers agree on the version, log
+    /// position and start time through the store's checkpoint, and the
+    /// worker that completes the last share publishes the version.
+    pub async fn run_partitions(
+        &self,
+        job: Job,
+        partitions: Vec<Partition>,
+        progress: &dyn Progress,
+    ) -> Result<BatchSummary, BatchError> {
+        if partitions.is_empty() {
+            return Err(BatchError::Invalid(
+                "--partitions names no partition".into(),
+            ));
+        }
+        self.run_share(job, Some(partitions), false, progress).await
+    }
+
+    async fn run_share(
+        &self,
+        job: Job,
+        share: Option<Vec<Partition>>,
+        dry_run: bool,
+        progress: &dyn Progress,
+    ) -> Result<BatchSummary, BatchError> {
         let started = Instant::now();
         let started_at = chrono::Utc::now().timestamp_millis();
         let previous = self.store.published().await?;
         let version = previous.as_ref().map_or(1, |m| m.version + 1);
         self.begin(version, started_at)?;
         let result = self
-            .run_version(job, version, started_at, dry_run, previous, progress)
+            .run_version(job, share, version, started_at, dry_run, previous, progress)
             .await;
         let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
         status.running = None;
@@ -335,9 +370,11 @@ impl BatchLayer {
             .collect()
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn run_version(
         &self,
         job: Job,
+        share: Option<Vec<Partition>>,
         version: u64,
         now: Millis,
         dry_run: bool,
@@ -369,17 +406,40 @@ impl BatchLayer {
             self.fingerprints(),
             self.options.bot_filter,
             self.options.retention,
+            share.is_some(),
         ))
         .map_err(|e| BatchError::Invalid(format!("cannot describe the run: {e}")))?;
 
         // Resume the same plan's checkpoint, or fix position and start time.
-        let checkpoint = match dry_run {
-            true => None,
-            false => self
+        let checkpoint = match (dry_run, &share) {
+            (true, _) => None,
+            (false, None) => self
                 .store
                 .batch_checkpoint()
                 .await?
                 .filter(|c| c.version == version && c.plan == plan),
+            (false, Some(_)) => {
+                // All workers of a split run share one checkpoint: the first
+                // claim fixes position and start time for every share.
+                let position = match (&job, &previous) {
+                    (Job::Backfill(_), Some(published)) => published.position.clone(),
+                    _ => self.log.end().await?,
+                };
+                let candidate = BatchCheckpoint {
+                    version,
+                    plan: plan.clone(),
+                    position,
+                    started_at: now,
+                    written_through: None,
+                };
+                let claimed = self.store.claim_batch_checkpoint(&candidate).await?;
+                if claimed.version != version || claimed.plan != plan {
+                    return Err(BatchError::Invalid(format!(
+                        "version {version} is already being computed by a run of another plan (another command or configuration, or an unsplit run); finish it with the same command, or start afresh with `signals batch run` without --partitions"
+                    )));
+                }
+                Some(claimed)
+            }
         };
         let mut checkpoint = match checkpoint {
             Some(checkpoint) => {
@@ -418,6 +478,43 @@ impl BatchLayer {
             total,
         };
 
+        // A worker's share: resumed from its own record.
+        let mut part = match &share {
+            None => None,
+            Some(partitions) => {
+                let mut partitions = partitions.clone();
+                partitions.sort_unstable();
+                partitions.dedup();
+                let parts = self.store.batch_parts(version).await?;
+                if let Some(other) = parts.iter().find(|p| {
+                    p.partitions != partitions
+                        && p.partitions.iter().any(|x| partitions.contains(x))
+                }) {
+                    return Err(BatchError::Invalid(format!(
+                        "partitions {} overlap the share {} of this run: give each worker its own partitions",
+                        partitions.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(","),
+                        other.name()
+                    )));
+                }
+                Some(
+                    parts
+                        .into_iter()
+                        .find(|p| p.partitions == partitions)
+                        .unwrap_or(BatchPart {
+                            partitions,
+                            written_through: None,
+                            done: false,
+                            users: 0,
+                            events: 0,
+                        }),
+                )
+            }
+        };
+        let written_before = match &part {
+            Some(part) => part.written_through.clone(),
+            None => checkpoint.written_through.clone(),
+        };
+
         // Read the log up to the run's position.
         let keep = match &job {
             Job::Backfill(Backfill {
@@ -431,11 +528,18 @@ impl BatchLayer {
         };
         let mut recompute = Recompute::new(keep);
         let total = position.total();
+        let mine = part.as_ref().map(|p| p.partitions.clone());
         let read = read::read_log(
             self.log.as_ref(),
             &position,
             self.options.read_chunk,
-            |_, _, body| recompute.add(body),
+            |partition, _, body| match (&mine, body) {
+                // Another share's user: only the id matters here (dedup).
+                (Some(mine), RecordBody::Event(event)) if !mine.contains(&partition) => {
+                    recompute.see(event.event_id)
+                }
+                (_, body) => recompute.add(body),
+            },
             |done| self.report(progress, running(Phase::Reading, done, total)),
         )
         .await?;
@@ -454,7 +558,9 @@ impl BatchLayer {
             users: 0,
             records_written: 0,
             changed_users: (dry_run || matches!(job, Job::Backfill(_))).then_some(0),
-            resumed_after: checkpoint.written_through.clone(),
+            resumed_after: written_before.clone(),
+            partitions: mine.clone(),
+            waiting_for: Vec::new(),
             corrections,
             dry_run,
             published: false,
@@ -468,7 +574,6 @@ impl BatchLayer {
             let chunk: Vec<(String, UserOutcome)> =
                 users.by_ref().take(self.options.write_chunk).collect();
             done += chunk.len() as u64;
-            let written_before = checkpoint.written_through.clone();
             let (skipped, fresh): (Vec<_>, Vec<_>) = chunk.into_iter().partition(|(user, _)| {
                 written_before
                     .as_deref()
@@ -518,13 +623,47 @@ impl BatchLayer {
                 let last = records.last().map(|(user, _)| user.clone());
                 summary.records_written += records.len() as u64;
                 self.store.write_batch(version, records).await?;
-                checkpoint.written_through = last;
-                self.store.save_batch_checkpoint(Some(&checkpoint)).await?;
+                match part.as_mut() {
+                    Some(part) => {
+                        part.written_through = last;
+                        self.store.save_batch_part(version, part).await?;
+                    }
+                    None => {
+                        checkpoint.written_through = last;
+                        self.store.save_batch_checkpoint(Some(&checkpoint)).await?;
+                    }
+                }
             }
             self.report(progress, running(Phase::Writing, done, user_count));
         }
         if dry_run {
             return Ok(summary);
+        }
+        // A share publishes only once every share is done.
+        let (mut users_total, mut events_total) = (summary.users, summary.events);
+        if let Some(part) = part.as_mut() {
+            part.done = true;
+            part.users = summary.users;
+            part.events = summary.events;
+            self.store.save_batch_part(version, part).await?;
+            let done: Vec<BatchPart> = self
+                .store
+                .batch_parts(version)
+                .await?
+                .into_iter()
+                .filter(|p| p.done)
+                .collect();
+            summary.waiting_for = position
+                .iter()
+                .filter(|&(p, next)| next > 0 && !done.iter().any(|d| d.partitions.contains(&p)))
+                .map(|(p, _)| p)
+                .collect();
+            if !summary.waiting_for.is_empty() {
+                info!(version, waiting_for = ?summary.waiting_for, "share done; the version publishes with the last share");
+                return Ok(summary);
+            }
+            users_total = done.iter().map(|p| p.users).sum();
+            events_total = done.iter().map(|p| p.events).sum();
         }
 
         // Publish, then collect what the previous version no longer needs.
@@ -541,8 +680,8 @@ impl BatchLayer {
             horizon,
             created_at: started_at,
             definitions,
-            users: summary.users,
-            events: summary.events,
+            users: users_total,
+            events: events_total,
         };
         self.store.publish(&manifest).await?;
         self.store.save_batch_checkpoint(None).await?;

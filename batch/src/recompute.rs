@@ -125,6 +125,12 @@ impl Recompute {
         }
     }
 
+    /// Takes note of an event id whose event another worker recomputes:
+    /// it still makes later copies duplicates.
+    pub fn see(&mut self, event_id: String) {
+        self.seen.insert(event_id);
+    }
+
     /// Number of distinct users with events so far.
     pub fn users(&self) -> usize {
         self.by_user.len()

@@ -433,3 +433,63 @@ async fn on_real_engines_backfill_verify_and_delete_user_work_beside_serving() {
     assert_eq!(signals_of(&platform, "bob").await, blank);
     assert_eq!(signals_of(&platform, "ann").await["views_24h"], 6);
 }
+
+/// One recompute split over two workers by log partition (the topic has
+/// six): the first share does not publish, the second does, and the
+/// version equals an unsplit run's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_real_engines_a_run_split_by_partitions_publishes_once_with_the_last_share() {
+    let Some(settings) = signals_e2e::real_engines("partitions") else {
+        return;
+    };
+    let platform = Platform::start_with(Shape::Split { speed_processes: 1 }, settings)
+        .await
+        .expect("platform starts");
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut events = Vec::new();
+    for user in 0..40 {
+        events.extend(events_of(
+            &format!("user-{user}"),
+            &format!("e{user}"),
+            3,
+            now,
+        ));
+    }
+    platform.post_events(&events).await.expect("posted");
+    platform.wait_caught_up().await.expect("caught up");
+
+    let (code, first) = platform
+        .cli_json(&["batch", "run", "--partitions", "0-2"])
+        .expect("first share");
+    assert_eq!(code, Some(0), "{first}");
+    assert_eq!(first["published"], false, "{first}");
+    assert_eq!(first["waiting_for"], json!([3, 4, 5]), "{first}");
+    let (_, status) = platform.get_json("/v1/admin/batch").await.expect("status");
+    assert_eq!(status["published"], Value::Null, "nothing published yet");
+
+    let (code, last) = platform
+        .cli_json(&["batch", "run", "--partitions", "3-5"])
+        .expect("last share");
+    assert_eq!(code, Some(0), "{last}");
+    assert_eq!(last["published"], true, "{last}");
+    assert_eq!(last["version"], 1);
+    assert_eq!(
+        last["position"], first["position"],
+        "one position for all shares"
+    );
+    let shares = first["users"].as_u64().expect("n") + last["users"].as_u64().expect("n");
+    assert_eq!(shares, 40);
+
+    let (code, report) = platform
+        .cli_json(&["batch", "verify", "--all"])
+        .expect("verify");
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(report["users_compared"], 40);
+    assert_eq!(report["published_version"], 1);
+
+    let (code, whole) = platform.cli_json(&["batch", "run"]).expect("unsplit run");
+    assert_eq!(code, Some(0), "{whole}");
+    assert_eq!(whole["version"], 2);
+    assert_eq!(whole["users"], 40);
+    assert_eq!(whole["events"], 120);
+}

@@ -24,8 +24,14 @@ pub enum BatchCommand {
     /// Recompute every signal from the event log up to its current end and publish a new version.
     Run {
         /// Recompute and report what would change, but publish nothing.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "partitions")]
         dry_run: bool,
+        /// Recompute only the users of these log partitions (e.g. `0-5,9`),
+        /// as one of several workers splitting the run: every worker runs
+        /// the same command with its own partitions, and the one finishing
+        /// the last share publishes the version.
+        #[arg(long)]
+        partitions: Option<String>,
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
@@ -91,9 +97,22 @@ pub async fn run(config: Config, command: BatchCommand) -> anyhow::Result<ExitCo
     let backends = Backends::open(&config).await?;
     let batch = crate::run::batch_layer(&config, &backends, definitions);
     match command {
-        BatchCommand::Run { dry_run, json } => {
+        BatchCommand::Run {
+            dry_run,
+            partitions,
+            json,
+        } => {
             let progress = Report::new();
-            let summary = batch.run(Job::Run, dry_run, &progress).await?;
+            let summary = match partitions {
+                Some(partitions) => {
+                    let partitions = parse_partitions(&partitions)
+                        .map_err(|e| anyhow::anyhow!("--partitions: {e}"))?;
+                    batch
+                        .run_partitions(Job::Run, partitions, &progress)
+                        .await?
+                }
+                None => batch.run(Job::Run, dry_run, &progress).await?,
+            };
             progress.finish();
             print_summary(&summary, json)?;
         }
@@ -177,6 +196,29 @@ pub async fn run(config: Config, command: BatchCommand) -> anyhow::Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
+/// Partitions as `0-5,9`.
+fn parse_partitions(text: &str) -> Result<Vec<u32>, String> {
+    let mut partitions = Vec::new();
+    for piece in text.split(',').map(str::trim) {
+        let number = |s: &str| {
+            s.trim()
+                .parse::<u32>()
+                .map_err(|_| format!("`{s}` in `{text}` is not a partition number"))
+        };
+        match piece.split_once('-') {
+            Some((from, to)) => {
+                let (from, to) = (number(from)?, number(to)?);
+                if from > to {
+                    return Err(format!("`{piece}` is an empty range"));
+                }
+                partitions.extend(from..=to);
+            }
+            None => partitions.push(number(piece)?),
+        }
+    }
+    Ok(partitions)
+}
+
 /// A date (`2026-11-20`, UTC midnight), an RFC 3339 time or epoch milliseconds.
 fn parse_time(text: &str) -> anyhow::Result<Millis> {
     if let Ok(date) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
@@ -213,9 +255,14 @@ fn print_summary(summary: &BatchSummary, json: bool) -> anyhow::Result<()> {
         }
     };
     let verb = if summary.published {
-        "published"
+        "published".to_owned()
+    } else if !summary.waiting_for.is_empty() {
+        format!(
+            "share done; publishes when partitions {:?} are done",
+            summary.waiting_for
+        )
     } else {
-        "computed (dry run, not published)"
+        "computed (dry run, not published)".to_owned()
     };
     println!("{kind} version {} {verb}", summary.version);
     println!(
