@@ -795,4 +795,86 @@ mod tests {
         let record = history.record.expect("the rerun wrote x again");
         assert!(record.events.is_empty(), "{record:?}");
     }
+
+    /// A dry run publishes nothing and counts what would change; a range
+    /// backfill with a new bot rule changes that range only, at the same
+    /// log position.
+    #[tokio::test]
+    async fn dry_runs_and_range_backfills_change_what_they_say() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = Arc::new(
+            EmbeddedLog::open(&dir.path().join("log"), EmbeddedLogOptions::default()).expect("log"),
+        );
+        let store = Arc::new(EmbeddedStore::open(&dir.path().join("store.redb")).expect("store"));
+        let now = chrono::Utc::now().timestamp_millis();
+        let minute = (now / 60_000 - 120) * 60_000;
+        let of = |user: &str, id: String, time| {
+            let mut e = event(&id, EventType::View, "i", time);
+            e.user_id = user.into();
+            append(RecordBody::Event(e))
+        };
+        // A bot's burst two hours ago, and an hour later; a person's events.
+        let mut records: Vec<Append> = (0..8)
+            .map(|i| of("bot", format!("b{i}"), minute + i))
+            .collect();
+        records.extend((0..8).map(|i| of("bot", format!("c{i}"), minute + 3_600_000 + i)));
+        records.extend((0..3).map(|i| of("person", format!("p{i}"), minute + i)));
+        log.append(records).await.expect("appended");
+        let definitions = Arc::new(Definitions::default());
+        let lenient = BatchLayer::new(
+            log.clone(),
+            store.clone(),
+            definitions.clone(),
+            BatchOptions::default(),
+        );
+        let v1 = lenient.run(Job::Run, false, &Quiet).await.expect("runs");
+        assert_eq!((v1.version, v1.events), (1, 19));
+
+        let strict = BatchLayer::new(
+            log,
+            store.clone(),
+            definitions,
+            BatchOptions {
+                bot_filter: Some(BotFilter {
+                    max_events_per_minute: 5,
+                }),
+                ..BatchOptions::default()
+            },
+        );
+        let dry = strict.run(Job::Run, true, &Quiet).await.expect("dry run");
+        assert!(!dry.published && dry.dry_run);
+        assert_eq!(dry.changed_users, Some(1));
+        assert_eq!(dry.corrections.bot_events, 16);
+        assert_eq!(
+            store.published().await.expect("read").map(|m| m.version),
+            Some(1)
+        );
+
+        // Only the first burst lies in the range.
+        let range = (minute - 60_000, minute + 60_000);
+        let backfill = Job::Backfill(Backfill {
+            range: Some(range),
+            signals: Vec::new(),
+        });
+        let v2 = strict.run(backfill, false, &Quiet).await.expect("backfill");
+        assert_eq!(v2.version, 2);
+        assert_eq!(v2.position, v1.position);
+        assert_eq!(v2.changed_users, Some(1));
+        assert_eq!(v2.events, 11);
+        let bot = store
+            .batch_record(2, "bot")
+            .await
+            .expect("read")
+            .expect("record");
+        assert!(
+            bot.events.iter().all(|e| e.event_id.starts_with('c')),
+            "{bot:?}"
+        );
+        let person = store
+            .batch_record(2, "person")
+            .await
+            .expect("read")
+            .expect("record");
+        assert_eq!(person.events.len(), 3);
+    }
 }
