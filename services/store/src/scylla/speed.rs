@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use ::scylla::statement::batch::{Batch, BatchType};
 use ::scylla::value::MaybeUnset;
 use futures::{stream, StreamExt, TryStreamExt};
 use signals_core::LogPosition;
@@ -12,13 +13,23 @@ use super::schema::Statements;
 use super::store::Inner;
 use crate::{IndexEntry, PositionedEntry, SpeedProgress, SpeedWrite, StoreError};
 
-/// One row of a speed write, encoded.
+/// Most entries of one user written as one single-partition batch. Keeps
+/// each batch well under Cassandra's `batch_size_fail_threshold` (50 KiB);
+/// entries are a few hundred bytes.
+const ENTRIES_PER_BATCH: usize = 32;
+
+/// One speed row, encoded: log partition, log offset, entry.
+type EntryRow = (i64, i64, Vec<u8>);
+
+/// One request of a speed write, encoded.
 enum Row<'a> {
-    Entry {
+    /// Entries of one user (one CQL partition), in log order: written as one
+    /// unlogged single-partition batch, which the server applies as one
+    /// mutation. This is the "coalesce per user per flush" of the store's
+    /// cost model: a popular user's many entries cost one request, not many.
+    Entries {
         user: &'a str,
-        partition: i64,
-        offset: i64,
-        value: Vec<u8>,
+        rows: Vec<EntryRow>,
     },
     Index {
         event_id: &'a str,
@@ -33,14 +44,28 @@ impl Inner {
         let statements = self.statements().await?;
         // Encoded up front: a value that cannot be encoded fails the call
         // before anything is written.
-        let mut rows = Vec::with_capacity(write.entries.len() + write.index.len());
+        let mut by_user: HashMap<&str, Vec<EntryRow>> = HashMap::new();
         for e in &write.entries {
             non_empty(&e.user_id, "user id")?;
-            rows.push(Row::Entry {
-                user: &e.user_id,
-                partition: i64::from(e.partition),
-                offset: to_bigint(e.offset, "log offset")?,
-                value: codec::encode(&e.entry)?,
+            by_user.entry(&e.user_id).or_default().push((
+                i64::from(e.partition),
+                to_bigint(e.offset, "log offset")?,
+                codec::encode(&e.entry)?,
+            ));
+        }
+        let mut rows = Vec::with_capacity(by_user.len() + write.index.len());
+        for (user, mut entries) in by_user {
+            while entries.len() > ENTRIES_PER_BATCH {
+                let rest = entries.split_off(ENTRIES_PER_BATCH);
+                rows.push(Row::Entries {
+                    user,
+                    rows: entries,
+                });
+                entries = rest;
+            }
+            rows.push(Row::Entries {
+                user,
+                rows: entries,
             });
         }
         for (event_id, entry) in &write.index {
@@ -77,24 +102,36 @@ impl Inner {
                 )
             })
             .await?;
-        debug!(rows = count, "scylla speed write applied");
+        debug!(requests = count, "scylla speed write applied");
         Ok(())
     }
 
     async fn write_row(&self, statements: &Statements, row: Row<'_>) -> Result<(), StoreError> {
         match row {
-            Row::Entry {
-                user,
-                partition,
-                offset,
-                value,
-            } => {
-                self.run(
-                    &statements.insert_entry,
-                    (user, partition, offset, value),
-                    "write a speed entry",
-                )
-                .await
+            Row::Entries { user, rows } => {
+                if let [(partition, offset, value)] = rows.as_slice() {
+                    return self
+                        .run(
+                            &statements.insert_entry,
+                            (user, partition, offset, value),
+                            "write a speed entry",
+                        )
+                        .await;
+                }
+                let mut batch = Batch::new(BatchType::Unlogged);
+                batch.set_is_idempotent(true);
+                for _ in &rows {
+                    batch.append_statement(statements.insert_entry.clone());
+                }
+                let values: Vec<_> = rows
+                    .iter()
+                    .map(|(partition, offset, value)| (user, partition, offset, value))
+                    .collect();
+                self.session
+                    .batch(&batch, values)
+                    .await
+                    .map_err(super::driver("write a user's speed entries"))?;
+                Ok(())
             }
             Row::Index { event_id, value } => {
                 self.run(
