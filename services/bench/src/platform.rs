@@ -57,6 +57,9 @@ impl Services {
                 &name.replace(['-', '.'], "_"),
             ),
             ("SIGNALS_CACHE__REDIS_URL", &self.redis),
+            // The speed process's /metrics endpoint on any free port, so a
+            // run never collides with a `signals speed` already on 9091.
+            ("SIGNALS_SPEED__LISTEN", "127.0.0.1:0"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
