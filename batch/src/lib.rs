@@ -721,7 +721,8 @@ impl BatchLayer {
 impl BatchSummary {
     fn count(&mut self, record: Option<&UserRecord>) {
         if let Some(record) = record {
-            if !record.deleted && !(record.events.is_empty() && record.base.is_empty()) {
+            let counts = !record.events.is_empty() || !record.base.is_empty();
+            if counts && !record.deleted {
                 self.users += 1;
             }
             self.events += record.events.len() as u64;

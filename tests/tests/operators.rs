@@ -74,7 +74,7 @@ async fn fill_log(data: &Path, now: i64) {
                 90..97 => event.event_type = EventType::WishlistAdd,
                 _ => event.event_type = EventType::WishlistRemove,
             }
-            if kind % 3 == 0 {
+            if kind.is_multiple_of(3) {
                 event
                     .attributes
                     .insert("city".into(), format!("city-{}", kind % 7));
