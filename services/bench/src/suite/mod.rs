@@ -45,6 +45,9 @@ pub struct SuiteArgs {
     /// Zipf exponent of user and item popularity.
     #[arg(long, default_value_t = 0.9)]
     pub skew: f64,
+    /// Scale points as USERS:EVENTS (comma-separated), instead of the defaults.
+    #[arg(long, value_delimiter = ',', value_parser = parse_point)]
+    pub scale_at: Vec<(u64, u64)>,
     /// Records per speed-layer store write (the layer's `speed.max_batch`).
     #[arg(long, default_value_t = 5_000)]
     pub speed_batch: usize,
@@ -321,7 +324,12 @@ pub async fn run(args: &SuiteArgs) -> anyhow::Result<()> {
     }
 
     if wanted(Section::Scale) && stack == Stack::Embedded {
-        for (users, events) in &sizes.scale {
+        let points = if args.scale_at.is_empty() {
+            &sizes.scale
+        } else {
+            &args.scale_at
+        };
+        for (users, events) in points {
             let p = scale::measure(&sizes.shape(args, *users), *events, args.speed_batch).await?;
             let at = format!("{}k users, {}k events", p.users / 1000, p.events / 1000);
             rows.push(
@@ -363,6 +371,16 @@ pub async fn run(args: &SuiteArgs) -> anyhow::Result<()> {
         eprintln!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// `USERS:EVENTS` → (users, events).
+fn parse_point(text: &str) -> Result<(u64, u64), String> {
+    let bad = || format!("{text:?}: expected USERS:EVENTS, e.g. 1000000:1000000");
+    let (users, events) = text.split_once(':').ok_or_else(bad)?;
+    Ok((
+        users.parse().map_err(|_| bad())?,
+        events.parse().map_err(|_| bad())?,
+    ))
 }
 
 fn progress(rows: &[Row]) {
