@@ -112,6 +112,7 @@ struct Inner {
     db: Database,
     records: RecordCache,
     manifest: ManifestCache,
+    progress: speed::ProgressMirror,
     gc_chunk: usize,
     /// Test hook: `apply_speed` fails after inserting its entries.
     #[cfg(test)]
@@ -148,6 +149,7 @@ impl EmbeddedStore {
                 db,
                 records: RecordCache::new(options.record_cache_bytes),
                 manifest: ManifestCache::default(),
+                progress: speed::ProgressMirror::default(),
                 gc_chunk: options.gc_chunk.max(1),
                 #[cfg(test)]
                 fail_after_entries: Default::default(),
@@ -181,6 +183,10 @@ fn engine<E: Into<redb::Error>>(what: &'static str) -> impl Fn(E) -> StoreError 
 #[async_trait]
 impl SignalStore for EmbeddedStore {
     async fn speed_progress(&self) -> Result<SpeedProgress, StoreError> {
+        // Serving asks on every request: answered from memory once known.
+        if let Some(progress) = self.inner.progress.get() {
+            return Ok(progress);
+        }
         self.blocking(Inner::speed_progress).await
     }
 

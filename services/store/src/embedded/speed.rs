@@ -33,6 +33,7 @@ impl Inner {
             .collect::<Result<Vec<_>, StoreError>>()?;
         index.sort_unstable_by(|a, b| a.0.cmp(b.0));
 
+        let progress;
         let mut txn = self.db.begin_write().map_err(engine("begin a write"))?;
         txn.set_durability(Durability::Immediate);
         {
@@ -60,19 +61,23 @@ impl Inner {
                     .map_err(engine("write an index entry"))?;
             }
             let mut meta = txn.open_table(META).map_err(engine("open table meta"))?;
-            let progress = forward(read_progress(&meta)?, &write.progress);
+            progress = forward(read_progress(&meta)?, &write.progress);
             meta.insert(PROGRESS_KEY, codec::encode(&progress)?.as_slice())
                 .map_err(engine("write the speed progress"))?;
         }
         // Dropping `txn` on any error above aborts it: nothing of the write lands.
-        txn.commit().map_err(engine("commit a speed write"))
+        txn.commit().map_err(engine("commit a speed write"))?;
+        self.progress.advance(&progress);
+        Ok(())
     }
 
     /// The recorded progress, or the start of the log.
     pub(super) fn speed_progress(&self) -> Result<SpeedProgress, StoreError> {
         let txn = self.db.begin_read().map_err(engine("begin a read"))?;
         let meta = txn.open_table(META).map_err(engine("open table meta"))?;
-        read_progress(&meta)
+        let progress = read_progress(&meta)?;
+        self.progress.advance(&progress);
+        Ok(progress)
     }
 
     /// What the index holds for each of `event_ids`, in one snapshot.
@@ -110,6 +115,29 @@ fn read_progress(
     {
         Some(value) => codec::decode(value.value(), "meta", || format!("key {PROGRESS_KEY}")),
         None => Ok(SpeedProgress::default()),
+    }
+}
+
+/// The committed speed progress, mirrored in memory so that serving (which
+/// asks for it on every request) needs no read transaction and no hop to the
+/// blocking pool. Exact because this process is the file's only writer (redb
+/// locks it) and progress only moves forward: every commit folds its
+/// progress in with [`forward`], so commits finishing in any order leave the
+/// newest.
+#[derive(Default)]
+pub(super) struct ProgressMirror(std::sync::RwLock<Option<SpeedProgress>>);
+
+impl ProgressMirror {
+    /// The committed progress, once read or written by this process.
+    pub(super) fn get(&self) -> Option<SpeedProgress> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Folds committed `progress` in.
+    fn advance(&self, progress: &SpeedProgress) {
+        let mut mirror = self.0.write().unwrap_or_else(|e| e.into_inner());
+        let current = mirror.take().unwrap_or_default();
+        *mirror = Some(forward(current, progress));
     }
 }
 
