@@ -39,6 +39,7 @@ fn fixture(options: ApiOptions) -> Fixture {
         batch: None,
         metrics: None,
         options: Arc::new(options),
+        progress: Default::default(),
     };
     Fixture {
         router: app(state),

@@ -152,6 +152,7 @@ fn api_state(
             },
             ..ApiOptions::default()
         }),
+        progress: Default::default(),
     })
 }
 

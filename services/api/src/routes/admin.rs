@@ -162,7 +162,10 @@ pub async fn delete_user(
     // by a client that disconnects.
     let deletion = tokio::spawn(async move { batch.delete_user(&user_id, &reason).await });
     match deletion.await {
-        Ok(Ok(receipt)) => Ok(Json(receipt)),
+        Ok(Ok(receipt)) => {
+            state.progress.appended();
+            Ok(Json(receipt))
+        }
         Ok(Err(BatchError::Invalid(why))) => Err(ApiError::BadRequest(why)),
         Ok(Err(error)) => Err(ApiError::Unavailable(error.to_string())),
         Err(error) => Err(ApiError::Internal(format!("deletion task failed: {error}"))),

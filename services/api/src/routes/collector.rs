@@ -127,6 +127,7 @@ pub async fn post_events(
     let accepted = appends.len();
     if accepted > 0 {
         state.log.append(appends).await?;
+        state.progress.appended();
     }
     metrics::counter!("signals_collector_events_total", "outcome" => "accepted")
         .increment(accepted as u64);
@@ -167,6 +168,7 @@ pub async fn post_retractions(
             bytes: avro::encode(&record),
         }])
         .await?;
+    state.progress.appended();
     metrics::counter!("signals_collector_retractions_total").increment(1);
     Ok(Json(RetractionResponse { accepted }))
 }

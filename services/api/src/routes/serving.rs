@@ -25,10 +25,11 @@ pub struct Freshness {
     pub batch_position: LogPosition,
     /// When the merged batch run started.
     pub batch_created_at: Option<String>,
-    /// Log position the speed layer has durably applied.
+    /// Log position the speed layer has durably applied (read with `log_end`).
     #[schema(value_type = Object)]
     pub speed_position: LogPosition,
-    /// The log's end when the answer was made.
+    /// The log's end: read at most 20 ms before the answer, and after every
+    /// append this process acknowledged before the request came.
     #[schema(value_type = Object)]
     pub log_end: LogPosition,
     /// Records accepted into the log but not yet applied by the speed layer.
@@ -152,8 +153,10 @@ fn parse_at_param(text: Option<&str>) -> Result<Option<Millis>, ApiError> {
 async fn speed_and_log(
     state: &AppState,
 ) -> Result<(signals_store::SpeedProgress, LogPosition), ApiError> {
-    let (progress, end) = tokio::join!(state.store.speed_progress(), state.log.end());
-    Ok((progress?, end?))
+    state
+        .progress
+        .read(state.store.as_ref(), state.log.as_ref())
+        .await
 }
 
 async fn answer(
