@@ -51,11 +51,7 @@ impl UserFilter {
                 // FNV-1a then murmur3's finaliser (FNV alone leaves the high
                 // bits of similar ids alike): stable across processes,
                 // builds and platforms.
-                let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-                for byte in user.bytes() {
-                    hash ^= u64::from(byte);
-                    hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-                }
+                let mut hash = signals_core::fnv1a64(user.as_bytes());
                 hash ^= hash >> 33;
                 hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
                 hash ^= hash >> 33;

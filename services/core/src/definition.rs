@@ -201,7 +201,9 @@ impl SignalDefinition {
     }
 }
 
-fn fnv1a64(bytes: &[u8]) -> u64 {
+/// FNV-1a (64 bit): a digest stable across builds, platforms and
+/// processes, for fingerprints, storage buckets and samples.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| {
         (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     })

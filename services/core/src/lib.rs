@@ -16,7 +16,7 @@ pub mod testing;
 
 pub use aggregate::State;
 pub use definition::{
-    DefinitionError, Definitions, EventTypes, SignalDefinition, SignalSpec, Window,
+    fnv1a64, DefinitionError, Definitions, EventTypes, SignalDefinition, SignalSpec, Window,
 };
 pub use position::{LogPosition, Offset, Partition};
 pub use view::{SpeedEntry, StaleSignal, UserRecord, UserView};

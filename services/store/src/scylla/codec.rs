@@ -16,13 +16,8 @@ pub const USER_BUCKETS: u32 = 256;
 /// The listing bucket (`batch_users`) of `user`: FNV-1a (64 bit) of its bytes, modulo
 /// [`USER_BUCKETS`]. Stable across builds, platforms and processes.
 pub fn user_bucket(user: &str) -> u32 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in user.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
     // Below USER_BUCKETS: always fits.
-    (hash % u64::from(USER_BUCKETS)) as u32
+    (signals_core::fnv1a64(user.as_bytes()) % u64::from(USER_BUCKETS)) as u32
 }
 
 /// A u64 (offset, version) as a CQL bigint.
