@@ -5,7 +5,7 @@
 
 use signals_core::{Offset, Partition, SpeedEntry, UserRecord};
 
-use super::codec::{self, from_bigint, to_bigint};
+use super::codec::{self, to_bigint};
 use super::driver;
 use super::store::Inner;
 use crate::{BatchCheckpoint, BatchPart, StoreError};
@@ -49,17 +49,7 @@ impl Inner {
         )
         .await?;
 
-        let what = "list the batch versions";
-        let mut versions = Vec::new();
-        self.pages(&statements.select_versions, &(), what, |page| {
-            for row in page.rows::<(i64,)>().map_err(driver(what))? {
-                versions.push(row.map_err(driver(what))?.0);
-            }
-            Ok(())
-        })
-        .await?;
-        for v in versions {
-            let version = from_bigint(v, "batch_manifests", "version")?;
+        for (stored, version) in self.versions(statements).await? {
             // An unreadable record is replaced all the same.
             let horizon = match self.batch_record(version, user).await {
                 Ok(Some(record)) => record.horizon,
@@ -70,7 +60,7 @@ impl Inner {
             let erased = codec::encode_record(&UserRecord::erased(horizon))?;
             self.run(
                 &statements.insert_record,
-                (v, user, erased),
+                (stored, user, erased),
                 "erase a batch record",
             )
             .await?;

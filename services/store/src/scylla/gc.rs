@@ -117,36 +117,44 @@ impl Inner {
         Ok(doomed.values().sum())
     }
 
+    /// Every registered version, as stored (bigint) and as a number.
+    pub(super) async fn versions(
+        &self,
+        statements: &Statements,
+    ) -> Result<Vec<(i64, u64)>, StoreError> {
+        let what = "list the batch versions";
+        let mut versions = Vec::new();
+        self.pages(&statements.select_versions, &(), what, |page| {
+            for row in page.rows::<(i64,)>().map_err(driver(what))? {
+                let (version,) = row.map_err(driver(what))?;
+                versions.push((version, from_bigint(version, "batch_manifests", "version")?));
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(versions)
+    }
+
     /// Deletes every version below `keep_version`; returns the records removed.
     async fn collect_versions(
         &self,
         statements: &Statements,
         keep_version: u64,
     ) -> Result<u64, StoreError> {
-        let what = "list the batch versions";
-        let mut versions = Vec::new();
-        self.pages(&statements.select_versions, &(), what, |page| {
-            for row in page.rows::<(i64,)>().map_err(driver(what))? {
-                let (version,) = row.map_err(driver(what))?;
-                versions.push(version);
-            }
-            Ok(())
-        })
-        .await?;
         let mut removed = 0;
-        for version in versions {
-            if from_bigint(version, "batch_manifests", "version")? >= keep_version {
+        for (stored, version) in self.versions(statements).await? {
+            if version >= keep_version {
                 continue;
             }
             for bucket in 0..USER_BUCKETS {
                 // Below 256: always fits.
                 removed += self
-                    .collect_bucket(statements, version, bucket as i32)
+                    .collect_bucket(statements, stored, bucket as i32)
                     .await?;
             }
             self.run(
                 &statements.delete_version,
-                (version,),
+                (stored,),
                 "delete a batch version's row",
             )
             .await?;
