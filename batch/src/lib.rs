@@ -32,7 +32,7 @@ use serde::Serialize;
 use signals_core::time::floor_hour;
 use signals_core::{Definitions, LogPosition, Partition, SignalDefinition, UserRecord};
 use signals_log::{Append, EventLog, LogError};
-use signals_schemas::{avro, LogRecord, Millis, RecordBody, UserDeletion};
+use signals_schemas::{LogRecord, Millis, RecordBody, UserDeletion};
 use signals_store::{BatchCheckpoint, BatchManifest, BatchPart, SignalStore, StoreError};
 use tracing::{info, warn};
 
@@ -318,13 +318,7 @@ impl BatchLayer {
                 reason: reason.to_owned(),
             }),
         };
-        let appended = self
-            .log
-            .append(vec![Append {
-                key: record.key().to_owned(),
-                bytes: avro::encode(&record),
-            }])
-            .await?;
+        let appended = self.log.append(vec![Append::record(&record)]).await?;
         let Some(&(partition, offset)) = appended.first() else {
             return Err(BatchError::Log(LogError::Unavailable(
                 "the log acknowledged no position for the deletion".into(),
@@ -750,10 +744,7 @@ mod tests {
             accepted_at: 0,
             body,
         };
-        Append {
-            key: record.key().to_owned(),
-            bytes: avro::encode(&record),
-        }
+        Append::record(&record)
     }
 
     /// A run that died after writing rows leaves them under the version the

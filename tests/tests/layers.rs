@@ -12,7 +12,7 @@ use signals_core::{Definitions, SignalSpec, UserView};
 use signals_e2e::reference::{Reference, Sent};
 use signals_log::embedded::{EmbeddedLog, EmbeddedLogOptions, FsyncPolicy};
 use signals_log::{Append, DeadLetterFile, EventLog};
-use signals_schemas::{avro, Event, EventType, LogRecord, RecordBody, Retraction};
+use signals_schemas::{Event, EventType, LogRecord, RecordBody, Retraction};
 use signals_speed::{SpeedLayer, SpeedOptions};
 use signals_store::embedded::EmbeddedStore;
 use signals_store::SignalStore;
@@ -104,10 +104,7 @@ async fn append(log: &EmbeddedLog, steps: &[Step]) {
                     }),
                 },
             };
-            Append {
-                key: record.key().to_owned(),
-                bytes: avro::encode(&record),
-            }
+            Append::record(&record)
         })
         .collect();
     if !records.is_empty() {

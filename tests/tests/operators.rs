@@ -20,7 +20,7 @@ use signals_core::{SpeedEntry, UserView};
 use signals_e2e::{binary, Platform, Shape};
 use signals_log::embedded::{EmbeddedLog, EmbeddedLogOptions};
 use signals_log::{Append, EventLog};
-use signals_schemas::{avro, Event, EventType, LogRecord, RecordBody, Retraction};
+use signals_schemas::{Event, EventType, LogRecord, RecordBody, Retraction};
 use signals_store::embedded::EmbeddedStore;
 use signals_store::{PositionedEntry, SignalStore, SpeedProgress, SpeedWrite};
 
@@ -29,11 +29,7 @@ const USERS: usize = 20_000;
 const DAY: i64 = 86_400_000;
 
 fn append(body: RecordBody, accepted_at: i64) -> Append {
-    let record = LogRecord { accepted_at, body };
-    Append {
-        key: record.key().to_owned(),
-        bytes: avro::encode(&record),
-    }
+    Append::record(&LogRecord { accepted_at, body })
 }
 
 fn view(id: &str, user: &str, item: &str, time: i64) -> Event {

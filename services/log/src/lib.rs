@@ -38,6 +38,16 @@ pub struct Append {
     pub bytes: Vec<u8>,
 }
 
+impl Append {
+    /// `record`, keyed by its user (or its first event id), Avro-framed.
+    pub fn record(record: &signals_schemas::LogRecord) -> Append {
+        Append {
+            key: record.key().to_owned(),
+            bytes: signals_schemas::avro::encode(record),
+        }
+    }
+}
+
 /// The event log.
 #[async_trait]
 pub trait EventLog: Send + Sync + 'static {

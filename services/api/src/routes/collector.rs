@@ -11,7 +11,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 use serde::Serialize;
 use signals_log::Append;
-use signals_schemas::{avro, json, LogRecord, RecordBody};
+use signals_schemas::{json, LogRecord, RecordBody};
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
@@ -111,13 +111,10 @@ pub async fn post_events(
     let mut rejected = Vec::new();
     for (index, result) in parsed.into_iter().enumerate() {
         match result {
-            Ok(event) => appends.push(Append {
-                key: event.user_id.clone(),
-                bytes: avro::encode(&LogRecord {
-                    accepted_at,
-                    body: RecordBody::Event(event),
-                }),
-            }),
+            Ok(event) => appends.push(Append::record(&LogRecord {
+                accepted_at,
+                body: RecordBody::Event(event),
+            })),
             Err(error) => rejected.push(Rejected {
                 index,
                 error: error.to_string(),
@@ -161,13 +158,7 @@ pub async fn post_retractions(
         accepted_at: now_millis(),
         body: RecordBody::Retraction(retraction),
     };
-    state
-        .log
-        .append(vec![Append {
-            key: record.key().to_owned(),
-            bytes: avro::encode(&record),
-        }])
-        .await?;
+    state.log.append(vec![Append::record(&record)]).await?;
     state.progress.appended();
     metrics::counter!("signals_collector_retractions_total").increment(1);
     Ok(Json(RetractionResponse { accepted }))
