@@ -162,7 +162,7 @@ impl BatchLayer {
                     recompute.add(body)
                 }
             },
-            |done| self.report_only(progress, running(Phase::Reading, done, total)),
+            |done| progress.update(&running(Phase::Reading, done, total)),
         )
         .await?;
         let (mut users, _) = recompute.finish(self.options.bot_filter);
@@ -205,7 +205,7 @@ impl BatchLayer {
         while let Some((user, compared)) = comparisons.try_next().await? {
             done += 1;
             if done % 1000 == 0 {
-                self.report_only(progress, running(Phase::Comparing, done, total));
+                progress.update(&running(Phase::Comparing, done, total));
             }
             report.add(user, compared, &definitions, at, request.examples);
         }
@@ -254,10 +254,6 @@ impl BatchLayer {
             expected,
             actual: UserView::merge(record, speed),
         })
-    }
-
-    fn report_only(&self, progress: &dyn Progress, running: Running) {
-        progress.update(&running);
     }
 }
 
