@@ -109,9 +109,16 @@ impl Recompute {
                     .keep
                     .times
                     .is_none_or(|(from, to)| event.event_time >= from && event.event_time < to);
-                let events = self.by_user.entry(event.user_id.clone()).or_default();
-                if in_range {
-                    events.push(event);
+                // Look up before inserting: cloning the user id for every
+                // event is a needless allocation on the batch's hot path.
+                match self.by_user.get_mut(&event.user_id) {
+                    Some(events) if in_range => events.push(event),
+                    Some(_) => {}
+                    None => {
+                        let user = event.user_id.clone();
+                        let events = if in_range { vec![event] } else { Vec::new() };
+                        self.by_user.insert(user, events);
+                    }
                 }
             }
             RecordBody::Retraction(retraction) => self.retracted.extend(retraction.event_ids),
