@@ -23,7 +23,17 @@ pub use state::{ApiOptions, AppState, Tokens};
 /// The whole API.
 pub fn app(state: AppState) -> Router {
     let max_body = state.options.max_body_bytes;
-    Router::new()
+    let routes = routes(state.options.tokens.enabled().then(|| state.clone()));
+    routes
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn(track))
+        .with_state(state)
+}
+
+/// Every route, guarded by tokens when `guarded_by` is set (a layer that
+/// only passes requests through costs every request a boxed future).
+fn routes(guarded_by: Option<AppState>) -> Router<AppState> {
+    let routes = Router::new()
         .route("/v1/events", post(routes::collector::post_events))
         .route("/v1/retractions", post(routes::collector::post_retractions))
         .route(
@@ -45,14 +55,11 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(routes::ops::healthz))
         .route("/readyz", get(routes::ops::readyz))
         .route("/metrics", get(routes::ops::metrics))
-        .route("/openapi.json", get(openapi::serve))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_tokens,
-        ))
-        .layer(DefaultBodyLimit::max(max_body))
-        .layer(middleware::from_fn(track))
-        .with_state(state)
+        .route("/openapi.json", get(openapi::serve));
+    match guarded_by {
+        Some(state) => routes.layer(middleware::from_fn_with_state(state, auth::require_tokens)),
+        None => routes,
+    }
 }
 
 /// Request counts and latencies, labelled by route template, never by user.

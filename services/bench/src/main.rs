@@ -46,6 +46,11 @@ enum Command {
     BatchChild(suite::batch::ChildArgs),
 }
 
+// glibc's malloc and free were 15–25 % of every profile (ingest, speed,
+// batch, serving): see docs/BENCHMARKS.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

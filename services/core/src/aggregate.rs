@@ -104,6 +104,12 @@ fn prune_latest(map: &mut HashMap<String, Stamp>, limit: usize) {
     map.extend(entries);
 }
 
+/// Whether `event` is newer than `stamp` (compared without building a stamp:
+/// this runs for every event of every request).
+fn newer(event: &Event, stamp: &Stamp) -> bool {
+    (event.event_time, event.event_id.as_str()) > (stamp.time, stamp.event_id.as_str())
+}
+
 fn note_latest(map: &mut HashMap<String, Stamp>, value: &str, stamp: &Stamp) {
     match map.get_mut(value) {
         Some(current) if *current >= *stamp => {}
@@ -160,17 +166,29 @@ impl State {
             (State::Max(m), Aggregation::Max(field)) => *m = max_opt(*m, numeric(field, event)),
             (State::Latest(map), Aggregation::LastDistinct { field, limit }) => {
                 if let Some(value) = field.get(event) {
-                    note_latest(map, value, &Stamp::of(event));
+                    match map.get_mut(value) {
+                        Some(current) if !newer(event, current) => {}
+                        Some(current) => *current = Stamp::of(event),
+                        None => {
+                            map.insert(value.to_owned(), Stamp::of(event));
+                        }
+                    }
                     prune_latest(map, *limit);
                 }
             }
             (State::Set(map), Aggregation::Set { field, add, .. }) => {
                 if let Some(value) = field.get(event) {
-                    let mark = SetMark {
+                    let mark = || SetMark {
                         stamp: Stamp::of(event),
                         present: add.contains(event.event_type),
                     };
-                    note_mark(map, value, &mark);
+                    match map.get_mut(value) {
+                        Some(current) if !newer(event, &current.stamp) => {}
+                        Some(current) => *current = mark(),
+                        None => {
+                            map.insert(value.to_owned(), mark());
+                        }
+                    }
                 }
             }
             (State::Counts(map), Aggregation::TopK { field, .. }) => {

@@ -53,6 +53,11 @@ enum Command {
     },
 }
 
+// glibc's malloc and free were 15–25 % of every profile (ingest, speed,
+// batch, serving): see docs/BENCHMARKS.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut config = match config::load(cli.config.as_deref()) {

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use redb::ReadableTable;
+use redb::{ReadTransaction, ReadableTable};
 use signals_core::{LogPosition, UserRecord};
 
 use super::tables::{BATCH, META, PUBLISHED_KEY, SPEED};
@@ -13,8 +13,8 @@ impl Inner {
     /// `user`'s published record and uncovered speed entries, from one read transaction.
     pub(super) fn user_history(&self, user: &str) -> Result<UserHistory, StoreError> {
         let txn = self.db.begin_read().map_err(engine("begin a read"))?;
-        let meta = txn.open_table(META).map_err(engine("open table meta"))?;
-        let manifest = self.published_in(&meta)?;
+        let manifest =
+            self.published_in(&txn.open_table(META).map_err(engine("open table meta"))?)?;
         let record = match &manifest {
             Some(manifest) => match self.records.get(manifest.version, user) {
                 Some(cached) => Some(cached),
@@ -25,13 +25,24 @@ impl Inner {
             },
             None => None,
         };
-        let speed_table = txn.open_table(SPEED).map_err(engine("open table speed"))?;
-        let speed = speed::read_tail(&speed_table, user, manifest.as_ref().map(|m| &m.position))?;
-        Ok(UserHistory {
-            manifest,
-            record,
-            speed: speed.into_iter().map(|p| p.entry).collect(),
-        })
+        history(&txn, user, manifest, record)
+    }
+
+    /// [`Self::user_history`] if the user's published record is decoded in
+    /// memory already (or nothing is published); `None` if answering would
+    /// mean reading and decoding the record.
+    pub(super) fn warm_user_history(&self, user: &str) -> Result<Option<UserHistory>, StoreError> {
+        let txn = self.db.begin_read().map_err(engine("begin a read"))?;
+        let manifest =
+            self.published_in(&txn.open_table(META).map_err(engine("open table meta"))?)?;
+        let record = match &manifest {
+            Some(manifest) => match self.records.get(manifest.version, user) {
+                Some(cached) => Some(cached),
+                None => return Ok(None),
+            },
+            None => None,
+        };
+        history(&txn, user, manifest, record).map(Some)
     }
 
     /// `user`'s record of `version`, from the cache or one read.
@@ -110,4 +121,21 @@ impl Inner {
             .insert(version, user, record.clone(), bytes.len());
         Ok(Some(record))
     }
+}
+
+/// The history of `user` given their record: the speed entries the
+/// manifest's position does not cover, from the same snapshot.
+fn history(
+    txn: &ReadTransaction,
+    user: &str,
+    manifest: Option<Arc<BatchManifest>>,
+    record: Option<Arc<UserRecord>>,
+) -> Result<UserHistory, StoreError> {
+    let speed_table = txn.open_table(SPEED).map_err(engine("open table speed"))?;
+    let speed = speed::read_tail(&speed_table, user, manifest.as_ref().map(|m| &m.position))?;
+    Ok(UserHistory {
+        manifest,
+        record,
+        speed: speed.into_iter().map(|p| p.entry).collect(),
+    })
 }
