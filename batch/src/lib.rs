@@ -153,6 +153,9 @@ pub enum BatchError {
     NothingPublished,
     #[error("{0}")]
     Invalid(String),
+    /// A fault of the batch itself, not of its input or backends.
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error(transparent)]
     Log(#[from] LogError),
     #[error(transparent)]
@@ -167,6 +170,11 @@ pub struct DeletionReceipt {
     pub partition: u32,
     pub offset: u64,
 }
+
+/// Packed events decoded at once while writing (about ten times as much
+/// decoded), whatever `write_chunk` says: Zipf-heavy users would otherwise
+/// make one chunk hold most of the log decoded.
+const WRITE_CHUNK_PACKED_BYTES: usize = 8 << 20;
 
 /// Runs the admin endpoint lists.
 const HISTORY: usize = 20;
@@ -530,14 +538,16 @@ impl BatchLayer {
             |partition, _, body| match (&mine, body) {
                 // Another share's user: only the id matters here (dedup).
                 (Some(mine), RecordBody::Event(event)) if !mine.contains(&partition) => {
-                    recompute.see(event.event_id)
+                    recompute.see(&event.event_id)
                 }
                 (_, body) => recompute.add(body),
             },
             |done| self.report(progress, running(Phase::Reading, done, total)),
         )
         .await?;
-        let (users, corrections) = recompute.finish(self.options.bot_filter);
+        let mut users = recompute
+            .finish(self.options.bot_filter)
+            .map_err(BatchError::Internal)?;
 
         let mut summary = BatchSummary {
             job: job.clone(),
@@ -555,18 +565,18 @@ impl BatchLayer {
             resumed_after: written_before.clone(),
             partitions: mine.clone(),
             waiting_for: Vec::new(),
-            corrections,
+            corrections: users.corrections(),
             dry_run,
             published: false,
         };
 
         // Build and write every user's record, chunk by chunk.
-        let user_count = users.len() as u64;
+        let user_count = users.remaining() as u64;
         let mut done = 0u64;
-        let mut users = users.into_iter().peekable();
-        while users.peek().is_some() {
-            let chunk: Vec<(String, UserOutcome)> =
-                users.by_ref().take(self.options.write_chunk).collect();
+        while users.remaining() > 0 {
+            let chunk = users
+                .next_chunk(self.options.write_chunk, WRITE_CHUNK_PACKED_BYTES)
+                .map_err(BatchError::Internal)?;
             done += chunk.len() as u64;
             let (skipped, fresh): (Vec<_>, Vec<_>) = chunk.into_iter().partition(|(user, _)| {
                 written_before
@@ -630,6 +640,7 @@ impl BatchLayer {
             }
             self.report(progress, running(Phase::Writing, done, user_count));
         }
+        summary.corrections = users.corrections();
         if dry_run {
             return Ok(summary);
         }

@@ -73,15 +73,33 @@ pub enum UserOutcome {
     Events(Vec<Event>),
 }
 
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type FastSet<T> = HashSet<T, foldhash::fast::RandomState>;
+
 /// History accumulated from the log, in log order.
+///
+/// Memory is what bounds a recompute: it holds the whole log's events at
+/// once. So events are kept packed (postcard, back to back per user: about
+/// a tenth of a decoded event, whose attribute map alone allocates half a
+/// KiB) and ids as 128-bit digests, and they are decoded one user at a time
+/// when the records are built.
 #[derive(Default)]
 pub struct Recompute {
     keep: Keep,
-    seen: HashSet<String>,
-    by_user: HashMap<String, Vec<Event>>,
-    retracted: HashSet<String>,
-    deleted: HashSet<String>,
+    /// Digests of every event id seen: a collision (about 2^-128 per pair)
+    /// would be needed to take an event for a duplicate.
+    seen: FastSet<u128>,
+    by_user: FastMap<String, Vec<u8>>,
+    retracted: FastSet<String>,
+    deleted: FastSet<String>,
     duplicates: u64,
+    /// The first event that could not be packed (never expected: events
+    /// always serialise), reported by [`Recompute::finish`].
+    failed: Option<String>,
+}
+
+fn digest(event_id: &str) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(event_id.as_bytes())
 }
 
 impl Recompute {
@@ -96,7 +114,7 @@ impl Recompute {
     pub fn add(&mut self, body: RecordBody) {
         match body {
             RecordBody::Event(event) => {
-                if !self.seen.insert(event.event_id.clone()) {
+                if !self.seen.insert(digest(&event.event_id)) {
                     self.duplicates += 1;
                     return;
                 }
@@ -111,13 +129,14 @@ impl Recompute {
                     .is_none_or(|(from, to)| event.event_time >= from && event.event_time < to);
                 // Look up before inserting: cloning the user id for every
                 // event is a needless allocation on the batch's hot path.
-                match self.by_user.get_mut(&event.user_id) {
-                    Some(events) if in_range => events.push(event),
-                    Some(_) => {}
-                    None => {
-                        let user = event.user_id.clone();
-                        let events = if in_range { vec![event] } else { Vec::new() };
-                        self.by_user.insert(user, events);
+                let packed = match self.by_user.get_mut(&event.user_id) {
+                    Some(packed) => packed,
+                    None => self.by_user.entry(event.user_id.clone()).or_default(),
+                };
+                if in_range {
+                    if let Err(error) = pack(packed, &event) {
+                        self.failed
+                            .get_or_insert(format!("event {:?}: {error}", event.event_id));
                     }
                 }
             }
@@ -130,8 +149,8 @@ impl Recompute {
 
     /// Takes note of an event id whose event another worker recomputes:
     /// it still makes later copies duplicates.
-    pub fn see(&mut self, event_id: String) {
-        self.seen.insert(event_id);
+    pub fn see(&mut self, event_id: &str) {
+        self.seen.insert(digest(event_id));
     }
 
     /// Number of distinct users with events so far.
@@ -139,43 +158,124 @@ impl Recompute {
         self.by_user.len()
     }
 
-    /// Every user seen in the log, in user id order, with what counts of
-    /// theirs, and what the corrections removed.
-    pub fn finish(self, bots: Option<BotFilter>) -> (Vec<(String, UserOutcome)>, Corrections) {
-        let Recompute {
-            by_user,
-            retracted,
-            deleted,
-            duplicates,
-            ..
-        } = self;
-        let mut corrections = Corrections {
-            duplicates,
-            ..Corrections::default()
-        };
-        let mut users: Vec<(String, UserOutcome)> = by_user
-            .into_iter()
-            .map(|(user, mut events)| {
-                if deleted.contains(&user) {
-                    corrections.deleted_users += 1;
-                    corrections.deleted_user_events += events.len() as u64;
-                    return (user, UserOutcome::Deleted);
-                }
-                let before = events.len();
-                events.retain(|e| !retracted.contains(&e.event_id));
-                corrections.retracted += (before - events.len()) as u64;
-                if let Some(bots) = bots {
-                    let removed = bots.apply(&mut events);
-                    if removed > 0 {
-                        corrections.bot_events += removed;
-                        corrections.bot_users += 1;
-                    }
-                }
-                (user, UserOutcome::Events(events))
-            })
-            .collect();
+    /// Every user seen in the log, in user id order, ready to be unpacked
+    /// with every correction applied.
+    pub fn finish(self, bots: Option<BotFilter>) -> Result<Recomputed, String> {
+        if let Some(failed) = self.failed {
+            return Err(format!(
+                "cannot hold an event of the log in memory: {failed}"
+            ));
+        }
+        let mut users: Vec<(String, Vec<u8>)> = self.by_user.into_iter().collect();
         users.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        (users, corrections)
+        Ok(Recomputed {
+            users: users.into_iter(),
+            retracted: self.retracted,
+            deleted: self.deleted,
+            bots,
+            corrections: Corrections {
+                duplicates: self.duplicates,
+                ..Corrections::default()
+            },
+        })
+    }
+}
+
+fn pack(packed: &mut Vec<u8>, event: &Event) -> Result<(), postcard::Error> {
+    *packed = postcard::to_extend(event, std::mem::take(packed))?;
+    Ok(())
+}
+
+/// The users of a finished recompute, in user id order: each one's events
+/// are unpacked and corrected as it is taken.
+pub struct Recomputed {
+    users: std::vec::IntoIter<(String, Vec<u8>)>,
+    retracted: FastSet<String>,
+    deleted: FastSet<String>,
+    bots: Option<BotFilter>,
+    corrections: Corrections,
+}
+
+impl Recomputed {
+    /// Users not taken yet.
+    pub fn remaining(&self) -> usize {
+        self.users.len()
+    }
+
+    /// The next users, at most `max_users` of them, and no more than one
+    /// user beyond `max_packed_bytes` of packed events (heavy users make
+    /// short chunks: decoded events are about ten times their packed size).
+    pub fn next_chunk(
+        &mut self,
+        max_users: usize,
+        max_packed_bytes: usize,
+    ) -> Result<Vec<(String, UserOutcome)>, String> {
+        let mut chunk = Vec::new();
+        let mut bytes = 0;
+        while chunk.len() < max_users.max(1) && (chunk.is_empty() || bytes < max_packed_bytes) {
+            let Some(packed) = self.users.as_slice().first().map(|(_, p)| p.len()) else {
+                break;
+            };
+            match self.next() {
+                Some(user) => chunk.push(user?),
+                None => break,
+            }
+            bytes += packed;
+        }
+        Ok(chunk)
+    }
+
+    /// Whether `user` is among the users not taken yet.
+    pub fn holds(&self, user: &str) -> bool {
+        self.users
+            .as_slice()
+            .binary_search_by(|(u, _)| u.as_str().cmp(user))
+            .is_ok()
+    }
+
+    /// What the corrections removed from the users taken so far (and every
+    /// duplicate of the log).
+    pub fn corrections(&self) -> Corrections {
+        self.corrections
+    }
+
+    fn outcome(&mut self, user: &str, mut packed: &[u8]) -> Result<UserOutcome, String> {
+        let corrections = &mut self.corrections;
+        let mut events = Vec::new();
+        while !packed.is_empty() {
+            let (event, rest) = postcard::take_from_bytes::<Event>(packed)
+                .map_err(|e| format!("cannot unpack an event of user {user:?}: {e}"))?;
+            events.push(event);
+            packed = rest;
+        }
+        if self.deleted.contains(user) {
+            corrections.deleted_users += 1;
+            corrections.deleted_user_events += events.len() as u64;
+            return Ok(UserOutcome::Deleted);
+        }
+        let before = events.len();
+        if !self.retracted.is_empty() {
+            events.retain(|e| !self.retracted.contains(&e.event_id));
+        }
+        corrections.retracted += (before - events.len()) as u64;
+        if let Some(bots) = self.bots {
+            let removed = bots.apply(&mut events);
+            if removed > 0 {
+                corrections.bot_events += removed;
+                corrections.bot_users += 1;
+            }
+        }
+        Ok(UserOutcome::Events(events))
+    }
+}
+
+impl Iterator for Recomputed {
+    type Item = Result<(String, UserOutcome), String>;
+
+    /// The next user and what counts of theirs.
+    fn next(&mut self) -> Option<Self::Item> {
+        let (user, packed) = self.users.next()?;
+        Some(self.outcome(&user, &packed).map(|outcome| (user, outcome)))
     }
 }
 
@@ -184,6 +284,12 @@ mod tests {
     use super::*;
     use signals_core::testing::event;
     use signals_schemas::{EventType, Retraction, UserDeletion};
+
+    fn finish(r: Recompute) -> (Vec<(String, UserOutcome)>, Corrections) {
+        let mut users = r.finish(None).expect("packs");
+        let all = users.by_ref().collect::<Result<_, _>>().expect("unpacks");
+        (all, users.corrections())
+    }
 
     fn of(user: &str, id: &str, time: Millis) -> Event {
         let mut e = event(id, EventType::View, "a", time);
@@ -214,7 +320,7 @@ mod tests {
             reason: String::new(),
         }));
         r.add(RecordBody::Event(of("gone", "e4", 40)));
-        let (users, corrections) = r.finish(None);
+        let (users, corrections) = finish(r);
         assert_eq!(
             corrections,
             Corrections {
@@ -244,11 +350,40 @@ mod tests {
         r.add(RecordBody::Event(of("a", "x", 150)));
         r.add(RecordBody::Event(of("a", "y", 250)));
         r.add(RecordBody::Event(of("a", "z", 100)));
-        let (users, corrections) = r.finish(None);
+        let (users, corrections) = finish(r);
         assert_eq!(corrections.duplicates, 1);
         assert_eq!(
             users,
             vec![("a".into(), UserOutcome::Events(vec![of("a", "z", 100)]))]
+        );
+    }
+
+    #[test]
+    fn chunks_are_bounded_by_users_and_by_packed_bytes_and_lose_nobody() {
+        let mut r = Recompute::default();
+        // "heavy" has 200 events, the others one each.
+        for i in 0..200 {
+            r.add(RecordBody::Event(of("heavy", &format!("h{i}"), i)));
+        }
+        for user in ["a", "b", "c", "x", "y", "z"] {
+            r.add(RecordBody::Event(of(user, &format!("{user}1"), 1)));
+        }
+        let one_event = {
+            let mut packed = Vec::new();
+            pack(&mut packed, &of("a", "a1", 1)).expect("packs");
+            packed.len()
+        };
+        let mut users = r.finish(None).expect("packs");
+        let mut chunks = Vec::new();
+        while users.remaining() > 0 {
+            let chunk = users.next_chunk(4, 3 * one_event).expect("unpacks");
+            chunks.push(chunk.into_iter().map(|(u, _)| u).collect::<Vec<_>>());
+        }
+        // Users in id order; at most 4 per chunk; a chunk ends once it holds
+        // three events' worth of bytes; the heavy user alone in its chunk.
+        assert_eq!(
+            chunks,
+            vec![vec!["a", "b", "c"], vec!["heavy"], vec!["x", "y", "z"],]
         );
     }
 

@@ -14,7 +14,6 @@
 //! the deletion record (one the speed layer has not reached and nobody
 //! erased shows as drift until it does).
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use futures::{stream, StreamExt, TryStreamExt};
@@ -165,11 +164,15 @@ impl BatchLayer {
             |done| progress.update(&running(Phase::Reading, done, total)),
         )
         .await?;
-        let (mut users, _) = recompute.finish(self.options.bot_filter);
-        let seen: HashSet<String> = users.iter().map(|(u, _)| u.clone()).collect();
-        for user in named.into_iter().filter(|u| !seen.contains(u)) {
-            users.push((user, UserOutcome::Events(Vec::new())));
-        }
+        // Users are unpacked one by one as they are compared.
+        let users = recompute
+            .finish(self.options.bot_filter)
+            .map_err(BatchError::Internal)?;
+        let unknown: Vec<(String, UserOutcome)> = named
+            .into_iter()
+            .filter(|u| !users.holds(u))
+            .map(|u| (u, UserOutcome::Events(Vec::new())))
+            .collect();
 
         let definitions: Vec<&SignalDefinition> = self.definitions.iter().collect();
         let mut report = VerifyReport {
@@ -193,12 +196,14 @@ impl BatchLayer {
                 .collect(),
             max_mismatch_rate: 0.0,
         };
-        let total = users.len() as u64;
+        let total = (users.remaining() + unknown.len()) as u64;
         let version = manifest.as_ref().map(|m| m.version);
         let (from, covered) = (&from, &covered);
-        let mut comparisons = stream::iter(users.into_iter().map(|(user, outcome)| async move {
+        let users = users.chain(unknown.into_iter().map(Ok));
+        let mut comparisons = stream::iter(users.map(|user| async move {
+            let (user, outcome) = user.map_err(BatchError::Internal)?;
             let compared = self.compare(version, from, covered, &user, outcome).await?;
-            Ok::<_, StoreError>((user, compared))
+            Ok::<_, BatchError>((user, compared))
         }))
         .buffered(self.options.read_concurrency.max(1));
         let mut done = 0;
