@@ -43,7 +43,7 @@ impl Default for SpeedOptions {
     fn default() -> Self {
         SpeedOptions {
             group: "signals-speed".into(),
-            max_batch: 5_000,
+            max_batch: 20_000,
             poll_wait: Duration::from_millis(100),
             min_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(5),

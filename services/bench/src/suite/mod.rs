@@ -2,6 +2,7 @@
 //! ceiling of the same machine, measured in the same run.
 
 pub mod batch;
+mod engine_reads;
 mod freshness;
 mod ingest;
 mod scale;
@@ -49,8 +50,12 @@ pub struct SuiteArgs {
     #[arg(long, value_delimiter = ',', value_parser = parse_point)]
     pub scale_at: Vec<(u64, u64)>,
     /// Records per speed-layer store write (the layer's `speed.max_batch`).
-    #[arg(long, default_value_t = 5_000)]
+    #[arg(long, default_value_t = 20_000)]
     pub speed_batch: usize,
+    /// Events of the batch section's log, instead of the size's default
+    /// (e.g. 50000000 for the largest point of the scale curve).
+    #[arg(long)]
+    pub batch_events: Option<u64>,
 }
 
 /// How big each figure's run is.
@@ -94,8 +99,9 @@ impl Sizes {
                     (100_000, 1_000_000),
                     (1_000_000, 1_000_000),
                     (100_000, 5_000_000),
-                    // The batch holds ~800 B per event in memory: 10M events
-                    // is ~8 GiB of this machine's 24 GiB; 50M would not fit.
+                    // The speed layer takes minutes per 10M events here;
+                    // the batch alone goes further: `--only batch
+                    // --batch-events 50000000`.
                     (100_000, 10_000_000),
                 ],
             }
@@ -290,6 +296,32 @@ pub async fn run(args: &SuiteArgs) -> anyhow::Result<()> {
             )
             .against(ms(&b.multi, 0.5)),
         );
+        if stack == Stack::Real {
+            let raw = engine_reads::measure(
+                &services,
+                &platform::unique_name("reads"),
+                shape.users,
+                engine_reads::cached_record_bytes(&services, 1024).await?,
+                sizes.duration,
+            )
+            .await?;
+            rows.push(
+                Row::new(
+                    "serving warm single-user against the engines' raw reads (Redis GET + CQL partition read per answer, 32 in flight)",
+                    Figure::per_sec(o.warm.rate()),
+                    "",
+                )
+                .against(Figure::per_sec(raw.rate())),
+            );
+            rows.push(
+                Row::new(
+                    "  raw engine reads p50",
+                    ms(&o.warm, 0.5),
+                    format!("raw p99 {:.2} ms", raw.ms(0.99)),
+                )
+                .against(Figure::ms(raw.ms(0.5))),
+            );
+        }
         progress(&rows);
     }
     if wanted(Section::Batch) {
@@ -298,7 +330,8 @@ pub async fn run(args: &SuiteArgs) -> anyhow::Result<()> {
             Stack::Embedded => Place::Embedded(dir.path().to_owned()),
             Stack::Real => real_place("batch"),
         };
-        let f = batch::measure(&place, &shape, sizes.batch_events).await?;
+        let events = args.batch_events.unwrap_or(sizes.batch_events);
+        let f = batch::measure(&place, &shape, events).await?;
         rows.push(
             Row::new(
                 format!(
