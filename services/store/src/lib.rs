@@ -14,6 +14,7 @@
 //! Garbage collection lags one version behind publishing so that a reader
 //! holding the previous manifest never finds its speed entries gone.
 
+mod cache;
 mod codec;
 pub mod embedded;
 mod error;
@@ -52,6 +53,15 @@ pub trait SignalStore: Send + Sync + 'static {
 
     /// The published batch version, if any.
     async fn published(&self) -> Result<Option<BatchManifest>, StoreError>;
+
+    /// The published version serving merges: [`SignalStore::published`],
+    /// or a reading of it at most a moment old where reading it costs a
+    /// round trip. Any version whose records are kept answers exactly (the
+    /// speed entries are taken from its own position), so a reading that
+    /// lags a publication only delays the switch to the new version.
+    async fn serving_manifest(&self) -> Result<Option<Arc<BatchManifest>>, StoreError> {
+        Ok(self.published().await?.map(Arc::new))
+    }
 
     /// One user's published record and newer speed entries, consistently.
     async fn user_history(&self, user_id: &str) -> Result<UserHistory, StoreError>;

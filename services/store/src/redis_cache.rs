@@ -10,6 +10,10 @@
 //! on it being up: on any Redis error the read goes to the store, and
 //! [`SignalStore::degraded`] says so for readiness.
 //!
+//! In front of Redis, each process keeps the records it decoded last in a
+//! bounded [`RecordCache`]: a warm answer then costs no Redis round trip and
+//! no decoding, only the speed entries' partition read.
+//!
 //! Keys: `{prefix}:record:{version}:{created_at}:{user}` → a format byte then postcard,
 //! or the single byte `0` for "this user has no record in this version".
 //! Every key has a TTL, so versions collected from the store also leave
@@ -25,6 +29,7 @@ use redis::AsyncCommands;
 use signals_core::{LogPosition, Offset, Partition, UserRecord};
 use tracing::warn;
 
+use crate::cache::RecordCache;
 use crate::codec;
 use crate::{
     BatchCheckpoint, BatchManifest, BatchPart, GarbageStats, IndexEntry, PositionedEntry,
@@ -45,6 +50,9 @@ pub struct RedisOptions {
     pub ttl: Duration,
     /// Longest wait for one Redis call before the store answers instead.
     pub timeout: Duration,
+    /// Bound of the in-process cache of decoded records, in encoded bytes
+    /// (0: every read asks Redis).
+    pub local_cache_bytes: usize,
 }
 
 impl Default for RedisOptions {
@@ -54,6 +62,7 @@ impl Default for RedisOptions {
             prefix: "signals".into(),
             ttl: Duration::from_secs(48 * 3600),
             timeout: Duration::from_millis(50),
+            local_cache_bytes: 64 << 20,
         }
     }
 }
@@ -62,6 +71,7 @@ impl Default for RedisOptions {
 pub struct CachedStore {
     inner: Arc<dyn SignalStore>,
     options: RedisOptions,
+    local: RecordCache,
     client: redis::Client,
     connection: tokio::sync::Mutex<Option<ConnectionManager>>,
     /// The last Redis failure, for readiness.
@@ -78,6 +88,7 @@ impl CachedStore {
             .map_err(|e| StoreError::Backend(format!("invalid Redis URL {}: {e}", options.url)))?;
         Ok(CachedStore {
             inner,
+            local: RecordCache::new(options.local_cache_bytes),
             options,
             client,
             connection: tokio::sync::Mutex::new(None),
@@ -103,6 +114,36 @@ impl CachedStore {
         }
     }
 
+    /// `user`'s record of the published version `manifest`, through Redis.
+    async fn record_of(
+        &self,
+        manifest: &BatchManifest,
+        user: &str,
+    ) -> Result<Option<Arc<UserRecord>>, StoreError> {
+        if let Some(local) = self.local.get(manifest.version, user) {
+            metrics::counter!("signals_cache_requests_total", "outcome" => "local").increment(1);
+            return Ok(Some(local));
+        }
+        let key = self.key(manifest, user);
+        if let Some(hit) = self.cached(&key).await {
+            metrics::counter!("signals_cache_requests_total", "outcome" => "hit").increment(1);
+            if let Some((record, weight)) = &hit {
+                self.local
+                    .insert(manifest.version, user, record.clone(), *weight);
+            }
+            return Ok(hit.map(|(record, _)| record));
+        }
+        metrics::counter!("signals_cache_requests_total", "outcome" => "miss").increment(1);
+        let record = self.inner.batch_record(manifest.version, user).await?;
+        if let Some(weight) = self.remember(key, record.as_deref()).await {
+            if let Some(record) = &record {
+                self.local
+                    .insert(manifest.version, user, record.clone(), weight);
+            }
+        }
+        Ok(record)
+    }
+
     /// A connection, (re)established at most once per call.
     async fn connection(&self) -> Option<ConnectionManager> {
         let mut slot = self.connection.lock().await;
@@ -121,7 +162,9 @@ impl CachedStore {
         slot.clone()
     }
 
-    async fn cached(&self, key: &str) -> Option<Option<Arc<UserRecord>>> {
+    /// The record Redis holds at `key` and its encoded size: `None` if
+    /// Redis has nothing or failed, `Some(None)` for "no record".
+    async fn cached(&self, key: &str) -> Option<Option<(Arc<UserRecord>, usize)>> {
         let mut connection = self.connection().await?;
         let read = tokio::time::timeout(
             self.options.timeout,
@@ -143,7 +186,7 @@ impl CachedStore {
             return Some(None);
         }
         match codec::decode_record(&bytes, "redis", || format!("key {key}")) {
-            Ok(record) => Some(Some(Arc::new(record))),
+            Ok(record) => Some(Some((Arc::new(record), bytes.len()))),
             Err(error) => {
                 self.note_error("decode", error);
                 None
@@ -151,14 +194,20 @@ impl CachedStore {
         }
     }
 
-    async fn remember(&self, key: String, record: Option<&UserRecord>) {
+    /// Writes `record` to Redis at `key` (a failure is only noted), and
+    /// says what it weighs encoded (`None` if it could not be encoded).
+    async fn remember(&self, key: String, record: Option<&UserRecord>) -> Option<usize> {
         let bytes = match record.map(codec::encode_record).transpose() {
             Ok(Some(encoded)) => encoded,
             Ok(None) => vec![ABSENT],
-            Err(error) => return self.note_error("encode", error),
+            Err(error) => {
+                self.note_error("encode", error);
+                return None;
+            }
         };
+        let weight = bytes.len();
         let Some(mut connection) = self.connection().await else {
-            return;
+            return Some(weight);
         };
         let ttl = self.options.ttl.as_secs().max(1);
         let write = tokio::time::timeout(
@@ -171,6 +220,7 @@ impl CachedStore {
             Ok(Err(error)) => self.note_error("SET", error),
             Err(_) => self.note_error("SET", "timed out"),
         }
+        Some(weight)
     }
 }
 
@@ -195,12 +245,19 @@ impl SignalStore for CachedStore {
         self.inner.published().await
     }
 
+    async fn serving_manifest(&self) -> Result<Option<Arc<BatchManifest>>, StoreError> {
+        self.inner.serving_manifest().await
+    }
+
     async fn user_history(&self, user_id: &str) -> Result<UserHistory, StoreError> {
-        let Some(manifest) = self.inner.published().await?.map(Arc::new) else {
+        // One manifest for the whole answer, and a cheap one: reading the
+        // published pointer on every answer (twice, once more in
+        // `batch_record`) cost more round trips than the answer's own reads.
+        let Some(manifest) = self.inner.serving_manifest().await? else {
             return self.inner.user_history(user_id).await;
         };
         let (record, speed) = tokio::join!(
-            self.batch_record(manifest.version, user_id),
+            self.record_of(&manifest, user_id),
             self.inner.speed_entries(user_id, &manifest.position)
         );
         Ok(UserHistory {
@@ -221,15 +278,7 @@ impl SignalStore for CachedStore {
             Some(manifest) if manifest.version == version => manifest,
             _ => return self.inner.batch_record(version, user_id).await,
         };
-        let key = self.key(&manifest, user_id);
-        if let Some(hit) = self.cached(&key).await {
-            metrics::counter!("signals_cache_requests_total", "outcome" => "hit").increment(1);
-            return Ok(hit);
-        }
-        metrics::counter!("signals_cache_requests_total", "outcome" => "miss").increment(1);
-        let record = self.inner.batch_record(version, user_id).await?;
-        self.remember(key, record.as_deref()).await;
-        Ok(record)
+        self.record_of(&manifest, user_id).await
     }
 
     async fn speed_entries(
@@ -270,6 +319,7 @@ impl SignalStore for CachedStore {
         marker: (Partition, Offset),
     ) -> Result<(), StoreError> {
         self.inner.erase_user(user_id, marker).await?;
+        self.local.remove(user_id);
         if let Some(manifest) = self.inner.published().await? {
             let key = self.key(&manifest, user_id);
             if let Some(mut connection) = self.connection().await {
@@ -379,6 +429,36 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_warm_record_is_answered_in_process_without_redis() {
+        let Some(url) = redis_url() else { return };
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = cached(&url, dir.path());
+        let record = crate::contract::record("u", "e1");
+        store
+            .write_batch(1, vec![("u".into(), record.clone())])
+            .await
+            .expect("written");
+        let manifest = crate::contract::manifest(1, &[(0, 0)]);
+        store.publish(&manifest).await.expect("published");
+        let key = store.key(&manifest, "u");
+        let mut redis = redis::Client::open(url.as_str())
+            .expect("client")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connection");
+
+        // The first read fills Redis and the process; with Redis emptied,
+        // the second is answered in process (a Redis miss would SET again).
+        let first = store.user_history("u").await.expect("history");
+        assert_eq!(first.record.as_deref(), Some(&record));
+        assert!(redis.exists::<_, bool>(&key).await.expect("EXISTS"));
+        redis.del::<_, ()>(&key).await.expect("DEL");
+        let second = store.user_history("u").await.expect("history");
+        assert_eq!(second.record.as_deref(), Some(&record));
+        assert!(!redis.exists::<_, bool>(&key).await.expect("EXISTS"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn stores_sharing_a_redis_never_see_each_others_versions() {
         let Some(url) = redis_url() else { return };
         let prefix = unique_prefix();
@@ -453,6 +533,7 @@ mod tests {
                 timeout: Duration::from_millis(50),
                 ..RedisOptions::default()
             },
+            local: RecordCache::new(0),
             client: redis::Client::open("redis://127.0.0.1:1").expect("client"),
             connection: tokio::sync::Mutex::new(None),
             last_error: Mutex::new(None),

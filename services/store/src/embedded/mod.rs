@@ -55,7 +55,6 @@
 //! ignored test `embedded_figures` prints this machine's figures.
 
 mod batch;
-mod cache;
 mod erase;
 mod gc;
 mod history;
@@ -74,12 +73,12 @@ use redb::Database;
 use signals_core::{LogPosition, Offset, Partition, UserRecord};
 use tracing::info;
 
+use crate::cache::{ManifestCache, RecordCache};
 use crate::codec;
 use crate::{
     BatchCheckpoint, BatchManifest, BatchPart, GarbageStats, IndexEntry, PositionedEntry,
     SignalStore, SpeedProgress, SpeedWrite, StoreError, UserHistory,
 };
-use cache::{ManifestCache, RecordCache};
 
 /// Tuning of an [`EmbeddedStore`].
 #[derive(Clone, Debug)]

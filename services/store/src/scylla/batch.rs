@@ -160,7 +160,7 @@ impl Inner {
     }
 
     /// The manifest serving merges with: the cached one while fresh.
-    async fn serving_manifest(&self) -> Result<Option<Arc<BatchManifest>>, StoreError> {
+    pub(super) async fn serving_manifest(&self) -> Result<Option<Arc<BatchManifest>>, StoreError> {
         match self.manifest.fresh() {
             Some(manifest) => Ok(manifest),
             None => self.read_published().await,

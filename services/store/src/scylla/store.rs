@@ -208,6 +208,10 @@ impl SignalStore for ScyllaStore {
         Ok(manifest.map(Arc::unwrap_or_clone))
     }
 
+    async fn serving_manifest(&self) -> Result<Option<Arc<BatchManifest>>, StoreError> {
+        self.inner.serving_manifest().await
+    }
+
     async fn user_history(&self, user_id: &str) -> Result<UserHistory, StoreError> {
         self.inner.user_history(user_id).await
     }

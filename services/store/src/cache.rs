@@ -1,8 +1,10 @@
 //! In-process caches of decoded values; correct by construction.
 //!
-//! * [`RecordCache`]: decoded [`UserRecord`]s keyed by (version, user).
-//!   Records of a version are immutable once written and only published
-//!   versions are read, so a cached record is never stale. One slot per user
+//! * [`RecordCache`]: decoded [`UserRecord`]s keyed by (version, user), in
+//!   the embedded store and in front of Redis. Records of a version are
+//!   immutable once written and only published versions are read, so a
+//!   cached record is never stale (an erasure replaces records in place,
+//!   and its speed-entry marker voids whatever record is merged with it). One slot per user
 //!   holds one version: a newer version replaces the older one. The cache is
 //!   bounded by the encoded size of its records and evicts with the
 //!   second-chance (CLOCK) rule, per shard.
