@@ -8,6 +8,9 @@
 //! * then the configured bot rule ([`BotFilter`]) drops over-limit minutes.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, Hasher};
+
+use siphasher::sip128::{Hasher128, SipHasher13};
 
 use signals_schemas::{Event, Millis, RecordBody};
 
@@ -86,9 +89,11 @@ type FastSet<T> = HashSet<T, foldhash::fast::RandomState>;
 #[derive(Default)]
 pub struct Recompute {
     keep: Keep,
-    /// Digests of every event id seen: a collision (about 2^-128 per pair)
-    /// would be needed to take an event for a duplicate.
+    /// Digests of every event id seen: a collision (about 2^-128 per pair,
+    /// under keys no client knows) would be needed to take an event for a
+    /// duplicate.
     seen: FastSet<u128>,
+    digest: IdDigest,
     by_user: FastMap<String, Vec<u8>>,
     retracted: FastSet<String>,
     deleted: FastSet<String>,
@@ -98,8 +103,30 @@ pub struct Recompute {
     failed: Option<String>,
 }
 
-fn digest(event_id: &str) -> u128 {
-    xxhash_rust::xxh3::xxh3_128(event_id.as_bytes())
+/// 128-bit SipHash-1-3 of event ids under random keys: ids come from
+/// clients, so an unkeyed hash would let one craft two ids that collide
+/// and make the batch drop an event the speed layer counts.
+#[derive(Clone, Copy)]
+struct IdDigest {
+    keys: (u64, u64),
+}
+
+impl Default for IdDigest {
+    fn default() -> Self {
+        // std seeds every RandomState from the OS's randomness.
+        let random = || std::collections::hash_map::RandomState::new().hash_one(0u8);
+        IdDigest {
+            keys: (random(), random()),
+        }
+    }
+}
+
+impl IdDigest {
+    fn of(&self, event_id: &str) -> u128 {
+        let mut hasher = SipHasher13::new_with_keys(self.keys.0, self.keys.1);
+        hasher.write(event_id.as_bytes());
+        hasher.finish128().as_u128()
+    }
 }
 
 impl Recompute {
@@ -114,7 +141,7 @@ impl Recompute {
     pub fn add(&mut self, body: RecordBody) {
         match body {
             RecordBody::Event(event) => {
-                if !self.seen.insert(digest(&event.event_id)) {
+                if !self.seen.insert(self.digest.of(&event.event_id)) {
                     self.duplicates += 1;
                     return;
                 }
@@ -150,7 +177,7 @@ impl Recompute {
     /// Takes note of an event id whose event another worker recomputes:
     /// it still makes later copies duplicates.
     pub fn see(&mut self, event_id: &str) {
-        self.seen.insert(digest(event_id));
+        self.seen.insert(self.digest.of(event_id));
     }
 
     /// Number of distinct users with events so far.
