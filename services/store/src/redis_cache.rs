@@ -459,6 +459,34 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_record_another_process_cached_is_read_from_redis() {
+        let Some(url) = redis_url() else { return };
+        let dir = tempfile::tempdir().expect("temp dir");
+        let writer = cached(&url, dir.path());
+        let record = crate::contract::record("u", "e1");
+        writer
+            .write_batch(1, vec![("u".into(), record.clone())])
+            .await
+            .expect("written");
+        let manifest = crate::contract::manifest(1, &[(0, 0)]);
+        writer.publish(&manifest).await.expect("published");
+        writer.user_history("u").await.expect("history");
+
+        // A second process (its own caches) over a store that lost the
+        // record: only Redis can answer it.
+        let empty_dir = tempfile::tempdir().expect("temp dir");
+        let empty = EmbeddedStore::open(&empty_dir.path().join("store.redb")).expect("store");
+        empty.publish(&manifest).await.expect("published");
+        let mut reader = CachedStore {
+            inner: Arc::new(empty),
+            ..cached(&url, dir.path().join("unused").as_path())
+        };
+        reader.options.prefix.clone_from(&writer.options.prefix);
+        let read = reader.user_history("u").await.expect("history");
+        assert_eq!(read.record.as_deref(), Some(&record));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn stores_sharing_a_redis_never_see_each_others_versions() {
         let Some(url) = redis_url() else { return };
         let prefix = unique_prefix();
@@ -495,7 +523,11 @@ mod tests {
     async fn a_flushed_or_unreachable_redis_changes_no_answer() {
         let Some(url) = redis_url() else { return };
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = cached(&url, dir.path());
+        // Without the in-process cache, so that every read asks Redis.
+        let store = CachedStore {
+            local: RecordCache::new(0),
+            ..cached(&url, dir.path())
+        };
         store
             .write_batch(1, vec![("u".into(), crate::contract::record("u", "e1"))])
             .await
@@ -509,12 +541,15 @@ mod tests {
         assert_eq!(cached_again.as_deref(), first.record.as_deref());
         assert!(store.degraded().await.is_none());
 
-        // Flush everything: the answer comes from the store, unchanged.
+        // Every key of this store gone (as after FLUSHALL, without touching
+        // the other tests' keys): the answer comes from the store, unchanged.
         let mut connection = store.connection().await.expect("connected");
-        redis::cmd("FLUSHALL")
-            .query_async::<()>(&mut connection)
+        let keys: Vec<String> = connection
+            .keys(format!("{}:*", store.options.prefix))
             .await
-            .expect("flushed");
+            .expect("KEYS");
+        assert!(!keys.is_empty(), "the first read cached the record");
+        connection.del::<_, ()>(keys).await.expect("flushed");
         assert_eq!(
             store
                 .user_history("u")

@@ -104,69 +104,74 @@ pub async fn measure(
     let entry = vec![7u8; 200];
     let key = |user: u64| format!("signals-bench:{name}:reads:{user}");
 
-    futures::stream::iter((0..users).map(Ok::<_, anyhow::Error>))
-        .try_for_each_concurrent(256, |user| {
-            let (session, insert, record, entry) = (&session, &insert, &record, &entry);
-            let mut redis = redis.clone();
-            let key = key(user);
-            async move {
-                let _: () = redis.set(&key, record.as_slice()).await?;
-                for offset in 0..ROWS_PER_USER {
-                    session
-                        .execute_unpaged(insert, (user.to_string(), 0i64, offset, entry))
-                        .await?;
+    // What was written is removed whether the measurement succeeded or not.
+    let measured = async {
+        futures::stream::iter((0..users).map(Ok::<_, anyhow::Error>))
+            .try_for_each_concurrent(256, |user| {
+                let (session, insert, record, entry) = (&session, &insert, &record, &entry);
+                let mut redis = redis.clone();
+                let key = key(user);
+                async move {
+                    let _: () = redis.set(&key, record.as_slice()).await?;
+                    for offset in 0..ROWS_PER_USER {
+                        session
+                            .execute_unpaged(insert, (user.to_string(), 0i64, offset, entry))
+                            .await?;
+                    }
+                    Ok(())
                 }
-                Ok(())
-            }
-        })
-        .await?;
+            })
+            .await?;
 
-    let started = Instant::now();
-    let deadline = started + duration;
-    let tasks = (0..IN_FLIGHT as u64).map(|task| {
-        let (session, select) = (&session, &select);
-        let mut redis = redis.clone();
-        let key = &key;
-        async move {
-            let mut latency = http::histogram();
-            let mut reads = 0u64;
-            let mut n = task;
-            while Instant::now() < deadline {
-                // A multiplicative hash spreads the tasks over the users.
-                let user = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) % users;
-                n += IN_FLIGHT as u64;
-                let began = Instant::now();
-                let _: Vec<u8> = redis.get(key(user)).await?;
-                let rows = session
-                    .execute_unpaged(select, (user.to_string(),))
-                    .await?
-                    .into_rows_result()?;
-                anyhow::ensure!(
-                    rows.rows_num() as i64 == ROWS_PER_USER,
-                    "user {user}: {} rows",
-                    rows.rows_num()
-                );
-                latency.saturating_record(began.elapsed().as_micros() as u64);
-                reads += 1;
+        let started = Instant::now();
+        let deadline = started + duration;
+        let tasks = (0..IN_FLIGHT as u64).map(|task| {
+            let (session, select) = (&session, &select);
+            let mut redis = redis.clone();
+            let key = &key;
+            async move {
+                let mut latency = http::histogram();
+                let mut reads = 0u64;
+                let mut n = task;
+                while Instant::now() < deadline {
+                    // A multiplicative hash spreads the tasks over the users.
+                    let user = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) % users;
+                    n += IN_FLIGHT as u64;
+                    let began = Instant::now();
+                    let _: Vec<u8> = redis.get(key(user)).await?;
+                    let rows = session
+                        .execute_unpaged(select, (user.to_string(),))
+                        .await?
+                        .into_rows_result()?;
+                    anyhow::ensure!(
+                        rows.rows_num() as i64 == ROWS_PER_USER,
+                        "user {user}: {} rows",
+                        rows.rows_num()
+                    );
+                    latency.saturating_record(began.elapsed().as_micros() as u64);
+                    reads += 1;
+                }
+                Ok::<_, anyhow::Error>((reads, latency))
             }
-            Ok::<_, anyhow::Error>((reads, latency))
+        });
+        let results: Vec<(u64, Histogram<u64>)> = futures::stream::iter(tasks)
+            .buffer_unordered(IN_FLIGHT)
+            .try_collect()
+            .await?;
+        let elapsed = started.elapsed();
+
+        let mut outcome = EngineReads {
+            reads: 0,
+            elapsed,
+            latency: http::histogram(),
+        };
+        for (reads, latency) in results {
+            outcome.reads += reads;
+            outcome.latency.add(latency)?;
         }
-    });
-    let results: Vec<(u64, Histogram<u64>)> = futures::stream::iter(tasks)
-        .buffer_unordered(IN_FLIGHT)
-        .try_collect()
-        .await?;
-    let elapsed = started.elapsed();
-
-    let mut outcome = EngineReads {
-        reads: 0,
-        elapsed,
-        latency: http::histogram(),
-    };
-    for (reads, latency) in results {
-        outcome.reads += reads;
-        outcome.latency.add(latency)?;
+        Ok::<_, anyhow::Error>(outcome)
     }
+    .await;
     let _ = session
         .query_unpaged(format!("DROP KEYSPACE IF EXISTS {keyspace}"), &[])
         .await;
@@ -174,5 +179,5 @@ pub async fn measure(
     for user in 0..users {
         let _: Result<(), _> = redis.del(key(user)).await;
     }
-    Ok(outcome)
+    measured
 }

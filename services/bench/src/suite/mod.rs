@@ -315,7 +315,7 @@ pub async fn run(args: &SuiteArgs) -> anyhow::Result<()> {
             );
             rows.push(
                 Row::new(
-                    "  raw engine reads p50",
+                    "  serving warm p50 against the raw engine reads' p50",
                     ms(&o.warm, 0.5),
                     format!("raw p99 {:.2} ms", raw.ms(0.99)),
                 )

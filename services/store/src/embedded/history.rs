@@ -28,21 +28,21 @@ impl Inner {
         history(&txn, user, manifest, record)
     }
 
-    /// [`Self::user_history`] if the user's published record is decoded in
-    /// memory already (or nothing is published); `None` if answering would
-    /// mean reading and decoding the record.
+    /// [`Self::user_history`] if a version is published and the user's
+    /// record of it is decoded in memory already; `None` otherwise (reading
+    /// and decoding the record, or, with nothing published, scanning the
+    /// user's whole history, belongs on the blocking pool).
     pub(super) fn warm_user_history(&self, user: &str) -> Result<Option<UserHistory>, StoreError> {
         let txn = self.db.begin_read().map_err(engine("begin a read"))?;
         let manifest =
             self.published_in(&txn.open_table(META).map_err(engine("open table meta"))?)?;
-        let record = match &manifest {
-            Some(manifest) => match self.records.get(manifest.version, user) {
-                Some(cached) => Some(cached),
-                None => return Ok(None),
-            },
-            None => None,
+        let Some(record) = manifest
+            .as_ref()
+            .and_then(|manifest| self.records.get(manifest.version, user))
+        else {
+            return Ok(None);
         };
-        history(&txn, user, manifest, record).map(Some)
+        history(&txn, user, manifest, Some(record)).map(Some)
     }
 
     /// `user`'s record of `version`, from the cache or one read.
