@@ -65,6 +65,7 @@ impl Backends {
                     url: url.to_owned(),
                     ttl: config.cache.ttl,
                     timeout: config.cache.timeout,
+                    local_cache_bytes: config.cache.local_bytes,
                     ..RedisOptions::default()
                 },
             )?) as Arc<dyn SignalStore>,

@@ -85,6 +85,9 @@ pub struct CacheConfig {
     pub ttl: Duration,
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// Decoded records kept in each process in front of Redis, in encoded
+    /// bytes (0: every read asks Redis).
+    pub local_bytes: usize,
 }
 
 #[derive(Debug, Deserialize)]
