@@ -309,6 +309,7 @@ impl Iterator for Recomputed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use signals_core::testing::event;
     use signals_schemas::{EventType, Retraction, UserDeletion};
 
@@ -412,6 +413,116 @@ mod tests {
             chunks,
             vec![vec!["a", "b", "c"], vec!["heavy"], vec!["x", "y", "z"],]
         );
+    }
+
+    /// One record of a generated log.
+    #[derive(Clone, Debug)]
+    enum Step {
+        Event {
+            id: u8,
+            user: u8,
+            time: Millis,
+            city: bool,
+        },
+        Retract(u8),
+        Delete(u8),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        // Few ids and users, so that duplicates (also across users),
+        // retractions and deletions meet the same events often.
+        prop_oneof![
+            8 => (0u8..40, 0u8..6, 0i64..1_000, any::<bool>())
+                .prop_map(|(id, user, time, city)| Step::Event { id, user, time, city }),
+            1 => (0u8..40).prop_map(Step::Retract),
+            1 => (0u8..6).prop_map(Step::Delete),
+        ]
+    }
+
+    fn body(step: &Step) -> RecordBody {
+        match step {
+            Step::Event {
+                id,
+                user,
+                time,
+                city,
+            } => {
+                let mut e = of(&format!("user-{user}"), &format!("event-{id}"), *time);
+                if *city {
+                    e.attributes
+                        .insert("city".into(), format!("city-{}", id % 3));
+                }
+                RecordBody::Event(e)
+            }
+            Step::Retract(id) => RecordBody::Retraction(Retraction {
+                event_ids: vec![format!("event-{id}")],
+                reason: String::new(),
+            }),
+            Step::Delete(user) => RecordBody::UserDeletion(UserDeletion {
+                user_id: format!("user-{user}"),
+                reason: String::new(),
+            }),
+        }
+    }
+
+    /// The rules stated plainly, over the whole log at once.
+    fn reference(log: &[RecordBody]) -> Vec<(String, UserOutcome)> {
+        let mut seen = HashSet::new();
+        let (mut retracted, mut deleted) = (HashSet::new(), HashSet::new());
+        let mut users: std::collections::BTreeMap<String, Vec<Event>> = Default::default();
+        for body in log {
+            match body {
+                RecordBody::Event(e) if seen.insert(e.event_id.clone()) => {
+                    users.entry(e.user_id.clone()).or_default().push(e.clone())
+                }
+                RecordBody::Event(_) => {}
+                RecordBody::Retraction(r) => retracted.extend(r.event_ids.iter().cloned()),
+                RecordBody::UserDeletion(d) => {
+                    deleted.insert(d.user_id.clone());
+                }
+            }
+        }
+        users
+            .into_iter()
+            .map(|(user, events)| {
+                let outcome = if deleted.contains(&user) {
+                    UserOutcome::Deleted
+                } else {
+                    UserOutcome::Events(
+                        events
+                            .into_iter()
+                            .filter(|e| !retracted.contains(&e.event_id))
+                            .collect(),
+                    )
+                };
+                (user, outcome)
+            })
+            .collect()
+    }
+
+    proptest! {
+        /// Packing, digests and unpacking in chunks of any size change
+        /// nothing: the outcome is the reference's, user by user, in order.
+        #[test]
+        fn packed_recompute_in_any_chunks_equals_the_reference(
+            steps in proptest::collection::vec(step(), 0..200),
+            max_users in 1usize..5,
+            max_bytes in 1usize..400,
+        ) {
+            let log: Vec<RecordBody> = steps.iter().map(body).collect();
+            let mut recompute = Recompute::default();
+            for body in log.iter().cloned() {
+                recompute.add(body);
+            }
+            let mut users = recompute.finish(None).expect("packs");
+            let mut chunked = Vec::new();
+            while users.remaining() > 0 {
+                let chunk = users.next_chunk(max_users, max_bytes).expect("unpacks");
+                prop_assert!(!chunk.is_empty() && chunk.len() <= max_users);
+                chunked.extend(chunk);
+            }
+            prop_assert_eq!(chunked, reference(&log));
+        }
     }
 
     #[test]
