@@ -110,22 +110,20 @@ fn newer(event: &Event, stamp: &Stamp) -> bool {
     (event.event_time, event.event_id.as_str()) > (stamp.time, stamp.event_id.as_str())
 }
 
-fn note_latest(map: &mut HashMap<String, Stamp>, value: &str, stamp: &Stamp) {
+/// Keeps for `value` the newer of what `map` holds and a candidate that
+/// `is_newer` compares with it; `make` builds the candidate only if it is
+/// kept (on the read path, cloning ids cost more than comparing them).
+fn keep_newest<V>(
+    map: &mut HashMap<String, V>,
+    value: &str,
+    is_newer: impl FnOnce(&V) -> bool,
+    make: impl FnOnce() -> V,
+) {
     match map.get_mut(value) {
-        Some(current) if *current >= *stamp => {}
-        Some(current) => *current = stamp.clone(),
+        Some(current) if !is_newer(current) => {}
+        Some(current) => *current = make(),
         None => {
-            map.insert(value.to_owned(), stamp.clone());
-        }
-    }
-}
-
-fn note_mark(map: &mut HashMap<String, SetMark>, value: &str, mark: &SetMark) {
-    match map.get_mut(value) {
-        Some(current) if current.stamp >= mark.stamp => {}
-        Some(current) => *current = mark.clone(),
-        None => {
-            map.insert(value.to_owned(), mark.clone());
+            map.insert(value.to_owned(), make());
         }
     }
 }
@@ -166,13 +164,7 @@ impl State {
             (State::Max(m), Aggregation::Max(field)) => *m = max_opt(*m, numeric(field, event)),
             (State::Latest(map), Aggregation::LastDistinct { field, limit }) => {
                 if let Some(value) = field.get(event) {
-                    match map.get_mut(value) {
-                        Some(current) if !newer(event, current) => {}
-                        Some(current) => *current = Stamp::of(event),
-                        None => {
-                            map.insert(value.to_owned(), Stamp::of(event));
-                        }
-                    }
+                    keep_newest(map, value, |c| newer(event, c), || Stamp::of(event));
                     prune_latest(map, *limit);
                 }
             }
@@ -182,13 +174,7 @@ impl State {
                         stamp: Stamp::of(event),
                         present: add.contains(event.event_type),
                     };
-                    match map.get_mut(value) {
-                        Some(current) if !newer(event, &current.stamp) => {}
-                        Some(current) => *current = mark(),
-                        None => {
-                            map.insert(value.to_owned(), mark());
-                        }
-                    }
+                    keep_newest(map, value, |c| newer(event, &c.stamp), mark);
                 }
             }
             (State::Counts(map), Aggregation::TopK { field, .. }) => {
@@ -229,7 +215,7 @@ impl State {
             (State::Max(a), State::Max(b)) => *a = max_opt(*a, *b),
             (State::Latest(a), State::Latest(b)) => {
                 for (value, stamp) in b {
-                    note_latest(a, value, stamp);
+                    keep_newest(a, value, |c| stamp > c, || stamp.clone());
                 }
                 if let Aggregation::LastDistinct { limit, .. } = aggregation {
                     prune_latest(a, *limit);
@@ -237,7 +223,7 @@ impl State {
             }
             (State::Set(a), State::Set(b)) => {
                 for (value, mark) in b {
-                    note_mark(a, value, mark);
+                    keep_newest(a, value, |c| mark.stamp > c.stamp, || mark.clone());
                 }
             }
             (State::Counts(a), State::Counts(b)) => {
