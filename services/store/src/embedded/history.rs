@@ -12,9 +12,7 @@ use crate::{BatchManifest, PositionedEntry, StoreError, UserHistory};
 impl Inner {
     /// `user`'s published record and uncovered speed entries, from one read transaction.
     pub(super) fn user_history(&self, user: &str) -> Result<UserHistory, StoreError> {
-        let txn = self.db.begin_read().map_err(engine("begin a read"))?;
-        let manifest =
-            self.published_in(&txn.open_table(META).map_err(engine("open table meta"))?)?;
+        let (txn, manifest) = self.snapshot()?;
         let record = match &manifest {
             Some(manifest) => match self.records.get(manifest.version, user) {
                 Some(cached) => Some(cached),
@@ -33,9 +31,7 @@ impl Inner {
     /// and decoding the record, or, with nothing published, scanning the
     /// user's whole history, belongs on the blocking pool).
     pub(super) fn warm_user_history(&self, user: &str) -> Result<Option<UserHistory>, StoreError> {
-        let txn = self.db.begin_read().map_err(engine("begin a read"))?;
-        let manifest =
-            self.published_in(&txn.open_table(META).map_err(engine("open table meta"))?)?;
+        let (txn, manifest) = self.snapshot()?;
         let Some(record) = manifest
             .as_ref()
             .and_then(|manifest| self.records.get(manifest.version, user))
@@ -43,6 +39,14 @@ impl Inner {
             return Ok(None);
         };
         history(&txn, user, manifest, Some(record)).map(Some)
+    }
+
+    /// A read snapshot and the manifest published in it.
+    fn snapshot(&self) -> Result<(ReadTransaction, Option<Arc<BatchManifest>>), StoreError> {
+        let txn = self.db.begin_read().map_err(engine("begin a read"))?;
+        let manifest =
+            self.published_in(&txn.open_table(META).map_err(engine("open table meta"))?)?;
+        Ok((txn, manifest))
     }
 
     /// `user`'s record of `version`, from the cache or one read.
