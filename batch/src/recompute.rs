@@ -243,10 +243,7 @@ impl Recomputed {
             let Some(packed) = self.users.as_slice().first().map(|(_, p)| p.len()) else {
                 break;
             };
-            match self.next() {
-                Some(user) => chunk.push(user?),
-                None => break,
-            }
+            chunk.extend(self.next().transpose()?);
             bytes += packed;
         }
         Ok(chunk)
