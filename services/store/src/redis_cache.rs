@@ -414,6 +414,17 @@ mod tests {
         CachedStore::new(inner, options).expect("client")
     }
 
+    /// Writes `record` as user "u"'s record of version 1 and publishes it.
+    async fn publish_one(store: &CachedStore, record: &UserRecord) -> BatchManifest {
+        store
+            .write_batch(1, vec![("u".into(), record.clone())])
+            .await
+            .expect("written");
+        let manifest = crate::contract::manifest(1, &[(0, 0)]);
+        store.publish(&manifest).await.expect("published");
+        manifest
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_store_contract_holds_through_the_cache() {
         let Some(url) = redis_url() else { return };
@@ -434,12 +445,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = cached(&url, dir.path());
         let record = crate::contract::record("u", "e1");
-        store
-            .write_batch(1, vec![("u".into(), record.clone())])
-            .await
-            .expect("written");
-        let manifest = crate::contract::manifest(1, &[(0, 0)]);
-        store.publish(&manifest).await.expect("published");
+        let manifest = publish_one(&store, &record).await;
         let key = store.key(&manifest, "u");
         let mut redis = redis::Client::open(url.as_str())
             .expect("client")
@@ -464,12 +470,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let writer = cached(&url, dir.path());
         let record = crate::contract::record("u", "e1");
-        writer
-            .write_batch(1, vec![("u".into(), record.clone())])
-            .await
-            .expect("written");
-        let manifest = crate::contract::manifest(1, &[(0, 0)]);
-        writer.publish(&manifest).await.expect("published");
+        let manifest = publish_one(&writer, &record).await;
         writer.user_history("u").await.expect("history");
 
         // A second process (its own caches) over a store that lost the
@@ -477,11 +478,7 @@ mod tests {
         let empty_dir = tempfile::tempdir().expect("temp dir");
         let empty = EmbeddedStore::open(&empty_dir.path().join("store.redb")).expect("store");
         empty.publish(&manifest).await.expect("published");
-        let mut reader = CachedStore {
-            inner: Arc::new(empty),
-            ..cached(&url, dir.path().join("unused").as_path())
-        };
-        reader.options.prefix.clone_from(&writer.options.prefix);
+        let reader = CachedStore::new(Arc::new(empty), writer.options.clone()).expect("client");
         let read = reader.user_history("u").await.expect("history");
         assert_eq!(read.record.as_deref(), Some(&record));
     }
@@ -528,14 +525,7 @@ mod tests {
             local: RecordCache::new(0),
             ..cached(&url, dir.path())
         };
-        store
-            .write_batch(1, vec![("u".into(), crate::contract::record("u", "e1"))])
-            .await
-            .expect("written");
-        store
-            .publish(&crate::contract::manifest(1, &[(0, 0)]))
-            .await
-            .expect("published");
+        publish_one(&store, &crate::contract::record("u", "e1")).await;
         let first = store.user_history("u").await.expect("history");
         let cached_again = store.batch_record(1, "u").await.expect("record");
         assert_eq!(cached_again.as_deref(), first.record.as_deref());
