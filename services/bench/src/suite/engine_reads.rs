@@ -75,23 +75,8 @@ pub async fn measure(
     record_bytes: usize,
     duration: Duration,
 ) -> anyhow::Result<EngineReads> {
-    let session = scylla::client::session_builder::SessionBuilder::new()
-        .known_node(&services.cql)
-        .build()
-        .await?;
     let keyspace = format!("{}_reads", backends::keyspace(name));
-    for statement in [
-        format!("CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}"),
-        format!("CREATE TABLE IF NOT EXISTS {keyspace}.speed (user text, partition bigint, offset bigint, value blob, PRIMARY KEY ((user), partition, offset))"),
-    ] {
-        session.query_unpaged(statement, &[]).await?;
-    }
-    session.await_schema_agreement().await?;
-    let insert = session
-        .prepare(format!(
-            "INSERT INTO {keyspace}.speed (user, partition, offset, value) VALUES (?, ?, ?, ?)"
-        ))
-        .await?;
+    let (session, insert) = super::speed::raw_speed_table(services, &keyspace).await?;
     let select = session
         .prepare(format!(
             "SELECT partition, offset, value FROM {keyspace}.speed WHERE user = ?"

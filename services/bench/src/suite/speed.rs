@@ -10,6 +10,8 @@ use anyhow::Context;
 use futures::TryStreamExt;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, TopicPartitionList};
+use scylla::client::session::Session;
+use scylla::statement::prepared::PreparedStatement;
 use signals_core::{LogPosition, SpeedEntry};
 use signals_log::LogEntry;
 use signals_schemas::RecordBody;
@@ -249,29 +251,40 @@ fn raw_write_redb(
     Ok(started.elapsed())
 }
 
+/// A session, and in `keyspace` (created for the bench alone) a `speed`
+/// table shaped like the store's, with its prepared insert of (user,
+/// partition, offset, value).
+pub(super) async fn raw_speed_table(
+    services: &Services,
+    keyspace: &str,
+) -> anyhow::Result<(Session, PreparedStatement)> {
+    let session = scylla::client::session_builder::SessionBuilder::new()
+        .known_node(&services.cql)
+        .build()
+        .await?;
+    for statement in [
+        format!("CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}"),
+        format!("CREATE TABLE IF NOT EXISTS {keyspace}.speed (user text, partition bigint, offset bigint, value blob, PRIMARY KEY ((user), partition, offset))"),
+    ] {
+        session.query_unpaged(statement, &[]).await?;
+    }
+    session.await_schema_agreement().await?;
+    let insert = session
+        .prepare(format!(
+            "INSERT INTO {keyspace}.speed (user, partition, offset, value) VALUES (?, ?, ?, ?)"
+        ))
+        .await?;
+    Ok((session, insert))
+}
+
 /// The entries and index rows as prepared CQL inserts, 256 in flight.
 async fn raw_write_cql(
     services: &Services,
     name: &str,
     entries: &[RawEntry],
 ) -> anyhow::Result<Duration> {
-    let session = scylla::client::session_builder::SessionBuilder::new()
-        .known_node(&services.cql)
-        .build()
-        .await?;
     let keyspace = format!("{}_raw", backends::keyspace(name));
-    session
-        .query_unpaged(
-            format!("CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}"),
-            &[],
-        )
-        .await?;
-    session
-        .query_unpaged(
-            format!("CREATE TABLE IF NOT EXISTS {keyspace}.speed (user text, partition bigint, offset bigint, value blob, PRIMARY KEY ((user), partition, offset))"),
-            &[],
-        )
-        .await?;
+    let (session, insert_entry) = raw_speed_table(services, &keyspace).await?;
     session
         .query_unpaged(
             format!("CREATE TABLE IF NOT EXISTS {keyspace}.event_index (event_id text PRIMARY KEY, value blob)"),
@@ -279,11 +292,6 @@ async fn raw_write_cql(
         )
         .await?;
     session.await_schema_agreement().await?;
-    let insert_entry = session
-        .prepare(format!(
-            "INSERT INTO {keyspace}.speed (user, partition, offset, value) VALUES (?, ?, ?, ?)"
-        ))
-        .await?;
     let insert_index = session
         .prepare(format!(
             "INSERT INTO {keyspace}.event_index (event_id, value) VALUES (?, ?)"
