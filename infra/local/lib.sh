@@ -109,13 +109,13 @@ apt_install() {
   export DEBIAN_FRONTEND=noninteractive
   if ! compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null; then
     log "apt-get update"
-    "${sudo[@]}" apt-get update -qq >&2 || die "apt-get update failed"
+    "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=300 update -qq >&2 || die "apt-get update failed"
   fi
   log "apt-get install -y $*"
-  if ! "${sudo[@]}" apt-get install -y -qq --no-install-recommends "$@" >&2; then
+  if ! "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "$@" >&2; then
     log "apt-get install failed, refreshing package lists and retrying"
-    "${sudo[@]}" apt-get update -qq >&2 || die "apt-get update failed"
-    "${sudo[@]}" apt-get install -y -qq --no-install-recommends "$@" >&2 || die "apt-get install $* failed"
+    "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=300 update -qq >&2 || die "apt-get update failed"
+    "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "$@" >&2 || die "apt-get install $* failed"
   fi
 }
 
