@@ -3,7 +3,9 @@
 //! * **Appends** run in one Kafka transaction per call (idempotent,
 //!   `acks=all`): a request's records become visible together or not at all,
 //!   which is what "nothing half-accepted" needs. Concurrent appends are
-//!   serialised on the one transactional producer of the process.
+//!   serialised on the one transactional producer of the process, which
+//!   ends every transaction it begins and recovers from any error by itself
+//!   ([`transactions`]).
 //! * **Readers** use `isolation.level=read_committed`, so aborted appends
 //!   are never seen. Transaction markers occupy offsets, so offsets are not
 //!   dense here: readers report their true position ([`LogReader::position`])
@@ -18,7 +20,14 @@
 //!   ahead of the store.
 //! * **Dead letters** go to their own topic with the original bytes (no
 //!   key) and headers `signals.reason`, `signals.partition`, `signals.offset`.
+//! * **Broker restarts** are ridden out: librdkafka reconnects by itself; a
+//!   poll error is returned only when no record was read in the same call
+//!   (records already taken from the consumer are never dropped), and the
+//!   caller polls again after a backoff. A consumer that reports a fatal
+//!   error is replaced by a new member of the same group, which resumes from
+//!   the committed offsets.
 
+mod transactions;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,10 +38,11 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
-use tokio::sync::Mutex;
 use tracing::{info, warn};
+
+use self::transactions::Transactions;
 
 use crate::{
     Append, DeadLetter, DeadLetterSink, EventLog, LogEntry, LogError, LogPosition, LogReader,
@@ -49,6 +59,10 @@ pub struct KafkaOptions {
     /// Partitions and replication of topics this process creates.
     pub partitions: i32,
     pub replication_factor: i32,
+    /// `min.insync.replicas` of topics this process creates: with
+    /// `acks=all`, an append is refused (503) rather than acknowledged
+    /// while fewer replicas are in sync.
+    pub min_insync_replicas: i32,
     /// `retention.ms` of created topics; `None` keeps records forever.
     pub retention: Option<Duration>,
     /// Create missing topics at start-up; otherwise a missing topic is an error.
@@ -57,6 +71,10 @@ pub struct KafkaOptions {
     pub timeout: Duration,
     /// How long a silent consumer-group member keeps its partitions.
     pub session_timeout: Duration,
+    /// The collector's `transactional.id`. Stable across restarts of one
+    /// collector (and different between collectors), so that a restarted
+    /// one fences the transaction its previous incarnation left open.
+    pub transactional_id: String,
 }
 
 impl Default for KafkaOptions {
@@ -67,13 +85,30 @@ impl Default for KafkaOptions {
             dead_letter_topic: "signals.events.dlq".into(),
             partitions: 6,
             replication_factor: 1,
+            min_insync_replicas: 1,
             retention: None,
             create_topics: true,
             timeout: Duration::from_secs(10),
             session_timeout: Duration::from_secs(10),
+            transactional_id: unique_transactional_id("signals"),
         }
     }
 }
+
+/// `{prefix}-{pid}-{nanoseconds}`: an id no other process uses, for
+/// processes with no earlier incarnation to fence (one-shot commands).
+pub fn unique_transactional_id(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    )
+}
+
+/// Longest a readiness probe waits for Kafka's metadata.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn unavailable(what: &str, error: impl std::fmt::Display) -> LogError {
     LogError::Unavailable(format!("kafka: {what}: {error}"))
@@ -96,13 +131,15 @@ fn base_config(options: &KafkaOptions) -> ClientConfig {
 pub struct KafkaLog {
     options: KafkaOptions,
     partitions: u32,
-    producer: Mutex<FutureProducer>,
+    transactions: Transactions,
     /// Metadata and watermark queries; never joins a group.
     probe: Arc<BaseConsumer>,
 }
 
 impl KafkaLog {
-    /// Connects, creates or checks the topics, and readies a transactional producer.
+    /// Connects and creates or checks the topics. The transactional
+    /// producer is created at the first append, or by
+    /// [`KafkaLog::prepare_appends`].
     pub async fn connect(options: KafkaOptions) -> Result<KafkaLog, LogError> {
         if options.create_topics {
             ensure_topics(&options).await?;
@@ -117,40 +154,45 @@ impl KafkaLog {
             .create()
             .map_err(|e| unavailable("cannot create a consumer", e))?;
         let probe = Arc::new(probe);
-        let partitions = partition_count(&probe, &options).await?;
-        let producer = transactional_producer(&options).await?;
+        let partitions = partition_count(&probe, &options, options.timeout).await?;
         info!(brokers = %options.brokers, topic = %options.topic, partitions, "connected to kafka");
         Ok(KafkaLog {
+            transactions: Transactions::new(options.clone()),
             options,
             partitions,
-            producer: Mutex::new(producer),
             probe,
         })
     }
 
-    fn consumer(&self, group: &str) -> Result<BaseConsumer, LogError> {
-        base_config(&self.options)
-            .set("group.id", group)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("isolation.level", "read_committed")
-            .set("enable.partition.eof", "false")
-            // A member that died (SIGKILL) holds its partitions until this
-            // expires; librdkafka's 45 s default stalls a restarted group.
-            .set(
-                "session.timeout.ms",
-                self.options.session_timeout.as_millis().to_string(),
-            )
-            .set(
-                "heartbeat.interval.ms",
-                (self.options.session_timeout.as_millis() / 3)
-                    .max(1)
-                    .to_string(),
-            )
-            .create()
-            .map_err(|e| unavailable("cannot create a consumer", e))
+    /// Creates the transactional producer now: a collector calls this at
+    /// start-up so that its previous incarnation's open transaction (same
+    /// transactional id) is fenced and aborted at once.
+    pub async fn prepare_appends(&self) -> Result<(), LogError> {
+        self.transactions.prepare().await
     }
+}
+
+/// A `read_committed` consumer of `group` with offsets under our control.
+fn consumer(options: &KafkaOptions, group: &str) -> Result<BaseConsumer, LogError> {
+    base_config(options)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "false")
+        // A member that died (SIGKILL) holds its partitions until this
+        // expires; librdkafka's 45 s default stalls a restarted group.
+        .set(
+            "session.timeout.ms",
+            options.session_timeout.as_millis().to_string(),
+        )
+        .set(
+            "heartbeat.interval.ms",
+            (options.session_timeout.as_millis() / 3).max(1).to_string(),
+        )
+        .create()
+        .map_err(|e| unavailable("cannot create a consumer", e))
 }
 
 async fn ensure_topics(options: &KafkaOptions) -> Result<(), LogError> {
@@ -160,6 +202,7 @@ async fn ensure_topics(options: &KafkaOptions) -> Result<(), LogError> {
     let retention = options
         .retention
         .map_or_else(|| "-1".to_owned(), |r| r.as_millis().to_string());
+    let min_insync = options.min_insync_replicas.to_string();
     let topics: Vec<NewTopic<'_>> = [&options.topic, &options.dead_letter_topic]
         .into_iter()
         .map(|name| {
@@ -169,6 +212,7 @@ async fn ensure_topics(options: &KafkaOptions) -> Result<(), LogError> {
                 TopicReplication::Fixed(options.replication_factor),
             )
             .set("retention.ms", &retention)
+            .set("min.insync.replicas", &min_insync)
         })
         .collect();
     let results = admin
@@ -182,23 +226,44 @@ async fn ensure_topics(options: &KafkaOptions) -> Result<(), LogError> {
         match result {
             Ok(topic) => info!(%topic, "created topic"),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => {
+            Err((topic, code)) if is_configuration_error(code) => {
                 return Err(LogError::Invalid(format!(
-                    "kafka: cannot create topic {topic}: {code}"
+                    "kafka: cannot create topic {topic}: {code} (check log.kafka.partitions, replication_factor, min_insync_replicas, retention)"
                 )))
+            }
+            Err((topic, code)) => {
+                return Err(unavailable(&format!("cannot create topic {topic}"), code))
             }
         }
     }
     Ok(())
 }
 
+/// Whether a topic creation error is the configuration's fault (retrying
+/// will not help) rather than the cluster's state (brokers starting, no
+/// controller yet, timeouts).
+fn is_configuration_error(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::InvalidPartitions
+            | RDKafkaErrorCode::InvalidReplicationFactor
+            | RDKafkaErrorCode::InvalidReplicaAssignment
+            | RDKafkaErrorCode::InvalidConfig
+            | RDKafkaErrorCode::InvalidTopic
+            | RDKafkaErrorCode::PolicyViolation
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::ClusterAuthorizationFailed
+            | RDKafkaErrorCode::InvalidRequest
+    )
+}
+
 async fn partition_count(
     probe: &Arc<BaseConsumer>,
     options: &KafkaOptions,
+    timeout: Duration,
 ) -> Result<u32, LogError> {
     let probe = probe.clone();
     let topic = options.topic.clone();
-    let timeout = options.timeout;
     tokio::task::spawn_blocking(move || {
         let metadata = probe
             .fetch_metadata(Some(&topic), timeout)
@@ -220,95 +285,13 @@ async fn partition_count(
     .map_err(blocking_failed)?
 }
 
-async fn transactional_producer(options: &KafkaOptions) -> Result<FutureProducer, LogError> {
-    // One transactional id per process: collectors are stateless, so there
-    // is no earlier incarnation to fence.
-    let id = format!(
-        "signals-collector-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos())
-    );
-    let producer: FutureProducer = base_config(options)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("transactional.id", &id)
-        .set("linger.ms", "1")
-        // Same partition for a key as Java clients and Kafka Streams.
-        .set("partitioner", "murmur2_random")
-        .set(
-            "message.timeout.ms",
-            options.timeout.as_millis().to_string(),
-        )
-        .create()
-        .map_err(|e| unavailable("cannot create a producer", e))?;
-    let timeout = options.timeout;
-    tokio::task::spawn_blocking(move || {
-        producer
-            .init_transactions(timeout)
-            .map(|()| producer)
-            .map_err(|e| unavailable("cannot initialise transactions", e))
-    })
-    .await
-    .map_err(blocking_failed)?
-}
-
-/// Runs a blocking producer call off the async threads.
-async fn on_producer<T: Send + 'static>(
-    producer: &FutureProducer,
-    call: impl FnOnce(&FutureProducer) -> Result<T, KafkaError> + Send + 'static,
-) -> Result<T, KafkaError> {
-    let producer = producer.clone();
-    tokio::task::spawn_blocking(move || call(&producer))
-        .await
-        .map_err(|_| KafkaError::Canceled)?
-}
-
 #[async_trait]
 impl EventLog for KafkaLog {
     async fn append(&self, records: Vec<Append>) -> Result<Vec<(Partition, Offset)>, LogError> {
         if records.is_empty() {
             return Ok(Vec::new());
         }
-        let mut producer = self.producer.lock().await;
-        let timeout = self.options.timeout;
-        on_producer(&producer, |p| p.begin_transaction())
-            .await
-            .map_err(|e| unavailable("cannot begin a transaction", e))?;
-        let sends = records.iter().map(|r| {
-            producer.send(
-                FutureRecord::to(&self.options.topic)
-                    .key(&r.key)
-                    .payload(&r.bytes),
-                timeout,
-            )
-        });
-        let deliveries = futures::future::join_all(sends).await;
-        let mut positions = Vec::with_capacity(deliveries.len());
-        let mut failure = None;
-        for delivery in deliveries {
-            match delivery {
-                Ok(d) => positions.push((d.partition as Partition, d.offset as Offset)),
-                Err((error, _)) => failure = Some(error),
-            }
-        }
-        let outcome = match failure {
-            None => on_producer(&producer, move |p| p.commit_transaction(timeout)).await,
-            Some(error) => Err(error),
-        };
-        if let Err(error) = outcome {
-            warn!(%error, "append failed; aborting its transaction");
-            if on_producer(&producer, move |p| p.abort_transaction(timeout))
-                .await
-                .is_err()
-            {
-                // A producer in a fatal state cannot abort: replace it.
-                *producer = transactional_producer(&self.options).await?;
-            }
-            return Err(unavailable("append not committed", error));
-        }
-        Ok(positions)
+        self.transactions.append(records).await
     }
 
     async fn end(&self) -> Result<LogPosition, LogError> {
@@ -331,26 +314,16 @@ impl EventLog for KafkaLog {
     }
 
     async fn read_from(&self, from: &LogPosition) -> Result<Box<dyn LogReader>, LogError> {
-        let consumer = self.consumer("signals-reader")?;
-        let mut assignment = TopicPartitionList::new();
-        for p in 0..self.partitions {
-            assignment
-                .add_partition_offset(
-                    &self.options.topic,
-                    p as i32,
-                    KafkaOffset::Offset(from.next(p) as i64),
-                )
-                .map_err(|e| unavailable("cannot build an assignment", e))?;
-        }
-        consumer
-            .assign(&assignment)
-            .map_err(|e| unavailable("cannot assign partitions", e))?;
-        Ok(Box::new(KafkaReader::new(
-            consumer,
-            self.options.clone(),
-            from.clone(),
-            false,
-        )))
+        let membership = Membership::Assigned {
+            partitions: self.partitions,
+        };
+        let consumer = membership.join(&self.options, from)?;
+        Ok(Box::new(KafkaReader {
+            consumer: Arc::new(consumer),
+            options: self.options.clone(),
+            position: from.clone(),
+            membership,
+        }))
     }
 
     async fn subscribe(
@@ -358,22 +331,25 @@ impl EventLog for KafkaLog {
         group: &str,
         checkpoint: &LogPosition,
     ) -> Result<Box<dyn LogReader>, LogError> {
-        let consumer = self.consumer(group)?;
-        consumer
-            .subscribe(&[&self.options.topic])
-            .map_err(|e| unavailable("cannot subscribe", e))?;
-        Ok(Box::new(KafkaReader::new(
-            consumer,
-            self.options.clone(),
-            checkpoint.clone(),
-            true,
-        )))
+        let membership = Membership::Grouped {
+            group: group.to_owned(),
+        };
+        let consumer = membership.join(&self.options, checkpoint)?;
+        Ok(Box::new(KafkaReader {
+            consumer: Arc::new(consumer),
+            options: self.options.clone(),
+            position: checkpoint.clone(),
+            membership,
+        }))
     }
 
     async fn check(&self) -> Result<(), LogError> {
-        partition_count(&self.probe, &self.options)
-            .await
-            .map(|_| ())
+        let timeout = self.options.timeout.min(CHECK_TIMEOUT);
+        partition_count(&self.probe, &self.options, timeout).await?;
+        match self.transactions.problem() {
+            Some(problem) => Err(LogError::Unavailable(format!("kafka: {problem}"))),
+            None => Ok(()),
+        }
     }
 }
 
@@ -382,23 +358,57 @@ struct KafkaReader {
     consumer: Arc<BaseConsumer>,
     options: KafkaOptions,
     position: LogPosition,
-    grouped: bool,
+    membership: Membership,
 }
 
-impl KafkaReader {
-    fn new(
-        consumer: BaseConsumer,
-        options: KafkaOptions,
-        position: LogPosition,
-        grouped: bool,
-    ) -> KafkaReader {
-        KafkaReader {
-            consumer: Arc::new(consumer),
-            options,
-            position,
-            grouped,
+/// How a reader gets its partitions.
+enum Membership {
+    /// Every partition, from a given position (batch, replays).
+    Assigned { partitions: u32 },
+    /// A consumer-group member: the group assigns partitions and they
+    /// resume from the group's committed offsets.
+    Grouped { group: String },
+}
+
+impl Membership {
+    /// A consumer reading as this membership says, from `from` when assigned.
+    fn join(&self, options: &KafkaOptions, from: &LogPosition) -> Result<BaseConsumer, LogError> {
+        match self {
+            Membership::Assigned { partitions } => {
+                let consumer = consumer(options, "signals-reader")?;
+                let mut assignment = TopicPartitionList::new();
+                for p in 0..*partitions {
+                    assignment
+                        .add_partition_offset(
+                            &options.topic,
+                            p as i32,
+                            KafkaOffset::Offset(from.next(p) as i64),
+                        )
+                        .map_err(|e| unavailable("cannot build an assignment", e))?;
+                }
+                consumer
+                    .assign(&assignment)
+                    .map_err(|e| unavailable("cannot assign partitions", e))?;
+                Ok(consumer)
+            }
+            Membership::Grouped { group } => {
+                let consumer = consumer(options, group)?;
+                consumer
+                    .subscribe(&[&options.topic])
+                    .map_err(|e| unavailable("cannot subscribe", e))?;
+                Ok(consumer)
+            }
         }
     }
+}
+
+/// What one blocking poll call brought back.
+struct Polled {
+    entries: Vec<LogEntry>,
+    /// Next offset per assigned partition (past transaction markers too).
+    positions: Vec<(Partition, Offset)>,
+    /// An error met before any record was read.
+    error: Option<KafkaError>,
 }
 
 #[async_trait]
@@ -406,13 +416,23 @@ impl LogReader for KafkaReader {
     async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<LogEntry>, LogError> {
         let consumer = self.consumer.clone();
         let topic = self.options.topic.clone();
-        let (entries, positions) = tokio::task::spawn_blocking(move || -> Result<_, LogError> {
+        let polled = tokio::task::spawn_blocking(move || {
             let mut entries = Vec::new();
+            let mut error = None;
             let mut timeout = wait;
             while entries.len() < max {
                 match consumer.poll(timeout) {
                     None => break,
-                    Some(Err(error)) => return Err(unavailable("poll failed", error)),
+                    // Records taken from the consumer are returned whatever
+                    // follows: the consumer has moved past them.
+                    Some(Err(e)) => {
+                        if entries.is_empty() {
+                            error = Some(e);
+                        } else {
+                            warn!(error = %e, "kafka poll failed after some records; returning those");
+                        }
+                        break;
+                    }
                     Some(Ok(message)) => entries.push(LogEntry {
                         partition: message.partition() as Partition,
                         offset: message.offset() as Offset,
@@ -421,7 +441,6 @@ impl LogReader for KafkaReader {
                 }
                 timeout = Duration::ZERO;
             }
-            // Positions move past transaction markers too.
             let mut positions = Vec::new();
             if let Ok(assigned) = consumer.position() {
                 for element in assigned.elements_for_topic(&topic) {
@@ -430,17 +449,31 @@ impl LogReader for KafkaReader {
                     }
                 }
             }
-            Ok((entries, positions))
+            Polled {
+                entries,
+                positions,
+                error,
+            }
         })
         .await
-        .map_err(blocking_failed)??;
-        for entry in &entries {
+        .map_err(blocking_failed)?;
+        if let Some(error) = polled.error {
+            if matches!(error, KafkaError::MessageConsumptionFatal(_)) {
+                // The consumer is unusable: a new member resumes from the
+                // committed offsets (grouped) or from our position.
+                warn!(%error, "kafka consumer failed fatally; replacing it");
+                let fresh = self.membership.join(&self.options, &self.position)?;
+                self.consumer = Arc::new(fresh);
+            }
+            return Err(unavailable("poll failed", error));
+        }
+        for entry in &polled.entries {
             self.position.advance(entry.partition, entry.offset + 1);
         }
-        for (partition, next) in positions {
+        for (partition, next) in polled.positions {
             self.position.advance(partition, next);
         }
-        Ok(entries)
+        Ok(polled.entries)
     }
 
     fn position(&self) -> LogPosition {
@@ -448,7 +481,7 @@ impl LogReader for KafkaReader {
     }
 
     async fn commit(&mut self, position: &LogPosition) -> Result<(), LogError> {
-        if !self.grouped {
+        if !matches!(self.membership, Membership::Grouped { .. }) {
             return Ok(());
         }
         let consumer = self.consumer.clone();

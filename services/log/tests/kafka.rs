@@ -224,3 +224,83 @@ async fn dead_letters_keep_the_bytes_and_say_why() {
     assert_eq!(header("signals.partition").as_deref(), Some("2"));
     assert_eq!(header("signals.offset").as_deref(), Some("41"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_whose_caller_went_away_still_ends_its_transaction() {
+    let Some(brokers) = brokers() else { return };
+    let log = KafkaLog::connect(options(&brokers))
+        .await
+        .expect("connects");
+    // Callers dropped mid-transaction, as axum drops the handler of a client
+    // that hung up: each transaction still commits or aborts on its own task.
+    for round in 0..10 {
+        let records: Vec<Append> = (0..200)
+            .map(|i| {
+                append(
+                    &format!("user-{i}"),
+                    format!("dropped-{round}-{i}").as_bytes(),
+                )
+            })
+            .collect();
+        let _ = tokio::time::timeout(Duration::from_millis(1), log.append(records)).await;
+    }
+    // The producer is not left inside a transaction: the next append works,
+    // and every record of a dropped call is either wholly there or absent.
+    let positions = log
+        .append(vec![append("user-1", b"after")])
+        .await
+        .expect("an append after dropped callers");
+    assert_eq!(positions.len(), 1);
+    let end = log.end().await.expect("end");
+    let mut reader = log.read_from(&LogPosition::new()).await.expect("reader");
+    let entries = read_to(&mut reader, &end).await;
+    let mut per_round = std::collections::BTreeMap::<String, usize>::new();
+    for entry in &entries {
+        let text = String::from_utf8_lossy(&entry.bytes).into_owned();
+        if let Some(rest) = text.strip_prefix("dropped-") {
+            let round = rest.split('-').next().unwrap_or_default().to_owned();
+            *per_round.entry(round).or_default() += 1;
+        }
+    }
+    for (round, count) in per_round {
+        assert_eq!(count, 200, "round {round}: all or nothing");
+    }
+    assert!(entries.iter().any(|e| e.bytes == b"after"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_collector_fences_its_old_transaction_and_a_fenced_one_recovers() {
+    let Some(brokers) = brokers() else { return };
+    let options = KafkaOptions {
+        transactional_id: signals_log::kafka::unique_transactional_id("signals-test-fence"),
+        ..options(&brokers)
+    };
+    let old = KafkaLog::connect(options.clone()).await.expect("connects");
+    old.append(vec![append("u", b"first")])
+        .await
+        .expect("appended");
+    // The same collector starting again: same transactional id.
+    let new = KafkaLog::connect(options.clone()).await.expect("connects");
+    new.prepare_appends().await.expect("fences the old one");
+    let fenced = old.append(vec![append("u", b"from the fenced one")]).await;
+    assert!(fenced.is_err(), "the old producer is fenced");
+    new.append(vec![append("u", b"second")])
+        .await
+        .expect("the new one appends");
+    // A fenced producer is replaced by the next append (which fences the
+    // other in turn): nothing stays broken until a restart.
+    old.append(vec![append("u", b"third")])
+        .await
+        .expect("recovered");
+    let end = old.end().await.expect("end");
+    let mut reader = old.read_from(&LogPosition::new()).await.expect("reader");
+    let bytes: Vec<Vec<u8>> = read_to(&mut reader, &end)
+        .await
+        .into_iter()
+        .map(|e| e.bytes)
+        .collect();
+    assert_eq!(
+        bytes,
+        vec![b"first".to_vec(), b"second".to_vec(), b"third".to_vec()]
+    );
+}

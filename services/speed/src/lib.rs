@@ -8,11 +8,25 @@
 //! from the last durable progress; replays are harmless because writes are
 //! keyed by log position and the index makes duplicates no-ops.
 //!
-//! Store errors that may pass (unavailable, timeouts) are retried with
-//! backoff forever, holding the batch: nothing is skipped, and the log is not
-//! read further until the write lands.
+//! Errors that may pass are retried with exponential backoff (bounded by
+//! [`SpeedOptions::max_backoff`]) for as long as they last, never ending the
+//! layer: the log's (a broker restart: polls fail until it is back, then
+//! the consumer resumes from the committed offsets) and the store's
+//! (unavailable, timeouts), holding the batch: nothing is skipped, and the
+//! log is not read further until the write lands. Each retry is logged and
+//! counted (`signals_speed_retries_total{operation}`), and [`SpeedStatus`]
+//! says what the layer waits for, for readiness. Only errors that no retry
+//! can cure stop it: configuration (a missing topic, an unmigrated
+//! keyspace) and corrupt stored data.
+//!
+//! A record that decodes but cannot be applied (a deletion of an invalid
+//! user id, a retraction naming invalid ids, from an outside producer) goes
+//! to the dead letters with its reason, like an undecodable one, and its
+//! offset is then committed with the rest of the batch (see [`plan::decode`]).
 
 pub mod plan;
+
+mod status;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -24,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use plan::PlanStats;
+pub use status::SpeedStatus;
 
 /// Tuning of the speed layer.
 #[derive(Clone, Debug)]
@@ -34,9 +49,11 @@ pub struct SpeedOptions {
     pub max_batch: usize,
     /// Longest wait for the first record of a batch.
     pub poll_wait: Duration,
-    /// Backoff between retries of a failed write, doubling up to `max_backoff`.
+    /// Backoff between retries of a failed call, doubling up to `max_backoff`.
     pub min_backoff: Duration,
     pub max_backoff: Duration,
+    /// Where the layer says what it is waiting for (readiness reads it).
+    pub status: Arc<SpeedStatus>,
 }
 
 impl Default for SpeedOptions {
@@ -47,6 +64,7 @@ impl Default for SpeedOptions {
             poll_wait: Duration::from_millis(100),
             min_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(5),
+            status: Arc::default(),
         }
     }
 }
@@ -72,7 +90,7 @@ impl SpeedLayer {
     /// Runs until `shutdown` is cancelled; the batch in hand is finished first.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), SpeedError> {
         let progress = self
-            .retry("read speed progress", &shutdown, || {
+            .retry("read the speed progress", &shutdown, || {
                 self.store.speed_progress()
             })
             .await?;
@@ -80,19 +98,41 @@ impl SpeedLayer {
             return Ok(());
         };
         info!(position = ?progress.position, "speed layer starting");
-        let mut reader = self
-            .log
-            .subscribe(&self.options.group, &progress.position)
+        let reader = self
+            .retry("subscribe to the log", &shutdown, || {
+                self.log.subscribe(&self.options.group, &progress.position)
+            })
             .await?;
+        let Some(mut reader) = reader else {
+            return Ok(());
+        };
         let mut position = progress.position;
         let mut last_accepted_at = progress.last_accepted_at;
         // Users this process saw deleted (see `plan::plan`).
         let mut deleted = HashSet::new();
+        let mut poll_backoff = self.options.min_backoff;
         loop {
-            let entries = tokio::select! {
+            let polled = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                entries = reader.next_batch(self.options.max_batch, self.options.poll_wait) => entries?,
+                polled = reader.next_batch(self.options.max_batch, self.options.poll_wait) => polled,
+            };
+            let entries = match polled {
+                Ok(entries) => {
+                    poll_backoff = self.options.min_backoff;
+                    self.options.status.clear("poll the log");
+                    entries
+                }
+                Err(error) if error.is_transient() => {
+                    self.note_retry("poll the log", &error, poll_backoff);
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(poll_backoff) => {}
+                    }
+                    poll_backoff = (poll_backoff * 2).min(self.options.max_backoff);
+                    continue;
+                }
+                Err(error) => return Err(error.into()),
             };
             if entries.is_empty() {
                 // The log may have moved past records that are not events
@@ -115,7 +155,7 @@ impl SpeedLayer {
                     {
                         break;
                     }
-                    reader.commit(&reader_position).await?;
+                    self.commit(&mut *reader, &reader_position).await;
                     for (partition, next) in reader_position.iter() {
                         position.advance(partition, next);
                     }
@@ -193,7 +233,7 @@ impl SpeedLayer {
             return Ok(None);
         }
         // Durable now: the log may forget the batch.
-        reader.commit(&progress.position).await?;
+        self.commit(reader, &progress.position).await;
         *position = progress.position;
         *last_accepted_at = progress.last_accepted_at;
         metrics::histogram!("signals_speed_batch_duration_seconds")
@@ -201,11 +241,34 @@ impl SpeedLayer {
         Ok(Some(stats))
     }
 
+    /// Tells the log that `position` is durable. A failure only delays
+    /// that: progress is in the store, the next commit carries it, and until
+    /// then a new owner of the partitions replays a little, idempotently.
+    async fn commit(&self, reader: &mut dyn LogReader, position: &signals_core::LogPosition) {
+        if let Err(error) = reader.commit(position).await {
+            warn!(%error, "offset commit failed; the next commit carries the position");
+            metrics::counter!("signals_speed_retries_total", "operation" => "commit offsets")
+                .increment(1);
+        }
+    }
+
+    /// Logs, counts and reports a failed `operation` that will be retried.
+    fn note_retry(
+        &self,
+        operation: &'static str,
+        error: &dyn std::fmt::Display,
+        backoff: Duration,
+    ) {
+        warn!(%error, retry_in = ?backoff, "{operation} failed; retrying");
+        metrics::counter!("signals_speed_retries_total", "operation" => operation).increment(1);
+        self.options.status.waiting(operation, error.to_string());
+    }
+
     /// Calls `call` until it succeeds, backing off on transient errors;
     /// `None` when shutdown came first.
     async fn retry<T, E, F, Fut>(
         &self,
-        what: &str,
+        what: &'static str,
         shutdown: &CancellationToken,
         mut call: F,
     ) -> Result<Option<T>, SpeedError>
@@ -217,11 +280,11 @@ impl SpeedLayer {
         let mut backoff = self.options.min_backoff;
         loop {
             match call().await {
-                Ok(value) => return Ok(Some(value)),
-                Err(error) if error.is_transient() => {
-                    warn!(%error, retry_in = ?backoff, "{what} failed; retrying");
-                    metrics::counter!("signals_speed_retries_total").increment(1);
+                Ok(value) => {
+                    self.options.status.clear(what);
+                    return Ok(Some(value));
                 }
+                Err(error) if error.is_transient() => self.note_retry(what, &error, backoff),
                 Err(error) => return Err(error.into()),
             }
             tokio::select! {

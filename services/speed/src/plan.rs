@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use signals_core::{LogPosition, SpeedEntry};
 use signals_log::{DeadLetter, LogEntry};
-use signals_schemas::{avro, Millis, RecordBody};
+use signals_schemas::rules::check_id;
+use signals_schemas::{avro, Millis, RecordBody, Retraction};
 use signals_store::{IndexEntry, PositionedEntry, SpeedProgress, SpeedWrite};
 
 /// A log record that decoded.
@@ -40,6 +41,14 @@ pub struct PlanStats {
 }
 
 /// Decodes `entries`, starting from the position `before`.
+///
+/// A record that does not decode is a dead letter. So is one that decodes
+/// but cannot be applied, because it names ids no event can have (outside
+/// producers write to the log too; events themselves are checked by the
+/// decoder): a deletion of an invalid user id is not applied, and a
+/// retraction is applied to its valid ids only and dead-lettered for the
+/// others. That is what the batch layer computes from the same record (no
+/// event has an invalid id), so both layers still agree.
 pub fn decode(entries: Vec<LogEntry>, before: &LogPosition) -> DecodedBatch {
     let mut batch = DecodedBatch {
         position: before.clone(),
@@ -47,22 +56,78 @@ pub fn decode(entries: Vec<LogEntry>, before: &LogPosition) -> DecodedBatch {
     };
     for entry in entries {
         batch.position.advance(entry.partition, entry.offset + 1);
-        match avro::decode(&entry.bytes) {
-            Ok(record) => batch.records.push(Decoded {
+        let record = match avro::decode(&entry.bytes) {
+            Ok(record) => record,
+            Err(error) => {
+                batch.dead_letters.push(DeadLetter {
+                    partition: entry.partition,
+                    offset: entry.offset,
+                    reason: error.to_string(),
+                    bytes: entry.bytes,
+                });
+                continue;
+            }
+        };
+        let (body, refusal) = applicable(record.body);
+        if let Some(reason) = refusal {
+            batch.dead_letters.push(DeadLetter {
+                partition: entry.partition,
+                offset: entry.offset,
+                reason,
+                bytes: entry.bytes,
+            });
+        }
+        if let Some(body) = body {
+            batch.records.push(Decoded {
                 partition: entry.partition,
                 offset: entry.offset,
                 accepted_at: record.accepted_at,
-                body: record.body,
-            }),
-            Err(error) => batch.dead_letters.push(DeadLetter {
-                partition: entry.partition,
-                offset: entry.offset,
-                reason: error.to_string(),
-                bytes: entry.bytes,
-            }),
+                body,
+            });
         }
     }
     batch
+}
+
+/// The part of `body` that can be applied, and why the rest cannot.
+fn applicable(body: RecordBody) -> (Option<RecordBody>, Option<String>) {
+    match body {
+        RecordBody::UserDeletion(deletion) => match check_id("user_id", &deletion.user_id) {
+            Ok(()) => (Some(RecordBody::UserDeletion(deletion)), None),
+            Err(error) => (None, Some(format!("user deletion not applied: {error}"))),
+        },
+        RecordBody::Retraction(retraction) => {
+            let mut refused = Vec::new();
+            let mut valid = Vec::with_capacity(retraction.event_ids.len());
+            for (index, id) in retraction.event_ids.into_iter().enumerate() {
+                match check_id("event_id", &id) {
+                    Ok(()) => valid.push(id),
+                    Err(error) => refused.push(format!("{index}: {error}")),
+                }
+            }
+            if refused.is_empty() {
+                let retraction = Retraction {
+                    event_ids: valid,
+                    ..retraction
+                };
+                return (Some(RecordBody::Retraction(retraction)), None);
+            }
+            let reason = format!(
+                "retraction names {} invalid event id(s) (index: problem; {}), not applied; its {} valid id(s) are",
+                refused.len(),
+                refused.join("; "),
+                valid.len()
+            );
+            let applied = !valid.is_empty();
+            let rest = RecordBody::Retraction(Retraction {
+                event_ids: valid,
+                ..retraction
+            });
+            let rest = applied.then_some(rest);
+            (rest, Some(reason))
+        }
+        body @ RecordBody::Event(_) => (Some(body), None),
+    }
 }
 
 /// Every event id the plan needs the index's word on.
@@ -178,7 +243,7 @@ pub fn plan(
 mod tests {
     use super::*;
     use signals_core::testing::event;
-    use signals_schemas::{EventType, LogRecord, Retraction, UserDeletion};
+    use signals_schemas::{EventType, LogRecord, UserDeletion};
 
     fn entry(offset: u64, body: RecordBody) -> LogEntry {
         LogEntry {
@@ -318,5 +383,54 @@ mod tests {
         let (write, stats) = plan(&later, HashMap::new(), None, &mut deleted);
         assert!(write.entries.is_empty());
         assert_eq!(stats.deleted_user_events, 1);
+    }
+
+    #[test]
+    fn records_naming_invalid_ids_are_dead_letters_and_valid_ids_still_apply() {
+        let deletion = |user: &str| {
+            RecordBody::UserDeletion(UserDeletion {
+                user_id: user.into(),
+                reason: "asked".into(),
+            })
+        };
+        let entries = vec![
+            entry(0, deletion("")),
+            entry(1, retract(&["", "a", "b\u{7}"])),
+            entry(2, retract(&[""])),
+            entry(3, view("a")),
+        ];
+        let batch = decode(entries.clone(), &LogPosition::new());
+        assert_eq!(batch.position.next(0), 4, "every record is passed");
+        let letters: Vec<(u64, &str)> = batch
+            .dead_letters
+            .iter()
+            .map(|l| (l.offset, l.reason.as_str()))
+            .collect();
+        assert_eq!(
+            letters,
+            vec![
+                (0, "user deletion not applied: `user_id` must not be empty"),
+                (1, "retraction names 2 invalid event id(s) (index: problem; 0: `event_id` must not be empty; 2: `event_id` must not contain control characters), not applied; its 1 valid id(s) are"),
+                (2, "retraction names 1 invalid event id(s) (index: problem; 0: `event_id` must not be empty), not applied; its 0 valid id(s) are"),
+            ]
+        );
+        assert_eq!(
+            batch.dead_letters[0].bytes, entries[0].bytes,
+            "original bytes kept"
+        );
+
+        // What remains plans like the valid retraction alone: "a" is retracted
+        // before its event, so the event never counts, and no write names an
+        // empty user or id (which a store refuses).
+        let (write, stats) = plan(&batch, HashMap::new(), None, &mut HashSet::new());
+        assert_eq!(stats.dead_letters, 3);
+        assert_eq!(
+            (stats.retractions, stats.deletions, stats.events),
+            (1, 0, 0)
+        );
+        assert_eq!(stats.duplicates, 1);
+        assert!(write.entries.is_empty());
+        let index: Vec<&str> = write.index.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(index, vec!["a"]);
     }
 }

@@ -1,0 +1,335 @@
+//! The collector's transactional producer: one Kafka transaction per append,
+//! always completed or aborted, and a producer that recovers by itself.
+//!
+//! * **Never cancelled half-way.** [`Transactions::append`] runs the whole
+//!   transaction (begin, sends, commit or abort) on a spawned task. The
+//!   caller may be dropped (an HTTP client hung up and axum dropped the
+//!   handler): the transaction still ends, so the producer is never left
+//!   `InTransaction` for the next request.
+//! * **Recovered after any error.** After a failed send or commit the
+//!   transaction is aborted; when the abort fails too, or the error is
+//!   fatal (fenced, broker state lost), the producer is dropped and the next
+//!   append (or readiness probe) creates a new one with the same
+//!   transactional id. `init_transactions` of the new one aborts whatever
+//!   the old one left open, so nothing half-written becomes visible to
+//!   `read_committed` readers, and later appends succeed once Kafka is back.
+//! * **Stable transactional id.** The id comes from the configuration (by
+//!   default host + listen address, see the binary), so a collector that
+//!   crashed mid-transaction and restarts fences its old transaction at once
+//!   instead of leaving `read_committed` readers blocked until the broker's
+//!   transaction timeout.
+//! * **Fast refusal while Kafka is down.** Appends are serialised on the one
+//!   producer. A request that waited behind an attempt that found Kafka
+//!   unavailable gets that attempt's reason at once (503) instead of
+//!   waiting out its own timeout in the queue: one request at a time probes
+//!   Kafka, the others are refused quickly.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use tokio::sync::Mutex;
+use tracing::{info, warn};
+
+use super::{base_config, blocking_failed, KafkaOptions};
+use crate::{Append, LogError, Offset, Partition};
+
+/// The transactional producer of one process and its state.
+#[derive(Clone)]
+pub(super) struct Transactions {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    options: KafkaOptions,
+    /// The producer (`None`: to be created), locked for a whole transaction.
+    slot: Arc<Mutex<Slot>>,
+    /// A copy of the last failure, readable without waiting for `slot`.
+    failure: std::sync::Mutex<Option<Failure>>,
+}
+
+#[derive(Default)]
+struct Slot {
+    producer: Option<FutureProducer>,
+}
+
+/// Why the last attempt to use Kafka failed, and when.
+#[derive(Clone, Debug)]
+struct Failure {
+    at: Instant,
+    reason: String,
+}
+
+impl Transactions {
+    pub(super) fn new(options: KafkaOptions) -> Transactions {
+        Transactions {
+            inner: Arc::new(Inner {
+                options,
+                slot: Arc::new(Mutex::new(Slot::default())),
+                failure: std::sync::Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Creates the producer now (fencing an earlier incarnation's open
+    /// transaction), instead of at the first append.
+    pub(super) async fn prepare(&self) -> Result<(), LogError> {
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let mut slot = inner.slot.lock().await;
+            inner.producer(&mut slot).await.map(|_| ())
+        })
+        .await
+        .map_err(blocking_failed)?
+    }
+
+    /// Appends `records` in one transaction, all or none, on its own task.
+    pub(super) async fn append(
+        &self,
+        records: Vec<Append>,
+    ) -> Result<Vec<(Partition, Offset)>, LogError> {
+        let inner = self.inner.clone();
+        let queued_at = Instant::now();
+        // Spawned: dropping the caller does not cancel the transaction.
+        tokio::spawn(async move { inner.append(records, queued_at).await })
+            .await
+            .map_err(blocking_failed)?
+    }
+
+    /// The reason appends fail now, if the last attempt failed; a failed
+    /// producer is recreated in the background meanwhile, so that readiness
+    /// turns green by itself once Kafka is back even with no traffic.
+    pub(super) fn problem(&self) -> Option<String> {
+        let failure = self.inner.last_failure()?;
+        // After a failure the producer is gone (see `recover`): creating
+        // one is a real round trip to the transaction coordinator.
+        if let Ok(mut slot) = self.inner.slot.clone().try_lock_owned() {
+            let inner = self.inner.clone();
+            tokio::spawn(async move {
+                let _ = inner.producer(&mut slot).await;
+            });
+        }
+        Some(format!(
+            "appends failing for {:.1?}: {}",
+            failure.at.elapsed(),
+            failure.reason
+        ))
+    }
+}
+
+impl Inner {
+    fn last_failure(&self) -> Option<Failure> {
+        self.failure.lock().ok().and_then(|f| f.clone())
+    }
+
+    fn record(&self, outcome: Result<(), &LogError>) {
+        let Ok(mut failure) = self.failure.lock() else {
+            return;
+        };
+        match outcome {
+            Ok(()) => {
+                if failure.take().is_some() {
+                    info!("kafka appends work again");
+                }
+            }
+            Err(error) => {
+                *failure = Some(Failure {
+                    at: Instant::now(),
+                    reason: error.to_string(),
+                })
+            }
+        }
+    }
+
+    async fn append(
+        &self,
+        records: Vec<Append>,
+        queued_at: Instant,
+    ) -> Result<Vec<(Partition, Offset)>, LogError> {
+        let mut slot = self.slot.lock().await;
+        if let Some(failure) = self.last_failure().filter(|f| f.at > queued_at) {
+            metrics::counter!("signals_kafka_appends_total", "outcome" => "refused").increment(1);
+            return Err(LogError::Unavailable(format!(
+                "{} (an append that ran while this request waited failed {:.1?} ago; not retried)",
+                failure.reason,
+                failure.at.elapsed()
+            )));
+        }
+        let result = self.transaction(&mut slot, records).await;
+        let outcome = match &result {
+            Ok(_) => "committed",
+            Err(LogError::Unavailable(_)) => "failed",
+            Err(_) => "invalid",
+        };
+        metrics::counter!("signals_kafka_appends_total", "outcome" => outcome).increment(1);
+        match &result {
+            Ok(_) => self.record(Ok(())),
+            Err(error @ LogError::Unavailable(_)) => self.record(Err(error)),
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// The producer, created (and its transactions initialised) if needed.
+    async fn producer(&self, slot: &mut Slot) -> Result<FutureProducer, LogError> {
+        if let Some(producer) = &slot.producer {
+            return Ok(producer.clone());
+        }
+        let created = create(&self.options).await;
+        match &created {
+            Ok(producer) => {
+                slot.producer = Some(producer.clone());
+                self.record(Ok(()));
+            }
+            Err(error) => self.record(Err(error)),
+        }
+        created
+    }
+
+    /// One transaction; on any error the transaction is aborted, or the
+    /// producer dropped when it cannot be.
+    async fn transaction(
+        &self,
+        slot: &mut Slot,
+        records: Vec<Append>,
+    ) -> Result<Vec<(Partition, Offset)>, LogError> {
+        let producer = self.producer(slot).await?;
+        let timeout = self.options.timeout;
+        if let Err(error) = blocking(&producer, |p| p.begin_transaction()).await {
+            self.recover(slot, &producer, &error).await;
+            return Err(classify("cannot begin a transaction", error));
+        }
+        let sends = records.iter().map(|r| {
+            producer.send(
+                FutureRecord::to(&self.options.topic)
+                    .key(&r.key)
+                    .payload(&r.bytes),
+                timeout,
+            )
+        });
+        let deliveries = futures::future::join_all(sends).await;
+        let mut positions = Vec::with_capacity(deliveries.len());
+        let mut failure = None;
+        for delivery in deliveries {
+            match delivery {
+                Ok(d) => positions.push((d.partition as Partition, d.offset as Offset)),
+                Err((error, _)) => failure = Some(error),
+            }
+        }
+        if let Some(error) = failure {
+            self.recover(slot, &producer, &error).await;
+            return Err(classify(
+                "a record was not delivered; transaction aborted",
+                error,
+            ));
+        }
+        match commit(&producer, timeout).await {
+            Ok(()) => Ok(positions),
+            Err(error) => {
+                self.recover(slot, &producer, &error).await;
+                Err(classify(
+                    "cannot commit the transaction (aborted; a retry of the request is safe, duplicates never count)",
+                    error,
+                ))
+            }
+        }
+    }
+
+    /// Leaves the producer ready for the next transaction. The open
+    /// transaction is aborted; then, unless the failure was the request's
+    /// own (a record the broker refuses), the producer is dropped and the
+    /// next use creates a new one: its `init_transactions` fences this one
+    /// and aborts anything it left open, whatever state librdkafka is in
+    /// (abortable, fatal, timed out), and is a real check that Kafka's
+    /// transaction coordinator answers again.
+    async fn recover(&self, slot: &mut Slot, producer: &FutureProducer, error: &KafkaError) {
+        warn!(%error, "kafka transaction failed; aborting it");
+        let fatal = matches!(error, KafkaError::Transaction(e) if e.is_fatal());
+        let mut aborted = false;
+        if !fatal {
+            let timeout = self.options.timeout;
+            match blocking(producer, move |p| p.abort_transaction(timeout)).await {
+                Ok(()) => aborted = true,
+                Err(abort) => warn!(error = %abort, "cannot abort the transaction"),
+            }
+        }
+        let the_requests_fault = matches!(classify("", error.clone()), LogError::Invalid(_));
+        if aborted && the_requests_fault {
+            return;
+        }
+        metrics::counter!("signals_kafka_producer_recreated_total").increment(1);
+        if let Some(old) = slot.producer.take() {
+            // Dropping purges and flushes (blocking, up to 500 ms).
+            let _ = tokio::task::spawn_blocking(move || drop(old)).await;
+        }
+    }
+}
+
+/// Commits, retrying once a commit that timed out (it may have landed;
+/// librdkafka allows calling commit again).
+async fn commit(producer: &FutureProducer, timeout: Duration) -> Result<(), KafkaError> {
+    match blocking(producer, move |p| p.commit_transaction(timeout)).await {
+        Err(KafkaError::Transaction(e)) if e.is_retriable() && !e.txn_requires_abort() => {
+            warn!(error = %e, "commit did not finish in time; trying again");
+            blocking(producer, move |p| p.commit_transaction(timeout)).await
+        }
+        other => other,
+    }
+}
+
+/// A new transactional producer with its transactions initialised.
+async fn create(options: &KafkaOptions) -> Result<FutureProducer, LogError> {
+    let id = options.transactional_id.clone();
+    let producer: FutureProducer = base_config(options)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("transactional.id", &id)
+        .set("linger.ms", "1")
+        // Same partition for a key as Java clients and Kafka Streams.
+        .set("partitioner", "murmur2_random")
+        .set(
+            "message.timeout.ms",
+            options.timeout.as_millis().to_string(),
+        )
+        .create()
+        .map_err(|e| LogError::Invalid(format!("kafka: cannot create a producer: {e}")))?;
+    let timeout = options.timeout;
+    let started = Instant::now();
+    let initialised = blocking(&producer, move |p| p.init_transactions(timeout)).await;
+    match initialised {
+        Ok(()) => {
+            info!(transactional_id = %id, took = ?started.elapsed(), "kafka transactional producer ready");
+            Ok(producer)
+        }
+        Err(error) => {
+            tokio::task::spawn_blocking(move || drop(producer))
+                .await
+                .map_err(blocking_failed)?;
+            Err(classify("cannot initialise transactions", error))
+        }
+    }
+}
+
+/// Runs a blocking producer call off the async threads.
+async fn blocking<T: Send + 'static>(
+    producer: &FutureProducer,
+    call: impl FnOnce(&FutureProducer) -> Result<T, KafkaError> + Send + 'static,
+) -> Result<T, KafkaError> {
+    let producer = producer.clone();
+    tokio::task::spawn_blocking(move || call(&producer))
+        .await
+        .map_err(|_| KafkaError::Canceled)?
+}
+
+/// A producer error as a [`LogError`]: a record the broker refuses as such
+/// (too large) is the request's fault; everything else may pass.
+fn classify(what: &str, error: KafkaError) -> LogError {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    match error.rdkafka_error_code() {
+        Some(Code::MessageSizeTooLarge | Code::InvalidMessageSize | Code::InvalidRecord) => {
+            LogError::Invalid(format!("kafka: {what}: {error}"))
+        }
+        _ => LogError::Unavailable(format!("kafka: {what}: {error}")),
+    }
+}
