@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 const HOUR: i64 = 3_600_000;
 const DAY: i64 = 24 * HOUR;
+const SESSION_GAP: i64 = 30 * 60_000;
 
 /// One accepted event, as the test sent it.
 #[derive(Clone, Debug)]
@@ -148,6 +149,28 @@ impl Reference {
                 .max()
                 .map_or(Value::Null, |t| json!(rfc3339(t))),
         );
+        let sessions = sessions(&events);
+        let week: Vec<&(i64, i64, usize)> = sessions
+            .iter()
+            .filter(|(start, _, _)| *start >= at - 7 * DAY)
+            .collect();
+        out.insert("sessions_7d".into(), json!(week.len()));
+        out.insert(
+            "session_minutes_7d".into(),
+            json!(week
+                .iter()
+                .map(|(start, end, _)| (end - start) / 60_000)
+                .sum::<i64>()),
+        );
+        out.insert(
+            "current_session".into(),
+            match sessions.last() {
+                Some((start, end, n)) if at - end <= SESSION_GAP => {
+                    json!({"start": rfc3339(*start), "events": n})
+                }
+                _ => Value::Null,
+            },
+        );
         out
     }
 
@@ -173,6 +196,24 @@ impl Reference {
             .map(|e| e.event_id.clone())
             .collect()
     }
+}
+
+/// The contract's sessions of `events`: (start, end, events), oldest first,
+/// split where consecutive events are more than 30 minutes apart.
+fn sessions(events: &[&Sent]) -> Vec<(i64, i64, usize)> {
+    let mut times: Vec<i64> = events.iter().map(|e| e.time).collect();
+    times.sort();
+    let mut sessions: Vec<(i64, i64, usize)> = Vec::new();
+    for t in times {
+        match sessions.last_mut() {
+            Some((_, end, n)) if t - *end <= SESSION_GAP => {
+                *end = t;
+                *n += 1;
+            }
+            _ => sessions.push((t, t, 1)),
+        }
+    }
+    sessions
 }
 
 /// Distinct values, ordered by each value's newest event, newest first.

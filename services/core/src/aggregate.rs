@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use signals_schemas::{Event, Millis};
 
-use crate::definition::{Aggregation, Field};
+use crate::definition::{Aggregation, Field, Window};
+use crate::session::Sessions;
 use crate::time::format_millis;
 
 /// Orders events in time; the later stamp is the newer event.
@@ -58,6 +59,9 @@ pub enum State {
     Distinct(HashSet<String>),
     FirstSeen(Option<Millis>),
     LastSeen(Option<Millis>),
+    /// Sessions as intervals with their edges (added last: stored states
+    /// encode the variant's index).
+    Sessions(Sessions),
 }
 
 fn numeric(field: &Field, event: &Event) -> Option<f64> {
@@ -142,6 +146,7 @@ impl State {
             Aggregation::DistinctCount(_) => State::Distinct(HashSet::new()),
             Aggregation::FirstSeen => State::FirstSeen(None),
             Aggregation::LastSeen => State::LastSeen(None),
+            Aggregation::Sessions { .. } => State::Sessions(Sessions::default()),
         }
     }
 
@@ -200,6 +205,9 @@ impl State {
             (State::LastSeen(t), Aggregation::LastSeen) => {
                 *t = opt_extreme(*t, Some(event.event_time), Millis::max)
             }
+            (State::Sessions(sessions), Aggregation::Sessions { gap, .. }) => {
+                sessions.add(event.event_time, *gap)
+            }
             // A state of another shape never meets this aggregation: states
             // are created by `empty` for the same definition.
             _ => {}
@@ -234,6 +242,11 @@ impl State {
             (State::Distinct(a), State::Distinct(b)) => a.extend(b.iter().cloned()),
             (State::FirstSeen(a), State::FirstSeen(b)) => *a = opt_extreme(*a, *b, Millis::min),
             (State::LastSeen(a), State::LastSeen(b)) => *a = opt_extreme(*a, *b, Millis::max),
+            (State::Sessions(a), State::Sessions(b)) => {
+                if let Aggregation::Sessions { gap, .. } = aggregation {
+                    a.merge(b, *gap)
+                }
+            }
             // Mismatched shapes come only from a definition that changed
             // since `other` was computed; callers check `fits` first.
             _ => {}
@@ -274,6 +287,11 @@ impl State {
             (State::Distinct(set), _) => json!(set.len()),
             (State::FirstSeen(t) | State::LastSeen(t), _) => {
                 t.map_or(Value::Null, |t| Value::String(format_millis(t)))
+            }
+            // Without an `at`: over every session the state holds
+            // ([`crate::SignalDefinition::value`] measures at `at`).
+            (State::Sessions(sessions), Aggregation::Sessions { gap, measure }) => {
+                sessions.value(*measure, Window::Lifetime, Millis::MAX, *gap)
             }
             // Unreachable for states made by `empty(aggregation)`.
             _ => Value::Null,

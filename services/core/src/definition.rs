@@ -8,7 +8,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use signals_schemas::{Event, EventType, Millis};
+
+use crate::aggregate::State;
+use crate::session::SessionMeasure;
 
 /// A signal definition as written in the configuration file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -41,6 +45,10 @@ pub struct SignalSpec {
     /// For `set`: event types that remove the value.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub remove: Vec<String>,
+    /// For session aggregations: consecutive events more than this apart
+    /// start a new session (default `30m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gap: Option<String>,
 }
 
 /// Where a value comes from in an event.
@@ -132,13 +140,22 @@ pub enum Aggregation {
     FirstSeen,
     /// Latest event time, or null.
     LastSeen,
+    /// Sessions of the matching events (split where consecutive events are
+    /// more than `gap` apart), measured at `at`.
+    Sessions {
+        gap: Millis,
+        measure: SessionMeasure,
+    },
 }
+
+/// The session gap when a definition names none, as the contract fixes it.
+pub const DEFAULT_SESSION_GAP: Millis = 30 * 60_000;
 
 /// The aggregation names accepted in configuration.
 pub struct AggregationKind;
 
 impl AggregationKind {
-    pub const NAMES: [&'static str; 10] = [
+    pub const NAMES: [&'static str; 13] = [
         "count",
         "sum",
         "min",
@@ -149,6 +166,9 @@ impl AggregationKind {
         "distinct_count",
         "first_seen",
         "last_seen",
+        "session_count",
+        "session_minutes",
+        "current_session",
     ];
 }
 
@@ -191,6 +211,50 @@ impl SignalDefinition {
                 .filter
                 .iter()
                 .all(|(field, value)| field.get(event) == Some(value.as_str()))
+    }
+
+    /// Whether an event at `time` is read when evaluating at `at`. Session
+    /// signals read every event before `at`: whether a session starts in
+    /// the window depends on the events just before it.
+    pub fn reads(&self, time: Millis, at: Millis) -> bool {
+        match self.aggregation {
+            Aggregation::Sessions { .. } => time < at,
+            _ => self.window.covers(time, at),
+        }
+    }
+
+    /// Whether a batch record keeps pre-aggregated state of this signal
+    /// over the events older than its horizon: lifetime signals, and
+    /// sessions (the last session before the horizon, which events after it
+    /// can join).
+    pub fn keeps_base_state(&self) -> bool {
+        self.window == Window::Lifetime || matches!(self.aggregation, Aggregation::Sessions { .. })
+    }
+
+    /// The state a batch record keeps over `old` events (all before its
+    /// horizon, any order): see [`SignalDefinition::keeps_base_state`].
+    pub fn base_state<'e>(&self, old: impl IntoIterator<Item = &'e Event>) -> State {
+        let mut state = State::empty(&self.aggregation);
+        for event in old.into_iter().filter(|e| self.matches(e)) {
+            state.add(&self.aggregation, event);
+        }
+        if let State::Sessions(sessions) = &state {
+            // Sessions counted at any `at` within retention start at or
+            // after the horizon (session windows count in the widest
+            // window); only the last old session can reach them.
+            state = State::Sessions(sessions.last_only());
+        }
+        state
+    }
+
+    /// The signal's value at `at` from the state of the events it read.
+    pub fn value(&self, state: &State, at: Millis) -> Value {
+        match (&self.aggregation, state) {
+            (Aggregation::Sessions { gap, measure }, State::Sessions(sessions)) => {
+                sessions.value(*measure, self.window, at, *gap)
+            }
+            _ => state.finish(&self.aggregation),
+        }
     }
 
     /// A stable digest of the definition, so stored state can tell which
@@ -313,6 +377,27 @@ fn event_types(
     Ok(types)
 }
 
+/// A positive duration in milliseconds, or the problem with `key`.
+fn duration(spec: &SignalSpec, key: &str, text: &str) -> Result<Millis, DefinitionError> {
+    let parsed = humantime::parse_duration(text).map_err(|e| {
+        problem(
+            spec,
+            format_args!("`{key}` = `{text}` is not a duration like 30m, 1h, 7d: {e}"),
+        )
+    })?;
+    Millis::try_from(parsed.as_millis())
+        .ok()
+        .filter(|ms| *ms > 0)
+        .ok_or_else(|| problem(spec, format_args!("`{key}` = `{text}` is out of range")))
+}
+
+fn session_gap(spec: &SignalSpec) -> Result<Millis, DefinitionError> {
+    match spec.gap.as_deref() {
+        None => Ok(DEFAULT_SESSION_GAP),
+        Some(text) => duration(spec, "gap", text),
+    }
+}
+
 fn compile(spec: &SignalSpec) -> Result<SignalDefinition, DefinitionError> {
     let name_ok = !spec.name.is_empty()
         && spec.name.len() <= 64
@@ -372,6 +457,18 @@ fn compile(spec: &SignalSpec) -> Result<SignalDefinition, DefinitionError> {
     if spec.aggregation != "set" && !(spec.add.is_empty() && spec.remove.is_empty()) {
         return Err(problem(spec, "`add` and `remove` only apply to `set`"));
     }
+    let session_measure = match spec.aggregation.as_str() {
+        "session_count" => Some(SessionMeasure::Count),
+        "session_minutes" => Some(SessionMeasure::Minutes),
+        "current_session" => Some(SessionMeasure::Current),
+        _ => None,
+    };
+    if spec.gap.is_some() && session_measure.is_none() {
+        return Err(problem(
+            spec,
+            format_args!("`gap` has no meaning for `{}`", spec.aggregation),
+        ));
+    }
     if spec.limit.is_some()
         && !matches!(spec.aggregation.as_str(), "last_distinct" | "top_k" | "set")
     {
@@ -397,6 +494,32 @@ fn compile(spec: &SignalSpec) -> Result<SignalDefinition, DefinitionError> {
         "distinct_count" => Aggregation::DistinctCount(field()?),
         "first_seen" => no_field().map(|()| Aggregation::FirstSeen)?,
         "last_seen" => no_field().map(|()| Aggregation::LastSeen)?,
+        "session_count" | "session_minutes" | "current_session" => {
+            no_field()?;
+            let measure = session_measure.unwrap_or(SessionMeasure::Count);
+            match (measure, spec.window.as_deref()) {
+                (SessionMeasure::Current, Some(_)) => {
+                    return Err(problem(
+                        spec,
+                        "`window` has no meaning for `current_session` (it is the session holding the last event before `at`)",
+                    ))
+                }
+                (SessionMeasure::Count | SessionMeasure::Minutes, None | Some("lifetime")) => {
+                    return Err(problem(
+                        spec,
+                        format_args!(
+                            "`{}` needs a sliding `window` such as 7d (it counts the sessions starting in [at - window, at))",
+                            spec.aggregation
+                        ),
+                    ))
+                }
+                _ => {}
+            }
+            Aggregation::Sessions {
+                gap: session_gap(spec)?,
+                measure,
+            }
+        }
         "set" => {
             if !spec.events.is_empty() {
                 return Err(problem(
@@ -512,7 +635,7 @@ mod tests {
     fn errors_name_the_signal_and_the_problem() {
         assert_eq!(
             error("name = \"x\"\naggregation = \"avg\""),
-            "signal `x`: unknown aggregation `avg` (known: count, sum, min, max, last_distinct, set, top_k, distinct_count, first_seen, last_seen)"
+            "signal `x`: unknown aggregation `avg` (known: count, sum, min, max, last_distinct, set, top_k, distinct_count, first_seen, last_seen, session_count, session_minutes, current_session)"
         );
         assert_eq!(
             error("name = \"x\"\naggregation = \"top_k\"\nfield = \"item_id\""),
@@ -537,6 +660,52 @@ mod tests {
         assert_eq!(
             error("name = \"Bad-Name\"\naggregation = \"count\""),
             "signal `Bad-Name`: `name` must be 1-64 characters of a-z, 0-9 and _"
+        );
+    }
+
+    #[test]
+    fn session_definitions_compile_and_their_errors_are_precise() {
+        let defs = Definitions::compile(&[
+            spec("name = \"s\"\naggregation = \"session_count\"\nwindow = \"7d\""),
+            spec("name = \"c\"\naggregation = \"current_session\"\ngap = \"10m\""),
+        ])
+        .expect("valid");
+        let s = defs.get("s").expect("present");
+        assert_eq!(
+            s.aggregation,
+            Aggregation::Sessions {
+                gap: DEFAULT_SESSION_GAP,
+                measure: SessionMeasure::Count
+            }
+        );
+        assert!(s.keeps_base_state());
+        assert!(
+            s.reads(0, 7 * 86_400_000 + 1),
+            "sessions read before the window"
+        );
+        assert_eq!(defs.max_window(), 7 * 86_400_000);
+        assert_eq!(
+            defs.get("c").map(|c| c.aggregation.clone()),
+            Some(Aggregation::Sessions {
+                gap: 600_000,
+                measure: SessionMeasure::Current
+            })
+        );
+        assert_eq!(
+            error("name = \"x\"\naggregation = \"session_minutes\""),
+            "signal `x`: `session_minutes` needs a sliding `window` such as 7d (it counts the sessions starting in [at - window, at))"
+        );
+        assert_eq!(
+            error("name = \"x\"\naggregation = \"current_session\"\nwindow = \"1h\""),
+            "signal `x`: `window` has no meaning for `current_session` (it is the session holding the last event before `at`)"
+        );
+        assert_eq!(
+            error("name = \"x\"\naggregation = \"count\"\ngap = \"1h\""),
+            "signal `x`: `gap` has no meaning for `count`"
+        );
+        assert_eq!(
+            error("name = \"x\"\naggregation = \"current_session\"\ngap = \"0s\""),
+            "signal `x`: `gap` = `0s` is out of range"
         );
     }
 

@@ -8,6 +8,8 @@
 pub mod aggregate;
 pub mod definition;
 pub mod position;
+pub mod segment;
+pub mod session;
 pub mod time;
 pub mod view;
 
@@ -19,4 +21,6 @@ pub use definition::{
     fnv1a64, DefinitionError, Definitions, EventTypes, SignalDefinition, SignalSpec, Window,
 };
 pub use position::{LogPosition, Offset, Partition};
+pub use segment::{SegmentError, SegmentSpec, Segments};
+pub use session::{Session, SessionMeasure, Sessions};
 pub use view::{SpeedEntry, StaleSignal, UserRecord, UserView};

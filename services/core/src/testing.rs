@@ -6,6 +6,7 @@ use proptest::prelude::*;
 use signals_schemas::{Event, EventType, Millis};
 
 use crate::definition::{Aggregation, EventTypes, Field};
+use crate::session::SessionMeasure;
 
 /// A view/click/wishlist event on `item`.
 pub fn event(id: &str, event_type: EventType, item: &str, time: Millis) -> Event {
@@ -57,6 +58,18 @@ pub fn aggregations() -> Vec<Aggregation> {
         Aggregation::DistinctCount(Field::Query),
         Aggregation::FirstSeen,
         Aggregation::LastSeen,
+        Aggregation::Sessions {
+            gap: 30,
+            measure: SessionMeasure::Count,
+        },
+        Aggregation::Sessions {
+            gap: 30,
+            measure: SessionMeasure::Minutes,
+        },
+        Aggregation::Sessions {
+            gap: 30,
+            measure: SessionMeasure::Current,
+        },
     ]
 }
 

@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::Deserialize;
-use signals_core::{Definitions, SignalSpec};
+use signals_core::{Definitions, SegmentSpec, Segments, SignalSpec};
 
 /// The defaults, shipped inside the binary.
 pub const DEFAULT_CONFIG: &str = include_str!("../config/default.toml");
@@ -27,6 +27,8 @@ pub struct Config {
     pub batch: BatchConfig,
     pub telemetry: TelemetryConfig,
     pub signals: Vec<SignalSpec>,
+    /// Segments: named rules over signal values (`[[segments]]`).
+    pub segments: Vec<SegmentSpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -330,6 +332,12 @@ impl Config {
         Definitions::compile(&self.signals).context("invalid configuration in [[signals]]")
     }
 
+    /// The segments, checked against `definitions`.
+    pub fn segments(&self, definitions: &Definitions) -> anyhow::Result<Segments> {
+        Segments::compile(&self.segments, definitions)
+            .context("invalid configuration in [[segments]]")
+    }
+
     pub fn retention_millis(&self) -> i64 {
         i64::try_from(self.batch.retention.as_millis()).unwrap_or(i64::MAX)
     }
@@ -367,9 +375,16 @@ mod tests {
                 "clicks_24h",
                 "searches_24h",
                 "top_cities_7d",
-                "last_active"
+                "last_active",
+                "sessions_7d",
+                "session_minutes_7d",
+                "current_session"
             ]
         );
+        let definitions = config.definitions().expect("valid");
+        let segments = config.segments(&definitions).expect("valid segments");
+        let names: Vec<&str> = segments.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["active_browser", "engaged", "searcher"]);
         assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(config.batch.schedule, Schedule::DailyAt(120));
         assert_eq!(
@@ -399,7 +414,21 @@ mod tests {
     #[test]
     fn the_example_config_loads() {
         let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.toml");
-        load(Some(Path::new(example))).expect("example is valid");
+        let config = load(Some(Path::new(example))).expect("example is valid");
+        let definitions = config.definitions().expect("valid");
+        config.segments(&definitions).expect("valid segments");
+    }
+
+    #[test]
+    fn a_segment_over_an_unknown_signal_names_segment_and_signal() {
+        let config = load_text("[[segments]]\nname = \"fans\"\nrule = \"likes_24h >= 3\"")
+            .expect("parses");
+        let definitions = config.definitions().expect("valid");
+        let err = format!("{:#}", config.segments(&definitions).expect_err("unknown"));
+        assert_eq!(
+            err,
+            "invalid configuration in [[segments]]: segment `fans`: `rule` = `likes_24h >= 3`: `likes_24h` is not a defined signal"
+        );
     }
 
     #[test]
