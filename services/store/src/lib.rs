@@ -14,6 +14,8 @@
 //! Garbage collection lags one version behind publishing so that a reader
 //! holding the previous manifest never finds its speed entries gone.
 
+#[cfg(feature = "redis")]
+mod breaker;
 mod cache;
 mod codec;
 pub mod embedded;

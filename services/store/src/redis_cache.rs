@@ -10,6 +10,15 @@
 //! on it being up: on any Redis error the read goes to the store, and
 //! [`SignalStore::degraded`] says so for readiness.
 //!
+//! A circuit breaker ([`crate::breaker`]) guards every Redis call: after
+//! [`RedisOptions::breaker_failures`] consecutive failures or timeouts,
+//! reads stop asking Redis for [`RedisOptions::breaker_cool_down`] and go
+//! straight to the store (`signals_cache_requests_total{outcome="bypassed"}`),
+//! so a hung Redis costs the first few reads one timeout each, not every
+//! read; then one call probes Redis (a read, or a readiness check) and its
+//! outcome closes the breaker or keeps it open. Readiness says
+//! `degraded: circuit open (...)` meanwhile.
+//!
 //! In front of Redis, each process keeps the records it decoded last in a
 //! bounded [`RecordCache`]: a warm answer then costs no Redis round trip and
 //! no decoding, only the speed entries' partition read.
@@ -29,6 +38,7 @@ use redis::AsyncCommands;
 use signals_core::{LogPosition, Offset, Partition, UserRecord};
 use tracing::warn;
 
+use crate::breaker::{Admission, Breaker};
 use crate::cache::RecordCache;
 use crate::codec;
 use crate::{
@@ -53,6 +63,10 @@ pub struct RedisOptions {
     /// Bound of the in-process cache of decoded records, in encoded bytes
     /// (0: every read asks Redis).
     pub local_cache_bytes: usize,
+    /// Consecutive Redis failures (errors or timeouts) that open the breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker keeps reads away from Redis before a probe.
+    pub breaker_cool_down: Duration,
 }
 
 impl Default for RedisOptions {
@@ -63,6 +77,8 @@ impl Default for RedisOptions {
             ttl: Duration::from_secs(48 * 3600),
             timeout: Duration::from_millis(50),
             local_cache_bytes: 64 << 20,
+            breaker_failures: 3,
+            breaker_cool_down: Duration::from_secs(5),
         }
     }
 }
@@ -76,6 +92,16 @@ pub struct CachedStore {
     connection: tokio::sync::Mutex<Option<ConnectionManager>>,
     /// The last Redis failure, for readiness.
     last_error: Mutex<Option<(Instant, String)>>,
+    breaker: Breaker,
+}
+
+/// What Redis said about a key.
+enum Lookup {
+    /// The record (with its encoded size), or `None` for "no record".
+    Hit(Option<(Arc<UserRecord>, usize)>),
+    Miss,
+    /// Redis failed, or the breaker kept the call from it.
+    Unavailable,
 }
 
 impl CachedStore {
@@ -89,6 +115,7 @@ impl CachedStore {
         Ok(CachedStore {
             inner,
             local: RecordCache::new(options.local_cache_bytes),
+            breaker: Breaker::new(options.breaker_failures, options.breaker_cool_down),
             options,
             client,
             connection: tokio::sync::Mutex::new(None),
@@ -109,8 +136,42 @@ impl CachedStore {
     fn note_error(&self, what: &str, error: impl std::fmt::Display) {
         warn!(%error, "redis {what} failed; answering from the store");
         metrics::counter!("signals_cache_errors_total").increment(1);
+        let message = format!("redis {what} failed: {error}");
+        if self.breaker.failure(Instant::now(), message.clone()) {
+            warn!(cool_down = ?self.options.breaker_cool_down, "redis circuit breaker opened; reads bypass the cache");
+            metrics::counter!("signals_cache_circuit_opened_total").increment(1);
+            metrics::gauge!("signals_cache_circuit_open").set(1.0);
+        }
         if let Ok(mut last) = self.last_error.lock() {
-            *last = Some((Instant::now(), format!("redis {what} failed: {error}")));
+            *last = Some((Instant::now(), message));
+        }
+    }
+
+    /// Runs `call` on Redis within `timeout`, unless the breaker keeps
+    /// calls away: `None` when skipped or failed (the failure is noted).
+    async fn redis<T, F, Fut>(&self, what: &str, timeout: Duration, call: F) -> Option<T>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        if self.breaker.admit(Instant::now()) == Admission::Bypass {
+            return None;
+        }
+        let connection = self.connection().await?;
+        match tokio::time::timeout(timeout, call(connection)).await {
+            Ok(Ok(value)) => {
+                self.breaker.success();
+                metrics::gauge!("signals_cache_circuit_open").set(0.0);
+                Some(value)
+            }
+            Ok(Err(error)) => {
+                self.note_error(what, error);
+                None
+            }
+            Err(_) => {
+                self.note_error(what, "timed out");
+                None
+            }
         }
     }
 
@@ -125,21 +186,38 @@ impl CachedStore {
             return Ok(Some(local));
         }
         let key = self.key(manifest, user);
-        if let Some(hit) = self.cached(&key).await {
-            metrics::counter!("signals_cache_requests_total", "outcome" => "hit").increment(1);
-            if let Some((record, weight)) = &hit {
-                self.local
-                    .insert(manifest.version, user, record.clone(), *weight);
+        let redis_up = match self.cached(&key).await {
+            Lookup::Hit(hit) => {
+                metrics::counter!("signals_cache_requests_total", "outcome" => "hit").increment(1);
+                if let Some((record, weight)) = &hit {
+                    self.local
+                        .insert(manifest.version, user, record.clone(), *weight);
+                }
+                return Ok(hit.map(|(record, _)| record));
             }
-            return Ok(hit.map(|(record, _)| record));
-        }
-        metrics::counter!("signals_cache_requests_total", "outcome" => "miss").increment(1);
+            Lookup::Miss => {
+                metrics::counter!("signals_cache_requests_total", "outcome" => "miss").increment(1);
+                true
+            }
+            Lookup::Unavailable => {
+                metrics::counter!("signals_cache_requests_total", "outcome" => "bypassed")
+                    .increment(1);
+                false
+            }
+        };
         let record = self.inner.batch_record(manifest.version, user).await?;
-        if let Some(weight) = self.remember(key, record.as_deref()).await {
-            if let Some(record) = &record {
-                self.local
-                    .insert(manifest.version, user, record.clone(), weight);
-            }
+        // Redis just failed: no second wait for a SET.
+        let weight = if redis_up {
+            self.remember(key, record.as_deref()).await
+        } else {
+            record
+                .as_deref()
+                .and_then(|r| codec::encode_record(r).ok())
+                .map(|bytes| bytes.len())
+        };
+        if let (Some(weight), Some(record)) = (weight, &record) {
+            self.local
+                .insert(manifest.version, user, record.clone(), weight);
         }
         Ok(record)
     }
@@ -162,34 +240,26 @@ impl CachedStore {
         slot.clone()
     }
 
-    /// The record Redis holds at `key` and its encoded size: `None` if
-    /// Redis has nothing or failed, `Some(None)` for "no record".
-    async fn cached(&self, key: &str) -> Option<Option<(Arc<UserRecord>, usize)>> {
-        let mut connection = self.connection().await?;
-        let read = tokio::time::timeout(
-            self.options.timeout,
-            connection.get::<_, Option<Vec<u8>>>(key),
-        )
-        .await;
+    /// What Redis holds at `key`.
+    async fn cached(&self, key: &str) -> Lookup {
+        let read = self
+            .redis("GET", self.options.timeout, |mut c| async move {
+                c.get::<_, Option<Vec<u8>>>(key).await
+            })
+            .await;
         let bytes = match read {
-            Ok(Ok(bytes)) => bytes?,
-            Ok(Err(error)) => {
-                self.note_error("GET", error);
-                return None;
-            }
-            Err(_) => {
-                self.note_error("GET", "timed out");
-                return None;
-            }
+            None => return Lookup::Unavailable,
+            Some(None) => return Lookup::Miss,
+            Some(Some(bytes)) => bytes,
         };
         if bytes == [ABSENT] {
-            return Some(None);
+            return Lookup::Hit(None);
         }
         match codec::decode_record(&bytes, "redis", || format!("key {key}")) {
-            Ok(record) => Some(Some((Arc::new(record), bytes.len()))),
+            Ok(record) => Lookup::Hit(Some((Arc::new(record), bytes.len()))),
             Err(error) => {
                 self.note_error("decode", error);
-                None
+                Lookup::Miss
             }
         }
     }
@@ -206,20 +276,11 @@ impl CachedStore {
             }
         };
         let weight = bytes.len();
-        let Some(mut connection) = self.connection().await else {
-            return Some(weight);
-        };
         let ttl = self.options.ttl.as_secs().max(1);
-        let write = tokio::time::timeout(
-            self.options.timeout,
-            connection.set_ex::<_, _, ()>(key, bytes, ttl),
-        )
+        self.redis("SET", self.options.timeout, |mut c| async move {
+            c.set_ex::<_, _, ()>(key, bytes, ttl).await
+        })
         .await;
-        match write {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => self.note_error("SET", error),
-            Err(_) => self.note_error("SET", "timed out"),
-        }
         Some(weight)
     }
 }
@@ -322,15 +383,10 @@ impl SignalStore for CachedStore {
         self.local.remove(user_id);
         if let Some(manifest) = self.inner.published().await? {
             let key = self.key(&manifest, user_id);
-            if let Some(mut connection) = self.connection().await {
-                let removal =
-                    tokio::time::timeout(self.options.timeout, connection.del::<_, ()>(&key)).await;
-                match removal {
-                    Ok(Ok(())) => {}
-                    Ok(Err(error)) => self.note_error("DEL", error),
-                    Err(_) => self.note_error("DEL", "timed out"),
-                }
-            }
+            self.redis("DEL", self.options.timeout, |mut c| async move {
+                c.del::<_, ()>(&key).await
+            })
+            .await;
         }
         Ok(())
     }
@@ -365,23 +421,24 @@ impl SignalStore for CachedStore {
         self.inner.check().await
     }
 
+    /// `None` when Redis answers a PING (which is also the breaker's probe
+    /// when it is due, so readiness heals it with no read traffic);
+    /// otherwise the breaker's state or the last failure.
     async fn degraded(&self) -> Option<String> {
-        if let Some(mut connection) = self.connection().await {
-            let ping = tokio::time::timeout(
-                self.options.timeout * 4,
-                redis::cmd("PING").query_async::<String>(&mut connection),
-            )
+        let ping = self
+            .redis("PING", self.options.timeout * 4, |mut c| async move {
+                redis::cmd("PING").query_async::<String>(&mut c).await
+            })
             .await;
-            match ping {
-                Ok(Ok(_)) => return None,
-                Ok(Err(error)) => self.note_error("PING", error),
-                Err(_) => self.note_error("PING", "timed out"),
-            }
+        if ping.is_some() {
+            return None;
         }
-        self.last_error
-            .lock()
-            .ok()
-            .and_then(|last| last.as_ref().map(|(_, message)| message.clone()))
+        self.breaker.report(Instant::now()).or_else(|| {
+            self.last_error
+                .lock()
+                .ok()
+                .and_then(|last| last.as_ref().map(|(_, message)| message.clone()))
+        })
     }
 }
 
@@ -562,6 +619,7 @@ mod tests {
             client: redis::Client::open("redis://127.0.0.1:1").expect("client"),
             connection: tokio::sync::Mutex::new(None),
             last_error: Mutex::new(None),
+            breaker: Breaker::new(3, Duration::from_secs(5)),
         };
         assert_eq!(
             gone.user_history("u")
@@ -573,5 +631,58 @@ mod tests {
         );
         let degraded = gone.degraded().await.expect("degraded");
         assert!(degraded.starts_with("redis connect failed"), "{degraded}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hung_redis_opens_the_circuit_and_reads_bypass_it() {
+        // A "Redis" that accepts connections and never answers, like a
+        // SIGSTOPped one.
+        let hung = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("listener");
+        let address = hung.local_addr().expect("address");
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((socket, _)) = hung.accept().await {
+                open.push(socket);
+            }
+        });
+        let dir = tempfile::tempdir().expect("temp dir");
+        let inner = Arc::new(EmbeddedStore::open(&dir.path().join("store.redb")).expect("store"));
+        let url = format!("redis://{address}");
+        let store = CachedStore::new(
+            inner,
+            RedisOptions {
+                url,
+                timeout: Duration::from_millis(20),
+                local_cache_bytes: 0,
+                breaker_failures: 2,
+                breaker_cool_down: Duration::from_secs(600),
+                ..RedisOptions::default()
+            },
+        )
+        .expect("client");
+        let record = crate::contract::record("u", "e1");
+        publish_one(&store, &record).await;
+        for _ in 0..2 {
+            let read = store.user_history("u").await.expect("history");
+            assert_eq!(read.record.as_deref(), Some(&record));
+        }
+        assert_eq!(store.breaker.admit(Instant::now()), Admission::Bypass);
+        // Open: reads are answered from the store without touching Redis
+        // (no connection attempt, so no new failure is noted).
+        let failures = |s: &CachedStore| s.last_error.lock().expect("lock").clone().map(|(t, _)| t);
+        let before = failures(&store);
+        for _ in 0..5 {
+            let read = store.user_history("u").await.expect("history");
+            assert_eq!(read.record.as_deref(), Some(&record));
+        }
+        assert_eq!(failures(&store), before, "Redis was not called");
+        let degraded = store.degraded().await.expect("degraded");
+        assert!(
+            degraded.starts_with("circuit open (2 consecutive failures"),
+            "{degraded}"
+        );
+        held.abort();
     }
 }

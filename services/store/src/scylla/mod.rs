@@ -126,7 +126,10 @@ fn db_error_class(error: &DbError) -> Class {
         | DbError::WriteTimeout { .. }
         | DbError::ReadFailure { .. }
         | DbError::WriteFailure { .. }
-        | DbError::RateLimitReached { .. } => Class::Unavailable,
+        | DbError::RateLimitReached { .. }
+        // A node-side failure (out of memory, a restart in progress).
+        | DbError::ServerError
+        | DbError::TruncateError => Class::Unavailable,
         _ => Class::Backend,
     }
 }
