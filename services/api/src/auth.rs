@@ -4,6 +4,7 @@ use axum::extract::{Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -13,13 +14,10 @@ fn needs_admin(path: &str) -> bool {
     path.starts_with("/v1/admin/") || path == "/v1/admin" || path == "/v1/retractions"
 }
 
-/// Compares without leaking where two tokens first differ.
+/// Compares in constant time (`subtle`): how much of a guess matches
+/// does not show in how long the answer takes.
 fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+    bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
 pub async fn require_tokens(
@@ -46,7 +44,11 @@ pub async fn require_tokens(
         .admin
         .as_deref()
         .is_some_and(|admin| same(admin, presented));
-    let is_api = tokens.api.iter().any(|t| same(t, presented));
+    // Every token is compared, so timing does not say which one matched.
+    let is_api = tokens
+        .api
+        .iter()
+        .fold(false, |found, t| same(t, presented) | found);
     if needs_admin(path) {
         if !is_admin {
             let error = if is_api {

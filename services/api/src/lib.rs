@@ -5,28 +5,42 @@
 
 mod auth;
 pub mod error;
+pub mod events_body;
+pub mod extract;
+mod guard;
 pub mod openapi;
 pub mod routes;
 pub mod state;
 mod time;
 
-use std::time::Instant;
-
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
 use axum::routing::{get, post};
 use axum::Router;
 
 pub use state::{ApiOptions, AppState, Tokens};
 
-/// The whole API.
+pub use guard::method_label;
+
+/// The whole API. Every request passes, outermost first: metrics, the
+/// same-site rule (only without tokens), the request cap, the JSON error
+/// shape, the body limit, tokens (only with tokens), the handler.
 pub fn app(state: AppState) -> Router {
-    let max_body = state.options.max_body_bytes;
-    let routes = routes(state.options.tokens.enabled().then(|| state.clone()));
-    routes
-        .layer(DefaultBodyLimit::max(max_body))
-        .layer(middleware::from_fn(track))
+    let options = state.options.clone();
+    let tokens = options.tokens.enabled();
+    let mut router = routes(tokens.then(|| state.clone()))
+        .fallback(guard::not_found)
+        .layer(DefaultBodyLimit::max(options.max_body_bytes))
+        .layer(middleware::from_fn(guard::json_errors))
+        .layer(middleware::from_fn_with_state(
+            guard::RequestCap::new(options.max_concurrent_requests),
+            guard::cap_requests,
+        ));
+    if !tokens {
+        router = router.layer(middleware::from_fn(guard::same_site));
+    }
+    router
+        .layer(middleware::from_fn(guard::track))
         .with_state(state)
 }
 
@@ -60,21 +74,4 @@ fn routes(guarded_by: Option<AppState>) -> Router<AppState> {
         Some(state) => routes.layer(middleware::from_fn_with_state(state, auth::require_tokens)),
         None => routes,
     }
-}
-
-/// Request counts and latencies, labelled by route template, never by user.
-async fn track(request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = request.method().as_str().to_owned();
-    let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    metrics::counter!("signals_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
-        .increment(1);
-    metrics::histogram!("signals_http_request_duration_seconds", "method" => method, "route" => route)
-        .record(started.elapsed().as_secs_f64());
-    response
 }

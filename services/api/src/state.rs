@@ -36,8 +36,16 @@ pub struct ApiOptions {
     pub max_body_bytes: usize,
     /// How far back `at` may go.
     pub retention: Millis,
-    /// Most users in one multi-user query.
+    /// Most users in one multi-user query (before deduplication).
     pub max_users_per_query: usize,
+    /// Most signal names (or event types) in one request, before deduplication.
+    pub max_names_per_query: usize,
+    /// Most events in one `POST /v1/events` (array items or NDJSON lines).
+    pub max_events_per_request: usize,
+    /// Requests handled at once (operations routes aside); more get 503.
+    pub max_concurrent_requests: usize,
+    /// Longest wait for a request body once its headers are in.
+    pub body_timeout: Duration,
     pub tokens: Tokens,
 }
 
@@ -47,6 +55,10 @@ impl Default for ApiOptions {
             max_body_bytes: 8 * 1024 * 1024,
             retention: 30 * signals_core::time::DAY,
             max_users_per_query: 1_000,
+            max_names_per_query: 100,
+            max_events_per_request: 10_000,
+            max_concurrent_requests: 256,
+            body_timeout: Duration::from_secs(30),
             tokens: Tokens::default(),
         }
     }

@@ -276,3 +276,310 @@ async fn running_the_batch_needs_a_process_that_has_one() {
         json!({"error": "this process does not run the batch layer"})
     );
 }
+
+fn request(method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Request<Body> {
+    let mut builder = Request::builder().method(method).uri(path);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    builder.body(Body::from(body.to_owned())).expect("request")
+}
+
+#[tokio::test]
+async fn every_refusal_has_the_json_error_shape() {
+    let f = fixture(ApiOptions::default());
+    let cases = [
+        (get("/nowhere"), StatusCode::NOT_FOUND, "no route for `/nowhere`; see /openapi.json"),
+        (
+            request("PUT", "/v1/events", &[], ""),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "`PUT` is not allowed on `/v1/events` (the Allow header lists the methods that are)",
+        ),
+        (
+            request("BREW", "/v1/definitions", &[], ""),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "`BREW` is not allowed on `/v1/definitions` (the Allow header lists the methods that are)",
+        ),
+        (
+            get("/v1/users/u/activity?limit=lots"),
+            StatusCode::BAD_REQUEST,
+            "Failed to deserialize query string: limit: invalid digit found in string",
+        ),
+        (
+            get("/v1/users/u/activity?limit=1001"),
+            StatusCode::BAD_REQUEST,
+            "`limit` = 1001 must be between 1 and 1000",
+        ),
+        (
+            get("/v1/users/%FF%FE/signals"),
+            StatusCode::BAD_REQUEST,
+            "Invalid URL: Invalid UTF-8 in `user_id`",
+        ),
+        (
+            request("POST", "/v1/events", &[("content-type", "text/plain")], "[]"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the body was sent with content type `text/plain`; send it as application/json or application/x-ndjson or application/ndjson or application/jsonl",
+        ),
+        (
+            request("POST", "/v1/signals/query", &[], r#"{"user_ids": []}"#),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the body was sent with no content type; send it as application/json",
+        ),
+        (
+            post("/v1/signals/query", r#"{"user_ids": [], "colour": 1}"#),
+            StatusCode::BAD_REQUEST,
+            "the body is not valid: unknown field `colour`, expected one of `user_ids`, `names`, `at` at line 1 column 25",
+        ),
+        (
+            get("/v1/users/u/signals?names=views_1h,,recent_views"),
+            StatusCode::BAD_REQUEST,
+            "`names` has an empty entry at position 2 (entries are separated by single commas, without spaces)",
+        ),
+    ];
+    for (request, status, error) in cases {
+        let path = request.uri().to_string();
+        let response = f.router.clone().oneshot(request).await.expect("answered");
+        assert_eq!(response.status(), status, "{path}");
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            assert!(response.headers().contains_key(header::ALLOW), "{path}");
+        }
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "application/json",
+            "{path}"
+        );
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let body: Value = serde_json::from_slice(&bytes).expect("JSON");
+        assert_eq!(body, json!({ "error": error }), "{path}");
+    }
+}
+
+#[tokio::test]
+async fn user_ids_are_checked_on_every_route_like_the_collector_checks_them() {
+    let f = fixture(ApiOptions::default());
+    let long = "x".repeat(257);
+    for path in [
+        format!("/v1/users/{long}/signals"),
+        format!("/v1/users/{long}/activity"),
+        "/v1/users/a%00b/signals".to_owned(),
+    ] {
+        let (status, answer) = call(&f.router, get(&path)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {answer}");
+    }
+    let (status, answer) = call(
+        &f.router,
+        request("DELETE", &format!("/v1/admin/users/{long}"), &[], ""),
+    )
+    .await;
+    assert_eq!(
+        (status, answer),
+        (
+            StatusCode::BAD_REQUEST,
+            json!({"error": "`user_id` is longer than 256 bytes"})
+        )
+    );
+    let query = json!({"user_ids": ["u-1", ""]});
+    let (status, answer) = call(&f.router, post("/v1/signals/query", query.to_string())).await;
+    assert_eq!(
+        (status, answer),
+        (
+            StatusCode::BAD_REQUEST,
+            json!({"error": "`user_ids[1]` must not be empty"})
+        )
+    );
+}
+
+#[tokio::test]
+async fn queries_are_capped_and_repeats_count_once() {
+    let f = fixture(ApiOptions {
+        max_users_per_query: 3,
+        max_names_per_query: 2,
+        ..ApiOptions::default()
+    });
+    let query = json!({"user_ids": ["a", "b", "a", "c"]});
+    let (status, answer) = call(&f.router, post("/v1/signals/query", query.to_string())).await;
+    assert_eq!(
+        (status, answer),
+        (
+            StatusCode::BAD_REQUEST,
+            json!({"error": "4 user ids requested; at most 3 per query"})
+        )
+    );
+    let query = json!({"user_ids": ["a"], "names": ["views_1h", "views_1h", "views_1h"]});
+    let (status, answer) = call(&f.router, post("/v1/signals/query", query.to_string())).await;
+    assert_eq!(
+        (status, answer),
+        (
+            StatusCode::BAD_REQUEST,
+            json!({"error": "3 signal names requested; at most 2 per request"})
+        )
+    );
+    let query = json!({"user_ids": ["b", "a", "b"], "names": ["views_1h", "views_1h"]});
+    let (status, answer) = call(&f.router, post("/v1/signals/query", query.to_string())).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let users: Vec<&Value> = answer["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| &r["user_id"])
+        .collect();
+    assert_eq!(users, [&json!("b"), &json!("a")]);
+    assert_eq!(answer["results"][0]["signals"], json!({"views_1h": 0}));
+    let (status, answer) = call(
+        &f.router,
+        get("/v1/users/u/signals?names=views_1h,views_1h,views_1h"),
+    )
+    .await;
+    assert_eq!(
+        (status, answer),
+        (
+            StatusCode::BAD_REQUEST,
+            json!({"error": "`names` lists 3 entries; at most 2 per request"})
+        )
+    );
+}
+
+#[tokio::test]
+async fn the_event_cap_refuses_a_request_whole() {
+    let f = fixture(ApiOptions {
+        max_events_per_request: 2,
+        ..ApiOptions::default()
+    });
+    let (status, answer) = call(&f.router, post("/v1/events", "[1, 2, 3]")).await;
+    assert_eq!(
+        (status, answer),
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            json!({"error": "more than 2 events in one request (server.max_events_per_request); split them into smaller requests"})
+        )
+    );
+    let (status, answer) = call(&f.router, post("/v1/events", "[1, {}]")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        answer["rejected"][0]["error"],
+        "an event must be a JSON object, not a number"
+    );
+}
+
+#[tokio::test]
+async fn without_tokens_only_same_origin_loopback_requests_change_state() {
+    let f = fixture(ApiOptions::default());
+    let refused = [
+        request(
+            "POST",
+            "/v1/admin/batch/run",
+            &[
+                ("host", "127.0.0.1:8080"),
+                ("origin", "https://evil.example"),
+            ],
+            "",
+        ),
+        request(
+            "POST",
+            "/v1/events",
+            &[
+                ("host", "127.0.0.1:8080"),
+                ("sec-fetch-site", "cross-site"),
+                ("content-type", "application/json"),
+            ],
+            "[]",
+        ),
+        request(
+            "GET",
+            "/v1/definitions",
+            &[("host", "rebound.evil.example:8080")],
+            "",
+        ),
+    ];
+    for request in refused {
+        let (status, answer) = call(&f.router, request).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
+        assert!(answer["error"].is_string(), "{answer}");
+    }
+    let same = request(
+        "POST",
+        "/v1/admin/batch/run",
+        &[
+            ("host", "localhost:8080"),
+            ("origin", "http://localhost:8080"),
+        ],
+        "",
+    );
+    // Passes the rule (and meets the missing batch layer).
+    assert_eq!(
+        call(&f.router, same).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+}
+
+#[tokio::test]
+async fn beyond_the_request_cap_the_answer_is_503_but_health_still_answers() {
+    let f = fixture(ApiOptions {
+        max_concurrent_requests: 0,
+        ..ApiOptions::default()
+    });
+    let response = f
+        .router
+        .clone()
+        .oneshot(get("/v1/definitions"))
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+    assert_eq!(call(&f.router, get("/healthz")).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_openapi_document_declares_security_only_when_tokens_are_configured() {
+    let open = fixture(ApiOptions::default());
+    let (_, doc) = call(&open.router, get("/openapi.json")).await;
+    assert!(doc["components"].get("securitySchemes").is_none(), "{doc}");
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, operation) in item.as_object().expect("item") {
+            assert!(operation.get("security").is_none(), "{method} {path}");
+            for (status, response) in operation["responses"].as_object().expect("responses") {
+                if status.starts_with('4') || (status.starts_with('5') && path != "/readyz") {
+                    assert_eq!(
+                        response["content"]["application/json"]["schema"]["$ref"],
+                        "#/components/schemas/ErrorBody",
+                        "{method} {path} {status}"
+                    );
+                }
+            }
+        }
+    }
+    assert_eq!(
+        doc["components"]["schemas"]["QueryRequest"]["properties"]["user_ids"]["maxItems"],
+        1000
+    );
+
+    let guarded = fixture(ApiOptions {
+        tokens: Tokens {
+            api: vec!["api-token-0123456789".into()],
+            admin: Some("admin-token-0123456789".into()),
+        },
+        max_users_per_query: 7,
+        ..ApiOptions::default()
+    });
+    let (_, doc) = call(&guarded.router, get("/openapi.json")).await;
+    assert!(doc["components"]["securitySchemes"]["admin_token"].is_object());
+    assert_eq!(
+        doc["paths"]["/v1/admin/batch/run"]["post"]["security"],
+        json!([{"admin_token": []}])
+    );
+    assert_eq!(
+        doc["paths"]["/v1/users/{user_id}/signals"]["get"]["security"],
+        json!([{"api_token": []}, {"admin_token": []}])
+    );
+    assert!(doc["paths"]["/v1/definitions"]["get"]["responses"]["401"].is_object());
+    assert!(doc["paths"]["/healthz"]["get"].get("security").is_none());
+    assert_eq!(
+        doc["components"]["schemas"]["QueryRequest"]["properties"]["user_ids"]["maxItems"],
+        7
+    );
+}

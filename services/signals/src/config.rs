@@ -40,6 +40,29 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Events in one `POST /v1/events`; more get 413.
+    pub max_events_per_request: usize,
+    /// User ids in one `POST /v1/signals/query`; more get 400.
+    pub max_users_per_query: usize,
+    /// Signal names in one request; more get 400.
+    pub max_names_per_query: usize,
+    /// Requests in handlers at once; more get 503.
+    pub max_concurrent_requests: usize,
+    /// Open connections; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// Longest wait for a request's head, also how long an idle
+    /// keep-alive connection (or a TLS handshake) is kept.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Longest wait for a request's body once its head is in.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// PEM certificate chain: serve HTTPS (with `tls_key`).
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -299,6 +322,41 @@ impl Config {
             .any(|t| t.len() < 16)
         {
             bail!("invalid configuration: server.api_tokens and server.admin_token must be at least 16 characters");
+        }
+        for (key, value) in [
+            (
+                "server.max_events_per_request",
+                self.server.max_events_per_request,
+            ),
+            (
+                "server.max_users_per_query",
+                self.server.max_users_per_query,
+            ),
+            (
+                "server.max_names_per_query",
+                self.server.max_names_per_query,
+            ),
+            (
+                "server.max_concurrent_requests",
+                self.server.max_concurrent_requests,
+            ),
+            ("server.max_connections", self.server.max_connections),
+        ] {
+            if value == 0 {
+                bail!("invalid configuration: {key} must be at least 1");
+            }
+        }
+        if self.server.max_connections > u32::MAX as usize {
+            bail!(
+                "invalid configuration: server.max_connections must be at most {}",
+                u32::MAX
+            );
+        }
+        if self.server.header_read_timeout.is_zero() || self.server.body_timeout.is_zero() {
+            bail!("invalid configuration: server.header_read_timeout and server.body_timeout must be more than 0s");
+        }
+        if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
+            bail!("invalid configuration: server.tls_cert and server.tls_key go together: set both or neither");
         }
         if self.log.kafka.retention != "forever"
             && humantime::parse_duration(&self.log.kafka.retention).is_err()

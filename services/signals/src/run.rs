@@ -20,7 +20,7 @@ use tracing::{error, info, warn};
 
 use crate::backends::Backends;
 use crate::config::{Config, Listen, Schedule};
-use crate::telemetry;
+use crate::{http_server, telemetry};
 
 /// Cancels `token` on SIGINT or SIGTERM.
 fn cancel_on_signal(token: CancellationToken) {
@@ -113,22 +113,19 @@ async fn serve_http(
     if !address.ip().is_loopback() && config.server.api_tokens.is_empty() {
         anyhow::bail!("--listen {address} is not a loopback address, so server.api_tokens and server.admin_token must be configured");
     }
+    let tls = match (&config.server.tls_cert, &config.server.tls_key) {
+        (Some(cert), Some(key)) => Some(http_server::tls_acceptor(cert, key)?),
+        _ => None,
+    };
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .with_context(|| format!("cannot listen on {address}"))?;
-    info!(address = %listener.local_addr()?, "serving HTTP");
-    let grace = config.server.shutdown_grace;
-    let server = axum::serve(listener, signals_api::app(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let server = tokio::spawn(async move { server.await });
-    shutdown.cancelled().await;
-    match tokio::time::timeout(grace, server).await {
-        Ok(result) => result
-            .context("HTTP server task failed")?
-            .context("HTTP server failed")?,
-        Err(_) => warn!(?grace, "in-flight requests did not finish in time"),
-    }
-    Ok(())
+    let limits = http_server::Limits {
+        max_connections: config.server.max_connections,
+        header_read_timeout: config.server.header_read_timeout,
+        shutdown_grace: config.server.shutdown_grace,
+    };
+    http_server::serve(listener, signals_api::app(state), tls, limits, shutdown).await
 }
 
 fn api_state(
@@ -146,11 +143,15 @@ fn api_state(
         options: Arc::new(ApiOptions {
             max_body_bytes: config.server.max_body_bytes,
             retention: config.retention_millis(),
+            max_users_per_query: config.server.max_users_per_query,
+            max_names_per_query: config.server.max_names_per_query,
+            max_events_per_request: config.server.max_events_per_request,
+            max_concurrent_requests: config.server.max_concurrent_requests,
+            body_timeout: config.server.body_timeout,
             tokens: Tokens {
                 api: config.server.api_tokens.clone(),
                 admin: config.server.admin_token.clone(),
             },
-            ..ApiOptions::default()
         }),
         progress: Default::default(),
     })

@@ -1,6 +1,6 @@
 //! Definitions and the batch, for operators.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use signals_batch::{BatchError, BatchSummary, DeletionReceipt, Job, Quiet, Running};
@@ -9,6 +9,7 @@ use signals_store::BatchManifest;
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
+use crate::extract::{JsonBody, UserId, JSON};
 use crate::state::AppState;
 
 /// The signal definitions in force.
@@ -126,6 +127,7 @@ pub async fn batch_status(
 
 /// Why a user is deleted (kept in the log's deletion record).
 #[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct DeleteUserRequest {
     #[serde(default)]
     pub reason: String,
@@ -150,14 +152,25 @@ pub struct DeleteUserRequest {
 )]
 pub async fn delete_user(
     State(state): State<AppState>,
-    Path(user_id): Path<String>,
-    body: Option<Json<DeleteUserRequest>>,
+    UserId(user_id): UserId,
+    body: JsonBody,
 ) -> Result<Json<DeletionReceipt>, ApiError> {
+    body.require(JSON)?;
+    let reason = if body.bytes.iter().all(u8::is_ascii_whitespace) {
+        String::new()
+    } else {
+        body.json::<DeleteUserRequest>().await?.reason
+    };
+    if reason.len() > signals_schemas::json::MAX_TEXT_BYTES {
+        return Err(ApiError::BadRequest(format!(
+            "`reason` is longer than {} bytes",
+            signals_schemas::json::MAX_TEXT_BYTES
+        )));
+    }
     let batch = state
         .batch
         .clone()
         .ok_or_else(|| ApiError::Unavailable("this process does not run the batch layer".into()))?;
-    let reason = body.map(|Json(b)| b.reason).unwrap_or_default();
     // Detached, like a batch run: half a deletion must not be left behind
     // by a client that disconnects.
     let deletion = tokio::spawn(async move { batch.delete_user(&user_id, &reason).await });

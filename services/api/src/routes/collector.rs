@@ -4,10 +4,7 @@
 //! invalid ones are reported by index and never reach the log. "Accepted"
 //! means durable: the answer is sent only after the log says so.
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 use serde::Serialize;
 use signals_log::Append;
@@ -15,6 +12,8 @@ use signals_schemas::{json, LogRecord, RecordBody};
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
+use crate::events_body::{self, BodyRefusal};
+use crate::extract::{parse_off_runtime, JsonBody, JSON, JSON_OR_NDJSON};
 use crate::state::AppState;
 use crate::time::now_millis;
 
@@ -69,19 +68,6 @@ pub struct RetractionJson {
     reason: Option<String>,
 }
 
-fn body_bytes(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
-    body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge(format!(
-                "request body exceeds the limit of {} bytes; split it into smaller requests",
-                state.options.max_body_bytes
-            ))
-        } else {
-            ApiError::BadRequest(rejection.body_text())
-        }
-    })
-}
-
 /// Accepts a JSON array of events or NDJSON.
 #[utoipa::path(
     post,
@@ -97,15 +83,26 @@ fn body_bytes(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<B
 )]
 pub async fn post_events(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: JsonBody,
 ) -> Result<Json<EventsResponse>, ApiError> {
-    let body = body_bytes(&state, body)?;
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok());
-    let parsed =
-        json::parse_events(&body, content_type).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    body.require(JSON_OR_NDJSON)?;
+    let max_events = state.options.max_events_per_request;
+    let JsonBody {
+        bytes,
+        content_type,
+    } = body;
+    let parsed = parse_off_runtime(bytes, move |bytes| {
+        events_body::parse(&bytes, content_type.as_deref(), max_events).map_err(|refusal| {
+            match refusal {
+                BodyRefusal::Malformed(why) => ApiError::BadRequest(why),
+                BodyRefusal::TooManyEvents(max) => ApiError::PayloadTooLarge(format!(
+                    "more than {max} events in one request (server.max_events_per_request); \
+                     split them into smaller requests"
+                )),
+            }
+        })
+    })
+    .await?;
     let accepted_at = now_millis();
     let mut appends = Vec::with_capacity(parsed.len());
     let mut rejected = Vec::new();
@@ -148,11 +145,13 @@ pub async fn post_events(
 )]
 pub async fn post_retractions(
     State(state): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
+    body: JsonBody,
 ) -> Result<Json<RetractionResponse>, ApiError> {
-    let body = body_bytes(&state, body)?;
-    let retraction =
-        json::parse_retraction(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    body.require(JSON)?;
+    let retraction = parse_off_runtime(body.bytes, |bytes| {
+        json::parse_retraction(&bytes).map_err(|e| ApiError::BadRequest(e.to_string()))
+    })
+    .await?;
     let accepted = retraction.event_ids.len();
     let record = LogRecord {
         accepted_at: now_millis(),

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -12,6 +12,8 @@ use signals_schemas::{EventType, Millis};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::ApiError;
+use crate::extract::{check_user_id, ApiQuery, JsonBody, UserId, JSON};
+use crate::openapi::MAX_ACTIVITY_LIMIT;
 use crate::state::AppState;
 use crate::time::{now_millis, parse_time};
 
@@ -102,31 +104,67 @@ pub struct ActivityResponse {
     pub events: Vec<Value>,
 }
 
-/// Resolves `names` against the definitions; all when `None`.
+/// Resolves `names` against the definitions; all when `None`. At most
+/// `server.max_names_per_query` names; repeats count once.
 fn select(
     state: &AppState,
     names: Option<Vec<String>>,
 ) -> Result<Vec<&SignalDefinition>, ApiError> {
     match names {
         None => Ok(state.definitions.iter().collect()),
-        Some(names) => state.definitions.select(&names).map_err(|unknown| {
-            let known: Vec<&str> = state.definitions.iter().map(|d| d.name.as_str()).collect();
-            ApiError::BadRequest(format!(
-                "unknown signal `{unknown}` (defined: {})",
-                known.join(", ")
-            ))
-        }),
+        Some(names) => {
+            let max = state.options.max_names_per_query;
+            if names.len() > max {
+                return Err(ApiError::BadRequest(format!(
+                    "{} signal names requested; at most {max} per request",
+                    names.len()
+                )));
+            }
+            select_distinct(state, distinct(names))
+        }
     }
 }
 
-fn split_names(names: Option<String>) -> Option<Vec<String>> {
-    names.map(|n| {
-        n.split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect()
+/// `items` without repeats, in first-seen order.
+fn distinct(items: Vec<String>) -> Vec<String> {
+    let mut seen = std::collections::HashSet::with_capacity(items.len());
+    items
+        .into_iter()
+        .filter(|item| seen.insert(item.clone()))
+        .collect()
+}
+
+fn select_distinct(
+    state: &AppState,
+    names: Vec<String>,
+) -> Result<Vec<&SignalDefinition>, ApiError> {
+    state.definitions.select(&names).map_err(|unknown| {
+        let known: Vec<&str> = state.definitions.iter().map(|d| d.name.as_str()).collect();
+        ApiError::BadRequest(format!(
+            "unknown signal `{}` (defined: {})",
+            crate::guard::excerpt(&unknown, 64),
+            known.join(", ")
+        ))
     })
+}
+
+/// A comma-separated list (`names`, `types`): no empty entry, no spaces,
+/// at most `max` entries.
+fn split_list(field: &str, list: &str, max: usize) -> Result<Vec<String>, ApiError> {
+    let items: Vec<String> = list.split(',').map(str::to_owned).collect();
+    if items.len() > max {
+        return Err(ApiError::BadRequest(format!(
+            "`{field}` lists {} entries; at most {max} per request",
+            items.len()
+        )));
+    }
+    if let Some(i) = items.iter().position(|item| item.is_empty()) {
+        return Err(ApiError::BadRequest(format!(
+            "`{field}` has an empty entry at position {} (entries are separated by single commas, without spaces)",
+            i + 1
+        )));
+    }
+    Ok(items)
 }
 
 /// Checks `at` against the history retention; `None` is now.
@@ -216,10 +254,15 @@ async fn answer(
 )]
 pub async fn user_signals(
     State(state): State<AppState>,
-    Path(user_id): Path<String>,
-    Query(params): Query<SignalsParams>,
+    UserId(user_id): UserId,
+    ApiQuery(params): ApiQuery<SignalsParams>,
 ) -> Result<Json<SignalsResponse>, ApiError> {
-    let definitions = select(&state, split_names(params.names))?;
+    let names = params
+        .names
+        .as_deref()
+        .map(|list| split_list("names", list, state.options.max_names_per_query))
+        .transpose()?;
+    let definitions = select(&state, names)?;
     let at = resolve_at(&state, parse_at_param(params.at.as_deref())?)?;
     let (speed, end) = speed_and_log(&state).await?;
     Ok(Json(
@@ -241,9 +284,10 @@ pub async fn user_signals(
 )]
 pub async fn query(
     State(state): State<AppState>,
-    body: Result<Json<QueryRequest>, axum::extract::rejection::JsonRejection>,
+    body: JsonBody,
 ) -> Result<Json<QueryResponse>, ApiError> {
-    let Json(request) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    body.require(JSON)?;
+    let request: QueryRequest = body.json().await?;
     if request.user_ids.len() > state.options.max_users_per_query {
         return Err(ApiError::BadRequest(format!(
             "{} user ids requested; at most {} per query",
@@ -251,6 +295,10 @@ pub async fn query(
             state.options.max_users_per_query
         )));
     }
+    for (i, user) in request.user_ids.iter().enumerate() {
+        check_user_id(&format!("user_ids[{i}]"), user)?;
+    }
+    let user_ids = distinct(request.user_ids);
     let definitions = select(&state, request.names)?;
     let at = match request.at {
         None | Some(Value::Null) => None,
@@ -267,8 +315,7 @@ pub async fn query(
     let at = resolve_at(&state, at)?;
     let (speed, end) = speed_and_log(&state).await?;
     let answers = futures::future::try_join_all(
-        request
-            .user_ids
+        user_ids
             .into_iter()
             .map(|user| answer(&state, user, &definitions, at, &speed, &end)),
     )
@@ -289,17 +336,18 @@ pub async fn query(
 )]
 pub async fn activity(
     State(state): State<AppState>,
-    Path(user_id): Path<String>,
-    Query(params): Query<ActivityParams>,
+    UserId(user_id): UserId,
+    ApiQuery(params): ApiQuery<ActivityParams>,
 ) -> Result<Json<ActivityResponse>, ApiError> {
     let types = match params.types.as_deref() {
         None => EventTypes::ALL,
         Some(list) => {
             let mut types = EventTypes::default();
-            for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                let t = EventType::parse(name).ok_or_else(|| {
+            for name in split_list("types", list, state.options.max_names_per_query)? {
+                let t = EventType::parse(&name).ok_or_else(|| {
                     ApiError::BadRequest(format!(
-                        "unknown event type `{name}` in `types` (known: {})",
+                        "unknown event type `{}` in `types` (known: {})",
+                        crate::guard::excerpt(&name, 64),
                         EventType::ALL.map(EventType::as_str).join(", ")
                     ))
                 })?;
@@ -316,9 +364,9 @@ pub async fn activity(
     let since = time("since", params.since.as_deref())?.unwrap_or(Millis::MIN);
     let until = time("until", params.until.as_deref())?.unwrap_or_else(now_millis);
     let limit = params.limit.unwrap_or(100);
-    if limit == 0 || limit > 1_000 {
+    if limit == 0 || limit > MAX_ACTIVITY_LIMIT {
         return Err(ApiError::BadRequest(format!(
-            "`limit` = {limit} must be between 1 and 1000"
+            "`limit` = {limit} must be between 1 and {MAX_ACTIVITY_LIMIT}"
         )));
     }
     let history = state.store.user_history(&user_id).await?;
