@@ -23,8 +23,11 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::definition::{Aggregation, Definitions};
+use signals_schemas::Millis;
+
+use crate::definition::{Aggregation, Definitions, SignalDefinition};
 use crate::session::SessionMeasure;
+use crate::view::UserView;
 
 /// A segment as written in the configuration file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -200,6 +203,71 @@ impl Segments {
             .filter(|s| s.rule.holds(&value_of))
             .map(|s| s.name.clone())
             .collect()
+    }
+}
+
+/// A user's segments followed through time: see [`Segments::walk`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Walk {
+    /// (instant, segment, entered) in time order; within an instant,
+    /// by segment name.
+    pub transitions: Vec<(Millis, String, bool)>,
+    /// The segments at the walk's end.
+    pub segments: Vec<String>,
+    /// The next instant at which time alone may change them.
+    pub next_due: Option<Millis>,
+}
+
+impl Segments {
+    /// Follows one user's membership from `before` (their segments as last
+    /// recorded) to `until`: the segments are evaluated at every instant
+    /// from `due` on at which time alone may change a signal the rules read
+    /// ([`UserView::next_change`]), then at `until`, and each difference is
+    /// a transition at that instant. At most `max_steps` instants are
+    /// visited; a walk cut short ends at the last one visited and is due
+    /// again at the next.
+    pub fn walk(
+        &self,
+        view: &UserView,
+        definitions: &[&SignalDefinition],
+        before: &[String],
+        due: Option<Millis>,
+        until: Millis,
+        max_steps: usize,
+    ) -> Walk {
+        let mut walk = Walk {
+            transitions: Vec::new(),
+            segments: before.to_vec(),
+            next_due: due,
+        };
+        let mut steps = 0;
+        loop {
+            let at = match walk.next_due {
+                Some(due) if due <= until && steps < max_steps => due,
+                Some(due) if due <= until => return walk,
+                _ => until,
+            };
+            steps += 1;
+            let (values, _) = view.evaluate(definitions, at);
+            let members = self.members(|name| {
+                definitions
+                    .iter()
+                    .position(|d| d.name == name)
+                    .and_then(|i| values.get(i))
+            });
+            for segment in self.iter().map(|s| &s.name) {
+                let was = walk.segments.contains(segment);
+                let is = members.contains(segment);
+                if was != is {
+                    walk.transitions.push((at, segment.clone(), is));
+                }
+            }
+            walk.segments = members;
+            walk.next_due = view.next_change(definitions, at);
+            if at == until {
+                return walk;
+            }
+        }
     }
 }
 
@@ -487,6 +555,67 @@ mod tests {
             segments.signals(),
             vec!["searches_24h", "sessions_7d", "views_24h"]
         );
+    }
+
+    #[test]
+    fn a_walk_finds_the_transitions_time_alone_makes() {
+        use crate::testing::event;
+        use signals_schemas::EventType::{Search, View};
+        let text = r#"
+            [[signals]]
+            name = "views_100"
+            events = ["view"]
+            aggregation = "count"
+            window = "100ms"
+            [[signals]]
+            name = "searches_100"
+            events = ["search"]
+            aggregation = "count"
+            window = "100ms"
+        "#;
+        #[derive(serde::Deserialize)]
+        struct File {
+            signals: Vec<SignalSpec>,
+        }
+        let file: File = toml::from_str(text).expect("parses");
+        let defs = Definitions::compile(&file.signals).expect("valid");
+        let segments = Segments::compile(
+            &[
+                segment("viewer", "views_100 >= 2"),
+                segment("quiet", "views_100 == 0 and searches_100 == 0"),
+            ],
+            &defs,
+        )
+        .expect("valid");
+        let all: Vec<&SignalDefinition> = defs.iter().collect();
+        let events = vec![
+            event("e1", View, "a", 10),
+            event("e2", View, "b", 30),
+            event("e3", Search, "q", 50),
+        ];
+        let record = crate::view::UserRecord::compact(&defs, events, Millis::MIN);
+        let view = UserView::merge(Some(std::sync::Arc::new(record)), []);
+        // From nothing recorded, walked from 0 through 200: quiet until the
+        // first view, viewer once the second view counts (at 31), not
+        // viewer when the first leaves (at 111), quiet once every event has
+        // left (at 151).
+        let walk = segments.walk(&view, &all, &[], Some(0), 200, 100);
+        assert_eq!(
+            walk.transitions,
+            vec![
+                (0, "quiet".to_owned(), true),
+                (11, "quiet".to_owned(), false),
+                (31, "viewer".to_owned(), true),
+                (111, "viewer".to_owned(), false),
+                (151, "quiet".to_owned(), true),
+            ]
+        );
+        assert_eq!(walk.segments, vec!["quiet"]);
+        assert_eq!(walk.next_due, None);
+        // Cut short, the walk stops at the last instant it visited.
+        let short = segments.walk(&view, &all, &[], Some(0), 200, 3);
+        assert_eq!(short.transitions.len(), 3);
+        assert_eq!(short.next_due, Some(51));
     }
 
     #[test]

@@ -20,6 +20,7 @@ mod cache;
 mod codec;
 pub mod embedded;
 mod error;
+pub mod insights;
 #[cfg(feature = "redis")]
 pub mod redis_cache;
 #[cfg(feature = "scylla")]
@@ -34,6 +35,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 pub use error::StoreError;
+pub use insights::InsightsStore;
 use signals_core::{LogPosition, Offset, Partition, UserRecord};
 pub use types::*;
 

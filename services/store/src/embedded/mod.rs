@@ -58,6 +58,7 @@ mod batch;
 mod erase;
 mod gc;
 mod history;
+mod insights;
 mod keys;
 mod speed;
 mod tables;
