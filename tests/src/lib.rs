@@ -2,6 +2,7 @@
 //! talk to it over HTTP, and compute what it should answer with a reference
 //! written independently of the platform's own code.
 
+pub mod faults;
 pub mod reference;
 pub mod scenario;
 
