@@ -12,6 +12,8 @@
 pub mod avro;
 pub mod event;
 pub mod json;
+#[cfg(feature = "registry")]
+pub mod registry;
 pub mod rules;
 
 #[cfg(any(test, feature = "testing"))]

@@ -29,9 +29,12 @@
 //! the order of the branches of the `body` union. The tests compare this path
 //! with a name-based mapping on arbitrary records so that a drift fails them.
 
+mod foreign;
 mod resolve;
 #[cfg(test)]
 mod tests;
+
+pub use foreign::{known_id_of, ForeignWriter};
 
 use std::sync::LazyLock;
 
@@ -222,6 +225,14 @@ pub fn decode(bytes: &[u8]) -> Result<LogRecord, DecodeError> {
         check_event(event).map_err(|e| DecodeError::Invalid(e.to_string()))?;
     }
     Ok(record)
+}
+
+/// Sets the schema id in the header of a framed record (a registry's id for
+/// the same schema); bytes shorter than the header are left alone.
+pub fn set_schema_id(framed: &mut [u8], id: u32) {
+    if let Some(header) = framed.get_mut(1..HEADER_LEN) {
+        header.copy_from_slice(&id.to_be_bytes());
+    }
 }
 
 /// Splits the header off: the schema id and the Avro datum.

@@ -14,6 +14,8 @@ pub mod embedded;
 mod error;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(feature = "registry")]
+pub mod registry;
 
 use std::time::Duration;
 
