@@ -9,6 +9,7 @@ pub mod events_body;
 pub mod extract;
 mod guard;
 pub mod openapi;
+pub mod progress;
 pub mod routes;
 pub mod state;
 mod time;

@@ -1,17 +1,16 @@
 //! What every handler shares.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use signals_batch::BatchLayer;
-use signals_core::{Definitions, LogPosition};
+use signals_core::Definitions;
 use signals_log::EventLog;
 use signals_schemas::Millis;
-use signals_store::{SignalStore, SpeedProgress};
+use signals_store::SignalStore;
 
-use crate::error::ApiError;
+pub use crate::progress::ProgressReadings;
 
 /// Tokens that guard the API when it listens beyond loopback.
 #[derive(Clone, Debug, Default)]
@@ -47,6 +46,9 @@ pub struct ApiOptions {
     /// Longest wait for a request body once its headers are in.
     pub body_timeout: Duration,
     pub tokens: Tokens,
+    /// Conditions of the process that `/readyz` checks beside the backends
+    /// (the speed layer's state, where the process runs it).
+    pub readiness: crate::routes::ops::Conditions,
 }
 
 impl Default for ApiOptions {
@@ -60,6 +62,7 @@ impl Default for ApiOptions {
             max_concurrent_requests: 256,
             body_timeout: Duration::from_secs(30),
             tokens: Tokens::default(),
+            readiness: Default::default(),
         }
     }
 }
@@ -77,64 +80,4 @@ pub struct AppState {
     pub options: Arc<ApiOptions>,
     /// Shared readings of the speed layer's progress and the log's end.
     pub progress: Arc<ProgressReadings>,
-}
-
-/// The speed layer's progress and the log's end, as each answer's
-/// `freshness` reports them, read once and shared by the answers made
-/// within a few milliseconds of each other: concurrent requests wait for
-/// one reading instead of each scanning the progress table and asking the
-/// log for its end (on Kafka, one watermark request per partition).
-///
-/// An append acknowledged by this process discards the reading, so
-/// `log_end` always includes every append this process acknowledged before
-/// the request came; appends through other processes show within
-/// [`ProgressReadings::MAX_AGE`].
-#[derive(Default)]
-pub struct ProgressReadings {
-    /// Bumped by every append; a reading taken at another one is stale.
-    generation: AtomicU64,
-    current: tokio::sync::Mutex<Option<Reading>>,
-}
-
-struct Reading {
-    generation: u64,
-    taken: Instant,
-    progress: SpeedProgress,
-    end: LogPosition,
-}
-
-impl ProgressReadings {
-    /// How long a reading serves answers.
-    pub const MAX_AGE: Duration = Duration::from_millis(20);
-
-    /// Discards the current reading (call after an append).
-    pub fn appended(&self) {
-        self.generation.fetch_add(1, Ordering::SeqCst);
-    }
-
-    /// A reading no older than [`Self::MAX_AGE`] and no older than the
-    /// last append, taken now if needed.
-    pub async fn read(
-        &self,
-        store: &dyn SignalStore,
-        log: &dyn EventLog,
-    ) -> Result<(SpeedProgress, LogPosition), ApiError> {
-        let mut current = self.current.lock().await;
-        let generation = self.generation.load(Ordering::SeqCst);
-        if let Some(reading) = current.as_ref() {
-            if reading.generation == generation && reading.taken.elapsed() < Self::MAX_AGE {
-                return Ok((reading.progress.clone(), reading.end.clone()));
-            }
-        }
-        let taken = Instant::now();
-        let (progress, end) = tokio::join!(store.speed_progress(), log.end());
-        let (progress, end) = (progress?, end?);
-        *current = Some(Reading {
-            generation,
-            taken,
-            progress: progress.clone(),
-            end: end.clone(),
-        });
-        Ok((progress, end))
-    }
 }

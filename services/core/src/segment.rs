@@ -214,6 +214,9 @@ pub struct Walk {
     pub transitions: Vec<(Millis, String, bool)>,
     /// The segments at the walk's end.
     pub segments: Vec<String>,
+    /// The instant the walk ended at: `until`, or the last instant visited
+    /// when cut short.
+    pub at: Millis,
     /// The next instant at which time alone may change them.
     pub next_due: Option<Millis>,
 }
@@ -238,6 +241,7 @@ impl Segments {
         let mut walk = Walk {
             transitions: Vec::new(),
             segments: before.to_vec(),
+            at: until,
             next_due: due,
         };
         let mut steps = 0;
@@ -263,6 +267,7 @@ impl Segments {
                 }
             }
             walk.segments = members;
+            walk.at = at;
             walk.next_due = view.next_change(definitions, at);
             if at == until {
                 return walk;
@@ -615,7 +620,7 @@ mod tests {
         // Cut short, the walk stops at the last instant it visited.
         let short = segments.walk(&view, &all, &[], Some(0), 200, 3);
         assert_eq!(short.transitions.len(), 3);
-        assert_eq!(short.next_due, Some(51));
+        assert_eq!((short.at, short.next_due), (31, Some(51)));
     }
 
     #[test]

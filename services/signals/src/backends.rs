@@ -1,15 +1,27 @@
-//! Opens the backends the configuration names.
+//! Opens the backends the configuration names, waiting for them at start-up.
+//!
+//! A backend that is unavailable (Kafka, ScyllaDB/Cassandra not up yet, or
+//! restarting) is retried with exponential backoff until `startup_timeout`;
+//! what the process waits for is logged, counted
+//! (`signals_startup_retries_total{backend}`) and kept in [`Startup`] for
+//! readiness. An error that waiting cannot cure (a bad setting, a missing
+//! topic with `create_topics = false`, another process holding the
+//! embedded data directory) stops start-up at once.
 
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use signals_log::embedded::{EmbeddedLog, EmbeddedLogOptions, FsyncPolicy};
-use signals_log::kafka::{KafkaDeadLetters, KafkaLog, KafkaOptions};
-use signals_log::{DeadLetterFile, DeadLetterSink, EventLog};
+use signals_log::kafka::{unique_transactional_id, KafkaDeadLetters, KafkaLog, KafkaOptions};
+use signals_log::registry::RegistryLog;
+use signals_log::{DeadLetterFile, DeadLetterSink, EventLog, LogError};
 use signals_store::embedded::EmbeddedStore;
 use signals_store::redis_cache::{CachedStore, RedisOptions};
 use signals_store::scylla::{ScyllaOptions, ScyllaStore};
-use signals_store::SignalStore;
+use signals_store::{SignalStore, StoreError};
+use tracing::{info, warn};
 
 use crate::config::{Config, Fsync, KafkaConfig, LogBackend, ScyllaConfig, StoreBackend};
 
@@ -20,45 +32,89 @@ pub struct Backends {
     pub dead_letters: Arc<dyn DeadLetterSink>,
 }
 
+/// What the process does with the log, which decides its Kafka
+/// transactional id.
+#[derive(Clone, Copy, Debug)]
+pub enum Role {
+    /// Runs the collector on this address: a stable transactional id,
+    /// and the producer is readied (fencing the previous incarnation) at
+    /// start-up.
+    Collector { listen: SocketAddr },
+    /// Appends at most now and then (batch commands): an id of its own.
+    Other,
+}
+
+/// What start-up is waiting for, for readiness.
+#[derive(Debug, Default)]
+pub struct Startup {
+    waiting: Mutex<Option<String>>,
+}
+
+impl Startup {
+    /// `None` once nothing is awaited; else what and why.
+    pub fn problem(&self) -> Option<String> {
+        self.waiting.lock().ok().and_then(|w| w.clone())
+    }
+
+    fn set(&self, problem: Option<String>) {
+        if let Ok(mut waiting) = self.waiting.lock() {
+            *waiting = problem;
+        }
+    }
+}
+
+/// An attempt's failure: worth retrying or not.
+enum Failure {
+    Transient(anyhow::Error),
+    Permanent(anyhow::Error),
+}
+
+impl From<LogError> for Failure {
+    fn from(error: LogError) -> Self {
+        if error.is_retryable() {
+            Failure::Transient(error.into())
+        } else {
+            Failure::Permanent(error.into())
+        }
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(error: StoreError) -> Self {
+        if error.is_retryable() {
+            Failure::Transient(error.into())
+        } else {
+            Failure::Permanent(error.into())
+        }
+    }
+}
+
 impl Backends {
+    /// The backends of a process that runs no collector.
     pub async fn open(config: &Config) -> anyhow::Result<Backends> {
-        let log: Arc<dyn EventLog> = match config.log.backend {
-            LogBackend::Embedded => {
-                let dir = config.data_dir.join("log");
-                let options = EmbeddedLogOptions {
-                    partitions: config.log.embedded.partitions,
-                    segment_bytes: config.log.embedded.segment_bytes,
-                    fsync: match config.log.embedded.fsync {
-                        Fsync::Always => FsyncPolicy::Always,
-                        Fsync::Never => FsyncPolicy::Never,
-                    },
-                };
-                Arc::new(EmbeddedLog::open(&dir, options).with_context(|| {
-                    format!("cannot open the embedded event log in {}", dir.display())
-                })?)
-            }
-            LogBackend::Kafka => Arc::new(
-                KafkaLog::connect(kafka_options(&config.log.kafka))
-                    .await
-                    .with_context(|| {
-                        format!("cannot use the Kafka log at {}", config.log.kafka.brokers)
-                    })?,
-            ),
-        };
-        let store: Arc<dyn SignalStore> = match config.store.backend {
-            StoreBackend::Embedded => {
-                let path = config.data_dir.join("store").join("signals.redb");
-                Arc::new(EmbeddedStore::open(&path).with_context(|| {
-                    format!(
-                        "cannot open the embedded store {} (is another signals process using this data dir?)",
-                        path.display()
-                    )
-                })?)
-            }
-            StoreBackend::Scylla => Arc::new(scylla_store(&config.store.scylla).await?),
-        };
+        Backends::open_as(config, Role::Other, &Startup::default()).await
+    }
+
+    /// The backends of a process in `role`, waiting up to
+    /// `startup_timeout` for those that are down, reporting in `startup`.
+    pub async fn open_as(
+        config: &Config,
+        role: Role,
+        startup: &Startup,
+    ) -> anyhow::Result<Backends> {
+        let deadline = Instant::now() + config.startup_timeout;
+        let log = wait_for("log", "the event log", deadline, startup, || {
+            open_log(config, role)
+        })
+        .await?;
+        let log = with_registry(config, log).await?;
+        let store = wait_for("store", "the store", deadline, startup, || {
+            open_store(config)
+        })
+        .await?;
         let store = match config.cache.redis_url.as_str() {
             "" => store,
+            // Redis is not waited for: reads go to the store while it is away.
             url => Arc::new(CachedStore::new(
                 store,
                 RedisOptions {
@@ -66,6 +122,8 @@ impl Backends {
                     ttl: config.cache.ttl,
                     timeout: config.cache.timeout,
                     local_cache_bytes: config.cache.local_bytes,
+                    breaker_failures: config.cache.breaker_failures,
+                    breaker_cool_down: config.cache.breaker_cool_down,
                     ..RedisOptions::default()
                 },
             )?) as Arc<dyn SignalStore>,
@@ -76,8 +134,10 @@ impl Backends {
             )),
             LogBackend::Kafka => Arc::new(KafkaDeadLetters::connect(&kafka_options(
                 &config.log.kafka,
+                role,
             ))?),
         };
+        startup.set(None);
         Ok(Backends {
             log,
             store,
@@ -86,24 +146,191 @@ impl Backends {
     }
 }
 
-fn kafka_options(config: &KafkaConfig) -> KafkaOptions {
+/// Calls `attempt` until it succeeds, backing off while it fails
+/// transiently, until `deadline`.
+async fn wait_for<T, F, Fut>(
+    backend: &'static str,
+    what: &str,
+    deadline: Instant,
+    startup: &Startup,
+    mut attempt: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Failure>>,
+{
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(250);
+    for attempts in 1.. {
+        let error = match attempt().await {
+            Ok(value) => {
+                if attempts > 1 {
+                    info!(backend, waited = ?started.elapsed(), "{what} is available");
+                }
+                return Ok(value);
+            }
+            Err(Failure::Permanent(error)) => return Err(error),
+            Err(Failure::Transient(error)) => error,
+        };
+        let now = Instant::now();
+        if now + backoff > deadline {
+            return Err(error.context(format!(
+                "{what} is still unavailable after {attempts} attempts in {:.0?} (startup_timeout)",
+                started.elapsed()
+            )));
+        }
+        warn!(backend, attempts, retry_in = ?backoff, error = %format!("{error:#}"), "{what} is unavailable; waiting for it");
+        metrics::counter!("signals_startup_retries_total", "backend" => backend).increment(1);
+        startup.set(Some(format!(
+            "waiting for {what} ({attempts} attempts in {:.0?}, giving up in {:.0?}): {error:#}",
+            started.elapsed(),
+            deadline.saturating_duration_since(now)
+        )));
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+    unreachable!("the attempts never run out")
+}
+
+async fn open_log(config: &Config, role: Role) -> Result<Arc<dyn EventLog>, Failure> {
+    match config.log.backend {
+        LogBackend::Embedded => {
+            let dir = config.data_dir.join("log");
+            let options = EmbeddedLogOptions {
+                partitions: config.log.embedded.partitions,
+                segment_bytes: config.log.embedded.segment_bytes,
+                fsync: match config.log.embedded.fsync {
+                    Fsync::Always => FsyncPolicy::Always,
+                    Fsync::Never => FsyncPolicy::Never,
+                },
+            };
+            let log = EmbeddedLog::open(&dir, options).map_err(|e| {
+                Failure::Permanent(anyhow::Error::new(e).context(format!(
+                    "cannot open the embedded event log in {}",
+                    dir.display()
+                )))
+            })?;
+            Ok(Arc::new(log))
+        }
+        LogBackend::Kafka => {
+            let context = || format!("cannot use the Kafka log at {}", config.log.kafka.brokers);
+            let log = KafkaLog::connect(kafka_options(&config.log.kafka, role))
+                .await
+                .map_err(|e| with_context(e.into(), context()))?;
+            if let Role::Collector { .. } = role {
+                log.prepare_appends()
+                    .await
+                    .map_err(|e| with_context(e.into(), context()))?;
+            }
+            Ok(Arc::new(log))
+        }
+    }
+}
+
+/// The Kafka log framed with the schema registry's ids, when one is configured.
+async fn with_registry(
+    config: &Config,
+    log: Arc<dyn EventLog>,
+) -> anyhow::Result<Arc<dyn EventLog>> {
+    let url = &config.log.kafka.schema_registry_url;
+    if url.is_empty() || config.log.backend != LogBackend::Kafka {
+        return Ok(log);
+    }
+    let subject = format!("{}-value", config.log.kafka.topic);
+    let framed = RegistryLog::connect(log, url, &subject, config.log.kafka.timeout)
+        .await
+        .with_context(|| {
+            format!("cannot register the log's schema in the schema registry at {url}")
+        })?;
+    let conflicts = framed.framing().conflicts().await?;
+    if !conflicts.is_empty() {
+        warn!(?conflicts, "the schema registry gives these ids of schemas/versions to other schemas: records framed with them before the registry was turned on read as dead letters or with the registry's schema");
+    }
+    info!(
+        url,
+        subject,
+        id = framed.framing().own_id(),
+        "schema registered; records are framed with the registry's ids"
+    );
+    Ok(Arc::new(framed))
+}
+
+async fn open_store(config: &Config) -> Result<Arc<dyn SignalStore>, Failure> {
+    match config.store.backend {
+        StoreBackend::Embedded => {
+            let path = config.data_dir.join("store").join("signals.redb");
+            let store = EmbeddedStore::open(&path).map_err(|e| {
+                Failure::Permanent(anyhow::Error::new(e).context(format!(
+                    "cannot open the embedded store {} (is another signals process using this data dir?)",
+                    path.display()
+                )))
+            })?;
+            Ok(Arc::new(store))
+        }
+        StoreBackend::Scylla => Ok(Arc::new(connect_scylla(&config.store.scylla).await?)),
+    }
+}
+
+fn with_context(failure: Failure, context: String) -> Failure {
+    match failure {
+        Failure::Transient(e) => Failure::Transient(e.context(context)),
+        Failure::Permanent(e) => Failure::Permanent(e.context(context)),
+    }
+}
+
+fn kafka_options(config: &KafkaConfig, role: Role) -> KafkaOptions {
+    let transactional_id = match role {
+        Role::Collector { .. } if !config.transactional_id.is_empty() => {
+            config.transactional_id.clone()
+        }
+        Role::Collector { listen } => format!("signals-collector-{}-{listen}", hostname()),
+        Role::Other => unique_transactional_id("signals-cli"),
+    };
     KafkaOptions {
         brokers: config.brokers.clone(),
         topic: config.topic.clone(),
         dead_letter_topic: config.dead_letter_topic.clone(),
         partitions: config.partitions,
         replication_factor: config.replication_factor,
+        min_insync_replicas: config.min_insync_replicas,
         // Checked when the configuration loaded.
         retention: humantime::parse_duration(&config.retention).ok(),
         create_topics: config.create_topics,
         timeout: config.timeout,
         session_timeout: config.session_timeout,
+        transactional_id,
     }
 }
 
-/// Connects to ScyllaDB/Cassandra, applying the schema when configured to.
-pub async fn scylla_store(config: &ScyllaConfig) -> anyhow::Result<ScyllaStore> {
-    let options = ScyllaOptions {
+/// This machine's name (a pod's name on Kubernetes), for ids that must stay
+/// the same across restarts of one process and differ between machines.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+async fn connect_scylla(config: &ScyllaConfig) -> Result<ScyllaStore, Failure> {
+    let context = || format!("cannot use ScyllaDB/Cassandra at {}", config.nodes);
+    let store = ScyllaStore::connect(scylla_options(config))
+        .await
+        .map_err(|e| with_context(e.into(), context()))?;
+    if config.migrate_on_start {
+        store.migrate().await.map_err(|e| {
+            with_context(
+                e.into(),
+                "cannot apply the CQL schema (store.scylla.migrate_on_start)".to_owned(),
+            )
+        })?;
+    }
+    Ok(store)
+}
+
+fn scylla_options(config: &ScyllaConfig) -> ScyllaOptions {
+    ScyllaOptions {
         nodes: config
             .nodes
             .split(',')
@@ -115,15 +342,14 @@ pub async fn scylla_store(config: &ScyllaConfig) -> anyhow::Result<ScyllaStore> 
         request_timeout: config.request_timeout,
         max_in_flight: config.max_in_flight,
         ..ScyllaOptions::default()
-    };
-    let store = ScyllaStore::connect(options)
-        .await
-        .with_context(|| format!("cannot use ScyllaDB/Cassandra at {}", config.nodes))?;
-    if config.migrate_on_start {
-        store
-            .migrate()
-            .await
-            .context("cannot apply the CQL schema (store.scylla.migrate_on_start)")?;
     }
-    Ok(store)
+}
+
+/// Connects to ScyllaDB/Cassandra, applying the schema when configured to
+/// (`signals migrate`: no waiting, an operator is watching).
+pub async fn scylla_store(config: &ScyllaConfig) -> anyhow::Result<ScyllaStore> {
+    match connect_scylla(config).await {
+        Ok(store) => Ok(store),
+        Err(Failure::Transient(error) | Failure::Permanent(error)) => Err(error),
+    }
 }

@@ -19,6 +19,10 @@ pub const DEFAULT_CONFIG: &str = include_str!("../config/default.toml");
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub data_dir: PathBuf,
+    /// How long `serve`, `speed`, `up` and `batch` wait at start-up for a
+    /// backend that is unavailable (retrying with backoff) before giving up.
+    #[serde(with = "humantime_serde")]
+    pub startup_timeout: Duration,
     pub server: ServerConfig,
     pub log: LogConfig,
     pub store: StoreConfig,
@@ -99,6 +103,10 @@ pub struct KafkaConfig {
     /// How long a dead group member keeps its partitions (Kafka allows 6s..30min by default).
     #[serde(with = "humantime_serde")]
     pub session_timeout: Duration,
+    /// `min.insync.replicas` of the topics Signals creates.
+    pub min_insync_replicas: i32,
+    /// The collector's Kafka `transactional.id`; empty: `signals-collector-<host>-<listen address>`.
+    pub transactional_id: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -113,6 +121,11 @@ pub struct CacheConfig {
     /// Decoded records kept in each process in front of Redis, in encoded
     /// bytes (0: every read asks Redis).
     pub local_bytes: usize,
+    /// Consecutive Redis failures that open the circuit breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker sends reads straight to the store.
+    #[serde(with = "humantime_serde")]
+    pub breaker_cool_down: Duration,
 }
 
 #[derive(Debug, Deserialize)]
@@ -368,6 +381,14 @@ impl Config {
         }
         if self.log.kafka.partitions < 1 || self.log.kafka.replication_factor < 1 {
             bail!("invalid configuration: log.kafka.partitions and log.kafka.replication_factor must be at least 1");
+        }
+        if self.log.kafka.min_insync_replicas < 1
+            || self.log.kafka.min_insync_replicas > self.log.kafka.replication_factor
+        {
+            bail!("invalid configuration: log.kafka.min_insync_replicas must be between 1 and log.kafka.replication_factor ({})", self.log.kafka.replication_factor);
+        }
+        if self.cache.breaker_failures == 0 {
+            bail!("invalid configuration: cache.breaker_failures must be at least 1");
         }
         if self.log.embedded.partitions == 0 {
             bail!("invalid configuration: log.embedded.partitions must be at least 1");

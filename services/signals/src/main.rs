@@ -3,6 +3,7 @@
 mod backends;
 mod batch_cli;
 mod config;
+mod readiness;
 mod http_server;
 mod run;
 mod telemetry;

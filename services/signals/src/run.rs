@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use metrics_exporter_prometheus::PrometheusHandle;
+use signals_api::routes::ops::Conditions;
 use signals_api::{ApiOptions, AppState, Tokens};
 use signals_batch::{BatchLayer, BatchOptions, BotFilter, Job, Quiet};
 use signals_speed::{SpeedLayer, SpeedOptions};
@@ -18,8 +20,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::backends::Backends;
+use crate::backends::{Backends, Role, Startup};
 use crate::config::{Config, Listen, Schedule};
+use crate::readiness::{SpeedHealth, Starting};
 use crate::{http_server, telemetry};
 
 /// Cancels `token` on SIGINT or SIGTERM.
@@ -69,7 +72,11 @@ pub fn batch_layer(
     ))
 }
 
-fn speed_layer(config: &Config, backends: &Backends) -> SpeedLayer {
+fn speed_layer(
+    config: &Config,
+    backends: &Backends,
+    status: Arc<signals_speed::SpeedStatus>,
+) -> SpeedLayer {
     SpeedLayer {
         log: backends.log.clone(),
         store: backends.store.clone(),
@@ -78,6 +85,7 @@ fn speed_layer(config: &Config, backends: &Backends) -> SpeedLayer {
             group: config.log.kafka.group.clone(),
             max_batch: config.speed.max_batch,
             poll_wait: config.speed.poll_wait,
+            status,
             ..SpeedOptions::default()
         },
     }
@@ -108,6 +116,7 @@ async fn serve_http(
     listen: Option<SocketAddr>,
     state: AppState,
     shutdown: CancellationToken,
+    prebound: Option<tokio::net::TcpListener>,
 ) -> anyhow::Result<()> {
     let address = listen.unwrap_or(config.server.listen);
     if !address.ip().is_loopback() && config.server.api_tokens.is_empty() {
@@ -117,9 +126,12 @@ async fn serve_http(
         (Some(cert), Some(key)) => Some(http_server::tls_acceptor(cert, key)?),
         _ => None,
     };
-    let listener = tokio::net::TcpListener::bind(address)
-        .await
-        .with_context(|| format!("cannot listen on {address}"))?;
+    let listener = match prebound {
+        Some(listener) => listener,
+        None => tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen on {address}"))?,
+    };
     let limits = http_server::Limits {
         max_connections: config.server.max_connections,
         header_read_timeout: config.server.header_read_timeout,
@@ -133,13 +145,15 @@ fn api_state(
     backends: &Backends,
     definitions: Arc<signals_core::Definitions>,
     batch: Option<Arc<BatchLayer>>,
+    metrics: Option<PrometheusHandle>,
+    readiness: Conditions,
 ) -> anyhow::Result<AppState> {
     Ok(AppState {
         log: backends.log.clone(),
         store: backends.store.clone(),
         definitions,
         batch,
-        metrics: Some(telemetry::init_metrics()?),
+        metrics,
         options: Arc::new(ApiOptions {
             max_body_bytes: config.server.max_body_bytes,
             retention: config.retention_millis(),
@@ -152,6 +166,7 @@ fn api_state(
                 api: config.server.api_tokens.clone(),
                 admin: config.server.admin_token.clone(),
             },
+            readiness,
         }),
         progress: Default::default(),
     })
@@ -167,30 +182,82 @@ async fn join_speed(task: JoinHandle<Result<(), signals_speed::SpeedError>>) -> 
     }
 }
 
+/// The address the collector serves on, refused beyond loopback without tokens.
+fn collector_address(config: &Config, listen: Option<SocketAddr>) -> anyhow::Result<SocketAddr> {
+    let address = listen.unwrap_or(config.server.listen);
+    if !address.ip().is_loopback() && config.server.api_tokens.is_empty() {
+        anyhow::bail!("--listen {address} is not a loopback address, so server.api_tokens and server.admin_token must be configured");
+    }
+    Ok(address)
+}
+
+/// Runs the speed layer of `signals up` until `stop`, restarting it with
+/// backoff when it fails (a failure that retrying inside the layer cannot
+/// cure, e.g. corrupt stored data): the collector and serving stay up, and
+/// readiness says the speed layer stopped and why.
+fn supervise_speed(
+    speed: SpeedLayer,
+    health: Arc<SpeedHealth>,
+    stop: CancellationToken,
+) -> JoinHandle<Result<(), signals_speed::SpeedError>> {
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let error = match speed.run(stop.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(error) => error,
+            };
+            error!(%error, restart_in = ?backoff, "speed layer stopped; restarting it");
+            metrics::counter!("signals_speed_restarts_total").increment(1);
+            if let Ok(mut stopped) = health.stopped.lock() {
+                *stopped = Some(format!("stopped ({error}); restarting in {backoff:?}"));
+            }
+            tokio::select! {
+                () = stop.cancelled() => return Ok(()),
+                () = tokio::time::sleep(backoff) => {}
+            }
+            if let Ok(mut stopped) = health.stopped.lock() {
+                *stopped = None;
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(60));
+        }
+    })
+}
+
 /// `signals up`
 pub async fn up(config: Config, listen: Option<SocketAddr>) -> anyhow::Result<ExitCode> {
     let definitions = Arc::new(config.definitions()?);
-    let backends = Backends::open(&config).await?;
+    let address = collector_address(&config, listen)?;
+    let metrics = telemetry::init_metrics()?;
+    let startup = Arc::new(Startup::default());
+    let starting = Starting::bind(
+        address,
+        "server.listen",
+        startup.clone(),
+        Some(metrics.clone()),
+    )?;
+    let backends =
+        Backends::open_as(&config, Role::Collector { listen: address }, &startup).await?;
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
 
-    let speed = speed_layer(&config, &backends);
+    let health = Arc::new(SpeedHealth::default());
+    let speed = speed_layer(&config, &backends, health.status.clone());
     let speed_token = CancellationToken::new();
-    let speed_stop = speed_token.clone();
-    let failure = shutdown.clone();
-    let speed_task = tokio::spawn(async move {
-        let result = speed.run(speed_stop).await;
-        if result.is_err() {
-            // A failed speed layer stops the whole process, loudly.
-            failure.cancel();
-        }
-        result
-    });
+    let speed_task = supervise_speed(speed, health.clone(), speed_token.clone());
     let batch = batch_layer(&config, &backends, definitions.clone());
     let scheduler = schedule_batch(batch.clone(), config.batch.schedule, shutdown.clone());
-    let state = api_state(&config, &backends, definitions, Some(batch))?;
+    let state = api_state(
+        &config,
+        &backends,
+        definitions,
+        Some(batch),
+        Some(metrics),
+        health.condition(),
+    )?;
     info!(data_dir = %config.data_dir.display(), "signals up");
-    let served = serve_http(&config, listen, state, shutdown.clone()).await;
+    let listener = starting.finish().await?;
+    let served = serve_http(&config, listen, state, shutdown.clone(), Some(listener)).await;
     shutdown.cancel();
     speed_token.cancel();
     scheduler.abort();
@@ -204,28 +271,72 @@ pub async fn up(config: Config, listen: Option<SocketAddr>) -> anyhow::Result<Ex
 /// `signals serve`
 pub async fn serve(config: Config, listen: Option<SocketAddr>) -> anyhow::Result<ExitCode> {
     let definitions = Arc::new(config.definitions()?);
-    let backends = Backends::open(&config).await?;
+    let address = collector_address(&config, listen)?;
+    let metrics = telemetry::init_metrics()?;
+    let startup = Arc::new(Startup::default());
+    let starting = Starting::bind(
+        address,
+        "server.listen",
+        startup.clone(),
+        Some(metrics.clone()),
+    )?;
+    let backends =
+        Backends::open_as(&config, Role::Collector { listen: address }, &startup).await?;
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
     let batch = batch_layer(&config, &backends, definitions.clone());
-    let state = api_state(&config, &backends, definitions, Some(batch))?;
-    serve_http(&config, listen, state, shutdown).await?;
+    let state = api_state(
+        &config,
+        &backends,
+        definitions,
+        Some(batch),
+        Some(metrics),
+        Conditions::default(),
+    )?;
+    let listener = starting.finish().await?;
+    serve_http(&config, listen, state, shutdown, Some(listener)).await?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// `signals speed`: the speed layer, and `/metrics`, `/healthz`, `/readyz`
-/// on `speed.listen` until it stops.
+/// on `speed.listen` until it stops (from start-up on: while the backends
+/// are awaited, `/readyz` says what for).
 pub async fn speed(config: Config) -> anyhow::Result<ExitCode> {
     let definitions = Arc::new(config.definitions()?);
-    let backends = Backends::open(&config).await?;
+    let metrics = telemetry::init_metrics()?;
+    let startup = Arc::new(Startup::default());
+    let starting = match config.speed.listen {
+        Listen::Off => None,
+        Listen::At(address) => Some(Starting::bind(
+            address,
+            "speed.listen",
+            startup.clone(),
+            Some(metrics.clone()),
+        )?),
+    };
+    let backends = Backends::open_as(&config, Role::Other, &startup).await?;
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
-    let state = api_state(&config, &backends, definitions, None)?;
-    let operations = match config.speed.listen {
-        Listen::Off => None,
-        Listen::At(address) => Some(serve_operations(address, state, shutdown.clone()).await?),
+    let health = Arc::new(SpeedHealth::default());
+    let state = api_state(
+        &config,
+        &backends,
+        definitions,
+        None,
+        Some(metrics),
+        health.condition(),
+    )?;
+    let operations = match starting {
+        None => None,
+        Some(starting) => Some(serve_operations(
+            starting.finish().await?,
+            state,
+            shutdown.clone(),
+        )),
     };
-    let result = speed_layer(&config, &backends).run(shutdown.clone()).await;
+    let result = speed_layer(&config, &backends, health.status.clone())
+        .run(shutdown.clone())
+        .await;
     shutdown.cancel();
     if let Some(server) = operations {
         match tokio::time::timeout(config.server.shutdown_grace, server).await {
@@ -239,27 +350,25 @@ pub async fn speed(config: Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Binds `address` (before the speed layer starts, so a taken port stops
-/// start-up) and serves the operations routes until `shutdown`.
-async fn serve_operations(
-    address: SocketAddr,
+/// Serves the operations routes on `listener` until `shutdown`.
+fn serve_operations(
+    listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: CancellationToken,
-) -> anyhow::Result<JoinHandle<std::io::Result<()>>> {
+) -> JoinHandle<std::io::Result<()>> {
     use axum::routing::get;
     use signals_api::routes::ops;
-    let listener = tokio::net::TcpListener::bind(address)
-        .await
-        .with_context(|| format!("cannot listen on {address} (speed.listen)"))?;
-    info!(address = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
+    if let Ok(address) = listener.local_addr() {
+        info!(%address, "serving /metrics, /healthz and /readyz");
+    }
     let app = axum::Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .with_state(state);
-    Ok(tokio::spawn(
+    tokio::spawn(
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .into_future(),
-    ))
+    )
 }

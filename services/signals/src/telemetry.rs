@@ -27,7 +27,7 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
             2.5, 5.0, 10.0, 30.0, 60.0,
         ])?
         .install_recorder()?;
-    use metrics::{describe_counter, describe_histogram, Unit};
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(
         "signals_http_requests_total",
         "HTTP requests by method, route template and status"
@@ -51,7 +51,51 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
     );
     describe_counter!(
         "signals_speed_retries_total",
-        "Speed-layer backend calls retried after a transient error"
+        "Speed-layer calls retried after a transient error, by operation (poll the log, apply speed write, ...)"
+    );
+    describe_gauge!(
+        "signals_speed_waiting",
+        "1 while the speed layer retries a failing call (see /readyz), else 0"
+    );
+    describe_counter!(
+        "signals_speed_restarts_total",
+        "Restarts of the speed layer of `signals up` after it stopped on an error"
+    );
+    describe_counter!(
+        "signals_startup_retries_total",
+        "Start-up attempts to open a backend that failed transiently, by backend (log, store)"
+    );
+    describe_counter!(
+        "signals_kafka_appends_total",
+        "Collector transactions on Kafka by outcome (committed, failed, invalid, refused: failed fast while Kafka is down)"
+    );
+    describe_counter!(
+        "signals_kafka_producer_recreated_total",
+        "Transactional producers dropped after a failed transaction and created anew"
+    );
+    describe_counter!(
+        "signals_cache_requests_total",
+        "Reads of published records by where they were answered (local, hit, miss, bypassed: Redis failed or its circuit is open)"
+    );
+    describe_counter!(
+        "signals_cache_errors_total",
+        "Redis calls that failed or timed out"
+    );
+    describe_gauge!(
+        "signals_cache_circuit_open",
+        "1 while the Redis circuit breaker keeps reads away from Redis, else 0"
+    );
+    describe_counter!(
+        "signals_cache_circuit_opened_total",
+        "Times the Redis circuit breaker opened"
+    );
+    describe_counter!(
+        "signals_freshness_stale_answers_total",
+        "Answers whose freshness positions are from an older reading (positions_stale)"
+    );
+    describe_counter!(
+        "signals_freshness_reading_failures_total",
+        "Failed readings of the speed progress and the log's end"
     );
     describe_histogram!(
         "signals_speed_batch_duration_seconds",

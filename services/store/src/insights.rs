@@ -53,7 +53,7 @@ pub struct Transition {
     pub at: Millis,
 }
 
-/// A transition in the feed, with its cursor (increasing by one per entry).
+/// A transition in the feed, with its cursor (1, 2, 3, … one per entry).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeedEntry {
     pub cursor: u64,
@@ -78,7 +78,7 @@ pub struct InsightsProgress {
     /// The worker's clock at its last durable pass: timers due before it
     /// have fired.
     pub evaluated_until: Option<Millis>,
-    /// The cursor the next feed entry gets.
+    /// The cursor the next feed entry gets (0 before the first: read as 1).
     pub next_cursor: u64,
 }
 

@@ -14,6 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::error::ApiError;
 use crate::extract::{check_user_id, ApiQuery, JsonBody, UserId, JSON};
 use crate::openapi::MAX_ACTIVITY_LIMIT;
+use crate::progress::LogEnd;
 use crate::state::AppState;
 use crate::time::{now_millis, parse_time};
 
@@ -31,7 +32,8 @@ pub struct Freshness {
     #[schema(value_type = Object)]
     pub speed_position: LogPosition,
     /// The log's end: read at most 20 ms before the answer, and after every
-    /// append this process acknowledged before the request came.
+    /// append this process acknowledged before the request came (unless
+    /// `positions_stale` says otherwise).
     #[schema(value_type = Object)]
     pub log_end: LogPosition,
     /// Records accepted into the log but not yet applied by the speed layer.
@@ -41,6 +43,11 @@ pub struct Freshness {
     /// Lifetime signals whose definition changed after the batch ran: they
     /// count only raw history until the next batch run.
     pub stale_signals: Vec<String>,
+    /// Null when `speed_position` and `log_end` were read for this answer;
+    /// otherwise why they are older (the log or the store did not answer
+    /// within 100 ms, e.g. Kafka is away) and how old. The values are exact
+    /// either way: they come from the store alone.
+    pub positions_stale: Option<String>,
 }
 
 /// One user's signal values at one point in time.
@@ -190,11 +197,8 @@ fn parse_at_param(text: Option<&str>) -> Result<Option<Millis>, ApiError> {
 
 async fn speed_and_log(
     state: &AppState,
-) -> Result<(signals_store::SpeedProgress, LogPosition), ApiError> {
-    state
-        .progress
-        .read(state.store.as_ref(), state.log.as_ref())
-        .await
+) -> Result<(signals_store::SpeedProgress, LogEnd), ApiError> {
+    Ok(state.progress.read(&state.store, &state.log).await)
 }
 
 async fn answer(
@@ -203,13 +207,13 @@ async fn answer(
     definitions: &[&SignalDefinition],
     at: Millis,
     speed: &signals_store::SpeedProgress,
-    end: &LogPosition,
+    end: &LogEnd,
 ) -> Result<SignalsResponse, ApiError> {
     let history = state.store.user_history(&user_id).await?;
     let manifest = history.manifest.clone();
     let view = UserView::merge(history.record, history.speed);
     let (values, stale) = view.evaluate(definitions, at);
-    let lag = speed.position.lag_behind(end);
+    let lag = speed.position.lag_behind(&end.position);
     let now = now_millis();
     let freshness = Freshness {
         batch_version: manifest.as_ref().map(|m| m.version),
@@ -219,7 +223,7 @@ async fn answer(
             .unwrap_or_default(),
         batch_created_at: manifest.as_ref().map(|m| format_millis(m.created_at)),
         speed_position: speed.position.clone(),
-        log_end: end.clone(),
+        log_end: end.position.clone(),
         speed_lag_records: lag,
         speed_lag_ms: match (lag, speed.last_accepted_at) {
             (0, _) => 0,
@@ -227,6 +231,7 @@ async fn answer(
             (_, None) => 0,
         },
         stale_signals: stale.into_iter().map(|s| s.0).collect(),
+        positions_stale: end.stale.clone(),
     };
     Ok(SignalsResponse {
         user_id,

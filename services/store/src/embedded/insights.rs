@@ -138,7 +138,8 @@ impl Inner {
             };
             // The stored cursor wins over the caller's: it is the one that
             // is durably past every entry written so far.
-            let mut next_cursor = stored.next_cursor.max(progress.next_cursor);
+            // Cursors start at 1, so `after = 0` reads the feed from its start.
+            let mut next_cursor = stored.next_cursor.max(progress.next_cursor).max(1);
             let mut membership = txn
                 .open_table(MEMBERSHIP)
                 .map_err(engine("open table segment_membership"))?;
@@ -379,7 +380,7 @@ mod tests {
             .await
             .expect("applied");
         assert_eq!(applied.published.len(), 2);
-        assert_eq!(applied.published[0].cursor, 0);
+        assert_eq!(applied.published[0].cursor, 1);
         // A replay of the same update conflicts and publishes nothing.
         let replay = store
             .apply_insights(vec![update], progress)
@@ -387,10 +388,14 @@ mod tests {
             .expect("applied");
         assert_eq!((replay.published.len(), replay.conflicts), (0, 1));
         let feed = store.segment_changes(0, 10).await.expect("feed");
-        assert_eq!(feed.iter().map(|e| e.cursor).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(
+            feed.iter().map(|e| e.cursor).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        assert_eq!(store.segment_changes(1, 10).await.expect("feed").len(), 1);
         assert_eq!(
             store.insights_progress().await.expect("read").next_cursor,
-            2
+            3
         );
         assert_eq!(
             store.segment_members("a", None, 1).await.expect("members"),
@@ -432,7 +437,7 @@ mod tests {
             .apply_insights(vec![left], InsightsProgress::default())
             .await
             .expect("applied");
-        assert_eq!(applied.published[0].cursor, 2, "the stored cursor wins");
+        assert_eq!(applied.published[0].cursor, 3, "the stored cursor wins");
         assert_eq!(
             store.segment_members("a", None, 10).await.expect("members"),
             vec!["u2"]
