@@ -12,8 +12,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use signals_log::embedded::{EmbeddedLog, EmbeddedLogOptions, FsyncPolicy};
 use signals_log::kafka::{unique_transactional_id, KafkaDeadLetters, KafkaLog, KafkaOptions};
+use signals_log::registry::RegistryLog;
 use signals_log::{DeadLetterFile, DeadLetterSink, EventLog, LogError};
 use signals_store::embedded::EmbeddedStore;
 use signals_store::redis_cache::{CachedStore, RedisOptions};
@@ -105,6 +107,7 @@ impl Backends {
             open_log(config, role)
         })
         .await?;
+        let log = with_registry(config, log).await?;
         let store = wait_for("store", "the store", deadline, startup, || {
             open_store(config)
         })
@@ -222,6 +225,34 @@ async fn open_log(config: &Config, role: Role) -> Result<Arc<dyn EventLog>, Fail
             Ok(Arc::new(log))
         }
     }
+}
+
+/// The Kafka log framed with the schema registry's ids, when one is configured.
+async fn with_registry(
+    config: &Config,
+    log: Arc<dyn EventLog>,
+) -> anyhow::Result<Arc<dyn EventLog>> {
+    let url = &config.log.kafka.schema_registry_url;
+    if url.is_empty() || config.log.backend != LogBackend::Kafka {
+        return Ok(log);
+    }
+    let subject = format!("{}-value", config.log.kafka.topic);
+    let framed = RegistryLog::connect(log, url, &subject, config.log.kafka.timeout)
+        .await
+        .with_context(|| {
+            format!("cannot register the log's schema in the schema registry at {url}")
+        })?;
+    let conflicts = framed.framing().conflicts().await?;
+    if !conflicts.is_empty() {
+        warn!(?conflicts, "the schema registry gives these ids of schemas/versions to other schemas: records framed with them before the registry was turned on read as dead letters or with the registry's schema");
+    }
+    info!(
+        url,
+        subject,
+        id = framed.framing().own_id(),
+        "schema registered; records are framed with the registry's ids"
+    );
+    Ok(Arc::new(framed))
 }
 
 async fn open_store(config: &Config) -> Result<Arc<dyn SignalStore>, Failure> {

@@ -103,6 +103,9 @@ pub struct KafkaConfig {
     /// How long a dead group member keeps its partitions (Kafka allows 6s..30min by default).
     #[serde(with = "humantime_serde")]
     pub session_timeout: Duration,
+    /// A Confluent-compatible schema registry (`http://host:port`); empty
+    /// for none. See `signals_schemas::registry`.
+    pub schema_registry_url: String,
     /// `min.insync.replicas` of the topics Signals creates.
     pub min_insync_replicas: i32,
     /// The collector's Kafka `transactional.id`; empty: `signals-collector-<host>-<listen address>`.
@@ -378,6 +381,10 @@ impl Config {
                 "invalid configuration: log.kafka.retention = `{}` is not `forever` or a duration like 7d",
                 self.log.kafka.retention
             );
+        }
+        let registry = &self.log.kafka.schema_registry_url;
+        if !registry.is_empty() && !registry.starts_with("http://") {
+            bail!("invalid configuration: log.kafka.schema_registry_url = `{registry}` must be an http:// URL (https is not built in; put a TLS-terminating proxy beside the registry)");
         }
         if self.log.kafka.partitions < 1 || self.log.kafka.replication_factor < 1 {
             bail!("invalid configuration: log.kafka.partitions and log.kafka.replication_factor must be at least 1");
