@@ -304,3 +304,34 @@ async fn a_restarted_collector_fences_its_old_transaction_and_a_fenced_one_recov
         vec![b"first".to_vec(), b"second".to_vec(), b"third".to_vec()]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn created_topics_carry_min_insync_replicas() {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    let Some(brokers) = brokers() else { return };
+    // A value the broker's default (1) would not give: both topics are
+    // made with it.
+    let options = KafkaOptions {
+        replication_factor: 1,
+        min_insync_replicas: 2,
+        timeout: Duration::from_secs(3),
+        ..options(&brokers)
+    };
+    let _log = KafkaLog::connect(options.clone()).await.expect("connects");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .expect("admin");
+    for topic in [&options.topic, &options.dead_letter_topic] {
+        let described = admin
+            .describe_configs(&[ResourceSpecifier::Topic(topic)], &AdminOptions::new())
+            .await
+            .expect("described");
+        let resource = described.into_iter().next().expect("one").expect("found");
+        let value = resource
+            .get("min.insync.replicas")
+            .and_then(|e| e.value.clone());
+        assert_eq!(value.as_deref(), Some("2"), "{topic}");
+    }
+}
