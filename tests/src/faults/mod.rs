@@ -168,7 +168,7 @@ pub enum Expect {
 pub struct Sample {
     pub at: Instant,
     pub role: Role,
-    /// 0: no answer within 2 s.
+    /// 0: no answer within [`READYZ_TIMEOUT`].
     pub status: u16,
     /// The checks that were not `ok`, `name: reason`.
     pub reasons: String,
@@ -195,7 +195,14 @@ pub struct Injection {
     pub truthful: bool,
     /// Processes that exited by themselves (respawned as a supervisor would).
     pub exits: Vec<String>,
+    /// Not recovered within [`RECOVERY_DEADLINE`]: the suite restarted both
+    /// processes by hand (a failure) so that the next faults still mean
+    /// something.
+    pub restarted_by_hand: bool,
 }
+
+/// How long after a fault is lifted the platform has to work again.
+pub const RECOVERY_DEADLINE: Duration = Duration::from_secs(120);
 
 /// One round: load, some faults, then the check.
 #[derive(Clone, Debug)]
@@ -587,7 +594,7 @@ impl Harness {
         }
 
         // Recovery: a probe event acknowledged, then served.
-        let deadline = Duration::from_secs(240);
+        let deadline = RECOVERY_DEADLINE;
         let mut rng = StdRng::seed_from_u64(self.rng.random());
         let probe_user = format!("{}-probe{}", shared.prefix, rng.random::<u32>());
         let mut first_ok_post = None;
@@ -623,6 +630,20 @@ impl Harness {
             .await
             .map(|_| lifted.elapsed());
         exits.extend(self.supervise());
+        let restarted_by_hand = recovered.is_none() || ready_again.is_none();
+        if restarted_by_hand {
+            eprintln!(
+                "faults: {} not recovered within {deadline:?}: restarting both processes by hand.\nserve:\n{}\nspeed:\n{}",
+                fault.name(),
+                self.processes.log_tail(Role::Serve, 15),
+                self.processes.log_tail(Role::Speed, 15)
+            );
+            for role in [Role::Serve, Role::Speed] {
+                self.processes.kill(role);
+                self.processes.spawn(role)?;
+            }
+            self.wait_ready(Duration::from_secs(120)).await;
+        }
 
         let end = recovered.map_or(Instant::now(), |r| lifted + r);
         let outcomes = shared.outcomes.lock().expect("outcomes").clone();
@@ -651,6 +672,7 @@ impl Harness {
             readiness,
             truthful,
             exits,
+            restarted_by_hand,
         })
     }
 
@@ -710,11 +732,14 @@ async fn probe_views(shared: &Shared, user: &str) -> Option<u64> {
     body["signals"]["views_24h"].as_u64()
 }
 
-/// `/readyz` of `base`: status (0: no answer within 2 s) and body.
+/// A probe's patience: `/readyz` bounds its own checks at 2 s.
+const READYZ_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// `/readyz` of `base`: status (0: no answer within [`READYZ_TIMEOUT`]) and body.
 async fn readyz(http: &reqwest::Client, base: &str) -> (u16, Value) {
     match http
         .get(format!("{base}/readyz"))
-        .timeout(Duration::from_secs(2))
+        .timeout(READYZ_TIMEOUT)
         .send()
         .await
     {

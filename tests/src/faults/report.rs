@@ -38,8 +38,8 @@ pub fn by_fault(rounds: &[Round]) -> String {
     }
     let mut out = String::from(
         "| fault | injected | recovery s p50 / max | first 200 POST s p50 / max | ready again s p50 / max \
-         | POSTs refused | reads failed | /readyz truthful | exited by itself | lost | double-counted |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|\n",
+         | POSTs refused | reads failed | /readyz truthful | exited by itself | restarted by hand | lost | double-counted |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for (fault, list) in &injections {
         let alone: Vec<&Round> = rounds
@@ -53,7 +53,7 @@ pub fn by_fault(rounds: &[Round]) -> String {
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {}/{} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {}/{} | {} | {} | {} | {} |",
             fault.name(),
             list.len(),
             spread(&list.iter().map(|i| i.recovered).collect::<Vec<_>>()),
@@ -64,6 +64,7 @@ pub fn by_fault(rounds: &[Round]) -> String {
             list.iter().filter(|i| i.truthful).count(),
             list.len(),
             list.iter().filter(|i| !i.exits.is_empty()).count(),
+            list.iter().filter(|i| i.restarted_by_hand).count(),
             lost,
             doubled,
         );
@@ -153,10 +154,14 @@ pub fn problems(rounds: &[Round]) -> Vec<String> {
     for round in rounds {
         for injection in &round.injections {
             let what = format!("round {} {}", round.index, injection.fault.name());
-            if injection.recovered.is_none() {
+            if injection.restarted_by_hand {
                 out.push(format!(
-                    "{what}: no recovery within 240 s (first 200 POST {:?})",
-                    injection.first_ok_post
+                    "{what}: not recovered within {:?} (first 200 POST {:?}, event served {:?}, \
+                     both ready {:?}); the suite restarted the processes by hand",
+                    crate::faults::RECOVERY_DEADLINE,
+                    injection.first_ok_post,
+                    injection.recovered,
+                    injection.ready_again
                 ));
             }
             if !injection.truthful {
