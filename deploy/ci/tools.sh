@@ -24,6 +24,11 @@ export PATH="$tools_bin:$PATH"
 
 tools_log() { echo "tools: $*" >&2; }
 
+# Go's usual place when it is not on PATH.
+if ! command -v go >/dev/null && [ -x /usr/local/go/bin/go ]; then
+    export PATH="$PATH:/usr/local/go/bin"
+fi
+
 # go install into tools_bin when the stamp is not this version.
 tools_go_install() {
     local name=$1 package=$2 version=$3
