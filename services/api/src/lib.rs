@@ -45,6 +45,12 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// `router` (from [`app`]) answering the insights routes with `insights`;
+/// without it they answer 404.
+pub fn with_insights(router: Router, insights: routes::insights::Insights) -> Router {
+    router.layer(axum::Extension(insights))
+}
+
 /// Every route, guarded by tokens when `guarded_by` is set (a layer that
 /// only passes requests through costs every request a boxed future).
 fn routes(guarded_by: Option<AppState>) -> Router<AppState> {
@@ -60,6 +66,18 @@ fn routes(guarded_by: Option<AppState>) -> Router<AppState> {
             get(routes::serving::activity),
         )
         .route("/v1/signals/query", post(routes::serving::query))
+        .route(
+            "/v1/users/{user_id}/segments",
+            get(routes::insights::user_segments),
+        )
+        .route(
+            "/v1/segments/{name}/users",
+            get(routes::insights::segment_users),
+        )
+        .route(
+            "/v1/segments/changes",
+            get(routes::insights::segment_changes),
+        )
         .route("/v1/definitions", get(routes::admin::definitions))
         .route("/v1/admin/batch", get(routes::admin::batch_status))
         .route("/v1/admin/batch/run", post(routes::admin::run_batch))

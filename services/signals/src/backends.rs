@@ -20,7 +20,7 @@ use signals_log::{DeadLetterFile, DeadLetterSink, EventLog, LogError};
 use signals_store::embedded::EmbeddedStore;
 use signals_store::redis_cache::{CachedStore, RedisOptions};
 use signals_store::scylla::{ScyllaOptions, ScyllaStore};
-use signals_store::{SignalStore, StoreError};
+use signals_store::{InsightsStore, SignalStore, StoreError};
 use tracing::{info, warn};
 
 use crate::config::{Config, Fsync, KafkaConfig, LogBackend, ScyllaConfig, StoreBackend};
@@ -30,6 +30,8 @@ pub struct Backends {
     pub log: Arc<dyn EventLog>,
     pub store: Arc<dyn SignalStore>,
     pub dead_letters: Arc<dyn DeadLetterSink>,
+    /// Segment membership and the change feed, where the store keeps them.
+    pub insights: Option<Arc<dyn InsightsStore>>,
 }
 
 /// What the process does with the log, which decides its Kafka
@@ -108,7 +110,7 @@ impl Backends {
         })
         .await?;
         let log = with_registry(config, log).await?;
-        let store = wait_for("store", "the store", deadline, startup, || {
+        let (store, insights) = wait_for("store", "the store", deadline, startup, || {
             open_store(config)
         })
         .await?;
@@ -142,6 +144,7 @@ impl Backends {
             log,
             store,
             dead_letters,
+            insights,
         })
     }
 }
@@ -255,7 +258,10 @@ async fn with_registry(
     Ok(Arc::new(framed))
 }
 
-async fn open_store(config: &Config) -> Result<Arc<dyn SignalStore>, Failure> {
+/// The store, and its insights tables where it keeps them.
+type Stores = (Arc<dyn SignalStore>, Option<Arc<dyn InsightsStore>>);
+
+async fn open_store(config: &Config) -> Result<Stores, Failure> {
     match config.store.backend {
         StoreBackend::Embedded => {
             let path = config.data_dir.join("store").join("signals.redb");
@@ -265,9 +271,10 @@ async fn open_store(config: &Config) -> Result<Arc<dyn SignalStore>, Failure> {
                     path.display()
                 )))
             })?;
-            Ok(Arc::new(store))
+            let store = Arc::new(store);
+            Ok((store.clone(), Some(store)))
         }
-        StoreBackend::Scylla => Ok(Arc::new(connect_scylla(&config.store.scylla).await?)),
+        StoreBackend::Scylla => Ok((Arc::new(connect_scylla(&config.store.scylla).await?), None)),
     }
 }
 

@@ -46,6 +46,8 @@ enum Command {
     },
     /// The speed layer alone.
     Speed,
+    /// The insights worker alone: segment membership and its change feed.
+    Insights,
     /// Apply the CQL schema to ScyllaDB/Cassandra (idempotent).
     Migrate,
     /// The batch layer.
@@ -88,6 +90,7 @@ fn main() -> ExitCode {
             Command::Up { listen } => run::up(config, listen).await,
             Command::Serve { listen } => run::serve(config, listen).await,
             Command::Speed => run::speed(config).await,
+            Command::Insights => run::insights_command(config).await,
             Command::Migrate => {
                 backends::scylla_store(&config.store.scylla)
                     .await?

@@ -12,9 +12,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
+use signals_api::routes::insights::Insights;
 use signals_api::routes::ops::Conditions;
 use signals_api::{ApiOptions, AppState, Tokens};
 use signals_batch::{BatchLayer, BatchOptions, BotFilter, Job, Quiet};
+use signals_core::Segments;
+use signals_insights::{InsightsOptions, InsightsWorker};
 use signals_speed::{SpeedLayer, SpeedOptions};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -115,6 +118,7 @@ async fn serve_http(
     config: &Config,
     listen: Option<SocketAddr>,
     state: AppState,
+    insights: Insights,
     shutdown: CancellationToken,
     prebound: Option<tokio::net::TcpListener>,
 ) -> anyhow::Result<()> {
@@ -137,7 +141,67 @@ async fn serve_http(
         header_read_timeout: config.server.header_read_timeout,
         shutdown_grace: config.server.shutdown_grace,
     };
-    http_server::serve(listener, signals_api::app(state), tls, limits, shutdown).await
+    let router = signals_api::with_insights(signals_api::app(state), insights);
+    http_server::serve(listener, router, tls, limits, shutdown).await
+}
+
+/// What the insights routes answer from.
+fn insights(backends: &Backends, segments: Arc<Segments>) -> Insights {
+    Insights {
+        segments,
+        store: backends.insights.clone(),
+    }
+}
+
+/// The insights worker, where the store keeps segment membership.
+fn insights_worker(
+    backends: &Backends,
+    definitions: Arc<signals_core::Definitions>,
+    segments: Arc<Segments>,
+) -> Option<InsightsWorker> {
+    Some(InsightsWorker {
+        log: backends.log.clone(),
+        store: backends.store.clone(),
+        insights: backends.insights.clone()?,
+        definitions,
+        segments,
+        sink: None,
+        options: InsightsOptions::default(),
+    })
+}
+
+/// Runs `worker` until `shutdown`; a failure stops the whole process.
+fn spawn_insights(
+    worker: InsightsWorker,
+    shutdown: CancellationToken,
+) -> JoinHandle<Result<(), signals_insights::InsightsError>> {
+    tokio::spawn(async move {
+        let failure = shutdown.clone();
+        let result = worker.run(shutdown).await;
+        if let Err(error) = &result {
+            error!(%error, "insights worker failed");
+            failure.cancel();
+        }
+        result
+    })
+}
+
+/// `signals insights`: the insights worker alone.
+pub async fn insights_command(config: Config) -> anyhow::Result<ExitCode> {
+    let definitions = Arc::new(config.definitions()?);
+    let segments = Arc::new(config.segments(&definitions)?);
+    let backends = Backends::open(&config).await?;
+    let Some(worker) = insights_worker(&backends, definitions, segments) else {
+        anyhow::bail!(
+            "store.backend = {:?} keeps no segment membership: the insights worker runs on the embedded store (inside `signals up`)",
+            config.store.backend
+        );
+    };
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
+    worker.run(shutdown).await?;
+    info!("stopped cleanly");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn api_state(
@@ -227,6 +291,7 @@ fn supervise_speed(
 /// `signals up`
 pub async fn up(config: Config, listen: Option<SocketAddr>) -> anyhow::Result<ExitCode> {
     let definitions = Arc::new(config.definitions()?);
+    let segments = Arc::new(config.segments(&definitions)?);
     let address = collector_address(&config, listen)?;
     let metrics = telemetry::init_metrics()?;
     let startup = Arc::new(Startup::default());
@@ -247,6 +312,10 @@ pub async fn up(config: Config, listen: Option<SocketAddr>) -> anyhow::Result<Ex
     let speed_task = supervise_speed(speed, health.clone(), speed_token.clone());
     let batch = batch_layer(&config, &backends, definitions.clone());
     let scheduler = schedule_batch(batch.clone(), config.batch.schedule, shutdown.clone());
+    let insights_token = CancellationToken::new();
+    let insights_task = insights_worker(&backends, definitions.clone(), segments.clone())
+        .map(|worker| spawn_insights(worker, insights_token.clone()));
+    let routes = insights(&backends, segments);
     let state = api_state(
         &config,
         &backends,
@@ -257,11 +326,19 @@ pub async fn up(config: Config, listen: Option<SocketAddr>) -> anyhow::Result<Ex
     )?;
     info!(data_dir = %config.data_dir.display(), "signals up");
     let listener = starting.finish().await?;
-    let served = serve_http(&config, listen, state, shutdown.clone(), Some(listener)).await;
+    let served = tokio::select! {
+        served = serve_http(&config, listen, state, routes, shutdown.clone(), Some(listener)) => served,
+        // A failed insights worker stops the process, loudly.
+        () = insights_token.cancelled() => Err(anyhow::anyhow!("the insights worker failed")),
+    };
     shutdown.cancel();
+    insights_token.cancel();
     speed_token.cancel();
     scheduler.abort();
     let speed_result = join_speed(speed_task).await;
+    if let Some(task) = insights_task {
+        task.await.context("insights worker task failed")??;
+    }
     served?;
     speed_result?;
     info!("stopped cleanly");
@@ -271,6 +348,7 @@ pub async fn up(config: Config, listen: Option<SocketAddr>) -> anyhow::Result<Ex
 /// `signals serve`
 pub async fn serve(config: Config, listen: Option<SocketAddr>) -> anyhow::Result<ExitCode> {
     let definitions = Arc::new(config.definitions()?);
+    let segments = Arc::new(config.segments(&definitions)?);
     let address = collector_address(&config, listen)?;
     let metrics = telemetry::init_metrics()?;
     let startup = Arc::new(Startup::default());
@@ -285,6 +363,7 @@ pub async fn serve(config: Config, listen: Option<SocketAddr>) -> anyhow::Result
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
     let batch = batch_layer(&config, &backends, definitions.clone());
+    let routes = insights(&backends, segments);
     let state = api_state(
         &config,
         &backends,
@@ -294,7 +373,7 @@ pub async fn serve(config: Config, listen: Option<SocketAddr>) -> anyhow::Result
         Conditions::default(),
     )?;
     let listener = starting.finish().await?;
-    serve_http(&config, listen, state, shutdown, Some(listener)).await?;
+    serve_http(&config, listen, state, routes, shutdown, Some(listener)).await?;
     Ok(ExitCode::SUCCESS)
 }
 
