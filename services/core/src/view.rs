@@ -413,7 +413,7 @@ mod tests {
             // The record keeps only the last session before its horizon: a
             // late event before the horizon that joins it to an older one
             // changes the start and size of a session holding the horizon,
-            // until the next batch run (documented in ADR 004).
+            // until the next batch run (documented in ADR 005).
             let session_spans_horizon = expected[current_session_index(&defs)]["start"]
                 .as_str()
                 .is_some_and(|start| start < crate::time::format_millis(horizon).as_str());
