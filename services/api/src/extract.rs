@@ -126,8 +126,15 @@ impl JsonBody {
         )))
     }
 
-    /// Parses the body as `T` (see [`parse_off_runtime`]).
+    /// Parses the body as the JSON object `T` (see [`parse_off_runtime`]).
+    /// Only an object: serde would also take a struct from an array of
+    /// its fields in order, which no client means and the document forbids.
     pub async fn json<T: DeserializeOwned + Send + 'static>(self) -> Result<T, ApiError> {
+        if self.bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::BadRequest(
+                "the body must be a JSON object".into(),
+            ));
+        }
         parse_off_runtime(self.bytes, |bytes| {
             serde_json::from_slice::<T>(&bytes)
                 .map_err(|e| ApiError::BadRequest(format!("the body is not valid: {e}")))

@@ -7,7 +7,7 @@ use signals_core::Definitions;
 use signals_schemas::EventType;
 use utoipa::OpenApi;
 
-use crate::routes::{admin, collector, insights, ops, serving};
+use crate::routes::{admin, collector, ops, serving};
 use crate::state::{ApiOptions, AppState};
 
 #[derive(OpenApi)]
@@ -19,9 +19,6 @@ use crate::state::{ApiOptions, AppState};
         serving::user_signals,
         serving::activity,
         serving::query,
-        insights::user_segments,
-        insights::segment_users,
-        insights::segment_changes,
         admin::definitions,
         admin::batch_status,
         admin::run_batch,
@@ -42,11 +39,6 @@ use crate::state::{ApiOptions, AppState};
         serving::QueryRequest,
         serving::QueryResponse,
         serving::ActivityResponse,
-        insights::UserSegmentsResponse,
-        insights::MembershipFreshness,
-        insights::SegmentMembersResponse,
-        insights::ChangeJson,
-        insights::SegmentChangesResponse,
         admin::DefinitionsResponse,
         admin::BatchStatusResponse,
         admin::DeleteUserRequest,
@@ -55,7 +47,6 @@ use crate::state::{ApiOptions, AppState};
     tags(
         (name = "collector", description = "Events and retractions into the log"),
         (name = "serving", description = "Signal values and activity"),
-        (name = "insights", description = "Sessions and segments: a user's segments, members, the feed of transitions"),
         (name = "admin", description = "The batch layer"),
         (name = "operations", description = "Health, readiness, metrics"),
     )
@@ -81,6 +72,8 @@ const OPERATIONS: [&str; 4] = ["/healthz", "/readyz", "/metrics", "/openapi.json
 pub fn document(options: &ApiOptions, definitions: &Definitions) -> Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or(Value::Null);
     let names: Vec<&str> = definitions.iter().map(|d| d.name.as_str()).collect();
+    // The oldest answerable `at` as epoch milliseconds, as of this document.
+    let oldest = crate::time::now_millis() - options.retention;
     let tokens = options.tokens.enabled();
     let error = json!({"$ref": "#/components/schemas/ErrorBody"});
     let error_response = |description: &str| json!({"description": description, "content": {"application/json": {"schema": error}}});
@@ -165,10 +158,31 @@ pub fn document(options: &ApiOptions, definitions: &Definitions) -> Value {
     });
     let time = json!({
         "type": "string",
-        "minLength": 1,
-        "pattern": TIME_PATTERN,
+        "anyOf": [{"format": "date-time"}, {"pattern": EPOCH_MILLIS_PATTERN}],
         "description": "RFC 3339 (e.g. 2026-11-23T10:00:00Z) or integer epoch milliseconds"
     });
+    // Every route names users and times by the same rules.
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for item in paths.values_mut().filter_map(Value::as_object_mut) {
+            for operation in item.values_mut() {
+                let Some(parameters) = operation
+                    .get_mut("parameters")
+                    .and_then(Value::as_array_mut)
+                else {
+                    continue;
+                };
+                for parameter in parameters {
+                    match (parameter["name"].as_str(), parameter["in"].as_str()) {
+                        (Some("user_id"), Some("path")) => parameter["schema"] = user_id.clone(),
+                        (Some("at" | "since" | "until"), Some("query")) => {
+                            parameter["schema"] = time.clone()
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
     let name_list = list_pattern(&names, options.max_names_per_query);
     let types: Vec<&str> = EventType::ALL.iter().map(|t| t.as_str()).collect();
     let type_list = list_pattern(&types, options.max_names_per_query);
@@ -177,13 +191,12 @@ pub fn document(options: &ApiOptions, definitions: &Definitions) -> Value {
         ("/v1/users/{user_id}/activity", "get"),
         ("/v1/admin/users/{user_id}", "delete"),
     ] {
-        let Some(parameters) = doc["paths"][path][method]["parameters"].as_array_mut() else {
+        let pointer = format!("/paths/{}/{method}/parameters", path.replace('/', "~1"));
+        let Some(parameters) = doc.pointer_mut(&pointer).and_then(Value::as_array_mut) else {
             continue;
         };
         for parameter in parameters {
             let schema = match parameter["name"].as_str() {
-                Some("user_id") => user_id.clone(),
-                Some("at" | "since" | "until") => time.clone(),
                 Some("names") => json!({"type": "string", "pattern": name_list,
                     "description": format!("Comma-separated signal names, at most {}: {}", options.max_names_per_query, names.join(", "))}),
                 Some("types") => json!({"type": "string", "pattern": type_list,
@@ -196,7 +209,42 @@ pub fn document(options: &ApiOptions, definitions: &Definitions) -> Value {
             parameter["schema"] = schema;
         }
     }
+    // Each event is checked on its own and refused by index inside a 200
+    // (`rejected`), so any item is schema-valid here; the body as a whole
+    // must be an array (or one object: a single NDJSON line).
+    doc["paths"]["/v1/events"]["post"]["requestBody"]["content"] = json!({
+        "application/json": {"schema": {"oneOf": [
+            {
+                "type": "array",
+                "maxItems": options.max_events_per_request,
+                "items": {"anyOf": [{"$ref": "#/components/schemas/EventJson"}, {}]},
+                "description": "Events; an item that is not a valid event is listed in `rejected` of the 200"
+            },
+            {
+                "type": "object",
+                "description": "One event as a single NDJSON line (application/x-ndjson takes one event per line)"
+            }
+        ]}}
+    });
     let schemas = &mut doc["components"]["schemas"];
+    schemas["RetractionJson"]["properties"]["event_ids"] = json!({
+        "type": "array",
+        "minItems": 1,
+        "maxItems": signals_schemas::json::MAX_RETRACTED_IDS,
+        "items": user_id.clone(),
+    });
+    schemas["RetractionJson"]["properties"]["reason"] = json!({
+        "type": ["string", "null"],
+        "maxLength": signals_schemas::json::MAX_TEXT_BYTES,
+        "description": "At most 1024 bytes in UTF-8"
+    });
+    schemas["RetractionJson"]["additionalProperties"] = json!(false);
+    schemas["DeleteUserRequest"]["properties"]["reason"] = json!({
+        "type": "string",
+        "maxLength": signals_schemas::json::MAX_TEXT_BYTES,
+        "description": "At most 1024 bytes in UTF-8"
+    });
+    schemas["DeleteUserRequest"]["additionalProperties"] = json!(false);
     schemas["QueryRequest"]["properties"]["user_ids"] = json!({
         "type": "array", "items": user_id, "maxItems": options.max_users_per_query,
         "description": "Users to answer for; a user named twice is answered once"
@@ -207,16 +255,10 @@ pub fn document(options: &ApiOptions, definitions: &Definitions) -> Value {
         "description": "Signal names (all when absent); a name given twice counts once"
     });
     schemas["QueryRequest"]["properties"]["at"] = json!({
-        "oneOf": [time, {"type": "integer"}, {"type": "null"}],
+        "oneOf": [time, {"type": "integer", "minimum": oldest, "maximum": crate::time::MAX_EPOCH_MILLIS}, {"type": "null"}],
         "description": "RFC 3339 string or epoch milliseconds; now when absent"
     });
     schemas["QueryRequest"]["additionalProperties"] = json!(false);
-    if let Some(body) = doc["paths"]["/v1/events"]["post"]["requestBody"]["content"].as_object_mut()
-    {
-        if let Some(json_body) = body.get_mut("application/json") {
-            json_body["schema"]["maxItems"] = json!(options.max_events_per_request);
-        }
-    }
     if tokens {
         doc["components"]["securitySchemes"] = json!({
             "api_token": {"type": "http", "scheme": "bearer", "description": "One of server.api_tokens"},
@@ -232,8 +274,8 @@ pub const MAX_ACTIVITY_LIMIT: usize = 1_000;
 /// No control characters (Unicode `Cc`, what `char::is_control` tests).
 const ID_PATTERN: &str = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$";
 
-/// Integer epoch milliseconds, or an RFC 3339 date-time.
-const TIME_PATTERN: &str = "^(-?[0-9]{1,18}|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9]))$";
+/// Integer epoch milliseconds (the other form of a time is RFC 3339).
+const EPOCH_MILLIS_PATTERN: &str = "^-?[0-9]{1,18}$";
 
 /// A comma-separated list of at most `max` of `items`.
 fn list_pattern(items: &[&str], max: usize) -> String {

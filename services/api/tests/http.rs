@@ -331,6 +331,21 @@ async fn every_refusal_has_the_json_error_shape() {
             "the body is not valid: unknown field `colour`, expected one of `user_ids`, `names`, `at` at line 1 column 25",
         ),
         (
+            post("/v1/signals/query", r#"[["u-1"], null, null]"#),
+            StatusCode::BAD_REQUEST,
+            "the body must be a JSON object",
+        ),
+        (
+            request(
+                "DELETE",
+                "/v1/admin/users/u-1",
+                &[("content-type", "application/json")],
+                "[]",
+            ),
+            StatusCode::BAD_REQUEST,
+            "the body must be a JSON object",
+        ),
+        (
             get("/v1/users/u/signals?names=views_1h,,recent_views"),
             StatusCode::BAD_REQUEST,
             "`names` has an empty entry at position 2 (entries are separated by single commas, without spaces)",
@@ -542,6 +557,10 @@ async fn the_openapi_document_declares_security_only_when_tokens_are_configured(
     for (path, item) in doc["paths"].as_object().expect("paths") {
         for (method, operation) in item.as_object().expect("item") {
             assert!(operation.get("security").is_none(), "{method} {path}");
+            assert!(
+                operation.get("parameters").is_none_or(Value::is_array),
+                "{method} {path}"
+            );
             for (status, response) in operation["responses"].as_object().expect("responses") {
                 if status.starts_with('4') || (status.starts_with('5') && path != "/readyz") {
                     assert_eq!(

@@ -156,7 +156,9 @@ pub async fn delete_user(
     body: JsonBody,
 ) -> Result<Json<DeletionReceipt>, ApiError> {
     body.require(JSON)?;
-    let reason = if body.bytes.iter().all(u8::is_ascii_whitespace) {
+    let text = body.bytes.trim_ascii();
+    // No body and `null` are the documented ways to give no reason.
+    let reason = if text.is_empty() || text == b"null" {
         String::new()
     } else {
         body.json::<DeleteUserRequest>().await?.reason

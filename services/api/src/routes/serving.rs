@@ -16,7 +16,7 @@ use crate::extract::{check_user_id, ApiQuery, JsonBody, UserId, JSON};
 use crate::openapi::MAX_ACTIVITY_LIMIT;
 use crate::progress::LogEnd;
 use crate::state::AppState;
-use crate::time::{now_millis, parse_time};
+use crate::time::{now_millis, parse_time, MAX_EPOCH_MILLIS};
 
 /// How fresh an answer is: which layers it merges and how far behind they are.
 #[derive(Clone, Debug, Serialize, ToSchema)]
@@ -141,7 +141,7 @@ fn distinct(items: Vec<String>) -> Vec<String> {
         .collect()
 }
 
-pub(crate) fn select_distinct(
+fn select_distinct(
     state: &AppState,
     names: Vec<String>,
 ) -> Result<Vec<&SignalDefinition>, ApiError> {
@@ -175,7 +175,7 @@ fn split_list(field: &str, list: &str, max: usize) -> Result<Vec<String>, ApiErr
 }
 
 /// Checks `at` against the history retention; `None` is now.
-pub(crate) fn resolve_at(state: &AppState, at: Option<Millis>) -> Result<Millis, ApiError> {
+fn resolve_at(state: &AppState, at: Option<Millis>) -> Result<Millis, ApiError> {
     let now = now_millis();
     let Some(at) = at else { return Ok(now) };
     let oldest = now - state.options.retention;
@@ -190,18 +190,18 @@ pub(crate) fn resolve_at(state: &AppState, at: Option<Millis>) -> Result<Millis,
     Ok(at)
 }
 
-pub(crate) fn parse_at_param(text: Option<&str>) -> Result<Option<Millis>, ApiError> {
+fn parse_at_param(text: Option<&str>) -> Result<Option<Millis>, ApiError> {
     text.map(|t| parse_time(t).map_err(|e| ApiError::BadRequest(format!("`at`: {e}"))))
         .transpose()
 }
 
-pub(crate) async fn speed_and_log(
+async fn speed_and_log(
     state: &AppState,
 ) -> Result<(signals_store::SpeedProgress, LogEnd), ApiError> {
     Ok(state.progress.read(&state.store, &state.log).await)
 }
 
-pub(crate) async fn answer(
+async fn answer(
     state: &AppState,
     user_id: String,
     definitions: &[&SignalDefinition],
@@ -307,9 +307,22 @@ pub async fn query(
     let definitions = select(&state, request.names)?;
     let at = match request.at {
         None | Some(Value::Null) => None,
-        Some(Value::Number(n)) => Some(n.as_i64().ok_or_else(|| {
-            ApiError::BadRequest("`at`: epoch milliseconds must be an integer".into())
-        })?),
+        // An integer, also when written with a zero fraction (`1.0` is an
+        // integer to JSON Schema, as the document states `at`).
+        Some(Value::Number(n)) => Some(
+            n.as_i64()
+                .or_else(|| {
+                    n.as_f64()
+                        .filter(|f| f.fract() == 0.0 && f.abs() < 1.0e18)
+                        .map(|f| f as i64)
+                })
+                .filter(|ms| ms.abs() <= MAX_EPOCH_MILLIS)
+                .ok_or_else(|| {
+                    ApiError::BadRequest(
+                        "`at`: epoch milliseconds must be an integer of at most 18 digits".into(),
+                    )
+                })?,
+        ),
         Some(Value::String(s)) => parse_at_param(Some(&s))?,
         Some(_) => {
             return Err(ApiError::BadRequest(
