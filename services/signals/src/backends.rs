@@ -274,7 +274,10 @@ async fn open_store(config: &Config) -> Result<Stores, Failure> {
             let store = Arc::new(store);
             Ok((store.clone(), Some(store)))
         }
-        StoreBackend::Scylla => Ok((Arc::new(connect_scylla(&config.store.scylla).await?), None)),
+        StoreBackend::Scylla => {
+            let store = Arc::new(connect_scylla(&config.store.scylla).await?);
+            Ok((store.clone(), Some(store)))
+        }
     }
 }
 

@@ -126,3 +126,122 @@ pub trait InsightsStore: Send + Sync + 'static {
     async fn segment_changes(&self, after: u64, limit: usize)
         -> Result<Vec<FeedEntry>, StoreError>;
 }
+
+/// The contract every [`InsightsStore`] keeps, run on each backend.
+#[cfg(any(test, feature = "contract-tests"))]
+pub mod contract {
+    use super::*;
+
+    fn entered(user: &str, segment: &str, at: Millis) -> Transition {
+        Transition {
+            user_id: user.into(),
+            segment: segment.into(),
+            change: Change::Entered,
+            at,
+        }
+    }
+
+    /// Compare-and-set, replays, cursors, paging, timers.
+    pub async fn membership_and_feed(store: &dyn InsightsStore) {
+        assert_eq!(
+            store.insights_progress().await.expect("read"),
+            InsightsProgress::default()
+        );
+        assert!(store.segment_changes(0, 10).await.expect("read").is_empty());
+        let next = Membership {
+            segments: vec!["a".into()],
+            evaluated_at: 10,
+            due: Some(50),
+        };
+        let update = MembershipUpdate {
+            user_id: "u1".into(),
+            previous: None,
+            next: next.clone(),
+            transitions: vec![entered("u1", "a", 10)],
+        };
+        let second = MembershipUpdate {
+            user_id: "u2".into(),
+            previous: None,
+            next: Membership {
+                due: Some(40),
+                ..next.clone()
+            },
+            transitions: vec![entered("u2", "a", 10)],
+        };
+        let progress = InsightsProgress {
+            evaluated_until: Some(10),
+            ..InsightsProgress::default()
+        };
+        let applied = store
+            .apply_insights(vec![update.clone(), second], progress.clone())
+            .await
+            .expect("applied");
+        assert_eq!(applied.published.len(), 2);
+        assert_eq!(applied.published[0].cursor, 1);
+        // A replay of the same update conflicts and publishes nothing.
+        let replay = store
+            .apply_insights(vec![update], progress)
+            .await
+            .expect("applied");
+        assert_eq!((replay.published.len(), replay.conflicts), (0, 1));
+        let feed = store.segment_changes(0, 10).await.expect("feed");
+        assert_eq!(
+            feed.iter().map(|e| e.cursor).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        assert_eq!(store.segment_changes(1, 10).await.expect("feed").len(), 1);
+        assert_eq!(
+            store.insights_progress().await.expect("read").next_cursor,
+            3
+        );
+        assert_eq!(
+            store.segment_members("a", None, 1).await.expect("members"),
+            vec!["u1"]
+        );
+        assert_eq!(
+            store
+                .segment_members("a", Some("u1"), 10)
+                .await
+                .expect("members"),
+            vec!["u2"]
+        );
+        assert!(store
+            .segment_members("ab", None, 10)
+            .await
+            .expect("members")
+            .is_empty());
+        assert_eq!(
+            store.due(45, 10).await.expect("due"),
+            vec![(40, "u2".to_owned())]
+        );
+        assert_eq!(store.due(50, 10).await.expect("due").len(), 2);
+
+        // Leaving moves the timer and the member list.
+        let left = MembershipUpdate {
+            user_id: "u1".into(),
+            previous: Some(next.clone()),
+            next: Membership {
+                segments: vec![],
+                evaluated_at: 50,
+                due: None,
+            },
+            transitions: vec![Transition {
+                change: Change::Left,
+                ..entered("u1", "a", 50)
+            }],
+        };
+        let applied = store
+            .apply_insights(vec![left], InsightsProgress::default())
+            .await
+            .expect("applied");
+        assert_eq!(applied.published[0].cursor, 3, "the stored cursor wins");
+        assert_eq!(
+            store.segment_members("a", None, 10).await.expect("members"),
+            vec!["u2"]
+        );
+        assert_eq!(
+            store.due(100, 10).await.expect("due"),
+            vec![(40, "u2".to_owned())]
+        );
+    }
+}

@@ -483,3 +483,15 @@ async fn an_unreachable_cluster_is_unavailable_and_retryable() {
     assert!(error.is_retryable());
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+#[tokio::test]
+async fn insights_keep_the_port_contract() {
+    let Some(server) = Server::new() else { return };
+    let store = server.fresh().await;
+    crate::insights::contract::membership_and_feed(&store).await;
+    // Every pass's journal was applied and cleared with its progress.
+    let progress = crate::InsightsStore::insights_progress(&store)
+        .await
+        .expect("progress");
+    assert_eq!(progress.next_cursor, 4);
+}

@@ -63,6 +63,7 @@ mod codec;
 mod config;
 mod erase;
 mod gc;
+mod insights;
 mod schema;
 mod speed;
 mod store;
