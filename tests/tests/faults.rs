@@ -31,7 +31,7 @@ fn out_dir(name: &str) -> PathBuf {
 }
 
 /// Prints and saves the tables; fails listing every problem.
-fn conclude(rounds: &[Round], dir: &std::path::Path, started: Instant) {
+fn conclude(rounds: &[Round], startup_exits: &[String], dir: &std::path::Path, started: Instant) {
     let text = format!(
         "## By fault\n\n{}\n## By round\n\n{}\nwall time {:.0} s; logs in {}\n",
         report::by_fault(rounds),
@@ -41,7 +41,8 @@ fn conclude(rounds: &[Round], dir: &std::path::Path, started: Instant) {
     );
     println!("{text}");
     std::fs::write(dir.join("results.md"), &text).expect("results written");
-    let problems = report::problems(rounds);
+    let mut problems = report::problems(rounds);
+    problems.extend(startup_exits.iter().map(|e| format!("starting: {e}")));
     std::fs::write(dir.join("problems.txt"), problems.join("\n\n")).expect("problems written");
     assert!(
         problems.is_empty(),
@@ -66,6 +67,7 @@ async fn short_form_faults_lose_nothing_acknowledged_and_count_nothing_twice() {
     let plan = [
         vec![
             Fault::CassandraCut,
+            Fault::CassandraStall,
             Fault::RedisKill,
             Fault::RedisPause,
             Fault::RedisCut,
@@ -84,7 +86,7 @@ async fn short_form_faults_lose_nothing_acknowledged_and_count_nothing_twice() {
         rounds.push(harness.round(&faults, LoadShape::default()).await);
     }
     harness.stop();
-    conclude(&rounds, &dir, started);
+    conclude(&rounds, &harness.startup_exits, &dir, started);
 }
 
 fn setting(name: &str, default: usize) -> usize {
@@ -145,5 +147,5 @@ async fn long_form() {
         );
     }
     harness.stop();
-    conclude(&rounds, &dir, started);
+    conclude(&rounds, &harness.startup_exits, &dir, started);
 }

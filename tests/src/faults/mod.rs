@@ -243,6 +243,9 @@ pub struct Harness {
     unique: String,
     rng: StdRng,
     rounds: usize,
+    /// Processes that exited by themselves while starting or while being
+    /// restarted (respawned as a supervisor would; a failure).
+    pub startup_exits: Vec<String>,
     /// Where the processes' data and logs are.
     pub dir: PathBuf,
 }
@@ -325,6 +328,7 @@ impl Harness {
             unique,
             rng: StdRng::seed_from_u64(seed),
             rounds: 0,
+            startup_exits: Vec::new(),
             dir: dir.to_path_buf(),
         };
         if harness.wait_ready(Duration::from_secs(180)).await.is_none() {
@@ -367,6 +371,8 @@ impl Harness {
     async fn wait_ready(&mut self, within: Duration) -> Option<Duration> {
         let started = Instant::now();
         while started.elapsed() < within {
+            let exits = self.supervise();
+            self.startup_exits.extend(exits);
             let serve = readyz(&self.http, &self.processes.serve).await;
             let speed = readyz(&self.http, &self.processes.speed).await;
             if serve.0 == 200 && speed.0 == 200 {
