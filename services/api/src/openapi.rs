@@ -7,7 +7,7 @@ use signals_core::Definitions;
 use signals_schemas::EventType;
 use utoipa::OpenApi;
 
-use crate::routes::{admin, collector, ops, serving};
+use crate::routes::{admin, collector, insights, ops, serving};
 use crate::state::{ApiOptions, AppState};
 
 #[derive(OpenApi)]
@@ -19,6 +19,9 @@ use crate::state::{ApiOptions, AppState};
         serving::user_signals,
         serving::activity,
         serving::query,
+        insights::user_segments,
+        insights::segment_users,
+        insights::segment_changes,
         admin::definitions,
         admin::batch_status,
         admin::run_batch,
@@ -39,6 +42,11 @@ use crate::state::{ApiOptions, AppState};
         serving::QueryRequest,
         serving::QueryResponse,
         serving::ActivityResponse,
+        insights::UserSegmentsResponse,
+        insights::MembershipFreshness,
+        insights::SegmentMembersResponse,
+        insights::ChangeJson,
+        insights::SegmentChangesResponse,
         admin::DefinitionsResponse,
         admin::BatchStatusResponse,
         admin::DeleteUserRequest,
@@ -47,6 +55,7 @@ use crate::state::{ApiOptions, AppState};
     tags(
         (name = "collector", description = "Events and retractions into the log"),
         (name = "serving", description = "Signal values and activity"),
+        (name = "insights", description = "Sessions and segments: a user's segments, members, the feed of transitions"),
         (name = "admin", description = "The batch layer"),
         (name = "operations", description = "Health, readiness, metrics"),
     )

@@ -126,6 +126,14 @@ impl Backends {
                     local_cache_bytes: config.cache.local_bytes,
                     breaker_failures: config.cache.breaker_failures,
                     breaker_cool_down: config.cache.breaker_cool_down,
+                    username: config.cache.redis_username.clone(),
+                    password: config.cache.redis_password.clone(),
+                    tls_root_ca: match &config.cache.redis_tls_ca {
+                        Some(path) => Some(std::fs::read(path).with_context(|| {
+                            format!("cache.redis_tls_ca = {}: cannot read", path.display())
+                        })?),
+                        None => None,
+                    },
                     ..RedisOptions::default()
                 },
             )?) as Arc<dyn SignalStore>,

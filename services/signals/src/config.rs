@@ -115,8 +115,16 @@ pub struct KafkaConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
-    /// `redis://host:port`; no cache when empty.
+    /// `redis://host:port` (`rediss://` for TLS); no cache when empty.
     pub redis_url: String,
+    /// ACL user and password (replacing any in `redis_url`).
+    #[serde(default)]
+    pub redis_username: Option<String>,
+    #[serde(default)]
+    pub redis_password: Option<String>,
+    /// PEM certificates trusted for `rediss://` instead of the system's.
+    #[serde(default)]
+    pub redis_tls_ca: Option<PathBuf>,
     #[serde(with = "humantime_serde")]
     pub ttl: Duration,
     #[serde(with = "humantime_serde")]

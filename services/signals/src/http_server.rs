@@ -52,6 +52,13 @@ const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
 content-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 104\r\n\r\n\
 {\"error\":\"the server has its maximum of open connections (server.max_connections); retry shortly\"}";
 
+/// Makes ring the process's rustls provider: TLS clients that take the
+/// process default (Redis's `rediss://`) then need no choice of their own.
+pub fn install_crypto_provider() {
+    // Err only when one is installed already, which is as good.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// A TLS acceptor from a PEM certificate chain and private key.
 pub fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
     let cert_pem = std::fs::read(cert)

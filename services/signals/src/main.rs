@@ -75,6 +75,7 @@ fn main() -> ExitCode {
         config.data_dir = dir;
     }
     telemetry::init_logs(&config.telemetry);
+    http_server::install_crypto_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

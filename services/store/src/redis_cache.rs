@@ -67,6 +67,12 @@ pub struct RedisOptions {
     pub breaker_failures: u32,
     /// How long an open breaker keeps reads away from Redis before a probe.
     pub breaker_cool_down: Duration,
+    /// ACL user and password; they replace any in `url` (so that the secret
+    /// can come from its own setting rather than the URL).
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// PEM certificates trusted for `rediss://` instead of the system's.
+    pub tls_root_ca: Option<Vec<u8>>,
 }
 
 impl Default for RedisOptions {
@@ -79,8 +85,63 @@ impl Default for RedisOptions {
             local_cache_bytes: 64 << 20,
             breaker_failures: 3,
             breaker_cool_down: Duration::from_secs(5),
+            username: None,
+            password: None,
+            tls_root_ca: None,
         }
     }
+}
+
+/// `url` with any password replaced by `***`, for messages and logs.
+pub fn redacted_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let credentials = &rest[..at];
+            let user = credentials.split_once(':').map_or("", |(user, _)| user);
+            format!("{scheme}://{user}:***{}", &rest[at..])
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// The Redis client: `url` (`redis://` or `rediss://`), with the ACL
+/// user, password and trusted certificates of `options`.
+fn client(options: &RedisOptions) -> Result<redis::Client, StoreError> {
+    use redis::IntoConnectionInfo;
+    let invalid = |e: redis::RedisError| {
+        StoreError::Backend(format!(
+            "invalid Redis URL {}: {e}",
+            redacted_url(&options.url)
+        ))
+    };
+    let mut info = options
+        .url
+        .as_str()
+        .into_connection_info()
+        .map_err(invalid)?;
+    let mut settings = info.redis_settings().clone();
+    if let Some(username) = &options.username {
+        settings = settings.set_username(username);
+    }
+    if let Some(password) = &options.password {
+        settings = settings.set_password(password);
+    }
+    info = info.set_redis_settings(settings);
+    match &options.tls_root_ca {
+        Some(ca) => redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca.clone()),
+            },
+        ),
+        None => redis::Client::open(info),
+    }
+    .map_err(invalid)
 }
 
 /// A [`SignalStore`] whose published records are cached in Redis.
@@ -110,8 +171,7 @@ impl CachedStore {
         inner: Arc<dyn SignalStore>,
         options: RedisOptions,
     ) -> Result<CachedStore, StoreError> {
-        let client = redis::Client::open(options.url.as_str())
-            .map_err(|e| StoreError::Backend(format!("invalid Redis URL {}: {e}", options.url)))?;
+        let client = client(&options)?;
         Ok(CachedStore {
             inner,
             local: RecordCache::new(options.local_cache_bytes),
@@ -439,6 +499,25 @@ impl SignalStore for CachedStore {
                 .ok()
                 .and_then(|last| last.as_ref().map(|(_, message)| message.clone()))
         })
+    }
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::redacted_url;
+
+    #[test]
+    fn a_password_never_reaches_a_message() {
+        assert_eq!(
+            redacted_url("redis://signals:s3cret@cache:6379/0"),
+            "redis://signals:***@cache:6379/0"
+        );
+        assert_eq!(
+            redacted_url("rediss://:s3cret@cache"),
+            "rediss://:***@cache"
+        );
+        assert_eq!(redacted_url("redis://cache:6379"), "redis://cache:6379");
+        assert_eq!(redacted_url("not a url"), "not a url");
     }
 }
 

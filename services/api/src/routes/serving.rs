@@ -141,7 +141,7 @@ fn distinct(items: Vec<String>) -> Vec<String> {
         .collect()
 }
 
-fn select_distinct(
+pub(crate) fn select_distinct(
     state: &AppState,
     names: Vec<String>,
 ) -> Result<Vec<&SignalDefinition>, ApiError> {
@@ -175,7 +175,7 @@ fn split_list(field: &str, list: &str, max: usize) -> Result<Vec<String>, ApiErr
 }
 
 /// Checks `at` against the history retention; `None` is now.
-fn resolve_at(state: &AppState, at: Option<Millis>) -> Result<Millis, ApiError> {
+pub(crate) fn resolve_at(state: &AppState, at: Option<Millis>) -> Result<Millis, ApiError> {
     let now = now_millis();
     let Some(at) = at else { return Ok(now) };
     let oldest = now - state.options.retention;
@@ -190,18 +190,18 @@ fn resolve_at(state: &AppState, at: Option<Millis>) -> Result<Millis, ApiError> 
     Ok(at)
 }
 
-fn parse_at_param(text: Option<&str>) -> Result<Option<Millis>, ApiError> {
+pub(crate) fn parse_at_param(text: Option<&str>) -> Result<Option<Millis>, ApiError> {
     text.map(|t| parse_time(t).map_err(|e| ApiError::BadRequest(format!("`at`: {e}"))))
         .transpose()
 }
 
-async fn speed_and_log(
+pub(crate) async fn speed_and_log(
     state: &AppState,
 ) -> Result<(signals_store::SpeedProgress, LogEnd), ApiError> {
     Ok(state.progress.read(&state.store, &state.log).await)
 }
 
-async fn answer(
+pub(crate) async fn answer(
     state: &AppState,
     user_id: String,
     definitions: &[&SignalDefinition],
