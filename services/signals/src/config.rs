@@ -515,8 +515,8 @@ mod tests {
 
     #[test]
     fn a_segment_over_an_unknown_signal_names_segment_and_signal() {
-        let config = load_text("[[segments]]\nname = \"fans\"\nrule = \"likes_24h >= 3\"")
-            .expect("parses");
+        let config =
+            load_text("[[segments]]\nname = \"fans\"\nrule = \"likes_24h >= 3\"").expect("parses");
         let definitions = config.definitions().expect("valid");
         let err = format!("{:#}", config.segments(&definitions).expect_err("unknown"));
         assert_eq!(

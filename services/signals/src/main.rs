@@ -3,8 +3,8 @@
 mod backends;
 mod batch_cli;
 mod config;
-mod readiness;
 mod http_server;
+mod readiness;
 mod run;
 mod telemetry;
 
