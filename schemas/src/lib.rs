@@ -15,6 +15,7 @@ pub mod json;
 #[cfg(feature = "registry")]
 pub mod registry;
 pub mod rules;
+pub mod segment_change;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -31,6 +31,8 @@
 //! `poll_wait` (default 200 ms) plus the speed layer's lag for event-caused
 //! ones. The bench measures it.
 
+#[cfg(feature = "kafka")]
+pub mod kafka;
 mod worker;
 
 pub use worker::{ChangeSink, InsightsError, InsightsOptions, InsightsWorker};

@@ -22,6 +22,10 @@ pub enum InsightsError {
     Log(#[from] LogError),
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// The feed's other destination (Kafka) failed; retried from its own
+    /// record of what it holds.
+    #[error("{0}")]
+    Sink(String),
 }
 
 impl InsightsError {
@@ -30,6 +34,7 @@ impl InsightsError {
         match self {
             InsightsError::Log(e) => e.is_retryable(),
             InsightsError::Store(e) => e.is_retryable(),
+            InsightsError::Sink(_) => true,
         }
     }
 }
