@@ -75,6 +75,28 @@ pub struct KafkaOptions {
     /// collector (and different between collectors), so that a restarted
     /// one fences the transaction its previous incarnation left open.
     pub transactional_id: String,
+    /// librdkafka security properties (`security.protocol`, `sasl.*`,
+    /// `ssl.*`), set on every client this log makes.
+    pub security: SecurityProperties,
+}
+
+/// librdkafka properties that may hold secrets: `Debug` shows their keys,
+/// never their values.
+#[derive(Clone, Default)]
+pub struct SecurityProperties(pub Vec<(String, String)>);
+
+impl From<Vec<(String, String)>> for SecurityProperties {
+    fn from(properties: Vec<(String, String)>) -> Self {
+        SecurityProperties(properties)
+    }
+}
+
+impl std::fmt::Debug for SecurityProperties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(key, _)| key))
+            .finish()
+    }
 }
 
 impl Default for KafkaOptions {
@@ -91,6 +113,7 @@ impl Default for KafkaOptions {
             timeout: Duration::from_secs(10),
             session_timeout: Duration::from_secs(10),
             transactional_id: unique_transactional_id("signals"),
+            security: SecurityProperties::default(),
         }
     }
 }
@@ -124,6 +147,9 @@ fn base_config(options: &KafkaOptions) -> ClientConfig {
         .set("bootstrap.servers", &options.brokers)
         .set("socket.timeout.ms", options.timeout.as_millis().to_string())
         .set("client.id", "signals");
+    for (key, value) in &options.security.0 {
+        config.set(key, value);
+    }
     config
 }
 
@@ -133,7 +159,69 @@ pub struct KafkaLog {
     partitions: u32,
     transactions: Transactions,
     /// Metadata and watermark queries; never joins a group.
-    probe: Arc<BaseConsumer>,
+    probe: Probe,
+}
+
+/// The client of metadata and watermark queries, replaced after a failure
+/// (at most every [`Probe::RENEW_AFTER`]): a client whose connection went
+/// bad while the broker was paused or cut off must not keep readiness and
+/// freshness failing after the broker is back.
+struct Probe {
+    options: KafkaOptions,
+    current: std::sync::Mutex<(Arc<BaseConsumer>, std::time::Instant)>,
+}
+
+impl Probe {
+    const RENEW_AFTER: Duration = Duration::from_secs(10);
+
+    fn new(options: &KafkaOptions) -> Result<Probe, LogError> {
+        Ok(Probe {
+            options: options.clone(),
+            current: std::sync::Mutex::new((
+                Arc::new(probe_client(options)?),
+                std::time::Instant::now(),
+            )),
+        })
+    }
+
+    fn get(&self) -> Arc<BaseConsumer> {
+        match self.current.lock() {
+            Ok(current) => current.0.clone(),
+            Err(poisoned) => poisoned.into_inner().0.clone(),
+        }
+    }
+
+    /// Notes a failed query: a client older than `RENEW_AFTER` is replaced.
+    fn failed(&self) {
+        let Ok(mut current) = self.current.lock() else {
+            return;
+        };
+        if current.1.elapsed() < Self::RENEW_AFTER {
+            return;
+        }
+        match probe_client(&self.options) {
+            Ok(fresh) => {
+                let old =
+                    std::mem::replace(&mut *current, (Arc::new(fresh), std::time::Instant::now()));
+                // Dropping a client may block briefly.
+                std::thread::spawn(move || drop(old));
+            }
+            Err(error) => warn!(%error, "cannot renew the kafka metadata client"),
+        }
+    }
+}
+
+/// A consumer that never joins its group, for metadata and watermarks.
+fn probe_client(options: &KafkaOptions) -> Result<BaseConsumer, LogError> {
+    base_config(options)
+        .set("group.id", "signals-probe")
+        .set("enable.auto.commit", "false")
+        // Watermarks as the high watermark, not the last stable offset:
+        // an append that returned is counted at once, even while its
+        // transaction's commit marker is still being written.
+        .set("isolation.level", "read_uncommitted")
+        .create()
+        .map_err(|e| unavailable("cannot create a consumer", e))
 }
 
 impl KafkaLog {
@@ -144,17 +232,8 @@ impl KafkaLog {
         if options.create_topics {
             ensure_topics(&options).await?;
         }
-        let probe: BaseConsumer = base_config(&options)
-            .set("group.id", "signals-probe")
-            .set("enable.auto.commit", "false")
-            // Watermarks as the high watermark, not the last stable offset:
-            // an append that returned is counted at once, even while its
-            // transaction's commit marker is still being written.
-            .set("isolation.level", "read_uncommitted")
-            .create()
-            .map_err(|e| unavailable("cannot create a consumer", e))?;
-        let probe = Arc::new(probe);
-        let partitions = partition_count(&probe, &options, options.timeout).await?;
+        let probe = Probe::new(&options)?;
+        let partitions = partition_count(&probe.get(), &options, options.timeout).await?;
         info!(brokers = %options.brokers, topic = %options.topic, partitions, "connected to kafka");
         Ok(KafkaLog {
             transactions: Transactions::new(options.clone()),
@@ -295,11 +374,11 @@ impl EventLog for KafkaLog {
     }
 
     async fn end(&self) -> Result<LogPosition, LogError> {
-        let probe = self.probe.clone();
+        let probe = self.probe.get();
         let topic = self.options.topic.clone();
         let timeout = self.options.timeout;
         let partitions = self.partitions;
-        tokio::task::spawn_blocking(move || {
+        let end: Result<LogPosition, LogError> = tokio::task::spawn_blocking(move || {
             (0..partitions)
                 .map(|p| {
                     probe
@@ -310,7 +389,11 @@ impl EventLog for KafkaLog {
                 .collect()
         })
         .await
-        .map_err(blocking_failed)?
+        .map_err(blocking_failed)?;
+        if end.is_err() {
+            self.probe.failed();
+        }
+        end
     }
 
     async fn read_from(&self, from: &LogPosition) -> Result<Box<dyn LogReader>, LogError> {
@@ -345,7 +428,10 @@ impl EventLog for KafkaLog {
 
     async fn check(&self) -> Result<(), LogError> {
         let timeout = self.options.timeout.min(CHECK_TIMEOUT);
-        partition_count(&self.probe, &self.options, timeout).await?;
+        if let Err(error) = partition_count(&self.probe.get(), &self.options, timeout).await {
+            self.probe.failed();
+            return Err(error);
+        }
         match self.transactions.problem() {
             Some(problem) => Err(LogError::Unavailable(format!("kafka: {problem}"))),
             None => Ok(()),
