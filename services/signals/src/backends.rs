@@ -317,6 +317,8 @@ fn kafka_options(config: &KafkaConfig, role: Role) -> KafkaOptions {
         timeout: config.timeout,
         session_timeout: config.session_timeout,
         transactional_id,
+        // Filled from configuration by the change that adds its keys.
+        security: Default::default(),
     }
 }
 
