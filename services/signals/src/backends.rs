@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use signals_log::embedded::{EmbeddedLog, EmbeddedLogOptions, FsyncPolicy};
-use signals_log::kafka::{unique_transactional_id, KafkaDeadLetters, KafkaLog, KafkaOptions};
+use signals_log::kafka::{
+    unique_transactional_id, KafkaDeadLetters, KafkaLog, KafkaOptions, SecurityProperties,
+};
 use signals_log::registry::RegistryLog;
 use signals_log::{DeadLetterFile, DeadLetterSink, EventLog, LogError};
 use signals_store::embedded::EmbeddedStore;
@@ -317,9 +319,30 @@ fn kafka_options(config: &KafkaConfig, role: Role) -> KafkaOptions {
         timeout: config.timeout,
         session_timeout: config.session_timeout,
         transactional_id,
-        // Filled from configuration by the change that adds its keys.
-        security: Default::default(),
+        security: kafka_security(config),
     }
+}
+
+/// The librdkafka properties of `[log.kafka]`'s security keys that are set.
+fn kafka_security(config: &KafkaConfig) -> SecurityProperties {
+    let path = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.display().to_string());
+    [
+        ("security.protocol", config.security_protocol.clone()),
+        ("sasl.mechanism", config.sasl_mechanism.clone()),
+        ("sasl.username", config.sasl_username.clone()),
+        ("sasl.password", config.sasl_password.clone()),
+        ("ssl.ca.location", path(&config.ssl_ca_location)),
+        (
+            "ssl.certificate.location",
+            path(&config.ssl_certificate_location),
+        ),
+        ("ssl.key.location", path(&config.ssl_key_location)),
+        ("ssl.key.password", config.ssl_key_password.clone()),
+    ]
+    .into_iter()
+    .filter_map(|(key, value)| value.map(|v| (key.to_owned(), v)))
+    .collect::<Vec<_>>()
+    .into()
 }
 
 /// This machine's name (a pod's name on Kubernetes), for ids that must stay
@@ -335,7 +358,8 @@ fn hostname() -> String {
 
 async fn connect_scylla(config: &ScyllaConfig) -> Result<ScyllaStore, Failure> {
     let context = || format!("cannot use ScyllaDB/Cassandra at {}", config.nodes);
-    let store = ScyllaStore::connect(scylla_options(config))
+    let options = scylla_options(config).map_err(Failure::Permanent)?;
+    let store = ScyllaStore::connect(options)
         .await
         .map_err(|e| with_context(e.into(), context()))?;
     if config.migrate_on_start {
@@ -349,8 +373,8 @@ async fn connect_scylla(config: &ScyllaConfig) -> Result<ScyllaStore, Failure> {
     Ok(store)
 }
 
-fn scylla_options(config: &ScyllaConfig) -> ScyllaOptions {
-    ScyllaOptions {
+fn scylla_options(config: &ScyllaConfig) -> anyhow::Result<ScyllaOptions> {
+    Ok(ScyllaOptions {
         nodes: config
             .nodes
             .split(',')
@@ -361,8 +385,15 @@ fn scylla_options(config: &ScyllaConfig) -> ScyllaOptions {
         replication_factor: config.replication_factor,
         request_timeout: config.request_timeout,
         max_in_flight: config.max_in_flight,
+        credentials: config.username.clone().zip(config.password.clone()),
+        tls_ca: match &config.tls_ca {
+            Some(path) => Some(std::fs::read(path).with_context(|| {
+                format!("store.scylla.tls_ca = {}: cannot read", path.display())
+            })?),
+            None => None,
+        },
         ..ScyllaOptions::default()
-    }
+    })
 }
 
 /// Connects to ScyllaDB/Cassandra, applying the schema when configured to

@@ -103,6 +103,27 @@ pub struct KafkaConfig {
     /// How long a dead group member keeps its partitions (Kafka allows 6s..30min by default).
     #[serde(with = "humantime_serde")]
     pub session_timeout: Duration,
+    /// librdkafka `security.protocol`: plaintext, ssl, sasl_plaintext, sasl_ssl.
+    #[serde(default)]
+    pub security_protocol: Option<String>,
+    /// `sasl.mechanism`: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
+    #[serde(default)]
+    pub sasl_mechanism: Option<String>,
+    #[serde(default)]
+    pub sasl_username: Option<String>,
+    #[serde(default)]
+    pub sasl_password: Option<String>,
+    /// `ssl.ca.location`: PEM certificates the brokers' must chain to.
+    #[serde(default)]
+    pub ssl_ca_location: Option<PathBuf>,
+    /// `ssl.certificate.location` and `ssl.key.location`: a client
+    /// certificate for brokers that require one (mTLS).
+    #[serde(default)]
+    pub ssl_certificate_location: Option<PathBuf>,
+    #[serde(default)]
+    pub ssl_key_location: Option<PathBuf>,
+    #[serde(default)]
+    pub ssl_key_password: Option<String>,
     /// A Confluent-compatible schema registry (`http://host:port`); empty
     /// for none. See `signals_schemas::registry`.
     pub schema_registry_url: String,
@@ -180,6 +201,14 @@ pub struct ScyllaConfig {
     pub max_in_flight: usize,
     /// Apply the schema (idempotent) at start-up; otherwise run `signals migrate`.
     pub migrate_on_start: bool,
+    /// PasswordAuthenticator credentials (both or neither).
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// TLS to the nodes, trusting this PEM file's certificates.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -378,6 +407,19 @@ impl Config {
         }
         if self.server.header_read_timeout.is_zero() || self.server.body_timeout.is_zero() {
             bail!("invalid configuration: server.header_read_timeout and server.body_timeout must be more than 0s");
+        }
+        if let Some(protocol) = &self.log.kafka.security_protocol {
+            if !["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"].contains(&protocol.as_str()) {
+                bail!("invalid configuration: log.kafka.security_protocol = `{protocol}` is not plaintext, ssl, sasl_plaintext or sasl_ssl");
+            }
+        }
+        if let Some(mechanism) = &self.log.kafka.sasl_mechanism {
+            if !["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"].contains(&mechanism.as_str()) {
+                bail!("invalid configuration: log.kafka.sasl_mechanism = `{mechanism}` is not PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512");
+            }
+        }
+        if self.store.scylla.username.is_some() != self.store.scylla.password.is_some() {
+            bail!("invalid configuration: store.scylla.username and store.scylla.password go together: set both or neither");
         }
         if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
             bail!("invalid configuration: server.tls_cert and server.tls_key go together: set both or neither");

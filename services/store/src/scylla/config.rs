@@ -21,6 +21,11 @@ pub struct ScyllaOptions {
     pub max_in_flight: usize,
     /// How long serving reuses the published manifest it read last.
     pub manifest_ttl: Duration,
+    /// Username and password for PasswordAuthenticator clusters.
+    pub credentials: Option<(String, String)>,
+    /// TLS to the nodes (rustls), trusting these PEM certificates; `None`
+    /// connects in plain text.
+    pub tls_ca: Option<Vec<u8>>,
 }
 
 impl Default for ScyllaOptions {
@@ -32,6 +37,8 @@ impl Default for ScyllaOptions {
             request_timeout: Duration::from_secs(5),
             max_in_flight: 256,
             manifest_ttl: Duration::from_secs(1),
+            credentials: None,
+            tls_ca: None,
         }
     }
 }
@@ -70,4 +77,47 @@ impl ScyllaOptions {
         }
         Ok(())
     }
+}
+
+/// `builder` connecting over TLS (rustls), trusting the PEM certificates
+/// in `ca`.
+#[cfg(feature = "scylla-tls")]
+pub(crate) fn with_tls(
+    builder: scylla::client::session_builder::SessionBuilder,
+    ca: &[u8],
+) -> Result<scylla::client::session_builder::SessionBuilder, StoreError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let bad = |problem: String| {
+        StoreError::Backend(format!("invalid ScyllaDB option `tls_ca`: {problem}"))
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in CertificateDer::pem_slice_iter(ca) {
+        let certificate = certificate.map_err(|e| bad(format!("not PEM certificates: {e}")))?;
+        roots
+            .add(certificate)
+            .map_err(|e| bad(format!("a certificate is not usable: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("no certificate in it".into()));
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(builder.tls_context(Some(std::sync::Arc::new(config))))
+}
+
+/// Without the `scylla-tls` feature, TLS is refused by name.
+#[cfg(not(feature = "scylla-tls"))]
+pub(crate) fn with_tls(
+    _builder: scylla::client::session_builder::SessionBuilder,
+    _ca: &[u8],
+) -> Result<scylla::client::session_builder::SessionBuilder, StoreError> {
+    Err(StoreError::Backend(
+        "invalid ScyllaDB option `tls_ca`: this build has no CQL TLS; build with `--features cql-tls`"
+            .into(),
+    ))
 }

@@ -66,7 +66,14 @@ impl ScyllaStore {
             .serial_consistency(Some(SerialConsistency::Serial))
             .request_timeout(Some(options.request_timeout))
             .build();
-        let session = SessionBuilder::new()
+        let mut builder = SessionBuilder::new();
+        if let Some((username, password)) = &options.credentials {
+            builder = builder.user(username, password);
+        }
+        if let Some(ca) = &options.tls_ca {
+            builder = super::config::with_tls(builder, ca)?;
+        }
+        let session = builder
             .known_nodes(&options.nodes)
             .connection_timeout(options.request_timeout)
             .default_execution_profile_handle(profile.into_handle())
