@@ -17,14 +17,15 @@ use signals_api::routes::ops::Conditions;
 use signals_api::{ApiOptions, AppState, Tokens};
 use signals_batch::{BatchLayer, BatchOptions, BotFilter, Job, Quiet};
 use signals_core::Segments;
-use signals_insights::{InsightsOptions, InsightsWorker};
+use signals_insights::kafka::{KafkaChangeSink, KafkaSinkOptions};
+use signals_insights::{ChangeSink, InsightsOptions, InsightsWorker};
 use signals_speed::{SpeedLayer, SpeedOptions};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::backends::{Backends, Role, Startup};
-use crate::config::{Config, Listen, Schedule};
+use crate::config::{Config, Listen, LogBackend, Schedule};
 use crate::readiness::{SpeedHealth, Starting};
 use crate::{http_server, telemetry};
 
@@ -186,6 +187,24 @@ fn spawn_insights(
     })
 }
 
+/// On Kafka, the feed's topic `signals.segments` (one publisher at a time:
+/// a second worker's producer fences the first's).
+async fn feed_sink(config: &Config) -> anyhow::Result<Option<Arc<dyn ChangeSink>>> {
+    if config.log.backend != LogBackend::Kafka {
+        return Ok(None);
+    }
+    let kafka = &config.log.kafka;
+    let sink = KafkaChangeSink::connect(KafkaSinkOptions {
+        brokers: kafka.brokers.clone(),
+        topic: "signals.segments".into(),
+        transactional_id: format!("signals-insights-{}", kafka.group),
+        timeout: kafka.timeout,
+        replication_factor: kafka.replication_factor,
+    })
+    .await?;
+    Ok(Some(Arc::new(sink)))
+}
+
 /// `signals insights`: the insights worker alone.
 pub async fn insights_command(config: Config) -> anyhow::Result<ExitCode> {
     let definitions = Arc::new(config.definitions()?);
@@ -196,6 +215,10 @@ pub async fn insights_command(config: Config) -> anyhow::Result<ExitCode> {
             "store.backend = {:?} keeps no segment membership: the insights worker runs on the embedded store (inside `signals up`)",
             config.store.backend
         );
+    };
+    let worker = InsightsWorker {
+        sink: feed_sink(&config).await?,
+        ..worker
     };
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
