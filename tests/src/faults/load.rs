@@ -343,3 +343,52 @@ async fn read_loop(shared: Arc<Shared>, seed: u64) {
         tokio::time::sleep(Duration::from_millis(40)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sent(id: &str) -> Sent {
+        Sent {
+            event_id: id.into(),
+            user_id: "u".into(),
+            event_type: "view".into(),
+            item_id: Some("i".into()),
+            query: None,
+            time: 1,
+            city: None,
+        }
+    }
+
+    #[test]
+    fn a_failed_request_makes_maybe_and_a_later_200_makes_acknowledged_for_good() {
+        let mut ledger = Ledger::default();
+        ledger.record_events(&[sent("a"), sent("b")], false);
+        assert!(ledger.maybe_ids.contains("a") && ledger.acked_ids.is_empty());
+        ledger.record_events(&[sent("a")], true);
+        assert!(ledger.acked_ids.contains("a") && !ledger.maybe_ids.contains("a"));
+        assert!(ledger.maybe_ids.contains("b"));
+        // A later failed re-send never demotes what got 200.
+        ledger.record_events(&[sent("a")], false);
+        assert!(ledger.acked_ids.contains("a") && !ledger.maybe_ids.contains("a"));
+        assert_eq!(ledger.acked.events_of("u").len(), 1);
+    }
+
+    #[test]
+    fn retractions_follow_the_same_rule() {
+        let mut ledger = Ledger::default();
+        ledger.record_events(&[sent("a"), sent("b")], true);
+        ledger.record_retraction(&["a".into()], false);
+        assert!(ledger.maybe_retractions.contains("a"));
+        ledger.record_retraction(&["a".into()], true);
+        ledger.record_retraction(&["a".into()], false);
+        assert!(ledger.acked_retractions.contains("a") && !ledger.maybe_retractions.contains("a"));
+        let counted: Vec<&str> = ledger
+            .acked
+            .events_of("u")
+            .iter()
+            .map(|e| e.event_id.as_str())
+            .collect();
+        assert_eq!(counted, ["b"]);
+    }
+}

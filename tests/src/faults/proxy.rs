@@ -129,3 +129,82 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut mode: watch::
     }
     let _ = to.shutdown().await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// An upstream that echoes every byte back.
+    async fn echo() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
+        let address = listener.local_addr().expect("address").to_string();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let (mut read, mut write) = stream.into_split();
+                    let _ = tokio::io::copy(&mut read, &mut write).await;
+                });
+            }
+        });
+        address
+    }
+
+    async fn round_trip(stream: &mut TcpStream, within: Duration) -> Option<Vec<u8>> {
+        stream.write_all(b"ping").await.ok()?;
+        let mut reply = [0u8; 4];
+        match tokio::time::timeout(within, stream.read_exact(&mut reply)).await {
+            Ok(Ok(_)) => Some(reply.to_vec()),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn forwards_when_open_holds_when_stalled_resets_when_cut() {
+        let proxy = Proxy::start(echo().await).await.expect("proxy");
+        let mut client = TcpStream::connect(proxy.address).await.expect("connects");
+        let second = Duration::from_secs(1);
+        assert_eq!(
+            round_trip(&mut client, second).await.as_deref(),
+            Some(&b"ping"[..])
+        );
+
+        proxy.set(Mode::Stalled);
+        assert_eq!(
+            round_trip(&mut client, Duration::from_millis(300)).await,
+            None
+        );
+        proxy.set(Mode::Open);
+        // What was held is delivered once open again.
+        let mut held = [0u8; 4];
+        tokio::time::timeout(second, client.read_exact(&mut held))
+            .await
+            .expect("delivered after the stall")
+            .expect("read");
+        assert_eq!(&held, b"ping");
+
+        proxy.set(Mode::Cut);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            round_trip(&mut client, second).await,
+            None,
+            "cut connection"
+        );
+        let mut fresh = TcpStream::connect(proxy.address)
+            .await
+            .expect("accepted, then reset");
+        assert_eq!(
+            round_trip(&mut fresh, second).await,
+            None,
+            "refused while cut"
+        );
+        assert!(proxy.refused() >= 1);
+
+        proxy.set(Mode::Open);
+        let mut again = TcpStream::connect(proxy.address).await.expect("connects");
+        assert_eq!(
+            round_trip(&mut again, second).await.as_deref(),
+            Some(&b"ping"[..])
+        );
+    }
+}
