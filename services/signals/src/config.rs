@@ -131,6 +131,8 @@ pub struct KafkaConfig {
     pub min_insync_replicas: i32,
     /// The collector's Kafka `transactional.id`; empty: `signals-collector-<host>-<listen address>`.
     pub transactional_id: String,
+    /// Where `signals insights` produces the segment feed.
+    pub segments_topic: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -196,7 +196,7 @@ async fn feed_sink(config: &Config) -> anyhow::Result<Option<Arc<dyn ChangeSink>
     let kafka = &config.log.kafka;
     let sink = KafkaChangeSink::connect(KafkaSinkOptions {
         brokers: kafka.brokers.clone(),
-        topic: "signals.segments".into(),
+        topic: kafka.segments_topic.clone(),
         transactional_id: format!("signals-insights-{}", kafka.group),
         timeout: kafka.timeout,
         replication_factor: kafka.replication_factor,
