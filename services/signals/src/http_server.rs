@@ -43,6 +43,17 @@ pub struct Limits {
     pub shutdown_grace: Duration,
 }
 
+impl Limits {
+    /// The operations endpoints (`signals speed`'s, and the start-up one of
+    /// every role): few clients, but the same timeouts, so that a stuck
+    /// connection can neither hold a socket nor delay a shutdown.
+    pub const OPERATIONS: Limits = Limits {
+        max_connections: 64,
+        header_read_timeout: Duration::from_secs(10),
+        shutdown_grace: Duration::from_secs(2),
+    };
+}
+
 /// Connections over the cap being refused at once; beyond, they are
 /// dropped without an answer.
 const MAX_REFUSING: usize = 64;

@@ -69,8 +69,15 @@ impl Starting {
                     (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
                 }
             });
-        let server =
-            axum::serve(serving, app).with_graceful_shutdown(stop.clone().cancelled_owned());
+        // Timeouts as on the API: a connection that never sends its request
+        // must not hold `finish` (and so the start) waiting for it.
+        let server = crate::http_server::serve(
+            serving,
+            app,
+            None,
+            crate::http_server::Limits::OPERATIONS,
+            stop.clone(),
+        );
         let task = tokio::spawn(async move {
             if let Err(error) = server.await {
                 tracing::warn!(%error, "start-up endpoint failed");

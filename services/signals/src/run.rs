@@ -4,7 +4,6 @@
 //! in-flight requests finish (up to `server.shutdown_grace`), then stop the
 //! speed layer after the batch in hand is durable, then close the backends.
 
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -457,7 +456,7 @@ fn serve_operations(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: CancellationToken,
-) -> JoinHandle<std::io::Result<()>> {
+) -> JoinHandle<anyhow::Result<()>> {
     use axum::routing::get;
     use signals_api::routes::ops;
     if let Ok(address) = listener.local_addr() {
@@ -468,9 +467,11 @@ fn serve_operations(
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .with_state(state);
-    tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .into_future(),
-    )
+    tokio::spawn(http_server::serve(
+        listener,
+        app,
+        None,
+        http_server::Limits::OPERATIONS,
+        shutdown,
+    ))
 }
