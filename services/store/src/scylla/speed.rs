@@ -38,8 +38,17 @@ enum Row<'a> {
 }
 
 impl Inner {
-    /// Writes entries and index updates (at most `max_in_flight` at a time),
-    /// waits for all of them, then advances the progress rows.
+    /// Writes entries, then index updates, then advances the progress rows,
+    /// each step (at most `max_in_flight` requests at a time) only once the
+    /// one before is wholly acknowledged.
+    ///
+    /// Entries strictly before the index: a write cut short (the store dies,
+    /// a connection is reset, this process is killed) must never leave an
+    /// event id in the index without its entry, because a retry plans the
+    /// batch again from the index and would take such an id for a duplicate
+    /// and never write its entry (docs/RELIABILITY.md, finding 1). An entry
+    /// without its index row is harmless: the retry writes it again under
+    /// the same (partition, offset) key.
     pub(super) async fn apply_speed(&self, write: &SpeedWrite) -> Result<(), StoreError> {
         let statements = self.statements().await?;
         // Encoded up front: a value that cannot be encoded fails the call
@@ -53,7 +62,7 @@ impl Inner {
                 codec::encode(&e.entry)?,
             ));
         }
-        let mut rows = Vec::with_capacity(by_user.len() + write.index.len());
+        let mut rows = Vec::with_capacity(by_user.len());
         for (user, mut entries) in by_user {
             while entries.len() > ENTRIES_PER_BATCH {
                 let rest = entries.split_off(ENTRIES_PER_BATCH);
@@ -68,19 +77,22 @@ impl Inner {
                 rows: entries,
             });
         }
+        let mut index_rows = Vec::with_capacity(write.index.len());
         for (event_id, entry) in &write.index {
             non_empty(event_id, "event id")?;
-            rows.push(Row::Index {
+            index_rows.push(Row::Index {
                 event_id,
                 value: codec::encode(entry)?,
             });
         }
-        let count = rows.len();
-        stream::iter(rows.into_iter().map(Ok))
-            .try_for_each_concurrent(self.options.max_in_flight, |row| {
-                self.write_row(statements, row)
-            })
-            .await?;
+        let count = rows.len() + index_rows.len();
+        for step in [rows, index_rows] {
+            stream::iter(step.into_iter().map(Ok))
+                .try_for_each_concurrent(self.options.max_in_flight, |row| {
+                    self.write_row(statements, row)
+                })
+                .await?;
+        }
 
         // Only now, with every row above acknowledged: the progress rows.
         let last_accepted_at = match write.progress.last_accepted_at {
