@@ -363,10 +363,17 @@ async fn connect_scylla(config: &ScyllaConfig) -> Result<ScyllaStore, Failure> {
         .await
         .map_err(|e| with_context(e.into(), context()))?;
     if config.migrate_on_start {
+        // Waited for like an unreachable node, whatever the error: processes
+        // started together (compose, a rollout) migrate a new keyspace at the
+        // same moment, and until the cluster agrees on the schema the tables
+        // another process just created may be missing from this session's
+        // view. A lasting failure still stops start-up at `startup_timeout`,
+        // with the reason logged at every attempt meanwhile.
         store.migrate().await.map_err(|e| {
-            with_context(
-                e.into(),
-                "cannot apply the CQL schema (store.scylla.migrate_on_start)".to_owned(),
+            Failure::Transient(
+                anyhow::Error::new(e).context(
+                    "cannot apply the CQL schema (store.scylla.migrate_on_start)".to_owned(),
+                ),
             )
         })?;
     }
