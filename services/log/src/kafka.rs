@@ -406,6 +406,7 @@ impl EventLog for KafkaLog {
             options: self.options.clone(),
             position: from.clone(),
             membership,
+            failing_since: None,
         }))
     }
 
@@ -423,6 +424,7 @@ impl EventLog for KafkaLog {
             options: self.options.clone(),
             position: checkpoint.clone(),
             membership,
+            failing_since: None,
         }))
     }
 
@@ -445,7 +447,15 @@ struct KafkaReader {
     options: KafkaOptions,
     position: LogPosition,
     membership: Membership,
+    /// Since when every poll has failed; None while polls succeed.
+    failing_since: Option<std::time::Instant>,
 }
+
+/// How long polls may keep failing before the consumer is replaced. After a
+/// broker restart, kill or pause, librdkafka sometimes keeps reporting
+/// `AllBrokersDown` on connections that work again (RELIABILITY.md, finding
+/// 2); a new member of the same group resumes from the committed offsets.
+const REPLACE_FAILING_CONSUMER_AFTER: Duration = Duration::from_secs(30);
 
 /// How a reader gets its partitions.
 enum Membership {
@@ -544,15 +554,24 @@ impl LogReader for KafkaReader {
         .await
         .map_err(blocking_failed)?;
         if let Some(error) = polled.error {
-            if matches!(error, KafkaError::MessageConsumptionFatal(_)) {
-                // The consumer is unusable: a new member resumes from the
-                // committed offsets (grouped) or from our position.
-                warn!(%error, "kafka consumer failed fatally; replacing it");
+            let failing_since = *self
+                .failing_since
+                .get_or_insert_with(std::time::Instant::now);
+            let fatal = matches!(error, KafkaError::MessageConsumptionFatal(_));
+            if fatal || failing_since.elapsed() >= REPLACE_FAILING_CONSUMER_AFTER {
+                // A new member resumes from the committed offsets (grouped)
+                // or from our position; replays are idempotent downstream.
+                warn!(%error, fatal, failing_for = ?failing_since.elapsed(), "kafka consumer keeps failing; replacing it");
                 let fresh = self.membership.join(&self.options, &self.position)?;
-                self.consumer = Arc::new(fresh);
+                let old = std::mem::replace(&mut self.consumer, Arc::new(fresh));
+                // Closing a consumer may wait on the brokers: not on this task.
+                tokio::task::spawn_blocking(move || drop(old));
+                self.failing_since = None;
+                metrics::counter!("signals_kafka_consumer_replaced_total").increment(1);
             }
             return Err(unavailable("poll failed", error));
         }
+        self.failing_since = None;
         for entry in &polled.entries {
             self.position.advance(entry.partition, entry.offset + 1);
         }
