@@ -27,7 +27,8 @@ VALUES = {
     "default": [],
     "every optional key": ["--set", "redis.url=redis://127.0.0.1:1", "--set", "schemaRegistry.url=http://127.0.0.1:1",
                            "--set", "kafka.createTopics=false", "--set", "migrate.enabled=false",
-                           "--set-string", 'extraConfig=[[signals]]\nname = "views_2h"\nevents = ["view"]\naggregation = "count"\nwindow = "2h"'],
+                           "--set-string", 'extraConfig=[[signals]]\nname = "views_2h"\nevents = ["view"]\naggregation = "count"\nwindow = "2h"'
+                                           '\n[[segments]]\nname = "browsing"\nrule = "views_2h >= 5"'],
 }
 
 

@@ -472,8 +472,11 @@ impl Config {
 
     /// The segments, checked against `definitions`.
     pub fn segments(&self, definitions: &Definitions) -> anyhow::Result<Segments> {
-        Segments::compile(&self.segments, definitions)
-            .context("invalid configuration in [[segments]]")
+        Segments::compile(&self.segments, definitions).context(
+            "invalid configuration in [[segments]] (a [[signals]] list in your file replaces \
+                 the default signals, which the default segments read: declare [[segments]] \
+                 too, or `segments = []` for none)",
+        )
     }
 
     pub fn retention_millis(&self) -> i64 {
@@ -565,7 +568,9 @@ mod tests {
         let err = format!("{:#}", config.segments(&definitions).expect_err("unknown"));
         assert_eq!(
             err,
-            "invalid configuration in [[segments]]: segment `fans`: `rule` = `likes_24h >= 3`: `likes_24h` is not a defined signal"
+            "invalid configuration in [[segments]] (a [[signals]] list in your file replaces \
+             the default signals, which the default segments read: declare [[segments]] too, \
+             or `segments = []` for none): segment `fans`: `rule` = `likes_24h >= 3`: `likes_24h` is not a defined signal"
         );
     }
 

@@ -60,7 +60,7 @@ const MAX_REFUSING: usize = 64;
 
 /// The answer to a connection over the cap.
 const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
-content-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 104\r\n\r\n\
+content-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 98\r\n\r\n\
 {\"error\":\"the server has its maximum of open connections (server.max_connections); retry shortly\"}";
 
 /// Makes ring the process's rustls provider: TLS clients that take the
