@@ -111,7 +111,7 @@ impl Backends {
             open_log(config, role)
         })
         .await?;
-        let log = with_registry(config, log).await?;
+        let log = with_registry(config, log, deadline, startup).await?;
         let (store, insights) = wait_for("store", "the store", deadline, startup, || {
             open_store(config)
         })
@@ -241,20 +241,34 @@ async fn open_log(config: &Config, role: Role) -> Result<Arc<dyn EventLog>, Fail
 }
 
 /// The Kafka log framed with the schema registry's ids, when one is configured.
+/// Waits for the registry like for the log: a registry that is down at
+/// start-up (restarting with Kafka, say) is retried until `deadline`.
 async fn with_registry(
     config: &Config,
     log: Arc<dyn EventLog>,
+    deadline: Instant,
+    startup: &Startup,
 ) -> anyhow::Result<Arc<dyn EventLog>> {
     let url = &config.log.kafka.schema_registry_url;
     if url.is_empty() || config.log.backend != LogBackend::Kafka {
         return Ok(log);
     }
     let subject = format!("{}-value", config.log.kafka.topic);
-    let framed = RegistryLog::connect(log, url, &subject, config.log.kafka.timeout)
-        .await
-        .with_context(|| {
-            format!("cannot register the log's schema in the schema registry at {url}")
-        })?;
+    let framed = wait_for("registry", "the schema registry", deadline, startup, || {
+        let log = log.clone();
+        let subject = subject.clone();
+        async move {
+            RegistryLog::connect(log, url, &subject, config.log.kafka.timeout)
+                .await
+                .map_err(|e| {
+                    with_context(
+                        e.into(),
+                        format!("cannot register the log's schema in the schema registry at {url}"),
+                    )
+                })
+        }
+    })
+    .await?;
     let conflicts = framed.framing().conflicts().await?;
     if !conflicts.is_empty() {
         warn!(?conflicts, "the schema registry gives these ids of schemas/versions to other schemas: records framed with them before the registry was turned on read as dead letters or with the registry's schema");
