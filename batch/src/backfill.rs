@@ -5,7 +5,7 @@
 //!   replaced by the ones the log holds now (with today's corrections: bot
 //!   rule, retractions, deletions). Needs `from` at or after the published
 //!   version's horizon: older events are pre-aggregated, not raw.
-//! * `signals`: the pre-aggregated state of these lifetime signals is
+//! * `signals`: the pre-aggregated state of these lifetime or session signals is
 //!   recomputed with the definitions in force (how a new or changed lifetime
 //!   signal becomes exact without a full run). A sliding-window signal needs
 //!   nothing recomputed as long as its window lies within the raw events a
@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 use signals_core::view::BaseState;
-use signals_core::{SignalDefinition, State, UserRecord, Window};
+use signals_core::{SignalDefinition, UserRecord, Window};
 use signals_schemas::Millis;
 
 use crate::recompute::UserOutcome;
@@ -104,16 +104,15 @@ pub fn merge(
             .sort_unstable_by(|a, b| (b.event_time, &b.event_id).cmp(&(a.event_time, &a.event_id)));
     }
     let old: Vec<_> = events.iter().filter(|e| e.event_time < horizon).collect();
-    for signal in signals.iter().filter(|s| s.window == Window::Lifetime) {
+    // Lifetime signals and sessions (whose last session before the horizon
+    // can still reach the window) keep a state of the events before it.
+    for signal in signals.iter().filter(|s| s.keeps_base_state()) {
         if old.is_empty() {
             // As `UserRecord::compact`: no old events, no base state.
             record.base.remove(&signal.name);
             continue;
         }
-        let mut state = State::empty(&signal.aggregation);
-        for event in old.iter().filter(|e| signal.matches(e)) {
-            state.add(&signal.aggregation, event);
-        }
+        let state = signal.base_state(old.iter().copied());
         record.base.insert(
             signal.name.clone(),
             BaseState {
@@ -245,5 +244,45 @@ mod tests {
         let full = UserRecord::compact(&now, events, horizon);
         let (expected, _) = UserView::merge(Some(std::sync::Arc::new(full)), []).evaluate(&all, at);
         assert_eq!(values, expected);
+    }
+
+    #[test]
+    fn a_signal_backfill_of_a_session_signal_keeps_the_session_crossing_the_horizon() {
+        let count =
+            serde_json::json!({"name": "views_ever", "events": ["view"], "aggregation": "count"});
+        let sessions = serde_json::json!({"name": "sessions", "aggregation": "session_count", "gap": "30m", "window": "1h"});
+        let old = definitions(serde_json::json!([count.clone()]));
+        let minute = 60_000;
+        // One session: a view every 20 minutes for 5 hours, across the horizon.
+        let events: Vec<_> = (0..16)
+            .map(|i| event(&format!("e{i:02}"), EventType::View, "i", i * 20 * minute))
+            .collect();
+        let horizon = 4 * 60 * minute;
+        let published = UserRecord::compact(&old, events.clone(), horizon);
+
+        let now = definitions(serde_json::json!([count, sessions]));
+        let all: Vec<&SignalDefinition> = now.iter().collect();
+        let added = [now.get("sessions").expect("defined")];
+        let backfill = Backfill {
+            range: None,
+            signals: vec!["sessions".into()],
+        };
+        let merged = merge(
+            Some(&published),
+            UserOutcome::Events(events.clone()),
+            &backfill,
+            &added,
+            horizon,
+        );
+        let at = 5 * 60 * minute;
+        let (values, stale) =
+            UserView::merge(Some(std::sync::Arc::new(merged)), []).evaluate(&all, at);
+        assert!(stale.is_empty(), "{stale:?}");
+        let full = UserRecord::compact(&now, events, horizon);
+        let (expected, _) = UserView::merge(Some(std::sync::Arc::new(full)), []).evaluate(&all, at);
+        assert_eq!(values, expected);
+        // The one session started at 0, before the horizon: none starts in
+        // [4h, 5h), although the raw events kept begin a run at 4h.
+        assert_eq!(values[1], serde_json::json!(0));
     }
 }
