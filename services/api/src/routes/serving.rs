@@ -36,10 +36,13 @@ pub struct Freshness {
     /// `positions_stale` says otherwise).
     #[schema(value_type = Object)]
     pub log_end: LogPosition,
-    /// Records accepted into the log but not yet applied by the speed layer.
-    pub speed_lag_records: u64,
-    /// While records lag: milliseconds since the newest applied one was accepted; else 0.
-    pub speed_lag_ms: u64,
+    /// Records accepted into the log but not yet applied by the speed layer;
+    /// null when that is not known for this answer (`positions_stale` says
+    /// why): a lag read earlier is no evidence of being caught up now.
+    pub speed_lag_records: Option<u64>,
+    /// While records lag: milliseconds since the newest applied one was
+    /// accepted; else 0; null like `speed_lag_records`.
+    pub speed_lag_ms: Option<u64>,
     /// Lifetime signals whose definition changed after the batch ran: they
     /// count only raw history until the next batch run.
     pub stale_signals: Vec<String>,
@@ -224,12 +227,15 @@ pub(crate) async fn answer(
         batch_created_at: manifest.as_ref().map(|m| format_millis(m.created_at)),
         speed_position: speed.position.clone(),
         log_end: end.position.clone(),
-        speed_lag_records: lag,
-        speed_lag_ms: match (lag, speed.last_accepted_at) {
-            (0, _) => 0,
-            (_, Some(t)) => (now - t).max(0) as u64,
-            (_, None) => 0,
-        },
+        speed_lag_records: end.stale.is_none().then_some(lag),
+        speed_lag_ms: end
+            .stale
+            .is_none()
+            .then_some(match (lag, speed.last_accepted_at) {
+                (0, _) => 0,
+                (_, Some(t)) => (now - t).max(0) as u64,
+                (_, None) => 0,
+            }),
         stale_signals: stale.into_iter().map(|s| s.0).collect(),
         positions_stale: end.stale.clone(),
     };
