@@ -98,20 +98,24 @@ fn ndjson(body: &[u8]) -> Vec<Result<Event, EventError>> {
         .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
         .map(|(index, line)| {
             serde_json::from_slice(line)
-                .map_err(|e| {
-                    // serde_json counts from the start of the line it was given.
-                    let full = e.to_string();
-                    let position = format!(" at line {} column {}", e.line(), e.column());
-                    let message = full.strip_suffix(&position).unwrap_or(&full);
-                    error(format!(
-                        "line {} is not JSON: {message} at column {}",
-                        index + 1,
-                        e.column()
-                    ))
-                })
+                .map_err(|e| line_not_json(index, &e))
                 .and_then(event_from_json)
         })
         .collect()
+}
+
+/// The rejection of NDJSON line `index` (from 0) that is not JSON, with
+/// the column in that line.
+pub fn line_not_json(index: usize, e: &serde_json::Error) -> EventError {
+    // serde_json counts from the start of the line it was given.
+    let full = e.to_string();
+    let position = format!(" at line {} column {}", e.line(), e.column());
+    let message = full.strip_suffix(&position).unwrap_or(&full);
+    error(format!(
+        "line {} is not JSON: {message} at column {}",
+        index + 1,
+        e.column()
+    ))
 }
 
 /// Parses `{"event_ids": [...], "reason": "..."}`; `reason` is optional.

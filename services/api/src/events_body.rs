@@ -14,7 +14,7 @@ use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
-use signals_schemas::json::{event_from_json, EVENT_FIELDS, MAX_ATTRIBUTES};
+use signals_schemas::json::{event_from_json, line_not_json, EVENT_FIELDS, MAX_ATTRIBUTES};
 use signals_schemas::{Event, EventError};
 
 /// One result per event, in request order.
@@ -105,17 +105,7 @@ fn ndjson(body: &[u8], max_events: usize) -> Result<ParsedEvents, BodyRefusal> {
             return Err(BodyRefusal::TooManyEvents(max_events));
         }
         let event = serde_json::from_slice::<Item>(line)
-            .map_err(|e| {
-                // serde_json counts from the start of the line it was given.
-                let full = e.to_string();
-                let position = format!(" at line {} column {}", e.line(), e.column());
-                let message = full.strip_suffix(&position).unwrap_or(&full);
-                EventError(format!(
-                    "line {} is not JSON: {message} at column {}",
-                    index + 1,
-                    e.column()
-                ))
-            })
+            .map_err(|e| line_not_json(index, &e))
             .and_then(Item::into_event);
         events.push(event);
     }
