@@ -310,23 +310,57 @@ fn supervise_speed(
     })
 }
 
+/// What `up` and `serve` have in common up to their own layers: checked
+/// definitions, the API's address already answering `/healthz` and
+/// `/readyz` while the backends are awaited, the backends, and a shutdown
+/// token that SIGINT/SIGTERM cancel.
+struct CollectorStart {
+    definitions: Arc<signals_core::Definitions>,
+    segments: Arc<Segments>,
+    metrics: PrometheusHandle,
+    starting: Starting,
+    backends: Backends,
+    shutdown: CancellationToken,
+}
+
+impl CollectorStart {
+    async fn begin(config: &Config, listen: Option<SocketAddr>) -> anyhow::Result<CollectorStart> {
+        let definitions = Arc::new(config.definitions()?);
+        let segments = Arc::new(config.segments(&definitions)?);
+        let address = collector_address(config, listen)?;
+        let metrics = telemetry::init_metrics()?;
+        let startup = Arc::new(Startup::default());
+        let starting = Starting::bind(
+            address,
+            "server.listen",
+            startup.clone(),
+            Some(metrics.clone()),
+        )?;
+        let backends =
+            Backends::open_as(config, Role::Collector { listen: address }, &startup).await?;
+        let shutdown = CancellationToken::new();
+        cancel_on_signal(shutdown.clone());
+        Ok(CollectorStart {
+            definitions,
+            segments,
+            metrics,
+            starting,
+            backends,
+            shutdown,
+        })
+    }
+}
+
 /// `signals up`
 pub async fn up(config: Config, listen: Option<SocketAddr>) -> anyhow::Result<ExitCode> {
-    let definitions = Arc::new(config.definitions()?);
-    let segments = Arc::new(config.segments(&definitions)?);
-    let address = collector_address(&config, listen)?;
-    let metrics = telemetry::init_metrics()?;
-    let startup = Arc::new(Startup::default());
-    let starting = Starting::bind(
-        address,
-        "server.listen",
-        startup.clone(),
-        Some(metrics.clone()),
-    )?;
-    let backends =
-        Backends::open_as(&config, Role::Collector { listen: address }, &startup).await?;
-    let shutdown = CancellationToken::new();
-    cancel_on_signal(shutdown.clone());
+    let CollectorStart {
+        definitions,
+        segments,
+        metrics,
+        starting,
+        backends,
+        shutdown,
+    } = CollectorStart::begin(&config, listen).await?;
 
     let health = Arc::new(SpeedHealth::default());
     let speed = speed_layer(&config, &backends, health.status.clone());
@@ -369,21 +403,14 @@ pub async fn up(config: Config, listen: Option<SocketAddr>) -> anyhow::Result<Ex
 
 /// `signals serve`
 pub async fn serve(config: Config, listen: Option<SocketAddr>) -> anyhow::Result<ExitCode> {
-    let definitions = Arc::new(config.definitions()?);
-    let segments = Arc::new(config.segments(&definitions)?);
-    let address = collector_address(&config, listen)?;
-    let metrics = telemetry::init_metrics()?;
-    let startup = Arc::new(Startup::default());
-    let starting = Starting::bind(
-        address,
-        "server.listen",
-        startup.clone(),
-        Some(metrics.clone()),
-    )?;
-    let backends =
-        Backends::open_as(&config, Role::Collector { listen: address }, &startup).await?;
-    let shutdown = CancellationToken::new();
-    cancel_on_signal(shutdown.clone());
+    let CollectorStart {
+        definitions,
+        segments,
+        metrics,
+        starting,
+        backends,
+        shutdown,
+    } = CollectorStart::begin(&config, listen).await?;
     let batch = batch_layer(&config, &backends, definitions.clone());
     let routes = insights(&backends, segments);
     let state = api_state(
