@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde::Serialize;
-use signals_core::{Definitions, LogPosition, Partition};
+use signals_core::{DedupWindow, Definitions, LogPosition, Partition};
 use signals_log::{Append, EventLog, LogError};
 use signals_schemas::{LogRecord, Millis, RecordBody, UserDeletion};
 use signals_store::{SignalStore, StoreError};
@@ -54,6 +54,8 @@ pub struct BatchOptions {
     pub read_concurrency: usize,
     /// The bot rule, if any.
     pub bot_filter: Option<BotFilter>,
+    /// The deduplication window, the speed layer's own.
+    pub dedup_window: DedupWindow,
 }
 
 impl Default for BatchOptions {
@@ -64,6 +66,7 @@ impl Default for BatchOptions {
             read_chunk: 50_000,
             read_concurrency: 64,
             bot_filter: None,
+            dedup_window: DedupWindow::DEFAULT,
         }
     }
 }

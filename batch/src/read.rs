@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use signals_core::{LogPosition, Offset, Partition};
 use signals_log::{EventLog, LogError};
-use signals_schemas::{avro, RecordBody};
+use signals_schemas::{avro, Millis, RecordBody};
 
 /// What reading saw.
 #[derive(Clone, Copy, Debug, Default)]
@@ -16,13 +16,13 @@ pub struct Read {
 }
 
 /// Hands every record of the log before `until`, in log order per
-/// partition, with its position, to `each`; `progress` hears the offsets
-/// read so far.
+/// partition, with its position and acceptance time, to `each`; `progress`
+/// hears the offsets read so far.
 pub async fn read_log(
     log: &dyn EventLog,
     until: &LogPosition,
     chunk: usize,
-    mut each: impl FnMut(Partition, Offset, RecordBody),
+    mut each: impl FnMut(Partition, Offset, Millis, RecordBody),
     mut progress: impl FnMut(u64),
 ) -> Result<Read, LogError> {
     let mut read = Read::default();
@@ -39,7 +39,12 @@ pub async fn read_log(
             done.advance(entry.partition, entry.offset + 1);
             read.records += 1;
             match avro::decode(&entry.bytes) {
-                Ok(record) => each(entry.partition, entry.offset, record.body),
+                Ok(record) => each(
+                    entry.partition,
+                    entry.offset,
+                    record.accepted_at,
+                    record.body,
+                ),
                 Err(_) => read.undecodable += 1,
             }
         }

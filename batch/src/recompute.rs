@@ -2,8 +2,10 @@
 //! the speed layer, applied with the whole log in hand.
 //!
 //! * the first occurrence of an event id in log order is the event; later
-//!   ones are duplicates (whatever their user);
-//! * an id named by any retraction never counts, before or after;
+//!   ones accepted within the deduplication window of it are duplicates
+//!   (whatever their user), later ones still are a new event;
+//! * a retraction withdraws the occurrences of its ids accepted before it
+//!   and up to the window after it ([`DedupWindow`]);
 //! * a deleted user's events never count, before or after the deletion;
 //! * then the configured bot rule ([`BotFilter`]) drops over-limit minutes.
 
@@ -12,6 +14,7 @@ use std::hash::{BuildHasher, Hasher};
 
 use siphasher::sip128::{Hasher128, SipHasher13};
 
+use signals_core::DedupWindow;
 use signals_schemas::{Event, Millis, RecordBody};
 
 use crate::bots::BotFilter;
@@ -89,13 +92,16 @@ type FastSet<T> = HashSet<T, foldhash::fast::RandomState>;
 #[derive(Default)]
 pub struct Recompute {
     keep: Keep,
-    /// Digests of every event id seen: a collision (about 2^-128 per pair,
-    /// under keys no client knows) would be needed to take an event for a
-    /// duplicate.
-    seen: FastSet<u128>,
+    /// Digests of every event id seen, with when its counted occurrence was
+    /// accepted: a collision (about 2^-128 per pair, under keys no client
+    /// knows) would be needed to take an event for a duplicate.
+    seen: FastMap<u128, Millis>,
     digest: IdDigest,
+    window: DedupWindow,
+    /// Per user, their counted occurrences packed with their acceptance times.
     by_user: FastMap<String, Vec<u8>>,
-    retracted: FastSet<String>,
+    /// Retracted id → when its newest retraction was accepted.
+    retracted: FastMap<String, Millis>,
     deleted: FastSet<String>,
     duplicates: u64,
     /// The first event that could not be packed (never expected: events
@@ -130,18 +136,36 @@ impl IdDigest {
 }
 
 impl Recompute {
-    pub fn new(keep: Keep) -> Recompute {
+    pub fn new(keep: Keep, window: DedupWindow) -> Recompute {
         Recompute {
             keep,
+            window,
             ..Recompute::default()
         }
     }
 
-    /// Takes the next record of the log.
-    pub fn add(&mut self, body: RecordBody) {
+    /// Whether an occurrence of `event_id` accepted at `accepted_at` counts
+    /// (is not a copy); if so it is now the id's counted occurrence.
+    fn counts(&mut self, event_id: &str, accepted_at: Millis) -> bool {
+        let digest = self.digest.of(event_id);
+        match self.seen.get_mut(&digest) {
+            Some(first) if self.window.is_copy(*first, accepted_at) => false,
+            Some(first) => {
+                *first = accepted_at;
+                true
+            }
+            None => {
+                self.seen.insert(digest, accepted_at);
+                true
+            }
+        }
+    }
+
+    /// Takes the next record of the log, accepted at `accepted_at`.
+    pub fn add(&mut self, accepted_at: Millis, body: RecordBody) {
         match body {
             RecordBody::Event(event) => {
-                if !self.seen.insert(self.digest.of(&event.event_id)) {
+                if !self.counts(&event.event_id, accepted_at) {
                     self.duplicates += 1;
                     return;
                 }
@@ -161,13 +185,18 @@ impl Recompute {
                     None => self.by_user.entry(event.user_id.clone()).or_default(),
                 };
                 if in_range {
-                    if let Err(error) = pack(packed, &event) {
+                    if let Err(error) = pack(packed, accepted_at, &event) {
                         self.failed
                             .get_or_insert(format!("event {:?}: {error}", event.event_id));
                     }
                 }
             }
-            RecordBody::Retraction(retraction) => self.retracted.extend(retraction.event_ids),
+            RecordBody::Retraction(retraction) => {
+                for id in retraction.event_ids {
+                    let newest = self.retracted.entry(id).or_insert(accepted_at);
+                    *newest = (*newest).max(accepted_at);
+                }
+            }
             RecordBody::UserDeletion(deletion) => {
                 self.deleted.insert(deletion.user_id);
             }
@@ -176,8 +205,8 @@ impl Recompute {
 
     /// Takes note of an event id whose event another worker recomputes:
     /// it still makes later copies duplicates.
-    pub fn see(&mut self, event_id: &str) {
-        self.seen.insert(self.digest.of(event_id));
+    pub fn see(&mut self, event_id: &str, accepted_at: Millis) {
+        self.counts(event_id, accepted_at);
     }
 
     /// Number of distinct users with events so far.
@@ -198,6 +227,7 @@ impl Recompute {
         Ok(Recomputed {
             users: users.into_iter(),
             retracted: self.retracted,
+            window: self.window,
             deleted: self.deleted,
             bots,
             corrections: Corrections {
@@ -208,8 +238,8 @@ impl Recompute {
     }
 }
 
-fn pack(packed: &mut Vec<u8>, event: &Event) -> Result<(), postcard::Error> {
-    *packed = postcard::to_extend(event, std::mem::take(packed))?;
+fn pack(packed: &mut Vec<u8>, accepted_at: Millis, event: &Event) -> Result<(), postcard::Error> {
+    *packed = postcard::to_extend(&(accepted_at, event), std::mem::take(packed))?;
     Ok(())
 }
 
@@ -217,7 +247,8 @@ fn pack(packed: &mut Vec<u8>, event: &Event) -> Result<(), postcard::Error> {
 /// are unpacked and corrected as it is taken.
 pub struct Recomputed {
     users: std::vec::IntoIter<(String, Vec<u8>)>,
-    retracted: FastSet<String>,
+    retracted: FastMap<String, Millis>,
+    window: DedupWindow,
     deleted: FastSet<String>,
     bots: Option<BotFilter>,
     corrections: Corrections,
@@ -264,24 +295,29 @@ impl Recomputed {
     }
 
     fn outcome(&mut self, user: &str, mut packed: &[u8]) -> Result<UserOutcome, String> {
-        let corrections = &mut self.corrections;
         let mut events = Vec::new();
+        let mut withdrawn = 0;
         while !packed.is_empty() {
-            let (event, rest) = postcard::take_from_bytes::<Event>(packed)
+            let ((accepted_at, event), rest) = postcard::take_from_bytes::<(Millis, Event)>(packed)
                 .map_err(|e| format!("cannot unpack an event of user {user:?}: {e}"))?;
-            events.push(event);
             packed = rest;
+            let retracted = self
+                .retracted
+                .get(&event.event_id)
+                .is_some_and(|at| self.window.withdraws(*at, accepted_at));
+            if retracted {
+                withdrawn += 1;
+            } else {
+                events.push(event);
+            }
         }
+        let corrections = &mut self.corrections;
         if self.deleted.contains(user) {
             corrections.deleted_users += 1;
-            corrections.deleted_user_events += events.len() as u64;
+            corrections.deleted_user_events += events.len() as u64 + withdrawn;
             return Ok(UserOutcome::Deleted);
         }
-        let before = events.len();
-        if !self.retracted.is_empty() {
-            events.retain(|e| !self.retracted.contains(&e.event_id));
-        }
-        corrections.retracted += (before - events.len()) as u64;
+        corrections.retracted += withdrawn;
         if let Some(bots) = self.bots {
             let removed = bots.apply(&mut events);
             if removed > 0 {
@@ -328,23 +364,29 @@ mod tests {
         let e1 = of("u1", "e1", 10);
         let mut e1_again = of("other", "e1", 99);
         e1_again.item_id = Some("b".into());
-        r.add(RecordBody::Retraction(Retraction {
-            event_ids: vec!["e2".into()],
-            reason: String::new(),
-        }));
+        r.add(
+            0,
+            RecordBody::Retraction(Retraction {
+                event_ids: vec!["e2".into()],
+                reason: String::new(),
+            }),
+        );
         for e in [
             e1.clone(),
             e1_again,
             of("u1", "e2", 20),
             of("gone", "e3", 30),
         ] {
-            r.add(RecordBody::Event(e));
+            r.add(0, RecordBody::Event(e));
         }
-        r.add(RecordBody::UserDeletion(UserDeletion {
-            user_id: "gone".into(),
-            reason: String::new(),
-        }));
-        r.add(RecordBody::Event(of("gone", "e4", 40)));
+        r.add(
+            0,
+            RecordBody::UserDeletion(UserDeletion {
+                user_id: "gone".into(),
+                reason: String::new(),
+            }),
+        );
+        r.add(0, RecordBody::Event(of("gone", "e4", 40)));
         let (users, corrections) = finish(r);
         assert_eq!(
             corrections,
@@ -367,14 +409,17 @@ mod tests {
 
     #[test]
     fn keeps_only_what_it_is_asked_to_but_dedups_over_everything() {
-        let mut r = Recompute::new(Keep {
-            users: Some(UserFilter::Ids(HashSet::from(["a".to_owned()]))),
-            times: Some((100, 200)),
-        });
-        r.add(RecordBody::Event(of("b", "x", 150)));
-        r.add(RecordBody::Event(of("a", "x", 150)));
-        r.add(RecordBody::Event(of("a", "y", 250)));
-        r.add(RecordBody::Event(of("a", "z", 100)));
+        let mut r = Recompute::new(
+            Keep {
+                users: Some(UserFilter::Ids(HashSet::from(["a".to_owned()]))),
+                times: Some((100, 200)),
+            },
+            DedupWindow::DEFAULT,
+        );
+        r.add(0, RecordBody::Event(of("b", "x", 150)));
+        r.add(0, RecordBody::Event(of("a", "x", 150)));
+        r.add(0, RecordBody::Event(of("a", "y", 250)));
+        r.add(0, RecordBody::Event(of("a", "z", 100)));
         let (users, corrections) = finish(r);
         assert_eq!(corrections.duplicates, 1);
         assert_eq!(
@@ -388,14 +433,14 @@ mod tests {
         let mut r = Recompute::default();
         // "heavy" has 200 events, the others one each.
         for i in 0..200 {
-            r.add(RecordBody::Event(of("heavy", &format!("h{i}"), i)));
+            r.add(0, RecordBody::Event(of("heavy", &format!("h{i}"), i)));
         }
         for user in ["a", "b", "c", "x", "y", "z"] {
-            r.add(RecordBody::Event(of(user, &format!("{user}1"), 1)));
+            r.add(0, RecordBody::Event(of(user, &format!("{user}1"), 1)));
         }
         let one_event = {
             let mut packed = Vec::new();
-            pack(&mut packed, &of("a", "a1", 1)).expect("packs");
+            pack(&mut packed, 0, &of("a", "a1", 1)).expect("packs");
             packed.len()
         };
         let mut users = r.finish(None).expect("packs");
@@ -509,7 +554,7 @@ mod tests {
             let log: Vec<RecordBody> = steps.iter().map(body).collect();
             let mut recompute = Recompute::default();
             for body in log.iter().cloned() {
-                recompute.add(body);
+                recompute.add(0, body);
             }
             let mut users = recompute.finish(None).expect("packs");
             let mut chunked = Vec::new();
@@ -520,6 +565,35 @@ mod tests {
             }
             prop_assert_eq!(chunked, reference(&log));
         }
+    }
+
+    #[test]
+    fn the_window_decides_copies_and_what_retractions_reach() {
+        let mut r = Recompute::new(Keep::default(), DedupWindow::new(10));
+        r.add(0, RecordBody::Event(of("u", "a", 1)));
+        r.add(10, RecordBody::Event(of("u", "a", 2)));
+        // Re-used after the window: a new event.
+        r.add(11, RecordBody::Event(of("u", "a", 3)));
+        // Withdrawn although it is far older than the retraction...
+        r.add(0, RecordBody::Event(of("u", "old", 4)));
+        // ...and this one, which the retraction overtook by the window...
+        r.add(110, RecordBody::Event(of("u", "late", 5)));
+        // ...but not this one, accepted later still.
+        r.add(111, RecordBody::Event(of("u", "later", 6)));
+        r.add(
+            100,
+            RecordBody::Retraction(Retraction {
+                event_ids: vec!["old".into(), "late".into(), "later".into()],
+                reason: String::new(),
+            }),
+        );
+        let (users, corrections) = finish(r);
+        assert_eq!((corrections.duplicates, corrections.retracted), (1, 2));
+        let UserOutcome::Events(events) = &users[0].1 else {
+            panic!("not deleted")
+        };
+        let times: Vec<Millis> = events.iter().map(|e| e.event_time).collect();
+        assert_eq!(times, vec![1, 3, 6]);
     }
 
     #[test]

@@ -258,18 +258,18 @@ impl BatchLayer {
             Marker::Share(part) => Some(part.partitions.clone()),
             _ => None,
         };
-        let mut recompute = Recompute::new(keep);
+        let mut recompute = Recompute::new(keep, self.options.dedup_window);
         let total = run.position.total();
         let read = read::read_log(
             self.log.as_ref(),
             &run.position,
             self.options.read_chunk,
-            |partition, _, body| match (&mine, body) {
+            |partition, _, accepted_at, body| match (&mine, body) {
                 // Another share's user: only the id matters here (dedup).
                 (Some(mine), RecordBody::Event(event)) if !mine.contains(&partition) => {
-                    recompute.see(&event.event_id)
+                    recompute.see(&event.event_id, accepted_at)
                 }
-                (_, body) => recompute.add(body),
+                (_, body) => recompute.add(accepted_at, body),
             },
             |done| self.report(run.progress, run.running(Phase::Reading, done, total)),
         )

@@ -144,10 +144,13 @@ impl BatchLayer {
                 users.clone(),
             ),
         };
-        let mut recompute = Recompute::new(Keep {
-            users: filter,
-            times: None,
-        });
+        let mut recompute = Recompute::new(
+            Keep {
+                users: filter,
+                times: None,
+            },
+            self.options.dedup_window,
+        );
         // Deletions count wherever they are: `delete-user` erases the store
         // at once, before the speed layer reaches the deletion record.
         let total = end.total();
@@ -155,10 +158,10 @@ impl BatchLayer {
             self.log.as_ref(),
             &end,
             self.options.read_chunk,
-            |partition, offset, body| {
+            |partition, offset, accepted_at, body| {
                 if covered.covers(partition, offset) || matches!(body, RecordBody::UserDeletion(_))
                 {
-                    recompute.add(body)
+                    recompute.add(accepted_at, body)
                 }
             },
             |done| progress.update(&running(Phase::Reading, done, total)),

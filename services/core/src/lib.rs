@@ -6,6 +6,7 @@
 //! must never show tokio or a backend driver.
 
 pub mod aggregate;
+pub mod dedup;
 pub mod definition;
 pub mod position;
 pub mod segment;
@@ -17,6 +18,7 @@ pub mod view;
 pub mod testing;
 
 pub use aggregate::State;
+pub use dedup::{DedupWindow, Deduplication, IndexEntry, Occurrence};
 pub use definition::{
     fnv1a64, DefinitionError, Definitions, EventTypes, SignalDefinition, SignalSpec, Window,
 };

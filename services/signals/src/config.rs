@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::Deserialize;
-use signals_core::{Definitions, SegmentSpec, Segments, SignalSpec};
+use signals_core::{DedupWindow, Deduplication, Definitions, SegmentSpec, Segments, SignalSpec};
 
 /// The defaults, shipped inside the binary.
 pub const DEFAULT_CONFIG: &str = include_str!("../config/default.toml");
@@ -73,6 +73,14 @@ pub struct ServerConfig {
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     pub backend: LogBackend,
+    /// How long after its counted occurrence's acceptance an event id stays
+    /// reserved (copies within it never count): both layers' rule.
+    #[serde(with = "humantime_serde")]
+    pub dedup_window: Duration,
+    /// How long the event index keeps an id beyond the window: how far the
+    /// speed layer may fall behind the collector and still catch copies.
+    #[serde(with = "humantime_serde")]
+    pub index_grace: Duration,
     pub embedded: EmbeddedLogConfig,
     pub kafka: KafkaConfig,
 }
@@ -455,6 +463,12 @@ impl Config {
         if self.speed.max_batch == 0 {
             bail!("invalid configuration: speed.max_batch must be at least 1");
         }
+        if self.log.dedup_window < Duration::from_secs(60) {
+            bail!("invalid configuration: log.dedup_window must be at least 1m (copies a client resends must still be caught)");
+        }
+        if self.log.index_grace < Duration::from_secs(60) {
+            bail!("invalid configuration: log.index_grace must be at least 1m");
+        }
         if self.batch.retention < Duration::from_secs(3600) {
             bail!("invalid configuration: batch.retention must be at least 1h");
         }
@@ -477,6 +491,15 @@ impl Config {
                  the default signals, which the default segments read: declare [[segments]] \
                  too, or `segments = []` for none)",
         )
+    }
+
+    /// The deduplication rules both layers apply.
+    pub fn deduplication(&self) -> Deduplication {
+        let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        Deduplication {
+            window: DedupWindow::new(millis(self.log.dedup_window)),
+            grace: millis(self.log.index_grace),
+        }
     }
 
     pub fn retention_millis(&self) -> i64 {

@@ -70,6 +70,7 @@ pub fn batch_layer(
             bot_filter: (config.batch.bot_max_events_per_minute > 0).then_some(BotFilter {
                 max_events_per_minute: config.batch.bot_max_events_per_minute,
             }),
+            dedup_window: config.deduplication().window,
             ..BatchOptions::default()
         },
     ))
@@ -89,6 +90,7 @@ fn speed_layer(
             max_batch: config.speed.max_batch,
             poll_wait: config.speed.poll_wait,
             status,
+            deduplication: config.deduplication(),
             ..SpeedOptions::default()
         },
     }

@@ -32,6 +32,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use signals_core::Deduplication;
 use signals_log::{DeadLetterSink, EventLog, LogError, LogReader};
 use signals_store::{SignalStore, SpeedProgress, SpeedWrite, StoreError};
 use tokio_util::sync::CancellationToken;
@@ -54,6 +55,9 @@ pub struct SpeedOptions {
     pub max_backoff: Duration,
     /// Where the layer says what it is waiting for (readiness reads it).
     pub status: Arc<SpeedStatus>,
+    /// The deduplication window both layers apply, and how long the index
+    /// keeps entries beyond it.
+    pub deduplication: Deduplication,
 }
 
 impl Default for SpeedOptions {
@@ -65,6 +69,7 @@ impl Default for SpeedOptions {
             min_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(5),
             status: Arc::default(),
+            deduplication: Deduplication::default(),
         }
     }
 }
@@ -212,6 +217,7 @@ impl SpeedLayer {
             }
             batch.dead_letters = letters;
         }
+        self.note_beyond_grace(&batch.records);
         let ids = plan::ids_to_look_up(&batch.records);
         let Some(known) = self
             .retry("look up event ids", shutdown, || {
@@ -221,7 +227,13 @@ impl SpeedLayer {
         else {
             return Ok(None);
         };
-        let (write, stats) = plan::plan(&batch, known, *last_accepted_at, deleted);
+        let (write, stats) = plan::plan(
+            &batch,
+            known,
+            *last_accepted_at,
+            &self.options.deduplication,
+            deleted,
+        );
         let progress = write.progress.clone();
         if self
             .retry("apply speed write", shutdown, || {
@@ -313,10 +325,35 @@ impl Transient for LogError {
     }
 }
 
+impl SpeedLayer {
+    /// Warns about records accepted longer ago than the index's grace: an
+    /// entry that would make one of them a copy may be gone already, so it
+    /// may count here until the next batch run decides it from the log.
+    fn note_beyond_grace(&self, records: &[plan::Decoded]) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let grace = self.options.deduplication.grace;
+        let late = records
+            .iter()
+            .filter(|r| r.accepted_at.saturating_add(grace) < now)
+            .count();
+        if late > 0 {
+            warn!(
+                records = late,
+                grace_ms = grace,
+                "the speed layer is further behind the collector than the event index's grace: copies among these records may count until the next batch run"
+            );
+            metrics::counter!("signals_speed_beyond_dedup_grace_total").increment(late as u64);
+        }
+    }
+}
+
 fn record_metrics(stats: &PlanStats) {
     let outcomes = [
         ("applied", stats.events),
         ("duplicate", stats.duplicates),
+        ("withdrawn", stats.withdrawn),
         ("retraction", stats.retractions),
         ("deletion", stats.deletions),
         ("deleted_user_event", stats.deleted_user_events),

@@ -2,9 +2,9 @@
 //! deduplication by event id and retraction routing. Pure given the index
 //! entries of the ids involved, so it is tested without any backend.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use signals_core::{LogPosition, SpeedEntry};
+use signals_core::{Deduplication, LogPosition, Occurrence, SpeedEntry};
 use signals_log::{DeadLetter, LogEntry};
 use signals_schemas::rules::check_id;
 use signals_schemas::{avro, Millis, RecordBody, Retraction};
@@ -33,6 +33,8 @@ pub struct DecodedBatch {
 pub struct PlanStats {
     pub events: u64,
     pub duplicates: u64,
+    /// Counted occurrences a retraction had withdrawn before they came.
+    pub withdrawn: u64,
     pub retractions: u64,
     pub deletions: u64,
     /// Events of users deleted before them, not written.
@@ -146,10 +148,11 @@ pub fn ids_to_look_up(records: &[Decoded]) -> Vec<String> {
 }
 
 /// Plans the store write for `batch`, given what the index knew about its
-/// ids before the batch. Rules, identical to the batch layer's:
-/// the first occurrence of an id in log order counts, later ones never; an
-/// id named by a retraction never counts, whether it came before or after;
-/// a deleted user's events never count.
+/// ids before the batch. Rules, identical to the batch layer's (the
+/// deduplication window of [`Deduplication`]): an occurrence of an id
+/// accepted within the window of its counted occurrence is a copy and never
+/// counts; a retraction withdraws the occurrences of its ids accepted before
+/// it and up to the window after it; a deleted user's events never count.
 ///
 /// `deleted` holds users this process saw deleted, and gains the ones
 /// `batch` deletes: their later events are indexed (they are still first
@@ -160,6 +163,7 @@ pub fn plan(
     batch: &DecodedBatch,
     mut known: HashMap<String, IndexEntry>,
     last_accepted_at: Option<Millis>,
+    rules: &Deduplication,
     deleted: &mut HashSet<String>,
 ) -> (SpeedWrite, PlanStats) {
     let mut stats = PlanStats {
@@ -167,7 +171,7 @@ pub fn plan(
         ..PlanStats::default()
     };
     let mut entries = Vec::new();
-    let mut touched: BTreeMap<String, IndexEntry> = BTreeMap::new();
+    let mut touched: BTreeSet<String> = BTreeSet::new();
     let mut newest = last_accepted_at;
 
     for record in &batch.records {
@@ -180,41 +184,40 @@ pub fn plan(
         };
         match &record.body {
             RecordBody::Event(event) => {
-                if known.contains_key(&event.event_id) {
-                    stats.duplicates += 1;
-                    continue;
+                let (occurrence, next) = rules.on_event(
+                    known.get(&event.event_id),
+                    &event.user_id,
+                    record.accepted_at,
+                );
+                if let Some(next) = next {
+                    known.insert(event.event_id.clone(), next);
+                    touched.insert(event.event_id.clone());
                 }
-                let entry = IndexEntry {
-                    user_id: Some(event.user_id.clone()),
-                    retracted: false,
-                };
-                known.insert(event.event_id.clone(), entry.clone());
-                touched.insert(event.event_id.clone(), entry);
-                if deleted.contains(&event.user_id) {
-                    stats.deleted_user_events += 1;
-                    continue;
+                match occurrence {
+                    Occurrence::Copy => stats.duplicates += 1,
+                    Occurrence::Withdrawn => stats.withdrawn += 1,
+                    Occurrence::Counts if deleted.contains(&event.user_id) => {
+                        stats.deleted_user_events += 1
+                    }
+                    Occurrence::Counts => {
+                        entries.push(at(&event.user_id, SpeedEntry::Event(event.clone())));
+                        stats.events += 1;
+                    }
                 }
-                entries.push(at(&event.user_id, SpeedEntry::Event(event.clone())));
-                stats.events += 1;
             }
             RecordBody::Retraction(retraction) => {
                 stats.retractions += 1;
                 let mut by_user: BTreeMap<String, Vec<String>> = BTreeMap::new();
                 for id in &retraction.event_ids {
-                    let previous = known.get(id).cloned();
-                    if previous.as_ref().is_some_and(|p| p.retracted) {
-                        continue;
+                    let (withdrawn, next) = rules.on_retraction(known.get(id), record.accepted_at);
+                    if let Some(user) = withdrawn {
+                        let ids = by_user.entry(user).or_default();
+                        if !ids.contains(id) {
+                            ids.push(id.clone());
+                        }
                     }
-                    let user_id = previous.and_then(|p| p.user_id);
-                    if let Some(user) = &user_id {
-                        by_user.entry(user.clone()).or_default().push(id.clone());
-                    }
-                    let entry = IndexEntry {
-                        user_id,
-                        retracted: true,
-                    };
-                    known.insert(id.clone(), entry.clone());
-                    touched.insert(id.clone(), entry);
+                    known.insert(id.clone(), next);
+                    touched.insert(id.clone());
                 }
                 for (user, event_ids) in by_user {
                     entries.push(at(&user, SpeedEntry::Retracted { event_ids }));
@@ -228,9 +231,13 @@ pub fn plan(
         }
     }
 
+    let index = touched
+        .into_iter()
+        .filter_map(|id| known.remove(&id).map(|entry| (id, entry)))
+        .collect();
     let write = SpeedWrite {
         entries,
-        index: touched.into_iter().collect(),
+        index,
         progress: SpeedProgress {
             position: batch.position.clone(),
             last_accepted_at: newest,
@@ -292,10 +299,18 @@ mod tests {
             "old".to_owned(),
             IndexEntry {
                 user_id: Some("u".into()),
-                retracted: false,
+                accepted_at: Some(0),
+                retracted_at: None,
+                expires_at: None,
             },
         )]);
-        let (write, stats) = plan(&batch, known, None, &mut HashSet::new());
+        let (write, stats) = plan(
+            &batch,
+            known,
+            None,
+            &Deduplication::default(),
+            &mut HashSet::new(),
+        );
         let kinds: Vec<(u64, &SpeedEntry)> =
             write.entries.iter().map(|e| (e.offset, &e.entry)).collect();
         assert_eq!(kinds.len(), 1);
@@ -304,7 +319,8 @@ mod tests {
             stats,
             PlanStats {
                 events: 1,
-                duplicates: 3,
+                duplicates: 2,
+                withdrawn: 1,
                 retractions: 1,
                 deletions: 0,
                 deleted_user_events: 0,
@@ -315,7 +331,7 @@ mod tests {
         let retracted: Vec<&str> = write
             .index
             .iter()
-            .filter(|(_, e)| e.retracted)
+            .filter(|(_, e)| e.retracted_at.is_some())
             .map(|(id, _)| id.as_str())
             .collect();
         assert_eq!(retracted, vec!["b", "c"]);
@@ -332,18 +348,28 @@ mod tests {
                 "x".to_owned(),
                 IndexEntry {
                     user_id: Some("u1".into()),
-                    retracted: false,
+                    accepted_at: Some(0),
+                    retracted_at: None,
+                    expires_at: None,
                 },
             ),
             (
                 "y".to_owned(),
                 IndexEntry {
                     user_id: Some("u1".into()),
-                    retracted: false,
+                    accepted_at: Some(0),
+                    retracted_at: None,
+                    expires_at: None,
                 },
             ),
         ]);
-        let (write, _) = plan(&batch, known, None, &mut HashSet::new());
+        let (write, _) = plan(
+            &batch,
+            known,
+            None,
+            &Deduplication::default(),
+            &mut HashSet::new(),
+        );
         assert_eq!(write.entries.len(), 1);
         assert_eq!(write.entries[0].user_id, "u1");
         assert_eq!(
@@ -365,7 +391,13 @@ mod tests {
             &LogPosition::new(),
         );
         let mut deleted = HashSet::new();
-        let (write, stats) = plan(&batch, HashMap::new(), None, &mut deleted);
+        let (write, stats) = plan(
+            &batch,
+            HashMap::new(),
+            None,
+            &Deduplication::default(),
+            &mut deleted,
+        );
         let written: Vec<(u64, &SpeedEntry)> =
             write.entries.iter().map(|e| (e.offset, &e.entry)).collect();
         assert_eq!(written.len(), 2);
@@ -380,7 +412,13 @@ mod tests {
 
         // A later batch remembers the deletion.
         let later = decode(vec![entry(3, view("c"))], &batch.position);
-        let (write, stats) = plan(&later, HashMap::new(), None, &mut deleted);
+        let (write, stats) = plan(
+            &later,
+            HashMap::new(),
+            None,
+            &Deduplication::default(),
+            &mut deleted,
+        );
         assert!(write.entries.is_empty());
         assert_eq!(stats.deleted_user_events, 1);
     }
@@ -422,15 +460,45 @@ mod tests {
         // What remains plans like the valid retraction alone: "a" is retracted
         // before its event, so the event never counts, and no write names an
         // empty user or id (which a store refuses).
-        let (write, stats) = plan(&batch, HashMap::new(), None, &mut HashSet::new());
+        let (write, stats) = plan(
+            &batch,
+            HashMap::new(),
+            None,
+            &Deduplication::default(),
+            &mut HashSet::new(),
+        );
         assert_eq!(stats.dead_letters, 3);
         assert_eq!(
             (stats.retractions, stats.deletions, stats.events),
             (1, 0, 0)
         );
-        assert_eq!(stats.duplicates, 1);
+        assert_eq!(stats.withdrawn, 1);
         assert!(write.entries.is_empty());
         let index: Vec<&str> = write.index.iter().map(|(id, _)| id.as_str()).collect();
         assert_eq!(index, vec!["a"]);
+    }
+
+    #[test]
+    fn a_copy_within_the_window_is_a_duplicate_and_an_id_reused_after_it_counts() {
+        let rules = Deduplication {
+            window: signals_core::DedupWindow::new(10),
+            grace: 5,
+        };
+        // Offsets double as acceptance times (see `entry`).
+        let batch = decode(
+            vec![
+                entry(0, view("a")),
+                entry(10, view("a")),
+                entry(11, view("a")),
+            ],
+            &LogPosition::new(),
+        );
+        let (write, stats) = plan(&batch, HashMap::new(), None, &rules, &mut HashSet::new());
+        let counted: Vec<u64> = write.entries.iter().map(|e| e.offset).collect();
+        assert_eq!(counted, vec![0, 11]);
+        assert_eq!((stats.events, stats.duplicates), (2, 1));
+        let (_, entry) = &write.index[0];
+        assert_eq!(entry.accepted_at, Some(11));
+        assert_eq!(entry.expires_at, Some(11 + 10 + 5));
     }
 }

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use signals_core::view::BaseState;
-use signals_core::UserRecord;
+use signals_core::{IndexEntry, UserRecord};
 use signals_schemas::{Event, Millis};
 
 use crate::StoreError;
@@ -108,6 +108,57 @@ pub fn decode_record(
     }
 }
 
+/// The format byte of [`IndexEntry`] values: format 3 added the
+/// acceptance times of the deduplication window and the expiry.
+pub const INDEX_FORMAT: u8 = 3;
+
+/// An index entry as format 1 stored it (before the deduplication window).
+#[derive(Deserialize)]
+struct IndexEntryV1 {
+    user_id: Option<String>,
+    retracted: bool,
+}
+
+/// Encodes an event index entry behind [`INDEX_FORMAT`].
+pub fn encode_index(entry: &IndexEntry) -> Result<Vec<u8>, StoreError> {
+    postcard::to_extend(entry, vec![INDEX_FORMAT])
+        .map_err(|e| StoreError::Backend(format!("cannot encode an index entry: {e}")))
+}
+
+/// Decodes what [`encode_index`] wrote, or a format 1 entry: it reserves
+/// its id for good, and a retraction it records reaches every occurrence.
+pub fn decode_index(
+    bytes: &[u8],
+    table: &str,
+    key: impl FnOnce() -> String,
+) -> Result<IndexEntry, StoreError> {
+    let undecodable = |e: postcard::Error, key: String| {
+        StoreError::Corrupt(format!(
+            "table {table}, {key}: undecodable index entry: {e}"
+        ))
+    };
+    match bytes.split_first() {
+        Some((&INDEX_FORMAT, body)) => postcard::from_bytes(body).map_err(|e| undecodable(e, key())),
+        Some((&FORMAT, body)) => {
+            let old: IndexEntryV1 = postcard::from_bytes(body).map_err(|e| undecodable(e, key()))?;
+            Ok(IndexEntry {
+                user_id: old.user_id,
+                accepted_at: None,
+                retracted_at: old.retracted.then_some(Millis::MAX),
+                expires_at: None,
+            })
+        }
+        Some((format, _)) => Err(StoreError::Corrupt(format!(
+            "table {table}, {}: unknown index entry format {format} (this build reads formats {FORMAT} and {INDEX_FORMAT})",
+            key()
+        ))),
+        None => Err(StoreError::Corrupt(format!(
+            "table {table}, {}: empty value",
+            key()
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,7 +168,9 @@ mod tests {
     fn values_round_trip_and_foreign_bytes_are_corrupt_with_context() {
         let entry = IndexEntry {
             user_id: Some("u".into()),
-            retracted: true,
+            accepted_at: Some(5),
+            retracted_at: Some(7),
+            expires_at: Some(9),
         };
         let bytes = encode(&entry).expect("encodes");
         assert_eq!(bytes[0], FORMAT);
@@ -140,6 +193,46 @@ mod tests {
             decode::<IndexEntry>(&[FORMAT, 7], "t", String::new),
             Err(StoreError::Corrupt(_))
         ));
+    }
+
+    #[test]
+    fn index_entries_round_trip_and_format_1_ones_still_decode() {
+        let entry = IndexEntry {
+            user_id: Some("u".into()),
+            accepted_at: Some(5),
+            retracted_at: None,
+            expires_at: Some(9),
+        };
+        let bytes = encode_index(&entry).expect("encodes");
+        assert_eq!(bytes[0], INDEX_FORMAT);
+        assert_eq!(
+            decode_index(&bytes, "t", String::new).expect("decodes"),
+            entry
+        );
+
+        #[derive(Serialize)]
+        struct V1 {
+            user_id: Option<String>,
+            retracted: bool,
+        }
+        let old = encode(&V1 {
+            user_id: Some("u".into()),
+            retracted: true,
+        })
+        .expect("encodes");
+        let read = decode_index(&old, "t", String::new).expect("decodes");
+        assert_eq!(
+            read,
+            IndexEntry {
+                user_id: Some("u".into()),
+                accepted_at: None,
+                retracted_at: Some(Millis::MAX),
+                expires_at: None,
+            }
+        );
+        let error =
+            decode_index(&[9, 0], "event_index", || "event e1".into()).expect_err("unknown");
+        assert!(matches!(&error, StoreError::Corrupt(m) if m.contains("format 9")));
     }
 
     #[test]

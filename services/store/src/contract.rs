@@ -53,6 +53,7 @@ where
         reapplying_a_write_changes_nothing,
         progress_is_recorded,
         the_index_answers_present_absent_and_retracted,
+        index_entries_go_once_they_expire,
         history_merges_the_published_record_with_uncovered_entries_only,
         publishing_never_goes_back_and_published_versions_are_immutable,
         garbage_collection_keeps_what_the_published_version_needs,
@@ -262,14 +263,59 @@ pub async fn progress_is_recorded(store: &dyn SignalStore) {
 fn seen(user: &str) -> IndexEntry {
     IndexEntry {
         user_id: Some(user.to_owned()),
-        retracted: false,
+        accepted_at: Some(0),
+        retracted_at: None,
+        expires_at: None,
     }
+}
+
+/// The index forgets an entry once its expiry is past (CQL: its time to
+/// live; the embedded store: garbage collection), and only then.
+pub async fn index_entries_go_once_they_expire(store: &dyn SignalStore) {
+    let now = crate::now_millis();
+    let expiring = |expires_at| IndexEntry {
+        expires_at,
+        ..seen("u")
+    };
+    let mut w = write(Vec::new(), &[(0, 1)]);
+    w.index = vec![
+        ("due".into(), expiring(Some(now - 1))),
+        ("soon".into(), expiring(Some(now + 1_500))),
+        ("later".into(), expiring(Some(now + 3_600_000))),
+        ("never".into(), expiring(None)),
+    ];
+    store.apply_speed(w).await.expect("apply");
+    let all = ids(&["due", "soon", "later", "never"]);
+    store
+        .collect_garbage(&LogPosition::new(), 0)
+        .await
+        .expect("collect");
+    let found = store.lookup_events(&all).await.expect("lookup");
+    assert!(
+        found.contains_key("soon") && found.contains_key("later") && found.contains_key("never")
+    );
+    // CQL's time to live counts whole seconds.
+    tokio::time::sleep(std::time::Duration::from_millis(3_100)).await;
+    store
+        .collect_garbage(&LogPosition::new(), 0)
+        .await
+        .expect("collect");
+    let mut left: Vec<String> = store
+        .lookup_events(&all)
+        .await
+        .expect("lookup")
+        .into_keys()
+        .collect();
+    left.sort();
+    assert_eq!(left, ids(&["later", "never"]));
 }
 
 pub async fn the_index_answers_present_absent_and_retracted(store: &dyn SignalStore) {
     let retracted_unseen = IndexEntry {
         user_id: None,
-        retracted: true,
+        accepted_at: None,
+        retracted_at: Some(0),
+        expires_at: None,
     };
     let mut w = write(vec![at("u", 0, 0)], &[(0, 2)]);
     w.index = vec![
@@ -287,7 +333,9 @@ pub async fn the_index_answers_present_absent_and_retracted(store: &dyn SignalSt
 
     let retracted_seen = IndexEntry {
         user_id: Some("u".into()),
-        retracted: true,
+        accepted_at: Some(0),
+        retracted_at: Some(0),
+        expires_at: None,
     };
     let mut later = write(Vec::new(), &[(0, 3)]);
     later.index = vec![("a".into(), retracted_seen.clone())];
@@ -457,7 +505,8 @@ pub async fn garbage_collection_keeps_what_the_published_version_needs(store: &d
         stats,
         GarbageStats {
             speed_entries: 4,
-            batch_records: 0
+            batch_records: 0,
+            index_entries: 0
         }
     );
     assert_eq!(speed_ids(store, "u").await, ids(&["p0-8", "p0-9"]));
@@ -469,7 +518,8 @@ pub async fn garbage_collection_keeps_what_the_published_version_needs(store: &d
         stats,
         GarbageStats {
             speed_entries: 4,
-            batch_records: 2
+            batch_records: 2,
+            index_entries: 0
         }
     );
     let history = store.user_history("u").await.expect("history");

@@ -39,6 +39,14 @@ pub use insights::InsightsStore;
 use signals_core::{LogPosition, Offset, Partition, UserRecord};
 pub use types::*;
 
+/// The wall clock, in epoch milliseconds: when index entries expire.
+pub(crate) fn now_millis() -> signals_schemas::Millis {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// The store behind both layers and serving.
 #[async_trait]
 pub trait SignalStore: Send + Sync + 'static {

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+pub use signals_core::IndexEntry;
 use signals_core::{LogPosition, Offset, Partition, SpeedEntry, UserRecord};
 use signals_schemas::Millis;
 
@@ -14,15 +15,6 @@ pub struct SpeedProgress {
     pub position: LogPosition,
     /// When the collector accepted the newest applied record.
     pub last_accepted_at: Option<Millis>,
-}
-
-/// What the index knows about an event id.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IndexEntry {
-    /// The user of the first occurrence, once one was seen.
-    pub user_id: Option<String>,
-    /// Whether a retraction named this id.
-    pub retracted: bool,
 }
 
 /// One speed entry of a user at the log position that produced it.
@@ -115,6 +107,9 @@ pub struct UserHistory {
 pub struct GarbageStats {
     pub speed_entries: u64,
     pub batch_records: u64,
+    /// Event index entries past their expiry (on CQL a time to live drops
+    /// them, uncounted).
+    pub index_entries: u64,
 }
 
 /// Refuses to publish `next` over `current` unless it is newer, or

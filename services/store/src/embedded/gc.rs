@@ -12,8 +12,8 @@ use redb::{Durability, ReadableTable};
 use signals_core::LogPosition;
 use tracing::debug;
 
-use super::tables::{BATCH, SPEED};
-use super::{engine, keys, Inner};
+use super::tables::{BATCH, EVENT_INDEX, INDEX_EXPIRY, SPEED};
+use super::{codec, engine, keys, Inner};
 use crate::{GarbageStats, StoreError};
 
 impl Inner {
@@ -24,8 +24,12 @@ impl Inner {
         covered: &LogPosition,
         keep_version: u64,
     ) -> Result<GarbageStats, StoreError> {
+        let index_entries = self.collect_index(crate::now_millis())?;
         let Some(published) = self.published()? else {
-            return Ok(GarbageStats::default());
+            return Ok(GarbageStats {
+                index_entries,
+                ..GarbageStats::default()
+            });
         };
         let covered: LogPosition = covered
             .iter()
@@ -35,10 +39,12 @@ impl Inner {
         let stats = GarbageStats {
             speed_entries: self.collect_speed(&covered)?,
             batch_records: self.collect_versions(keep_version)?,
+            index_entries,
         };
         debug!(
             speed_entries = stats.speed_entries,
             batch_records = stats.batch_records,
+            index_entries = stats.index_entries,
             keep_version,
             "embedded store collected"
         );
@@ -105,6 +111,64 @@ impl Inner {
             last,
             exhausted: scanned < self.gc_chunk,
         })
+    }
+
+    /// Drops index entries whose expiry is before `now`, in expiry order,
+    /// `gc_chunk` keys per transaction; returns how many.
+    pub(super) fn collect_index(&self, now: i64) -> Result<u64, StoreError> {
+        let end = keys::expiry_key(now, "");
+        let mut removed = 0;
+        loop {
+            let mut txn = self.db.begin_write().map_err(engine("begin a write"))?;
+            txn.set_durability(Durability::Immediate);
+            let scanned = {
+                let mut expiry = txn
+                    .open_table(INDEX_EXPIRY)
+                    .map_err(engine("open table index_expiry"))?;
+                let mut index = txn
+                    .open_table(EVENT_INDEX)
+                    .map_err(engine("open table event_index"))?;
+                let due: Vec<Vec<u8>> = expiry
+                    .range::<&[u8]>(..end.as_slice())
+                    .map_err(engine("scan index expiries"))?
+                    .take(self.gc_chunk)
+                    .map(|item| item.map(|(key, _)| key.value().to_vec()))
+                    .collect::<Result<_, _>>()
+                    .map_err(engine("scan index expiries"))?;
+                for key in &due {
+                    expiry
+                        .remove(key.as_slice())
+                        .map_err(engine("delete an index expiry"))?;
+                    let Some((_, event_id)) = keys::expiry_parts(key) else {
+                        continue;
+                    };
+                    // The entry may have been rewritten with a later expiry.
+                    let expired = match index
+                        .get(event_id)
+                        .map_err(engine("read the event index"))?
+                    {
+                        Some(value) => codec::decode_index(value.value(), "event_index", || {
+                            format!("event id {event_id:?}")
+                        })?
+                        .expires_at
+                        .is_some_and(|at| at < now),
+                        None => false,
+                    };
+                    if expired {
+                        index
+                            .remove(event_id)
+                            .map_err(engine("delete an index entry"))?;
+                        removed += 1;
+                    }
+                }
+                due.len()
+            };
+            txn.commit()
+                .map_err(engine("commit a garbage collection step"))?;
+            if scanned < self.gc_chunk {
+                return Ok(removed);
+            }
+        }
     }
 
     /// Deletes every record of a version below `keep_version`; returns how many.

@@ -9,6 +9,7 @@
 //! | `speed` | `u16 len(user) ‖ user ‖ u32 partition ‖ u64 offset` |
 //! | `batch` | `u64 version ‖ user` |
 //! | `event_index` | `event id` (UTF-8) |
+//! | `index_expiry` | `i64 expiry (sign bit flipped) ‖ event id` |
 //! | `meta` | a fixed name, see [`super::tables`] |
 //!
 //! One user's speed entries are thus one contiguous range in (partition,
@@ -17,6 +18,22 @@
 use signals_core::{Offset, Partition};
 
 use crate::StoreError;
+
+/// The `index_expiry` key of `event_id`'s entry expiring at `at`: flipping
+/// the sign bit makes byte order the numeric order of every `i64`.
+pub fn expiry_key(at: i64, event_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + event_id.len());
+    key.extend_from_slice(&((at as u64) ^ (1 << 63)).to_be_bytes());
+    key.extend_from_slice(event_id.as_bytes());
+    key
+}
+
+/// The expiry and event id of an `index_expiry` key.
+pub fn expiry_parts(key: &[u8]) -> Option<(i64, &str)> {
+    let (at, id) = key.split_first_chunk::<8>()?;
+    let at = (u64::from_be_bytes(*at) ^ (1 << 63)) as i64;
+    Some((at, std::str::from_utf8(id).ok()?))
+}
 
 /// Bytes after the user part of a speed key: partition and offset.
 const POSITION_LEN: usize = 4 + 8;

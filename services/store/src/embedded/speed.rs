@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use redb::{Durability, ReadableTable};
 use signals_core::LogPosition;
 
-use super::tables::{EVENT_INDEX, META, PROGRESS_KEY, SPEED};
+use super::tables::{EVENT_INDEX, INDEX_EXPIRY, META, PROGRESS_KEY, SPEED};
 use super::{codec, engine, keys, Inner};
 use crate::{IndexEntry, PositionedEntry, SpeedProgress, SpeedWrite, StoreError};
 
@@ -29,7 +29,7 @@ impl Inner {
         let mut index = write
             .index
             .iter()
-            .map(|(id, entry)| Ok((id.as_str(), codec::encode(entry)?)))
+            .map(|(id, entry)| Ok((id.as_str(), codec::encode_index(entry)?)))
             .collect::<Result<Vec<_>, StoreError>>()?;
         index.sort_unstable_by(|a, b| a.0.cmp(b.0));
 
@@ -59,6 +59,16 @@ impl Inner {
                 table
                     .insert(*event_id, value.as_slice())
                     .map_err(engine("write an index entry"))?;
+            }
+            let mut expiry = txn
+                .open_table(INDEX_EXPIRY)
+                .map_err(engine("open table index_expiry"))?;
+            for (event_id, entry) in &write.index {
+                if let Some(at) = entry.expires_at {
+                    expiry
+                        .insert(keys::expiry_key(at, event_id).as_slice(), ())
+                        .map_err(engine("write an index expiry"))?;
+                }
             }
             let mut meta = txn.open_table(META).map_err(engine("open table meta"))?;
             progress = forward(read_progress(&meta)?, &write.progress);
@@ -95,7 +105,7 @@ impl Inner {
                 .get(event_id.as_str())
                 .map_err(engine("read the event index"))?
             {
-                let entry = codec::decode(value.value(), "event_index", || {
+                let entry = codec::decode_index(value.value(), "event_index", || {
                     format!("event id {event_id:?}")
                 })?;
                 found.insert(event_id.clone(), entry);

@@ -9,6 +9,10 @@ use crate::StoreError;
 pub const SPEED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("speed");
 /// event id → IndexEntry.
 pub const EVENT_INDEX: TableDefinition<&str, &[u8]> = TableDefinition::new("event_index");
+/// expiry (big-endian, sign bit flipped) ‖ event id → (): when index
+/// entries may go, in time order. A key is a hint: the entry itself says
+/// whether it expires then (a later write may have moved it on).
+pub const INDEX_EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("index_expiry");
 /// version ‖ user → UserRecord.
 pub const BATCH: TableDefinition<&[u8], &[u8]> = TableDefinition::new("batch");
 /// Named singletons.
@@ -35,6 +39,8 @@ pub fn initialise(db: &Database) -> Result<(), StoreError> {
             .map_err(engine("create table speed"))?;
         txn.open_table(EVENT_INDEX)
             .map_err(engine("create table event_index"))?;
+        txn.open_table(INDEX_EXPIRY)
+            .map_err(engine("create table index_expiry"))?;
         txn.open_table(BATCH)
             .map_err(engine("create table batch"))?;
         let mut meta = txn.open_table(META).map_err(engine("create table meta"))?;

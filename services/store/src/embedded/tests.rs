@@ -34,7 +34,9 @@ async fn everything_survives_a_reopen() {
         "p0-0".into(),
         IndexEntry {
             user_id: Some("u".into()),
-            retracted: false,
+            accepted_at: Some(0),
+            retracted_at: None,
+            expires_at: None,
         },
     )];
     store.apply_speed(w.clone()).await.expect("apply");
@@ -92,7 +94,9 @@ async fn a_write_refused_in_part_leaves_nothing_behind() {
         "p0-0".into(),
         IndexEntry {
             user_id: Some("u".into()),
-            retracted: false,
+            accepted_at: Some(0),
+            retracted_at: None,
+            expires_at: None,
         },
     )];
     store
@@ -113,7 +117,9 @@ async fn a_write_failing_midway_leaves_nothing_behind() {
         "p0-0".into(),
         IndexEntry {
             user_id: Some("u".into()),
-            retracted: false,
+            accepted_at: Some(0),
+            retracted_at: None,
+            expires_at: None,
         },
     )];
     store.inner.fail_after_entries.store(true, Ordering::SeqCst);
@@ -199,7 +205,8 @@ async fn garbage_collection_in_small_chunks_removes_exactly_the_covered_rows() {
         stats,
         GarbageStats {
             speed_entries: 20 * 3,
-            batch_records: 7
+            batch_records: 7,
+            index_entries: 0
         }
     );
     let rows = |inner: &Inner| {
@@ -376,7 +383,9 @@ async fn embedded_figures() {
         );
         let seen = |o: u64| IndexEntry {
             user_id: Some(user(o)),
-            retracted: false,
+            accepted_at: Some(0),
+            retracted_at: None,
+            expires_at: None,
         };
         w.index = (base..base + USERS)
             .map(|o| (format!("p0-{o}"), seen(o)))

@@ -45,6 +45,7 @@ impl Inner {
         let stats = GarbageStats {
             speed_entries: self.collect_speed(statements, &covered).await?,
             batch_records: self.collect_versions(statements, keep_version).await?,
+            index_entries: 0,
         };
         debug!(
             speed_entries = stats.speed_entries,

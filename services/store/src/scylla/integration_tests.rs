@@ -184,7 +184,9 @@ async fn a_new_connection_sees_everything() {
         "p0-0".into(),
         IndexEntry {
             user_id: Some("u".into()),
-            retracted: false,
+            accepted_at: Some(0),
+            retracted_at: None,
+            expires_at: None,
         },
     )];
     store.apply_speed(w.clone()).await.expect("apply");
@@ -374,7 +376,9 @@ async fn scylla_figures() {
                     format!("p0-{}", e.offset),
                     IndexEntry {
                         user_id: Some(e.user_id.clone()),
-                        retracted: false,
+                        accepted_at: Some(0),
+                        retracted_at: None,
+                        expires_at: None,
                     },
                 )
             })

@@ -86,7 +86,7 @@ statements! {
     /// One range tombstone: a user's entries of one log partition before an offset.
     delete_entries_before = "DELETE FROM {ks}.speed_entries WHERE user_id = ? AND log_partition = ? AND log_offset < ?";
     /// An event index entry.
-    insert_index = "INSERT INTO {ks}.event_index (event_id, entry) VALUES (?, ?)";
+    insert_index = "INSERT INTO {ks}.event_index (event_id, entry) VALUES (?, ?) USING TTL ?";
     /// One event index entry.
     select_index = "SELECT entry FROM {ks}.event_index WHERE event_id = ?";
     /// A partition's progress, as a max-register: the write timestamp is the next offset.

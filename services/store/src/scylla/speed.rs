@@ -6,6 +6,7 @@ use ::scylla::statement::batch::{Batch, BatchType};
 use ::scylla::value::MaybeUnset;
 use futures::{stream, StreamExt, TryStreamExt};
 use signals_core::LogPosition;
+use signals_schemas::Millis;
 use tracing::debug;
 
 use super::codec::{self, from_bigint, partition_from_bigint, to_bigint};
@@ -27,14 +28,26 @@ enum Row<'a> {
     /// unlogged single-partition batch, which the server applies as one
     /// mutation. This is the "coalesce per user per flush" of the store's
     /// cost model: a popular user's many entries cost one request, not many.
-    Entries {
-        user: &'a str,
-        rows: Vec<EntryRow>,
-    },
+    Entries { user: &'a str, rows: Vec<EntryRow> },
     Index {
         event_id: &'a str,
         value: Vec<u8>,
+        /// Seconds to live (0: for good).
+        ttl: i32,
     },
+}
+
+/// The CQL time to live of an index entry that may go at `expires_at`: at
+/// least a second (0 would mean for good), at most CQL's twenty years.
+fn index_ttl(expires_at: Option<Millis>, now: Millis) -> i32 {
+    const MAX_TTL: i64 = 20 * 365 * 24 * 3600;
+    match expires_at {
+        None => 0,
+        Some(at) => {
+            let seconds = at.saturating_sub(now).div_euclid(1000).saturating_add(1);
+            i32::try_from(seconds.clamp(1, MAX_TTL)).unwrap_or(1)
+        }
+    }
 }
 
 impl Inner {
@@ -77,12 +90,14 @@ impl Inner {
                 rows: entries,
             });
         }
+        let now = crate::now_millis();
         let mut index_rows = Vec::with_capacity(write.index.len());
         for (event_id, entry) in &write.index {
             non_empty(event_id, "event id")?;
             index_rows.push(Row::Index {
                 event_id,
-                value: codec::encode(entry)?,
+                value: crate::codec::encode_index(entry)?,
+                ttl: index_ttl(entry.expires_at, now),
             });
         }
         let count = rows.len() + index_rows.len();
@@ -145,10 +160,14 @@ impl Inner {
                     .map_err(super::driver("write a user's speed entries"))?;
                 Ok(())
             }
-            Row::Index { event_id, value } => {
+            Row::Index {
+                event_id,
+                value,
+                ttl,
+            } => {
                 self.run(
                     &statements.insert_index,
-                    (event_id, value),
+                    (event_id, value, ttl),
                     "write an event index entry",
                 )
                 .await
@@ -223,7 +242,8 @@ impl Inner {
         else {
             return Ok(None);
         };
-        let entry = codec::decode(bytes, "event_index", || format!("event id {event_id:?}"))?;
+        let entry =
+            crate::codec::decode_index(bytes, "event_index", || format!("event id {event_id:?}"))?;
         Ok(Some((event_id, entry)))
     }
 

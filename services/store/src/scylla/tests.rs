@@ -101,7 +101,9 @@ fn options_name_the_key_that_is_wrong() {
 fn values_carry_the_embedded_format_byte_and_bad_bytes_are_corrupt() {
     let entry = IndexEntry {
         user_id: Some("u".into()),
-        retracted: true,
+        accepted_at: Some(0),
+        retracted_at: Some(0),
+        expires_at: None,
     };
     let bytes = codec::encode(&entry).expect("encodes");
     assert_eq!(bytes[0], FORMAT);
