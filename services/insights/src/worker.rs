@@ -26,6 +26,10 @@ pub enum InsightsError {
     /// record of what it holds.
     #[error("{0}")]
     Sink(String),
+    /// The worker was given segments and definitions that cannot work
+    /// together; no retry or restart can cure it.
+    #[error("configuration: {0}")]
+    Configuration(String),
 }
 
 impl InsightsError {
@@ -35,7 +39,15 @@ impl InsightsError {
             InsightsError::Log(e) => e.is_retryable(),
             InsightsError::Store(e) => e.is_retryable(),
             InsightsError::Sink(_) => true,
+            InsightsError::Configuration(_) => false,
         }
+    }
+
+    /// Whether the worker's configuration is at fault, so restarting it
+    /// cannot help (everything else may be cured by a restart: a replay
+    /// from the durable progress, a new subscription, new connections).
+    pub fn is_configuration(&self) -> bool {
+        matches!(self, InsightsError::Configuration(_))
     }
 }
 
@@ -101,7 +113,11 @@ fn now_millis() -> Millis {
 
 impl InsightsWorker {
     /// Runs until `shutdown`; backend failures are retried after a pause.
+    /// Any other error ends the run: the caller may run it again (it
+    /// resumes from the durable progress), except after a
+    /// [`InsightsError::Configuration`].
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), InsightsError> {
+        self.check_configuration()?;
         if self.segments.is_empty() {
             info!("no segments configured; the insights worker has nothing to do");
             shutdown.cancelled().await;
@@ -313,6 +329,27 @@ impl InsightsWorker {
             "insights pass"
         );
         Ok(applied.published.len())
+    }
+
+    /// Every signal a segment rule reads has a definition (segments are
+    /// compiled against the same definitions at start-up; this catches a
+    /// worker wired with another set, which would evaluate rules on
+    /// missing values).
+    fn check_configuration(&self) -> Result<(), InsightsError> {
+        let missing: Vec<&str> = self
+            .segments
+            .signals()
+            .into_iter()
+            .filter(|name| self.definitions.get(name).is_none())
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(InsightsError::Configuration(format!(
+                "the segment rules read signals that have no definition: {}",
+                missing.join(", ")
+            )))
+        }
     }
 
     /// The definitions the segment rules read.

@@ -203,3 +203,46 @@ async fn a_scripted_user_enters_and_leaves_once_across_a_killed_worker() {
         .expect("joined")
         .expect("speed stopped cleanly");
 }
+
+#[tokio::test]
+async fn segments_reading_undefined_signals_are_a_configuration_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = Arc::new(
+        EmbeddedLog::open(&dir.path().join("log"), EmbeddedLogOptions::default()).expect("log"),
+    );
+    let store = Arc::new(EmbeddedStore::open(&dir.path().join("store.redb")).expect("store"));
+    let (definitions, segments) = defaults();
+    // Every default signal but the one `engaged` reads.
+    let kept: Vec<SignalSpec> = {
+        #[derive(serde::Deserialize)]
+        struct File {
+            signals: Vec<SignalSpec>,
+        }
+        let file: File = toml::from_str(include_str!("../../signals/config/default.toml"))
+            .expect("default config parses");
+        file.signals
+            .into_iter()
+            .filter(|s| s.name != "sessions_7d")
+            .collect()
+    };
+    assert!(definitions.get("sessions_7d").is_some());
+    let worker = InsightsWorker {
+        log,
+        store: store.clone(),
+        insights: store,
+        definitions: Arc::new(Definitions::compile(&kept).expect("definitions")),
+        segments: Arc::new(segments),
+        sink: None,
+        options: InsightsOptions::default(),
+    };
+    let error = worker
+        .run(CancellationToken::new())
+        .await
+        .expect_err("refused");
+    assert!(error.is_configuration(), "{error}");
+    assert!(!error.is_transient());
+    assert_eq!(
+        error.to_string(),
+        "configuration: the segment rules read signals that have no definition: sessions_7d"
+    );
+}

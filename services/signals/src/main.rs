@@ -6,6 +6,7 @@ mod config;
 mod http_server;
 mod readiness;
 mod run;
+mod supervise;
 mod telemetry;
 
 use std::net::SocketAddr;

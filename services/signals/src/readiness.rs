@@ -6,10 +6,11 @@
 //!   counts the attempts, anything else is 503. The socket is bound once and
 //!   handed to the real server afterwards, so it never closes in between.
 //! * Afterwards, the speed layer's state (what it retries, or that it
-//!   stopped and is restarted) joins the backends' checks in `/readyz`.
+//!   stopped and is restarted) and, in `signals up`, whether the insights
+//!   worker is stopped and restarted join the backends' checks in `/readyz`.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::Context;
 use axum::http::StatusCode;
@@ -24,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::backends::Startup;
+use crate::supervise::Down;
 
 /// A listening socket bound before start-up, served by the start-up
 /// routes until [`Starting::finish`] hands it to the real server.
@@ -103,13 +105,12 @@ impl Starting {
 #[derive(Default)]
 pub struct SpeedHealth {
     pub status: Arc<SpeedStatus>,
-    pub stopped: Mutex<Option<String>>,
+    pub stopped: Arc<Down>,
 }
 
 impl SpeedHealth {
     pub fn problem(&self) -> Option<String> {
-        let stopped = self.stopped.lock().ok().and_then(|s| s.clone());
-        stopped.or_else(|| self.status.problem())
+        self.stopped.reason().or_else(|| self.status.problem())
     }
 
     /// `/readyz`'s extra check named `speed`.

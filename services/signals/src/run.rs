@@ -17,7 +17,7 @@ use signals_api::{ApiOptions, AppState, Tokens};
 use signals_batch::{BatchLayer, BatchOptions, BotFilter, Job, Quiet};
 use signals_core::Segments;
 use signals_insights::kafka::{KafkaChangeSink, KafkaSinkOptions};
-use signals_insights::{ChangeSink, InsightsOptions, InsightsWorker};
+use signals_insights::{ChangeSink, InsightsError, InsightsOptions, InsightsWorker};
 use signals_speed::{SpeedLayer, SpeedOptions};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +26,7 @@ use tracing::{error, info, warn};
 use crate::backends::{Backends, Role, Startup};
 use crate::config::{Config, Listen, LogBackend, Schedule};
 use crate::readiness::{SpeedHealth, Starting};
+use crate::supervise::{supervise, Down, Restarts};
 use crate::{http_server, telemetry};
 
 /// Cancels `token` on SIGINT or SIGTERM.
@@ -172,20 +173,41 @@ fn insights_worker(
     })
 }
 
-/// Runs `worker` until `shutdown`; a failure stops the whole process.
-fn spawn_insights(
+/// Runs the insights worker of `signals up` until `stop`, restarting it
+/// with backoff when it fails (it retries backend outages itself; a
+/// restart resumes from its durable progress, so nothing is published
+/// twice): the collector and serving stay up meanwhile, and `down` tells
+/// readiness why it stopped. Only a configuration error ends it, returned.
+fn supervise_insights(
     worker: InsightsWorker,
-    shutdown: CancellationToken,
-) -> JoinHandle<Result<(), signals_insights::InsightsError>> {
-    tokio::spawn(async move {
-        let failure = shutdown.clone();
-        let result = worker.run(shutdown).await;
-        if let Err(error) = &result {
-            error!(%error, "insights worker failed");
-            failure.cancel();
-        }
-        result
-    })
+    down: Arc<Down>,
+    stop: CancellationToken,
+) -> JoinHandle<Result<(), InsightsError>> {
+    supervise(
+        Restarts::new("insights worker", "signals_insights_restarts_total"),
+        down,
+        stop,
+        InsightsError::is_configuration,
+        move |stop| {
+            let worker = worker.clone();
+            async move { worker.run(stop).await }
+        },
+    )
+}
+
+/// Resolves when the supervised insights worker of `up` has ended by
+/// itself (a configuration error); never if there is none.
+async fn insights_ended(task: &mut Option<JoinHandle<Result<(), InsightsError>>>) -> anyhow::Error {
+    let Some(handle) = task.as_mut() else {
+        return std::future::pending().await;
+    };
+    let joined = handle.await;
+    *task = None;
+    match joined {
+        Ok(Ok(())) => anyhow::anyhow!("the insights worker stopped"),
+        Ok(Err(error)) => anyhow::Error::new(error).context("the insights worker stopped"),
+        Err(error) => anyhow::Error::new(error).context("insights worker task failed"),
+    }
 }
 
 /// On Kafka, the feed's topic `signals.segments` (one publisher at a time:
@@ -206,7 +228,10 @@ async fn feed_sink(config: &Config) -> anyhow::Result<Option<Arc<dyn ChangeSink>
     Ok(Some(Arc::new(sink)))
 }
 
-/// `signals insights`: the insights worker alone.
+/// `signals insights`: the insights worker alone. A failure it does not
+/// retry itself ends the process, as in `signals speed`: whatever runs it
+/// (Kubernetes, systemd) restarts it, and it resumes from its durable
+/// progress. Inside `signals up` the process restarts it instead.
 pub async fn insights_command(config: Config) -> anyhow::Result<ExitCode> {
     let definitions = Arc::new(config.definitions()?);
     let segments = Arc::new(config.segments(&definitions)?);
@@ -288,28 +313,18 @@ fn supervise_speed(
     health: Arc<SpeedHealth>,
     stop: CancellationToken,
 ) -> JoinHandle<Result<(), signals_speed::SpeedError>> {
-    tokio::spawn(async move {
-        let mut backoff = Duration::from_secs(1);
-        loop {
-            let error = match speed.run(stop.clone()).await {
-                Ok(()) => return Ok(()),
-                Err(error) => error,
-            };
-            error!(%error, restart_in = ?backoff, "speed layer stopped; restarting it");
-            metrics::counter!("signals_speed_restarts_total").increment(1);
-            if let Ok(mut stopped) = health.stopped.lock() {
-                *stopped = Some(format!("stopped ({error}); restarting in {backoff:?}"));
-            }
-            tokio::select! {
-                () = stop.cancelled() => return Ok(()),
-                () = tokio::time::sleep(backoff) => {}
-            }
-            if let Ok(mut stopped) = health.stopped.lock() {
-                *stopped = None;
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(60));
-        }
-    })
+    let speed = Arc::new(speed);
+    supervise(
+        Restarts::new("speed layer", "signals_speed_restarts_total"),
+        health.stopped.clone(),
+        stop,
+        // Every failure of the speed layer may be cured by a restart.
+        |_| false,
+        move |stop| {
+            let speed = speed.clone();
+            async move { speed.run(stop).await }
+        },
+    )
 }
 
 /// What `up` and `serve` have in common up to their own layers: checked
@@ -371,8 +386,16 @@ pub async fn up(config: Config, listen: Option<SocketAddr>) -> anyhow::Result<Ex
     let batch = batch_layer(&config, &backends, definitions.clone());
     let scheduler = schedule_batch(batch.clone(), config.batch.schedule, shutdown.clone());
     let insights_token = CancellationToken::new();
-    let insights_task = insights_worker(&backends, definitions.clone(), segments.clone())
-        .map(|worker| spawn_insights(worker, insights_token.clone()));
+    let insights_down = Arc::new(Down::default());
+    let mut insights_task = insights_worker(&backends, definitions.clone(), segments.clone())
+        .map(|worker| supervise_insights(worker, insights_down.clone(), insights_token.clone()));
+    let readiness = match insights_task {
+        Some(_) => {
+            let down = insights_down.clone();
+            health.condition().with("insights", move || down.reason())
+        }
+        None => health.condition(),
+    };
     let routes = insights(&backends, segments);
     let state = api_state(
         &config,
@@ -380,14 +403,15 @@ pub async fn up(config: Config, listen: Option<SocketAddr>) -> anyhow::Result<Ex
         definitions,
         Some(batch),
         Some(metrics),
-        health.condition(),
+        readiness,
     )?;
     info!(data_dir = %config.data_dir.display(), "signals up");
     let listener = starting.finish().await?;
     let served = tokio::select! {
         served = serve_http(&config, listen, state, routes, shutdown.clone(), Some(listener)) => served,
-        // A failed insights worker stops the process, loudly.
-        () = insights_token.cancelled() => Err(anyhow::anyhow!("the insights worker failed")),
+        // The worker is restarted after any other failure; a configuration
+        // error stops the process, loudly.
+        error = insights_ended(&mut insights_task) => Err(error),
     };
     shutdown.cancel();
     insights_token.cancel();
@@ -503,4 +527,246 @@ fn serve_operations(
         http_server::Limits::OPERATIONS,
         shutdown,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Instant;
+
+    use signals_log::embedded::{EmbeddedLog, EmbeddedLogOptions, FsyncPolicy};
+    use signals_log::{Append, DeadLetterFile, EventLog};
+    use signals_schemas::{Event, EventType, LogRecord, Millis, RecordBody};
+    use signals_store::embedded::EmbeddedStore;
+    use signals_store::insights::{
+        Applied, Change, FeedEntry, InsightsProgress, Membership, MembershipUpdate,
+    };
+    use signals_store::{InsightsStore, StoreError};
+
+    use super::*;
+
+    /// The embedded store, except that the worker's first write, once
+    /// durable, reports an error no retry cures (as corrupt data would):
+    /// the worker's run ends there, after it published.
+    struct FirstWriteFails {
+        store: Arc<EmbeddedStore>,
+        publishing_writes: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl InsightsStore for FirstWriteFails {
+        async fn insights_progress(&self) -> Result<InsightsProgress, StoreError> {
+            self.store.insights_progress().await
+        }
+
+        async fn memberships(
+            &self,
+            users: &[String],
+        ) -> Result<HashMap<String, Membership>, StoreError> {
+            self.store.memberships(users).await
+        }
+
+        async fn due(
+            &self,
+            until: Millis,
+            limit: usize,
+        ) -> Result<Vec<(Millis, String)>, StoreError> {
+            self.store.due(until, limit).await
+        }
+
+        async fn apply_insights(
+            &self,
+            updates: Vec<MembershipUpdate>,
+            progress: InsightsProgress,
+        ) -> Result<Applied, StoreError> {
+            let applied = self.store.apply_insights(updates, progress).await?;
+            if applied.published.is_empty()
+                || self.publishing_writes.fetch_add(1, Ordering::SeqCst) > 0
+            {
+                return Ok(applied);
+            }
+            Err(StoreError::Corrupt("the test's failing write".into()))
+        }
+
+        async fn segment_members(
+            &self,
+            segment: &str,
+            after: Option<&str>,
+            limit: usize,
+        ) -> Result<Vec<String>, StoreError> {
+            self.store.segment_members(segment, after, limit).await
+        }
+
+        async fn segment_changes(
+            &self,
+            after: u64,
+            limit: usize,
+        ) -> Result<Vec<FeedEntry>, StoreError> {
+            self.store.segment_changes(after, limit).await
+        }
+    }
+
+    fn event(id: &str, kind: EventType, time: Millis) -> Append {
+        Append::record(&LogRecord {
+            accepted_at: time,
+            body: RecordBody::Event(Event {
+                event_id: id.into(),
+                user_id: "u-1".into(),
+                event_type: kind,
+                item_id: (kind != EventType::Search).then(|| "item".to_owned()),
+                query: (kind == EventType::Search).then(|| "lofts".to_owned()),
+                event_time: time,
+                attributes: Default::default(),
+            }),
+        })
+    }
+
+    fn now() -> Millis {
+        chrono::Utc::now().timestamp_millis()
+    }
+
+    /// The feed once it holds `n` entries (a liveness bound, not a timing).
+    async fn feed_of(store: &EmbeddedStore, n: usize) -> Vec<(String, Change)> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let feed = store.segment_changes(0, 100).await.expect("feed");
+            if feed.len() >= n {
+                return feed
+                    .into_iter()
+                    .map(|e| (e.transition.segment, e.transition.change))
+                    .collect();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{n} entries within 60 s: {feed:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_insights_worker_of_up_is_restarted_after_a_failed_run() {
+        let config = crate::config::load(None).expect("default configuration");
+        let definitions = Arc::new(config.definitions().expect("definitions"));
+        let segments = Arc::new(config.segments(&definitions).expect("segments"));
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = Arc::new(
+            EmbeddedLog::open(
+                &dir.path().join("log"),
+                EmbeddedLogOptions {
+                    fsync: FsyncPolicy::Never,
+                    ..EmbeddedLogOptions::default()
+                },
+            )
+            .expect("log"),
+        );
+        let store = Arc::new(EmbeddedStore::open(&dir.path().join("store.redb")).expect("store"));
+        let stop = CancellationToken::new();
+        let speed = SpeedLayer {
+            log: log.clone(),
+            store: store.clone(),
+            dead_letters: Arc::new(DeadLetterFile::new(&dir.path().join("dead.ndjson"))),
+            options: SpeedOptions {
+                poll_wait: Duration::from_millis(10),
+                ..SpeedOptions::default()
+            },
+        };
+        let speed_task = supervise_speed(speed, Arc::default(), stop.clone());
+        let failing = Arc::new(FirstWriteFails {
+            store: store.clone(),
+            publishing_writes: AtomicUsize::new(0),
+        });
+        let worker = InsightsWorker {
+            log: log.clone(),
+            store: store.clone(),
+            insights: failing.clone(),
+            definitions,
+            segments,
+            sink: None,
+            options: InsightsOptions {
+                poll_wait: Duration::from_millis(20),
+                ..InsightsOptions::default()
+            },
+        };
+        let down = Arc::new(Down::default());
+        let insights_task = supervise_insights(worker, down.clone(), stop.clone());
+
+        // Ten views: the user enters active_browser, and the write that
+        // published it fails the worker's run.
+        let start = now();
+        let views = (0..10)
+            .map(|i| event(&format!("v{i}"), EventType::View, start - 1_000 + i))
+            .collect();
+        log.append(views).await.expect("appended");
+        assert_eq!(
+            feed_of(&store, 1).await,
+            [("active_browser".to_owned(), Change::Entered)]
+        );
+
+        // Three searches: only a restarted worker publishes `searcher`.
+        let searches = (0..3)
+            .map(|i| event(&format!("s{i}"), EventType::Search, start + i))
+            .collect();
+        log.append(searches).await.expect("appended");
+        assert_eq!(
+            feed_of(&store, 2).await,
+            [
+                ("active_browser".to_owned(), Change::Entered),
+                ("searcher".to_owned(), Change::Entered)
+            ],
+            "each transition once, across the failed run and the restart"
+        );
+        assert_eq!(
+            failing.publishing_writes.load(Ordering::SeqCst),
+            2,
+            "the write that failed the first run, then the restarted run's"
+        );
+        assert_eq!(down.reason(), None, "running again: readiness is clear");
+
+        stop.cancel();
+        insights_task
+            .await
+            .expect("joined")
+            .expect("the worker stopped cleanly");
+        speed_task
+            .await
+            .expect("joined")
+            .expect("the speed layer stopped cleanly");
+    }
+
+    #[tokio::test]
+    async fn a_configuration_error_stops_the_insights_worker_of_up() {
+        let config = crate::config::load(None).expect("default configuration");
+        let definitions = config.definitions().expect("definitions");
+        let segments = Arc::new(config.segments(&definitions).expect("segments"));
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = Arc::new(
+            EmbeddedLog::open(&dir.path().join("log"), EmbeddedLogOptions::default()).expect("log"),
+        );
+        let store = Arc::new(EmbeddedStore::open(&dir.path().join("store.redb")).expect("store"));
+        // Definitions without the signals the default segments read.
+        let worker = InsightsWorker {
+            log,
+            store: store.clone(),
+            insights: store,
+            definitions: Arc::new(signals_core::Definitions::compile(&[]).expect("no signals")),
+            segments,
+            sink: None,
+            options: InsightsOptions::default(),
+        };
+        let down = Arc::new(Down::default());
+        let mut task = Some(supervise_insights(
+            worker,
+            down.clone(),
+            CancellationToken::new(),
+        ));
+        let error = insights_ended(&mut task).await;
+        assert!(task.is_none());
+        let text = format!("{error:#}");
+        assert!(text.contains("have no definition"), "{text}");
+        assert!(down
+            .reason()
+            .is_some_and(|r| r.starts_with("stopped: configuration")));
+    }
 }
