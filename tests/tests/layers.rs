@@ -91,11 +91,14 @@ fn arb_steps(now: i64) -> impl Strategy<Value = Vec<Step>> {
 }
 
 async fn append(log: &EmbeddedLog, steps: &[Step]) {
+    // Stamped as the collector does: the deduplication window and the
+    // index's expiry count from acceptance times (ADR 006).
+    let accepted_at = chrono::Utc::now().timestamp_millis();
     let records: Vec<Append> = steps
         .iter()
         .map(|step| {
             let record = LogRecord {
-                accepted_at: 0,
+                accepted_at,
                 body: match step {
                     Step::Event(sent) => RecordBody::Event(to_event(sent)),
                     Step::Retract(ids) => RecordBody::Retraction(Retraction {
