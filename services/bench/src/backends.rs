@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use signals_core::{Definitions, SignalSpec};
+use signals_core::{Definitions, SegmentSpec, Segments, SignalSpec};
 use signals_log::embedded::{EmbeddedLog, EmbeddedLogOptions, FsyncPolicy};
 use signals_log::kafka::{KafkaDeadLetters, KafkaLog, KafkaOptions};
 use signals_log::{Append, DeadLetterFile, DeadLetterSink, EventLog};
@@ -133,4 +133,16 @@ pub fn default_definitions() -> anyhow::Result<Arc<Definitions>> {
     let table: toml::Table = toml::from_str(text)?;
     let file: File = toml::Value::Table(table).try_into()?;
     Ok(Arc::new(Definitions::compile(&file.signals)?))
+}
+
+/// The default segments, as `signals` ships them.
+pub fn default_segments(definitions: &Definitions) -> anyhow::Result<Segments> {
+    #[derive(serde::Deserialize)]
+    struct File {
+        segments: Vec<SegmentSpec>,
+    }
+    let text = include_str!("../../signals/config/default.toml");
+    let table: toml::Table = toml::from_str(text)?;
+    let file: File = toml::Value::Table(table).try_into()?;
+    Ok(Segments::compile(&file.segments, definitions)?)
 }

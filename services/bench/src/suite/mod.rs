@@ -5,6 +5,7 @@ pub mod batch;
 mod engine_reads;
 mod freshness;
 mod ingest;
+mod insights;
 mod scale;
 mod serving;
 pub mod speed;
@@ -28,6 +29,7 @@ pub enum Section {
     Serving,
     Batch,
     Scale,
+    Insights,
 }
 
 #[derive(Clone, Debug, clap::Args)]
@@ -69,6 +71,11 @@ struct Sizes {
     freshness: Duration,
     /// (users, events) points of the scale curve.
     scale: Vec<(u64, u64)>,
+    /// Events the insights worker turns into membership; event probes;
+    /// users whose timers are due at once.
+    insights_events: u64,
+    insights_probes: usize,
+    timer_users: usize,
 }
 
 impl Sizes {
@@ -84,6 +91,9 @@ impl Sizes {
                 duration: Duration::from_secs(5),
                 freshness: Duration::from_secs(10),
                 scale: vec![(10_000, 300_000), (100_000, 300_000), (100_000, 1_000_000)],
+                insights_events: 200_000,
+                insights_probes: 100,
+                timer_users: 2_000,
             }
         } else {
             Sizes {
@@ -104,6 +114,9 @@ impl Sizes {
                     // --batch-events 50000000`.
                     (100_000, 10_000_000),
                 ],
+                insights_events: 1_000_000,
+                insights_probes: 500,
+                timer_users: 10_000,
             }
         }
     }
@@ -352,6 +365,64 @@ pub async fn run(args: &SuiteArgs) -> anyhow::Result<()> {
             "  batch peak memory (VmHWM)",
             Figure::mib(f.report.peak_bytes),
             format!("before the run {}", Figure::mib(f.report.baseline_bytes)),
+        ));
+        progress(&rows);
+    }
+
+    if wanted(Section::Insights) && stack == Stack::Embedded {
+        let dir = tempfile::tempdir()?;
+        let f = insights::measure(
+            dir.path(),
+            &shape,
+            sizes.insights_events,
+            sizes.insights_probes,
+            sizes.timer_users,
+        )
+        .await?;
+        rows.push(
+            Row::new(
+                format!(
+                    "insights worker, log → segment membership ({} events, {} users; speed layer caught up; ceiling: the same passes' rule evaluations in memory)",
+                    f.events, f.users
+                ),
+                Figure::per_sec(f.ours_rate()),
+                "",
+            )
+            .against(Figure::per_sec(f.ceiling_rate())),
+        );
+        let q = insights::quantile;
+        let (applied, published) = (&f.event_delays.applied, &f.event_delays.published);
+        rows.push(
+            Row::new(
+                format!(
+                    "insights event → published transition p50 ({} probes; ceiling: → applied by the speed layer)",
+                    published.len()
+                ),
+                Figure::ms(q(published, 0.5)),
+                "",
+            )
+            .against(Figure::ms(q(applied, 0.5))),
+        );
+        rows.push(
+            Row::new(
+                "insights event → published transition p99",
+                Figure::ms(q(published, 0.99)),
+                "≤ 60 s (contract)",
+            )
+            .against(Figure::ms(q(applied, 0.99))),
+        );
+        rows.push(Row::new(
+            format!(
+                "insights timer (due instant) → published transition p50 ({} users due at once)",
+                f.timer_delays.len()
+            ),
+            Figure::ms(q(&f.timer_delays, 0.5)),
+            "",
+        ));
+        rows.push(Row::new(
+            "insights timer → published transition p99",
+            Figure::ms(q(&f.timer_delays, 0.99)),
+            "≤ 60 s (contract)",
         ));
         progress(&rows);
     }
