@@ -217,9 +217,15 @@ impl SignalDefinition {
     /// signals read every event before `at`: whether a session starts in
     /// the window depends on the events just before it.
     pub fn reads(&self, time: Millis, at: Millis) -> bool {
-        match self.aggregation {
-            Aggregation::Sessions { .. } => time < at,
-            _ => self.window.covers(time, at),
+        let (from, until) = self.read_range(at);
+        from <= time && time < until
+    }
+
+    /// The event times [`SignalDefinition::reads`] at `at`: `[from, until)`.
+    pub fn read_range(&self, at: Millis) -> (Millis, Millis) {
+        match (&self.aggregation, self.window) {
+            (Aggregation::Sessions { .. }, _) | (_, Window::Lifetime) => (Millis::MIN, at),
+            (_, Window::Sliding(width)) => (at.saturating_sub(width), at),
         }
     }
 

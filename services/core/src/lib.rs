@@ -11,6 +11,7 @@ pub mod definition;
 pub mod position;
 pub mod segment;
 pub mod session;
+pub mod tiles;
 pub mod time;
 pub mod view;
 
@@ -25,4 +26,5 @@ pub use definition::{
 pub use position::{LogPosition, Offset, Partition};
 pub use segment::{SegmentError, SegmentSpec, Segments};
 pub use session::{Session, SessionMeasure, Sessions};
+pub use tiles::{TileShape, Tiles};
 pub use view::{SpeedEntry, StaleSignal, UserRecord, UserView};

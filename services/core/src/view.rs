@@ -21,6 +21,7 @@ use signals_schemas::{Event, Millis};
 
 use crate::aggregate::State;
 use crate::definition::{Definitions, EventTypes, SignalDefinition, Window};
+use crate::tiles::{DefinitionTiles, Tiles};
 
 /// Pre-aggregated state of one lifetime signal over events older than the
 /// record's horizon, tagged with the definition that produced it.
@@ -42,6 +43,9 @@ pub struct UserRecord {
     /// The user was deleted: nothing of theirs counts, neither what came
     /// before the deletion nor anything the speed layer wrote after it.
     pub deleted: bool,
+    /// Blocks of `events` per definition, built on first read, never stored.
+    #[serde(skip)]
+    pub tiles: Tiles,
 }
 
 impl UserRecord {
@@ -68,6 +72,7 @@ impl UserRecord {
             base,
             events: recent,
             deleted: false,
+            tiles: Tiles::default(),
         }
     }
 
@@ -161,10 +166,13 @@ impl UserView {
 
     /// Every raw event that counts, in no particular order.
     pub fn events(&self) -> impl Iterator<Item = &Event> {
+        self.batch_events().chain(self.speed.iter())
+    }
+
+    /// The batch record's events that count.
+    fn batch_events(&self) -> impl Iterator<Item = &Event> {
         let batch = self.batch.iter().flat_map(|b| b.events.iter());
-        batch
-            .filter(|e| self.hidden.is_empty() || !self.hidden.contains(&e.event_id))
-            .chain(self.speed.iter())
+        batch.filter(|e| self.hidden.is_empty() || !self.hidden.contains(&e.event_id))
     }
 
     /// Whether the user has no history at all.
@@ -187,10 +195,40 @@ impl UserView {
             .iter()
             .map(|d| State::empty(&d.aggregation))
             .collect();
-        for event in self.events() {
-            for (definition, state) in definitions.iter().zip(states.iter_mut()) {
+        // The batch's events through its tiles where it has them: not when
+        // a retraction hides some of them (blocks cannot take one out).
+        let tiled: Vec<Option<Arc<DefinitionTiles>>> = match &self.batch {
+            Some(batch) if self.hidden.is_empty() => definitions
+                .iter()
+                .map(|d| batch.tiles.for_definition(d, &batch.events))
+                .collect(),
+            _ => vec![None; definitions.len()],
+        };
+        let plain: Vec<usize> = (0..definitions.len())
+            .filter(|&i| tiled[i].is_none())
+            .collect();
+        let add = |states: &mut [State], which: &[usize], event: &Event| {
+            for &i in which {
+                let definition = definitions[i];
                 if definition.reads(event.event_time, at) && definition.matches(event) {
-                    state.add(&definition.aggregation, event);
+                    states[i].add(&definition.aggregation, event);
+                }
+            }
+        };
+        if !plain.is_empty() {
+            for event in self.batch_events() {
+                add(&mut states, &plain, event);
+            }
+        }
+        let all: Vec<usize> = (0..definitions.len()).collect();
+        for event in &self.speed {
+            add(&mut states, &all, event);
+        }
+        if let Some(batch) = &self.batch {
+            for (i, tiles) in tiled.iter().enumerate() {
+                if let Some(tiles) = tiles {
+                    let (from, until) = definitions[i].read_range(at);
+                    tiles.fold(definitions[i], &batch.events, from, until, &mut states[i]);
                 }
             }
         }
@@ -424,6 +462,45 @@ mod tests {
             let (values, stale) = view.evaluate(&all, at);
             prop_assert!(stale.is_empty());
             prop_assert_eq!(values, expected);
+        }
+    }
+
+    proptest! {
+        /// Tiles change no answer: a record read through blocks of any
+        /// small sizes answers what folding its events one by one does,
+        /// with speed entries (retractions included) and any `at`.
+        #[test]
+        fn tiles_change_no_answer(
+            events in arb_events(80),
+            speed_events in arb_events(10),
+            retracted in prop::collection::vec(0usize..80, 0..3),
+            horizon in 0i64..60,
+            at in 0i64..260,
+            base in 1usize..5,
+        ) {
+            let defs = definitions();
+            let all: Vec<&SignalDefinition> = defs.iter().collect();
+            let mut speed: Vec<SpeedEntry> = speed_events
+                .into_iter()
+                .map(|mut e| {
+                    e.event_id = format!("s-{}", e.event_id);
+                    SpeedEntry::Event(e)
+                })
+                .collect();
+            if !events.is_empty() && !retracted.is_empty() {
+                let event_ids = retracted.iter().map(|r| events[r % events.len()].event_id.clone()).collect();
+                speed.push(SpeedEntry::Retracted { event_ids });
+            }
+            let record = |shape: crate::tiles::TileShape| {
+                let mut record = UserRecord::compact(&defs, events.clone(), horizon);
+                record.tiles = Tiles::with_shape(shape);
+                Arc::new(record)
+            };
+            let tiled = record(crate::tiles::TileShape { sizes: vec![base, base * 3, base * 9], min_events: 0 });
+            let plain = record(crate::tiles::TileShape { sizes: Vec::new(), min_events: usize::MAX });
+            let with_tiles = UserView::merge(Some(tiled), speed.clone()).evaluate(&all, at);
+            let without = UserView::merge(Some(plain), speed).evaluate(&all, at);
+            prop_assert_eq!(with_tiles, without);
         }
     }
 

@@ -95,6 +95,7 @@ pub fn decode_record(
                 base: old.base,
                 events: old.events,
                 deleted: false,
+                tiles: Default::default(),
             })
         }
         Some((format, _)) => Err(StoreError::Corrupt(format!(

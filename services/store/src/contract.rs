@@ -123,6 +123,7 @@ pub fn record(user: &str, id: &str) -> UserRecord {
         base: BTreeMap::new(),
         events: vec![event(id, user, 1)],
         deleted: false,
+        tiles: Default::default(),
     }
 }
 
