@@ -27,9 +27,12 @@
 //! the sink's own cursor.
 //!
 //! # Timeliness
-//! A transition is published within one pass of the moment it happens:
-//! `poll_wait` (default 200 ms) plus the speed layer's lag for event-caused
-//! ones. The bench measures it.
+//! A transition is published within one pass of the moment it happens. An
+//! event-caused one: the worker reads the records as they arrive and waits
+//! for the speed layer to apply them. A time-caused one: the worker's wait
+//! for records ends at the next timer due (each pass reads the timers due
+//! within the next `poll_wait`, default 200 ms, and sleeps only until the
+//! earliest). `signals-bench suite --only insights` measures both delays.
 
 #[cfg(feature = "kafka")]
 pub mod kafka;

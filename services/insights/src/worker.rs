@@ -58,7 +58,8 @@ pub struct InsightsOptions {
     pub group: String,
     /// Most log records per pass.
     pub max_batch: usize,
-    /// Longest wait for a record; also the timer resolution.
+    /// Longest wait for a record when no timer is due sooner (the worker
+    /// wakes at the next timer due within it).
     pub poll_wait: Duration,
     /// Most due timers fired per pass (the rest fire in the next passes).
     pub max_due: usize,
@@ -152,18 +153,25 @@ impl InsightsWorker {
             None => None,
         };
         self.drain_to_sink(&mut sink_cursor).await?;
+        let mut wake = None;
         while !shutdown.is_cancelled() {
+            // Records end the wait at once; otherwise the next timer does.
+            let wait = wake.map_or(self.options.poll_wait, |at: Millis| {
+                let until = u64::try_from(at.saturating_sub(now_millis())).unwrap_or(0);
+                self.options.poll_wait.min(Duration::from_millis(until))
+            });
             let entries = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                polled = reader.next_batch(self.options.max_batch, self.options.poll_wait) => polled?,
+                polled = reader.next_batch(self.options.max_batch, wait) => polled?,
             };
             let position = reader.position();
             let touched = self.touched_users(&entries).await?;
             if !self.wait_for_speed(&position, shutdown).await? {
                 break;
             }
-            let published = self.pass(touched, &position).await?;
+            let (published, next_wake) = self.pass(touched, &position).await?;
+            wake = next_wake;
             if published > 0 {
                 self.drain_to_sink(&mut sink_cursor).await?;
             }
@@ -208,6 +216,9 @@ impl InsightsWorker {
         position: &LogPosition,
         shutdown: &CancellationToken,
     ) -> Result<bool, InsightsError> {
+        // The speed layer usually applies a batch within milliseconds of
+        // the worker reading it: look again soon, then less often.
+        let mut pause = Duration::from_millis(1);
         loop {
             if self
                 .store
@@ -220,28 +231,43 @@ impl InsightsWorker {
             }
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(false),
-                () = tokio::time::sleep(Duration::from_millis(20)) => {}
+                () = tokio::time::sleep(pause) => {}
             }
+            pause = (pause * 2).min(Duration::from_millis(20));
         }
     }
 
     /// Evaluates the `touched` users and every user whose timer is due, and
     /// writes the result with `position` in one durable step. Returns the
-    /// number of transitions published.
+    /// number of transitions published and when the next timer known to
+    /// this pass is due, if before the next `poll_wait` ends.
     async fn pass(
         &self,
         touched: BTreeSet<String>,
         position: &LogPosition,
-    ) -> Result<usize, InsightsError> {
+    ) -> Result<(usize, Option<Millis>), InsightsError> {
         let now = now_millis();
-        let due = self.insights.due(now, self.options.max_due).await?;
+        // The timers due by now fire; the earliest of the others due
+        // within the next poll wait is when to wake (the same read).
+        let horizon = now.saturating_add(
+            Millis::try_from(self.options.poll_wait.as_millis()).unwrap_or(Millis::MAX),
+        );
+        let mut due = self.insights.due(horizon, self.options.max_due).await?;
+        let later = due.partition_point(|(at, _)| *at <= now);
+        let mut wake = if later == due.len() && due.len() == self.options.max_due {
+            // More are due by now than one pass fires: go on at once.
+            Some(now)
+        } else {
+            due.get(later).map(|(at, _)| *at)
+        };
+        due.truncate(later);
         let mut users: BTreeMap<String, ()> = touched.into_iter().map(|u| (u, ())).collect();
         let timers_fired = due.len();
         users.extend(due.into_iter().map(|(_, user)| (user, ())));
         if users.is_empty() {
             let progress = self.insights.insights_progress().await?;
             if progress.position.reaches(position) {
-                return Ok(0);
+                return Ok((0, wake));
             }
         }
         let users: Vec<String> = users.into_keys().collect();
@@ -298,6 +324,12 @@ impl InsightsWorker {
                 transitions,
             });
         }
+        // Timers this pass sets may be due before the next poll ends.
+        for update in &updates {
+            if let Some(at) = update.next.due.filter(|at| *at <= horizon) {
+                wake = Some(wake.map_or(at, |w| w.min(at)));
+            }
+        }
         let users_updated = updates.len();
         let applied = self
             .insights
@@ -328,7 +360,7 @@ impl InsightsWorker {
             published = applied.published.len(),
             "insights pass"
         );
-        Ok(applied.published.len())
+        Ok((applied.published.len(), wake))
     }
 
     /// Every signal a segment rule reads has a definition (segments are
