@@ -23,9 +23,11 @@
 //!   the same probes: the delay until the speed layer has durably applied
 //!   the views (the worker waits for that before it evaluates).
 //! * **Timer → published**: users whose oldest of ten views leaves the
-//!   24-hour window at one common instant T (all due at once, the worst
-//!   case); the delay runs from T to the first read of the feed holding
-//!   each user's `left active_browser` (whose `at` is T exactly).
+//!   24-hour window at their due instant T; the delay runs from T to the
+//!   first read of the feed holding the user's `left active_browser`
+//!   (whose `at` must be T exactly). Once with every user due at the same
+//!   instant (a burst: one pass fires them all), once with the users due
+//!   at instants spread over seconds (each timer on its own).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -59,8 +61,10 @@ pub struct InsightsFigures {
     /// Event appended → applied by the speed layer / transition in the
     /// feed, ms, sorted.
     pub event_delays: EventDelays,
-    /// Due instant → transition in the feed, ms, sorted.
+    /// Due instant → transition in the feed, ms, sorted: all due at once,
+    /// and due at instants spread out.
     pub timer_delays: Vec<f64>,
+    pub spread_timer_delays: Vec<f64>,
 }
 
 impl InsightsFigures {
@@ -82,15 +86,16 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[rank - 1]
 }
 
-/// The three figures over `events` skewed events of `shape` in a fresh
-/// embedded log and store under `dir`, with `probes` event probes and
-/// `timer_users` users due at once.
+/// The figures over `events` skewed events of `shape` in a fresh embedded
+/// log and store under `dir`, with `probes` event probes, and timers
+/// `at_once` then `spread` out.
 pub async fn measure(
     dir: &std::path::Path,
     shape: &Shape,
     events: u64,
     probes: usize,
-    timer_users: usize,
+    at_once: Timers,
+    spread: Timers,
 ) -> anyhow::Result<InsightsFigures> {
     let log = Arc::new(EmbeddedLog::open(
         &dir.join("log"),
@@ -144,7 +149,8 @@ pub async fn measure(
 
     // Both delays with both layers running live.
     let event_delays = event_probes(&*log, &store, probes).await?;
-    let timer_delays = timer_probes(&*log, &*store, timer_users).await?;
+    let timer_delays = timer_probes(&*log, &*store, at_once).await?;
+    let spread_timer_delays = timer_probes(&*log, &*store, spread).await?;
 
     worker_stop.cancel();
     speed_stop.cancel();
@@ -157,6 +163,7 @@ pub async fn measure(
         ceiling,
         event_delays,
         timer_delays,
+        spread_timer_delays,
     })
 }
 
@@ -351,35 +358,52 @@ async fn event_probes(
     Ok(delays)
 }
 
-/// `users` users with ten views whose oldest leaves the 24-hour window at
-/// one instant; ms from that instant until the feed has each one's `left
-/// active_browser`. Sorted.
+/// How the timers of [`timer_probes`] fall due.
+#[derive(Clone, Copy, Debug)]
+pub struct Timers {
+    pub users: usize,
+    /// Distinct due instants, `spacing` apart (1: all due at once).
+    pub instants: usize,
+    pub spacing: Millis,
+}
+
+/// `timers.users` users with ten views whose oldest leaves the 24-hour
+/// window at their due instant; ms from that instant until the feed has
+/// each one's `left active_browser`. Sorted.
 async fn timer_probes(
     log: &dyn EventLog,
     store: &dyn InsightsStore,
-    users: usize,
+    timers: Timers,
 ) -> anyhow::Result<Vec<f64>> {
+    let users = timers.users;
     let run = workload::now_millis();
-    // Far enough ahead that every user has entered before it.
-    let lead: Millis = 20_000 + users as Millis * 5;
-    let leave = run + lead;
-    let oldest = leave - DAY - 1;
+    // Far enough ahead that every user has entered before the first.
+    let first = run + 10_000 + users as Millis * 5;
+    let due = |u: usize| first + (u % timers.instants.max(1)) as Millis * timers.spacing;
     let names: Vec<String> = (0..users).map(|u| format!("timer-{run}-{u}")).collect();
+    let leaves: HashMap<&str, Millis> = names
+        .iter()
+        .enumerate()
+        .map(|(u, name)| (name.as_str(), due(u)))
+        .collect();
     let after = feed_end(store).await?;
     for chunk in names.chunks(500) {
         let appends = chunk
             .iter()
-            .flat_map(|u| (0..10).map(move |i| view(u, i, oldest + i as Millis)))
+            .flat_map(|u| {
+                let oldest = leaves[u.as_str()] - DAY - 1;
+                (0..10).map(move |i| view(u, i, oldest + i as Millis))
+            })
             .collect();
         log.append(appends).await?;
     }
-    // Every user enters before the instant; then each leaves at it.
+    // Every user enters before the first instant; then each leaves at its.
     let prefix = format!("timer-{run}-");
     let mut from = after;
     let mut entered = 0;
     let patience = Patience::new("the timer users entering");
     while entered < users {
-        if workload::now_millis() >= leave {
+        if workload::now_millis() >= first {
             anyhow::bail!("only {entered} of {users} timer users entered before their timer was due; make the lead longer");
         }
         for entry in store.segment_changes(from, 10_000).await? {
@@ -406,6 +430,9 @@ async fn timer_probes(
             {
                 continue;
             }
+            let Some(&leave) = leaves.get(t.user_id.as_str()) else {
+                continue;
+            };
             if t.at != leave {
                 anyhow::bail!(
                     "{} left at {}, not at the due instant {leave}",
