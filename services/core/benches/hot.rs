@@ -5,7 +5,10 @@
 //! * merge: `State::merge` of two halves (pre-aggregated base + tail);
 //! * view: `UserView::merge` of a batch record with a speed tail, then
 //!   `evaluate` of every default signal (one serving request, no I/O);
-//! * compact: `UserRecord::compact` (the batch's per-user output).
+//! * compact: `UserRecord::compact` (the batch's per-user output);
+//! * heavy user: one read of every default signal for a user with 1M
+//!   events in the last 7 days, through tiles (warm: built by an earlier
+//!   read) and with the plain fold, beside a light user's read.
 //!
 //! Avro decode is timed in `schemas/benches/codec.rs`.
 
@@ -14,7 +17,9 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
-use signals_core::{Definitions, SignalSpec, SpeedEntry, State, UserRecord, UserView};
+use signals_core::{
+    Definitions, SignalSpec, SpeedEntry, State, TileShape, Tiles, UserRecord, UserView,
+};
 use signals_schemas::{Event, EventType, Millis};
 
 const NOW: Millis = 1_795_428_000_000;
@@ -160,5 +165,50 @@ fn compact(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, fold, merge, view, compact);
+/// `n` events of one user spread over the last `days` days.
+fn recent_events(n: usize, days: i64) -> Vec<Event> {
+    let span = days * 24 * HOUR;
+    let mut all = events(n);
+    for (i, event) in all.iter_mut().enumerate() {
+        event.event_time = NOW - 1 - (i as i64 * 7_919 % span);
+    }
+    all
+}
+
+fn heavy_user(c: &mut Criterion) {
+    let definitions = definitions();
+    let all: Vec<_> = definitions.iter().collect();
+    let mut group = c.benchmark_group("heavy user");
+    group.sample_size(10);
+    let light = Arc::new(UserRecord::compact(
+        &definitions,
+        recent_events(100, 7),
+        NOW - 40 * 24 * HOUR,
+    ));
+    let heavy = Arc::new(UserRecord::compact(
+        &definitions,
+        recent_events(1_000_000, 7),
+        NOW - 40 * 24 * HOUR,
+    ));
+    let mut plain = UserRecord::clone(&heavy);
+    plain.tiles = Tiles::with_shape(TileShape {
+        sizes: Vec::new(),
+        min_events: usize::MAX,
+    });
+    let plain = Arc::new(plain);
+    // The first read builds the tiles; the figures are of warm reads.
+    UserView::merge(Some(heavy.clone()), []).evaluate(&all, NOW);
+    for (name, record) in [
+        ("light, 100 events", &light),
+        ("1M events, tiles", &heavy),
+        ("1M events, plain fold", &plain),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| UserView::merge(Some(record.clone()), []).evaluate(black_box(&all), NOW))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, fold, merge, view, compact, heavy_user);
 criterion_main!(benches);

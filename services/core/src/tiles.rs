@@ -5,11 +5,12 @@
 //! (retention + widest window). Folding all of them into every requested
 //! signal on every read made a read cost O(events). For each definition, a
 //! record's matching events are put in time order and cut into blocks of
-//! fixed *counts* at a few levels (128, 8192, 524288 events); each block
+//! fixed *counts* at a few levels (64, 512, … 262144 events); each block
 //! keeps the state of its events. A window `[from, until)` is two binary
 //! searches, then whole blocks merged (largest first) and raw events only
-//! at the two edges, fewer than a smallest block on each side:
-//! O(log n + levels × fan-out) per signal, exact at any millisecond,
+//! at the two edges, fewer than a smallest block on each side; a window
+//! from the first event (lifetime signals, sessions) starts from a running
+//! state. O(log n + levels × fan-out) per signal, exact at any millisecond,
 //! because states merge exactly like folding (the monoid law of
 //! [`State::merge`], property-tested there and for tiles below).
 //!
@@ -26,7 +27,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 use signals_schemas::{Event, Millis};
 
 use crate::aggregate::State;
-use crate::definition::{SignalDefinition, SignalSpec};
+use crate::definition::{Aggregation, SignalDefinition, SignalSpec};
 
 /// Block sizes (events per block, each a multiple of the one before) and
 /// the smallest record worth tiling.
@@ -39,11 +40,14 @@ pub struct TileShape {
 impl Default for TileShape {
     fn default() -> Self {
         TileShape {
-            sizes: vec![128, 8192, 524_288],
+            sizes: vec![64, 512, 4096, 32_768, 262_144],
             min_events: 1024,
         }
     }
 }
+
+/// Most running states kept per definition.
+const MAX_PREFIXES: usize = 2048;
 
 /// One definition's matching events of a record, in time order, with the
 /// states of their blocks.
@@ -58,17 +62,28 @@ pub struct DefinitionTiles {
     /// Per level, smallest first: its block size and the state of each
     /// complete block (`states[b]` folds `order[b * size..(b + 1) * size]`).
     levels: Vec<(usize, Vec<State>)>,
+    /// Running states from the first event at every block boundary of one
+    /// level (`states[k]` folds `order[..(k + 1) * size]`): lifetime
+    /// signals and sessions read from the first event, and one merge of a
+    /// prefix replaces most of the blocks they would merge. Not kept for
+    /// distinct counts, whose states grow with every new value.
+    prefixes: Option<(usize, Vec<State>)>,
 }
 
 impl DefinitionTiles {
     /// Orders `definition`'s matching events among `events` and folds their
     /// blocks at every size of `sizes`.
     pub fn build(definition: &SignalDefinition, events: &[Event], sizes: &[usize]) -> Self {
+        // Records keep their events newest first: reversed, they are in
+        // order already, and the sort only checks it.
         let mut order: Vec<u32> = (0..events.len())
+            .rev()
             .filter(|&i| definition.matches(&events[i]))
             .filter_map(|i| u32::try_from(i).ok())
             .collect();
-        order.sort_by_key(|&i| events[i as usize].event_time);
+        if !order.is_sorted_by_key(|&i| events[i as usize].event_time) {
+            order.sort_by_key(|&i| events[i as usize].event_time);
+        }
         let times: Vec<Millis> = order
             .iter()
             .map(|&i| events[i as usize].event_time)
@@ -101,11 +116,29 @@ impl DefinitionTiles {
             };
             levels.push((size, states));
         }
+        // The finest level with at most MAX_PREFIXES blocks: memory stays
+        // bounded while what is left after a prefix is under one block.
+        let prefixes = levels
+            .iter()
+            .find(|(_, blocks)| blocks.len() <= MAX_PREFIXES)
+            .filter(|_| !matches!(aggregation, Aggregation::DistinctCount(_)))
+            .map(|(size, blocks)| {
+                let mut running = State::empty(aggregation);
+                let states = blocks
+                    .iter()
+                    .map(|block| {
+                        running.merge(aggregation, block);
+                        running.clone()
+                    })
+                    .collect();
+                (*size, states)
+            });
         DefinitionTiles {
             spec: definition.spec.clone(),
             order,
             times,
             levels,
+            prefixes,
         }
     }
 
@@ -118,8 +151,15 @@ impl DefinitionTiles {
         until: Millis,
         state: &mut State,
     ) {
-        let lo = self.times.partition_point(|&t| t < from);
+        let mut lo = self.times.partition_point(|&t| t < from);
         let hi = self.times.partition_point(|&t| t < until);
+        if let Some((size, prefixes)) = &self.prefixes {
+            if lo == 0 && hi >= *size {
+                let whole = hi / size;
+                state.merge(&definition.aggregation, &prefixes[whole - 1]);
+                lo = whole * size;
+            }
+        }
         if lo < hi {
             self.fold_positions(self.levels.len(), lo, hi, definition, events, state);
         }
@@ -154,9 +194,14 @@ impl DefinitionTiles {
         self.fold_positions(below, last * size, hi, definition, events, state);
     }
 
-    /// How many states the blocks hold (for memory accounting).
+    /// How many states the blocks and prefixes hold.
     pub fn blocks(&self) -> usize {
-        self.levels.iter().map(|(_, states)| states.len()).sum()
+        let prefixes = self.prefixes.as_ref().map_or(0, |(_, p)| p.len());
+        self.levels
+            .iter()
+            .map(|(_, states)| states.len())
+            .sum::<usize>()
+            + prefixes
     }
 }
 
@@ -364,7 +409,7 @@ mod tests {
             min_events: 8,
         });
         let built = tiles.for_definition(recent, &events).expect("tiled");
-        assert_eq!(built.blocks(), 4 + 2);
+        assert_eq!(built.blocks(), 4 + 2 + 4);
         let mut changed = recent.spec.clone();
         changed.limit = Some(5);
         let changed = Definitions::compile(&[changed]).expect("valid");

@@ -215,6 +215,14 @@ impl UserView {
                 }
             }
         };
+        if let Some(batch) = &self.batch {
+            for (i, tiles) in tiled.iter().enumerate() {
+                if let Some(tiles) = tiles {
+                    let (from, until) = definitions[i].read_range(at);
+                    tiles.fold(definitions[i], &batch.events, from, until, &mut states[i]);
+                }
+            }
+        }
         if !plain.is_empty() {
             for event in self.batch_events() {
                 add(&mut states, &plain, event);
@@ -223,14 +231,6 @@ impl UserView {
         let all: Vec<usize> = (0..definitions.len()).collect();
         for event in &self.speed {
             add(&mut states, &all, event);
-        }
-        if let Some(batch) = &self.batch {
-            for (i, tiles) in tiled.iter().enumerate() {
-                if let Some(tiles) = tiles {
-                    let (from, until) = definitions[i].read_range(at);
-                    tiles.fold(definitions[i], &batch.events, from, until, &mut states[i]);
-                }
-            }
         }
         let mut stale = Vec::new();
         if let Some(batch) = &self.batch {
