@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use signals_core::{
-    Definitions, SignalSpec, SpeedEntry, State, TileShape, Tiles, UserRecord, UserView,
+    Definitions, EventTypes, SignalSpec, SpeedEntry, State, TileShape, Tiles, UserRecord, UserView,
 };
 use signals_schemas::{Event, EventType, Millis};
 
@@ -207,6 +207,21 @@ fn heavy_user(c: &mut Criterion) {
             b.iter(|| UserView::merge(Some(record.clone()), []).evaluate(black_box(&all), NOW))
         });
     }
+    let views = {
+        let mut types = EventTypes::default();
+        types.insert(EventType::View);
+        types
+    };
+    group.bench_function("1M events, activity of the last 100 views", |b| {
+        b.iter(|| {
+            UserView::merge(Some(heavy.clone()), []).activity(
+                views,
+                Millis::MIN,
+                NOW,
+                black_box(100),
+            )
+        })
+    });
     group.finish();
 }
 

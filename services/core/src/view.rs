@@ -38,7 +38,8 @@ pub struct UserRecord {
     pub horizon: Millis,
     /// Signal name → state of lifetime signals over events before `horizon`.
     pub base: BTreeMap<String, BaseState>,
-    /// Events at or after `horizon`: deduplicated, retractions applied.
+    /// Events at or after `horizon`: deduplicated, retractions applied,
+    /// newest first (by event time, then event id), which reads rely on.
     pub events: Vec<Event>,
     /// The user was deleted: nothing of theirs counts, neither what came
     /// before the deletion nor anything the speed layer wrote after it.
@@ -296,6 +297,10 @@ impl UserView {
 
     /// The user's events of `types` with `since <= event_time < until`,
     /// newest first (ties: larger event id first), at most `limit`.
+    ///
+    /// The batch record keeps its events newest first, so its part is read
+    /// from `until` on and stops at `limit` matches or at `since`: the cost
+    /// is the events skipped and taken, not the user's history.
     pub fn activity(
         &self,
         types: EventTypes,
@@ -303,15 +308,36 @@ impl UserView {
         until: Millis,
         limit: usize,
     ) -> Vec<Event> {
-        let mut selected: Vec<&Event> = self
-            .events()
-            .filter(|e| {
-                types.contains(e.event_type) && e.event_time >= since && e.event_time < until
-            })
-            .collect();
-        selected
-            .sort_unstable_by(|a, b| (b.event_time, &b.event_id).cmp(&(a.event_time, &a.event_id)));
-        selected.into_iter().take(limit).cloned().collect()
+        let selected = |e: &&Event| {
+            types.contains(e.event_type) && e.event_time >= since && e.event_time < until
+        };
+        let newest_first =
+            |a: &&Event, b: &&Event| (b.event_time, &b.event_id).cmp(&(a.event_time, &a.event_id));
+        let mut speed: Vec<&Event> = self.speed.iter().filter(selected).collect();
+        speed.sort_unstable_by(newest_first);
+        let batch_events: &[Event] = self.batch.as_ref().map_or(&[], |b| &b.events);
+        let start = batch_events.partition_point(|e| e.event_time >= until);
+        let mut batch = batch_events[start..]
+            .iter()
+            .take_while(|e| e.event_time >= since)
+            .filter(|e| types.contains(e.event_type))
+            .filter(|e| self.hidden.is_empty() || !self.hidden.contains(&e.event_id))
+            .peekable();
+        let mut speed = speed.into_iter().peekable();
+        let mut taken = Vec::with_capacity(limit.min(1024));
+        while taken.len() < limit {
+            let next = match (batch.peek(), speed.peek()) {
+                (Some(b), Some(s)) if newest_first(b, s).is_le() => batch.next(),
+                (Some(_), Some(_)) => speed.next(),
+                (Some(_), None) => batch.next(),
+                (None, _) => speed.next(),
+            };
+            match next {
+                Some(event) => taken.push(event.clone()),
+                None => break,
+            }
+        }
+        taken
     }
 }
 
@@ -501,6 +527,50 @@ mod tests {
             let with_tiles = UserView::merge(Some(tiled), speed.clone()).evaluate(&all, at);
             let without = UserView::merge(Some(plain), speed).evaluate(&all, at);
             prop_assert_eq!(with_tiles, without);
+        }
+    }
+
+    proptest! {
+        /// Activity read from the sorted record stops early and answers
+        /// what filtering and sorting every event does.
+        #[test]
+        fn activity_reads_only_what_it_returns_and_answers_the_same(
+            events in arb_events(60),
+            speed_events in arb_events(10),
+            retracted in prop::collection::vec(0usize..60, 0..3),
+            type_bits in 1u8..32,
+            since in -10i64..210,
+            width in 0i64..220,
+            limit in 0usize..30,
+        ) {
+            let defs = definitions();
+            let mut speed: Vec<SpeedEntry> = speed_events
+                .into_iter()
+                .map(|mut e| {
+                    e.event_id = format!("s-{}", e.event_id);
+                    SpeedEntry::Event(e)
+                })
+                .collect();
+            if !events.is_empty() && !retracted.is_empty() {
+                let event_ids = retracted.iter().map(|r| events[r % events.len()].event_id.clone()).collect();
+                speed.push(SpeedEntry::Retracted { event_ids });
+            }
+            let mut types = EventTypes::default();
+            for t in signals_schemas::EventType::ALL {
+                if type_bits & (1 << (t as u8)) != 0 {
+                    types.insert(t);
+                }
+            }
+            let until = since + width;
+            let record = Arc::new(UserRecord::compact(&defs, events, Millis::MIN));
+            let view = UserView::merge(Some(record), speed);
+            let mut expected: Vec<&Event> = view
+                .events()
+                .filter(|e| types.contains(e.event_type) && e.event_time >= since && e.event_time < until)
+                .collect();
+            expected.sort_by(|a, b| (b.event_time, &b.event_id).cmp(&(a.event_time, &a.event_id)));
+            let expected: Vec<Event> = expected.into_iter().take(limit).cloned().collect();
+            prop_assert_eq!(view.activity(types, since, until, limit), expected);
         }
     }
 
