@@ -158,6 +158,7 @@ fn insights(backends: &Backends, segments: Arc<Segments>) -> Insights {
 
 /// The insights worker, where the store keeps segment membership.
 fn insights_worker(
+    config: &Config,
     backends: &Backends,
     definitions: Arc<signals_core::Definitions>,
     segments: Arc<Segments>,
@@ -169,7 +170,12 @@ fn insights_worker(
         definitions,
         segments,
         sink: None,
-        options: InsightsOptions::default(),
+        options: InsightsOptions {
+            // Named after the deployment's group, so that deployments (and
+            // test runs) sharing a Kafka cluster do not share one group.
+            group: format!("{}-insights", config.log.kafka.group),
+            ..InsightsOptions::default()
+        },
     })
 }
 
@@ -236,7 +242,7 @@ pub async fn insights_command(config: Config) -> anyhow::Result<ExitCode> {
     let definitions = Arc::new(config.definitions()?);
     let segments = Arc::new(config.segments(&definitions)?);
     let backends = Backends::open(&config).await?;
-    let Some(worker) = insights_worker(&backends, definitions, segments) else {
+    let Some(worker) = insights_worker(&config, &backends, definitions, segments) else {
         anyhow::bail!(
             "store.backend = {:?} keeps no segment membership: the insights worker runs on the embedded store (inside `signals up`)",
             config.store.backend
@@ -387,8 +393,10 @@ pub async fn up(config: Config, listen: Option<SocketAddr>) -> anyhow::Result<Ex
     let scheduler = schedule_batch(batch.clone(), config.batch.schedule, shutdown.clone());
     let insights_token = CancellationToken::new();
     let insights_down = Arc::new(Down::default());
-    let mut insights_task = insights_worker(&backends, definitions.clone(), segments.clone())
-        .map(|worker| supervise_insights(worker, insights_down.clone(), insights_token.clone()));
+    let mut insights_task =
+        insights_worker(&config, &backends, definitions.clone(), segments.clone()).map(|worker| {
+            supervise_insights(worker, insights_down.clone(), insights_token.clone())
+        });
     let readiness = match insights_task {
         Some(_) => {
             let down = insights_down.clone();
