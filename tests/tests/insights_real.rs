@@ -21,6 +21,8 @@ use signals_e2e::{binary, real_engines, Platform, Shape};
 const HOUR: i64 = 3_600_000;
 const DAY: i64 = 24 * HOUR;
 const USER: &str = "u-scripted";
+/// A user whose time-caused transition falls while the worker is dead.
+const TIMED: &str = "u-timed";
 /// Rounds of events each background user gets: 12 views and 3 searches
 /// in all, so that it enters `active_browser` and `searcher` on its last.
 const ROUNDS_PER_USER: usize = 3;
@@ -333,6 +335,42 @@ async fn a_killed_insights_process_publishes_each_transition_once_on_the_route_a
         tokio::time::sleep(Duration::from_millis(300 * (kill + 1))).await;
         worker.spawn();
     }
+    // Once more across a timer, with the restarted worker at work: TIMED
+    // enters, the worker dies, TIMED's oldest view leaves the window, and
+    // only then a worker starts again.
+    let (published, _) = feed(&platform).await;
+    let seen = published.len();
+    wait_for_feed(
+        &platform,
+        &mut worker,
+        "progress after a restart",
+        |c, _| c.len() > seen,
+    )
+    .await;
+    let timed_leaves_at = now() + 15_000;
+    let views: Vec<Value> = (0..10)
+        .map(|i| {
+            let time = timed_leaves_at - DAY - 1 + i;
+            event(TIMED, &format!("t{i}"), "view", time)
+        })
+        .collect();
+    post(&platform, &views).await;
+    wait_for_feed(&platform, &mut worker, "the timed user entering", |c, _| {
+        has(c, TIMED, "active_browser", "entered")
+    })
+    .await;
+    worker.kill();
+    assert!(
+        now() < timed_leaves_at,
+        "the worker was killed before the timer was due (the machine was too slow for this test's 15 s)"
+    );
+    tokio::time::sleep(Duration::from_millis(
+        u64::try_from(timed_leaves_at + 500 - now()).unwrap_or(0),
+    ))
+    .await;
+    let (dead, _) = feed(&platform).await;
+    assert!(!has(&dead, TIMED, "active_browser", "left"), "{dead:?}");
+    worker.spawn();
     streaming.store(false, Ordering::SeqCst);
     let rounds = load.await.expect("load task");
     // The last user may have had too few rounds to enter anything.
@@ -341,7 +379,9 @@ async fn a_killed_insights_process_publishes_each_transition_once_on_the_route_a
     // Caught up with the whole log, and past the instant the oldest view
     // left the window (time alone; possibly while the worker was dead).
     let changes = wait_for_feed(&platform, &mut worker, "the worker caught up", |c, f| {
-        f["worker_lag_records"] == 0 && has(c, USER, "active_browser", "left")
+        f["worker_lag_records"] == 0
+            && has(c, USER, "active_browser", "left")
+            && has(c, TIMED, "active_browser", "left")
     })
     .await;
     let route: Vec<Entry> = changes.iter().map(entry_of_route).collect();
@@ -378,6 +418,22 @@ async fn a_killed_insights_process_publishes_each_transition_once_on_the_route_a
         left.4, leaves_at,
         "left at the instant the oldest view left the window"
     );
+    let timed = per_user
+        .remove(TIMED)
+        .expect("the timed user's transitions");
+    assert_eq!(
+        timed,
+        [("active_browser", "entered"), ("active_browser", "left")],
+        "{route:?}"
+    );
+    let timed_left = route
+        .iter()
+        .find(|e| e.1 == TIMED && e.3 == "left")
+        .expect("left");
+    assert_eq!(
+        timed_left.4, timed_leaves_at,
+        "left at its timer's instant, though no worker ran then"
+    );
     assert_eq!(per_user.len(), background_users, "{per_user:?}");
     for (user, mut transitions) in per_user {
         transitions.sort_unstable();
@@ -388,18 +444,18 @@ async fn a_killed_insights_process_publishes_each_transition_once_on_the_route_a
         );
     }
 
-    // Four worker processes got as far as producing: the first and three
+    // Five worker processes got as far as producing: the first and four
     // restarts (each logs this once).
     let log = std::fs::read_to_string(&worker.log).unwrap_or_default();
     assert_eq!(
         log.matches("segment feed producer ready").count(),
-        4,
+        5,
         "{log}"
     );
     eprintln!(
-        "{} transitions of {} users over {rounds} rounds of background events, 3 SIGKILLs",
+        "{} transitions of {} users over {rounds} rounds of background events, 4 SIGKILLs",
         route.len(),
-        background_users + 1
+        background_users + 2
     );
 
     // The topic holds the same entries, each once, in cursor order.
