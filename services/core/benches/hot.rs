@@ -192,8 +192,8 @@ fn heavy_user(c: &mut Criterion) {
     ));
     let mut plain = UserRecord::clone(&heavy);
     plain.tiles = Tiles::with_shape(TileShape {
-        sizes: Vec::new(),
         min_events: usize::MAX,
+        ..TileShape::default()
     });
     let plain = Arc::new(plain);
     // The first read builds the tiles; the figures are of warm reads.

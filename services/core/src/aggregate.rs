@@ -150,6 +150,20 @@ impl State {
         }
     }
 
+    /// Drops what can no longer reach a value, however the state is merged
+    /// later: a last-k state keeps its newest `k` values (a value not among
+    /// a part's newest `k` has `k` newer ones in that part alone).
+    pub fn trim(&mut self, aggregation: &Aggregation) {
+        if let (State::Latest(map), Aggregation::LastDistinct { limit, .. }) = (self, aggregation) {
+            if map.len() > *limit {
+                let mut entries: Vec<(String, Stamp)> = map.drain().collect();
+                entries.sort_unstable_by(|a, b| b.1.cmp(&a.1));
+                entries.truncate(*limit);
+                map.extend(entries);
+            }
+        }
+    }
+
     /// Whether this state has the shape `aggregation` produces.
     pub fn fits(&self, aggregation: &Aggregation) -> bool {
         std::mem::discriminant(self) == std::mem::discriminant(&State::empty(aggregation))

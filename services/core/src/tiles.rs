@@ -2,24 +2,27 @@
 //! a read costs about the same for the heaviest user as for a light one.
 //!
 //! A published record holds a user's raw events of the serving horizon
-//! (retention + widest window). Folding all of them into every requested
-//! signal on every read made a read cost O(events). For each definition, a
-//! record's matching events are put in time order and cut into blocks of
-//! fixed *counts* at a few levels (64, 512, … 262144 events); each block
-//! keeps the state of its events. A window `[from, until)` is two binary
-//! searches, then whole blocks merged (largest first) and raw events only
-//! at the two edges, fewer than a smallest block on each side; a window
-//! from the first event (lifetime signals, sessions) starts from a running
-//! state. O(log n + levels × fan-out) per signal, exact at any millisecond,
-//! because states merge exactly like folding (the monoid law of
-//! [`State::merge`], property-tested there and for tiles below).
+//! (retention + widest window), newest first. Folding all of them into every
+//! requested signal on every read made a read cost O(events). Instead, the
+//! record's events, in time order, are cut into blocks of fixed *counts* at a
+//! few levels (64, 512, … 262144 events; fan-out 8), and for each definition
+//! every block keeps the state of its matching events. A window `[from,
+//! until)` is two binary searches, then whole blocks merged (largest first)
+//! and raw events only at the two edges, fewer than a smallest block on each
+//! side; a window from the first event (lifetime signals, sessions) starts
+//! from a running state kept at block boundaries. O(log n + levels ×
+//! fan-out) per signal, exact at any millisecond, because states merge
+//! exactly like folding (the monoid law of [`State::merge`], property-tested
+//! there and for tiles below).
 //!
 //! Blocks by count rather than by time bucket: a heavy user's hour holds
 //! thousands of events, a light user's day a handful, and a block's cost is
-//! what it holds. Tiles are derived data: built on a record's first read
-//! per definition, kept beside the decoded record in the store's record
-//! cache, never stored. Records too small for tiles to pay keep the plain
-//! fold.
+//! what it holds. Map-valued states (last-k, sets, top-k, distinct, sessions)
+//! start at 512 events a block and keep few running states: their blocks
+//! weigh kilobytes, and memory beside the record stays a fraction of it.
+//! Tiles are derived data: built on a record's first read per definition,
+//! kept beside the decoded record in the store's record cache, never stored.
+//! Records too small for tiles to pay keep the plain fold.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
@@ -29,68 +32,75 @@ use signals_schemas::{Event, Millis};
 use crate::aggregate::State;
 use crate::definition::{Aggregation, SignalDefinition, SignalSpec};
 
-/// Block sizes (events per block, each a multiple of the one before) and
-/// the smallest record worth tiling.
+/// Block sizes (events per block, each a multiple of the one before), the
+/// smallest record worth tiling, and how many running states to keep.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TileShape {
+    /// For states of fixed size (counts, sums, extremes, first/last seen).
     pub sizes: Vec<usize>,
+    /// For states that grow with distinct values or sessions.
+    pub map_sizes: Vec<usize>,
     pub min_events: usize,
+    /// Running states are kept at the finest level with at most this many
+    /// blocks (fixed-size states / the others).
+    pub max_prefixes: usize,
+    pub max_map_prefixes: usize,
 }
 
 impl Default for TileShape {
     fn default() -> Self {
         TileShape {
             sizes: vec![64, 512, 4096, 32_768, 262_144],
+            map_sizes: vec![512, 4096, 32_768, 262_144],
             min_events: 1024,
+            max_prefixes: 2048,
+            max_map_prefixes: 64,
         }
     }
 }
 
-/// Most running states kept per definition.
-const MAX_PREFIXES: usize = 2048;
-
-/// One definition's matching events of a record, in time order, with the
-/// states of their blocks.
+/// One definition's states over blocks of a record's events.
+///
+/// Positions count the record's events in time order: position `p` is
+/// `events[n - 1 - p]` (records keep their events newest first).
 #[derive(Debug)]
 pub struct DefinitionTiles {
     /// The definition the blocks were folded with.
     spec: SignalSpec,
-    /// Indices into the record's events, by event time ascending.
-    order: Vec<u32>,
-    /// The event time of each entry of `order`.
-    times: Vec<Millis>,
     /// Per level, smallest first: its block size and the state of each
-    /// complete block (`states[b]` folds `order[b * size..(b + 1) * size]`).
+    /// complete block (`states[b]` folds positions `b * size..(b + 1) * size`).
     levels: Vec<(usize, Vec<State>)>,
-    /// Running states from the first event at every block boundary of one
-    /// level (`states[k]` folds `order[..(k + 1) * size]`): lifetime
-    /// signals and sessions read from the first event, and one merge of a
-    /// prefix replaces most of the blocks they would merge. Not kept for
-    /// distinct counts, whose states grow with every new value.
+    /// Running states at the block boundaries of one level (`states[k]`
+    /// folds positions `..(k + 1) * size`): one merge replaces most of the
+    /// blocks a window from the first event would merge.
     prefixes: Option<(usize, Vec<State>)>,
 }
 
+/// Whether `aggregation`'s states grow with what they see.
+fn grows(aggregation: &Aggregation) -> bool {
+    matches!(
+        aggregation,
+        Aggregation::LastDistinct { .. }
+            | Aggregation::Set { .. }
+            | Aggregation::TopK { .. }
+            | Aggregation::DistinctCount(_)
+            | Aggregation::Sessions { .. }
+    )
+}
+
 impl DefinitionTiles {
-    /// Orders `definition`'s matching events among `events` and folds their
-    /// blocks at every size of `sizes`.
-    pub fn build(definition: &SignalDefinition, events: &[Event], sizes: &[usize]) -> Self {
-        // Records keep their events newest first: reversed, they are in
-        // order already, and the sort only checks it.
-        let mut order: Vec<u32> = (0..events.len())
-            .rev()
-            .filter(|&i| definition.matches(&events[i]))
-            .filter_map(|i| u32::try_from(i).ok())
-            .collect();
-        if !order.is_sorted_by_key(|&i| events[i as usize].event_time) {
-            order.sort_by_key(|&i| events[i as usize].event_time);
-        }
-        let times: Vec<Millis> = order
-            .iter()
-            .map(|&i| events[i as usize].event_time)
-            .collect();
+    /// Folds the blocks of `definition` over `events` (newest first) at the
+    /// sizes `shape` gives its kind of state.
+    pub fn build(definition: &SignalDefinition, events: &[Event], shape: &TileShape) -> Self {
         let aggregation = &definition.aggregation;
+        let grows = grows(aggregation);
+        let sizes = if grows {
+            &shape.map_sizes
+        } else {
+            &shape.sizes
+        };
         let mut levels: Vec<(usize, Vec<State>)> = Vec::new();
-        for &size in sizes.iter().filter(|&&s| s > 0 && s <= order.len()) {
+        for &size in sizes.iter().filter(|&&s| s > 0 && s <= events.len()) {
             let states = match levels.last() {
                 // A block of this level merges whole blocks of the one below.
                 Some((below, below_states)) if size % below == 0 => below_states
@@ -100,27 +110,34 @@ impl DefinitionTiles {
                         for part in parts {
                             state.merge(aggregation, part);
                         }
+                        state.trim(aggregation);
                         state
                     })
                     .collect(),
-                _ => order
-                    .chunks_exact(size)
+                // From the oldest events on: position order.
+                _ => events
+                    .rchunks_exact(size)
                     .map(|block| {
                         let mut state = State::empty(aggregation);
-                        for &i in block {
-                            state.add(aggregation, &events[i as usize]);
+                        for event in block.iter().filter(|e| definition.matches(e)) {
+                            state.add(aggregation, event);
                         }
+                        state.trim(aggregation);
                         state
                     })
                     .collect(),
             };
             levels.push((size, states));
         }
-        // The finest level with at most MAX_PREFIXES blocks: memory stays
-        // bounded while what is left after a prefix is under one block.
+        let max_prefixes = if grows {
+            shape.max_map_prefixes
+        } else {
+            shape.max_prefixes
+        };
+        // Distinct counts' running states would each hold every value seen.
         let prefixes = levels
             .iter()
-            .find(|(_, blocks)| blocks.len() <= MAX_PREFIXES)
+            .find(|(_, blocks)| blocks.len() <= max_prefixes)
             .filter(|_| !matches!(aggregation, Aggregation::DistinctCount(_)))
             .map(|(size, blocks)| {
                 let mut running = State::empty(aggregation);
@@ -128,6 +145,7 @@ impl DefinitionTiles {
                     .iter()
                     .map(|block| {
                         running.merge(aggregation, block);
+                        running.trim(aggregation);
                         running.clone()
                     })
                     .collect();
@@ -135,14 +153,13 @@ impl DefinitionTiles {
             });
         DefinitionTiles {
             spec: definition.spec.clone(),
-            order,
-            times,
             levels,
             prefixes,
         }
     }
 
-    /// Adds to `state` the matching events with `from <= event_time < until`.
+    /// Adds to `state` the matching events of `events` (the record the
+    /// tiles were built over) with `from <= event_time < until`.
     pub fn fold(
         &self,
         definition: &SignalDefinition,
@@ -151,8 +168,10 @@ impl DefinitionTiles {
         until: Millis,
         state: &mut State,
     ) {
-        let mut lo = self.times.partition_point(|&t| t < from);
-        let hi = self.times.partition_point(|&t| t < until);
+        let n = events.len();
+        // Newest first: events at or after a time form a prefix of the slice.
+        let mut lo = n - events.partition_point(|e| e.event_time >= from);
+        let hi = n - events.partition_point(|e| e.event_time >= until);
         if let Some((size, prefixes)) = &self.prefixes {
             if lo == 0 && hi >= *size {
                 let whole = hi / size;
@@ -165,7 +184,7 @@ impl DefinitionTiles {
         }
     }
 
-    /// Folds `order[lo..hi]` with the blocks of levels below `level`.
+    /// Folds positions `lo..hi` with the blocks of levels below `level`.
     fn fold_positions(
         &self,
         level: usize,
@@ -176,8 +195,12 @@ impl DefinitionTiles {
         state: &mut State,
     ) {
         let Some(below) = level.checked_sub(1) else {
-            for &i in &self.order[lo..hi] {
-                state.add(&definition.aggregation, &events[i as usize]);
+            let n = events.len();
+            for event in events[n - hi..n - lo]
+                .iter()
+                .filter(|e| definition.matches(e))
+            {
+                state.add(&definition.aggregation, event);
             }
             return;
         };
@@ -194,8 +217,8 @@ impl DefinitionTiles {
         self.fold_positions(below, last * size, hi, definition, events, state);
     }
 
-    /// How many states the blocks and prefixes hold.
-    pub fn blocks(&self) -> usize {
+    /// How many states the blocks and running states hold.
+    pub fn states(&self) -> usize {
         let prefixes = self.prefixes.as_ref().map_or(0, |(_, p)| p.len());
         self.levels
             .iter()
@@ -210,8 +233,11 @@ impl DefinitionTiles {
 #[derive(Default)]
 pub struct Tiles {
     shape: TileShape,
-    built: RwLock<HashMap<String, Arc<OnceLock<Arc<DefinitionTiles>>>>>,
+    built: RwLock<HashMap<String, Arc<TileCell>>>,
 }
+
+/// A definition's tiles once built (`None`: the record is not in order).
+type TileCell = OnceLock<Option<Arc<DefinitionTiles>>>;
 
 impl Tiles {
     pub fn with_shape(shape: TileShape) -> Tiles {
@@ -221,8 +247,9 @@ impl Tiles {
         }
     }
 
-    /// `definition`'s tiles over `events` (the record's), built now if this
-    /// is their first use; `None` when the record is too small to tile.
+    /// `definition`'s tiles over `events` (the record's, newest first),
+    /// built now if this is their first use; `None` when the record is too
+    /// small to tile or not in order.
     pub fn for_definition(
         &self,
         definition: &SignalDefinition,
@@ -245,13 +272,10 @@ impl Tiles {
         // Concurrent first reads wait for one build instead of each doing it.
         let tiles = cell
             .get_or_init(|| {
-                Arc::new(DefinitionTiles::build(
-                    definition,
-                    events,
-                    &self.shape.sizes,
-                ))
+                let in_order = events.is_sorted_by(|a, b| a.event_time >= b.event_time);
+                in_order.then(|| Arc::new(DefinitionTiles::build(definition, events, &self.shape)))
             })
-            .clone();
+            .clone()?;
         // A definition of the same name but other content (a test, or a
         // reload) is folded plainly rather than with blocks of another.
         (tiles.spec == definition.spec).then_some(tiles)
@@ -368,11 +392,21 @@ mod tests {
             fan_out in 2usize..4,
             from in -10i64..210,
             width in 0i64..220,
+            prefixes in 0usize..40,
         ) {
             let until = from + width;
             let sizes = vec![base, base * fan_out, base * fan_out * fan_out];
+            let shape = TileShape {
+                sizes: sizes.clone(),
+                map_sizes: sizes,
+                min_events: 0,
+                max_prefixes: prefixes,
+                max_map_prefixes: prefixes,
+            };
+            let mut events = events;
+            events.sort_by_key(|e| std::cmp::Reverse(e.event_time));
             for definition in definitions().iter() {
-                let tiles = DefinitionTiles::build(definition, &events, &sizes);
+                let tiles = DefinitionTiles::build(definition, &events, &shape);
                 let mut tiled = State::empty(&definition.aggregation);
                 tiles.fold(definition, &events, from, until, &mut tiled);
                 let mut plain = State::empty(&definition.aggregation);
@@ -391,29 +425,37 @@ mod tests {
     }
 
     #[test]
-    fn small_records_are_not_tiled_and_a_changed_definition_is_not_served_old_blocks() {
+    fn small_or_unordered_records_are_not_tiled_nor_changed_definitions_served_old_blocks() {
         let defs = definitions();
         let recent = defs.get("recent").expect("defined");
-        let events: Vec<Event> = (0..8)
+        let mut events: Vec<Event> = (0..8)
+            .rev()
             .map(|i| {
                 crate::testing::event(&format!("e{i}"), signals_schemas::EventType::View, "a", i)
             })
             .collect();
-        let tiles = Tiles::with_shape(TileShape {
+        let shape = |min_events| TileShape {
             sizes: vec![2, 4],
-            min_events: 9,
-        });
-        assert!(tiles.for_definition(recent, &events).is_none());
-        let tiles = Tiles::with_shape(TileShape {
-            sizes: vec![2, 4],
-            min_events: 8,
-        });
+            map_sizes: vec![2, 4],
+            min_events,
+            max_prefixes: 4,
+            max_map_prefixes: 4,
+        };
+        assert!(Tiles::with_shape(shape(9))
+            .for_definition(recent, &events)
+            .is_none());
+        let tiles = Tiles::with_shape(shape(8));
         let built = tiles.for_definition(recent, &events).expect("tiled");
-        assert_eq!(built.blocks(), 4 + 2 + 4);
+        assert_eq!(built.states(), 4 + 2 + 4);
         let mut changed = recent.spec.clone();
         changed.limit = Some(5);
         let changed = Definitions::compile(&[changed]).expect("valid");
         let changed = changed.get("recent").expect("defined");
         assert!(tiles.for_definition(changed, &events).is_none());
+
+        events.swap(0, 7);
+        assert!(Tiles::with_shape(shape(8))
+            .for_definition(recent, &events)
+            .is_none());
     }
 }

@@ -522,8 +522,15 @@ mod tests {
                 record.tiles = Tiles::with_shape(shape);
                 Arc::new(record)
             };
-            let tiled = record(crate::tiles::TileShape { sizes: vec![base, base * 3, base * 9], min_events: 0 });
-            let plain = record(crate::tiles::TileShape { sizes: Vec::new(), min_events: usize::MAX });
+            let sizes = vec![base, base * 3, base * 9];
+            let tiled = record(crate::tiles::TileShape {
+                sizes: sizes.clone(),
+                map_sizes: sizes,
+                min_events: 0,
+                max_prefixes: 4,
+                max_map_prefixes: 2,
+            });
+            let plain = record(crate::tiles::TileShape { min_events: usize::MAX, ..Default::default() });
             let with_tiles = UserView::merge(Some(tiled), speed.clone()).evaluate(&all, at);
             let without = UserView::merge(Some(plain), speed).evaluate(&all, at);
             prop_assert_eq!(with_tiles, without);
