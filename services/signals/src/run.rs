@@ -190,7 +190,10 @@ fn supervise_insights(
     stop: CancellationToken,
 ) -> JoinHandle<Result<(), InsightsError>> {
     supervise(
-        Restarts::new("insights worker", "signals_insights_restarts_total"),
+        Restarts::new(
+            "insights worker",
+            metrics::counter!("signals_insights_restarts_total"),
+        ),
         down,
         stop,
         InsightsError::is_configuration,
@@ -321,7 +324,10 @@ fn supervise_speed(
 ) -> JoinHandle<Result<(), signals_speed::SpeedError>> {
     let speed = Arc::new(speed);
     supervise(
-        Restarts::new("speed layer", "signals_speed_restarts_total"),
+        Restarts::new(
+            "speed layer",
+            metrics::counter!("signals_speed_restarts_total"),
+        ),
         health.stopped.clone(),
         stop,
         // Every failure of the speed layer may be cured by a restart.

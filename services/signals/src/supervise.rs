@@ -16,12 +16,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::error;
 
 /// How one supervised layer is restarted.
-#[derive(Clone, Debug)]
 pub struct Restarts {
     /// What logs and readiness call the layer ("speed layer").
     pub layer: &'static str,
-    /// The counter incremented on every restart.
-    pub metric: &'static str,
+    /// Incremented on every restart (the caller names it with
+    /// `metrics::counter!`, where the alerts' check finds the name).
+    pub counter: metrics::Counter,
     /// Pause before the first restart; doubled after each failure up to
     /// `max_backoff`.
     pub first_backoff: Duration,
@@ -30,10 +30,10 @@ pub struct Restarts {
 
 impl Restarts {
     /// 1 s, doubling up to a minute.
-    pub fn new(layer: &'static str, metric: &'static str) -> Restarts {
+    pub fn new(layer: &'static str, counter: metrics::Counter) -> Restarts {
         Restarts {
             layer,
-            metric,
+            counter,
             first_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(60),
         }
@@ -100,7 +100,7 @@ where
             let pause = restarts.next_backoff(backoff, started.elapsed());
             backoff = Some(pause);
             error!(%error, layer, restart_in = ?pause, "stopped; restarting it");
-            metrics::counter!(restarts.metric).increment(1);
+            restarts.counter.increment(1);
             down.set(Some(format!("stopped ({error}); restarting in {pause:?}")));
             tokio::select! {
                 () = stop.cancelled() => return Ok(()),
@@ -136,7 +136,7 @@ mod tests {
     fn quick() -> Restarts {
         Restarts {
             layer: "test layer",
-            metric: "signals_test_restarts_total",
+            counter: metrics::Counter::noop(),
             first_backoff: Duration::from_millis(1),
             max_backoff: Duration::from_millis(4),
         }
@@ -260,7 +260,7 @@ mod tests {
 
     #[test]
     fn the_backoff_doubles_up_to_its_bound_and_starts_over_after_a_healthy_run() {
-        let restarts = Restarts::new("layer", "metric");
+        let restarts = Restarts::new("layer", metrics::Counter::noop());
         let second = Duration::from_secs(1);
         let mut backoff = None;
         let mut seen = Vec::new();
