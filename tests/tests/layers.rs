@@ -260,3 +260,60 @@ proptest! {
         runtime.block_on(scenario(steps, first, second));
     }
 }
+
+/// A user heavy enough for serving to read their record through tiles
+/// (ADR 007: records of 1,024 events and more): 3,000 events over 60 days
+/// with copies and retractions on both sides of the batch runs, checked
+/// like the random streams above (through tiles once the last batch run
+/// has taken the retractions in; plainly while one hides a record's event).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heavy_user_read_through_tiles_equals_the_reference() {
+    let kinds = [
+        "view",
+        "view",
+        "view",
+        "click",
+        "search",
+        "wishlist_add",
+        "wishlist_remove",
+    ];
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut steps = Vec::new();
+    for i in 0..3_000u64 {
+        let r = next();
+        let kind = kinds[(r % kinds.len() as u64) as usize];
+        let age = if r % 5 == 0 {
+            (r >> 8) as i64 % (60 * DAY)
+        } else {
+            (r >> 8) as i64 % (7 * DAY)
+        };
+        // One id in twenty is a copy of an earlier one.
+        let id = if i > 0 && r % 20 == 1 {
+            (r >> 40) % i
+        } else {
+            i
+        };
+        steps.push(Step::Event(Sent {
+            event_id: format!("heavy-e{id}"),
+            user_id: "heavy".to_owned(),
+            event_type: kind.to_owned(),
+            item_id: (kind != "search").then(|| format!("i{}", (r >> 16) % 40)),
+            query: (kind == "search").then(|| format!("q{}", (r >> 24) % 12)),
+            time: -age,
+            city: (r % 3 != 0).then(|| format!("c{}", (r >> 32) % 5)),
+        }));
+        if i % 400 == 399 {
+            steps.push(Step::Retract(vec![
+                format!("heavy-e{}", (r >> 20) % i),
+                format!("heavy-e{}", (r >> 30) % i),
+            ]));
+        }
+    }
+    scenario(steps, 1_800, 900).await;
+}
