@@ -62,6 +62,22 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
         "Restarts of the speed layer of `signals up` after it stopped on an error"
     );
     describe_counter!(
+        "signals_insights_restarts_total",
+        "Restarts of the insights worker of `signals up` after it stopped on an error"
+    );
+    describe_counter!(
+        "signals_insights_transitions_total",
+        "Segment transitions (entered, left) the insights worker published to the feed"
+    );
+    describe_counter!(
+        "signals_insights_timers_fired_total",
+        "Users the insights worker evaluated because their timer was due (time alone may change a segment)"
+    );
+    describe_gauge!(
+        "signals_insights_publish_delay_seconds",
+        "From the last published transition's instant to its publication, in the worker's latest pass"
+    );
+    describe_counter!(
         "signals_startup_retries_total",
         "Start-up attempts to open a backend that failed transiently, by backend (log, store)"
     );
