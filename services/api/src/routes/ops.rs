@@ -25,7 +25,8 @@ pub struct ReadyResponse {
     /// `ready` or `not_ready`.
     pub status: &'static str,
     /// Backend or condition → `ok` or the reason it is not (`log`,
-    /// `store`, and where the process has them `speed`); `cache` appears
+    /// `store`, and where the process has them `speed` and `insights`);
+    /// `cache` appears
     /// only when the Redis cache is degraded (answers still come, from the
     /// store, e.g. `degraded: circuit open (...)`).
     pub checks: BTreeMap<&'static str, String>,
