@@ -506,17 +506,7 @@ mod tests {
         ) {
             let defs = definitions();
             let all: Vec<&SignalDefinition> = defs.iter().collect();
-            let mut speed: Vec<SpeedEntry> = speed_events
-                .into_iter()
-                .map(|mut e| {
-                    e.event_id = format!("s-{}", e.event_id);
-                    SpeedEntry::Event(e)
-                })
-                .collect();
-            if !events.is_empty() && !retracted.is_empty() {
-                let event_ids = retracted.iter().map(|r| events[r % events.len()].event_id.clone()).collect();
-                speed.push(SpeedEntry::Retracted { event_ids });
-            }
+            let speed = speed_tail(speed_events, &events, &retracted);
             let record = |shape: crate::tiles::TileShape| {
                 let mut record = UserRecord::compact(&defs, events.clone(), horizon);
                 record.tiles = Tiles::with_shape(shape);
@@ -551,17 +541,7 @@ mod tests {
             limit in 0usize..30,
         ) {
             let defs = definitions();
-            let mut speed: Vec<SpeedEntry> = speed_events
-                .into_iter()
-                .map(|mut e| {
-                    e.event_id = format!("s-{}", e.event_id);
-                    SpeedEntry::Event(e)
-                })
-                .collect();
-            if !events.is_empty() && !retracted.is_empty() {
-                let event_ids = retracted.iter().map(|r| events[r % events.len()].event_id.clone()).collect();
-                speed.push(SpeedEntry::Retracted { event_ids });
-            }
+            let speed = speed_tail(speed_events, &events, &retracted);
             let mut types = EventTypes::default();
             for t in signals_schemas::EventType::ALL {
                 if type_bits & (1 << (t as u8)) != 0 {
@@ -579,6 +559,30 @@ mod tests {
             let expected: Vec<Event> = expected.into_iter().take(limit).cloned().collect();
             prop_assert_eq!(view.activity(types, since, until, limit), expected);
         }
+    }
+
+    /// A speed tail of `speed_events` (ids of their own) and a retraction
+    /// of the batch `events` that `retracted` picks, if any.
+    fn speed_tail(
+        speed_events: Vec<Event>,
+        events: &[Event],
+        retracted: &[usize],
+    ) -> Vec<SpeedEntry> {
+        let mut speed: Vec<SpeedEntry> = speed_events
+            .into_iter()
+            .map(|mut e| {
+                e.event_id = format!("s-{}", e.event_id);
+                SpeedEntry::Event(e)
+            })
+            .collect();
+        if !events.is_empty() && !retracted.is_empty() {
+            let event_ids = retracted
+                .iter()
+                .map(|r| events[r % events.len()].event_id.clone())
+                .collect();
+            speed.push(SpeedEntry::Retracted { event_ids });
+        }
+        speed
     }
 
     fn current_session_index(defs: &Definitions) -> usize {
