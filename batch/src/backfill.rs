@@ -16,21 +16,13 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
 use signals_core::view::BaseState;
 use signals_core::{SignalDefinition, UserRecord, Window};
 use signals_schemas::Millis;
 
 use crate::recompute::UserOutcome;
 
-/// What a backfill recomputes.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Backfill {
-    /// `[from, to)` of `event_time`, in epoch milliseconds.
-    pub range: Option<(Millis, Millis)>,
-    /// Signals whose pre-aggregated state is recomputed.
-    pub signals: Vec<String>,
-}
+pub use signals_core::operations::Backfill;
 
 /// Why a backfill cannot run as asked.
 pub fn check(

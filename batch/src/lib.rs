@@ -28,16 +28,17 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use serde::Serialize;
-use signals_core::{DedupWindow, Definitions, LogPosition, Partition};
+use signals_core::{DedupWindow, Definitions, Partition};
 use signals_log::{Append, EventLog, LogError};
 use signals_schemas::{LogRecord, Millis, RecordBody, UserDeletion};
-use signals_store::{SignalStore, StoreError};
+use signals_store::{BatchStore, StoreError};
 use tracing::{info, warn};
 
-pub use backfill::Backfill;
 pub use bots::BotFilter;
-pub use recompute::{Corrections, Keep, Recompute, UserFilter, UserOutcome};
+pub use recompute::{Keep, Recompute, UserFilter, UserOutcome};
+pub use signals_core::operations::{
+    Backfill, BatchSummary, Corrections, DeletionReceipt, Job, Phase, Running,
+};
 pub use verify::{Sample, VerifyReport, VerifyRequest};
 
 /// Tuning of the batch layer.
@@ -71,69 +72,6 @@ impl Default for BatchOptions {
     }
 }
 
-/// What a run computes.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Job {
-    /// Everything, from the whole log up to its current end.
-    Run,
-    /// Part of the published version, at its log position.
-    Backfill(Backfill),
-}
-
-/// What one run did.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct BatchSummary {
-    pub job: Job,
-    pub version: u64,
-    pub position: LogPosition,
-    pub horizon: Millis,
-    pub started_at: Millis,
-    pub duration_ms: u64,
-    pub records_read: u64,
-    pub undecodable: u64,
-    /// Raw events kept in the version's records.
-    pub events: u64,
-    /// Users with something that counts.
-    pub users: u64,
-    /// Records (one per user seen in the log) written by this process.
-    pub records_written: u64,
-    /// Users whose record differs from the published version's (backfills
-    /// and dry runs, which read the published records).
-    pub changed_users: Option<u64>,
-    /// A resumed run skipped the users up to this one, already written.
-    pub resumed_after: Option<String>,
-    /// The log partitions this process recomputed, when the run was split
-    /// (`--partitions`); its counts are then those of its share.
-    pub partitions: Option<Vec<Partition>>,
-    /// Partitions whose share is not done yet: the version publishes when
-    /// the last share is done, by whichever worker finishes it.
-    pub waiting_for: Vec<Partition>,
-    pub corrections: Corrections,
-    pub dry_run: bool,
-    pub published: bool,
-}
-
-/// The phase a running batch is in.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    Reading,
-    Writing,
-    Publishing,
-    Comparing,
-}
-
-/// A run in progress, as the admin endpoint shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Running {
-    pub version: u64,
-    pub started_at: Millis,
-    pub phase: Phase,
-    pub done: u64,
-    pub total: u64,
-}
-
 /// Observes a run's progress (progress bars, logs, the admin endpoint).
 pub trait Progress: Send + Sync {
     fn update(&self, running: &Running);
@@ -164,15 +102,6 @@ pub enum BatchError {
     Store(#[from] StoreError),
 }
 
-/// Where a user's deletion was recorded.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct DeletionReceipt {
-    pub user_id: String,
-    /// The log position of the `UserDeletion` record.
-    pub partition: u32,
-    pub offset: u64,
-}
-
 /// Packed events decoded at once while writing (about ten times as much
 /// decoded), whatever `write_chunk` says: Zipf-heavy users would otherwise
 /// make one chunk hold most of the log decoded.
@@ -190,7 +119,7 @@ struct Status {
 /// The batch layer, wired to its backends.
 pub struct BatchLayer {
     log: Arc<dyn EventLog>,
-    store: Arc<dyn SignalStore>,
+    store: Arc<dyn BatchStore>,
     definitions: Arc<Definitions>,
     options: BatchOptions,
     status: Mutex<Status>,
@@ -199,7 +128,7 @@ pub struct BatchLayer {
 impl BatchLayer {
     pub fn new(
         log: Arc<dyn EventLog>,
-        store: Arc<dyn SignalStore>,
+        store: Arc<dyn BatchStore>,
         definitions: Arc<Definitions>,
         options: BatchOptions,
     ) -> BatchLayer {
@@ -383,6 +312,7 @@ mod tests {
     use signals_log::Append;
     use signals_schemas::{EventType, LogRecord, RecordBody, Retraction};
     use signals_store::embedded::EmbeddedStore;
+    use signals_store::{ServingStore, StoreReads};
 
     fn append(body: RecordBody) -> Append {
         let record = LogRecord {

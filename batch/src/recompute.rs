@@ -19,16 +19,7 @@ use signals_schemas::{Event, Millis, RecordBody};
 
 use crate::bots::BotFilter;
 
-/// Counts of what the recompute saw and corrected.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Corrections {
-    pub duplicates: u64,
-    pub retracted: u64,
-    pub deleted_user_events: u64,
-    pub deleted_users: u64,
-    pub bot_events: u64,
-    pub bot_users: u64,
-}
+pub use signals_core::operations::Corrections;
 
 /// Which events a recompute keeps (every id is still tracked, so that
 /// deduplication stays exact).

@@ -328,7 +328,7 @@ impl BatchLayer {
                 .records(run.version, skipped.into_iter().map(|(u, _)| u).collect())
                 .await?
             {
-                summary.count(record.as_deref());
+                count(summary, record.as_deref());
             }
             let published = match (&run.previous, &summary.changed_users) {
                 (Some(published), Some(_)) => Some(
@@ -349,7 +349,7 @@ impl BatchLayer {
                         *changed += 1;
                     }
                 }
-                summary.count(Some(&record));
+                count(summary, Some(&record));
                 records.push((user, record));
             }
             if !run.dry_run && !records.is_empty() {
@@ -494,15 +494,14 @@ impl Run<'_> {
     }
 }
 
-impl BatchSummary {
-    fn count(&mut self, record: Option<&UserRecord>) {
-        if let Some(record) = record {
-            let counts = !record.events.is_empty() || !record.base.is_empty();
-            if counts && !record.deleted {
-                self.users += 1;
-            }
-            self.events += record.events.len() as u64;
+/// Counts `record`, if any, in `summary`'s users and events.
+fn count(summary: &mut BatchSummary, record: Option<&UserRecord>) {
+    if let Some(record) = record {
+        let counts = !record.events.is_empty() || !record.base.is_empty();
+        if counts && !record.deleted {
+            summary.users += 1;
         }
+        summary.events += record.events.len() as u64;
     }
 }
 

@@ -11,7 +11,7 @@ use signals_log::kafka::{KafkaDeadLetters, KafkaLog, KafkaOptions};
 use signals_log::{Append, EventLog, LogPosition};
 use signals_speed::{SpeedLayer, SpeedOptions};
 use signals_store::embedded::EmbeddedStore;
-use signals_store::SignalStore;
+use signals_store::{ServingStore, StoreReads};
 use tokio_util::sync::CancellationToken;
 
 fn brokers() -> Option<String> {

@@ -15,7 +15,7 @@ use signals_log::{Append, DeadLetterFile, EventLog};
 use signals_schemas::{Event, EventType, LogRecord, RecordBody, Retraction};
 use signals_speed::{SpeedLayer, SpeedOptions};
 use signals_store::embedded::EmbeddedStore;
-use signals_store::SignalStore;
+use signals_store::{ServingStore, StoreReads};
 use tokio_util::sync::CancellationToken;
 
 const HOUR: i64 = 3_600_000;

@@ -22,7 +22,7 @@ use signals_log::embedded::{EmbeddedLog, EmbeddedLogOptions};
 use signals_log::{Append, EventLog};
 use signals_schemas::{Event, EventType, LogRecord, RecordBody, Retraction};
 use signals_store::embedded::EmbeddedStore;
-use signals_store::{PositionedEntry, SignalStore, SpeedProgress, SpeedWrite};
+use signals_store::{PositionedEntry, ServingStore, SpeedProgress, SpeedStore, SpeedWrite};
 
 const EVENTS: usize = 1_000_000;
 const USERS: usize = 20_000;

@@ -22,7 +22,7 @@ use signals_log::{Append, EventLog};
 use signals_schemas::{Event, EventType, LogRecord, RecordBody};
 use signals_speed::{SpeedLayer, SpeedOptions};
 use signals_store::scylla::{ScyllaOptions, ScyllaStore};
-use signals_store::SignalStore;
+use signals_store::{ServingStore, StoreReads};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;

@@ -9,6 +9,7 @@ pub mod events_body;
 pub mod extract;
 mod guard;
 pub mod openapi;
+pub mod operations;
 pub mod progress;
 pub mod routes;
 pub mod state;
@@ -19,6 +20,7 @@ use axum::middleware;
 use axum::routing::{get, post};
 use axum::Router;
 
+pub use operations::{OperationError, Operations};
 pub use state::{ApiOptions, AppState, Tokens};
 
 pub use guard::method_label;

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use signals_core::LogPosition;
 use signals_log::EventLog;
-use signals_store::{SignalStore, SpeedProgress};
+use signals_store::{ServingStore, SpeedProgress};
 use tokio::sync::Notify;
 
 /// Shared readings of the speed layer's progress and the log's end.
@@ -69,7 +69,7 @@ impl ProgressReadings {
     /// marked stale with the reason.
     pub async fn read(
         self: &Arc<Self>,
-        store: &Arc<dyn SignalStore>,
+        store: &Arc<dyn ServingStore>,
         log: &Arc<dyn EventLog>,
     ) -> (SpeedProgress, LogEnd) {
         let asked = Instant::now();
@@ -112,7 +112,7 @@ impl ProgressReadings {
     }
 
     /// Starts a reading in the background unless one is under way.
-    fn refresh(self: &Arc<Self>, store: &Arc<dyn SignalStore>, log: &Arc<dyn EventLog>) {
+    fn refresh(self: &Arc<Self>, store: &Arc<dyn ServingStore>, log: &Arc<dyn EventLog>) {
         if self
             .refreshing
             .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
@@ -238,7 +238,7 @@ mod tests {
         let embedded =
             EmbeddedLog::open(&dir.path().join("log"), EmbeddedLogOptions::default()).expect("log");
         let log: Arc<dyn EventLog> = Arc::new(HangingEnd(embedded, hang.clone()));
-        let store: Arc<dyn SignalStore> =
+        let store: Arc<dyn ServingStore> =
             Arc::new(EmbeddedStore::open(&dir.path().join("store.redb")).expect("store"));
         let readings = Arc::new(ProgressReadings::default());
 

@@ -4,11 +4,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use signals_batch::BatchLayer;
 use signals_core::Definitions;
 use signals_log::EventLog;
 use signals_schemas::Millis;
-use signals_store::SignalStore;
+use signals_store::ServingStore;
 
 pub use crate::progress::ProgressReadings;
 
@@ -71,10 +70,10 @@ impl Default for ApiOptions {
 #[derive(Clone)]
 pub struct AppState {
     pub log: Arc<dyn EventLog>,
-    pub store: Arc<dyn SignalStore>,
+    pub store: Arc<dyn ServingStore>,
     pub definitions: Arc<Definitions>,
     /// Present where this process may run the batch (admin endpoints).
-    pub batch: Option<Arc<BatchLayer>>,
+    pub operations: Option<Arc<dyn crate::Operations>>,
     /// Renders `/metrics`; absent when no recorder is installed.
     pub metrics: Option<PrometheusHandle>,
     pub options: Arc<ApiOptions>,

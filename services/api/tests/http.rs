@@ -7,7 +7,9 @@ use axum::http::{header, Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
-use signals_api::{app, ApiOptions, AppState, Tokens};
+use signals_api::operations::{BatchSummary, DeletionReceipt, Running};
+use signals_api::{app, ApiOptions, AppState, OperationError, Tokens};
+use signals_core::operations::Job;
 use signals_core::{Definitions, SignalSpec};
 use signals_log::embedded::{EmbeddedLog, EmbeddedLogOptions};
 use signals_store::embedded::EmbeddedStore;
@@ -28,6 +30,13 @@ fn definitions() -> Definitions {
 }
 
 fn fixture(options: ApiOptions) -> Fixture {
+    fixture_with(options, None)
+}
+
+fn fixture_with(
+    options: ApiOptions,
+    operations: Option<Arc<dyn signals_api::Operations>>,
+) -> Fixture {
     let dir = tempfile::tempdir().expect("temp dir");
     let log =
         EmbeddedLog::open(&dir.path().join("log"), EmbeddedLogOptions::default()).expect("log");
@@ -36,7 +45,7 @@ fn fixture(options: ApiOptions) -> Fixture {
         log: Arc::new(log),
         store: Arc::new(store),
         definitions: Arc::new(definitions()),
-        batch: None,
+        operations,
         metrics: None,
         options: Arc::new(options),
         progress: Default::default(),
@@ -275,6 +284,79 @@ async fn running_the_batch_needs_a_process_that_has_one() {
         answer,
         json!({"error": "this process does not run the batch layer"})
     );
+}
+
+/// Operations that refuse the run and the deletion, with one past run.
+struct Refusing;
+
+fn summary() -> BatchSummary {
+    BatchSummary {
+        job: Job::Run,
+        version: 3,
+        position: Default::default(),
+        horizon: 1,
+        started_at: 2,
+        duration_ms: 5,
+        records_read: 10,
+        undecodable: 0,
+        events: 9,
+        users: 2,
+        records_written: 2,
+        changed_users: None,
+        resumed_after: None,
+        partitions: None,
+        waiting_for: Vec::new(),
+        corrections: Default::default(),
+        dry_run: false,
+        published: true,
+    }
+}
+
+#[async_trait::async_trait]
+impl signals_api::Operations for Refusing {
+    async fn run_batch(&self) -> Result<BatchSummary, OperationError> {
+        Err(OperationError::Conflict(
+            "a batch run is already in progress (version 4)".into(),
+        ))
+    }
+
+    fn running(&self) -> Option<Running> {
+        None
+    }
+
+    fn history(&self) -> Vec<BatchSummary> {
+        vec![summary()]
+    }
+
+    async fn delete_user(&self, _: &str, _: &str) -> Result<DeletionReceipt, OperationError> {
+        Err(OperationError::Unavailable("the log is down".into()))
+    }
+}
+
+#[tokio::test]
+async fn the_admin_routes_answer_through_the_operations_port() {
+    let f = fixture_with(ApiOptions::default(), Some(Arc::new(Refusing)));
+    let run = Request::post("/v1/admin/batch/run")
+        .body(Body::empty())
+        .expect("request");
+    let (status, answer) = call(&f.router, run).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(
+        answer,
+        json!({"error": "a batch run is already in progress (version 4)"})
+    );
+
+    let (status, answer) = call(&f.router, get("/v1/admin/batch")).await;
+    assert_eq!(status, StatusCode::OK);
+    let expected = serde_json::to_value(summary()).expect("json");
+    assert_eq!(answer["last_run"], expected);
+    assert_eq!(answer["runs"], json!([expected]));
+    assert_eq!(answer["running"], Value::Null);
+    assert_eq!(expected["job"], json!({"kind": "run"}));
+
+    let (status, answer) = call(&f.router, request("DELETE", "/v1/admin/users/u-1", &[], "")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(answer, json!({"error": "the log is down"}));
 }
 
 fn request(method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Request<Body> {

@@ -54,7 +54,7 @@ fn fixture() -> Fixture {
         log: Arc::new(log),
         store: store.clone(),
         definitions: Arc::new(definitions),
-        batch: None,
+        operations: None,
         metrics: None,
         options: Arc::new(ApiOptions::default()),
         progress: Default::default(),

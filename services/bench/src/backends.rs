@@ -10,7 +10,6 @@ use signals_log::embedded::{EmbeddedLog, EmbeddedLogOptions, FsyncPolicy};
 use signals_log::kafka::{KafkaDeadLetters, KafkaLog, KafkaOptions};
 use signals_log::{Append, DeadLetterFile, DeadLetterSink, EventLog};
 use signals_store::embedded::EmbeddedStore;
-use signals_store::redis_cache::{CachedStore, RedisOptions};
 use signals_store::scylla::{ScyllaOptions, ScyllaStore};
 use signals_store::SignalStore;
 
@@ -77,16 +76,11 @@ impl Place {
                 .await
                 .context("cannot connect to Cassandra/ScyllaDB")?;
                 scylla.migrate().await?;
-                let store = CachedStore::new(
-                    Arc::new(scylla),
-                    RedisOptions {
-                        url: services.redis.clone(),
-                        ..RedisOptions::default()
-                    },
-                )?;
+                // The speed and batch layers write to the store itself;
+                // the Redis cache is on the serving path only.
                 Backends {
                     log,
-                    store: Arc::new(store),
+                    store: Arc::new(scylla),
                     dead_letters: Arc::new(KafkaDeadLetters::connect(&Place::kafka_options(
                         services, name,
                     ))?),

@@ -8,6 +8,7 @@
 pub mod aggregate;
 pub mod dedup;
 pub mod definition;
+pub mod operations;
 pub mod position;
 pub mod segment;
 pub mod session;

@@ -11,7 +11,7 @@ use signals_schemas::{Millis, RecordBody};
 use signals_store::insights::{
     Change, FeedEntry, InsightsProgress, Membership, MembershipUpdate, Transition,
 };
-use signals_store::{InsightsStore, SignalStore, StoreError};
+use signals_store::{InsightsStore, ServingStore, StoreError};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -96,7 +96,7 @@ pub trait ChangeSink: Send + Sync {
 #[derive(Clone)]
 pub struct InsightsWorker {
     pub log: Arc<dyn EventLog>,
-    pub store: Arc<dyn SignalStore>,
+    pub store: Arc<dyn ServingStore>,
     pub insights: Arc<dyn InsightsStore>,
     pub definitions: Arc<Definitions>,
     pub segments: Arc<Segments>,

@@ -22,7 +22,7 @@ use signals_log::{DeadLetterFile, DeadLetterSink, EventLog, LogError};
 use signals_store::embedded::EmbeddedStore;
 use signals_store::redis_cache::{CachedStore, RedisOptions};
 use signals_store::scylla::{ScyllaOptions, ScyllaStore};
-use signals_store::{InsightsStore, SignalStore, StoreError};
+use signals_store::{InsightsStore, ServingStore, SignalStore, StoreError};
 use tracing::{info, warn};
 
 use crate::config::{Config, Fsync, KafkaConfig, LogBackend, ScyllaConfig, StoreBackend};
@@ -30,7 +30,11 @@ use crate::config::{Config, Fsync, KafkaConfig, LogBackend, ScyllaConfig, StoreB
 /// The log, the store and the dead-letter sink of one process.
 pub struct Backends {
     pub log: Arc<dyn EventLog>,
+    /// The store itself: what the speed and batch layers write to.
     pub store: Arc<dyn SignalStore>,
+    /// What serving reads: the store, through the Redis cache if one is
+    /// configured.
+    pub serving: Arc<dyn ServingStore>,
     pub dead_letters: Arc<dyn DeadLetterSink>,
     /// Segment membership and the change feed, where the store keeps them.
     pub insights: Option<Arc<dyn InsightsStore>>,
@@ -116,11 +120,11 @@ impl Backends {
             open_store(config)
         })
         .await?;
-        let store = match config.cache.redis_url.as_str() {
-            "" => store,
+        let serving = match config.cache.redis_url.as_str() {
+            "" => store.clone() as Arc<dyn ServingStore>,
             // Redis is not waited for: reads go to the store while it is away.
             url => Arc::new(CachedStore::new(
-                store,
+                store.clone(),
                 RedisOptions {
                     url: url.to_owned(),
                     ttl: config.cache.ttl,
@@ -138,7 +142,7 @@ impl Backends {
                     },
                     ..RedisOptions::default()
                 },
-            )?) as Arc<dyn SignalStore>,
+            )?),
         };
         let dead_letters: Arc<dyn DeadLetterSink> = match config.log.backend {
             LogBackend::Embedded => Arc::new(DeadLetterFile::new(
@@ -153,6 +157,7 @@ impl Backends {
         Ok(Backends {
             log,
             store,
+            serving,
             dead_letters,
             insights,
         })

@@ -182,7 +182,13 @@ pub async fn run(config: Config, command: BatchCommand) -> anyhow::Result<ExitCo
             reason,
             json,
         } => {
-            let receipt = batch.delete_user(&user_id, &reason).await?;
+            let receipt = crate::operations::delete_user(
+                &batch,
+                backends.serving.as_ref(),
+                &user_id,
+                &reason,
+            )
+            .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&receipt)?);
             } else {

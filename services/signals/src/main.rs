@@ -4,6 +4,7 @@ mod backends;
 mod batch_cli;
 mod config;
 mod http_server;
+mod operations;
 mod readiness;
 mod run;
 mod supervise;

@@ -165,7 +165,7 @@ fn insights_worker(
 ) -> Option<InsightsWorker> {
     Some(InsightsWorker {
         log: backends.log.clone(),
-        store: backends.store.clone(),
+        store: backends.serving.clone(),
         insights: backends.insights.clone()?,
         definitions,
         segments,
@@ -272,9 +272,14 @@ fn api_state(
 ) -> anyhow::Result<AppState> {
     Ok(AppState {
         log: backends.log.clone(),
-        store: backends.store.clone(),
+        store: backends.serving.clone(),
         definitions,
-        batch,
+        operations: batch.map(|batch| {
+            Arc::new(crate::operations::BatchOperations {
+                batch,
+                serving: backends.serving.clone(),
+            }) as Arc<dyn signals_api::Operations>
+        }),
         metrics,
         options: Arc::new(ApiOptions {
             max_body_bytes: config.server.max_body_bytes,

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use signals_core::Deduplication;
 use signals_log::{DeadLetterSink, EventLog, LogError, LogReader};
-use signals_store::{SignalStore, SpeedProgress, SpeedWrite, StoreError};
+use signals_store::{SpeedProgress, SpeedStore, SpeedWrite, StoreError};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -86,7 +86,7 @@ pub enum SpeedError {
 /// The speed layer, wired to its backends.
 pub struct SpeedLayer {
     pub log: Arc<dyn EventLog>,
-    pub store: Arc<dyn SignalStore>,
+    pub store: Arc<dyn SpeedStore>,
     pub dead_letters: Arc<dyn DeadLetterSink>,
     pub options: SpeedOptions,
 }

@@ -13,6 +13,19 @@
 //! entries at or after the manifest's position, as one consistent snapshot.
 //! Garbage collection lags one version behind publishing so that a reader
 //! holding the previous manifest never finds its speed entries gone.
+//!
+//! The port is split by role, so that each layer sees only what it uses:
+//!
+//! * [`StoreReads`]: the reads several roles make (progress, index,
+//!   published version, records, speed entries, readiness);
+//! * [`SpeedStore`]: the speed layer's one durable write;
+//! * [`ServingStore`]: one user's history for serving and the insights
+//!   worker, readiness of the path; the Redis cache wraps this role only;
+//! * [`BatchStore`]: versions, publication, garbage collection, erasure and
+//!   the checkpoints of resumable runs.
+//!
+//! A backend (embedded, ScyllaDB) implements all of them, which makes it a
+//! [`SignalStore`]; one contract suite runs against each backend.
 
 #[cfg(feature = "redis")]
 mod breaker;
@@ -47,9 +60,11 @@ pub(crate) fn now_millis() -> signals_schemas::Millis {
     i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// The store behind both layers and serving.
+/// Reads of stored data that several roles make: the speed layer's
+/// progress, the event index, the published version and its records, a
+/// user's speed entries, and whether the store answers.
 #[async_trait]
-pub trait SignalStore: Send + Sync + 'static {
+pub trait StoreReads: Send + Sync + 'static {
     /// Where the speed layer resumes, and how far it has got.
     async fn speed_progress(&self) -> Result<SpeedProgress, StoreError>;
 
@@ -59,24 +74,8 @@ pub trait SignalStore: Send + Sync + 'static {
         event_ids: &[String],
     ) -> Result<HashMap<String, IndexEntry>, StoreError>;
 
-    /// Makes one batch of speed writes durable, then records `write.progress`.
-    /// Applying the same write twice leaves the store as applying it once.
-    async fn apply_speed(&self, write: SpeedWrite) -> Result<(), StoreError>;
-
     /// The published batch version, if any.
     async fn published(&self) -> Result<Option<BatchManifest>, StoreError>;
-
-    /// The published version serving merges: [`SignalStore::published`],
-    /// or a reading of it at most a moment old where reading it costs a
-    /// round trip. Any version whose records are kept answers exactly (the
-    /// speed entries are taken from its own position), so a reading that
-    /// lags a publication only delays the switch to the new version.
-    async fn serving_manifest(&self) -> Result<Option<Arc<BatchManifest>>, StoreError> {
-        Ok(self.published().await?.map(Arc::new))
-    }
-
-    /// One user's published record and newer speed entries, consistently.
-    async fn user_history(&self, user_id: &str) -> Result<UserHistory, StoreError>;
 
     /// One user's record of `version`, if the version has one.
     async fn batch_record(
@@ -93,6 +92,52 @@ pub trait SignalStore: Send + Sync + 'static {
         from: &LogPosition,
     ) -> Result<Vec<PositionedEntry>, StoreError>;
 
+    /// Whether the store answers now (readiness).
+    async fn check(&self) -> Result<(), StoreError>;
+}
+
+/// What the speed layer writes: speed entries, index updates and its
+/// progress, together.
+#[async_trait]
+pub trait SpeedStore: StoreReads {
+    /// Makes one batch of speed writes durable, then records `write.progress`.
+    /// Applying the same write twice leaves the store as applying it once.
+    async fn apply_speed(&self, write: SpeedWrite) -> Result<(), StoreError>;
+}
+
+/// What serving (the API and the insights worker) reads: one user's
+/// history as one consistent snapshot, and the place of a read-through
+/// cache (the Redis `CachedStore` wraps one).
+#[async_trait]
+pub trait ServingStore: StoreReads {
+    /// The published version serving merges: [`StoreReads::published`],
+    /// or a reading of it at most a moment old where reading it costs a
+    /// round trip. Any version whose records are kept answers exactly (the
+    /// speed entries are taken from its own position), so a reading that
+    /// lags a publication only delays the switch to the new version.
+    async fn serving_manifest(&self) -> Result<Option<Arc<BatchManifest>>, StoreError> {
+        Ok(self.published().await?.map(Arc::new))
+    }
+
+    /// One user's published record and newer speed entries, consistently.
+    async fn user_history(&self, user_id: &str) -> Result<UserHistory, StoreError>;
+
+    /// A part that is down without making answers wrong (a cache), if any.
+    async fn degraded(&self) -> Option<String> {
+        None
+    }
+
+    /// Drops what this path keeps of `user_id` beside the store (a cached
+    /// record), once the batch layer has erased them.
+    async fn evict_user(&self, _user_id: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// What the batch layer writes: versions, their publication, garbage
+/// collection, erasures and the checkpoints of resumable runs.
+#[async_trait]
+pub trait BatchStore: StoreReads {
     /// Writes records of an unpublished version (idempotent per user).
     async fn write_batch(
         &self,
@@ -146,12 +191,10 @@ pub trait SignalStore: Send + Sync + 'static {
 
     /// Every share recorded for the run of `version`.
     async fn batch_parts(&self, version: u64) -> Result<Vec<BatchPart>, StoreError>;
-
-    /// Whether the store answers now (readiness).
-    async fn check(&self) -> Result<(), StoreError>;
-
-    /// A part that is down without making answers wrong (a cache), if any.
-    async fn degraded(&self) -> Option<String> {
-        None
-    }
 }
+
+/// A backend that plays every role: what the binary opens and the contract
+/// suite tests. Implemented for every type that implements the three roles.
+pub trait SignalStore: SpeedStore + ServingStore + BatchStore {}
+
+impl<T: SpeedStore + ServingStore + BatchStore + ?Sized> SignalStore for T {}

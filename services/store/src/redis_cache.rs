@@ -8,7 +8,7 @@
 //! a reconciliation protocol for a saving of one partition read. Redis is
 //! therefore never the only copy of anything, and an answer never depends
 //! on it being up: on any Redis error the read goes to the store, and
-//! [`SignalStore::degraded`] says so for readiness.
+//! [`ServingStore::degraded`] says so for readiness.
 //!
 //! A circuit breaker ([`crate::breaker`]) guards every Redis call: after
 //! [`RedisOptions::breaker_failures`] consecutive failures or timeouts,
@@ -23,6 +23,11 @@
 //! bounded [`RecordCache`]: a warm answer then costs no Redis round trip and
 //! no decoding, only the speed entries' partition read.
 //!
+//! The cache sits on the serving path only: the speed and batch layers write
+//! to the store it wraps, directly. Whoever erases a user in the store (the
+//! batch layer's deletion) then calls [`ServingStore::evict_user`] here, so
+//! that the erased record leaves Redis at once rather than with its TTL.
+//!
 //! Keys: `{prefix}:record:{version}:{created_at}:{user}` → a format byte then postcard,
 //! or the single byte `0` for "this user has no record in this version".
 //! Every key has a TTL, so versions collected from the store also leave
@@ -35,15 +40,15 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::AsyncCommands;
-use signals_core::{LogPosition, Offset, Partition, UserRecord};
+use signals_core::{LogPosition, UserRecord};
 use tracing::warn;
 
 use crate::breaker::{Admission, Breaker};
 use crate::cache::RecordCache;
 use crate::codec;
 use crate::{
-    BatchCheckpoint, BatchManifest, BatchPart, GarbageStats, IndexEntry, PositionedEntry,
-    SignalStore, SpeedProgress, SpeedWrite, StoreError, UserHistory,
+    BatchManifest, IndexEntry, PositionedEntry, ServingStore, SpeedProgress, StoreError,
+    StoreReads, UserHistory,
 };
 
 /// Cached for "no record"; never a first byte of [`codec`]'s values.
@@ -144,9 +149,10 @@ fn client(options: &RedisOptions) -> Result<redis::Client, StoreError> {
     .map_err(invalid)
 }
 
-/// A [`SignalStore`] whose published records are cached in Redis.
+/// The serving path with the published records cached in Redis: reads
+/// through to the [`ServingStore`] it wraps.
 pub struct CachedStore {
-    inner: Arc<dyn SignalStore>,
+    inner: Arc<dyn ServingStore>,
     options: RedisOptions,
     local: RecordCache,
     client: redis::Client,
@@ -168,7 +174,7 @@ enum Lookup {
 impl CachedStore {
     /// Wraps `inner`; a Redis that is down now is retried on later reads.
     pub fn new(
-        inner: Arc<dyn SignalStore>,
+        inner: Arc<dyn ServingStore>,
         options: RedisOptions,
     ) -> Result<CachedStore, StoreError> {
         let client = client(&options)?;
@@ -345,8 +351,10 @@ impl CachedStore {
     }
 }
 
+/// Reads of stored data, from the store, except the published version's
+/// records, which come through the cache.
 #[async_trait]
-impl SignalStore for CachedStore {
+impl StoreReads for CachedStore {
     async fn speed_progress(&self) -> Result<SpeedProgress, StoreError> {
         self.inner.speed_progress().await
     }
@@ -358,34 +366,8 @@ impl SignalStore for CachedStore {
         self.inner.lookup_events(event_ids).await
     }
 
-    async fn apply_speed(&self, write: SpeedWrite) -> Result<(), StoreError> {
-        self.inner.apply_speed(write).await
-    }
-
     async fn published(&self) -> Result<Option<BatchManifest>, StoreError> {
         self.inner.published().await
-    }
-
-    async fn serving_manifest(&self) -> Result<Option<Arc<BatchManifest>>, StoreError> {
-        self.inner.serving_manifest().await
-    }
-
-    async fn user_history(&self, user_id: &str) -> Result<UserHistory, StoreError> {
-        // One manifest for the whole answer, and a cheap one: reading the
-        // published pointer on every answer (twice, once more in
-        // `batch_record`) cost more round trips than the answer's own reads.
-        let Some(manifest) = self.inner.serving_manifest().await? else {
-            return self.inner.user_history(user_id).await;
-        };
-        let (record, speed) = tokio::join!(
-            self.record_of(&manifest, user_id),
-            self.inner.speed_entries(user_id, &manifest.position)
-        );
-        Ok(UserHistory {
-            manifest: Some(manifest),
-            record: record?,
-            speed: speed?.into_iter().map(|p| p.entry).collect(),
-        })
     }
 
     async fn batch_record(
@@ -410,75 +392,33 @@ impl SignalStore for CachedStore {
         self.inner.speed_entries(user_id, from).await
     }
 
-    async fn write_batch(
-        &self,
-        version: u64,
-        records: Vec<(String, UserRecord)>,
-    ) -> Result<(), StoreError> {
-        self.inner.write_batch(version, records).await
-    }
-
-    async fn publish(&self, manifest: &BatchManifest) -> Result<(), StoreError> {
-        self.inner.publish(manifest).await
-    }
-
-    async fn collect_garbage(
-        &self,
-        covered: &LogPosition,
-        keep_version: u64,
-    ) -> Result<GarbageStats, StoreError> {
-        self.inner.collect_garbage(covered, keep_version).await
-    }
-
-    /// Erases in the store, then drops the cached record of the published
-    /// version. A reader that read the old record just before the erasure
-    /// may cache it again: its answer is still empty (the deletion marker
-    /// voids the record) and the entry expires with its TTL.
-    async fn erase_user(
-        &self,
-        user_id: &str,
-        marker: (Partition, Offset),
-    ) -> Result<(), StoreError> {
-        self.inner.erase_user(user_id, marker).await?;
-        self.local.remove(user_id);
-        if let Some(manifest) = self.inner.published().await? {
-            let key = self.key(&manifest, user_id);
-            self.redis("DEL", self.options.timeout, |mut c| async move {
-                c.del::<_, ()>(&key).await
-            })
-            .await;
-        }
-        Ok(())
-    }
-
-    async fn batch_checkpoint(&self) -> Result<Option<BatchCheckpoint>, StoreError> {
-        self.inner.batch_checkpoint().await
-    }
-
-    async fn save_batch_checkpoint(
-        &self,
-        checkpoint: Option<&BatchCheckpoint>,
-    ) -> Result<(), StoreError> {
-        self.inner.save_batch_checkpoint(checkpoint).await
-    }
-
-    async fn claim_batch_checkpoint(
-        &self,
-        candidate: &BatchCheckpoint,
-    ) -> Result<BatchCheckpoint, StoreError> {
-        self.inner.claim_batch_checkpoint(candidate).await
-    }
-
-    async fn save_batch_part(&self, version: u64, part: &BatchPart) -> Result<(), StoreError> {
-        self.inner.save_batch_part(version, part).await
-    }
-
-    async fn batch_parts(&self, version: u64) -> Result<Vec<BatchPart>, StoreError> {
-        self.inner.batch_parts(version).await
-    }
-
     async fn check(&self) -> Result<(), StoreError> {
         self.inner.check().await
+    }
+}
+
+#[async_trait]
+impl ServingStore for CachedStore {
+    async fn serving_manifest(&self) -> Result<Option<Arc<BatchManifest>>, StoreError> {
+        self.inner.serving_manifest().await
+    }
+
+    async fn user_history(&self, user_id: &str) -> Result<UserHistory, StoreError> {
+        // One manifest for the whole answer, and a cheap one: reading the
+        // published pointer on every answer (twice, once more in
+        // `batch_record`) cost more round trips than the answer's own reads.
+        let Some(manifest) = self.inner.serving_manifest().await? else {
+            return self.inner.user_history(user_id).await;
+        };
+        let (record, speed) = tokio::join!(
+            self.record_of(&manifest, user_id),
+            self.inner.speed_entries(user_id, &manifest.position)
+        );
+        Ok(UserHistory {
+            manifest: Some(manifest),
+            record: record?,
+            speed: speed?.into_iter().map(|p| p.entry).collect(),
+        })
     }
 
     /// `None` when Redis answers a PING (which is also the breaker's probe
@@ -499,6 +439,23 @@ impl SignalStore for CachedStore {
                 .ok()
                 .and_then(|last| last.as_ref().map(|(_, message)| message.clone()))
         })
+    }
+
+    /// Drops the user's record of the published version from this
+    /// process and from Redis (the batch layer has erased it in the store).
+    /// A reader that read the old record just before the erasure may cache
+    /// it again: its answer is still empty (the deletion marker voids the
+    /// record) and the entry expires with its TTL.
+    async fn evict_user(&self, user_id: &str) -> Result<(), StoreError> {
+        self.local.remove(user_id);
+        if let Some(manifest) = self.inner.published().await? {
+            let key = self.key(&manifest, user_id);
+            self.redis("DEL", self.options.timeout, |mut c| async move {
+                c.del::<_, ()>(&key).await
+            })
+            .await;
+        }
+        Ok(())
     }
 }
 
@@ -525,6 +482,10 @@ mod redaction_tests {
 mod tests {
     use super::*;
     use crate::embedded::EmbeddedStore;
+    use crate::{
+        BatchCheckpoint, BatchPart, BatchStore, GarbageStats, SignalStore, SpeedStore, SpeedWrite,
+    };
+    use signals_core::{Offset, Partition};
 
     /// Redis from `SIGNALS_TEST_REDIS_URL` (see `infra/local/up redis`),
     /// else a container, else how to start it (`signals-test-support`).
@@ -539,7 +500,8 @@ mod tests {
         format!("signals-test-{}-{nanos}", std::process::id())
     }
 
-    fn cached(url: &str, dir: &std::path::Path) -> CachedStore {
+    /// An embedded store and the cache in front of it.
+    fn cached(url: &str, dir: &std::path::Path) -> (Arc<EmbeddedStore>, CachedStore) {
         let inner = Arc::new(EmbeddedStore::open(&dir.join("store.redb")).expect("store"));
         let options = RedisOptions {
             url: url.to_owned(),
@@ -547,11 +509,12 @@ mod tests {
             timeout: Duration::from_millis(200),
             ..RedisOptions::default()
         };
-        CachedStore::new(inner, options).expect("client")
+        let cache = CachedStore::new(inner.clone(), options).expect("client");
+        (inner, cache)
     }
 
     /// Writes `record` as user "u"'s record of version 1 and publishes it.
-    async fn publish_one(store: &CachedStore, record: &UserRecord) -> BatchManifest {
+    async fn publish_one(store: &EmbeddedStore, record: &UserRecord) -> BatchManifest {
         store
             .write_batch(1, vec![("u".into(), record.clone())])
             .await
@@ -561,27 +524,182 @@ mod tests {
         manifest
     }
 
+    /// The store as the binary wires it: the speed and batch layers write
+    /// to the backend, serving reads through the cache, and an erasure is
+    /// followed by an eviction from the cache.
+    struct Wired {
+        store: Arc<EmbeddedStore>,
+        cache: CachedStore,
+    }
+
+    #[async_trait]
+    impl StoreReads for Wired {
+        async fn speed_progress(&self) -> Result<SpeedProgress, StoreError> {
+            self.cache.speed_progress().await
+        }
+
+        async fn lookup_events(
+            &self,
+            event_ids: &[String],
+        ) -> Result<HashMap<String, IndexEntry>, StoreError> {
+            self.cache.lookup_events(event_ids).await
+        }
+
+        async fn published(&self) -> Result<Option<BatchManifest>, StoreError> {
+            self.cache.published().await
+        }
+
+        async fn batch_record(
+            &self,
+            version: u64,
+            user_id: &str,
+        ) -> Result<Option<Arc<UserRecord>>, StoreError> {
+            self.cache.batch_record(version, user_id).await
+        }
+
+        async fn speed_entries(
+            &self,
+            user_id: &str,
+            from: &LogPosition,
+        ) -> Result<Vec<PositionedEntry>, StoreError> {
+            self.cache.speed_entries(user_id, from).await
+        }
+
+        async fn check(&self) -> Result<(), StoreError> {
+            self.cache.check().await
+        }
+    }
+
+    #[async_trait]
+    impl SpeedStore for Wired {
+        async fn apply_speed(&self, write: SpeedWrite) -> Result<(), StoreError> {
+            self.store.apply_speed(write).await
+        }
+    }
+
+    #[async_trait]
+    impl ServingStore for Wired {
+        async fn serving_manifest(&self) -> Result<Option<Arc<BatchManifest>>, StoreError> {
+            self.cache.serving_manifest().await
+        }
+
+        async fn user_history(&self, user_id: &str) -> Result<UserHistory, StoreError> {
+            self.cache.user_history(user_id).await
+        }
+
+        async fn degraded(&self) -> Option<String> {
+            self.cache.degraded().await
+        }
+
+        async fn evict_user(&self, user_id: &str) -> Result<(), StoreError> {
+            self.cache.evict_user(user_id).await
+        }
+    }
+
+    #[async_trait]
+    impl BatchStore for Wired {
+        async fn write_batch(
+            &self,
+            version: u64,
+            records: Vec<(String, UserRecord)>,
+        ) -> Result<(), StoreError> {
+            self.store.write_batch(version, records).await
+        }
+
+        async fn publish(&self, manifest: &BatchManifest) -> Result<(), StoreError> {
+            self.store.publish(manifest).await
+        }
+
+        async fn collect_garbage(
+            &self,
+            covered: &LogPosition,
+            keep_version: u64,
+        ) -> Result<GarbageStats, StoreError> {
+            self.store.collect_garbage(covered, keep_version).await
+        }
+
+        async fn erase_user(
+            &self,
+            user_id: &str,
+            marker: (Partition, Offset),
+        ) -> Result<(), StoreError> {
+            self.store.erase_user(user_id, marker).await?;
+            self.cache.evict_user(user_id).await
+        }
+
+        async fn batch_checkpoint(&self) -> Result<Option<BatchCheckpoint>, StoreError> {
+            self.store.batch_checkpoint().await
+        }
+
+        async fn save_batch_checkpoint(
+            &self,
+            checkpoint: Option<&BatchCheckpoint>,
+        ) -> Result<(), StoreError> {
+            self.store.save_batch_checkpoint(checkpoint).await
+        }
+
+        async fn claim_batch_checkpoint(
+            &self,
+            candidate: &BatchCheckpoint,
+        ) -> Result<BatchCheckpoint, StoreError> {
+            self.store.claim_batch_checkpoint(candidate).await
+        }
+
+        async fn save_batch_part(&self, version: u64, part: &BatchPart) -> Result<(), StoreError> {
+            self.store.save_batch_part(version, part).await
+        }
+
+        async fn batch_parts(&self, version: u64) -> Result<Vec<BatchPart>, StoreError> {
+            self.store.batch_parts(version).await
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_store_contract_holds_through_the_cache() {
+    async fn the_store_contract_holds_with_serving_through_the_cache() {
         let Some(url) = redis_url() else { return };
         crate::contract::run_all(|| {
             let url = url.clone();
             async move {
                 let dir = tempfile::tempdir().expect("temp dir");
-                let store: Box<dyn SignalStore> = Box::new(cached(&url, dir.path()));
-                (store, dir)
+                let (store, cache) = cached(&url, dir.path());
+                let wired: Box<dyn SignalStore> = Box::new(Wired { store, cache });
+                (wired, dir)
             }
         })
         .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_evicted_user_leaves_the_process_and_redis() {
+        let Some(url) = redis_url() else { return };
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, cache) = cached(&url, dir.path());
+        let record = crate::contract::record("u", "e1");
+        let manifest = publish_one(&store, &record).await;
+        let key = cache.key(&manifest, "u");
+        let mut redis = redis::Client::open(url.as_str())
+            .expect("client")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connection");
+        let read = cache.user_history("u").await.expect("history");
+        assert_eq!(read.record.as_deref(), Some(&record));
+        assert!(redis.exists::<_, bool>(&key).await.expect("EXISTS"));
+
+        store.erase_user("u", (0, 5)).await.expect("erased");
+        cache.evict_user("u").await.expect("evicted");
+        assert!(!redis.exists::<_, bool>(&key).await.expect("EXISTS"));
+        let read = cache.user_history("u").await.expect("history");
+        assert!(read.record.expect("an erased record").deleted);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_warm_record_is_answered_in_process_without_redis() {
         let Some(url) = redis_url() else { return };
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = cached(&url, dir.path());
+        let (raw, store) = cached(&url, dir.path());
         let record = crate::contract::record("u", "e1");
-        let manifest = publish_one(&store, &record).await;
+        let manifest = publish_one(&raw, &record).await;
         let key = store.key(&manifest, "u");
         let mut redis = redis::Client::open(url.as_str())
             .expect("client")
@@ -604,9 +722,9 @@ mod tests {
     async fn a_record_another_process_cached_is_read_from_redis() {
         let Some(url) = redis_url() else { return };
         let dir = tempfile::tempdir().expect("temp dir");
-        let writer = cached(&url, dir.path());
+        let (raw, writer) = cached(&url, dir.path());
         let record = crate::contract::record("u", "e1");
-        let manifest = publish_one(&writer, &record).await;
+        let manifest = publish_one(&raw, &record).await;
         writer.user_history("u").await.expect("history");
 
         // A second process (its own caches) over a store that lost the
@@ -630,14 +748,15 @@ mod tests {
                 prefix: prefix.clone(),
                 ..RedisOptions::default()
             };
-            CachedStore::new(inner, options).expect("client")
+            let cache = CachedStore::new(inner.clone(), options).expect("client");
+            (inner, cache)
         };
         let (first_dir, second_dir) = (
             tempfile::tempdir().expect("dir"),
             tempfile::tempdir().expect("dir"),
         );
         let (first, second) = (open(first_dir.path()), open(second_dir.path()));
-        for (store, event, created_at) in [(&first, "old", 1), (&second, "new", 2)] {
+        for ((store, _), event, created_at) in [(&first, "old", 1), (&second, "new", 2)] {
             store
                 .write_batch(1, vec![("u".into(), crate::contract::record("u", event))])
                 .await
@@ -646,8 +765,8 @@ mod tests {
             manifest.created_at = created_at;
             store.publish(&manifest).await.expect("published");
         }
-        let old = first.user_history("u").await.expect("history").record;
-        let new = second.user_history("u").await.expect("history").record;
+        let old = first.1.user_history("u").await.expect("history").record;
+        let new = second.1.user_history("u").await.expect("history").record;
         assert_eq!(old.as_deref(), Some(&crate::contract::record("u", "old")));
         assert_eq!(new.as_deref(), Some(&crate::contract::record("u", "new")));
     }
@@ -657,11 +776,12 @@ mod tests {
         let Some(url) = redis_url() else { return };
         let dir = tempfile::tempdir().expect("temp dir");
         // Without the in-process cache, so that every read asks Redis.
+        let (raw, cache) = cached(&url, dir.path());
         let store = CachedStore {
             local: RecordCache::new(0),
-            ..cached(&url, dir.path())
+            ..cache
         };
-        publish_one(&store, &crate::contract::record("u", "e1")).await;
+        publish_one(&raw, &crate::contract::record("u", "e1")).await;
         let first = store.user_history("u").await.expect("history");
         let cached_again = store.batch_record(1, "u").await.expect("record");
         assert_eq!(cached_again.as_deref(), first.record.as_deref());
@@ -730,7 +850,7 @@ mod tests {
         let inner = Arc::new(EmbeddedStore::open(&dir.path().join("store.redb")).expect("store"));
         let url = format!("redis://{address}");
         let store = CachedStore::new(
-            inner,
+            inner.clone(),
             RedisOptions {
                 url,
                 timeout: Duration::from_millis(20),
@@ -742,7 +862,7 @@ mod tests {
         )
         .expect("client");
         let record = crate::contract::record("u", "e1");
-        publish_one(&store, &record).await;
+        publish_one(&inner, &record).await;
         for _ in 0..2 {
             let read = store.user_history("u").await.expect("history");
             assert_eq!(read.record.as_deref(), Some(&record));

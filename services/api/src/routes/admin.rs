@@ -3,13 +3,13 @@
 use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use signals_batch::{BatchError, BatchSummary, DeletionReceipt, Job, Quiet, Running};
 use signals_core::SignalSpec;
 use signals_store::BatchManifest;
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
 use crate::extract::{JsonBody, UserId, JSON};
+use crate::operations::{BatchSummary, DeletionReceipt, OperationError, Operations, Running};
 use crate::state::AppState;
 
 /// The signal definitions in force.
@@ -91,18 +91,11 @@ pub async fn definitions(
     tag = "admin"
 )]
 pub async fn run_batch(State(state): State<AppState>) -> Result<Json<BatchSummary>, ApiError> {
-    let batch = state
-        .batch
-        .clone()
-        .ok_or_else(|| ApiError::Unavailable("this process does not run the batch layer".into()))?;
+    let operations = available(&state)?;
     // Run detached: a client that disconnects must not abort a publish.
-    let run = tokio::spawn(async move { batch.run(Job::Run, false, &Quiet).await });
+    let run = tokio::spawn(async move { operations.run_batch().await });
     match run.await {
-        Ok(Ok(summary)) => Ok(Json(summary)),
-        Ok(Err(error @ BatchError::AlreadyRunning(_))) => {
-            Err(ApiError::Conflict(error.to_string()))
-        }
-        Ok(Err(error)) => Err(ApiError::Unavailable(error.to_string())),
+        Ok(result) => Ok(Json(result?)),
         Err(error) => Err(ApiError::Internal(format!("batch task failed: {error}"))),
     }
 }
@@ -113,15 +106,16 @@ pub async fn batch_status(
     State(state): State<AppState>,
 ) -> Result<Json<BatchStatusResponse>, ApiError> {
     let published = state.store.published().await?;
+    let runs = state
+        .operations
+        .as_ref()
+        .map(|o| o.history())
+        .unwrap_or_default();
     Ok(Json(BatchStatusResponse {
         published,
-        running: state.batch.as_ref().and_then(|b| b.running()),
-        last_run: state.batch.as_ref().and_then(|b| b.last()),
-        runs: state
-            .batch
-            .as_ref()
-            .map(|b| b.history())
-            .unwrap_or_default(),
+        running: state.operations.as_ref().and_then(|o| o.running()),
+        last_run: runs.first().cloned(),
+        runs,
     }))
 }
 
@@ -169,20 +163,34 @@ pub async fn delete_user(
             signals_schemas::json::MAX_TEXT_BYTES
         )));
     }
-    let batch = state
-        .batch
-        .clone()
-        .ok_or_else(|| ApiError::Unavailable("this process does not run the batch layer".into()))?;
+    let operations = available(&state)?;
     // Detached, like a batch run: half a deletion must not be left behind
     // by a client that disconnects.
-    let deletion = tokio::spawn(async move { batch.delete_user(&user_id, &reason).await });
+    let deletion = tokio::spawn(async move { operations.delete_user(&user_id, &reason).await });
     match deletion.await {
         Ok(Ok(receipt)) => {
             state.progress.appended();
             Ok(Json(receipt))
         }
-        Ok(Err(BatchError::Invalid(why))) => Err(ApiError::BadRequest(why)),
-        Ok(Err(error)) => Err(ApiError::Unavailable(error.to_string())),
+        Ok(Err(error)) => Err(error.into()),
         Err(error) => Err(ApiError::Internal(format!("deletion task failed: {error}"))),
+    }
+}
+
+/// The operations of this process, or 503 where it runs no batch layer.
+fn available(state: &AppState) -> Result<std::sync::Arc<dyn Operations>, ApiError> {
+    state
+        .operations
+        .clone()
+        .ok_or_else(|| ApiError::Unavailable("this process does not run the batch layer".into()))
+}
+
+impl From<OperationError> for ApiError {
+    fn from(error: OperationError) -> Self {
+        match error {
+            OperationError::Conflict(why) => ApiError::Conflict(why),
+            OperationError::Invalid(why) => ApiError::BadRequest(why),
+            OperationError::Unavailable(why) => ApiError::Unavailable(why),
+        }
     }
 }

@@ -41,7 +41,7 @@ use signals_schemas::{Event, EventType, Millis, RecordBody};
 use signals_speed::{SpeedLayer, SpeedOptions};
 use signals_store::embedded::EmbeddedStore;
 use signals_store::insights::Change;
-use signals_store::{InsightsStore, SignalStore, UserHistory};
+use signals_store::{InsightsStore, SignalStore, StoreReads, UserHistory};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 

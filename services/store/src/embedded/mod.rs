@@ -2,7 +2,7 @@
 //!
 //! # Guarantees
 //!
-//! * **Exactly-once speed layer.** [`SignalStore::apply_speed`] writes the
+//! * **Exactly-once speed layer.** [`SpeedStore::apply_speed`] writes the
 //!   entries, the index updates and the progress in ONE redb write
 //!   transaction committed with [`redb::Durability::Immediate`]: after a
 //!   crash at any point, progress is never ahead of nor behind the entries
@@ -10,16 +10,16 @@
 //!   event id, so replaying a write leaves the store as writing it once.
 //!   Progress only moves forward, per partition (a replayed older write does
 //!   not move it back).
-//! * **Consistent reads.** [`SignalStore::user_history`] reads the published
+//! * **Consistent reads.** [`ServingStore::user_history`] reads the published
 //!   manifest, the user's record of that version and the user's speed entries
 //!   in ONE read transaction (a snapshot), and returns exactly the entries
 //!   whose position the manifest does not cover.
-//! * **Atomic, forward-only publishing.** [`SignalStore::publish`] replaces
+//! * **Atomic, forward-only publishing.** [`BatchStore::publish`] replaces
 //!   the published manifest in one transaction and refuses a lower version,
 //!   or the same version with another manifest. Records of a published
-//!   version are immutable: [`SignalStore::write_batch`] refuses to write
+//!   version are immutable: [`BatchStore::write_batch`] refuses to write
 //!   into a version at or below the published one.
-//! * **Safe garbage collection.** [`SignalStore::collect_garbage`] never
+//! * **Safe garbage collection.** [`BatchStore::collect_garbage`] never
 //!   removes what the published manifest needs: the position and version it
 //!   is given are clamped to the published manifest's. It runs in bounded
 //!   transactions, so writers and readers are never stalled behind one huge
@@ -77,8 +77,9 @@ use tracing::info;
 use crate::cache::{ManifestCache, RecordCache};
 use crate::codec;
 use crate::{
-    BatchCheckpoint, BatchManifest, BatchPart, GarbageStats, IndexEntry, PositionedEntry,
-    SignalStore, SpeedProgress, SpeedWrite, StoreError, UserHistory,
+    BatchCheckpoint, BatchManifest, BatchPart, BatchStore, GarbageStats, IndexEntry,
+    PositionedEntry, ServingStore, SpeedProgress, SpeedStore, SpeedWrite, StoreError, StoreReads,
+    UserHistory,
 };
 
 /// Tuning of an [`EmbeddedStore`].
@@ -102,7 +103,7 @@ impl Default for EmbeddedOptions {
     }
 }
 
-/// The [`SignalStore`] on one local redb file.
+/// The [`SignalStore`](crate::SignalStore) on one local redb file.
 #[derive(Clone)]
 pub struct EmbeddedStore {
     inner: Arc<Inner>,
@@ -182,7 +183,7 @@ fn engine<E: Into<redb::Error>>(what: &'static str) -> impl Fn(E) -> StoreError 
 }
 
 #[async_trait]
-impl SignalStore for EmbeddedStore {
+impl StoreReads for EmbeddedStore {
     async fn speed_progress(&self) -> Result<SpeedProgress, StoreError> {
         // Serving asks on every request: answered from memory once known.
         if let Some(progress) = self.inner.progress.get() {
@@ -199,27 +200,9 @@ impl SignalStore for EmbeddedStore {
         self.blocking(move |inner| inner.lookup_events(&ids)).await
     }
 
-    async fn apply_speed(&self, write: SpeedWrite) -> Result<(), StoreError> {
-        self.blocking(move |inner| inner.apply_speed(&write)).await
-    }
-
     async fn published(&self) -> Result<Option<BatchManifest>, StoreError> {
         let manifest = self.blocking(Inner::published).await?;
         Ok(manifest.map(Arc::unwrap_or_clone))
-    }
-
-    async fn user_history(&self, user_id: &str) -> Result<UserHistory, StoreError> {
-        // A warm read is a read transaction and a scan of the speed tail
-        // since the published version: microseconds for a typical user,
-        // cheaper here than the hop to the blocking pool and back (a sixth
-        // of serving's time), and a heavy user's tail costs less to decode
-        // than the evaluation that follows on this task anyway. Reading and
-        // decoding a record from the file goes to the pool.
-        if let Some(history) = self.inner.warm_user_history(user_id)? {
-            return Ok(history);
-        }
-        let user = user_id.to_owned();
-        self.blocking(move |inner| inner.user_history(&user)).await
     }
 
     async fn batch_record(
@@ -242,6 +225,37 @@ impl SignalStore for EmbeddedStore {
             .await
     }
 
+    async fn check(&self) -> Result<(), StoreError> {
+        self.blocking(Inner::check).await
+    }
+}
+
+#[async_trait]
+impl SpeedStore for EmbeddedStore {
+    async fn apply_speed(&self, write: SpeedWrite) -> Result<(), StoreError> {
+        self.blocking(move |inner| inner.apply_speed(&write)).await
+    }
+}
+
+#[async_trait]
+impl ServingStore for EmbeddedStore {
+    async fn user_history(&self, user_id: &str) -> Result<UserHistory, StoreError> {
+        // A warm read is a read transaction and a scan of the speed tail
+        // since the published version: microseconds for a typical user,
+        // cheaper here than the hop to the blocking pool and back (a sixth
+        // of serving's time), and a heavy user's tail costs less to decode
+        // than the evaluation that follows on this task anyway. Reading and
+        // decoding a record from the file goes to the pool.
+        if let Some(history) = self.inner.warm_user_history(user_id)? {
+            return Ok(history);
+        }
+        let user = user_id.to_owned();
+        self.blocking(move |inner| inner.user_history(&user)).await
+    }
+}
+
+#[async_trait]
+impl BatchStore for EmbeddedStore {
     async fn write_batch(
         &self,
         version: u64,
@@ -306,9 +320,5 @@ impl SignalStore for EmbeddedStore {
 
     async fn batch_parts(&self, version: u64) -> Result<Vec<BatchPart>, StoreError> {
         self.blocking(move |inner| inner.batch_parts(version)).await
-    }
-
-    async fn check(&self) -> Result<(), StoreError> {
-        self.blocking(Inner::check).await
     }
 }

@@ -10,6 +10,7 @@ use tempfile::TempDir;
 use super::tables::{BATCH, SPEED};
 use super::*;
 use crate::contract::{self, at, manifest, record, write};
+use crate::SignalStore;
 
 fn store_in(dir: &TempDir) -> EmbeddedStore {
     EmbeddedStore::open(&dir.path().join("nested/dirs/signals.redb")).expect("opens")

@@ -22,7 +22,9 @@ use signals_core::{LogPosition, SpeedEntry};
 
 use super::{ScyllaOptions, ScyllaStore};
 use crate::contract::{self, at, manifest, record, write};
-use crate::{IndexEntry, SignalStore, StoreError};
+use crate::{
+    BatchStore, IndexEntry, ServingStore, SignalStore, SpeedStore, StoreError, StoreReads,
+};
 
 /// The CQL nodes to test against, or `None` to skip (said on stderr), by
 /// the rules of `signals-test-support`.

@@ -1,4 +1,4 @@
-//! The ScyllaDB store: the production [`SignalStore`] on CQL (ScyllaDB, or
+//! The ScyllaDB store: the production [`SignalStore`](crate::SignalStore) on CQL (ScyllaDB, or
 //! Apache Cassandra as a stand-in), with the `scylla` driver.
 //!
 //! The schema is `infra/cql/schema.cql` (compiled in, applied by
@@ -16,7 +16,7 @@
 //!   and carries its whole value, so a replay or a driver retry rewrites
 //!   the same rows. Statements are marked idempotent, and the driver retries
 //!   them on timeouts and broken connections. There are no multi-row
-//!   transactions in CQL: [`SignalStore::apply_speed`] writes the entries
+//!   transactions in CQL: [`SpeedStore::apply_speed`] writes the entries
 //!   and index updates first, waits for all of them, and only then writes
 //!   the progress rows. A crash in between leaves progress behind the data,
 //!   never ahead; the replay rewrites identical rows (ADR 001).
@@ -33,14 +33,14 @@
 //!   or the new manifest, never a mix, and a lower version (or the same
 //!   version with another manifest) is refused with an error naming both.
 //!   Records of a version at or below the published one cannot be written.
-//! * **Consistent reads.** [`SignalStore::user_history`] takes one manifest
+//! * **Consistent reads.** [`ServingStore::user_history`] takes one manifest
 //!   and returns that version's record of the user and exactly the user's
 //!   speed entries its position does not cover. Reads and writes use
 //!   `LOCAL_QUORUM`: a read sees every write acknowledged before it.
 //! * **Garbage collection lags one version, readers may lag one TTL.**
 //!   Serving caches the published manifest for
 //!   [`ScyllaOptions::manifest_ttl`] (1 s by default; a publish by this
-//!   process replaces it at once). [`SignalStore::collect_garbage`] clamps
+//!   process replaces it at once). [`BatchStore::collect_garbage`] clamps
 //!   its arguments to the published manifest, and the batch layer collects
 //!   what the *previous* version covered. A reader still holding the
 //!   previous manifest therefore finds its record and its speed entries, as
@@ -86,9 +86,9 @@ use ::scylla::response::query_result::{
     FirstRowError, IntoRowsResultError, MaybeFirstRowError, RowsError,
 };
 
-#[cfg(doc)]
-use crate::SignalStore;
 use crate::StoreError;
+#[cfg(doc)]
+use crate::{BatchStore, ServingStore, SpeedStore};
 
 /// How a driver error counts for retry decisions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

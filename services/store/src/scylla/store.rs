@@ -26,11 +26,12 @@ use super::config::ScyllaOptions;
 use super::driver;
 use super::schema::{self, Statements};
 use crate::{
-    BatchCheckpoint, BatchManifest, BatchPart, GarbageStats, IndexEntry, PositionedEntry,
-    SignalStore, SpeedProgress, SpeedWrite, StoreError, UserHistory,
+    BatchCheckpoint, BatchManifest, BatchPart, BatchStore, GarbageStats, IndexEntry,
+    PositionedEntry, ServingStore, SpeedProgress, SpeedStore, SpeedWrite, StoreError, StoreReads,
+    UserHistory,
 };
 
-/// The [`SignalStore`] on a ScyllaDB (or Cassandra) cluster. Cheap to clone.
+/// The [`SignalStore`](crate::SignalStore) on a ScyllaDB (or Cassandra) cluster. Cheap to clone.
 #[derive(Clone)]
 pub struct ScyllaStore {
     pub(super) inner: Arc<Inner>,
@@ -194,7 +195,7 @@ impl Inner {
 }
 
 #[async_trait]
-impl SignalStore for ScyllaStore {
+impl StoreReads for ScyllaStore {
     async fn speed_progress(&self) -> Result<SpeedProgress, StoreError> {
         self.inner.speed_progress().await
     }
@@ -206,21 +207,9 @@ impl SignalStore for ScyllaStore {
         self.inner.lookup_events(event_ids).await
     }
 
-    async fn apply_speed(&self, write: SpeedWrite) -> Result<(), StoreError> {
-        self.inner.apply_speed(&write).await
-    }
-
     async fn published(&self) -> Result<Option<BatchManifest>, StoreError> {
         let manifest = self.inner.read_published().await?;
         Ok(manifest.map(Arc::unwrap_or_clone))
-    }
-
-    async fn serving_manifest(&self) -> Result<Option<Arc<BatchManifest>>, StoreError> {
-        self.inner.serving_manifest().await
-    }
-
-    async fn user_history(&self, user_id: &str) -> Result<UserHistory, StoreError> {
-        self.inner.user_history(user_id).await
     }
 
     async fn batch_record(
@@ -239,6 +228,31 @@ impl SignalStore for ScyllaStore {
         self.inner.speed_entries(user_id, Some(from)).await
     }
 
+    async fn check(&self) -> Result<(), StoreError> {
+        self.inner.check().await
+    }
+}
+
+#[async_trait]
+impl SpeedStore for ScyllaStore {
+    async fn apply_speed(&self, write: SpeedWrite) -> Result<(), StoreError> {
+        self.inner.apply_speed(&write).await
+    }
+}
+
+#[async_trait]
+impl ServingStore for ScyllaStore {
+    async fn serving_manifest(&self) -> Result<Option<Arc<BatchManifest>>, StoreError> {
+        self.inner.serving_manifest().await
+    }
+
+    async fn user_history(&self, user_id: &str) -> Result<UserHistory, StoreError> {
+        self.inner.user_history(user_id).await
+    }
+}
+
+#[async_trait]
+impl BatchStore for ScyllaStore {
     async fn write_batch(
         &self,
         version: u64,
@@ -291,10 +305,6 @@ impl SignalStore for ScyllaStore {
 
     async fn batch_parts(&self, version: u64) -> Result<Vec<BatchPart>, StoreError> {
         self.inner.batch_parts(version).await
-    }
-
-    async fn check(&self) -> Result<(), StoreError> {
-        self.inner.check().await
     }
 }
 
