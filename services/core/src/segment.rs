@@ -578,12 +578,7 @@ mod tests {
             aggregation = "count"
             window = "100ms"
         "#;
-        #[derive(serde::Deserialize)]
-        struct File {
-            signals: Vec<SignalSpec>,
-        }
-        let file: File = toml::from_str(text).expect("parses");
-        let defs = Definitions::compile(&file.signals).expect("valid");
+        let defs = crate::testing::compile_definitions(text);
         let segments = Segments::compile(
             &[
                 segment("viewer", "views_100 >= 2"),

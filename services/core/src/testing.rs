@@ -108,3 +108,15 @@ pub fn arb_event(index: usize) -> impl Strategy<Value = Event> {
 pub fn arb_events(max: usize) -> impl Strategy<Value = Vec<Event>> {
     (0..=max).prop_flat_map(|n| (0..n).map(arb_event).collect::<Vec<_>>())
 }
+
+/// Definitions compiled from `[[signals]]` tables in TOML, as a config
+/// file declares them.
+#[cfg(test)]
+pub fn compile_definitions(toml_text: &str) -> crate::Definitions {
+    #[derive(serde::Deserialize)]
+    struct File {
+        signals: Vec<crate::SignalSpec>,
+    }
+    let file: File = toml::from_str(toml_text).expect("test definitions parse");
+    crate::Definitions::compile(&file.signals).expect("test definitions compile")
+}

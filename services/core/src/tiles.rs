@@ -373,12 +373,7 @@ mod tests {
             aggregation = "current_session"
             gap = "7ms"
         "#;
-        #[derive(serde::Deserialize)]
-        struct File {
-            signals: Vec<SignalSpec>,
-        }
-        let file: File = toml::from_str(text).expect("test definitions parse");
-        Definitions::compile(&file.signals).expect("test definitions compile")
+        crate::testing::compile_definitions(text)
     }
 
     proptest! {

@@ -344,7 +344,6 @@ impl UserView {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::definition::SignalSpec;
     use crate::testing::arb_events;
     use proptest::prelude::*;
 
@@ -385,12 +384,7 @@ mod tests {
             aggregation = "current_session"
             gap = "30ms"
         "#;
-        #[derive(serde::Deserialize)]
-        struct File {
-            signals: Vec<SignalSpec>,
-        }
-        let file: File = toml::from_str(text).expect("test definitions parse");
-        Definitions::compile(&file.signals).expect("test definitions compile")
+        crate::testing::compile_definitions(text)
     }
 
     /// The reference: recompute from scratch over unique, unretracted events.
