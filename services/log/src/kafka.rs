@@ -336,6 +336,10 @@ fn is_configuration_error(code: RDKafkaErrorCode) -> bool {
     )
 }
 
+/// The topic's partition count. A topic just created (by this process or a
+/// sibling starting beside it) may be missing from a broker's metadata, or
+/// have no leader yet, for a moment: that is waited out within `timeout`
+/// before the topic is called missing.
 async fn partition_count(
     probe: &Arc<BaseConsumer>,
     options: &KafkaOptions,
@@ -344,25 +348,35 @@ async fn partition_count(
     let probe = probe.clone();
     let topic = options.topic.clone();
     tokio::task::spawn_blocking(move || {
-        let metadata = probe
-            .fetch_metadata(Some(&topic), timeout)
-            .map_err(|e| unavailable("cannot read metadata", e))?;
-        let count = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic)
-            .filter(|t| t.error().is_none())
-            .map_or(0, |t| t.partitions().len());
-        if count == 0 {
-            return Err(LogError::Invalid(format!(
-                "kafka: topic {topic} does not exist (set log.kafka.create_topics = true or create it)"
-            )));
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let remaining = deadline.saturating_duration_since(std::time::Instant::now());
+            let metadata = probe
+                .fetch_metadata(Some(&topic), remaining.max(Duration::from_millis(100)))
+                .map_err(|e| unavailable("cannot read metadata", e))?;
+            let count = metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic)
+                .filter(|t| t.error().is_none())
+                .map_or(0, |t| t.partitions().len());
+            if count > 0 {
+                return Ok(count as u32);
+            }
+            if std::time::Instant::now() + METADATA_RETRY >= deadline {
+                return Err(LogError::Invalid(format!(
+                    "kafka: topic {topic} does not exist (set log.kafka.create_topics = true or create it)"
+                )));
+            }
+            std::thread::sleep(METADATA_RETRY);
         }
-        Ok(count as u32)
     })
     .await
     .map_err(blocking_failed)?
 }
+
+/// How often a topic missing from the metadata is looked for again.
+const METADATA_RETRY: Duration = Duration::from_millis(200);
 
 #[async_trait]
 impl EventLog for KafkaLog {

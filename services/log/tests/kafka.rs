@@ -335,3 +335,50 @@ async fn created_topics_carry_min_insync_replicas() {
         assert_eq!(value.as_deref(), Some("2"), "{topic}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_starting_together_all_find_the_topic_one_of_them_made() {
+    let Some(brokers) = brokers() else { return };
+    // Collector, speed layer and api start at once; whichever finds the
+    // topic missing for a moment (not created yet, or not yet in its
+    // broker's metadata) waits for it instead of giving up. Here a process
+    // that may not create topics starts a second before the one that does.
+    let creator = options(&brokers);
+    let waiter = KafkaOptions {
+        create_topics: false,
+        ..creator.clone()
+    };
+    let waiting = tokio::spawn(KafkaLog::connect(waiter));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let starts = (0..3).map(|_| KafkaLog::connect(creator.clone()));
+    for started in futures::future::join_all(starts).await {
+        let log = started.expect("every creating sibling connects");
+        log.check().await.expect("and sees the topic");
+    }
+    let log = waiting
+        .await
+        .expect("joined")
+        .expect("the waiting sibling connects once the topic exists");
+    log.check().await.expect("and sees the topic");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_nobody_creates_is_a_precise_error() {
+    let Some(brokers) = brokers() else { return };
+    let options = KafkaOptions {
+        create_topics: false,
+        timeout: Duration::from_secs(2),
+        ..options(&brokers)
+    };
+    let started = Instant::now();
+    let error = match KafkaLog::connect(options.clone()).await {
+        Ok(_) => panic!("a missing topic must not connect"),
+        Err(error) => error.to_string(),
+    };
+    assert!(
+        error.contains(&options.topic) && error.contains("create_topics"),
+        "{error}"
+    );
+    // Waited for the topic to show up, but not for ever.
+    assert!(started.elapsed() < Duration::from_secs(30), "{error}");
+}
