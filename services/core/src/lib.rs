@@ -12,6 +12,7 @@ pub mod operations;
 pub mod position;
 pub mod segment;
 pub mod session;
+pub mod tail;
 pub mod tiles;
 pub mod time;
 pub mod view;
@@ -27,5 +28,6 @@ pub use definition::{
 pub use position::{LogPosition, Offset, Partition};
 pub use segment::{SegmentError, SegmentSpec, Segments};
 pub use session::{Session, SessionMeasure, Sessions};
+pub use tail::SpeedTail;
 pub use tiles::{TileShape, Tiles};
 pub use view::{SpeedEntry, StaleSignal, UserRecord, UserView};

@@ -12,7 +12,7 @@
 //! * exact windows: raw events are kept for `retention + widest window`, so
 //!   any `at` within retention sees every event of its windows individually.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -21,6 +21,7 @@ use signals_schemas::{Event, Millis};
 
 use crate::aggregate::State;
 use crate::definition::{Definitions, EventTypes, SignalDefinition, Window};
+use crate::tail::SpeedTail;
 use crate::tiles::{DefinitionTiles, Tiles};
 
 /// Pre-aggregated state of one lifetime signal over events older than the
@@ -66,8 +67,7 @@ impl UserRecord {
                 );
             }
         }
-        recent
-            .sort_unstable_by(|a, b| (b.event_time, &b.event_id).cmp(&(a.event_time, &a.event_id)));
+        recent.sort_unstable_by(newest_first);
         UserRecord {
             horizon,
             base,
@@ -108,9 +108,7 @@ pub struct StaleSignal(pub String);
 #[derive(Clone, Debug, Default)]
 pub struct UserView {
     batch: Option<Arc<UserRecord>>,
-    /// Batch event ids that must not count (retracted after the batch ran).
-    hidden: HashSet<String>,
-    speed: Vec<Event>,
+    tail: SpeedTail,
 }
 
 impl UserView {
@@ -119,61 +117,37 @@ impl UserView {
     ///
     /// A deleted user (a deleted batch record, or a deletion marker among the
     /// speed entries) has an empty view: deletion is permanent, so events
-    /// the speed layer wrote after it do not count either.
+    /// the speed layer wrote after it do not count either. A retraction
+    /// hides its ids wherever they are; a marker may sort before the event
+    /// it retracts, since retraction records live in another partition than
+    /// the user's events.
     pub fn merge(
         batch: Option<Arc<UserRecord>>,
         speed: impl IntoIterator<Item = SpeedEntry>,
     ) -> UserView {
-        let mut view = UserView {
-            batch,
-            hidden: HashSet::new(),
-            speed: Vec::new(),
-        };
-        if view.batch.as_ref().is_some_and(|b| b.deleted) {
+        let tail = SpeedTail::from_entries(batch.as_deref(), speed);
+        UserView::with_tail(batch, tail)
+    }
+
+    /// Joins a published batch record with its speed tail, prepared
+    /// (extended entry by entry over reads, see [`SpeedTail`]).
+    pub fn with_tail(batch: Option<Arc<UserRecord>>, tail: SpeedTail) -> UserView {
+        if batch.as_ref().is_some_and(|b| b.deleted) || tail.is_deleted() {
             return UserView::default();
         }
-        for entry in speed {
-            match entry {
-                SpeedEntry::Event(event) => view.speed.push(event),
-                // A marker may sort before the event it retracts: retraction
-                // records live in another partition than the user's events.
-                SpeedEntry::Retracted { event_ids } => view.hidden.extend(event_ids),
-                SpeedEntry::Deleted => return UserView::default(),
-            }
-        }
-        if !view.hidden.is_empty() {
-            let hidden = &view.hidden;
-            view.speed.retain(|e| !hidden.contains(&e.event_id));
-        }
-        // The speed layer already drops ids it saw before; this guards the
-        // handoff against an id that reached both layers.
-        if let Some(batch) = &view.batch {
-            if !view.speed.is_empty() {
-                let speed_ids: HashSet<&str> =
-                    view.speed.iter().map(|e| e.event_id.as_str()).collect();
-                let in_batch: HashSet<String> = batch
-                    .events
-                    .iter()
-                    .filter(|e| speed_ids.contains(e.event_id.as_str()))
-                    .map(|e| e.event_id.clone())
-                    .collect();
-                if !in_batch.is_empty() {
-                    view.speed.retain(|e| !in_batch.contains(&e.event_id));
-                }
-            }
-        }
-        view
+        UserView { batch, tail }
     }
 
     /// Every raw event that counts, in no particular order.
     pub fn events(&self) -> impl Iterator<Item = &Event> {
-        self.batch_events().chain(self.speed.iter())
+        self.batch_events().chain(self.tail.events())
     }
 
     /// The batch record's events that count.
     fn batch_events(&self) -> impl Iterator<Item = &Event> {
         let batch = self.batch.iter().flat_map(|b| b.events.iter());
-        batch.filter(|e| self.hidden.is_empty() || !self.hidden.contains(&e.event_id))
+        let hidden = self.tail.hidden();
+        batch.filter(move |e| hidden.is_empty() || !hidden.contains(&e.event_id))
     }
 
     /// Whether the user has no history at all.
@@ -199,7 +173,7 @@ impl UserView {
         // The batch's events through its tiles where it has them: not when
         // a retraction hides some of them (blocks cannot take one out).
         let tiled: Vec<Option<Arc<DefinitionTiles>>> = match &self.batch {
-            Some(batch) if self.hidden.is_empty() => definitions
+            Some(batch) if self.tail.hidden().is_empty() => definitions
                 .iter()
                 .map(|d| batch.tiles.for_definition(d, &batch.events))
                 .collect(),
@@ -208,14 +182,6 @@ impl UserView {
         let plain: Vec<usize> = (0..definitions.len())
             .filter(|&i| tiled[i].is_none())
             .collect();
-        let add = |states: &mut [State], which: &[usize], event: &Event| {
-            for &i in which {
-                let definition = definitions[i];
-                if definition.reads(event.event_time, at) && definition.matches(event) {
-                    states[i].add(&definition.aggregation, event);
-                }
-            }
-        };
         if let Some(batch) = &self.batch {
             for (i, tiles) in tiled.iter().enumerate() {
                 if let Some(tiles) = tiles {
@@ -226,13 +192,15 @@ impl UserView {
         }
         if !plain.is_empty() {
             for event in self.batch_events() {
-                add(&mut states, &plain, event);
+                for &i in &plain {
+                    let definition = definitions[i];
+                    if definition.reads(event.event_time, at) && definition.matches(event) {
+                        states[i].add(&definition.aggregation, event);
+                    }
+                }
             }
         }
-        let all: Vec<usize> = (0..definitions.len()).collect();
-        for event in &self.speed {
-            add(&mut states, &all, event);
-        }
+        self.tail.fold(definitions, at, &mut states);
         let mut stale = Vec::new();
         if let Some(batch) = &self.batch {
             for (definition, state) in definitions.iter().zip(states.iter_mut()) {
@@ -298,9 +266,10 @@ impl UserView {
     /// The user's events of `types` with `since <= event_time < until`,
     /// newest first (ties: larger event id first), at most `limit`.
     ///
-    /// The batch record keeps its events newest first, so its part is read
-    /// from `until` on and stops at `limit` matches or at `since`: the cost
-    /// is the events skipped and taken, not the user's history.
+    /// The batch record and each run of the speed tail keep their events
+    /// newest first, so each is read from `until` on and the merge stops at
+    /// `limit` matches or at `since`: the cost is the events skipped and
+    /// taken, not the user's history.
     pub fn activity(
         &self,
         types: EventTypes,
@@ -308,31 +277,31 @@ impl UserView {
         until: Millis,
         limit: usize,
     ) -> Vec<Event> {
-        let selected = |e: &&Event| {
-            types.contains(e.event_type) && e.event_time >= since && e.event_time < until
-        };
-        let newest_first =
-            |a: &&Event, b: &&Event| (b.event_time, &b.event_id).cmp(&(a.event_time, &a.event_id));
-        let mut speed: Vec<&Event> = self.speed.iter().filter(selected).collect();
-        speed.sort_unstable_by(newest_first);
+        let hidden = self.tail.hidden();
         let batch_events: &[Event] = self.batch.as_ref().map_or(&[], |b| &b.events);
-        let start = batch_events.partition_point(|e| e.event_time >= until);
-        let mut batch = batch_events[start..]
-            .iter()
-            .take_while(|e| e.event_time >= since)
-            .filter(|e| types.contains(e.event_type))
-            .filter(|e| self.hidden.is_empty() || !self.hidden.contains(&e.event_id))
-            .peekable();
-        let mut speed = speed.into_iter().peekable();
+        let mut sources: Vec<_> = std::iter::once(batch_events)
+            .chain(self.tail.sorted_runs())
+            .map(|events| {
+                let start = events.partition_point(|e| e.event_time >= until);
+                events[start..]
+                    .iter()
+                    .take_while(move |e| e.event_time >= since)
+                    .filter(move |e| types.contains(e.event_type))
+                    .filter(move |e| hidden.is_empty() || !hidden.contains(&e.event_id))
+                    .peekable()
+            })
+            .collect();
         let mut taken = Vec::with_capacity(limit.min(1024));
         while taken.len() < limit {
-            let next = match (batch.peek(), speed.peek()) {
-                (Some(b), Some(s)) if newest_first(b, s).is_le() => batch.next(),
-                (Some(_), Some(_)) => speed.next(),
-                (Some(_), None) => batch.next(),
-                (None, _) => speed.next(),
-            };
-            match next {
+            // Few sources (the record and O(log n) runs): a scan for the
+            // newest head is cheaper than a heap.
+            let newest = sources
+                .iter_mut()
+                .enumerate()
+                .filter_map(|(i, source)| source.peek().map(|e| (i, *e)))
+                .min_by(|(_, a), (_, b)| newest_first(a, b))
+                .map(|(i, _)| i);
+            match newest.and_then(|i| sources[i].next()) {
                 Some(event) => taken.push(event.clone()),
                 None => break,
             }
@@ -341,8 +310,16 @@ impl UserView {
     }
 }
 
+/// The order of records, runs and activity: newest first, ties by larger
+/// event id first.
+pub(crate) fn newest_first(a: &Event, b: &Event) -> std::cmp::Ordering {
+    (b.event_time, &b.event_id).cmp(&(a.event_time, &a.event_id))
+}
+
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::*;
     use crate::testing::arb_events;
     use proptest::prelude::*;
@@ -552,6 +529,81 @@ mod tests {
             expected.sort_by(|a, b| (b.event_time, &b.event_id).cmp(&(a.event_time, &a.event_id)));
             let expected: Vec<Event> = expected.into_iter().take(limit).cloned().collect();
             prop_assert_eq!(view.activity(types, since, until, limit), expected);
+        }
+    }
+
+    proptest! {
+        /// A speed tail extended write by write, its runs merged and tiled
+        /// on the way, answers signals and activity like recomputing every
+        /// counted event from scratch: retractions of batch and tail events
+        /// (before or after them), ids the record already holds, any `at`.
+        #[test]
+        fn a_tail_extended_write_by_write_answers_like_a_recompute(
+            batch_events in arb_events(40),
+            tail_events in arb_events(400),
+            retractions in prop::collection::vec((0usize..440, 0usize..440), 0..6),
+            cuts in prop::collection::vec(1usize..90, 1..12),
+            copies in prop::collection::vec(0usize..40, 0..3),
+            at in 0i64..260,
+            limit in 1usize..40,
+        ) {
+            let defs = definitions();
+            let all: Vec<&SignalDefinition> = defs.iter().collect();
+            let batch_events: Vec<Event> = batch_events.into_iter().map(|mut e| {
+                e.event_id = format!("b-{}", e.event_id);
+                e
+            }).collect();
+            let mut entries: Vec<SpeedEntry> = tail_events.into_iter().map(|mut e| {
+                e.event_id = format!("s-{}", e.event_id);
+                SpeedEntry::Event(e)
+            }).collect();
+            // Copies of record events reaching the speed layer too.
+            for &c in &copies {
+                if let Some(e) = batch_events.get(c) {
+                    entries.push(SpeedEntry::Event(e.clone()));
+                }
+            }
+            let ids: Vec<String> = batch_events.iter().map(|e| e.event_id.clone())
+                .chain(entries.iter().filter_map(|e| match e { SpeedEntry::Event(e) => Some(e.event_id.clone()), _ => None }))
+                .collect();
+            let mut retracted = HashSet::new();
+            for &(which, place) in &retractions {
+                if ids.is_empty() { break; }
+                let id = ids[which % ids.len()].clone();
+                retracted.insert(id.clone());
+                entries.insert(place % (entries.len() + 1), SpeedEntry::Retracted { event_ids: vec![id] });
+            }
+            let mut counted: Vec<Event> = batch_events.clone();
+            for entry in &entries {
+                if let SpeedEntry::Event(e) = entry {
+                    if !counted.iter().any(|c| c.event_id == e.event_id) {
+                        counted.push(e.clone());
+                    }
+                }
+            }
+            counted.retain(|e| !retracted.contains(&e.event_id));
+            let expected = recompute(&defs, &counted, at);
+
+            let record = Arc::new(UserRecord::compact(&defs, batch_events, Millis::MIN));
+            let mut tail = SpeedTail::default();
+            let mut rest = entries.as_slice();
+            for cut in cuts.iter().cycle() {
+                if rest.is_empty() { break; }
+                let (now, later) = rest.split_at((*cut).min(rest.len()));
+                tail = tail.extended(Some(&record), now.to_vec());
+                rest = later;
+            }
+            let view = UserView::with_tail(Some(record), tail);
+            prop_assert_eq!(view.evaluate(&all, at).0, expected);
+
+            let mut types = EventTypes::default();
+            for t in signals_schemas::EventType::ALL {
+                types.insert(t);
+            }
+            let mut newest: Vec<Event> = counted.into_iter().filter(|e| e.event_time < at).collect();
+            newest.sort_by(newest_first);
+            newest.truncate(limit);
+            prop_assert_eq!(view.activity(types, Millis::MIN, at, limit), newest);
         }
     }
 

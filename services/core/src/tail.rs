@@ -1,0 +1,323 @@
+//! The speed tail kept ready for reads.
+//!
+//! Between two batch runs the speed layer appends a user's events as speed
+//! entries. Decoding and folding all of them on every read made a popular
+//! user's read cost O(tail): the tail is a tenth of the history or more by
+//! the end of the day, and the users read most are the ones who write most.
+//!
+//! A [`SpeedTail`] holds the entries seen so far as a few runs of events,
+//! each newest first and tiled like a batch record ([`crate::tiles`]). The
+//! runs' sizes more than halve from the oldest run to the newest (a binary
+//! counter: an event is copied O(log n) times over the tail's life), and
+//! runs too small to tile total fewer than [`TILED_RUN`] events, so a read
+//! costs O(log n) block lookups per signal, not n events. Extending a tail
+//! makes a new value that shares the old runs: a reader holding the old one
+//! is not disturbed, and the serving process keeps one per user, extended
+//! with what the store has made durable since (see `signals-store`'s
+//! `TailCache`).
+//!
+//! The entries' rules are [`crate::UserView::merge`]'s: a retraction hides
+//! its ids wherever they are (the batch record, the runs, or events still
+//! to come), a deletion empties the user for good, and an id the batch
+//! record already holds does not count twice.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use signals_schemas::{Event, Millis};
+
+use crate::aggregate::State;
+use crate::definition::SignalDefinition;
+use crate::tiles::{TileShape, Tiles};
+use crate::view::{newest_first, SpeedEntry, UserRecord};
+
+/// Runs smaller than this are folded event by event; together they hold
+/// fewer events than this.
+pub const TILED_RUN: usize = 64;
+
+/// A user's speed entries since a batch position, prepared for reads.
+#[derive(Clone, Debug, Default)]
+pub struct SpeedTail {
+    /// Largest (oldest) first; each newest first, none hidden.
+    runs: Vec<Arc<Run>>,
+    /// Ids retracted by entries of the tail.
+    hidden: Arc<HashSet<String>>,
+    /// A deletion marker was among the entries: nothing of the user counts.
+    deleted: bool,
+}
+
+/// Events newest first (by event time, then event id, like a record), and
+/// their tiles, built on the first read that needs them.
+#[derive(Debug)]
+struct Run {
+    events: Vec<Event>,
+    tiles: Tiles,
+}
+
+impl Run {
+    fn new(events: Vec<Event>) -> Arc<Run> {
+        Arc::new(Run {
+            events,
+            tiles: Tiles::with_shape(run_shape()),
+        })
+    }
+}
+
+/// Blocks from 16 events: a run of a few hundred events already answers
+/// with a handful of merges.
+fn run_shape() -> TileShape {
+    TileShape {
+        sizes: vec![16, 128, 1024, 8192, 65_536, 524_288],
+        map_sizes: vec![128, 1024, 8192, 65_536, 524_288],
+        min_events: TILED_RUN,
+        ..TileShape::default()
+    }
+}
+
+impl SpeedTail {
+    /// The tail of a user whose speed entries are `entries`, in log order.
+    pub fn from_entries(
+        batch: Option<&UserRecord>,
+        entries: impl IntoIterator<Item = SpeedEntry>,
+    ) -> SpeedTail {
+        SpeedTail::default().extended(batch, entries)
+    }
+
+    /// This tail followed by `entries` (newer in log order than those in
+    /// it), for a user whose published record is `batch`.
+    pub fn extended(
+        &self,
+        batch: Option<&UserRecord>,
+        entries: impl IntoIterator<Item = SpeedEntry>,
+    ) -> SpeedTail {
+        if self.deleted {
+            return self.clone();
+        }
+        let mut events = Vec::new();
+        let mut retracted = HashSet::new();
+        for entry in entries {
+            match entry {
+                SpeedEntry::Event(event) => events.push(event),
+                SpeedEntry::Retracted { event_ids } => retracted.extend(event_ids),
+                SpeedEntry::Deleted => {
+                    return SpeedTail {
+                        deleted: true,
+                        ..SpeedTail::default()
+                    }
+                }
+            }
+        }
+        let mut tail = self.clone();
+        retracted.retain(|id| !tail.hidden.contains(id));
+        if !retracted.is_empty() {
+            tail.hide(&retracted);
+            Arc::make_mut(&mut tail.hidden).extend(retracted);
+        }
+        events.retain(|e| !tail.hidden.contains(&e.event_id));
+        if let Some(batch) = batch.filter(|b| !b.events.is_empty()) {
+            drop_batch_ids(batch, &mut events);
+        }
+        if !events.is_empty() {
+            tail.push(events);
+        }
+        tail
+    }
+
+    /// Rebuilds the runs holding any of `ids` without them: a retraction
+    /// reaching the speed tail is rare, and blocks cannot take one event out.
+    fn hide(&mut self, ids: &HashSet<String>) {
+        for run in &mut self.runs {
+            if run.events.iter().any(|e| ids.contains(&e.event_id)) {
+                let kept = run
+                    .events
+                    .iter()
+                    .filter(|e| !ids.contains(&e.event_id))
+                    .cloned()
+                    .collect();
+                *run = Run::new(kept);
+            }
+        }
+        self.runs.retain(|run| !run.events.is_empty());
+    }
+
+    /// Adds `events` as the newest run, then merges runs until their sizes
+    /// more than halve from one to the next and the small ones are few.
+    fn push(&mut self, mut events: Vec<Event>) {
+        events.sort_unstable_by(newest_first);
+        self.runs.push(Run::new(events));
+        loop {
+            let n = self.runs.len();
+            if n < 2 {
+                return;
+            }
+            let (older, newer) = (self.runs[n - 2].events.len(), self.runs[n - 1].events.len());
+            // Binary counter, and the runs too small to tile never adding
+            // up to a tiled run's worth of plain folding.
+            let small: usize = self
+                .runs
+                .iter()
+                .map(|r| r.events.len())
+                .filter(|&len| len < TILED_RUN)
+                .sum();
+            let merge = older <= 2 * newer || (older < TILED_RUN && small >= TILED_RUN);
+            if !merge {
+                return;
+            }
+            let (Some(newer), Some(older)) = (self.runs.pop(), self.runs.pop()) else {
+                return;
+            };
+            self.runs
+                .push(Run::new(merge_newest_first(&older.events, &newer.events)));
+        }
+    }
+
+    /// Whether a deletion marker was among the entries.
+    pub fn is_deleted(&self) -> bool {
+        self.deleted
+    }
+
+    /// Ids retracted by the tail's entries (they may be batch events).
+    pub fn hidden(&self) -> &HashSet<String> {
+        &self.hidden
+    }
+
+    /// Events that count, in no particular order.
+    pub fn events(&self) -> impl Iterator<Item = &Event> {
+        self.runs.iter().flat_map(|r| r.events.iter())
+    }
+
+    /// How many events count.
+    pub fn len(&self) -> usize {
+        self.runs.iter().map(|r| r.events.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.runs.is_empty()
+    }
+
+    /// The runs' events, each newest first.
+    pub(crate) fn sorted_runs(&self) -> impl Iterator<Item = &[Event]> {
+        self.runs.iter().map(|r| r.events.as_slice())
+    }
+
+    /// Adds to `states[i]` what `definitions[i]` reads at `at` of the tail.
+    pub(crate) fn fold(&self, definitions: &[&SignalDefinition], at: Millis, states: &mut [State]) {
+        for run in &self.runs {
+            for (definition, state) in definitions.iter().zip(states.iter_mut()) {
+                let (from, until) = definition.read_range(at);
+                match run.tiles.for_definition(definition, &run.events) {
+                    Some(tiles) => tiles.fold(definition, &run.events, from, until, state),
+                    None => {
+                        for event in run.events.iter().filter(|e| {
+                            from <= e.event_time && e.event_time < until && definition.matches(e)
+                        }) {
+                            state.add(&definition.aggregation, event);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Drops from `events` the ids `batch` holds: the speed layer already drops
+/// ids it saw, this guards the handoff against one that reached both layers.
+fn drop_batch_ids(batch: &UserRecord, events: &mut Vec<Event>) {
+    let ids: HashSet<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+    let in_batch: HashSet<String> = batch
+        .events
+        .iter()
+        .filter(|e| ids.contains(e.event_id.as_str()))
+        .map(|e| e.event_id.clone())
+        .collect();
+    if !in_batch.is_empty() {
+        events.retain(|e| !in_batch.contains(&e.event_id));
+    }
+}
+
+/// Two newest-first runs as one.
+fn merge_newest_first(a: &[Event], b: &[Event]) -> Vec<Event> {
+    let mut merged = Vec::with_capacity(a.len() + b.len());
+    let (mut a, mut b) = (a.iter().peekable(), b.iter().peekable());
+    loop {
+        let next = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) if newest_first(x, y).is_le() => a.next(),
+            (Some(_), Some(_)) => b.next(),
+            (Some(_), None) => a.next(),
+            (None, _) => b.next(),
+        };
+        match next {
+            Some(event) => merged.push(event.clone()),
+            None => return merged,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::testing::arb_events;
+
+    proptest! {
+        /// However a tail is cut into extensions, it holds the same events,
+        /// its runs stay sorted and few, and the small ones stay small.
+        #[test]
+        fn runs_stay_sorted_few_and_mostly_tiled(
+            events in arb_events(400),
+            cuts in prop::collection::vec(1usize..40, 1..60),
+        ) {
+            let mut tail = SpeedTail::default();
+            let mut rest = events.as_slice();
+            for cut in cuts.iter().cycle() {
+                if rest.is_empty() { break; }
+                let (now, later) = rest.split_at((*cut).min(rest.len()));
+                tail = tail.extended(None, now.iter().cloned().map(SpeedEntry::Event));
+                rest = later;
+            }
+            let mut held: Vec<&str> = tail.events().map(|e| e.event_id.as_str()).collect();
+            let mut given: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+            held.sort_unstable();
+            given.sort_unstable();
+            prop_assert_eq!(held, given);
+            for run in tail.sorted_runs() {
+                prop_assert!(run.is_sorted_by(|a, b| newest_first(a, b).is_le()));
+            }
+            let sizes: Vec<usize> = tail.sorted_runs().map(<[Event]>::len).collect();
+            prop_assert!(sizes.windows(2).all(|w| w[0] > 2 * w[1] || w[0] < TILED_RUN), "{:?}", sizes);
+            let small: usize = sizes.iter().filter(|&&s| s < TILED_RUN).sum();
+            prop_assert!(small < TILED_RUN, "{:?}", sizes);
+        }
+    }
+
+    #[test]
+    fn a_retraction_hides_events_before_and_after_it_and_a_deletion_ends_the_tail() {
+        let event =
+            |id: &str, time| crate::testing::event(id, signals_schemas::EventType::View, "i", time);
+        let tail = SpeedTail::from_entries(
+            None,
+            [
+                SpeedEntry::Event(event("a", 1)),
+                SpeedEntry::Retracted {
+                    event_ids: vec!["a".into(), "b".into()],
+                },
+            ],
+        );
+        assert!(tail.is_empty());
+        let tail = tail.extended(
+            None,
+            [
+                SpeedEntry::Event(event("b", 2)),
+                SpeedEntry::Event(event("c", 3)),
+            ],
+        );
+        let ids: Vec<&str> = tail.events().map(|e| e.event_id.as_str()).collect();
+        assert_eq!(ids, ["c"]);
+        assert!(tail.hidden().contains("a") && tail.hidden().contains("b"));
+        let gone = tail.extended(None, [SpeedEntry::Deleted]);
+        assert!(gone.is_deleted() && gone.is_empty());
+        let still = gone.extended(None, [SpeedEntry::Event(event("d", 4))]);
+        assert!(still.is_deleted() && still.is_empty());
+    }
+}
