@@ -18,7 +18,8 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use signals_core::{
-    Definitions, EventTypes, SignalSpec, SpeedEntry, State, TileShape, Tiles, UserRecord, UserView,
+    Definitions, EventTypes, SignalSpec, SpeedEntry, SpeedTail, State, TileShape, Tiles,
+    UserRecord, UserView,
 };
 use signals_schemas::{Event, EventType, Millis};
 
@@ -225,5 +226,53 @@ fn heavy_user(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, fold, merge, view, compact, heavy_user);
+/// A popular user between batch runs: a record and a speed tail, read
+/// through a kept tail (ADR 009) or merged from the entries on every read.
+fn popular_tail(c: &mut Criterion) {
+    let definitions = definitions();
+    let all: Vec<_> = definitions.iter().collect();
+    let mut group = c.benchmark_group("popular user's tail");
+    group.sample_size(20);
+    for (in_record, in_tail) in [(7_500, 750), (100_000, 100_000)] {
+        let events = recent_events(in_record + in_tail, 7);
+        let (old, new) = events.split_at(in_record);
+        let record = Arc::new(UserRecord::compact(
+            &definitions,
+            old.to_vec(),
+            NOW - 40 * 24 * HOUR,
+        ));
+        let entries: Vec<SpeedEntry> = new.iter().cloned().map(SpeedEntry::Event).collect();
+        // Kept as serving keeps it: extended write by write (100 entries).
+        let mut tail = SpeedTail::default();
+        for write in entries.chunks(100) {
+            tail = tail.extended(Some(&record), write.to_vec());
+        }
+        UserView::with_tail(Some(record.clone()), tail.clone()).evaluate(&all, NOW);
+        let name = format!("{in_record} in the record + {in_tail} in the tail");
+        group.bench_function(format!("{name}, kept tail"), |b| {
+            b.iter(|| {
+                UserView::with_tail(Some(record.clone()), tail.clone())
+                    .evaluate(black_box(&all), NOW)
+            })
+        });
+        group.bench_function(format!("{name}, entries merged per read"), |b| {
+            b.iter_batched(
+                || entries.clone(),
+                |entries| UserView::merge(Some(record.clone()), entries).evaluate(&all, NOW),
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    fold,
+    merge,
+    view,
+    compact,
+    heavy_user,
+    popular_tail
+);
 criterion_main!(benches);

@@ -22,7 +22,7 @@ use signals_log::{DeadLetterFile, DeadLetterSink, EventLog, LogError};
 use signals_store::embedded::EmbeddedStore;
 use signals_store::redis_cache::{CachedStore, RedisOptions};
 use signals_store::scylla::{ScyllaOptions, ScyllaStore};
-use signals_store::{InsightsStore, ServingStore, SignalStore, StoreError};
+use signals_store::{InsightsStore, ServingStore, SignalStore, StoreError, TailCache};
 use tracing::{info, warn};
 
 use crate::config::{Config, Fsync, KafkaConfig, LogBackend, ScyllaConfig, StoreBackend};
@@ -87,6 +87,16 @@ impl From<LogError> for Failure {
     }
 }
 
+/// How often the tail cache reads the speed layer's progress: the embedded
+/// store answers from memory; on CQL it is a round trip, and a reading a
+/// moment old only leaves the newest entries to be read again.
+fn progress_refresh(backend: StoreBackend) -> Duration {
+    match backend {
+        StoreBackend::Embedded => Duration::ZERO,
+        StoreBackend::Scylla => Duration::from_millis(25),
+    }
+}
+
 impl From<StoreError> for Failure {
     fn from(error: StoreError) -> Self {
         if error.is_retryable() {
@@ -143,6 +153,15 @@ impl Backends {
                     ..RedisOptions::default()
                 },
             )?),
+        };
+        // Outermost: tails are kept over whatever the records come through.
+        let serving: Arc<dyn ServingStore> = match config.cache.tail_bytes {
+            0 => serving,
+            budget => Arc::new(TailCache::new(
+                serving,
+                budget,
+                progress_refresh(config.store.backend),
+            )),
         };
         let dead_letters: Arc<dyn DeadLetterSink> = match config.log.backend {
             LogBackend::Embedded => Arc::new(DeadLetterFile::new(

@@ -163,6 +163,10 @@ pub struct CacheConfig {
     /// Decoded records kept in each process in front of Redis, in encoded
     /// bytes (0: every read asks Redis).
     pub local_bytes: usize,
+    /// Users' speed tails each serving process keeps between reads (sorted
+    /// and tiled, extended with what the speed layer wrote since), about
+    /// this many bytes; 0: every read decodes and folds the whole tail.
+    pub tail_bytes: usize,
     /// Consecutive Redis failures that open the circuit breaker.
     pub breaker_failures: u32,
     /// How long an open breaker sends reads straight to the store.

@@ -25,43 +25,55 @@ use crate::BatchManifest;
 const SHARDS: usize = 16;
 
 /// Decoded user records of published versions, bounded in bytes.
-pub struct RecordCache {
-    shards: Vec<Mutex<Shard>>,
+pub type RecordCache = VersionedCache<UserRecord>;
+
+/// One value per user, of one version, bounded by the values' weights.
+pub struct VersionedCache<V> {
+    shards: Vec<Mutex<Shard<V>>>,
     shard_budget: usize,
 }
 
-#[derive(Default)]
-struct Shard {
-    slots: HashMap<Box<str>, Slot>,
+struct Shard<V> {
+    slots: HashMap<Box<str>, Slot<V>>,
     /// Users in insertion order, for the CLOCK hand.
     queue: VecDeque<Box<str>>,
     weight: usize,
 }
 
-struct Slot {
+impl<V> Default for Shard<V> {
+    fn default() -> Self {
+        Shard {
+            slots: HashMap::new(),
+            queue: VecDeque::new(),
+            weight: 0,
+        }
+    }
+}
+
+struct Slot<V> {
     version: u64,
-    record: Arc<UserRecord>,
+    record: Arc<V>,
     weight: usize,
     referenced: bool,
 }
 
-impl RecordCache {
-    /// A cache holding records of about `budget` encoded bytes in total (0 disables it).
-    pub fn new(budget: usize) -> RecordCache {
-        RecordCache {
+impl<V> VersionedCache<V> {
+    /// A cache holding values of about `budget` bytes in total (0 disables it).
+    pub fn new(budget: usize) -> VersionedCache<V> {
+        VersionedCache {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             shard_budget: budget / SHARDS,
         }
     }
 
-    fn shard(&self, user: &str) -> &Mutex<Shard> {
+    fn shard(&self, user: &str) -> &Mutex<Shard<V>> {
         let mut hasher = DefaultHasher::new();
         user.hash(&mut hasher);
         &self.shards[hasher.finish() as usize % SHARDS]
     }
 
     /// `user`'s record of `version`, if cached.
-    pub fn get(&self, version: u64, user: &str) -> Option<Arc<UserRecord>> {
+    pub fn get(&self, version: u64, user: &str) -> Option<Arc<V>> {
         let mut shard = self
             .shard(user)
             .lock()
@@ -71,8 +83,19 @@ impl RecordCache {
         Some(slot.record.clone())
     }
 
+    /// `user`'s value of whichever version is cached.
+    pub fn latest(&self, user: &str) -> Option<Arc<V>> {
+        let mut shard = self
+            .shard(user)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let slot = shard.slots.get_mut(user)?;
+        slot.referenced = true;
+        Some(slot.record.clone())
+    }
+
     /// Caches `record` (encoded in `weight` bytes) as `user`'s record of `version`.
-    pub fn insert(&self, version: u64, user: &str, record: Arc<UserRecord>, weight: usize) {
+    pub fn insert(&self, version: u64, user: &str, record: Arc<V>, weight: usize) {
         if weight > self.shard_budget {
             return;
         }
@@ -122,7 +145,7 @@ impl RecordCache {
     }
 }
 
-impl Shard {
+impl<V> Shard<V> {
     /// Drops unreferenced slots at the hand until the shard fits `budget`.
     fn evict(&mut self, budget: usize) {
         while self.weight > budget {

@@ -28,7 +28,7 @@ use signals_schemas::{Event, EventType};
 
 use crate::{
     BatchCheckpoint, BatchManifest, BatchPart, GarbageStats, IndexEntry, PositionedEntry,
-    SignalStore, SpeedProgress, SpeedWrite,
+    ServingStore, SignalStore, SpeedProgress, SpeedWrite, TailCache, TailMark,
 };
 
 /// Runs every case, each on a fresh store from `make`.
@@ -55,6 +55,7 @@ where
         the_index_answers_present_absent_and_retracted,
         index_entries_go_once_they_expire,
         history_merges_the_published_record_with_uncovered_entries_only,
+        a_history_since_a_mark_holds_only_the_entries_past_it,
         publishing_never_goes_back_and_published_versions_are_immutable,
         garbage_collection_keeps_what_the_published_version_needs,
         a_user_with_only_speed_entries_has_no_record,
@@ -62,6 +63,13 @@ where
         the_batch_checkpoint_is_saved_replaced_and_cleared,
         a_claimed_checkpoint_is_shared_and_shares_are_listed_per_version,
     );
+    // The one case that needs the store shared (the cache holds it).
+    let (store, guard) = make().await;
+    a_tail_cache_answers_like_a_fresh_read_through_writes_publications_and_erasure(Arc::from(
+        store,
+    ))
+    .await;
+    drop(guard);
 }
 
 /// A view event of `user` with id `id`.
@@ -352,6 +360,142 @@ pub async fn the_index_answers_present_absent_and_retracted(store: &dyn SignalSt
         .await
         .expect("lookup of nothing")
         .is_empty());
+}
+
+pub async fn a_history_since_a_mark_holds_only_the_entries_past_it(store: &dyn SignalStore) {
+    let entries = (0..6)
+        .map(|o| at("u", 0, o))
+        .chain((0..3).map(|o| at("u", 1, o)));
+    store
+        .apply_speed(write(entries.collect(), &[(0, 6), (1, 3)]))
+        .await
+        .expect("apply");
+    let positions = |history: &crate::HistorySince| -> Vec<(Partition, Offset)> {
+        history
+            .entries
+            .iter()
+            .map(|e| (e.partition, e.offset))
+            .collect()
+    };
+    // Nothing published: a mark of no version applies from its frontier.
+    let mark = TailMark {
+        version: None,
+        frontier: [(0, 4)].into_iter().collect(),
+    };
+    let since = store
+        .user_history_since("u", Some(&mark))
+        .await
+        .expect("since");
+    assert!(since.resumed && since.manifest.is_none());
+    assert_eq!(positions(&since), [(0, 4), (0, 5), (1, 0), (1, 1), (1, 2)]);
+
+    store
+        .write_batch(1, vec![("u".into(), record("u", "old"))])
+        .await
+        .expect("write_batch");
+    store
+        .publish(&manifest(1, &[(0, 2), (1, 1)]))
+        .await
+        .expect("publish");
+    // A mark of the published version: past both its frontier and the
+    // manifest's position.
+    let mark = TailMark {
+        version: Some(1),
+        frontier: [(0, 5)].into_iter().collect(),
+    };
+    let since = store
+        .user_history_since("u", Some(&mark))
+        .await
+        .expect("since");
+    assert!(since.resumed);
+    assert_eq!(since.record.as_deref(), Some(&record("u", "old")));
+    assert_eq!(positions(&since), [(0, 5), (1, 1), (1, 2)]);
+    // A mark of another version does not apply: the whole tail comes back.
+    for stale in [None, Some(7)] {
+        let mark = TailMark {
+            version: stale,
+            frontier: [(0, 5), (1, 3)].into_iter().collect(),
+        };
+        let since = store
+            .user_history_since("u", Some(&mark))
+            .await
+            .expect("since");
+        assert!(!since.resumed, "a mark of version {stale:?} over version 1");
+        assert_eq!(
+            positions(&since),
+            [(0, 2), (0, 3), (0, 4), (0, 5), (1, 1), (1, 2)]
+        );
+    }
+}
+
+/// The ids of the events that count in `history`, sorted.
+fn counted_ids(history: crate::ServedHistory) -> Vec<String> {
+    let view = signals_core::UserView::with_tail(history.record, history.tail);
+    let mut ids: Vec<String> = view.events().map(|e| e.event_id.clone()).collect();
+    ids.sort();
+    ids
+}
+
+/// A [`TailCache`] in front of the store answers what a read of the whole
+/// tail does, as the speed layer writes, a version is published, entries
+/// are retracted and the user is erased.
+pub async fn a_tail_cache_answers_like_a_fresh_read_through_writes_publications_and_erasure(
+    store: Arc<dyn SignalStore>,
+) {
+    let serving: Arc<dyn ServingStore> = store.clone();
+    let cached = TailCache::new(serving.clone(), 1 << 20, std::time::Duration::ZERO);
+    let both = |what: &'static str| {
+        let (serving, cached) = (&serving, &cached);
+        async move {
+            let fresh = counted_ids(serving.served_history("u").await.expect("fresh read"));
+            let kept = counted_ids(cached.served_history("u").await.expect("cached read"));
+            assert_eq!(kept, fresh, "{what}");
+            kept
+        }
+    };
+    let mut offset = 0;
+    // Tail events counted after each round: version 1, published after
+    // round 1, covers offsets below 60 and holds one event of its own.
+    for (round, expected) in [40, 80, 61, 101].into_iter().enumerate() {
+        let entries: Vec<PositionedEntry> = (offset..offset + 40).map(|o| at("u", 0, o)).collect();
+        offset += 40;
+        store
+            .apply_speed(write(entries, &[(0, offset)]))
+            .await
+            .expect("apply");
+        assert_eq!(both("after a write").await.len(), expected, "round {round}");
+        assert_eq!(both("read again").await.len(), expected, "round {round}");
+        if round == 1 {
+            store
+                .write_batch(1, vec![("u".into(), record("u", "old"))])
+                .await
+                .expect("write_batch");
+            store
+                .publish(&manifest(1, &[(0, 60)]))
+                .await
+                .expect("publish");
+        }
+    }
+    let retraction = PositionedEntry {
+        user_id: "u".into(),
+        partition: 1,
+        offset: 0,
+        entry: SpeedEntry::Retracted {
+            event_ids: vec!["old".into(), "p0-100".into()],
+        },
+    };
+    store
+        .apply_speed(write(vec![retraction], &[(0, offset), (1, 1)]))
+        .await
+        .expect("apply");
+    let after = both("after a retraction").await;
+    assert_eq!(after.len(), 99);
+    assert!(!after.contains(&"old".to_owned()) && !after.contains(&"p0-100".to_owned()));
+    // The deletion marker reaches the kept tail like any entry.
+    store.erase_user("u", (0, offset)).await.expect("erase");
+    assert!(both("after an erasure").await.is_empty());
+    cached.evict_user("u").await.expect("evict");
+    assert!(both("after eviction").await.is_empty());
 }
 
 pub async fn history_merges_the_published_record_with_uncovered_entries_only(

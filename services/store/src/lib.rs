@@ -38,6 +38,7 @@ pub mod insights;
 pub mod redis_cache;
 #[cfg(feature = "scylla")]
 pub mod scylla;
+mod tail_cache;
 mod types;
 
 #[cfg(any(test, feature = "contract-tests"))]
@@ -50,6 +51,7 @@ use async_trait::async_trait;
 pub use error::StoreError;
 pub use insights::InsightsStore;
 use signals_core::{LogPosition, Offset, Partition, UserRecord};
+pub use tail_cache::TailCache;
 pub use types::*;
 
 /// The wall clock, in epoch milliseconds: when index entries expire.
@@ -120,7 +122,39 @@ pub trait ServingStore: StoreReads {
     }
 
     /// One user's published record and newer speed entries, consistently.
-    async fn user_history(&self, user_id: &str) -> Result<UserHistory, StoreError>;
+    async fn user_history(&self, user_id: &str) -> Result<UserHistory, StoreError> {
+        let history = self.user_history_since(user_id, None).await?;
+        Ok(UserHistory {
+            manifest: history.manifest,
+            record: history.record,
+            speed: history.entries.into_iter().map(|p| p.entry).collect(),
+        })
+    }
+
+    /// One user's published record and the speed entries past `mark`
+    /// (all of them when the mark is `None` or of another version),
+    /// consistently.
+    async fn user_history_since(
+        &self,
+        user_id: &str,
+        mark: Option<&TailMark>,
+    ) -> Result<HistorySince, StoreError>;
+
+    /// One user's record and speed tail, prepared for reads. A
+    /// [`TailCache`] in front of the store extends a kept tail with the
+    /// entries made durable since the last read instead.
+    async fn served_history(&self, user_id: &str) -> Result<ServedHistory, StoreError> {
+        let history = self.user_history_since(user_id, None).await?;
+        let tail = signals_core::SpeedTail::from_entries(
+            history.record.as_deref(),
+            history.entries.into_iter().map(|p| p.entry),
+        );
+        Ok(ServedHistory {
+            manifest: history.manifest,
+            record: history.record,
+            tail,
+        })
+    }
 
     /// A part that is down without making answers wrong (a cache), if any.
     async fn degraded(&self) -> Option<String> {

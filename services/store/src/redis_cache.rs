@@ -47,8 +47,8 @@ use crate::breaker::{Admission, Breaker};
 use crate::cache::RecordCache;
 use crate::codec;
 use crate::{
-    BatchManifest, IndexEntry, PositionedEntry, ServingStore, SpeedProgress, StoreError,
-    StoreReads, UserHistory,
+    BatchManifest, HistorySince, IndexEntry, PositionedEntry, ServingStore, SpeedProgress,
+    StoreError, StoreReads, TailMark,
 };
 
 /// Cached for "no record"; never a first byte of [`codec`]'s values.
@@ -403,21 +403,27 @@ impl ServingStore for CachedStore {
         self.inner.serving_manifest().await
     }
 
-    async fn user_history(&self, user_id: &str) -> Result<UserHistory, StoreError> {
+    async fn user_history_since(
+        &self,
+        user_id: &str,
+        mark: Option<&TailMark>,
+    ) -> Result<HistorySince, StoreError> {
         // One manifest for the whole answer, and a cheap one: reading the
         // published pointer on every answer (twice, once more in
         // `batch_record`) cost more round trips than the answer's own reads.
         let Some(manifest) = self.inner.serving_manifest().await? else {
-            return self.inner.user_history(user_id).await;
+            return self.inner.user_history_since(user_id, mark).await;
         };
-        let (record, speed) = tokio::join!(
+        let (from, resumed) = TailMark::read_from(mark, Some(&manifest));
+        let (record, entries) = tokio::join!(
             self.record_of(&manifest, user_id),
-            self.inner.speed_entries(user_id, &manifest.position)
+            self.inner.speed_entries(user_id, &from)
         );
-        Ok(UserHistory {
+        Ok(HistorySince {
             manifest: Some(manifest),
             record: record?,
-            speed: speed?.into_iter().map(|p| p.entry).collect(),
+            entries: entries?,
+            resumed,
         })
     }
 
@@ -583,8 +589,12 @@ mod tests {
             self.cache.serving_manifest().await
         }
 
-        async fn user_history(&self, user_id: &str) -> Result<UserHistory, StoreError> {
-            self.cache.user_history(user_id).await
+        async fn user_history_since(
+            &self,
+            user_id: &str,
+            mark: Option<&TailMark>,
+        ) -> Result<HistorySince, StoreError> {
+            self.cache.user_history_since(user_id, mark).await
         }
 
         async fn degraded(&self) -> Option<String> {

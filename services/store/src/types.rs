@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 pub use signals_core::IndexEntry;
-use signals_core::{LogPosition, Offset, Partition, SpeedEntry, UserRecord};
+use signals_core::{LogPosition, Offset, Partition, SpeedEntry, SpeedTail, UserRecord};
 use signals_schemas::Millis;
 
 /// The speed layer's durable progress.
@@ -100,6 +100,58 @@ pub struct UserHistory {
     pub record: Option<Arc<UserRecord>>,
     /// Entries at or after the manifest's position, ordered by (partition, offset).
     pub speed: Vec<SpeedEntry>,
+}
+
+/// How far a reader already holds a user's speed entries: everything that
+/// `frontier` covers, over the manifest of `version` (`None`: nothing was
+/// published). A store asked for a history since a mark returns only the
+/// entries past it, as long as the mark's version is still the published one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TailMark {
+    pub version: Option<u64>,
+    pub frontier: LogPosition,
+}
+
+impl TailMark {
+    /// Where to read `manifest`'s speed entries from given `mark`, and
+    /// whether the mark applies (same version): its frontier, but never
+    /// before the manifest's position.
+    pub fn read_from(
+        mark: Option<&TailMark>,
+        manifest: Option<&BatchManifest>,
+    ) -> (LogPosition, bool) {
+        let mut from = manifest.map(|m| m.position.clone()).unwrap_or_default();
+        match mark {
+            Some(mark) if mark.version == manifest.map(|m| m.version) => {
+                for (partition, next) in mark.frontier.iter() {
+                    from.advance(partition, next);
+                }
+                (from, true)
+            }
+            _ => (from, false),
+        }
+    }
+}
+
+/// One user's history past a [`TailMark`].
+#[derive(Clone, Debug, Default)]
+pub struct HistorySince {
+    pub manifest: Option<Arc<BatchManifest>>,
+    pub record: Option<Arc<UserRecord>>,
+    /// Entries past the mark's frontier (or, when it did not apply, at or
+    /// after the manifest's position), ordered by (partition, offset).
+    pub entries: Vec<PositionedEntry>,
+    /// Whether the mark applied: `false` means `entries` is the whole tail.
+    pub resumed: bool,
+}
+
+/// One user's data prepared for a read: the published record and the speed
+/// tail since it.
+#[derive(Clone, Debug, Default)]
+pub struct ServedHistory {
+    pub manifest: Option<Arc<BatchManifest>>,
+    pub record: Option<Arc<UserRecord>>,
+    pub tail: SpeedTail,
 }
 
 /// What garbage collection removed.

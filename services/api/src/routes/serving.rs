@@ -212,9 +212,9 @@ pub(crate) async fn answer(
     speed: &signals_store::SpeedProgress,
     end: &LogEnd,
 ) -> Result<SignalsResponse, ApiError> {
-    let history = state.store.user_history(&user_id).await?;
+    let history = state.store.served_history(&user_id).await?;
     let manifest = history.manifest.clone();
-    let view = UserView::merge(history.record, history.speed);
+    let view = UserView::with_tail(history.record, history.tail);
     let (values, stale) = view.evaluate(definitions, at);
     let lag = speed.position.lag_behind(&end.position);
     let now = now_millis();
@@ -393,8 +393,8 @@ pub async fn activity(
             "`limit` = {limit} must be between 1 and {MAX_ACTIVITY_LIMIT}"
         )));
     }
-    let history = state.store.user_history(&user_id).await?;
-    let view = UserView::merge(history.record, history.speed);
+    let history = state.store.served_history(&user_id).await?;
+    let view = UserView::with_tail(history.record, history.tail);
     let events = view
         .activity(types, since, until, limit)
         .iter()

@@ -7,11 +7,16 @@ use signals_core::{LogPosition, UserRecord};
 
 use super::tables::{BATCH, META, PUBLISHED_KEY, SPEED};
 use super::{codec, engine, keys, speed, Inner};
-use crate::{BatchManifest, PositionedEntry, StoreError, UserHistory};
+use crate::{BatchManifest, HistorySince, PositionedEntry, StoreError, TailMark};
 
 impl Inner {
-    /// `user`'s published record and uncovered speed entries, from one read transaction.
-    pub(super) fn user_history(&self, user: &str) -> Result<UserHistory, StoreError> {
+    /// `user`'s published record and the speed entries past `mark`, from
+    /// one read transaction.
+    pub(super) fn user_history(
+        &self,
+        user: &str,
+        mark: Option<&TailMark>,
+    ) -> Result<HistorySince, StoreError> {
         let (txn, manifest) = self.snapshot()?;
         let record = match &manifest {
             Some(manifest) => match self.records.get(manifest.version, user) {
@@ -23,14 +28,18 @@ impl Inner {
             },
             None => None,
         };
-        history(&txn, user, manifest, record)
+        history(&txn, user, manifest, record, mark)
     }
 
     /// [`Self::user_history`] if a version is published and the user's
     /// record of it is decoded in memory already; `None` otherwise (reading
     /// and decoding the record, or, with nothing published, scanning the
     /// user's whole history, belongs on the blocking pool).
-    pub(super) fn warm_user_history(&self, user: &str) -> Result<Option<UserHistory>, StoreError> {
+    pub(super) fn warm_user_history(
+        &self,
+        user: &str,
+        mark: Option<&TailMark>,
+    ) -> Result<Option<HistorySince>, StoreError> {
         let (txn, manifest) = self.snapshot()?;
         let Some(record) = manifest
             .as_ref()
@@ -38,7 +47,7 @@ impl Inner {
         else {
             return Ok(None);
         };
-        history(&txn, user, manifest, Some(record)).map(Some)
+        history(&txn, user, manifest, Some(record), mark).map(Some)
     }
 
     /// A read snapshot and the manifest published in it.
@@ -127,19 +136,22 @@ impl Inner {
     }
 }
 
-/// The history of `user` given their record: the speed entries the
-/// manifest's position does not cover, from the same snapshot.
+/// The history of `user` given their record: the speed entries past `mark`
+/// (at least the manifest's position), from the same snapshot.
 fn history(
     txn: &ReadTransaction,
     user: &str,
     manifest: Option<Arc<BatchManifest>>,
     record: Option<Arc<UserRecord>>,
-) -> Result<UserHistory, StoreError> {
+    mark: Option<&TailMark>,
+) -> Result<HistorySince, StoreError> {
     let speed_table = txn.open_table(SPEED).map_err(engine("open table speed"))?;
-    let speed = speed::read_tail(&speed_table, user, manifest.as_ref().map(|m| &m.position))?;
-    Ok(UserHistory {
+    let (from, resumed) = TailMark::read_from(mark, manifest.as_deref());
+    let entries = speed::read_tail(&speed_table, user, Some(&from))?;
+    Ok(HistorySince {
         manifest,
         record,
-        speed: speed.into_iter().map(|p| p.entry).collect(),
+        entries,
+        resumed,
     })
 }

@@ -77,9 +77,9 @@ use tracing::info;
 use crate::cache::{ManifestCache, RecordCache};
 use crate::codec;
 use crate::{
-    BatchCheckpoint, BatchManifest, BatchPart, BatchStore, GarbageStats, IndexEntry,
+    BatchCheckpoint, BatchManifest, BatchPart, BatchStore, GarbageStats, HistorySince, IndexEntry,
     PositionedEntry, ServingStore, SpeedProgress, SpeedStore, SpeedWrite, StoreError, StoreReads,
-    UserHistory,
+    TailMark,
 };
 
 /// Tuning of an [`EmbeddedStore`].
@@ -239,18 +239,21 @@ impl SpeedStore for EmbeddedStore {
 
 #[async_trait]
 impl ServingStore for EmbeddedStore {
-    async fn user_history(&self, user_id: &str) -> Result<UserHistory, StoreError> {
+    async fn user_history_since(
+        &self,
+        user_id: &str,
+        mark: Option<&TailMark>,
+    ) -> Result<HistorySince, StoreError> {
         // A warm read is a read transaction and a scan of the speed tail
-        // since the published version: microseconds for a typical user,
-        // cheaper here than the hop to the blocking pool and back (a sixth
-        // of serving's time), and a heavy user's tail costs less to decode
-        // than the evaluation that follows on this task anyway. Reading and
-        // decoding a record from the file goes to the pool.
-        if let Some(history) = self.inner.warm_user_history(user_id)? {
+        // past the mark: microseconds for a typical user, cheaper here than
+        // the hop to the blocking pool and back (a sixth of serving's time).
+        // Reading and decoding a record from the file goes to the pool.
+        if let Some(history) = self.inner.warm_user_history(user_id, mark)? {
             return Ok(history);
         }
-        let user = user_id.to_owned();
-        self.blocking(move |inner| inner.user_history(&user)).await
+        let (user, mark) = (user_id.to_owned(), mark.cloned());
+        self.blocking(move |inner| inner.user_history(&user, mark.as_ref()))
+            .await
     }
 }
 

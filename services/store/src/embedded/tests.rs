@@ -458,8 +458,8 @@ async fn embedded_figures() {
     ] {
         let started = Instant::now();
         for user in users(range.clone()) {
-            let history = store.inner.user_history(&user).expect("history");
-            assert_eq!(history.speed.len(), ROUNDS as usize);
+            let history = store.inner.user_history(&user, None).expect("history");
+            assert_eq!(history.entries.len(), ROUNDS as usize);
         }
         report(label, started, (range.end - range.start) as usize);
     }

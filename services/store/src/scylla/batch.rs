@@ -14,7 +14,7 @@ use super::driver;
 use super::speed::non_empty;
 use super::store::Inner;
 pub(super) use crate::types::refuse_backwards;
-use crate::{BatchManifest, StoreError, UserHistory};
+use crate::{BatchManifest, HistorySince, StoreError, TailMark};
 
 /// Conditional writes `publish` tries before giving up on a contended pointer.
 const PUBLISH_ATTEMPTS: usize = 5;
@@ -233,21 +233,27 @@ impl Inner {
         Ok(Some(Arc::new(record)))
     }
 
-    /// `user`'s published record and uncovered speed entries, for one
-    /// manifest: the two partition reads run concurrently.
-    pub(super) async fn user_history(&self, user: &str) -> Result<UserHistory, StoreError> {
+    /// `user`'s published record and the speed entries past `mark`, for
+    /// one manifest: the two partition reads run concurrently.
+    pub(super) async fn user_history(
+        &self,
+        user: &str,
+        mark: Option<&TailMark>,
+    ) -> Result<HistorySince, StoreError> {
         let manifest = self.serving_manifest().await?;
-        let (record, speed) = match &manifest {
+        let (from, resumed) = TailMark::read_from(mark, manifest.as_deref());
+        let (record, entries) = match &manifest {
             Some(m) => futures::try_join!(
                 self.batch_record(m.version, user),
-                self.speed_entries(user, Some(&m.position))
+                self.speed_entries(user, Some(&from))
             )?,
-            None => (None, self.speed_entries(user, None).await?),
+            None => (None, self.speed_entries(user, Some(&from)).await?),
         };
-        Ok(UserHistory {
+        Ok(HistorySince {
             manifest,
             record,
-            speed: speed.into_iter().map(|p| p.entry).collect(),
+            entries,
+            resumed,
         })
     }
 }

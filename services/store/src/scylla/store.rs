@@ -26,9 +26,9 @@ use super::config::ScyllaOptions;
 use super::driver;
 use super::schema::{self, Statements};
 use crate::{
-    BatchCheckpoint, BatchManifest, BatchPart, BatchStore, GarbageStats, IndexEntry,
+    BatchCheckpoint, BatchManifest, BatchPart, BatchStore, GarbageStats, HistorySince, IndexEntry,
     PositionedEntry, ServingStore, SpeedProgress, SpeedStore, SpeedWrite, StoreError, StoreReads,
-    UserHistory,
+    TailMark,
 };
 
 /// The [`SignalStore`](crate::SignalStore) on a ScyllaDB (or Cassandra) cluster. Cheap to clone.
@@ -246,8 +246,12 @@ impl ServingStore for ScyllaStore {
         self.inner.serving_manifest().await
     }
 
-    async fn user_history(&self, user_id: &str) -> Result<UserHistory, StoreError> {
-        self.inner.user_history(user_id).await
+    async fn user_history_since(
+        &self,
+        user_id: &str,
+        mark: Option<&TailMark>,
+    ) -> Result<HistorySince, StoreError> {
+        self.inner.user_history(user_id, mark).await
     }
 }
 

@@ -1,0 +1,289 @@
+//! Serving's speed tails, kept between reads.
+//!
+//! Between batch runs a popular user's speed tail grows to thousands of
+//! entries, and those users are read most. Reading, decoding and folding
+//! the whole tail on every read made their reads the slowest ones.
+//! [`TailCache`] keeps each user's [`SpeedTail`] (sorted, tiled runs) with
+//! the log position up to which it holds every entry, and asks the store
+//! only for the entries past it ([`ServingStore::user_history_since`]).
+//!
+//! Correct by construction:
+//!
+//! * **Complete up to the frontier.** The frontier moves only up to the
+//!   speed layer's recorded progress, read *before* the entries: progress
+//!   is recorded once a write is durable, so every entry below it was in
+//!   the store when the entries were read. Entries past it (a write still
+//!   landing, on CQL row by row) are used for this read only and read
+//!   again next time. A progress reading of any age is a lower bound, so
+//!   it is refreshed at most every `progress_refresh`.
+//! * **One version.** A kept tail belongs to the published version it was
+//!   read over; a new version starts a new tail from its position (and
+//!   garbage collection keeps the entries of the version in use).
+//! * **Erasure.** An erased user's deletion marker is a speed entry at or
+//!   past the published position, so it reaches the kept tail like any
+//!   other entry; [`ServingStore::evict_user`] also drops the tail at once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use signals_core::{LogPosition, SpeedTail, UserRecord};
+use tracing::debug;
+
+use crate::cache::VersionedCache;
+use crate::{
+    BatchManifest, HistorySince, IndexEntry, PositionedEntry, ServedHistory, ServingStore,
+    SpeedProgress, StoreError, StoreReads, TailMark,
+};
+
+/// What one kept event weighs, roughly, decoded and in its run's tiles.
+const EVENT_WEIGHT: usize = 384;
+
+/// A serving store that keeps users' speed tails between reads.
+pub struct TailCache {
+    inner: Arc<dyn ServingStore>,
+    tails: VersionedCache<KeptTail>,
+    progress: ProgressReading,
+}
+
+/// A user's tail over one version, complete up to `frontier`.
+struct KeptTail {
+    version: Option<u64>,
+    frontier: LogPosition,
+    tail: SpeedTail,
+}
+
+/// The speed layer's progress as last read: a lower bound of what is durable.
+struct ProgressReading {
+    refresh: Duration,
+    last: Mutex<Option<(Instant, LogPosition)>>,
+    refreshing: tokio::sync::Mutex<()>,
+}
+
+impl TailCache {
+    /// Keeps tails of about `budget` bytes in front of `inner`, reading the
+    /// speed layer's progress at most every `progress_refresh`.
+    pub fn new(
+        inner: Arc<dyn ServingStore>,
+        budget: usize,
+        progress_refresh: Duration,
+    ) -> TailCache {
+        TailCache {
+            inner,
+            tails: VersionedCache::new(budget),
+            progress: ProgressReading {
+                refresh: progress_refresh,
+                last: Mutex::new(None),
+                refreshing: tokio::sync::Mutex::new(()),
+            },
+        }
+    }
+
+    /// Everything before this position is durable in the store.
+    async fn durable(&self) -> LogPosition {
+        let last = self
+            .progress
+            .last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some((at, position)) = &last {
+            if at.elapsed() < self.progress.refresh {
+                return position.clone();
+            }
+        }
+        // One reader refreshes; the others go on with the older reading,
+        // which is still a lower bound.
+        let stale = || last.as_ref().map(|(_, p)| p.clone()).unwrap_or_default();
+        let Ok(_refreshing) = self.progress.refreshing.try_lock() else {
+            return stale();
+        };
+        match self.inner.speed_progress().await {
+            Ok(progress) => {
+                *self
+                    .progress
+                    .last
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) =
+                    Some((Instant::now(), progress.position.clone()));
+                progress.position
+            }
+            Err(error) => {
+                // Nothing is wrong with a tail that stops growing for a
+                // while: entries past it are read on every request.
+                debug!(%error, "cannot read the speed layer's progress");
+                stale()
+            }
+        }
+    }
+}
+
+/// The cache's key for a version: `None` (nothing published) below all.
+fn slot_version(version: Option<u64>) -> u64 {
+    version.map_or(0, |v| v.saturating_add(1))
+}
+
+#[async_trait]
+impl StoreReads for TailCache {
+    async fn speed_progress(&self) -> Result<SpeedProgress, StoreError> {
+        self.inner.speed_progress().await
+    }
+
+    async fn lookup_events(
+        &self,
+        event_ids: &[String],
+    ) -> Result<HashMap<String, IndexEntry>, StoreError> {
+        self.inner.lookup_events(event_ids).await
+    }
+
+    async fn published(&self) -> Result<Option<BatchManifest>, StoreError> {
+        self.inner.published().await
+    }
+
+    async fn batch_record(
+        &self,
+        version: u64,
+        user_id: &str,
+    ) -> Result<Option<Arc<UserRecord>>, StoreError> {
+        self.inner.batch_record(version, user_id).await
+    }
+
+    async fn speed_entries(
+        &self,
+        user_id: &str,
+        from: &LogPosition,
+    ) -> Result<Vec<PositionedEntry>, StoreError> {
+        self.inner.speed_entries(user_id, from).await
+    }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        self.inner.check().await
+    }
+}
+
+#[async_trait]
+impl ServingStore for TailCache {
+    async fn serving_manifest(&self) -> Result<Option<Arc<BatchManifest>>, StoreError> {
+        self.inner.serving_manifest().await
+    }
+
+    async fn user_history_since(
+        &self,
+        user_id: &str,
+        mark: Option<&TailMark>,
+    ) -> Result<HistorySince, StoreError> {
+        self.inner.user_history_since(user_id, mark).await
+    }
+
+    async fn served_history(&self, user_id: &str) -> Result<ServedHistory, StoreError> {
+        let durable = self.durable().await;
+        let kept = self.tails.latest(user_id);
+        let mark = kept.as_ref().map(|k| TailMark {
+            version: k.version,
+            frontier: k.frontier.clone(),
+        });
+        let history = self
+            .inner
+            .user_history_since(user_id, mark.as_ref())
+            .await?;
+        let version = history.manifest.as_ref().map(|m| m.version);
+        let (from, _) = TailMark::read_from(mark.as_ref(), history.manifest.as_deref());
+        let base = match &kept {
+            Some(kept) if history.resumed => kept.tail.clone(),
+            _ => SpeedTail::default(),
+        };
+        let (settled, landing): (Vec<PositionedEntry>, Vec<PositionedEntry>) = history
+            .entries
+            .into_iter()
+            .partition(|e| durable.covers(e.partition, e.offset));
+        let record = history.record.as_deref();
+        let mut frontier = from;
+        for (partition, next) in durable.iter() {
+            frontier.advance(partition, next);
+        }
+        let moved = !history.resumed
+            || !settled.is_empty()
+            || kept.as_ref().is_none_or(|k| k.frontier != frontier);
+        let tail = if settled.is_empty() {
+            base
+        } else {
+            base.extended(record, settled.into_iter().map(|e| e.entry))
+        };
+        if moved {
+            let weight = EVENT_WEIGHT * (tail.len() + 1);
+            let kept = KeptTail {
+                version,
+                frontier,
+                tail: tail.clone(),
+            };
+            self.tails
+                .insert(slot_version(version), user_id, Arc::new(kept), weight);
+        }
+        let tail = if landing.is_empty() {
+            tail
+        } else {
+            tail.extended(record, landing.into_iter().map(|e| e.entry))
+        };
+        Ok(ServedHistory {
+            manifest: history.manifest,
+            record: history.record,
+            tail,
+        })
+    }
+
+    async fn degraded(&self) -> Option<String> {
+        self.inner.degraded().await
+    }
+
+    async fn evict_user(&self, user_id: &str) -> Result<(), StoreError> {
+        self.tails.remove(user_id);
+        self.inner.evict_user(user_id).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::{at, write};
+    use crate::embedded::EmbeddedStore;
+    use crate::SpeedStore;
+
+    fn ids(history: ServedHistory) -> Vec<String> {
+        let view = signals_core::UserView::with_tail(history.record, history.tail);
+        let mut ids: Vec<String> = view.events().map(|e| e.event_id.clone()).collect();
+        ids.sort();
+        ids
+    }
+
+    #[tokio::test]
+    async fn entries_past_the_recorded_progress_count_but_are_read_again() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(EmbeddedStore::open(&dir.path().join("store.redb")).expect("opens"));
+        let cached = TailCache::new(store.clone(), 1 << 20, Duration::ZERO);
+        // A write whose progress stops short of its entries, as a CQL
+        // reader sees a write still landing: offsets 20..40 are not settled.
+        let entries = (0..40).map(|o| at("u", 0, o)).collect();
+        store
+            .apply_speed(write(entries, &[(0, 20)]))
+            .await
+            .expect("apply");
+        let first = ids(cached.served_history("u").await.expect("read"));
+        assert_eq!(first.len(), 40, "landing entries count in this answer");
+        let kept = cached.tails.latest("u").expect("kept");
+        assert_eq!(kept.frontier.next(0), 20, "but are not kept");
+        assert_eq!(kept.tail.len(), 20);
+
+        let entries = (40..50).map(|o| at("u", 0, o)).collect();
+        store
+            .apply_speed(write(entries, &[(0, 50)]))
+            .await
+            .expect("apply");
+        let second = ids(cached.served_history("u").await.expect("read"));
+        let mut expected: Vec<String> = (0..50).map(|o| format!("p0-{o}")).collect();
+        expected.sort();
+        assert_eq!(second, expected, "each entry once");
+        let kept = cached.tails.latest("u").expect("kept");
+        assert_eq!((kept.frontier.next(0), kept.tail.len()), (50, 50));
+    }
+}
