@@ -275,8 +275,8 @@ impl InsightsWorker {
         let definitions = self.segment_definitions();
         let mut updates = Vec::new();
         for user in users {
-            let history = self.store.user_history(&user).await?;
-            let view = UserView::merge(history.record, history.speed);
+            let history = self.store.served_history(&user).await?;
+            let view = UserView::with_tail(history.record, history.tail);
             let previous = recorded.get(&user).cloned();
             let before = previous
                 .as_ref()
