@@ -22,7 +22,8 @@
 //! record already holds does not count twice.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, OnceLock};
 
 use signals_schemas::{Event, Millis};
 
@@ -223,15 +224,54 @@ impl SpeedTail {
 /// Drops from `events` the ids `batch` holds: the speed layer already drops
 /// ids it saw, this guards the handoff against one that reached both layers.
 fn drop_batch_ids(batch: &UserRecord, events: &mut Vec<Event>) {
-    let ids: HashSet<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
-    let in_batch: HashSet<String> = batch
-        .events
-        .iter()
-        .filter(|e| ids.contains(e.event_id.as_str()))
-        .map(|e| e.event_id.clone())
-        .collect();
-    if !in_batch.is_empty() {
-        events.retain(|e| !in_batch.contains(&e.event_id));
+    events.retain(|e| !batch.ids.contains(&batch.events, &e.event_id));
+}
+
+/// Which ids a record's events hold: their hashes, sorted, built on first
+/// use (derived from the events like tiles, never stored). A lookup is a
+/// binary search, and a scan of the events only when the hash is there: an
+/// extension of a heavy user's tail costs O(k log n), not a pass over the
+/// record.
+#[derive(Default)]
+pub struct EventIds(OnceLock<Vec<u64>>);
+
+impl EventIds {
+    /// Whether `events` (the record the digest is of) holds `id`.
+    pub fn contains(&self, events: &[Event], id: &str) -> bool {
+        let hashes = self.0.get_or_init(|| {
+            let mut hashes: Vec<u64> = events.iter().map(|e| id_hash(&e.event_id)).collect();
+            hashes.sort_unstable();
+            hashes
+        });
+        hashes.binary_search(&id_hash(id)).is_ok() && events.iter().any(|e| e.event_id == id)
+    }
+}
+
+fn id_hash(id: &str) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    id.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Derived from the events: a copy starts without it.
+impl Clone for EventIds {
+    fn clone(&self) -> Self {
+        EventIds::default()
+    }
+}
+
+/// Derived from the events: never makes two records differ.
+impl PartialEq for EventIds {
+    fn eq(&self, _: &EventIds) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for EventIds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventIds")
+            .field("built", &self.0.get().map(Vec::len))
+            .finish()
     }
 }
 

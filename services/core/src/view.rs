@@ -21,7 +21,7 @@ use signals_schemas::{Event, Millis};
 
 use crate::aggregate::State;
 use crate::definition::{Definitions, EventTypes, SignalDefinition, Window};
-use crate::tail::SpeedTail;
+use crate::tail::{EventIds, SpeedTail};
 use crate::tiles::{DefinitionTiles, Tiles};
 
 /// Pre-aggregated state of one lifetime signal over events older than the
@@ -48,6 +48,9 @@ pub struct UserRecord {
     /// Blocks of `events` per definition, built on first read, never stored.
     #[serde(skip)]
     pub tiles: Tiles,
+    /// Which ids `events` holds, built on first use, never stored.
+    #[serde(skip)]
+    pub ids: EventIds,
 }
 
 impl UserRecord {
@@ -74,6 +77,7 @@ impl UserRecord {
             events: recent,
             deleted: false,
             tiles: Tiles::default(),
+            ids: EventIds::default(),
         }
     }
 

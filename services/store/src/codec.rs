@@ -96,6 +96,7 @@ pub fn decode_record(
                 events: old.events,
                 deleted: false,
                 tiles: Default::default(),
+                ids: Default::default(),
             })
         }
         Some((format, _)) => Err(StoreError::Corrupt(format!(

@@ -132,6 +132,7 @@ pub fn record(user: &str, id: &str) -> UserRecord {
         events: vec![event(id, user, 1)],
         deleted: false,
         tiles: Default::default(),
+        ids: Default::default(),
     }
 }
 
