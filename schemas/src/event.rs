@@ -16,6 +16,15 @@ use serde::{Deserialize, Serialize};
 /// Epoch milliseconds, UTC.
 pub type Millis = i64;
 
+/// The wall clock in [`Millis`]: the one reading every part of the
+/// platform takes (acceptance times, index expiry, serving's default `at`).
+pub fn now_millis() -> Millis {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Millis::try_from(since_epoch.as_millis()).unwrap_or(Millis::MAX)
+}
+
 /// The kinds of user action the platform understands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

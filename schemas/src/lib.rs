@@ -21,6 +21,8 @@ pub mod segment_change;
 pub mod testing;
 
 pub use avro::{decode, encode, DecodeError};
-pub use event::{Event, EventType, LogRecord, Millis, RecordBody, Retraction, UserDeletion};
+pub use event::{
+    now_millis, Event, EventType, LogRecord, Millis, RecordBody, Retraction, UserDeletion,
+};
 pub use json::{parse_events, parse_retraction, to_json, BodyError};
 pub use rules::EventError;

@@ -3,9 +3,7 @@
 use chrono::DateTime;
 use signals_schemas::Millis;
 
-pub fn now_millis() -> Millis {
-    chrono::Utc::now().timestamp_millis()
-}
+pub use signals_schemas::now_millis;
 
 /// Largest epoch milliseconds accepted (18 digits, as the API document
 /// states): far beyond any real time, and always an `i64`.

@@ -146,6 +146,4 @@ pub fn json_batch(events: &[Event]) -> Vec<u8> {
     serde_json::to_vec(&values).unwrap_or_default()
 }
 
-pub fn now_millis() -> Millis {
-    chrono::Utc::now().timestamp_millis()
-}
+pub use signals_schemas::now_millis;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use signals_core::{Definitions, LogPosition, Segments, SignalDefinition, UserView};
 use signals_log::{EventLog, LogError};
-use signals_schemas::{Millis, RecordBody};
+use signals_schemas::{now_millis, Millis, RecordBody};
 use signals_store::insights::{
     Change, FeedEntry, InsightsProgress, Membership, MembershipUpdate, Transition,
 };
@@ -102,14 +102,6 @@ pub struct InsightsWorker {
     pub segments: Arc<Segments>,
     pub sink: Option<Arc<dyn ChangeSink>>,
     pub options: InsightsOptions,
-}
-
-fn now_millis() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| {
-            Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX)
-        })
 }
 
 impl InsightsWorker {

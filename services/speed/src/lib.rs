@@ -330,9 +330,7 @@ impl SpeedLayer {
     /// entry that would make one of them a copy may be gone already, so it
     /// may count here until the next batch run decides it from the log.
     fn note_beyond_grace(&self, records: &[plan::Decoded]) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let now = signals_schemas::now_millis();
         let grace = self.options.deduplication.grace;
         let late = records
             .iter()

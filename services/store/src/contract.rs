@@ -282,7 +282,7 @@ fn seen(user: &str) -> IndexEntry {
 /// The index forgets an entry once its expiry is past (CQL: its time to
 /// live; the embedded store: garbage collection), and only then.
 pub async fn index_entries_go_once_they_expire(store: &dyn SignalStore) {
-    let now = crate::now_millis();
+    let now = signals_schemas::now_millis();
     let expiring = |expires_at| IndexEntry {
         expires_at,
         ..seen("u")

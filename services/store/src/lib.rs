@@ -54,14 +54,6 @@ use signals_core::{LogPosition, Offset, Partition, UserRecord};
 pub use tail_cache::TailCache;
 pub use types::*;
 
-/// The wall clock, in epoch milliseconds: when index entries expire.
-pub(crate) fn now_millis() -> signals_schemas::Millis {
-    let since_epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
-}
-
 /// Reads of stored data that several roles make: the speed layer's
 /// progress, the event index, the published version and its records, a
 /// user's speed entries, and whether the store answers.

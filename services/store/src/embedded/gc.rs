@@ -24,7 +24,7 @@ impl Inner {
         covered: &LogPosition,
         keep_version: u64,
     ) -> Result<GarbageStats, StoreError> {
-        let index_entries = self.collect_index(crate::now_millis())?;
+        let index_entries = self.collect_index(signals_schemas::now_millis())?;
         let Some(published) = self.published()? else {
             return Ok(GarbageStats {
                 index_entries,

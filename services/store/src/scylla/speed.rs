@@ -90,7 +90,7 @@ impl Inner {
                 rows: entries,
             });
         }
-        let now = crate::now_millis();
+        let now = signals_schemas::now_millis();
         let mut index_rows = Vec::with_capacity(write.index.len());
         for (event_id, entry) in &write.index {
             non_empty(event_id, "event id")?;
