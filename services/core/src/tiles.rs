@@ -18,8 +18,10 @@
 //! Blocks by count rather than by time bucket: a heavy user's hour holds
 //! thousands of events, a light user's day a handful, and a block's cost is
 //! what it holds. Map-valued states (last-k, sets, top-k, distinct, sessions)
-//! start at 512 events a block and keep few running states: their blocks
-//! weigh kilobytes, and memory beside the record stays a fraction of it.
+//! start at 128 events a block, leave out levels of more than 2,048 blocks
+//! (a record of millions starts at 512) and keep few running states: their
+//! blocks weigh kilobytes, and memory beside the record stays a fraction of
+//! it.
 //! Tiles are derived data: built on a record's first read per definition,
 //! kept beside the decoded record in the store's record cache, never stored.
 //! Records too small for tiles to pay keep the plain fold.
@@ -45,16 +47,21 @@ pub struct TileShape {
     /// blocks (fixed-size states / the others).
     pub max_prefixes: usize,
     pub max_map_prefixes: usize,
+    /// A level of map-valued states with more blocks than this is left
+    /// out: fine blocks pay for a record of thousands of events (edges of
+    /// at most 127 events, not 511), not for one of millions.
+    pub max_map_blocks: usize,
 }
 
 impl Default for TileShape {
     fn default() -> Self {
         TileShape {
             sizes: vec![64, 512, 4096, 32_768, 262_144],
-            map_sizes: vec![512, 4096, 32_768, 262_144],
+            map_sizes: vec![128, 512, 4096, 32_768, 262_144],
             min_events: 1024,
             max_prefixes: 2048,
             max_map_prefixes: 64,
+            max_map_blocks: 2048,
         }
     }
 }
@@ -100,7 +107,11 @@ impl DefinitionTiles {
             &shape.sizes
         };
         let mut levels: Vec<(usize, Vec<State>)> = Vec::new();
-        for &size in sizes.iter().filter(|&&s| s > 0 && s <= events.len()) {
+        let fits = |size: usize| !grows || events.len() / size <= shape.max_map_blocks;
+        for &size in sizes
+            .iter()
+            .filter(|&&s| s > 0 && s <= events.len() && fits(s))
+        {
             let states = match levels.last() {
                 // A block of this level merges whole blocks of the one below.
                 Some((below, below_states)) if size % below == 0 => below_states
@@ -388,6 +399,7 @@ mod tests {
             from in -10i64..210,
             width in 0i64..220,
             prefixes in 0usize..40,
+            max_blocks in 0usize..40,
         ) {
             let until = from + width;
             let sizes = vec![base, base * fan_out, base * fan_out * fan_out];
@@ -397,6 +409,7 @@ mod tests {
                 min_events: 0,
                 max_prefixes: prefixes,
                 max_map_prefixes: prefixes,
+                max_map_blocks: max_blocks,
             };
             let mut events = events;
             events.sort_by_key(|e| std::cmp::Reverse(e.event_time));
@@ -435,6 +448,7 @@ mod tests {
             min_events,
             max_prefixes: 4,
             max_map_prefixes: 4,
+            max_map_blocks: usize::MAX,
         };
         assert!(Tiles::with_shape(shape(9))
             .for_definition(recent, &events)

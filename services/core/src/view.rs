@@ -494,6 +494,7 @@ mod tests {
                 min_events: 0,
                 max_prefixes: 4,
                 max_map_prefixes: 2,
+                max_map_blocks: 6,
             });
             let plain = record(crate::tiles::TileShape { min_events: usize::MAX, ..Default::default() });
             let with_tiles = UserView::merge(Some(tiled), speed.clone()).evaluate(&all, at);
