@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use signals_core::view::BaseState;
-use signals_core::{IndexEntry, UserRecord};
+use signals_core::{IndexEntry, Offset, SpeedEntry, UserRecord};
 use signals_schemas::{Event, Millis};
 
 use crate::StoreError;
@@ -110,6 +110,65 @@ pub fn decode_record(
     }
 }
 
+/// The format byte of a coalesced run of one user's speed entries (the
+/// embedded store's `speed` values): their offsets ascending, each with its
+/// entry. A value behind [`FORMAT`] there is a single entry, as layout 1
+/// wrote one per row.
+pub const CHUNK_FORMAT: u8 = 4;
+
+/// Encodes one user's entries of one partition, offsets ascending.
+pub fn encode_chunk(entries: &[(Offset, &SpeedEntry)]) -> Result<Vec<u8>, StoreError> {
+    postcard::to_extend(entries, vec![CHUNK_FORMAT])
+        .map_err(|e| StoreError::Backend(format!("cannot encode speed entries: {e}")))
+}
+
+/// Decodes what [`encode_chunk`] wrote, or a single entry behind
+/// [`FORMAT`] stored at `offset` (the offset its key ends with).
+pub fn decode_chunk(
+    bytes: &[u8],
+    offset: Offset,
+    table: &str,
+    key: impl FnOnce() -> String,
+) -> Result<Vec<(Offset, SpeedEntry)>, StoreError> {
+    match bytes.split_first() {
+        Some((&CHUNK_FORMAT, body)) => postcard::from_bytes(body).map_err(|e| {
+            StoreError::Corrupt(format!(
+                "table {table}, {}: undecodable speed entries: {e}",
+                key()
+            ))
+        }),
+        Some((&FORMAT, _)) => Ok(vec![(offset, decode(bytes, table, key)?)]),
+        Some((format, _)) => Err(StoreError::Corrupt(format!(
+            "table {table}, {}: unknown speed value format {format} (this build reads formats {FORMAT} and {CHUNK_FORMAT})",
+            key()
+        ))),
+        None => Err(StoreError::Corrupt(format!(
+            "table {table}, {}: empty value",
+            key()
+        ))),
+    }
+}
+
+/// How many entries a speed value holds, read from its length prefix
+/// without decoding them (`None`: not a speed value).
+pub fn chunk_len(bytes: &[u8]) -> Option<u64> {
+    match bytes.split_first()? {
+        (&CHUNK_FORMAT, body) => {
+            // postcard prefixes a sequence with its length as a LEB128 varint.
+            let mut len = 0u64;
+            for (i, byte) in body.iter().take(10).enumerate() {
+                len |= u64::from(byte & 0x7f) << (7 * i);
+                if byte & 0x80 == 0 {
+                    return Some(len);
+                }
+            }
+            None
+        }
+        (&FORMAT, _) => Some(1),
+        _ => None,
+    }
+}
+
 /// The format byte of [`IndexEntry`] values: format 3 added the
 /// acceptance times of the deduplication window and the expiry.
 pub const INDEX_FORMAT: u8 = 3;
@@ -121,7 +180,9 @@ struct IndexEntryV1 {
     retracted: bool,
 }
 
-/// Encodes an event index entry behind [`INDEX_FORMAT`].
+/// Encodes an event index entry behind [`INDEX_FORMAT`] (CQL's
+/// `event_index` values; the embedded store's layout 1 had them too).
+#[cfg_attr(not(any(feature = "scylla", test)), allow(dead_code))]
 pub fn encode_index(entry: &IndexEntry) -> Result<Vec<u8>, StoreError> {
     postcard::to_extend(entry, vec![INDEX_FORMAT])
         .map_err(|e| StoreError::Backend(format!("cannot encode an index entry: {e}")))

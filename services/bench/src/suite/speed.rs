@@ -1,7 +1,7 @@
 //! Speed layer throughput: the real [`SpeedLayer`] from a full log into the
 //! store, against the raw ceiling of the same machine: reading the same
-//! records from the log without decoding, plus writing equivalent entries
-//! (same keys, same value sizes, one index row per event) straight into the
+//! records from the log without decoding, plus writing equivalent rows
+//! (the same keys and value sizes as the store's layout) straight into the
 //! store engine, with nothing of ours in between.
 
 use std::time::{Duration, Instant};
@@ -205,11 +205,13 @@ fn entries_of(records: Vec<LogEntry>) -> Vec<RawEntry> {
 }
 
 const SPEED: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("speed");
-const INDEX: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("event_index");
+const INDEX: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("index_log");
 
-/// The entries and index rows in redb transactions of `batch`, keys sorted
-/// (redb's fastest insert order), each committed durably like the speed
-/// layer's writes.
+/// The rows the embedded store writes for the same entries, in redb
+/// transactions of `batch`, keys sorted (redb's fastest insert order), each
+/// committed durably like the speed layer's writes: per write, one row per
+/// (user, partition) holding its entries' bytes, and the event ids with
+/// their users in up to 256 rows keyed by the write's number (ADR 010).
 fn raw_write_redb(
     path: &std::path::Path,
     entries: &[RawEntry],
@@ -217,33 +219,41 @@ fn raw_write_redb(
 ) -> anyhow::Result<Duration> {
     let db = redb::Database::create(path)?;
     let started = Instant::now();
-    for chunk in entries.chunks(batch.max(1)) {
-        let mut rows: Vec<(Vec<u8>, &[u8])> = chunk
-            .iter()
-            .map(|e| {
-                let mut key = Vec::with_capacity(e.user.len() + 13);
-                key.extend_from_slice(e.user.as_bytes());
+    for (write, chunk) in entries.chunks(batch.max(1)).enumerate() {
+        let mut sorted: Vec<&RawEntry> = chunk.iter().collect();
+        sorted.sort_unstable_by(|a, b| {
+            (&a.user, a.partition, a.offset).cmp(&(&b.user, b.partition, b.offset))
+        });
+        let rows: Vec<(Vec<u8>, Vec<u8>)> = sorted
+            .chunk_by(|a, b| a.user == b.user && a.partition == b.partition)
+            .map(|run| {
+                let last = run[run.len() - 1];
+                let mut key = Vec::with_capacity(last.user.len() + 13);
+                key.extend_from_slice(last.user.as_bytes());
                 key.push(0);
-                key.extend_from_slice(&e.partition.to_be_bytes());
-                key.extend_from_slice(&e.offset.to_be_bytes());
-                (key, e.value.as_slice())
+                key.extend_from_slice(&last.partition.to_be_bytes());
+                key.extend_from_slice(&last.offset.to_be_bytes());
+                (key, run.iter().flat_map(|e| e.value.iter().copied()).collect())
             })
             .collect();
-        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let mut ids: Vec<(&str, &[u8])> = chunk
-            .iter()
-            .map(|e| (e.event_id.as_str(), e.user.as_bytes()))
-            .collect();
-        ids.sort_unstable();
+        let buckets = chunk.len().div_ceil(128).next_power_of_two().min(256);
+        let mut ids: Vec<Vec<u8>> = vec![Vec::new(); buckets];
+        for e in chunk {
+            let bucket = signals_core::fnv1a64(e.event_id.as_bytes()) as usize % buckets;
+            ids[bucket].extend_from_slice(e.event_id.as_bytes());
+            ids[bucket].extend_from_slice(e.user.as_bytes());
+        }
         let tx = db.begin_write()?;
         {
             let mut speed = tx.open_table(SPEED)?;
             for (key, value) in &rows {
-                speed.insert(key.as_slice(), *value)?;
+                speed.insert(key.as_slice(), value.as_slice())?;
             }
             let mut index = tx.open_table(INDEX)?;
-            for (id, value) in &ids {
-                index.insert(*id, *value)?;
+            for (bucket, value) in ids.iter().enumerate() {
+                let mut key = (write as u64).to_be_bytes().to_vec();
+                key.push(bucket as u8);
+                index.insert(key.as_slice(), value.as_slice())?;
             }
         }
         tx.commit()?;

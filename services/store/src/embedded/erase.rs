@@ -15,7 +15,7 @@ impl Inner {
         user: &str,
         (partition, offset): (Partition, Offset),
     ) -> Result<(), StoreError> {
-        let marker = codec::encode(&SpeedEntry::Deleted)?;
+        let marker = codec::encode_chunk(&[(offset, &SpeedEntry::Deleted)])?;
         let mut txn = self.db.begin_write().map_err(engine("begin a write"))?;
         txn.set_durability(Durability::Immediate);
         {

@@ -1,8 +1,9 @@
 //! Garbage collection in bounded transactions.
 //!
-//! Speed keys lead with the user, so covered entries are found by scanning
+//! Speed keys lead with the user, so covered rows are found by scanning
 //! the whole `speed` table in chunks of `gc_chunk` keys, one write
-//! transaction per chunk, resuming after the last key scanned. Old versions
+//! transaction per chunk, resuming after the last key scanned; a row goes
+//! once its last entry is covered. Old versions
 //! are a prefix of the `batch` table, deleted `gc_chunk` rows at a time.
 //! Writers interleave between chunks; each chunk is durable on its own.
 
@@ -12,8 +13,8 @@ use redb::{Durability, ReadableTable};
 use signals_core::LogPosition;
 use tracing::debug;
 
-use super::tables::{BATCH, EVENT_INDEX, INDEX_EXPIRY, SPEED};
-use super::{codec, engine, keys, Inner};
+use super::tables::{BATCH, SPEED};
+use super::{codec, engine, index, keys, Inner};
 use crate::{GarbageStats, StoreError};
 
 impl Inner {
@@ -74,7 +75,7 @@ impl Inner {
             };
             txn.commit()
                 .map_err(engine("commit a garbage collection step"))?;
-            removed += scan.doomed.len() as u64;
+            removed += scan.entries;
             if scan.exhausted {
                 return Ok(removed);
             }
@@ -90,82 +91,45 @@ impl Inner {
         covered: &LogPosition,
     ) -> Result<Scan, StoreError> {
         let mut doomed = Vec::new();
+        let mut entries = 0;
         let mut last = None;
         let mut scanned = 0;
         let range = speed
             .range::<&[u8]>((start, Bound::Unbounded))
             .map_err(engine("scan speed entries"))?;
         for item in range.take(self.gc_chunk) {
-            let (key, _) = item.map_err(engine("scan speed entries"))?;
+            let (key, value) = item.map_err(engine("scan speed entries"))?;
             let key = key.value();
             scanned += 1;
             if keys::speed_position(key)
-                .is_some_and(|(partition, offset)| covered.covers(partition, offset))
+                .is_some_and(|(partition, last)| covered.covers(partition, last))
             {
                 doomed.push(key.to_vec());
+                entries += codec::chunk_len(value.value()).unwrap_or(1);
             }
             last = Some(key.to_vec());
         }
         Ok(Scan {
             doomed,
+            entries,
             last,
             exhausted: scanned < self.gc_chunk,
         })
     }
 
-    /// Drops index entries whose expiry is before `now`, in expiry order,
-    /// `gc_chunk` keys per transaction; returns how many.
+    /// Drops the index writes whose entries have all expired before
+    /// `now`, `gc_chunk` writes scanned per transaction; returns how many
+    /// entries went.
     pub(super) fn collect_index(&self, now: i64) -> Result<u64, StoreError> {
-        let end = keys::expiry_key(now, "");
         let mut removed = 0;
         loop {
             let mut txn = self.db.begin_write().map_err(engine("begin a write"))?;
             txn.set_durability(Durability::Immediate);
-            let scanned = {
-                let mut expiry = txn
-                    .open_table(INDEX_EXPIRY)
-                    .map_err(engine("open table index_expiry"))?;
-                let mut index = txn
-                    .open_table(EVENT_INDEX)
-                    .map_err(engine("open table event_index"))?;
-                let due: Vec<Vec<u8>> = expiry
-                    .range::<&[u8]>(..end.as_slice())
-                    .map_err(engine("scan index expiries"))?
-                    .take(self.gc_chunk)
-                    .map(|item| item.map(|(key, _)| key.value().to_vec()))
-                    .collect::<Result<_, _>>()
-                    .map_err(engine("scan index expiries"))?;
-                for key in &due {
-                    expiry
-                        .remove(key.as_slice())
-                        .map_err(engine("delete an index expiry"))?;
-                    let Some((_, event_id)) = keys::expiry_parts(key) else {
-                        continue;
-                    };
-                    // The entry may have been rewritten with a later expiry.
-                    let expired = match index
-                        .get(event_id)
-                        .map_err(engine("read the event index"))?
-                    {
-                        Some(value) => codec::decode_index(value.value(), "event_index", || {
-                            format!("event id {event_id:?}")
-                        })?
-                        .expires_at
-                        .is_some_and(|at| at < now),
-                        None => false,
-                    };
-                    if expired {
-                        index
-                            .remove(event_id)
-                            .map_err(engine("delete an index entry"))?;
-                        removed += 1;
-                    }
-                }
-                due.len()
-            };
+            let (scanned, dropped) = index::collect(&txn, &self.index, now, self.gc_chunk)?;
             txn.commit()
                 .map_err(engine("commit a garbage collection step"))?;
-            if scanned < self.gc_chunk {
+            removed += dropped;
+            if scanned < self.gc_chunk || dropped == 0 {
                 return Ok(removed);
             }
         }
@@ -202,6 +166,8 @@ impl Inner {
 struct Scan {
     /// Covered keys, to delete.
     doomed: Vec<Vec<u8>>,
+    /// How many entries their rows hold.
+    entries: u64,
     /// The last key scanned: the next chunk starts after it.
     last: Option<Vec<u8>>,
     /// Whether the scan reached the end of the table.

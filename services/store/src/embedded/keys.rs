@@ -6,33 +6,43 @@
 //!
 //! | table | key |
 //! | --- | --- |
-//! | `speed` | `u16 len(user) ‖ user ‖ u32 partition ‖ u64 offset` |
+//! | `speed` | `u16 len(user) ‖ user ‖ u32 partition ‖ u64 offset` (of the row's last entry) |
 //! | `batch` | `u64 version ‖ user` |
-//! | `event_index` | `event id` (UTF-8) |
-//! | `index_expiry` | `i64 expiry (sign bit flipped) ‖ event id` |
+//! | `index_log` | `u64 write ‖ u8 log2(buckets) ‖ u8 bucket` |
+//! | `index_writes` | `u64 write` |
 //! | `meta` | a fixed name, see [`super::tables`] |
 //!
-//! One user's speed entries are thus one contiguous range in (partition,
-//! offset) order, and one version's records are one contiguous range.
+//! One user's speed rows are thus one contiguous range in (partition,
+//! offset) order, one version's records are one contiguous range, and one
+//! write's index rows are one contiguous range.
 
 use signals_core::{Offset, Partition};
 
 use crate::StoreError;
 
-/// The `index_expiry` key of `event_id`'s entry expiring at `at`: flipping
-/// the sign bit makes byte order the numeric order of every `i64`.
-pub fn expiry_key(at: i64, event_id: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(8 + event_id.len());
-    key.extend_from_slice(&((at as u64) ^ (1 << 63)).to_be_bytes());
-    key.extend_from_slice(event_id.as_bytes());
+/// The `index_log` key of bucket `bucket` of write `write`, whose index
+/// updates were split into `1 << buckets_log2` buckets.
+pub fn index_log_key(write: u64, buckets_log2: u8, bucket: u8) -> [u8; 10] {
+    let mut key = [0; 10];
+    key[..8].copy_from_slice(&write.to_be_bytes());
+    key[8] = buckets_log2;
+    key[9] = bucket;
     key
 }
 
-/// The expiry and event id of an `index_expiry` key.
-pub fn expiry_parts(key: &[u8]) -> Option<(i64, &str)> {
-    let (at, id) = key.split_first_chunk::<8>()?;
-    let at = (u64::from_be_bytes(*at) ^ (1 << 63)) as i64;
-    Some((at, std::str::from_utf8(id).ok()?))
+/// The write and the bucket count (log2) of an `index_log` key.
+pub fn index_log_parts(key: &[u8]) -> Option<(u64, u8)> {
+    let key: &[u8; 10] = key.try_into().ok()?;
+    let (write, rest) = key.split_first_chunk::<8>()?;
+    Some((u64::from_be_bytes(*write), rest[0]))
+}
+
+/// The inclusive `index_log` key range of every row of `write`.
+pub fn index_log_range(write: u64) -> ([u8; 10], [u8; 10]) {
+    (
+        index_log_key(write, 0, 0),
+        index_log_key(write, u8::MAX, u8::MAX),
+    )
 }
 
 /// Bytes after the user part of a speed key: partition and offset.

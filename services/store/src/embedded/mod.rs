@@ -6,10 +6,11 @@
 //!   entries, the index updates and the progress in ONE redb write
 //!   transaction committed with [`redb::Durability::Immediate`]: after a
 //!   crash at any point, progress is never ahead of nor behind the entries
-//!   and index updates it describes. Writes are keyed by log position and
-//!   event id, so replaying a write leaves the store as writing it once.
-//!   Progress only moves forward, per partition (a replayed older write does
-//!   not move it back).
+//!   and index updates it describes. An entry is its log position (reads
+//!   keep one entry per position, however replays cut rows) and an index
+//!   update of a replay supersedes the first, so replaying a write leaves
+//!   the store answering as writing it once. Progress only moves forward,
+//!   per partition (a replayed older write does not move it back).
 //! * **Consistent reads.** [`ServingStore::user_history`] reads the published
 //!   manifest, the user's record of that version and the user's speed entries
 //!   in ONE read transaction (a snapshot), and returns exactly the entries
@@ -29,13 +30,14 @@
 //!
 //! # Layout
 //!
-//! Four tables; keys are described in [`keys`], values in [`codec`]
+//! Five tables; keys are described in [`keys`], values in [`codec`]
 //! (a format byte, then postcard):
 //!
 //! | table | key | value |
 //! | --- | --- | --- |
-//! | `speed` | user ‖ partition ‖ offset | [`signals_core::SpeedEntry`] |
-//! | `event_index` | event id | [`crate::IndexEntry`] |
+//! | `speed` | user ‖ partition ‖ last offset | one user's [`signals_core::SpeedEntry`]s of one write, with their offsets |
+//! | `index_log` | write ‖ buckets ‖ bucket | one write's [`crate::IndexEntry`]s of one bucket, by event id |
+//! | `index_writes` | write | when that write's index entries expire |
 //! | `batch` | version ‖ user | [`signals_core::UserRecord`] |
 //! | `meta` | `layout`, `speed_progress`, `published`, `batch_checkpoint` | u8, [`crate::SpeedProgress`], [`crate::BatchManifest`], [`crate::BatchCheckpoint`] |
 //!
@@ -50,14 +52,19 @@
 //! [`tokio::task::spawn_blocking`].
 //!
 //! Speed keys lead with the user, so one speed write dirties about one B-tree
-//! leaf per distinct user in it, and every commit pays an fsync: fewer,
-//! larger writes are much cheaper per entry than many small ones. The
-//! ignored test `embedded_figures` prints this machine's figures.
+//! leaf per distinct user in it, and one row per user and partition, however
+//! many of their events it holds. The event index is a log (ADR 010): a
+//! write appends at most 256 rows at the end of `index_log`, and an
+//! in-memory map of id digests (about 28 bytes per live id, rebuilt when the
+//! file opens) finds them. Every commit pays an fsync: fewer, larger writes
+//! are much cheaper per entry than many small ones. The ignored test
+//! `embedded_figures` prints this machine's figures.
 
 mod batch;
 mod erase;
 mod gc;
 mod history;
+mod index;
 mod insights;
 mod keys;
 mod speed;
@@ -115,6 +122,7 @@ struct Inner {
     records: RecordCache,
     manifest: ManifestCache,
     progress: speed::ProgressMirror,
+    index: index::IndexMemo,
     gc_chunk: usize,
     /// Test hook: `apply_speed` fails after inserting its entries.
     #[cfg(test)]
@@ -145,13 +153,22 @@ impl EmbeddedStore {
                 other => engine("open the store file")(other),
             })?;
         tables::initialise(&db)?;
-        info!(path = %path.display(), "embedded store opened");
+        let index = index::IndexMemo::default();
+        let ids = {
+            let txn = db.begin_read().map_err(engine("begin a read"))?;
+            let log = txn
+                .open_table(tables::INDEX_LOG)
+                .map_err(engine("open table index_log"))?;
+            index.rebuild(&log)?
+        };
+        info!(path = %path.display(), indexed_ids = ids, "embedded store opened");
         Ok(EmbeddedStore {
             inner: Arc::new(Inner {
                 db,
                 records: RecordCache::new(options.record_cache_bytes),
                 manifest: ManifestCache::default(),
                 progress: speed::ProgressMirror::default(),
+                index,
                 gc_chunk: options.gc_chunk.max(1),
                 #[cfg(test)]
                 fail_after_entries: Default::default(),

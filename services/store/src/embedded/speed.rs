@@ -5,43 +5,32 @@ use std::collections::HashMap;
 use redb::{Durability, ReadableTable};
 use signals_core::LogPosition;
 
-use super::tables::{EVENT_INDEX, INDEX_EXPIRY, META, PROGRESS_KEY, SPEED};
-use super::{codec, engine, keys, Inner};
+use super::tables::{INDEX_LOG, META, PROGRESS_KEY, SPEED};
+use super::{codec, engine, index, keys, Inner};
 use crate::{IndexEntry, PositionedEntry, SpeedProgress, SpeedWrite, StoreError};
 
 impl Inner {
     /// Writes entries, index updates and progress in one durable transaction.
     ///
-    /// Rows are encoded and sorted before the transaction begins: the write
-    /// lock is held only for the inserts, which go in key order.
+    /// Each user's entries of one partition become one row (a chunk), keyed
+    /// by the offset of its last entry; the index updates are appended as
+    /// the write's own rows ([`index`]). Rows are encoded and sorted before
+    /// the transaction begins: the write lock is held only for the inserts,
+    /// which go in key order.
     pub(super) fn apply_speed(&self, write: &SpeedWrite) -> Result<(), StoreError> {
-        let mut entries = write
-            .entries
-            .iter()
-            .map(|e| {
-                Ok((
-                    keys::speed_key(&e.user_id, e.partition, e.offset)?,
-                    codec::encode(&e.entry)?,
-                ))
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let mut index = write
-            .index
-            .iter()
-            .map(|(id, entry)| Ok((id.as_str(), codec::encode_index(entry)?)))
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        index.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let chunks = chunks(&write.entries)?;
+        let index_rows = index::IndexRows::of(&write.index)?;
 
         let progress;
         let mut txn = self.db.begin_write().map_err(engine("begin a write"))?;
         txn.set_durability(Durability::Immediate);
+        let index_write = self.index.next_write();
         {
             let mut speed = txn.open_table(SPEED).map_err(engine("open table speed"))?;
-            for (key, value) in &entries {
+            for (key, value) in &chunks {
                 speed
                     .insert(key.as_slice(), value.as_slice())
-                    .map_err(engine("write a speed entry"))?;
+                    .map_err(engine("write speed entries"))?;
             }
             #[cfg(test)]
             if self
@@ -52,24 +41,7 @@ impl Inner {
                     "injected fault after the entries".into(),
                 ));
             }
-            let mut table = txn
-                .open_table(EVENT_INDEX)
-                .map_err(engine("open table event_index"))?;
-            for (event_id, value) in &index {
-                table
-                    .insert(*event_id, value.as_slice())
-                    .map_err(engine("write an index entry"))?;
-            }
-            let mut expiry = txn
-                .open_table(INDEX_EXPIRY)
-                .map_err(engine("open table index_expiry"))?;
-            for (event_id, entry) in &write.index {
-                if let Some(at) = entry.expires_at {
-                    expiry
-                        .insert(keys::expiry_key(at, event_id).as_slice(), ())
-                        .map_err(engine("write an index expiry"))?;
-                }
-            }
+            index::append(&txn, index_write, &index_rows)?;
             let mut meta = txn.open_table(META).map_err(engine("open table meta"))?;
             progress = forward(read_progress(&meta)?, &write.progress);
             meta.insert(PROGRESS_KEY, codec::encode(&progress)?.as_slice())
@@ -77,6 +49,7 @@ impl Inner {
         }
         // Dropping `txn` on any error above aborts it: nothing of the write lands.
         txn.commit().map_err(engine("commit a speed write"))?;
+        self.index.appended(index_write, &index_rows, &write.index);
         self.progress.advance(&progress);
         Ok(())
     }
@@ -96,23 +69,38 @@ impl Inner {
         event_ids: &[String],
     ) -> Result<HashMap<String, IndexEntry>, StoreError> {
         let txn = self.db.begin_read().map_err(engine("begin a read"))?;
-        let index = txn
-            .open_table(EVENT_INDEX)
-            .map_err(engine("open table event_index"))?;
-        let mut found = HashMap::new();
-        for event_id in event_ids {
-            if let Some(value) = index
-                .get(event_id.as_str())
-                .map_err(engine("read the event index"))?
-            {
-                let entry = codec::decode_index(value.value(), "event_index", || {
-                    format!("event id {event_id:?}")
-                })?;
-                found.insert(event_id.clone(), entry);
-            }
-        }
-        Ok(found)
+        let log = txn
+            .open_table(INDEX_LOG)
+            .map_err(engine("open table index_log"))?;
+        self.index
+            .lookup(&log, event_ids, signals_schemas::now_millis())
     }
+}
+
+/// An encoded key and value.
+type Row = (Vec<u8>, Vec<u8>);
+
+/// `entries` as speed rows: one per (user, partition), keyed by its last
+/// offset, in key order.
+fn chunks(entries: &[PositionedEntry]) -> Result<Vec<Row>, StoreError> {
+    let mut sorted: Vec<&PositionedEntry> = entries.iter().collect();
+    sorted.sort_unstable_by(|a, b| {
+        (a.user_id.as_str(), a.partition, a.offset).cmp(&(
+            b.user_id.as_str(),
+            b.partition,
+            b.offset,
+        ))
+    });
+    let mut rows = Vec::new();
+    for run in sorted.chunk_by(|a, b| a.user_id == b.user_id && a.partition == b.partition) {
+        let last = run[run.len() - 1];
+        let chunk: Vec<_> = run.iter().map(|e| (e.offset, &e.entry)).collect();
+        rows.push((
+            keys::speed_key(&last.user_id, last.partition, last.offset)?,
+            codec::encode_chunk(&chunk)?,
+        ));
+    }
+    Ok(rows)
 }
 
 /// The progress stored in `meta`, or the default.
@@ -162,9 +150,12 @@ fn forward(mut stored: SpeedProgress, next: &SpeedProgress) -> SpeedProgress {
 
 /// `user`'s speed entries that `covered` does not cover, in (partition, offset) order.
 ///
-/// A covered run of a partition is skipped with one seek to the first
-/// uncovered offset, not walked key by key: serving asks for the few entries
-/// past what it already holds (ADR 009), whatever the length of the tail.
+/// A row is keyed by its last entry: a row whose last entry is covered is
+/// covered whole, so a covered run of a partition is skipped with one seek
+/// to the first row that is not, not walked key by key: serving asks for
+/// the few entries past what it already holds (ADR 009), whatever the
+/// length of the tail. A replay may have cut the same entries into other
+/// rows: an entry is its position, kept once.
 pub(super) fn read_tail(
     speed: &impl ReadableTable<&'static [u8], &'static [u8]>,
     user: &str,
@@ -179,22 +170,36 @@ pub(super) fn read_tail(
         {
             let (key, value) = item.map_err(engine("scan speed entries"))?;
             let key = key.value();
-            let (partition, offset) = keys::speed_position(key).ok_or_else(|| {
+            let (partition, last) = keys::speed_position(key).ok_or_else(|| {
                 StoreError::Corrupt(format!("table speed: {}", keys::describe_speed_key(key)))
             })?;
-            if let Some(position) = covered.filter(|p| p.covers(partition, offset)) {
+            if let Some(position) = covered.filter(|p| p.covers(partition, last)) {
                 start = keys::speed_key(user, partition, position.next(partition))?;
                 continue 'seek;
             }
-            entries.push(PositionedEntry {
-                user_id: user.to_owned(),
-                partition,
-                offset,
-                entry: codec::decode(value.value(), "speed", || keys::describe_speed_key(key))?,
-            });
+            let chunk = codec::decode_chunk(value.value(), last, "speed", || {
+                keys::describe_speed_key(key)
+            })?;
+            entries.extend(
+                chunk
+                    .into_iter()
+                    .filter(|(offset, _)| !covered.is_some_and(|p| p.covers(partition, *offset)))
+                    .map(|(offset, entry)| PositionedEntry {
+                        user_id: user.to_owned(),
+                        partition,
+                        offset,
+                        entry,
+                    }),
+            );
         }
-        return Ok(entries);
+        break;
     }
+    let position = |e: &PositionedEntry| (e.partition, e.offset);
+    if !entries.is_sorted_by_key(position) {
+        entries.sort_by_key(position);
+    }
+    entries.dedup_by_key(|e| position(e));
+    Ok(entries)
 }
 
 #[cfg(test)]

@@ -1,18 +1,25 @@
 //! Table definitions, the `meta` keys and opening-time checks.
 
-use redb::{Database, Durability, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableTable, TableDefinition, WriteTransaction};
+use tracing::info;
 
-use super::{engine, Inner};
+use super::{codec, engine, index, Inner};
 use crate::StoreError;
 
-/// user ‖ partition ‖ offset → SpeedEntry.
+/// user ‖ partition ‖ last offset → the user's entries of that partition
+/// in one speed write (a chunk, see `codec::encode_chunk`).
 pub const SPEED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("speed");
-/// event id → IndexEntry.
-pub const EVENT_INDEX: TableDefinition<&str, &[u8]> = TableDefinition::new("event_index");
-/// expiry (big-endian, sign bit flipped) ‖ event id → (): when index
-/// entries may go, in time order. A key is a hint: the entry itself says
-/// whether it expires then (a later write may have moved it on).
-pub const INDEX_EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("index_expiry");
+/// write ‖ log2(buckets) ‖ bucket → that bucket's index updates of one
+/// speed write, sorted by event id (see [`super::index`]).
+pub const INDEX_LOG: TableDefinition<&[u8], &[u8]> = TableDefinition::new("index_log");
+/// write → when all of that write's index updates have expired, and how
+/// many there are: what garbage collection scans.
+pub const INDEX_WRITES: TableDefinition<u64, &[u8]> = TableDefinition::new("index_writes");
+/// Layout 1's event index (event id → IndexEntry), moved into `index_log`
+/// when a layout 1 file is opened.
+const LEGACY_EVENT_INDEX: TableDefinition<&str, &[u8]> = TableDefinition::new("event_index");
+/// Layout 1's expiry hints of `event_index`, dropped with it.
+const LEGACY_INDEX_EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("index_expiry");
 /// version ‖ user → UserRecord.
 pub const BATCH: TableDefinition<&[u8], &[u8]> = TableDefinition::new("batch");
 /// Named singletons.
@@ -28,19 +35,22 @@ pub const PUBLISHED_KEY: &str = "published";
 pub const CHECKPOINT_KEY: &str = "batch_checkpoint";
 
 /// The layout this build reads and writes (see `keys` and `codec`).
-pub const LAYOUT: u8 = 1;
+/// Layout 2 coalesced speed rows per user and write, and turned the event
+/// index into a log; a layout 1 file is converted when opened.
+pub const LAYOUT: u8 = 2;
 
-/// Creates the tables of a new file and checks the layout of an existing one.
+/// Creates the tables of a new file, checks the layout of an existing one
+/// and converts a layout 1 file, in one transaction.
 pub fn initialise(db: &Database) -> Result<(), StoreError> {
     let mut txn = db.begin_write().map_err(engine("begin a write"))?;
     txn.set_durability(Durability::Immediate);
     {
         txn.open_table(SPEED)
             .map_err(engine("create table speed"))?;
-        txn.open_table(EVENT_INDEX)
-            .map_err(engine("create table event_index"))?;
-        txn.open_table(INDEX_EXPIRY)
-            .map_err(engine("create table index_expiry"))?;
+        txn.open_table(INDEX_LOG)
+            .map_err(engine("create table index_log"))?;
+        txn.open_table(INDEX_WRITES)
+            .map_err(engine("create table index_writes"))?;
         txn.open_table(BATCH)
             .map_err(engine("create table batch"))?;
         let mut meta = txn.open_table(META).map_err(engine("create table meta"))?;
@@ -49,18 +59,51 @@ pub fn initialise(db: &Database) -> Result<(), StoreError> {
             .map_err(engine("read the layout"))?
             .map(|v| v.value().to_vec());
         match stored.as_deref() {
-            None => {
-                meta.insert(LAYOUT_KEY, [LAYOUT].as_slice()).map_err(engine("write the layout"))?;
-            }
+            None => {}
             Some([LAYOUT]) => {}
+            Some([1]) => convert_layout_1(&txn)?,
             Some(other) => {
                 return Err(StoreError::Corrupt(format!(
-                    "table meta, key {LAYOUT_KEY}: the file has layout {other:?}, this build reads layout {LAYOUT}"
+                    "table meta, key {LAYOUT_KEY}: the file has layout {other:?}, this build reads layouts 1 and {LAYOUT}"
                 )))
             }
         }
+        meta.insert(LAYOUT_KEY, [LAYOUT].as_slice())
+            .map_err(engine("write the layout"))?;
     }
     txn.commit().map_err(engine("commit the table set-up"))
+}
+
+/// Layout 1 → 2: the `event_index` rows become index log writes (their
+/// speed rows, one entry each, are valid layout 2 rows as they are).
+fn convert_layout_1(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let entries = {
+        let legacy = txn
+            .open_table(LEGACY_EVENT_INDEX)
+            .map_err(engine("open table event_index"))?;
+        let mut entries = Vec::new();
+        for item in legacy.iter().map_err(engine("scan the event index"))? {
+            let (id, value) = item.map_err(engine("scan the event index"))?;
+            let id = id.value();
+            let entry =
+                codec::decode_index(value.value(), "event_index", || format!("event id {id:?}"))?;
+            entries.push((id.to_owned(), entry));
+        }
+        entries
+    };
+    let moved = entries.len();
+    for (write, chunk) in entries.chunks(index::CONVERSION_CHUNK).enumerate() {
+        index::append(txn, write as u64, &index::IndexRows::of(chunk)?)?;
+    }
+    txn.delete_table(LEGACY_EVENT_INDEX)
+        .map_err(engine("drop table event_index"))?;
+    txn.delete_table(LEGACY_INDEX_EXPIRY)
+        .map_err(engine("drop table index_expiry"))?;
+    info!(
+        entries = moved,
+        "embedded store converted from layout 1 to layout {LAYOUT}"
+    );
+    Ok(())
 }
 
 impl Inner {

@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redb::ReadableTableMetadata;
+use redb::{ReadableTable, ReadableTableMetadata};
 use tempfile::TempDir;
 
 use super::tables::{BATCH, SPEED};
@@ -182,12 +182,14 @@ async fn garbage_collection_in_small_chunks_removes_exactly_the_covered_rows() {
         ..EmbeddedOptions::default()
     };
     let store = EmbeddedStore::open_with(&dir.path().join("s.redb"), options).expect("opens");
-    let entries =
-        (0..20).flat_map(|u| (0..5u64).map(move |o| at(&format!("user-{u}"), (o % 2) as u32, o)));
-    store
-        .apply_speed(write(entries.collect(), &[(0, 5), (1, 5)]))
-        .await
-        .expect("apply");
+    // One write per offset, so that every entry is a row of its own.
+    for o in 0..5u64 {
+        let entries = (0..20).map(|u| at(&format!("user-{u}"), (o % 2) as u32, o));
+        store
+            .apply_speed(write(entries.collect(), &[(0, o + 1), (1, o + 1)]))
+            .await
+            .expect("apply");
+    }
     let users: Vec<_> = (0..7)
         .map(|u| (format!("user-{u}"), record("u", "x")))
         .collect();
@@ -347,7 +349,13 @@ fn a_killed_writer_leaves_progress_matching_its_entries() {
             .next(0);
         let entries = {
             let txn = store.inner.db.begin_read().expect("read");
-            txn.open_table(SPEED).expect("speed").len().expect("len")
+            let speed = txn.open_table(SPEED).expect("speed");
+            let rows = speed.iter().expect("scan");
+            rows.map(|row| {
+                let (_, value) = row.expect("row");
+                codec::chunk_len(value.value()).expect("a speed value")
+            })
+            .sum::<u64>()
         };
         assert_eq!(
             entries, progress,
@@ -483,4 +491,281 @@ async fn embedded_figures() {
         bytes.len(),
         started.elapsed() / 100
     );
+}
+
+fn expiring(user: &str, expires_at: Option<i64>) -> IndexEntry {
+    IndexEntry {
+        user_id: Some(user.into()),
+        accepted_at: Some(0),
+        retracted_at: None,
+        expires_at,
+    }
+}
+
+fn speed_rows(store: &EmbeddedStore) -> u64 {
+    let txn = store.inner.db.begin_read().expect("read");
+    txn.open_table(SPEED).expect("speed").len().expect("len")
+}
+
+/// One write's entries of one user and partition are one row; a read from
+/// a position inside a row returns exactly the entries past it, and a
+/// replay that cut the same entries into other rows counts each position
+/// once.
+#[tokio::test]
+async fn a_users_entries_of_one_write_are_one_row_read_from_any_position() {
+    let dir = TempDir::new().expect("temp dir");
+    let store = store_in(&dir);
+    let entries = (0..30u64).map(|o| at(&format!("u{}", o % 3), (o % 2) as u32, o));
+    store
+        .apply_speed(write(entries.collect(), &[(0, 30), (1, 30)]))
+        .await
+        .expect("apply");
+    assert_eq!(speed_rows(&store), 3 * 2, "a row per user and partition");
+
+    let offsets = |entries: &[PositionedEntry]| -> Vec<(u32, u64)> {
+        entries.iter().map(|e| (e.partition, e.offset)).collect()
+    };
+    // u0 holds offsets 0, 3, 6, …, 27: partition 0 the even ones, 1 the odd.
+    let from: LogPosition = [(0, 7), (1, 20)].into_iter().collect();
+    let tail = store.inner.speed_entries("u0", &from).expect("read");
+    assert_eq!(
+        offsets(&tail),
+        [(0, 12), (0, 18), (0, 24), (1, 21), (1, 27)]
+    );
+
+    // A replay of part of the write, cut differently: nothing twice.
+    let replay = [9u64, 15, 21].map(|o| at("u0", (o % 2) as u32, o));
+    store
+        .apply_speed(write(replay.to_vec(), &[(0, 30), (1, 30)]))
+        .await
+        .expect("replay");
+    assert_eq!(speed_rows(&store), 3 * 2 + 1);
+    let all = store
+        .inner
+        .speed_entries("u0", &LogPosition::new())
+        .expect("read");
+    assert_eq!(
+        offsets(&all),
+        [0, 6, 12, 18, 24, 3, 9, 15, 21, 27].map(|o| ((o % 2) as u32, o))
+    );
+    assert_eq!(
+        offsets(&store.inner.speed_entries("u0", &from).expect("read")),
+        offsets(&tail)
+    );
+}
+
+/// A row goes to garbage collection once its last entry is covered, and
+/// not before: a partly covered row still serves what is past the position.
+#[tokio::test]
+async fn a_partly_covered_row_stays_until_its_last_entry_is_covered() {
+    let dir = TempDir::new().expect("temp dir");
+    let store = store_in(&dir);
+    store
+        .apply_speed(write((0..6).map(|o| at("u", 0, o)).collect(), &[(0, 6)]))
+        .await
+        .expect("apply");
+    store
+        .write_batch(1, vec![("u".into(), record("u", "b"))])
+        .await
+        .expect("write");
+    store
+        .publish(&manifest(1, &[(0, 4)]))
+        .await
+        .expect("publish");
+    let stats = store
+        .collect_garbage(&[(0, 4)].into_iter().collect(), 1)
+        .await
+        .expect("gc");
+    assert_eq!(stats.speed_entries, 0);
+    let history = store.user_history("u").await.expect("history");
+    assert_eq!(history.speed.len(), 2, "offsets 4 and 5");
+
+    store
+        .write_batch(2, vec![("u".into(), record("u", "c"))])
+        .await
+        .expect("write");
+    store
+        .publish(&manifest(2, &[(0, 6)]))
+        .await
+        .expect("publish");
+    let stats = store
+        .collect_garbage(&[(0, 6)].into_iter().collect(), 2)
+        .await
+        .expect("gc");
+    assert_eq!(stats.speed_entries, 6, "the row's entries, counted");
+    assert_eq!(speed_rows(&store), 0);
+}
+
+/// The index log finds every id's newest entry across writes, after a
+/// reopen too, and the in-memory memo holds one slot per id.
+#[tokio::test]
+async fn the_index_log_answers_the_newest_entry_across_writes_and_reopens() {
+    let dir = TempDir::new().expect("temp dir");
+    let store = store_in(&dir);
+    let ids: Vec<String> = (0..1_000).map(|i| format!("e-{i}")).collect();
+    let mut first = write(Vec::new(), &[(0, 1)]);
+    first.index = ids
+        .iter()
+        .map(|id| (id.clone(), expiring("u", None)))
+        .collect();
+    store.apply_speed(first).await.expect("apply");
+    // A later write updates every third id.
+    let mut second = write(Vec::new(), &[(0, 2)]);
+    second.index = ids
+        .iter()
+        .step_by(3)
+        .map(|id| (id.clone(), expiring("v", None)))
+        .collect();
+    store.apply_speed(second).await.expect("apply");
+
+    let check = |found: HashMap<String, IndexEntry>| {
+        assert_eq!(found.len(), 1_000);
+        for (i, id) in ids.iter().enumerate() {
+            let user = if i % 3 == 0 { "v" } else { "u" };
+            assert_eq!(found[id].user_id.as_deref(), Some(user), "{id}");
+        }
+    };
+    let mut asked = ids.clone();
+    asked.push("never-written".into());
+    check(store.lookup_events(&asked).await.expect("lookup"));
+    assert_eq!(store.inner.index.len(), 1_000);
+    drop(store);
+
+    let store = store_in(&dir);
+    assert_eq!(store.inner.index.len(), 1_000, "rebuilt on open");
+    check(store.lookup_events(&asked).await.expect("lookup"));
+    // New writes go after the rebuilt ones, and win.
+    let mut third = write(Vec::new(), &[(0, 3)]);
+    third.index = vec![(ids[1].clone(), expiring("w", None))];
+    store.apply_speed(third).await.expect("apply");
+    let found = store.lookup_events(&ids[1..2]).await.expect("lookup");
+    assert_eq!(found[&ids[1]].user_id.as_deref(), Some("w"));
+}
+
+/// Garbage collection drops whole writes whose entries all expired, oldest
+/// first, and stops at the first write that has not (writes expire in
+/// about the order they were made); a write that never expires is passed
+/// over. An id whose newest entry went is absent, also after a reopen that
+/// finds an older, expired entry of it in a write still kept.
+#[tokio::test]
+async fn collected_index_writes_are_forgotten_and_stay_forgotten() {
+    let dir = TempDir::new().expect("temp dir");
+    let store = store_in(&dir);
+    let now = signals_schemas::now_millis();
+    let past = Some(now - 10_000);
+    let writes = [
+        vec![("old", Some(now - 20_000)), ("legacy", None)],
+        vec![("old", past), ("gone", past)],
+        vec![("kept", Some(now + 3_600_000))],
+        vec![("after", past)],
+    ];
+    for (n, updates) in writes.iter().enumerate() {
+        let mut w = write(Vec::new(), &[(0, n as u64 + 1)]);
+        w.index = updates
+            .iter()
+            .map(|(id, expiry)| (id.to_string(), expiring("u", *expiry)))
+            .collect();
+        store.apply_speed(w).await.expect("apply");
+    }
+    let asked: Vec<String> = ["old", "legacy", "gone", "kept", "after"]
+        .map(String::from)
+        .to_vec();
+    let live = |found: HashMap<String, IndexEntry>| {
+        let mut ids: Vec<String> = found.into_keys().collect();
+        ids.sort();
+        ids
+    };
+    // Expired entries are absent before any collection.
+    assert_eq!(
+        live(store.lookup_events(&asked).await.expect("lookup")),
+        ["kept", "legacy"]
+    );
+
+    let stats = store
+        .collect_garbage(&LogPosition::new(), 0)
+        .await
+        .expect("gc");
+    assert_eq!(stats.index_entries, 2, "the second write only");
+    assert_eq!(
+        store.inner.index.len(),
+        3,
+        "`legacy`, `kept` and `after` are left in memory"
+    );
+    drop(store);
+    let store = store_in(&dir);
+    assert_eq!(
+        store.inner.index.len(),
+        4,
+        "`old` is back from the first write"
+    );
+    assert_eq!(
+        live(store.lookup_events(&asked).await.expect("lookup")),
+        ["kept", "legacy"]
+    );
+}
+
+/// A file written by layout 1 (one `event_index` row per id, one speed row
+/// per entry) opens as layout 2 with the same answers.
+#[tokio::test]
+async fn a_layout_1_file_is_converted_when_opened() {
+    use redb::{TableDefinition, TableHandle};
+    let dir = TempDir::new().expect("temp dir");
+    let path = dir.path().join("v1.redb");
+    {
+        let db = redb::Database::create(&path).expect("create");
+        let txn = db.begin_write().expect("write");
+        {
+            let mut speed = txn.open_table(SPEED).expect("speed");
+            for o in 0..3u64 {
+                let key = keys::speed_key("u", 0, o).expect("key");
+                let value = codec::encode(&at("u", 0, o).entry).expect("encode");
+                speed
+                    .insert(key.as_slice(), value.as_slice())
+                    .expect("insert");
+            }
+            let legacy: TableDefinition<&str, &[u8]> = TableDefinition::new("event_index");
+            let mut index = txn.open_table(legacy).expect("event_index");
+            for id in ["p0-0", "p0-1", "p0-2"] {
+                let value = codec::encode_index(&expiring("u", None)).expect("encode");
+                index.insert(id, value.as_slice()).expect("insert");
+            }
+            let expiry: TableDefinition<&[u8], ()> = TableDefinition::new("index_expiry");
+            txn.open_table(expiry).expect("index_expiry");
+            txn.open_table(BATCH).expect("batch");
+            let mut meta = txn.open_table(tables::META).expect("meta");
+            meta.insert(tables::LAYOUT_KEY, [1u8].as_slice())
+                .expect("layout");
+        }
+        txn.commit().expect("commit");
+    }
+    let store = EmbeddedStore::open(&path).expect("opens a layout 1 file");
+    let found = store
+        .lookup_events(&["p0-0".into(), "p0-2".into(), "p0-3".into()])
+        .await
+        .expect("lookup");
+    assert_eq!(found.len(), 2);
+    assert_eq!(found["p0-2"], expiring("u", None));
+    let history = store.user_history("u").await.expect("history");
+    assert_eq!(history.speed.len(), 3);
+    {
+        let txn = store.inner.db.begin_read().expect("read");
+        let meta = txn.open_table(tables::META).expect("meta");
+        let layout = meta.get(tables::LAYOUT_KEY).expect("get").expect("set");
+        assert_eq!(layout.value(), [tables::LAYOUT]);
+        let tables: Vec<String> = txn
+            .list_tables()
+            .expect("tables")
+            .map(|t| t.name().to_owned())
+            .collect();
+        assert!(!tables.contains(&"event_index".to_owned()), "{tables:?}");
+    }
+    // New writes append after the converted ones.
+    let mut w = write(vec![at("u", 0, 3)], &[(0, 4)]);
+    w.index = vec![("p0-3".into(), expiring("u", None))];
+    store.apply_speed(w).await.expect("apply");
+    let found = store
+        .lookup_events(&["p0-0".into(), "p0-3".into()])
+        .await
+        .expect("lookup");
+    assert_eq!(found.len(), 2);
 }
