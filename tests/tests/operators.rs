@@ -202,19 +202,22 @@ async fn backfill_resumes_after_sigkill_verify_finds_corruption_and_delete_user_
         let mut bogus = real;
         bogus.item_id = Some("item-bogus".into());
         store
-            .apply_speed(SpeedWrite {
-                entries: vec![PositionedEntry {
-                    user_id: "user-7".into(),
-                    partition,
-                    offset,
-                    entry: SpeedEntry::Event(bogus),
-                }],
-                index: Vec::new(),
-                progress: SpeedProgress {
-                    position: [(partition, offset + 1)].into_iter().collect(),
-                    last_accepted_at: Some(now),
-                },
-            })
+            .apply_speed(
+                SpeedWrite {
+                    entries: vec![PositionedEntry {
+                        user_id: "user-7".into(),
+                        partition,
+                        offset,
+                        entry: SpeedEntry::Event(bogus),
+                    }],
+                    index: Vec::new(),
+                    progress: SpeedProgress {
+                        position: [(partition, offset + 1)].into_iter().collect(),
+                        last_accepted_at: Some(now),
+                    },
+                }
+                .into(),
+            )
             .await
             .expect("written");
     }

@@ -144,13 +144,13 @@ impl SpeedLayer {
                 // (Kafka's transaction markers): record that, or lag never ends.
                 let reader_position = reader.position();
                 if !position.reaches(&reader_position) {
-                    let write = SpeedWrite {
+                    let write = Arc::new(SpeedWrite {
                         progress: SpeedProgress {
                             position: reader_position.clone(),
                             last_accepted_at,
                         },
                         ..SpeedWrite::default()
-                    };
+                    });
                     if self
                         .retry("record progress", &shutdown, || {
                             self.store.apply_speed(write.clone())
@@ -228,13 +228,14 @@ impl SpeedLayer {
             return Ok(None);
         };
         let (write, stats) = plan::plan(
-            &batch,
+            batch,
             known,
             *last_accepted_at,
             &self.options.deduplication,
             deleted,
         );
         let progress = write.progress.clone();
+        let write = Arc::new(write);
         if self
             .retry("apply speed write", shutdown, || {
                 self.store.apply_speed(write.clone())

@@ -2,7 +2,7 @@
 //! deduplication by event id and retraction routing. Pure given the index
 //! entries of the ids involved, so it is tested without any backend.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use signals_core::{Deduplication, LogPosition, Occurrence, SpeedEntry};
 use signals_log::{DeadLetter, LogEntry};
@@ -160,8 +160,8 @@ pub fn ids_to_look_up(records: &[Decoded]) -> Vec<String> {
 /// (deletion is permanent in [`signals_core::UserView::merge`]); not writing
 /// them keeps a deleted user's data out of the store.
 pub fn plan(
-    batch: &DecodedBatch,
-    mut known: HashMap<String, IndexEntry>,
+    batch: DecodedBatch,
+    known: HashMap<String, IndexEntry>,
     last_accepted_at: Option<Millis>,
     rules: &Deduplication,
     deleted: &mut HashSet<String>,
@@ -170,28 +170,34 @@ pub fn plan(
         dead_letters: batch.dead_letters.len() as u64,
         ..PlanStats::default()
     };
-    let mut entries = Vec::new();
-    let mut touched: BTreeSet<String> = BTreeSet::new();
+    let mut entries = Vec::with_capacity(batch.records.len());
+    // The index's entries as this batch leaves them: what the next record
+    // of an id is decided by, and the write's index updates.
+    let mut updated: HashMap<String, IndexEntry> = HashMap::new();
+    let entry_of = |updated: &HashMap<String, IndexEntry>, id: &str| -> Option<IndexEntry> {
+        updated.get(id).or_else(|| known.get(id)).cloned()
+    };
     let mut newest = last_accepted_at;
 
-    for record in &batch.records {
+    for record in batch.records {
         newest = newest.max(Some(record.accepted_at));
-        let at = |user_id: &str, entry: SpeedEntry| PositionedEntry {
-            user_id: user_id.to_owned(),
+        let at = |user_id: String, entry: SpeedEntry| PositionedEntry {
+            user_id,
             partition: record.partition,
             offset: record.offset,
             entry,
         };
-        match &record.body {
+        match record.body {
             RecordBody::Event(event) => {
                 let (occurrence, next) = rules.on_event(
-                    known.get(&event.event_id),
+                    updated
+                        .get(&event.event_id)
+                        .or_else(|| known.get(&event.event_id)),
                     &event.user_id,
                     record.accepted_at,
                 );
                 if let Some(next) = next {
-                    known.insert(event.event_id.clone(), next);
-                    touched.insert(event.event_id.clone());
+                    updated.insert(event.event_id.clone(), next);
                 }
                 match occurrence {
                     Occurrence::Copy => stats.duplicates += 1,
@@ -200,7 +206,7 @@ pub fn plan(
                         stats.deleted_user_events += 1
                     }
                     Occurrence::Counts => {
-                        entries.push(at(&event.user_id, SpeedEntry::Event(event.clone())));
+                        entries.push(at(event.user_id.clone(), SpeedEntry::Event(event)));
                         stats.events += 1;
                     }
                 }
@@ -208,38 +214,36 @@ pub fn plan(
             RecordBody::Retraction(retraction) => {
                 stats.retractions += 1;
                 let mut by_user: BTreeMap<String, Vec<String>> = BTreeMap::new();
-                for id in &retraction.event_ids {
-                    let (withdrawn, next) = rules.on_retraction(known.get(id), record.accepted_at);
+                for id in retraction.event_ids {
+                    let (withdrawn, next) =
+                        rules.on_retraction(entry_of(&updated, &id).as_ref(), record.accepted_at);
                     if let Some(user) = withdrawn {
                         let ids = by_user.entry(user).or_default();
-                        if !ids.contains(id) {
+                        if !ids.contains(&id) {
                             ids.push(id.clone());
                         }
                     }
-                    known.insert(id.clone(), next);
-                    touched.insert(id.clone());
+                    updated.insert(id, next);
                 }
                 for (user, event_ids) in by_user {
-                    entries.push(at(&user, SpeedEntry::Retracted { event_ids }));
+                    entries.push(at(user, SpeedEntry::Retracted { event_ids }));
                 }
             }
             RecordBody::UserDeletion(deletion) => {
                 stats.deletions += 1;
                 deleted.insert(deletion.user_id.clone());
-                entries.push(at(&deletion.user_id, SpeedEntry::Deleted));
+                entries.push(at(deletion.user_id, SpeedEntry::Deleted));
             }
         }
     }
 
-    let index = touched
-        .into_iter()
-        .filter_map(|id| known.remove(&id).map(|entry| (id, entry)))
-        .collect();
+    let mut index: Vec<(String, IndexEntry)> = updated.into_iter().collect();
+    index.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     let write = SpeedWrite {
         entries,
         index,
         progress: SpeedProgress {
-            position: batch.position.clone(),
+            position: batch.position,
             last_accepted_at: newest,
         },
     };
@@ -305,7 +309,7 @@ mod tests {
             },
         )]);
         let (write, stats) = plan(
-            &batch,
+            batch,
             known,
             None,
             &Deduplication::default(),
@@ -364,7 +368,7 @@ mod tests {
             ),
         ]);
         let (write, _) = plan(
-            &batch,
+            batch,
             known,
             None,
             &Deduplication::default(),
@@ -391,8 +395,9 @@ mod tests {
             &LogPosition::new(),
         );
         let mut deleted = HashSet::new();
+        let after = batch.position.clone();
         let (write, stats) = plan(
-            &batch,
+            batch,
             HashMap::new(),
             None,
             &Deduplication::default(),
@@ -411,9 +416,9 @@ mod tests {
         assert!(deleted.contains("u"));
 
         // A later batch remembers the deletion.
-        let later = decode(vec![entry(3, view("c"))], &batch.position);
+        let later = decode(vec![entry(3, view("c"))], &after);
         let (write, stats) = plan(
-            &later,
+            later,
             HashMap::new(),
             None,
             &Deduplication::default(),
@@ -461,7 +466,7 @@ mod tests {
         // before its event, so the event never counts, and no write names an
         // empty user or id (which a store refuses).
         let (write, stats) = plan(
-            &batch,
+            batch,
             HashMap::new(),
             None,
             &Deduplication::default(),
@@ -493,7 +498,7 @@ mod tests {
             ],
             &LogPosition::new(),
         );
-        let (write, stats) = plan(&batch, HashMap::new(), None, &rules, &mut HashSet::new());
+        let (write, stats) = plan(batch, HashMap::new(), None, &rules, &mut HashSet::new());
         let counted: Vec<u64> = write.entries.iter().map(|e| e.offset).collect();
         assert_eq!(counted, vec![0, 11]);
         assert_eq!((stats.events, stats.duplicates), (2, 1));

@@ -185,12 +185,12 @@ pub async fn speed_entries_come_back_in_log_order_per_user(store: &dyn SignalSto
         at("u12", 0, 2),
     ];
     store
-        .apply_speed(write(first, &[(0, 8), (1, 6)]))
+        .apply_speed(write(first, &[(0, 8), (1, 6)]).into())
         .await
         .expect("apply");
     let second = vec![at("u1", 0, 9), at("u1", 0, 3), at("u1", 1, 2)];
     store
-        .apply_speed(write(second, &[(0, 10), (1, 6)]))
+        .apply_speed(write(second, &[(0, 10), (1, 6)]).into())
         .await
         .expect("apply");
     assert_eq!(
@@ -226,7 +226,7 @@ pub async fn every_kind_of_speed_entry_round_trips(store: &dyn SignalStore) {
     ];
     let expected: Vec<SpeedEntry> = entries.iter().map(|e| e.entry.clone()).collect();
     store
-        .apply_speed(write(entries, &[(0, 3)]))
+        .apply_speed(write(entries, &[(0, 3)]).into())
         .await
         .expect("apply");
     assert_eq!(
@@ -238,8 +238,11 @@ pub async fn every_kind_of_speed_entry_round_trips(store: &dyn SignalStore) {
 pub async fn reapplying_a_write_changes_nothing(store: &dyn SignalStore) {
     let mut w = write(vec![at("u", 0, 0), at("u", 0, 1)], &[(0, 2)]);
     w.index = vec![("p0-0".into(), seen("u")), ("p0-1".into(), seen("u"))];
-    store.apply_speed(w.clone()).await.expect("apply");
-    store.apply_speed(w.clone()).await.expect("apply again");
+    store.apply_speed(w.clone().into()).await.expect("apply");
+    store
+        .apply_speed(w.clone().into())
+        .await
+        .expect("apply again");
     assert_eq!(speed_ids(store, "u").await, ids(&["p0-0", "p0-1"]));
     assert_eq!(store.speed_progress().await.expect("progress"), w.progress);
     assert_eq!(
@@ -255,7 +258,10 @@ pub async fn reapplying_a_write_changes_nothing(store: &dyn SignalStore) {
 pub async fn progress_is_recorded(store: &dyn SignalStore) {
     let mut first = write(vec![at("u", 0, 0)], &[(0, 1)]);
     first.progress.last_accepted_at = Some(10);
-    store.apply_speed(first.clone()).await.expect("apply");
+    store
+        .apply_speed(first.clone().into())
+        .await
+        .expect("apply");
     assert_eq!(
         store.speed_progress().await.expect("progress"),
         first.progress
@@ -263,7 +269,10 @@ pub async fn progress_is_recorded(store: &dyn SignalStore) {
     // A write with no entries still moves progress (e.g. only bad records).
     let mut second = write(Vec::new(), &[(0, 4), (3, 2)]);
     second.progress.last_accepted_at = Some(20);
-    store.apply_speed(second.clone()).await.expect("apply");
+    store
+        .apply_speed(second.clone().into())
+        .await
+        .expect("apply");
     assert_eq!(
         store.speed_progress().await.expect("progress"),
         second.progress
@@ -294,7 +303,7 @@ pub async fn index_entries_go_once_they_expire(store: &dyn SignalStore) {
         ("later".into(), expiring(Some(now + 3_600_000))),
         ("never".into(), expiring(None)),
     ];
-    store.apply_speed(w).await.expect("apply");
+    store.apply_speed(w.into()).await.expect("apply");
     let all = ids(&["due", "soon", "later", "never"]);
     store
         .collect_garbage(&LogPosition::new(), 0)
@@ -332,7 +341,7 @@ pub async fn the_index_answers_present_absent_and_retracted(store: &dyn SignalSt
         ("a".into(), seen("u")),
         ("b".into(), retracted_unseen.clone()),
     ];
-    store.apply_speed(w).await.expect("apply");
+    store.apply_speed(w.into()).await.expect("apply");
     let found = store
         .lookup_events(&ids(&["a", "b", "c"]))
         .await
@@ -349,7 +358,7 @@ pub async fn the_index_answers_present_absent_and_retracted(store: &dyn SignalSt
     };
     let mut later = write(Vec::new(), &[(0, 3)]);
     later.index = vec![("a".into(), retracted_seen.clone())];
-    store.apply_speed(later).await.expect("apply");
+    store.apply_speed(later.into()).await.expect("apply");
     let found = store.lookup_events(&ids(&["a"])).await.expect("lookup");
     assert_eq!(
         found.get("a"),
@@ -368,7 +377,7 @@ pub async fn a_history_since_a_mark_holds_only_the_entries_past_it(store: &dyn S
         .map(|o| at("u", 0, o))
         .chain((0..3).map(|o| at("u", 1, o)));
     store
-        .apply_speed(write(entries.collect(), &[(0, 6), (1, 3)]))
+        .apply_speed(write(entries.collect(), &[(0, 6), (1, 3)]).into())
         .await
         .expect("apply");
     let positions = |history: &crate::HistorySince| -> Vec<(Partition, Offset)> {
@@ -461,7 +470,7 @@ pub async fn a_tail_cache_answers_like_a_fresh_read_through_writes_publications_
         let entries: Vec<PositionedEntry> = (offset..offset + 40).map(|o| at("u", 0, o)).collect();
         offset += 40;
         store
-            .apply_speed(write(entries, &[(0, offset)]))
+            .apply_speed(write(entries, &[(0, offset)]).into())
             .await
             .expect("apply");
         assert_eq!(both("after a write").await.len(), expected, "round {round}");
@@ -486,7 +495,7 @@ pub async fn a_tail_cache_answers_like_a_fresh_read_through_writes_publications_
         },
     };
     store
-        .apply_speed(write(vec![retraction], &[(0, offset), (1, 1)]))
+        .apply_speed(write(vec![retraction], &[(0, offset), (1, 1)]).into())
         .await
         .expect("apply");
     let after = both("after a retraction").await;
@@ -507,7 +516,7 @@ pub async fn history_merges_the_published_record_with_uncovered_entries_only(
         .chain((0..3).map(|o| at("u", 1, o)))
         .chain([at("u", 2, 0)]);
     store
-        .apply_speed(write(entries.collect(), &[(0, 10), (1, 3), (2, 1)]))
+        .apply_speed(write(entries.collect(), &[(0, 10), (1, 3), (2, 1)]).into())
         .await
         .expect("apply");
     store
@@ -625,12 +634,12 @@ pub async fn garbage_collection_keeps_what_the_published_version_needs(store: &d
     // as one row, which goes once all of them are covered.
     for o in 0..10 {
         store
-            .apply_speed(write(vec![at("u", 0, o)], &[(0, o + 1)]))
+            .apply_speed(write(vec![at("u", 0, o)], &[(0, o + 1)]).into())
             .await
             .expect("apply");
     }
     store
-        .apply_speed(write(vec![at("w", 1, 0)], &[(0, 10), (1, 1)]))
+        .apply_speed(write(vec![at("w", 1, 0)], &[(0, 10), (1, 1)]).into())
         .await
         .expect("apply");
     let users = |tag: &str| {
@@ -704,7 +713,7 @@ pub async fn a_user_with_only_speed_entries_has_no_record(store: &dyn SignalStor
     let published = manifest(1, &[(0, 1)]);
     store.publish(&published).await.expect("publish");
     store
-        .apply_speed(write(vec![at("fresh", 0, 1), at("fresh", 0, 0)], &[(0, 2)]))
+        .apply_speed(write(vec![at("fresh", 0, 1), at("fresh", 0, 0)], &[(0, 2)]).into())
         .await
         .expect("apply");
     let history = store.user_history("fresh").await.expect("history");
@@ -755,7 +764,7 @@ pub async fn erasing_a_user_leaves_a_marker_and_erased_records_only(store: &dyn 
             last_accepted_at: None,
         },
     };
-    store.apply_speed(write).await.expect("apply");
+    store.apply_speed(write.into()).await.expect("apply");
     assert!(store
         .user_history("u")
         .await

@@ -96,7 +96,8 @@ pub trait StoreReads: Send + Sync + 'static {
 pub trait SpeedStore: StoreReads {
     /// Makes one batch of speed writes durable, then records `write.progress`.
     /// Applying the same write twice leaves the store as applying it once.
-    async fn apply_speed(&self, write: SpeedWrite) -> Result<(), StoreError>;
+    /// Shared, so that a retry costs no copy of its entries.
+    async fn apply_speed(&self, write: Arc<SpeedWrite>) -> Result<(), StoreError>;
 }
 
 /// What serving (the API and the insights worker) reads: one user's

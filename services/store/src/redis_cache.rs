@@ -578,7 +578,7 @@ mod tests {
 
     #[async_trait]
     impl SpeedStore for Wired {
-        async fn apply_speed(&self, write: SpeedWrite) -> Result<(), StoreError> {
+        async fn apply_speed(&self, write: Arc<SpeedWrite>) -> Result<(), StoreError> {
             self.store.apply_speed(write).await
         }
     }

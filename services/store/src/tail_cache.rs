@@ -265,7 +265,7 @@ mod tests {
         // reader sees a write still landing: offsets 20..40 are not settled.
         let entries = (0..40).map(|o| at("u", 0, o)).collect();
         store
-            .apply_speed(write(entries, &[(0, 20)]))
+            .apply_speed(write(entries, &[(0, 20)]).into())
             .await
             .expect("apply");
         let first = ids(cached.served_history("u").await.expect("read"));
@@ -276,7 +276,7 @@ mod tests {
 
         let entries = (40..50).map(|o| at("u", 0, o)).collect();
         store
-            .apply_speed(write(entries, &[(0, 50)]))
+            .apply_speed(write(entries, &[(0, 50)]).into())
             .await
             .expect("apply");
         let second = ids(cached.served_history("u").await.expect("read"));

@@ -233,7 +233,10 @@ fn raw_write_redb(
                 key.push(0);
                 key.extend_from_slice(&last.partition.to_be_bytes());
                 key.extend_from_slice(&last.offset.to_be_bytes());
-                (key, run.iter().flat_map(|e| e.value.iter().copied()).collect())
+                (
+                    key,
+                    run.iter().flat_map(|e| e.value.iter().copied()).collect(),
+                )
             })
             .collect();
         let buckets = chunk.len().div_ceil(128).next_power_of_two().min(256);

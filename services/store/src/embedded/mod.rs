@@ -249,7 +249,7 @@ impl StoreReads for EmbeddedStore {
 
 #[async_trait]
 impl SpeedStore for EmbeddedStore {
-    async fn apply_speed(&self, write: SpeedWrite) -> Result<(), StoreError> {
+    async fn apply_speed(&self, write: Arc<SpeedWrite>) -> Result<(), StoreError> {
         self.blocking(move |inner| inner.apply_speed(&write)).await
     }
 }

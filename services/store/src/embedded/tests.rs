@@ -40,7 +40,7 @@ async fn everything_survives_a_reopen() {
             expires_at: None,
         },
     )];
-    store.apply_speed(w.clone()).await.expect("apply");
+    store.apply_speed(w.clone().into()).await.expect("apply");
     store
         .write_batch(1, vec![("u".into(), record("u", "b"))])
         .await
@@ -101,7 +101,7 @@ async fn a_write_refused_in_part_leaves_nothing_behind() {
         },
     )];
     store
-        .apply_speed(w)
+        .apply_speed(w.into())
         .await
         .expect_err("an unkeyable user id fails the write");
     assert_nothing_applied(&store).await;
@@ -125,7 +125,7 @@ async fn a_write_failing_midway_leaves_nothing_behind() {
     )];
     store.inner.fail_after_entries.store(true, Ordering::SeqCst);
     let error = store
-        .apply_speed(w.clone())
+        .apply_speed(w.clone().into())
         .await
         .expect_err("the injected fault fails the write");
     assert!(error.to_string().contains("injected"), "{error}");
@@ -135,7 +135,7 @@ async fn a_write_failing_midway_leaves_nothing_behind() {
         .fail_after_entries
         .store(false, Ordering::SeqCst);
     store
-        .apply_speed(w.clone())
+        .apply_speed(w.clone().into())
         .await
         .expect("the retry succeeds");
     assert_eq!(store.speed_progress().await.expect("progress"), w.progress);
@@ -165,9 +165,15 @@ async fn replaying_an_older_write_never_moves_progress_back() {
     let store = store_in(&dir);
     let older = write(vec![at("u", 0, 0)], &[(0, 1)]);
     let newer = write(vec![at("u", 0, 1)], &[(0, 2), (1, 4)]);
-    store.apply_speed(older.clone()).await.expect("apply");
-    store.apply_speed(newer.clone()).await.expect("apply");
-    store.apply_speed(older).await.expect("replay");
+    store
+        .apply_speed(older.clone().into())
+        .await
+        .expect("apply");
+    store
+        .apply_speed(newer.clone().into())
+        .await
+        .expect("apply");
+    store.apply_speed(older.into()).await.expect("replay");
     assert_eq!(
         store.speed_progress().await.expect("progress"),
         newer.progress
@@ -186,7 +192,7 @@ async fn garbage_collection_in_small_chunks_removes_exactly_the_covered_rows() {
     for o in 0..5u64 {
         let entries = (0..20).map(|u| at(&format!("user-{u}"), (o % 2) as u32, o));
         store
-            .apply_speed(write(entries.collect(), &[(0, o + 1), (1, o + 1)]))
+            .apply_speed(write(entries.collect(), &[(0, o + 1), (1, o + 1)]).into())
             .await
             .expect("apply");
     }
@@ -296,7 +302,7 @@ fn crash_writer() {
             let entries = (step * CRASH_STEP..(step + 1) * CRASH_STEP)
                 .map(|o| at(&format!("u{}", o % 7), 0, o));
             store
-                .apply_speed(write(entries.collect(), &[(0, (step + 1) * CRASH_STEP)]))
+                .apply_speed(write(entries.collect(), &[(0, (step + 1) * CRASH_STEP)]).into())
                 .await
                 .expect("apply");
             println!("committed {step}");
@@ -400,7 +406,7 @@ async fn embedded_figures() {
             .map(|o| (format!("p0-{o}"), seen(o)))
             .collect();
         let started = Instant::now();
-        store.apply_speed(w).await.expect("apply");
+        store.apply_speed(w.into()).await.expect("apply");
         let took = started.elapsed();
         if round == 0 || round == ROUNDS - 1 {
             println!("apply_speed round {round}: {took:?}");
@@ -416,7 +422,7 @@ async fn embedded_figures() {
     for round in 0..20 {
         let offset = ROUNDS * USERS + round;
         let w = write(vec![at("single", 0, offset)], &[(0, offset + 1)]);
-        store.apply_speed(w).await.expect("apply");
+        store.apply_speed(w.into()).await.expect("apply");
     }
     println!(
         "apply_speed, 1 entry, durable (the commit's floor): {:?}/call",
@@ -517,7 +523,7 @@ async fn a_users_entries_of_one_write_are_one_row_read_from_any_position() {
     let store = store_in(&dir);
     let entries = (0..30u64).map(|o| at(&format!("u{}", o % 3), (o % 2) as u32, o));
     store
-        .apply_speed(write(entries.collect(), &[(0, 30), (1, 30)]))
+        .apply_speed(write(entries.collect(), &[(0, 30), (1, 30)]).into())
         .await
         .expect("apply");
     assert_eq!(speed_rows(&store), 3 * 2, "a row per user and partition");
@@ -536,7 +542,7 @@ async fn a_users_entries_of_one_write_are_one_row_read_from_any_position() {
     // A replay of part of the write, cut differently: nothing twice.
     let replay = [9u64, 15, 21].map(|o| at("u0", (o % 2) as u32, o));
     store
-        .apply_speed(write(replay.to_vec(), &[(0, 30), (1, 30)]))
+        .apply_speed(write(replay.to_vec(), &[(0, 30), (1, 30)]).into())
         .await
         .expect("replay");
     assert_eq!(speed_rows(&store), 3 * 2 + 1);
@@ -561,7 +567,7 @@ async fn a_partly_covered_row_stays_until_its_last_entry_is_covered() {
     let dir = TempDir::new().expect("temp dir");
     let store = store_in(&dir);
     store
-        .apply_speed(write((0..6).map(|o| at("u", 0, o)).collect(), &[(0, 6)]))
+        .apply_speed(write((0..6).map(|o| at("u", 0, o)).collect(), &[(0, 6)]).into())
         .await
         .expect("apply");
     store
@@ -608,7 +614,7 @@ async fn the_index_log_answers_the_newest_entry_across_writes_and_reopens() {
         .iter()
         .map(|id| (id.clone(), expiring("u", None)))
         .collect();
-    store.apply_speed(first).await.expect("apply");
+    store.apply_speed(first.into()).await.expect("apply");
     // A later write updates every third id.
     let mut second = write(Vec::new(), &[(0, 2)]);
     second.index = ids
@@ -616,7 +622,7 @@ async fn the_index_log_answers_the_newest_entry_across_writes_and_reopens() {
         .step_by(3)
         .map(|id| (id.clone(), expiring("v", None)))
         .collect();
-    store.apply_speed(second).await.expect("apply");
+    store.apply_speed(second.into()).await.expect("apply");
 
     let check = |found: HashMap<String, IndexEntry>| {
         assert_eq!(found.len(), 1_000);
@@ -637,7 +643,7 @@ async fn the_index_log_answers_the_newest_entry_across_writes_and_reopens() {
     // New writes go after the rebuilt ones, and win.
     let mut third = write(Vec::new(), &[(0, 3)]);
     third.index = vec![(ids[1].clone(), expiring("w", None))];
-    store.apply_speed(third).await.expect("apply");
+    store.apply_speed(third.into()).await.expect("apply");
     let found = store.lookup_events(&ids[1..2]).await.expect("lookup");
     assert_eq!(found[&ids[1]].user_id.as_deref(), Some("w"));
 }
@@ -665,7 +671,7 @@ async fn collected_index_writes_are_forgotten_and_stay_forgotten() {
             .iter()
             .map(|(id, expiry)| (id.to_string(), expiring("u", *expiry)))
             .collect();
-        store.apply_speed(w).await.expect("apply");
+        store.apply_speed(w.into()).await.expect("apply");
     }
     let asked: Vec<String> = ["old", "legacy", "gone", "kept", "after"]
         .map(String::from)
@@ -762,7 +768,7 @@ async fn a_layout_1_file_is_converted_when_opened() {
     // New writes append after the converted ones.
     let mut w = write(vec![at("u", 0, 3)], &[(0, 4)]);
     w.index = vec![("p0-3".into(), expiring("u", None))];
-    store.apply_speed(w).await.expect("apply");
+    store.apply_speed(w.into()).await.expect("apply");
     let found = store
         .lookup_events(&["p0-0".into(), "p0-3".into()])
         .await

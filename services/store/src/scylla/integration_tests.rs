@@ -191,7 +191,7 @@ async fn a_new_connection_sees_everything() {
             expires_at: None,
         },
     )];
-    store.apply_speed(w.clone()).await.expect("apply");
+    store.apply_speed(w.clone().into()).await.expect("apply");
     store
         .write_batch(1, vec![("u".into(), record("u", "b"))])
         .await
@@ -233,7 +233,7 @@ async fn two_stores_on_one_keyspace_publish_and_read_consistently() {
     let a = server.store(options.clone()).await;
     let b = server.store(options).await;
     let entries = (0..6).map(|o| at("u", 0, o)).collect();
-    a.apply_speed(write(entries, &[(0, 6)]))
+    a.apply_speed(write(entries, &[(0, 6)]).into())
         .await
         .expect("apply");
 
@@ -331,14 +331,14 @@ async fn progress_merges_across_partitions_from_two_writers() {
                 .collect();
             let mut w = write(entries, &position);
             w.progress.last_accepted_at = Some(1_000 + step as i64 * 10 + i64::from(partitions[0]));
-            store.apply_speed(w).await.expect("apply");
+            store.apply_speed(w.into()).await.expect("apply");
         }
     };
     tokio::join!(writer(a.clone(), [0, 1]), writer(b.clone(), [2, 3]));
     // A stale replay (a zombie writer, a retry) moves nothing back.
     let mut stale = write(vec![at("user-0", 0, 10)], &[(0, 11), (1, 12), (2, 13)]);
     stale.progress.last_accepted_at = Some(5);
-    a.apply_speed(stale).await.expect("replay");
+    a.apply_speed(stale.into()).await.expect("replay");
 
     let expected: LogPosition = [(0, 201), (1, 202), (2, 203), (3, 204)]
         .into_iter()
@@ -388,7 +388,7 @@ async fn scylla_figures() {
         let mut w = write(entries, &[(0, (round + 1) * 5_000)]);
         w.index = index;
         let started = Instant::now();
-        store.apply_speed(w).await.expect("apply");
+        store.apply_speed(w.into()).await.expect("apply");
         rounds.push(started.elapsed());
     }
     println!("apply_speed, 5000 entries + 5000 index rows, 500 users: {rounds:?}");
@@ -455,7 +455,7 @@ async fn empty_keys_read_as_absent_and_are_refused_on_write() {
         .expect("lookup")
         .is_empty());
     let error = store
-        .apply_speed(write(vec![at("", 0, 0)], &[(0, 1)]))
+        .apply_speed(write(vec![at("", 0, 0)], &[(0, 1)]).into())
         .await
         .expect_err("an empty user id");
     assert!(error.to_string().contains("empty user id"), "{error}");

@@ -235,7 +235,7 @@ impl StoreReads for ScyllaStore {
 
 #[async_trait]
 impl SpeedStore for ScyllaStore {
-    async fn apply_speed(&self, write: SpeedWrite) -> Result<(), StoreError> {
+    async fn apply_speed(&self, write: Arc<SpeedWrite>) -> Result<(), StoreError> {
         self.inner.apply_speed(&write).await
     }
 }
