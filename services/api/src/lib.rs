@@ -3,6 +3,7 @@
 //! [`AppState`]; the binary only binds it to a socket, and tests drive it
 //! without one.
 
+pub mod answers;
 mod auth;
 pub mod error;
 pub mod events_body;

@@ -79,4 +79,6 @@ pub struct AppState {
     pub options: Arc<ApiOptions>,
     /// Shared readings of the speed layer's progress and the log's end.
     pub progress: Arc<ProgressReadings>,
+    /// Users' latest answers, kept until they can change.
+    pub answers: Arc<crate::answers::AnswerCache>,
 }

@@ -49,6 +49,7 @@ fn fixture_with(
         metrics: None,
         options: Arc::new(options),
         progress: Default::default(),
+        answers: std::sync::Arc::new(signals_api::answers::AnswerCache::new(1 << 20)),
     };
     Fixture {
         router: app(state),

@@ -58,6 +58,7 @@ fn fixture() -> Fixture {
         metrics: None,
         options: Arc::new(ApiOptions::default()),
         progress: Default::default(),
+        answers: std::sync::Arc::new(signals_api::answers::AnswerCache::new(1 << 20)),
     };
     Fixture {
         router: with_insights(

@@ -23,6 +23,7 @@
 
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use signals_schemas::{Event, Millis};
@@ -45,6 +46,16 @@ pub struct SpeedTail {
     hidden: Arc<HashSet<String>>,
     /// A deletion marker was among the entries: nothing of the user counts.
     deleted: bool,
+    /// Drawn anew whenever an extension changes the tail (0: the empty
+    /// tail): equal generations, equal tails.
+    generation: u64,
+}
+
+/// The last generation drawn by any tail of this process.
+static GENERATIONS: AtomicU64 = AtomicU64::new(0);
+
+fn next_generation() -> u64 {
+    GENERATIONS.fetch_add(1, Ordering::Relaxed) + 1
 }
 
 /// Events newest first (by event time, then event id, like a record), and
@@ -103,6 +114,7 @@ impl SpeedTail {
                 SpeedEntry::Deleted => {
                     return SpeedTail {
                         deleted: true,
+                        generation: next_generation(),
                         ..SpeedTail::default()
                     }
                 }
@@ -111,6 +123,7 @@ impl SpeedTail {
         let mut tail = self.clone();
         retracted.retain(|id| !tail.hidden.contains(id));
         if !retracted.is_empty() {
+            tail.generation = next_generation();
             tail.hide(&retracted);
             Arc::make_mut(&mut tail.hidden).extend(retracted);
         }
@@ -119,6 +132,7 @@ impl SpeedTail {
             drop_batch_ids(batch, &mut events);
         }
         if !events.is_empty() {
+            tail.generation = next_generation();
             tail.push(events);
         }
         tail
@@ -170,6 +184,14 @@ impl SpeedTail {
             self.runs
                 .push(Run::new(merge_newest_first(&older.events, &newer.events)));
         }
+    }
+
+    /// Which version of a kept tail this is: a tail extended with entries
+    /// that change it gets a generation no other tail of this process has,
+    /// one extended with nothing keeps its own, and the empty tail is 0. So
+    /// an answer computed over one generation holds for that generation.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Whether a deletion marker was among the entries.

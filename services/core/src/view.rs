@@ -267,6 +267,59 @@ impl UserView {
         next
     }
 
+    /// An instant after `at` before which the values of `definitions` (and
+    /// which of them are stale) stay what they are at `at`, as long as the
+    /// view gains no entry: never later than [`Self::next_change`] after
+    /// `at`, and `Millis::MAX` when time alone changes nothing.
+    ///
+    /// An event moves a value when it enters the read range (at its time
+    /// + 1) and when it leaves a window or closes a session (at its time +
+    /// the width or gap + 1). For each such reach the first event to do so
+    /// is found by a binary search in the record's and each run's events,
+    /// which are kept newest first: the cost is O(reaches × runs × log n),
+    /// not a pass over the history, so an answer can be kept until then
+    /// (ADR 010). Events a retraction hides only make the bound earlier.
+    pub fn holds_until(&self, definitions: &[&SignalDefinition], at: Millis) -> Millis {
+        let mut reaches: Vec<Millis> = vec![0];
+        for definition in definitions {
+            if let Window::Sliding(width) = definition.window {
+                reaches.push(width);
+            }
+            if let crate::definition::Aggregation::Sessions { gap, .. } = definition.aggregation {
+                reaches.push(gap);
+            }
+        }
+        reaches.sort_unstable();
+        reaches.dedup();
+        let record = self.batch.iter().map(|b| b.events.as_slice());
+        let mut until = Millis::MAX;
+        for events in record.chain(self.tail.sorted_runs()) {
+            for &reach in &reaches {
+                // Newest first: the events at or after `at - reach` lead.
+                let after = events.partition_point(|e| e.event_time >= at.saturating_sub(reach));
+                if let Some(first) = after.checked_sub(1).map(|i| &events[i]) {
+                    until = until.min(first.event_time.saturating_add(reach).saturating_add(1));
+                }
+            }
+        }
+        if let Some(batch) = &self.batch {
+            // Base states count from the horizon on, and a window reaching
+            // before the horizon is stale until it no longer does.
+            let mut consider = |t: Millis| {
+                if t > at {
+                    until = until.min(t);
+                }
+            };
+            consider(batch.horizon);
+            for definition in definitions {
+                if let Window::Sliding(width) = definition.window {
+                    consider(batch.horizon.saturating_add(width));
+                }
+            }
+        }
+        until
+    }
+
     /// The user's events of `types` with `since <= event_time < until`,
     /// newest first (ties: larger event id first), at most `limit`.
     ///
@@ -655,6 +708,36 @@ mod tests {
             prop_assert!(until > now);
             for at in now..until {
                 prop_assert_eq!(&view.evaluate(&all, at).0, &at_now, "at {}", at);
+            }
+        }
+    }
+
+    proptest! {
+        /// An answer kept until `holds_until` is the answer at every instant
+        /// before it, with a speed tail and hidden record events too, and
+        /// `holds_until` is never later than `next_change`.
+        #[test]
+        fn values_hold_until_holds_until(
+            events in arb_events(40),
+            speed_events in arb_events(30),
+            retracted in prop::collection::vec(0usize..40, 0..3),
+            horizon in prop::option::of(-50i64..150),
+            at in 0i64..260,
+        ) {
+            let defs = definitions();
+            let all: Vec<&SignalDefinition> = defs.iter().collect();
+            let horizon = horizon.unwrap_or(Millis::MIN);
+            let record = UserRecord::compact(&defs, events.clone(), horizon);
+            let speed = speed_tail(speed_events, &events, &retracted);
+            let view = UserView::merge(Some(Arc::new(record)), speed);
+            let until = view.holds_until(&all, at);
+            prop_assert!(until > at);
+            if let Some(next) = view.next_change(&all, at) {
+                prop_assert!(until <= next, "{} > {}", until, next);
+            }
+            let answer = view.evaluate(&all, at);
+            for later in at..until.min(at + 400) {
+                prop_assert_eq!(&view.evaluate(&all, later), &answer, "at {}", later);
             }
         }
     }

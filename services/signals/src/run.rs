@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
+use signals_api::answers::AnswerCache;
 use signals_api::routes::insights::Insights;
 use signals_api::routes::ops::Conditions;
 use signals_api::{ApiOptions, AppState, Tokens};
@@ -296,6 +297,7 @@ fn api_state(
             readiness,
         }),
         progress: Default::default(),
+        answers: Arc::new(AnswerCache::new(config.cache.answer_bytes)),
     })
 }
 

@@ -48,6 +48,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+pub use cache::VersionedCache;
 pub use error::StoreError;
 pub use insights::InsightsStore;
 use signals_core::{LogPosition, Offset, Partition, UserRecord};

@@ -11,6 +11,7 @@ use signals_core::{EventTypes, LogPosition, SignalDefinition, UserView};
 use signals_schemas::{EventType, Millis};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::answers::ViewId;
 use crate::error::ApiError;
 use crate::extract::{check_user_id, ApiQuery, JsonBody, UserId, JSON};
 use crate::openapi::MAX_ACTIVITY_LIMIT;
@@ -214,8 +215,17 @@ pub(crate) async fn answer(
 ) -> Result<SignalsResponse, ApiError> {
     let history = state.store.served_history(&user_id).await?;
     let manifest = history.manifest.clone();
-    let view = UserView::with_tail(history.record, history.tail);
-    let (values, stale) = view.evaluate(definitions, at);
+    let id = ViewId {
+        version: manifest.as_ref().map(|m| m.version),
+        tail_generation: history.tail.generation(),
+    };
+    let (values, stale) = state.answers.answer(
+        &user_id,
+        id,
+        || UserView::with_tail(history.record, history.tail),
+        definitions,
+        at,
+    );
     let lag = speed.position.lag_behind(&end.position);
     let now = now_millis();
     let freshness = Freshness {
@@ -236,7 +246,7 @@ pub(crate) async fn answer(
                 (_, Some(t)) => (now - t).max(0) as u64,
                 (_, None) => 0,
             }),
-        stale_signals: stale.into_iter().map(|s| s.0).collect(),
+        stale_signals: stale,
         positions_stale: end.stale.clone(),
     };
     Ok(SignalsResponse {
