@@ -272,9 +272,10 @@ impl UserView {
     /// view gains no entry: never later than [`Self::next_change`] after
     /// `at`, and `Millis::MAX` when time alone changes nothing.
     ///
-    /// An event moves a value when it enters the read range (at its time
-    /// + 1) and when it leaves a window or closes a session (at its time +
-    /// the width or gap + 1). For each such reach the first event to do so
+    /// An event moves a value when it enters the read range (one
+    /// millisecond after its time) and when it leaves a window or closes a
+    /// session (one millisecond after its time plus the width or the gap).
+    /// For each such reach the first event to do so
     /// is found by a binary search in the record's and each run's events,
     /// which are kept newest first: the cost is O(reaches × runs × log n),
     /// not a pass over the history, so an answer can be kept until then
