@@ -1,4 +1,4 @@
-//! Answers kept until they can change (ADR 010).
+//! Answers kept until they can change (ADR 011).
 //!
 //! The users asked about most are the heaviest, and their answers cost the
 //! most to compute. Between two changes of a user's view (a speed entry,

@@ -279,7 +279,7 @@ impl UserView {
     /// is found by a binary search in the record's and each run's events,
     /// which are kept newest first: the cost is O(reaches × runs × log n),
     /// not a pass over the history, so an answer can be kept until then
-    /// (ADR 010). Events a retraction hides only make the bound earlier.
+    /// (ADR 011). Events a retraction hides only make the bound earlier.
     pub fn holds_until(&self, definitions: &[&SignalDefinition], at: Millis) -> Millis {
         let mut reaches: Vec<Millis> = vec![0];
         for definition in definitions {

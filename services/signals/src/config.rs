@@ -168,7 +168,7 @@ pub struct CacheConfig {
     /// this many bytes; 0: every read decodes and folds the whole tail.
     pub tail_bytes: usize,
     /// Users' latest answers each serving process keeps until they can
-    /// change (ADR 010), about this many bytes; 0: every read evaluates.
+    /// change (ADR 011), about this many bytes; 0: every read evaluates.
     pub answer_bytes: usize,
     /// Consecutive Redis failures that open the circuit breaker.
     pub breaker_failures: u32,
