@@ -28,9 +28,17 @@ const SHARDS: usize = 16;
 pub type RecordCache = VersionedCache<UserRecord>;
 
 /// One value per user, of one version, bounded by the values' weights.
+///
+/// Half the budget is split among shards by user; the other half is one
+/// more shard for values heavier than a shard's share. Those are the
+/// heaviest users' records and tails, whose reads cost the most to redo
+/// and who are read the most: without it a record over 1/32 of the budget
+/// could never be kept at all.
 pub struct VersionedCache<V> {
     shards: Vec<Mutex<Shard<V>>>,
     shard_budget: usize,
+    large: Mutex<Shard<V>>,
+    large_budget: usize,
 }
 
 struct Shard<V> {
@@ -62,7 +70,9 @@ impl<V> VersionedCache<V> {
     pub fn new(budget: usize) -> VersionedCache<V> {
         VersionedCache {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-            shard_budget: budget / SHARDS,
+            shard_budget: budget / 2 / SHARDS,
+            large: Mutex::new(Shard::default()),
+            large_budget: budget / 2,
         }
     }
 
@@ -72,37 +82,53 @@ impl<V> VersionedCache<V> {
         &self.shards[hasher.finish() as usize % SHARDS]
     }
 
+    /// The user's slot, wherever it is, marked referenced.
+    fn find<T>(&self, user: &str, read: impl Fn(&Slot<V>) -> Option<T>) -> Option<T> {
+        [self.shard(user), &self.large]
+            .into_iter()
+            .find_map(|tier| {
+                let mut tier = tier.lock().unwrap_or_else(PoisonError::into_inner);
+                let slot = tier.slots.get_mut(user)?;
+                let found = read(slot)?;
+                slot.referenced = true;
+                Some(found)
+            })
+    }
+
     /// `user`'s record of `version`, if cached.
     pub fn get(&self, version: u64, user: &str) -> Option<Arc<V>> {
-        let mut shard = self
-            .shard(user)
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let slot = shard.slots.get_mut(user).filter(|s| s.version == version)?;
-        slot.referenced = true;
-        Some(slot.record.clone())
+        self.find(user, |slot| {
+            (slot.version == version).then(|| slot.record.clone())
+        })
     }
 
     /// `user`'s value of whichever version is cached.
     pub fn latest(&self, user: &str) -> Option<Arc<V>> {
-        let mut shard = self
-            .shard(user)
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let slot = shard.slots.get_mut(user)?;
-        slot.referenced = true;
-        Some(slot.record.clone())
+        self.find(user, |slot| Some(slot.record.clone()))
     }
 
     /// Caches `record` (encoded in `weight` bytes) as `user`'s record of `version`.
     pub fn insert(&self, version: u64, user: &str, record: Arc<V>, weight: usize) {
-        if weight > self.shard_budget {
+        let (tier, budget, other) = if weight <= self.shard_budget {
+            (self.shard(user), self.shard_budget, &self.large)
+        } else if weight <= self.large_budget {
+            (&self.large, self.large_budget, self.shard(user))
+        } else {
             return;
+        };
+        {
+            // A user's value lives in one tier: the one its weight picks now.
+            let mut other = other.lock().unwrap_or_else(PoisonError::into_inner);
+            if other
+                .slots
+                .get(user)
+                .is_some_and(|old| old.version > version)
+            {
+                return;
+            }
+            other.remove(user);
         }
-        let mut shard = self
-            .shard(user)
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut shard = tier.lock().unwrap_or_else(PoisonError::into_inner);
         let slot = Slot {
             version,
             record,
@@ -121,17 +147,15 @@ impl<V> VersionedCache<V> {
             }
         }
         shard.weight += weight;
-        shard.evict(self.shard_budget);
+        shard.evict(budget);
     }
 
     /// Forgets `user`'s record (their records were erased).
     pub fn remove(&self, user: &str) {
-        let mut shard = self
-            .shard(user)
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(slot) = shard.slots.remove(user) {
-            shard.weight -= slot.weight;
+        for tier in [self.shard(user), &self.large] {
+            tier.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(user);
         }
     }
 
@@ -140,12 +164,19 @@ impl<V> VersionedCache<V> {
     pub fn weight(&self) -> usize {
         self.shards
             .iter()
+            .chain([&self.large])
             .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).weight)
             .sum()
     }
 }
 
 impl<V> Shard<V> {
+    fn remove(&mut self, user: &str) {
+        if let Some(slot) = self.slots.remove(user) {
+            self.weight -= slot.weight;
+        }
+    }
+
     /// Drops unreferenced slots at the hand until the shard fits `budget`.
     fn evict(&mut self, budget: usize) {
         while self.weight > budget {
@@ -234,8 +265,37 @@ mod tests {
         }
         assert!(cache.get(1, "hot").is_some());
         assert!(users.iter().filter(|u| cache.get(1, u).is_some()).count() > 0);
-        cache.insert(1, "huge", record(0), 101);
+        // Over half the budget: never kept.
+        cache.insert(1, "huge", record(0), SHARDS * 50 + 1);
         assert!(cache.get(1, "huge").is_none());
+    }
+
+    /// Values heavier than a shard's share (a heavy user's record) are kept
+    /// in the large tier, one value per user across both tiers, within the
+    /// budget.
+    #[test]
+    fn heavy_values_are_kept_and_a_user_has_one_value_across_tiers() {
+        let cache = RecordCache::new(SHARDS * 100);
+        // A shard's share is 50; the large tier holds up to 800.
+        cache.insert(1, "heavy", record(1), 300);
+        assert_eq!(cache.get(1, "heavy").map(|r| r.horizon), Some(1));
+        cache.insert(2, "heavy", record(2), 20);
+        assert_eq!(cache.latest("heavy").map(|r| r.horizon), Some(2));
+        assert_eq!(cache.weight(), 20, "the heavy version left the large tier");
+        cache.insert(1, "heavy", record(1), 300);
+        assert_eq!(
+            cache.latest("heavy").map(|r| r.horizon),
+            Some(2),
+            "older loses"
+        );
+        cache.insert(3, "heavy", record(3), 300);
+        assert_eq!(cache.weight(), 300);
+        for i in 0..10 {
+            cache.insert(1, &format!("big-{i}"), record(0), 300);
+            assert!(cache.weight() <= SHARDS * 100);
+        }
+        cache.remove("big-9");
+        assert!(cache.get(1, "big-9").is_none());
     }
 
     #[test]

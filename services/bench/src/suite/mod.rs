@@ -4,6 +4,7 @@
 pub mod batch;
 mod engine_reads;
 mod freshness;
+mod heavy;
 mod ingest;
 mod insights;
 mod scale;
@@ -27,6 +28,8 @@ pub enum Section {
     Ingest,
     Freshness,
     Serving,
+    /// One user with a large history over HTTP, against a light one.
+    Heavy,
     Batch,
     Scale,
     Insights,
@@ -58,6 +61,10 @@ pub struct SuiteArgs {
     /// (e.g. 50000000 for the largest point of the scale curve).
     #[arg(long)]
     pub batch_events: Option<u64>,
+    /// Events of the heavy user in the heavy section, instead of the size's
+    /// default (1000000 is the "heavy user").
+    #[arg(long)]
+    pub heavy_events: Option<u64>,
 }
 
 /// How big each figure's run is.
@@ -67,6 +74,7 @@ struct Sizes {
     speed_events: u64,
     batch_events: u64,
     serve_events: u64,
+    heavy_events: u64,
     duration: Duration,
     freshness: Duration,
     /// (users, events) points of the scale curve.
@@ -88,6 +96,7 @@ impl Sizes {
                 speed_events: if real { 100_000 } else { 300_000 },
                 batch_events: if real { 200_000 } else { 1_000_000 },
                 serve_events: 100_000,
+                heavy_events: 200_000,
                 duration: Duration::from_secs(5),
                 freshness: Duration::from_secs(10),
                 scale: vec![(10_000, 300_000), (100_000, 300_000), (100_000, 1_000_000)],
@@ -102,6 +111,7 @@ impl Sizes {
                 speed_events: if real { 500_000 } else { 2_000_000 },
                 batch_events: if real { 1_000_000 } else { 5_000_000 },
                 serve_events: 1_000_000,
+                heavy_events: 1_000_000,
                 duration: Duration::from_secs(15),
                 freshness: Duration::from_secs(30),
                 scale: vec![
@@ -217,6 +227,56 @@ pub async fn run(args: &SuiteArgs) -> anyhow::Result<()> {
             Figure::ms(h.max() as f64 / 1000.0),
             "",
         ));
+        progress(&rows);
+    }
+
+    if wanted(Section::Heavy) {
+        let heavy_events = args.heavy_events.unwrap_or(sizes.heavy_events);
+        let f = heavy::measure(
+            stack,
+            &services,
+            &shape,
+            sizes.serve_events,
+            heavy_events,
+            sizes.duration,
+        )
+        .await?;
+        let ms = |o: &http::Outcome, q: f64| Figure::ms(o.ms(q));
+        let users = format!(
+            "a user with {}k events in 7 days ({} B answers; light {} B)",
+            f.events / 1000,
+            f.answer_bytes.0,
+            f.answer_bytes.1
+        );
+        for (kind, heavy, light) in [
+            ("at = now", &f.heavy_now, &f.light_now),
+            (
+                "at = an hour of the last 7 days",
+                &f.heavy_hours,
+                &f.light_hours,
+            ),
+        ] {
+            rows.push(
+                Row::new(
+                    format!("{users}, {kind}: p50 (ceiling: a light user's)"),
+                    ms(heavy, 0.5),
+                    "within 2× a light user's",
+                )
+                .against(ms(light, 0.5)),
+            );
+            rows.push(
+                Row::new(
+                    format!(
+                        "  p99 ({:.1}k/s; light {:.1}k/s)",
+                        heavy.rate() / 1e3,
+                        light.rate() / 1e3
+                    ),
+                    ms(heavy, 0.99),
+                    "≤ 5 ms",
+                )
+                .against(ms(light, 0.99)),
+            );
+        }
         progress(&rows);
     }
 

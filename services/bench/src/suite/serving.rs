@@ -107,7 +107,11 @@ pub async fn measure(
 }
 
 /// As many requests as `CONNECTIONS` connections get answered.
-async fn closed<F>(address: SocketAddr, duration: Duration, make: F) -> anyhow::Result<Outcome>
+pub(super) async fn closed<F>(
+    address: SocketAddr,
+    duration: Duration,
+    make: F,
+) -> anyhow::Result<Outcome>
 where
     F: Fn(u64) -> Call + Send + Sync + 'static,
 {
@@ -175,7 +179,7 @@ fn multi(shape: &Shape) -> anyhow::Result<impl Fn(u64) -> Call + Send + Sync + '
 
 /// Posts `events` distinct events as fast as the platform accepts them and
 /// waits until the speed layer has applied them all.
-async fn preload(address: SocketAddr, shape: &Shape, events: u64) -> anyhow::Result<()> {
+pub(super) async fn preload(address: SocketAddr, shape: &Shape, events: u64) -> anyhow::Result<()> {
     let mut w = Workload::new(shape)?;
     let mut bodies = Vec::new();
     let now = workload::now_millis();

@@ -104,7 +104,9 @@ impl Default for EmbeddedOptions {
     fn default() -> Self {
         EmbeddedOptions {
             page_cache_bytes: 256 << 20,
-            record_cache_bytes: 64 << 20,
+            // Half of it keeps records too heavy for a shard's share: a
+            // user with 1M events encodes to about 42 MiB.
+            record_cache_bytes: 256 << 20,
             gc_chunk: 10_000,
         }
     }

@@ -1,0 +1,143 @@
+//! One heavy user over HTTP: a user with `events` events spread over the
+//! last 7 days, beside the usual users, read alone at saturation, against
+//! a light user read the same way from the same server in the same run. Two
+//! kinds of read: `at` = now (a warm answer is kept until it can change,
+//! ADR 011) and `at` drawn from the last 7 days' hour boundaries (nearly
+//! every read evaluates the record through its tiles, ADR 007).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::http::{Call, Conn, Outcome};
+use crate::platform::{Platform, Services, Stack};
+use crate::suite::{ingest, serving};
+use crate::workload::{self, Shape, Workload};
+
+/// The heavy user's id.
+const HEAVY: &str = "u-heavy";
+const HOUR: i64 = 3_600_000;
+const WEEK: i64 = 7 * 24 * HOUR;
+
+pub struct HeavyFigures {
+    pub events: u64,
+    /// Bytes of the heavy and the light user's answers at `at` = now.
+    pub answer_bytes: (usize, usize),
+    pub heavy_now: Outcome,
+    pub light_now: Outcome,
+    pub heavy_hours: Outcome,
+    pub light_hours: Outcome,
+}
+
+/// Loads the usual users' `light_events` and the heavy user's `events`,
+/// runs the batch, adds a speed tail to both, then reads.
+pub async fn measure(
+    stack: Stack,
+    services: &Services,
+    shape: &Shape,
+    light_events: u64,
+    events: u64,
+    duration: Duration,
+) -> anyhow::Result<HeavyFigures> {
+    let platform = Platform::start(stack, services, &[]).await?;
+    let address = platform.address;
+    serving::preload(address, shape, light_events).await?;
+    post_heavy(address, shape, events, WEEK).await?;
+    serving::wait_caught_up(address).await?;
+    let mut conn = Conn::open(address).await?;
+    let (status, _) = conn
+        .send(&Call::post_json("/v1/admin/batch/run", ""))
+        .await?;
+    anyhow::ensure!(status.is_success(), "the batch run failed: {status}");
+    // Between batch runs: a tenth more, of the last hour.
+    post_heavy(address, shape, (events / 10).max(1), HOUR).await?;
+    serving::wait_caught_up(address).await?;
+    drop(conn);
+
+    let light = workload::user_id(shape.users / 2);
+    let mut conn = Conn::open(address).await?;
+    let mut answer_bytes = (0, 0);
+    for (user, bytes) in [
+        (HEAVY, &mut answer_bytes.0),
+        (light.as_str(), &mut answer_bytes.1),
+    ] {
+        let (_, body) = conn
+            .send(&Call::get(format!("/v1/users/{user}/signals")))
+            .await?;
+        *bytes = body.len();
+    }
+    drop(conn);
+    let now_reads = |user: String| move |_: u64| Call::get(format!("/v1/users/{user}/signals"));
+    let hour_reads = |user: String| {
+        let top = workload::now_millis() / HOUR * HOUR;
+        move |n: u64| {
+            // A stride coprime with 168 walks every hour of the week.
+            let at = top - (n * 37 % 168) as i64 * HOUR;
+            Call::get(format!("/v1/users/{user}/signals?at={at}"))
+        }
+    };
+    // Warm: the heavy user's record decoded and tiled, the caches filled.
+    serving::closed(address, Duration::from_secs(1), now_reads(HEAVY.into())).await?;
+    let heavy_now = serving::closed(address, duration, now_reads(HEAVY.into())).await?;
+    let light_now = serving::closed(address, duration, now_reads(light.clone())).await?;
+    let heavy_hours = serving::closed(address, duration, hour_reads(HEAVY.into())).await?;
+    let light_hours = serving::closed(address, duration, hour_reads(light)).await?;
+    drop(platform);
+    Ok(HeavyFigures {
+        events,
+        answer_bytes,
+        heavy_now,
+        light_now,
+        heavy_hours,
+        light_hours,
+    })
+}
+
+/// Posts `events` distinct events of the heavy user with event times spread
+/// evenly over the last `span`.
+async fn post_heavy(
+    address: SocketAddr,
+    shape: &Shape,
+    events: u64,
+    span: i64,
+) -> anyhow::Result<()> {
+    let mut w = Workload::new(&Shape {
+        seed: shape.seed + 7,
+        ..shape.clone()
+    })?;
+    let now = workload::now_millis();
+    let step = (span / events.max(1) as i64).max(1);
+    let mut bodies = Vec::new();
+    let mut made = 0;
+    while made < events {
+        let batch: Vec<_> = (made..events.min(made + ingest::BATCH as u64))
+            .map(|i| w.event_for(HEAVY.into(), now - 1 - (i as i64 * step) % span))
+            .collect();
+        made += batch.len() as u64;
+        bodies.push(bytes::Bytes::from(workload::json_batch(&batch)));
+    }
+    let bodies = Arc::new(bodies);
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..ingest::CONNECTIONS {
+        let (bodies, next) = (bodies.clone(), next.clone());
+        tasks.spawn(async move {
+            let mut conn = Conn::open(address).await?;
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed) as usize;
+                let Some(body) = bodies.get(n) else {
+                    return anyhow::Ok(());
+                };
+                let (status, answer) = conn
+                    .send(&Call::post_json("/v1/events", body.clone()))
+                    .await?;
+                anyhow::ensure!(status.is_success(), "refused: {status} {answer:?}");
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    Ok(())
+}
