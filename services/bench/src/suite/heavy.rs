@@ -3,7 +3,8 @@
 //! a light user read the same way from the same server in the same run. Two
 //! kinds of read: `at` = now (a warm answer is kept until it can change,
 //! ADR 011) and `at` drawn from the last 7 days' hour boundaries (nearly
-//! every read evaluates the record through its tiles, ADR 007).
+//! every read evaluates the record through its tiles, ADR 007). The ceiling
+//! of the heavy user's reads is the bare handler answering its bytes.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +26,8 @@ pub struct HeavyFigures {
     /// Bytes of the heavy and the light user's answers at `at` = now.
     pub answer_bytes: (usize, usize),
     pub heavy_now: Outcome,
+    /// The bare handler answering the heavy user's bytes: the ceiling.
+    pub bare_heavy: Outcome,
     pub light_now: Outcome,
     pub heavy_hours: Outcome,
     pub light_hours: Outcome,
@@ -57,16 +60,13 @@ pub async fn measure(
 
     let light = workload::user_id(shape.users / 2);
     let mut conn = Conn::open(address).await?;
-    let mut answer_bytes = (0, 0);
-    for (user, bytes) in [
-        (HEAVY, &mut answer_bytes.0),
-        (light.as_str(), &mut answer_bytes.1),
-    ] {
-        let (_, body) = conn
-            .send(&Call::get(format!("/v1/users/{user}/signals")))
-            .await?;
-        *bytes = body.len();
-    }
+    let (_, heavy_answer) = conn
+        .send(&Call::get(format!("/v1/users/{HEAVY}/signals")))
+        .await?;
+    let (_, light_answer) = conn
+        .send(&Call::get(format!("/v1/users/{light}/signals")))
+        .await?;
+    let answer_bytes = (heavy_answer.len(), light_answer.len());
     drop(conn);
     let now_reads = |user: String| move |_: u64| Call::get(format!("/v1/users/{user}/signals"));
     let hour_reads = |user: String| {
@@ -84,7 +84,17 @@ pub async fn measure(
     let heavy_hours = serving::closed(address, duration, hour_reads(HEAVY.into())).await?;
     let light_hours = serving::closed(address, duration, hour_reads(light)).await?;
     drop(platform);
+    let bare = serving::BareServer::start(1, &heavy_answer).await?;
+    serving::closed(
+        bare.address,
+        Duration::from_secs(1),
+        now_reads(HEAVY.into()),
+    )
+    .await?;
+    let bare_heavy = serving::closed(bare.address, duration, now_reads(HEAVY.into())).await?;
+    drop(bare);
     Ok(HeavyFigures {
+        bare_heavy,
         events,
         answer_bytes,
         heavy_now,

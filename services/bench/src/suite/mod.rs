@@ -248,6 +248,22 @@ pub async fn run(args: &SuiteArgs) -> anyhow::Result<()> {
             f.answer_bytes.0,
             f.answer_bytes.1
         );
+        rows.push(
+            Row::new(
+                format!("{users}, at = now: heavy rate (ceiling: bare handler, same bytes)"),
+                Figure::per_sec(f.heavy_now.rate()),
+                "",
+            )
+            .against(Figure::per_sec(f.bare_heavy.rate())),
+        );
+        rows.push(
+            Row::new(
+                "  heavy p99 (ceiling: bare handler, same bytes)",
+                ms(&f.heavy_now, 0.99),
+                "≤ 5 ms",
+            )
+            .against(ms(&f.bare_heavy, 0.99)),
+        );
         for (kind, heavy, light) in [
             ("at = now", &f.heavy_now, &f.light_now),
             (

@@ -234,14 +234,14 @@ pub async fn wait_caught_up(address: SocketAddr) -> anyhow::Result<()> {
 }
 
 /// `signals-bench bare-server` as a child process.
-struct BareServer {
-    address: SocketAddr,
+pub(super) struct BareServer {
+    pub(super) address: SocketAddr,
     child: Child,
     _sample: tempfile::NamedTempFile,
 }
 
 impl BareServer {
-    async fn start(users: u64, sample: &[u8]) -> anyhow::Result<BareServer> {
+    pub(super) async fn start(users: u64, sample: &[u8]) -> anyhow::Result<BareServer> {
         let file = tempfile::NamedTempFile::new()?;
         std::fs::write(file.path(), sample)?;
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
