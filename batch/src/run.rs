@@ -258,7 +258,7 @@ impl BatchLayer {
             Marker::Share(part) => Some(part.partitions.clone()),
             _ => None,
         };
-        let mut recompute = Recompute::new(keep, self.options.dedup_window);
+        let mut recompute = Recompute::new(keep, self.options.dedup_window, &self.options.memory());
         let total = run.position.total();
         let read = read::read_log(
             self.log.as_ref(),
@@ -274,9 +274,16 @@ impl BatchLayer {
             |done| self.report(run.progress, run.running(Phase::Reading, done, total)),
         )
         .await?;
-        let users = recompute
-            .finish(self.options.bot_filter)
-            .map_err(BatchError::Internal)?;
+        let spilled_runs = recompute.spilled_runs();
+        let users = recompute.finish(self.options.bot_filter)?;
+        if spilled_runs > 0 {
+            info!(
+                version = run.version,
+                spilled_runs,
+                budget = self.options.memory_budget,
+                "the log did not fit the batch's memory budget: merged from sorted runs on disk"
+            );
+        }
         let summary = BatchSummary {
             job: run.job.clone(),
             version: run.version,
@@ -310,13 +317,13 @@ impl BatchLayer {
         summary: &mut BatchSummary,
     ) -> Result<u64, BatchError> {
         let written_before = marker.written_through();
-        let user_count = users.remaining() as u64;
-        let mut done = 0u64;
-        while users.remaining() > 0 {
-            let chunk = users
-                .next_chunk(self.options.write_chunk, WRITE_CHUNK_PACKED_BYTES)
-                .map_err(BatchError::Internal)?;
-            done += chunk.len() as u64;
+        let mut user_count = 0u64;
+        loop {
+            let chunk = users.next_chunk(self.options.write_chunk, WRITE_CHUNK_PACKED_BYTES)?;
+            if chunk.is_empty() {
+                break;
+            }
+            user_count += chunk.len() as u64;
             let (skipped, fresh): (Vec<_>, Vec<_>) = chunk.into_iter().partition(|(user, _)| {
                 written_before
                     .as_deref()
@@ -368,7 +375,10 @@ impl BatchLayer {
                     Marker::Nowhere => {}
                 }
             }
-            self.report(run.progress, run.running(Phase::Writing, done, user_count));
+            // Users are not counted before they are taken: progress goes by
+            // the events taken.
+            let (taken, entries) = users.progress();
+            self.report(run.progress, run.running(Phase::Writing, taken, entries));
         }
         summary.corrections = users.corrections();
         Ok(user_count)
