@@ -19,7 +19,8 @@
 
 pub mod backfill;
 pub mod bots;
-mod read;
+pub mod packed;
+pub mod read;
 pub mod recompute;
 mod run;
 pub mod spill;

@@ -39,6 +39,8 @@ use signals_core::DedupWindow;
 use signals_schemas::{Event, Millis, RecordBody};
 
 use crate::bots::BotFilter;
+use crate::packed::EventFields;
+use crate::read::Record;
 use crate::spill::{Merge, Sorter, SpillError};
 use decide::{Kind, Occurrence, Verdict, Verdicts};
 
@@ -218,24 +220,15 @@ impl Recompute {
     fn try_add(&mut self, accepted_at: Millis, body: RecordBody) -> Result<(), RecomputeError> {
         match body {
             RecordBody::Event(event) => {
-                let number = self.occurrence(&event.event_id, accepted_at, Kind::Added)?;
-                if let Some(users) = &self.keep.users {
-                    if !users.contains(&event.user_id) {
-                        return Ok(());
-                    }
-                }
-                let in_range = self
-                    .keep
-                    .times
-                    .is_none_or(|(from, to)| event.event_time >= from && event.event_time < to);
+                let fields = EventFields {
+                    accepted_at,
+                    event_id: &event.event_id,
+                    user_id: &event.user_id,
+                    event_time: event.event_time,
+                };
                 let mut packed = Ok(());
-                // Out of range, the user is still listed if the occurrence
-                // counts: an entry with no event says so.
-                self.events.push_with(event.user_id.as_bytes(), |value| {
-                    value.extend_from_slice(&number.to_le_bytes());
-                    if in_range {
-                        packed = postcard::to_io(&event, value).map(drop);
-                    }
+                self.event(fields, |value| {
+                    packed = postcard::to_io(&event, value).map(drop);
                 })?;
                 packed.map_err(|source| RecomputeError::Pack {
                     event_id: event.event_id.clone(),
@@ -256,6 +249,49 @@ impl Recompute {
                 Ok(())
             }
         }
+    }
+
+    /// Takes the next record of the log, read straight into its packed
+    /// form if it is a plain event.
+    pub fn take(&mut self, record: Record<'_>) {
+        match record {
+            Record::Event(fields, packed) => {
+                if self.failed.is_none() {
+                    if let Err(error) = self.event(fields, |value| value.extend_from_slice(packed))
+                    {
+                        self.failed = Some(error.into());
+                    }
+                }
+            }
+            Record::Other(accepted_at, body) => self.add(accepted_at, body),
+        }
+    }
+
+    /// Records an occurrence of an event and, if kept, the event: `pack`
+    /// appends its packed form.
+    fn event(
+        &mut self,
+        fields: EventFields<'_>,
+        pack: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(), SpillError> {
+        let number = self.occurrence(fields.event_id, fields.accepted_at, Kind::Added)?;
+        if let Some(users) = &self.keep.users {
+            if !users.contains(fields.user_id) {
+                return Ok(());
+            }
+        }
+        let in_range = self
+            .keep
+            .times
+            .is_none_or(|(from, to)| fields.event_time >= from && fields.event_time < to);
+        // Out of range, the user is still listed if the occurrence counts:
+        // an entry with no event says so.
+        self.events.push_with(fields.user_id.as_bytes(), |value| {
+            value.extend_from_slice(&number.to_le_bytes());
+            if in_range {
+                pack(value);
+            }
+        })
     }
 
     /// Records an occurrence of `event_id`; its number in log order.
@@ -436,6 +472,7 @@ impl Iterator for Recomputed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::read;
     use proptest::prelude::*;
     use signals_core::testing::event;
     use signals_schemas::{EventType, Retraction, UserDeletion};
@@ -710,6 +747,10 @@ mod tests {
         assert_eq!(half.contains("user-7"), half.contains("user-7"));
     }
 
+    /// Event times of generated logs start here (the log's rules refuse
+    /// events before 2000).
+    const T0: Millis = signals_schemas::rules::MIN_EVENT_TIME;
+
     /// A generated log for the comparison with the in-memory recompute:
     /// acceptance times wander (partitions' clocks differ) over several
     /// windows, ids are copied across users and shares.
@@ -731,7 +772,7 @@ mod tests {
         prop_oneof![
             12 => (0u8..60, 0u8..10, 0i64..600_000, 0i64..400, prop::bool::weighted(0.15))
                 .prop_map(|(id, user, time, accepted_at, elsewhere)| Record::Event {
-                    id, user, time, accepted_at, elsewhere,
+                    id, user, time: T0 + time, accepted_at, elsewhere,
                 }),
             2 => (prop::collection::vec(0u8..60, 1..4), 0i64..400)
                 .prop_map(|(ids, at)| Record::Retract(ids, at)),
@@ -749,7 +790,7 @@ mod tests {
         ];
         let times = prop_oneof![
             Just(None),
-            (0i64..600_000, 0i64..600_000).prop_map(|(a, b)| Some((a.min(b), a.max(b)))),
+            (0i64..600_000, 0i64..600_000).prop_map(|(a, b)| Some((T0 + a.min(b), T0 + a.max(b)))),
         ];
         (users, times).prop_map(|(users, times)| Keep { users, times })
     }
@@ -760,6 +801,40 @@ mod tests {
         mut add: impl FnMut(Millis, RecordBody),
         mut see: impl FnMut(&str, Millis),
     ) {
+        replay_read(
+            log,
+            |record| {
+                if let read::Record::Other(at, body) = record {
+                    add(at, body)
+                }
+            },
+            false,
+            &mut see,
+        );
+    }
+
+    /// Feeds `log` as `read_log` hands it over: events read straight into
+    /// their packed form if `packed`, other records decoded in full.
+    fn replay_read(
+        log: &[Record],
+        mut take: impl FnMut(read::Record<'_>),
+        packed: bool,
+        see: &mut impl FnMut(&str, Millis),
+    ) {
+        let mut add = |at: Millis, body: RecordBody| {
+            if !packed {
+                return take(read::Record::Other(at, body));
+            }
+            let bytes = signals_schemas::avro::encode(&signals_schemas::LogRecord {
+                accepted_at: at,
+                body: body.clone(),
+            });
+            let mut buffer = Vec::new();
+            match crate::packed::read_event(&bytes, &mut buffer) {
+                Some(fields) => take(read::Record::Event(fields, &buffer)),
+                None => take(read::Record::Other(at, body)),
+            }
+        };
         for record in log {
             match record {
                 Record::Event {
@@ -810,6 +885,7 @@ mod tests {
             window in 1i64..150,
             bots in prop::option::of(0u32..4),
             budget in 1usize..3_000,
+            packed in any::<bool>(),
         ) {
             let window = DedupWindow::new(window);
             let bots = bots.map(|max_events_per_minute| BotFilter { max_events_per_minute });
@@ -821,7 +897,7 @@ mod tests {
             let dir = tempfile::tempdir().expect("temp dir");
             let memory = Memory { budget, spill_in: dir.path().into() };
             let streaming = std::cell::RefCell::new(Recompute::new(keep, window, &memory));
-            replay(&log, |at, body| streaming.borrow_mut().add(at, body), |id, at| streaming.borrow_mut().see(id, at));
+            replay_read(&log, |record| streaming.borrow_mut().take(record), packed, &mut |id, at| streaming.borrow_mut().see(id, at));
             let streaming = streaming.into_inner();
             let spilled = streaming.spilled_runs();
             let mut users = streaming.finish(bots).expect("decides");

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use futures::{stream, StreamExt, TryStreamExt};
 use signals_core::time::floor_hour;
 use signals_core::{LogPosition, Partition, SignalDefinition, UserRecord};
-use signals_schemas::{Millis, RecordBody};
+use signals_schemas::Millis;
 use signals_store::{BatchCheckpoint, BatchManifest, BatchPart, StoreError};
 use tracing::info;
 
@@ -264,12 +264,12 @@ impl BatchLayer {
             self.log.as_ref(),
             &run.position,
             self.options.read_chunk,
-            |partition, _, accepted_at, body| match (&mine, body) {
+            |partition, _, record| match (&mine, record.event_id()) {
                 // Another share's user: only the id matters here (dedup).
-                (Some(mine), RecordBody::Event(event)) if !mine.contains(&partition) => {
-                    recompute.see(&event.event_id, accepted_at)
+                (Some(mine), Some(event_id)) if !mine.contains(&partition) => {
+                    recompute.see(event_id, record.accepted_at())
                 }
-                (_, body) => recompute.add(accepted_at, body),
+                _ => recompute.take(record),
             },
             |done| self.report(run.progress, run.running(Phase::Reading, done, total)),
         )

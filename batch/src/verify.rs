@@ -24,6 +24,7 @@ use signals_core::{LogPosition, SignalDefinition, UserRecord, UserView};
 use signals_schemas::{Millis, RecordBody};
 use signals_store::StoreError;
 
+use crate::read::Record;
 use crate::recompute::{Keep, Recompute, UserFilter, UserOutcome};
 use crate::{read, BatchError, BatchLayer, Phase, Progress, Running};
 
@@ -160,10 +161,10 @@ impl BatchLayer {
             self.log.as_ref(),
             &end,
             self.options.read_chunk,
-            |partition, offset, accepted_at, body| {
-                if covered.covers(partition, offset) || matches!(body, RecordBody::UserDeletion(_))
-                {
-                    recompute.add(accepted_at, body)
+            |partition, offset, record| {
+                let deletion = matches!(record, Record::Other(_, RecordBody::UserDeletion(_)));
+                if covered.covers(partition, offset) || deletion {
+                    recompute.take(record)
                 }
             },
             |done| progress.update(&running(Phase::Reading, done, total)),
