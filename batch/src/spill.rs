@@ -21,6 +21,10 @@ use tempfile::TempDir;
 /// open files and read buffers stay bounded whatever the log's size.
 const FAN_IN: usize = 32;
 
+/// Room past the budget for the record that crosses it (an event is at
+/// most some 75 KiB under the log's rules): the arena never reallocates.
+const RECORD_SLACK: usize = 256 << 10;
+
 /// The read and write buffer of one run file.
 const RUN_BUFFER: usize = 128 << 10;
 
@@ -79,7 +83,10 @@ impl Sorter {
             budget: budget.max(1),
             spill_in: spill_in.to_path_buf(),
             dir: None,
-            arena: Vec::new(),
+            // Reserved once: grown by doubling, a buffer would be copied
+            // (old and new held at once) a few times on the way to the
+            // budget. Only the pages written are ever resident.
+            arena: Vec::with_capacity(budget.max(1) + RECORD_SLACK),
             slots: Vec::new(),
             runs: Vec::new(),
             records: 0,
@@ -162,9 +169,9 @@ impl Sorter {
         }
         run.finish()?;
         self.runs.push(path);
-        // Give the memory back: the next run's arena grows again as needed.
-        self.arena = Vec::new();
-        self.slots = Vec::new();
+        // Keep the memory for the next run: its pages are already there.
+        self.arena.clear();
+        self.slots.clear();
         Ok(())
     }
 
@@ -174,6 +181,8 @@ impl Sorter {
             // Spilled already: spill the rest too, so that the merge holds
             // only read buffers.
             self.spill()?;
+            self.arena = Vec::new();
+            self.slots = Vec::new();
         }
         let mut runs = std::mem::take(&mut self.runs);
         let mut merged = 0;
