@@ -124,7 +124,13 @@ pub fn read_event<'a>(bytes: &'a [u8], packed: &mut Vec<u8>) -> Option<EventFiel
 
 /// The rules' `check_id`, as a yes or no.
 fn valid_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= MAX_ID_BYTES && !id.chars().any(char::is_control)
+    let control = if id.is_ascii() {
+        // The ASCII control characters are exactly these bytes.
+        id.bytes().any(|b| b < 0x20 || b == 0x7f)
+    } else {
+        id.chars().any(char::is_control)
+    };
+    !id.is_empty() && id.len() <= MAX_ID_BYTES && !control
 }
 
 fn varint(out: &mut Vec<u8>, mut value: u64) {
@@ -195,6 +201,8 @@ mod tests {
             1 => Just(String::new()),
             1 => Just("  ".to_owned()),
             1 => Just("a\u{7}b".to_owned()),
+            1 => Just("é\u{85}".to_owned()),
+            1 => Just("a\u{7f}".to_owned()),
             1 => "é[a-z]{0,3}",
             1 => (250usize..1_100).prop_map(|n| "x".repeat(n)),
         ]

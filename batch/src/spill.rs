@@ -44,12 +44,22 @@ pub enum SpillError {
 /// Where a record sits in the arena.
 #[derive(Clone, Copy)]
 struct Slot {
+    /// The key's first 8 bytes, big-endian, zero-padded: most comparisons
+    /// end here (id digests always do) without reading the arena.
+    prefix: u64,
     start: usize,
     key_len: u32,
     value_len: u32,
 }
 
 impl Slot {
+    fn prefix(key: &[u8]) -> u64 {
+        let mut bytes = [0u8; 8];
+        let n = key.len().min(8);
+        bytes[..n].copy_from_slice(&key[..n]);
+        u64::from_be_bytes(bytes)
+    }
+
     const SIZE: usize = std::mem::size_of::<Slot>();
 
     fn key<'a>(&self, arena: &'a [u8]) -> &'a [u8] {
@@ -116,6 +126,7 @@ impl Sorter {
         let key_len = key.len() as u32;
         let value_len = (self.arena.len() - start - key.len()) as u32;
         self.slots.push(Slot {
+            prefix: Slot::prefix(key),
             start,
             key_len,
             value_len,
@@ -134,8 +145,14 @@ impl Sorter {
 
     fn sort(&mut self) {
         let arena = &self.arena;
-        // Stable: equal keys keep the order they were pushed in.
-        self.slots.sort_by(|a, b| a.key(arena).cmp(b.key(arena)));
+        // Equal keys keep the order they were pushed in: the arena offset
+        // breaks ties, so an unstable sort (no scratch memory) does.
+        self.slots.sort_unstable_by(|a, b| {
+            a.prefix
+                .cmp(&b.prefix)
+                .then_with(|| a.key(arena).cmp(b.key(arena)))
+                .then(a.start.cmp(&b.start))
+        });
     }
 
     fn dir(&mut self) -> Result<PathBuf, SpillError> {
