@@ -191,7 +191,8 @@ impl Recompute {
             window,
             digest: IdDigest::default(),
             ids: Sorter::new(ids, &memory.spill_in),
-            events: Sorter::new(memory.budget - ids, &memory.spill_in),
+            // Many events per user: equal keys found by hashing.
+            events: Sorter::grouped(memory.budget - ids, &memory.spill_in),
             deleted: FastSet::default(),
             next_occurrence: 0,
             failed: None,
