@@ -413,7 +413,7 @@ impl Recomputed {
                     .value
                     .split_first_chunk::<8>()
                     .ok_or(RecomputeError::Malformed("an event entry has no number"))?;
-                let verdict = self.verdicts.get(u64::from_le_bytes(*number));
+                let verdict = self.verdicts.get(u64::from_le_bytes(*number))?;
                 if verdict == Verdict::Copy {
                     continue;
                 }

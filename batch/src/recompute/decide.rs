@@ -106,14 +106,19 @@ impl Verdicts {
         Ok(())
     }
 
-    /// The verdict of occurrence `number` (a copy if out of range).
-    pub fn get(&self, number: u64) -> Verdict {
-        let byte = self.bits.get((number / 4) as usize).copied().unwrap_or(0);
-        match (byte >> ((number % 4) * 2)) & 3 {
+    /// The verdict of occurrence `number`.
+    pub fn get(&self, number: u64) -> Result<Verdict, RecomputeError> {
+        let byte = self
+            .bits
+            .get((number / 4) as usize)
+            .ok_or(RecomputeError::Malformed(
+                "an occurrence number past the log",
+            ))?;
+        Ok(match (byte >> ((number % 4) * 2)) & 3 {
             1 => Verdict::Counted,
             2 => Verdict::Withdrawn,
             _ => Verdict::Copy,
-        }
+        })
     }
 }
 
@@ -211,7 +216,9 @@ mod tests {
         let copies = decide_id(&records, window, &mut verdicts).expect("decided");
         // The seen copy is another worker's duplicate, not this run's.
         assert_eq!(copies, 1);
-        let got: Vec<Verdict> = [0, 1, 2, 3, 5].map(|n| verdicts.get(n)).to_vec();
+        let got: Vec<Verdict> = [0, 1, 2, 3, 5]
+            .map(|n| verdicts.get(n).expect("in range"))
+            .to_vec();
         use Verdict::*;
         assert_eq!(got, vec![Withdrawn, Copy, Copy, Withdrawn, Counted]);
         // The newest retraction decides, wherever it sits among the records.
@@ -221,7 +228,9 @@ mod tests {
             Occurrence::retraction(150),
         ];
         decide_id(&later, window, &mut verdicts).expect("decided");
-        assert_eq!((verdicts.get(6), verdicts.get(7)), (Withdrawn, Counted));
+        let later = (verdicts.get(6).expect("in"), verdicts.get(7).expect("in"));
+        assert_eq!(later, (Withdrawn, Counted));
+        assert!(verdicts.get(8).is_err());
     }
 
     #[test]
