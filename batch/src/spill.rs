@@ -611,6 +611,21 @@ mod tests {
     }
 
     #[test]
+    fn a_sorter_dropped_midway_leaves_no_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut sorter = Sorter::grouped(16, dir.path());
+        for i in 0..100u32 {
+            sorter
+                .push_with(&i.to_be_bytes(), |v| v.push(1))
+                .expect("pushed");
+        }
+        assert!(sorter.spilled_runs() > 0);
+        // A run that fails (its error returned through `?`) drops its sorter.
+        drop(sorter);
+        assert_eq!(std::fs::read_dir(dir.path()).expect("listed").count(), 0);
+    }
+
+    #[test]
     fn a_cut_run_is_reported_not_read_short() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("run");
