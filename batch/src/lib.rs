@@ -19,12 +19,15 @@
 
 pub mod backfill;
 pub mod bots;
-mod read;
+pub mod packed;
+pub mod read;
 pub mod recompute;
 mod run;
+pub mod spill;
 pub mod verify;
 
 use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -35,7 +38,7 @@ use signals_store::{BatchStore, StoreError};
 use tracing::{info, warn};
 
 pub use bots::BotFilter;
-pub use recompute::{Keep, Recompute, UserFilter, UserOutcome};
+pub use recompute::{Keep, Memory, Recompute, RecomputeError, UserFilter, UserOutcome};
 pub use signals_core::operations::{
     Backfill, BatchSummary, Corrections, DeletionReceipt, Job, Phase, Running,
 };
@@ -57,6 +60,12 @@ pub struct BatchOptions {
     pub bot_filter: Option<BotFilter>,
     /// The deduplication window, the speed layer's own.
     pub dedup_window: DedupWindow,
+    /// Bytes of the log a recompute holds while it reads; beyond it, it
+    /// spills sorted runs to disk (ADR 012).
+    pub memory_budget: usize,
+    /// Where spill directories are made (`None`: the system's temporary
+    /// directory).
+    pub spill_dir: Option<PathBuf>,
 }
 
 impl Default for BatchOptions {
@@ -68,6 +77,23 @@ impl Default for BatchOptions {
             read_concurrency: 64,
             bot_filter: None,
             dedup_window: DedupWindow::DEFAULT,
+            memory_budget: DEFAULT_MEMORY_BUDGET,
+            spill_dir: None,
+        }
+    }
+}
+
+/// The default of [`BatchOptions::memory_budget`]: with the write path's
+/// own memory (the store's cache, a chunk of decoded users) a run stays
+/// under 1 GiB whatever the log's size.
+pub const DEFAULT_MEMORY_BUDGET: usize = 512 << 20;
+
+impl BatchOptions {
+    /// The memory a recompute may use, and where it spills.
+    fn memory(&self) -> Memory {
+        Memory {
+            budget: self.memory_budget,
+            spill_in: self.spill_dir.clone().unwrap_or_else(std::env::temp_dir),
         }
     }
 }
@@ -96,6 +122,9 @@ pub enum BatchError {
     /// A fault of the batch itself, not of its input or backends.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The recompute's own files (spilled runs) failed it.
+    #[error(transparent)]
+    Recompute(#[from] RecomputeError),
     #[error(transparent)]
     Log(#[from] LogError),
     #[error(transparent)]

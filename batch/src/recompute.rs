@@ -8,9 +8,30 @@
 //!   and up to the window after it ([`DedupWindow`]);
 //! * a deleted user's events never count, before or after the deletion;
 //! * then the configured bot rule ([`BotFilter`]) drops over-limit minutes.
+//!
+//! The log does not have to fit in memory (ADR 012). Reading numbers every
+//! occurrence of an event id in log order and sorts two streams of records
+//! externally ([`spill`](crate::spill), within a memory budget):
+//!
+//! * by **id digest**: every occurrence and every retraction. Reading them
+//!   back in digest order hands over each id's whole story at once, in log
+//!   order, so deduplication and retractions are decided id by id exactly
+//!   as a single pass over the log decides them; the verdict of each
+//!   occurrence (a copy, counted, or counted then withdrawn) is two bits
+//!   in a table indexed by its number;
+//! * by **user id**: every kept event, packed, with its number. Reading
+//!   them back in user order, after the verdicts, gives each user's events
+//!   in log order with every correction known.
+//!
+//! Deletions are held as a set of user ids (a handful of operator actions).
 
-use std::collections::{HashMap, HashSet};
+mod decide;
+#[cfg(test)]
+mod in_memory;
+
+use std::collections::HashSet;
 use std::hash::{BuildHasher, Hasher};
+use std::path::PathBuf;
 
 use siphasher::sip128::{Hasher128, SipHasher13};
 
@@ -18,6 +39,10 @@ use signals_core::DedupWindow;
 use signals_schemas::{Event, Millis, RecordBody};
 
 use crate::bots::BotFilter;
+use crate::packed::EventFields;
+use crate::read::Record;
+use crate::spill::{Merge, Sorter, SpillError};
+use decide::{Kind, Occurrence, Verdict, Verdicts};
 
 pub use signals_core::operations::Corrections;
 
@@ -70,34 +95,62 @@ pub enum UserOutcome {
     Events(Vec<Event>),
 }
 
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+/// How much memory a recompute may hold while it reads, and where it
+/// spills the rest.
+#[derive(Clone, Debug)]
+pub struct Memory {
+    /// Bytes of records held before they are written out as a sorted run.
+    pub budget: usize,
+    /// The directory under which a run's spill directory is made.
+    pub spill_in: PathBuf,
+}
+
+impl Default for Memory {
+    fn default() -> Self {
+        Memory {
+            budget: 512 << 20,
+            spill_in: std::env::temp_dir(),
+        }
+    }
+}
+
+/// Why a recompute failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RecomputeError {
+    #[error(transparent)]
+    Spill(#[from] SpillError),
+    #[error("cannot pack event {event_id:?}: {source}")]
+    Pack {
+        event_id: String,
+        source: postcard::Error,
+    },
+    #[error("cannot unpack an event of user {user:?}: {source}")]
+    Unpack {
+        user: String,
+        source: postcard::Error,
+    },
+    #[error("a spilled record is malformed: {0}")]
+    Malformed(&'static str),
+}
+
 type FastSet<T> = HashSet<T, foldhash::fast::RandomState>;
 
-/// History accumulated from the log, in log order.
-///
-/// Memory is what bounds a recompute: it holds the whole log's events at
-/// once. So events are kept packed (postcard, back to back per user: about
-/// a tenth of a decoded event, whose attribute map alone allocates half a
-/// KiB) and ids as 128-bit digests, and they are decoded one user at a time
-/// when the records are built.
-#[derive(Default)]
+/// History read from the log so far, in log order.
 pub struct Recompute {
     keep: Keep,
-    /// Digests of every event id seen, with when its counted occurrence was
-    /// accepted: a collision (about 2^-128 per pair, under keys no client
-    /// knows) would be needed to take an event for a duplicate.
-    seen: FastMap<u128, Millis>,
-    digest: IdDigest,
     window: DedupWindow,
-    /// Per user, their counted occurrences packed with their acceptance times.
-    by_user: FastMap<String, Vec<u8>>,
-    /// Retracted id → when its newest retraction was accepted.
-    retracted: FastMap<String, Millis>,
+    digest: IdDigest,
+    /// Every occurrence of an event id and every retracted id, by digest.
+    ids: Sorter,
+    /// Every kept event, packed, by user id.
+    events: Sorter,
     deleted: FastSet<String>,
-    duplicates: u64,
-    /// The first event that could not be packed (never expected: events
-    /// always serialise), reported by [`Recompute::finish`].
-    failed: Option<String>,
+    /// The number the next occurrence of an event id gets: its place in
+    /// log order.
+    next_occurrence: u64,
+    /// The first failure (a spill that could not be written, an event that
+    /// could not be packed): reading goes on, [`Recompute::finish`] reports it.
+    failed: Option<RecomputeError>,
 }
 
 /// 128-bit SipHash-1-3 of event ids under random keys: ids come from
@@ -126,70 +179,31 @@ impl IdDigest {
     }
 }
 
+/// The part of the budget the id records get: about a third of a kept
+/// event's bytes (49 against some 110 with its index).
+const ID_SHARE: (usize, usize) = (1, 3);
+
 impl Recompute {
-    pub fn new(keep: Keep, window: DedupWindow) -> Recompute {
+    pub fn new(keep: Keep, window: DedupWindow, memory: &Memory) -> Recompute {
+        let ids = memory.budget / ID_SHARE.1 * ID_SHARE.0;
         Recompute {
             keep,
             window,
-            ..Recompute::default()
-        }
-    }
-
-    /// Whether an occurrence of `event_id` accepted at `accepted_at` counts
-    /// (is not a copy); if so it is now the id's counted occurrence.
-    fn counts(&mut self, event_id: &str, accepted_at: Millis) -> bool {
-        let digest = self.digest.of(event_id);
-        match self.seen.get_mut(&digest) {
-            Some(first) if self.window.is_copy(*first, accepted_at) => false,
-            Some(first) => {
-                *first = accepted_at;
-                true
-            }
-            None => {
-                self.seen.insert(digest, accepted_at);
-                true
-            }
+            digest: IdDigest::default(),
+            ids: Sorter::new(ids, &memory.spill_in),
+            // Many events per user: equal keys found by hashing.
+            events: Sorter::grouped(memory.budget - ids, &memory.spill_in),
+            deleted: FastSet::default(),
+            next_occurrence: 0,
+            failed: None,
         }
     }
 
     /// Takes the next record of the log, accepted at `accepted_at`.
     pub fn add(&mut self, accepted_at: Millis, body: RecordBody) {
-        match body {
-            RecordBody::Event(event) => {
-                if !self.counts(&event.event_id, accepted_at) {
-                    self.duplicates += 1;
-                    return;
-                }
-                if let Some(users) = &self.keep.users {
-                    if !users.contains(&event.user_id) {
-                        return;
-                    }
-                }
-                let in_range = self
-                    .keep
-                    .times
-                    .is_none_or(|(from, to)| event.event_time >= from && event.event_time < to);
-                // Look up before inserting: cloning the user id for every
-                // event is a needless allocation on the batch's hot path.
-                let packed = match self.by_user.get_mut(&event.user_id) {
-                    Some(packed) => packed,
-                    None => self.by_user.entry(event.user_id.clone()).or_default(),
-                };
-                if in_range {
-                    if let Err(error) = pack(packed, accepted_at, &event) {
-                        self.failed
-                            .get_or_insert(format!("event {:?}: {error}", event.event_id));
-                    }
-                }
-            }
-            RecordBody::Retraction(retraction) => {
-                for id in retraction.event_ids {
-                    let newest = self.retracted.entry(id).or_insert(accepted_at);
-                    *newest = (*newest).max(accepted_at);
-                }
-            }
-            RecordBody::UserDeletion(deletion) => {
-                self.deleted.insert(deletion.user_id);
+        if self.failed.is_none() {
+            if let Err(error) = self.try_add(accepted_at, body) {
+                self.failed = Some(error);
             }
         }
     }
@@ -197,86 +211,182 @@ impl Recompute {
     /// Takes note of an event id whose event another worker recomputes:
     /// it still makes later copies duplicates.
     pub fn see(&mut self, event_id: &str, accepted_at: Millis) {
-        self.counts(event_id, accepted_at);
-    }
-
-    /// Number of distinct users with events so far.
-    pub fn users(&self) -> usize {
-        self.by_user.len()
-    }
-
-    /// Every user seen in the log, in user id order, ready to be unpacked
-    /// with every correction applied.
-    pub fn finish(self, bots: Option<BotFilter>) -> Result<Recomputed, String> {
-        if let Some(failed) = self.failed {
-            return Err(format!(
-                "cannot hold an event of the log in memory: {failed}"
-            ));
+        if self.failed.is_none() {
+            if let Err(error) = self.occurrence(event_id, accepted_at, Kind::Seen) {
+                self.failed = Some(error.into());
+            }
         }
-        let mut users: Vec<(String, Vec<u8>)> = self.by_user.into_iter().collect();
-        users.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    }
+
+    fn try_add(&mut self, accepted_at: Millis, body: RecordBody) -> Result<(), RecomputeError> {
+        match body {
+            RecordBody::Event(event) => {
+                let fields = EventFields {
+                    accepted_at,
+                    event_id: &event.event_id,
+                    user_id: &event.user_id,
+                    event_time: event.event_time,
+                };
+                let mut packed = Ok(());
+                self.event(fields, |value| {
+                    packed = postcard::to_io(&event, value).map(drop);
+                })?;
+                packed.map_err(|source| RecomputeError::Pack {
+                    event_id: event.event_id.clone(),
+                    source,
+                })
+            }
+            RecordBody::Retraction(retraction) => {
+                for id in &retraction.event_ids {
+                    let digest = self.digest.of(id).to_be_bytes();
+                    self.ids.push_with(&digest, |value| {
+                        Occurrence::retraction(accepted_at).write(value)
+                    })?;
+                }
+                Ok(())
+            }
+            RecordBody::UserDeletion(deletion) => {
+                self.deleted.insert(deletion.user_id);
+                Ok(())
+            }
+        }
+    }
+
+    /// Takes the next record of the log, read straight into its packed
+    /// form if it is a plain event.
+    pub fn take(&mut self, record: Record<'_>) {
+        match record {
+            Record::Event(fields, packed) => {
+                if self.failed.is_none() {
+                    if let Err(error) = self.event(fields, |value| value.extend_from_slice(packed))
+                    {
+                        self.failed = Some(error.into());
+                    }
+                }
+            }
+            Record::Other(accepted_at, body) => self.add(accepted_at, body),
+        }
+    }
+
+    /// Records an occurrence of an event and, if kept, the event: `pack`
+    /// appends its packed form.
+    fn event(
+        &mut self,
+        fields: EventFields<'_>,
+        pack: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(), SpillError> {
+        let number = self.occurrence(fields.event_id, fields.accepted_at, Kind::Added)?;
+        if let Some(users) = &self.keep.users {
+            if !users.contains(fields.user_id) {
+                return Ok(());
+            }
+        }
+        let in_range = self
+            .keep
+            .times
+            .is_none_or(|(from, to)| fields.event_time >= from && fields.event_time < to);
+        // Out of range, the user is still listed if the occurrence counts:
+        // an entry with no event says so.
+        self.events.push_with(fields.user_id.as_bytes(), |value| {
+            value.extend_from_slice(&number.to_le_bytes());
+            if in_range {
+                pack(value);
+            }
+        })
+    }
+
+    /// Records an occurrence of `event_id`; its number in log order.
+    fn occurrence(
+        &mut self,
+        event_id: &str,
+        accepted_at: Millis,
+        kind: Kind,
+    ) -> Result<u64, SpillError> {
+        let number = self.next_occurrence;
+        self.next_occurrence += 1;
+        let digest = self.digest.of(event_id).to_be_bytes();
+        self.ids.push_with(&digest, |value| {
+            Occurrence {
+                kind,
+                number,
+                accepted_at,
+            }
+            .write(value)
+        })?;
+        Ok(number)
+    }
+
+    /// Runs written to disk so far (both streams).
+    pub fn spilled_runs(&self) -> usize {
+        self.ids.spilled_runs() + self.events.spilled_runs()
+    }
+
+    /// Decides every occurrence, then hands the users over in user id
+    /// order, ready to be unpacked with every correction applied.
+    pub fn finish(self, bots: Option<BotFilter>) -> Result<Recomputed, RecomputeError> {
+        if let Some(failed) = self.failed {
+            return Err(failed);
+        }
+        let mut verdicts = Verdicts::new(self.next_occurrence);
+        let duplicates = decide::all(self.ids.finish()?, self.window, &mut verdicts)?;
+        let entries = self.events.records();
         Ok(Recomputed {
-            users: users.into_iter(),
-            retracted: self.retracted,
-            window: self.window,
+            events: self.events.finish()?,
+            verdicts,
             deleted: self.deleted,
             bots,
             corrections: Corrections {
-                duplicates: self.duplicates,
+                duplicates,
                 ..Corrections::default()
             },
+            entries,
+            taken: 0,
+            key: Vec::new(),
+            value: Vec::new(),
         })
     }
-}
-
-fn pack(packed: &mut Vec<u8>, accepted_at: Millis, event: &Event) -> Result<(), postcard::Error> {
-    *packed = postcard::to_extend(&(accepted_at, event), std::mem::take(packed))?;
-    Ok(())
 }
 
 /// The users of a finished recompute, in user id order: each one's events
 /// are unpacked and corrected as it is taken.
 pub struct Recomputed {
-    users: std::vec::IntoIter<(String, Vec<u8>)>,
-    retracted: FastMap<String, Millis>,
-    window: DedupWindow,
+    events: Merge,
+    verdicts: Verdicts,
     deleted: FastSet<String>,
     bots: Option<BotFilter>,
     corrections: Corrections,
+    /// Event entries in all, and taken so far (progress).
+    entries: u64,
+    taken: u64,
+    key: Vec<u8>,
+    value: Vec<u8>,
 }
 
 impl Recomputed {
-    /// Users not taken yet.
-    pub fn remaining(&self) -> usize {
-        self.users.len()
+    /// Event entries taken so far and in all: how far the users went.
+    pub fn progress(&self) -> (u64, u64) {
+        (self.taken, self.entries)
     }
 
     /// The next users, at most `max_users` of them, and no more than one
     /// user beyond `max_packed_bytes` of packed events (heavy users make
     /// short chunks: decoded events are about ten times their packed size).
+    /// Empty once every user is taken.
     pub fn next_chunk(
         &mut self,
         max_users: usize,
         max_packed_bytes: usize,
-    ) -> Result<Vec<(String, UserOutcome)>, String> {
+    ) -> Result<Vec<(String, UserOutcome)>, RecomputeError> {
         let mut chunk = Vec::new();
         let mut bytes = 0;
         while chunk.len() < max_users.max(1) && (chunk.is_empty() || bytes < max_packed_bytes) {
-            let Some(packed) = self.users.as_slice().first().map(|(_, p)| p.len()) else {
+            let Some((user, outcome, packed)) = self.next_user()? else {
                 break;
             };
-            chunk.extend(self.next().transpose()?);
+            chunk.push((user, outcome));
             bytes += packed;
         }
         Ok(chunk)
-    }
-
-    /// Whether `user` is among the users not taken yet.
-    pub fn holds(&self, user: &str) -> bool {
-        self.users
-            .as_slice()
-            .binary_search_by(|(u, _)| u.as_str().cmp(user))
-            .is_ok()
     }
 
     /// What the corrections removed from the users taken so far (and every
@@ -285,62 +395,97 @@ impl Recomputed {
         self.corrections
     }
 
-    fn outcome(&mut self, user: &str, mut packed: &[u8]) -> Result<UserOutcome, String> {
-        let mut events = Vec::new();
-        let mut withdrawn = 0;
-        while !packed.is_empty() {
-            let ((accepted_at, event), rest) = postcard::take_from_bytes::<(Millis, Event)>(packed)
-                .map_err(|e| format!("cannot unpack an event of user {user:?}: {e}"))?;
-            packed = rest;
-            let retracted = self
-                .retracted
-                .get(&event.event_id)
-                .is_some_and(|at| self.window.withdraws(*at, accepted_at));
-            if retracted {
-                withdrawn += 1;
-            } else {
-                events.push(event);
+    /// The next user with an occurrence that counts, what counts of theirs
+    /// and the bytes of their packed events.
+    fn next_user(&mut self) -> Result<Option<(String, UserOutcome, usize)>, RecomputeError> {
+        loop {
+            let Some(user) = self.events.peek_key().map(<[u8]>::to_vec) else {
+                return Ok(None);
+            };
+            let user = String::from_utf8(user)
+                .map_err(|_| RecomputeError::Malformed("a user id is not UTF-8"))?;
+            let deleted = self.deleted.contains(&user);
+            let (mut listed, mut events, mut withdrawn, mut packed) = (false, Vec::new(), 0, 0);
+            while self.events.peek_key() == Some(user.as_bytes()) {
+                self.events.next_into(&mut self.key, &mut self.value)?;
+                self.taken += 1;
+                let (number, event) = self
+                    .value
+                    .split_first_chunk::<8>()
+                    .ok_or(RecomputeError::Malformed("an event entry has no number"))?;
+                let verdict = self.verdicts.get(u64::from_le_bytes(*number))?;
+                if verdict == Verdict::Copy {
+                    continue;
+                }
+                listed = true;
+                if event.is_empty() {
+                    continue;
+                }
+                packed += event.len();
+                if verdict == Verdict::Withdrawn {
+                    withdrawn += 1;
+                } else if deleted {
+                    // Counted, never unpacked: only the number matters.
+                    withdrawn += 1;
+                } else {
+                    events.push(postcard::from_bytes::<Event>(event).map_err(|source| {
+                        RecomputeError::Unpack {
+                            user: user.clone(),
+                            source,
+                        }
+                    })?);
+                }
             }
-        }
-        let corrections = &mut self.corrections;
-        if self.deleted.contains(user) {
-            corrections.deleted_users += 1;
-            corrections.deleted_user_events += events.len() as u64 + withdrawn;
-            return Ok(UserOutcome::Deleted);
-        }
-        corrections.retracted += withdrawn;
-        if let Some(bots) = self.bots {
-            let removed = bots.apply(&mut events);
-            if removed > 0 {
-                corrections.bot_events += removed;
-                corrections.bot_users += 1;
+            if !listed {
+                // Every occurrence of theirs was a copy of someone's.
+                continue;
             }
+            let corrections = &mut self.corrections;
+            if deleted {
+                corrections.deleted_users += 1;
+                corrections.deleted_user_events += withdrawn;
+                return Ok(Some((user, UserOutcome::Deleted, packed)));
+            }
+            corrections.retracted += withdrawn;
+            if let Some(bots) = self.bots {
+                let removed = bots.apply(&mut events);
+                if removed > 0 {
+                    corrections.bot_events += removed;
+                    corrections.bot_users += 1;
+                }
+            }
+            return Ok(Some((user, UserOutcome::Events(events), packed)));
         }
-        Ok(UserOutcome::Events(events))
     }
 }
 
 impl Iterator for Recomputed {
-    type Item = Result<(String, UserOutcome), String>;
+    type Item = Result<(String, UserOutcome), RecomputeError>;
 
     /// The next user and what counts of theirs.
     fn next(&mut self) -> Option<Self::Item> {
-        let (user, packed) = self.users.next()?;
-        Some(self.outcome(&user, &packed).map(|outcome| (user, outcome)))
+        self.next_user()
+            .map(|next| next.map(|(user, outcome, _)| (user, outcome)))
+            .transpose()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::read;
     use proptest::prelude::*;
     use signals_core::testing::event;
     use signals_schemas::{EventType, Retraction, UserDeletion};
 
     fn finish(r: Recompute) -> (Vec<(String, UserOutcome)>, Corrections) {
-        let mut users = r.finish(None).expect("packs");
+        let mut users = r.finish(None).expect("decides");
         let all = users.by_ref().collect::<Result<_, _>>().expect("unpacks");
         (all, users.corrections())
+    }
+
+    fn recompute(keep: Keep, window: DedupWindow) -> Recompute {
+        Recompute::new(keep, window, &Memory::default())
     }
 
     fn of(user: &str, id: &str, time: Millis) -> Event {
@@ -351,7 +496,7 @@ mod tests {
 
     #[test]
     fn applies_every_correction() {
-        let mut r = Recompute::default();
+        let mut r = recompute(Keep::default(), DedupWindow::DEFAULT);
         let e1 = of("u1", "e1", 10);
         let mut e1_again = of("other", "e1", 99);
         e1_again.item_id = Some("b".into());
@@ -400,7 +545,7 @@ mod tests {
 
     #[test]
     fn keeps_only_what_it_is_asked_to_but_dedups_over_everything() {
-        let mut r = Recompute::new(
+        let mut r = recompute(
             Keep {
                 users: Some(UserFilter::Ids(HashSet::from(["a".to_owned()]))),
                 times: Some((100, 200)),
@@ -421,7 +566,7 @@ mod tests {
 
     #[test]
     fn chunks_are_bounded_by_users_and_by_packed_bytes_and_lose_nobody() {
-        let mut r = Recompute::default();
+        let mut r = recompute(Keep::default(), DedupWindow::DEFAULT);
         // "heavy" has 200 events, the others one each.
         for i in 0..200 {
             r.add(0, RecordBody::Event(of("heavy", &format!("h{i}"), i)));
@@ -429,15 +574,14 @@ mod tests {
         for user in ["a", "b", "c", "x", "y", "z"] {
             r.add(0, RecordBody::Event(of(user, &format!("{user}1"), 1)));
         }
-        let one_event = {
-            let mut packed = Vec::new();
-            pack(&mut packed, 0, &of("a", "a1", 1)).expect("packs");
-            packed.len()
-        };
-        let mut users = r.finish(None).expect("packs");
+        let one_event = postcard::to_stdvec(&of("a", "a1", 1)).expect("packs").len();
+        let mut users = r.finish(None).expect("decides");
         let mut chunks = Vec::new();
-        while users.remaining() > 0 {
+        loop {
             let chunk = users.next_chunk(4, 3 * one_event).expect("unpacks");
+            if chunk.is_empty() {
+                break;
+            }
             chunks.push(chunk.into_iter().map(|(u, _)| u).collect::<Vec<_>>());
         }
         // Users in id order; at most 4 per chunk; a chunk ends once it holds
@@ -534,24 +678,30 @@ mod tests {
     }
 
     proptest! {
-        /// Packing, digests and unpacking in chunks of any size change
+        /// Spilling, digests and unpacking in chunks of any size change
         /// nothing: the outcome is the reference's, user by user, in order.
         #[test]
         fn packed_recompute_in_any_chunks_equals_the_reference(
             steps in proptest::collection::vec(step(), 0..200),
             max_users in 1usize..5,
             max_bytes in 1usize..400,
+            budget in 1usize..4_000,
         ) {
             let log: Vec<RecordBody> = steps.iter().map(body).collect();
-            let mut recompute = Recompute::default();
+            let dir = tempfile::tempdir().expect("temp dir");
+            let memory = Memory { budget, spill_in: dir.path().into() };
+            let mut recompute = Recompute::new(Keep::default(), DedupWindow::DEFAULT, &memory);
             for body in log.iter().cloned() {
                 recompute.add(0, body);
             }
-            let mut users = recompute.finish(None).expect("packs");
+            let mut users = recompute.finish(None).expect("decides");
             let mut chunked = Vec::new();
-            while users.remaining() > 0 {
+            loop {
                 let chunk = users.next_chunk(max_users, max_bytes).expect("unpacks");
-                prop_assert!(!chunk.is_empty() && chunk.len() <= max_users);
+                if chunk.is_empty() {
+                    break;
+                }
+                prop_assert!(chunk.len() <= max_users);
                 chunked.extend(chunk);
             }
             prop_assert_eq!(chunked, reference(&log));
@@ -560,7 +710,7 @@ mod tests {
 
     #[test]
     fn the_window_decides_copies_and_what_retractions_reach() {
-        let mut r = Recompute::new(Keep::default(), DedupWindow::new(10));
+        let mut r = recompute(Keep::default(), DedupWindow::new(10));
         r.add(0, RecordBody::Event(of("u", "a", 1)));
         r.add(10, RecordBody::Event(of("u", "a", 2)));
         // Re-used after the window: a new event.
@@ -596,5 +746,168 @@ mod tests {
         assert!((4_500..5_500).contains(&picked), "{picked}");
         assert!((0..100).all(|i| UserFilter::Fraction(1.0).contains(&format!("u{i}"))));
         assert_eq!(half.contains("user-7"), half.contains("user-7"));
+    }
+
+    /// Event times of generated logs start here (the log's rules refuse
+    /// events before 2000).
+    const T0: Millis = signals_schemas::rules::MIN_EVENT_TIME;
+
+    /// A generated log for the comparison with the in-memory recompute:
+    /// acceptance times wander (partitions' clocks differ) over several
+    /// windows, ids are copied across users and shares.
+    #[derive(Clone, Debug)]
+    enum Record {
+        Event {
+            id: u8,
+            user: u8,
+            time: Millis,
+            accepted_at: Millis,
+            /// Another worker's partition: only its id is seen.
+            elsewhere: bool,
+        },
+        Retract(Vec<u8>, Millis),
+        Delete(u8),
+    }
+
+    fn record() -> impl Strategy<Value = Record> {
+        prop_oneof![
+            12 => (0u8..60, 0u8..10, 0i64..600_000, 0i64..400, prop::bool::weighted(0.15))
+                .prop_map(|(id, user, time, accepted_at, elsewhere)| Record::Event {
+                    id, user, time: T0 + time, accepted_at, elsewhere,
+                }),
+            2 => (prop::collection::vec(0u8..60, 1..4), 0i64..400)
+                .prop_map(|(ids, at)| Record::Retract(ids, at)),
+            1 => (0u8..10).prop_map(Record::Delete),
+        ]
+    }
+
+    fn keep() -> impl Strategy<Value = Keep> {
+        let users = prop_oneof![
+            Just(None),
+            (0.05f64..1.0).prop_map(|f| Some(UserFilter::Fraction(f))),
+            prop::collection::hash_set(0u8..10, 0..5).prop_map(|ids| Some(UserFilter::Ids(
+                ids.into_iter().map(|u| format!("user-{u}")).collect()
+            ))),
+        ];
+        let times = prop_oneof![
+            Just(None),
+            (0i64..600_000, 0i64..600_000).prop_map(|(a, b)| Some((T0 + a.min(b), T0 + a.max(b)))),
+        ];
+        (users, times).prop_map(|(users, times)| Keep { users, times })
+    }
+
+    /// Feeds `log` to `add` and `see` as a batch run does.
+    fn replay(
+        log: &[Record],
+        mut add: impl FnMut(Millis, RecordBody),
+        mut see: impl FnMut(&str, Millis),
+    ) {
+        replay_read(
+            log,
+            |record| {
+                if let read::Record::Other(at, body) = record {
+                    add(at, body)
+                }
+            },
+            false,
+            &mut see,
+        );
+    }
+
+    /// Feeds `log` as `read_log` hands it over: events read straight into
+    /// their packed form if `packed`, other records decoded in full.
+    fn replay_read(
+        log: &[Record],
+        mut take: impl FnMut(read::Record<'_>),
+        packed: bool,
+        see: &mut impl FnMut(&str, Millis),
+    ) {
+        let mut add = |at: Millis, body: RecordBody| {
+            if !packed {
+                return take(read::Record::Other(at, body));
+            }
+            let bytes = signals_schemas::avro::encode(&signals_schemas::LogRecord {
+                accepted_at: at,
+                body: body.clone(),
+            });
+            let mut buffer = Vec::new();
+            match crate::packed::read_event(&bytes, &mut buffer) {
+                Some(fields) => take(read::Record::Event(fields, &buffer)),
+                None => take(read::Record::Other(at, body)),
+            }
+        };
+        for record in log {
+            match record {
+                Record::Event {
+                    id,
+                    user,
+                    time,
+                    accepted_at,
+                    elsewhere,
+                } => {
+                    let mut e = of(&format!("user-{user}"), &format!("event-{id}"), *time);
+                    // Several users' events share minutes: bursts for the bot rule.
+                    e.attributes
+                        .insert("city".into(), format!("city-{}", id % 3));
+                    if *elsewhere {
+                        see(&e.event_id, *accepted_at);
+                    } else {
+                        add(*accepted_at, RecordBody::Event(e));
+                    }
+                }
+                Record::Retract(ids, at) => add(
+                    *at,
+                    RecordBody::Retraction(Retraction {
+                        event_ids: ids.iter().map(|id| format!("event-{id}")).collect(),
+                        reason: String::new(),
+                    }),
+                ),
+                Record::Delete(user) => add(
+                    0,
+                    RecordBody::UserDeletion(UserDeletion {
+                        user_id: format!("user-{user}"),
+                        reason: String::new(),
+                    }),
+                ),
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// The streaming recompute, spilling at any budget (down to a run
+        /// per record), gives exactly what the whole log in memory gave:
+        /// the same users in the same order, the same events in the same
+        /// order, the same corrections.
+        #[test]
+        fn spilling_recompute_equals_the_in_memory_one(
+            log in prop::collection::vec(record(), 0..300),
+            keep in keep(),
+            window in 1i64..150,
+            bots in prop::option::of(0u32..4),
+            budget in 1usize..3_000,
+            packed in any::<bool>(),
+        ) {
+            let window = DedupWindow::new(window);
+            let bots = bots.map(|max_events_per_minute| BotFilter { max_events_per_minute });
+
+            let reference = std::cell::RefCell::new(in_memory::InMemory::new(keep.clone(), window));
+            replay(&log, |at, body| reference.borrow_mut().add(at, body), |id, at| reference.borrow_mut().see(id, at));
+            let (expected, expected_corrections) = reference.into_inner().finish(bots);
+
+            let dir = tempfile::tempdir().expect("temp dir");
+            let memory = Memory { budget, spill_in: dir.path().into() };
+            let streaming = std::cell::RefCell::new(Recompute::new(keep, window, &memory));
+            replay_read(&log, |record| streaming.borrow_mut().take(record), packed, &mut |id, at| streaming.borrow_mut().see(id, at));
+            let streaming = streaming.into_inner();
+            let spilled = streaming.spilled_runs();
+            let mut users = streaming.finish(bots).expect("decides");
+            let got: Vec<(String, UserOutcome)> = users.by_ref().collect::<Result<_, _>>().expect("unpacks");
+            prop_assert_eq!(&got, &expected, "spilled {} runs", spilled);
+            prop_assert_eq!(users.corrections(), expected_corrections);
+            drop(users);
+            // Nothing is left behind in the spill directory.
+            prop_assert_eq!(std::fs::read_dir(dir.path()).expect("listed").count(), 0);
+        }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use futures::{stream, StreamExt, TryStreamExt};
 use signals_core::time::floor_hour;
 use signals_core::{LogPosition, Partition, SignalDefinition, UserRecord};
-use signals_schemas::{Millis, RecordBody};
+use signals_schemas::Millis;
 use signals_store::{BatchCheckpoint, BatchManifest, BatchPart, StoreError};
 use tracing::info;
 
@@ -258,25 +258,32 @@ impl BatchLayer {
             Marker::Share(part) => Some(part.partitions.clone()),
             _ => None,
         };
-        let mut recompute = Recompute::new(keep, self.options.dedup_window);
+        let mut recompute = Recompute::new(keep, self.options.dedup_window, &self.options.memory());
         let total = run.position.total();
         let read = read::read_log(
             self.log.as_ref(),
             &run.position,
             self.options.read_chunk,
-            |partition, _, accepted_at, body| match (&mine, body) {
+            |partition, _, record| match (&mine, record.event_id()) {
                 // Another share's user: only the id matters here (dedup).
-                (Some(mine), RecordBody::Event(event)) if !mine.contains(&partition) => {
-                    recompute.see(&event.event_id, accepted_at)
+                (Some(mine), Some(event_id)) if !mine.contains(&partition) => {
+                    recompute.see(event_id, record.accepted_at())
                 }
-                (_, body) => recompute.add(accepted_at, body),
+                _ => recompute.take(record),
             },
             |done| self.report(run.progress, run.running(Phase::Reading, done, total)),
         )
         .await?;
-        let users = recompute
-            .finish(self.options.bot_filter)
-            .map_err(BatchError::Internal)?;
+        let spilled_runs = recompute.spilled_runs();
+        let users = recompute.finish(self.options.bot_filter)?;
+        if spilled_runs > 0 {
+            info!(
+                version = run.version,
+                spilled_runs,
+                budget = self.options.memory_budget,
+                "the log did not fit the batch's memory budget: merged from sorted runs on disk"
+            );
+        }
         let summary = BatchSummary {
             job: run.job.clone(),
             version: run.version,
@@ -310,13 +317,13 @@ impl BatchLayer {
         summary: &mut BatchSummary,
     ) -> Result<u64, BatchError> {
         let written_before = marker.written_through();
-        let user_count = users.remaining() as u64;
-        let mut done = 0u64;
-        while users.remaining() > 0 {
-            let chunk = users
-                .next_chunk(self.options.write_chunk, WRITE_CHUNK_PACKED_BYTES)
-                .map_err(BatchError::Internal)?;
-            done += chunk.len() as u64;
+        let mut user_count = 0u64;
+        loop {
+            let chunk = users.next_chunk(self.options.write_chunk, WRITE_CHUNK_PACKED_BYTES)?;
+            if chunk.is_empty() {
+                break;
+            }
+            user_count += chunk.len() as u64;
             let (skipped, fresh): (Vec<_>, Vec<_>) = chunk.into_iter().partition(|(user, _)| {
                 written_before
                     .as_deref()
@@ -368,7 +375,10 @@ impl BatchLayer {
                     Marker::Nowhere => {}
                 }
             }
-            self.report(run.progress, run.running(Phase::Writing, done, user_count));
+            // Users are not counted before they are taken: progress goes by
+            // the events taken.
+            let (taken, entries) = users.progress();
+            self.report(run.progress, run.running(Phase::Writing, taken, entries));
         }
         summary.corrections = users.corrections();
         Ok(user_count)

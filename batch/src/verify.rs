@@ -14,6 +14,7 @@
 //! the deletion record (one the speed layer has not reached and nobody
 //! erased shows as drift until it does).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures::{stream, StreamExt, TryStreamExt};
@@ -23,6 +24,7 @@ use signals_core::{LogPosition, SignalDefinition, UserRecord, UserView};
 use signals_schemas::{Millis, RecordBody};
 use signals_store::StoreError;
 
+use crate::read::Record;
 use crate::recompute::{Keep, Recompute, UserFilter, UserOutcome};
 use crate::{read, BatchError, BatchLayer, Phase, Progress, Running};
 
@@ -150,6 +152,7 @@ impl BatchLayer {
                 times: None,
             },
             self.options.dedup_window,
+            &self.options.memory(),
         );
         // Deletions count wherever they are: `delete-user` erases the store
         // at once, before the speed layer reaches the deletion record.
@@ -158,22 +161,26 @@ impl BatchLayer {
             self.log.as_ref(),
             &end,
             self.options.read_chunk,
-            |partition, offset, accepted_at, body| {
-                if covered.covers(partition, offset) || matches!(body, RecordBody::UserDeletion(_))
-                {
-                    recompute.add(accepted_at, body)
+            |partition, offset, record| {
+                let deletion = matches!(record, Record::Other(_, RecordBody::UserDeletion(_)));
+                if covered.covers(partition, offset) || deletion {
+                    recompute.take(record)
                 }
             },
             |done| progress.update(&running(Phase::Reading, done, total)),
         )
         .await?;
         // Users are unpacked one by one as they are compared.
-        let users = recompute
-            .finish(self.options.bot_filter)
-            .map_err(BatchError::Internal)?;
+        let mut users = recompute.finish(self.options.bot_filter)?;
+        // Named users are few: take them at once, to know which ones the
+        // log does not hold.
+        let mut listed = Vec::new();
+        if !named.is_empty() {
+            listed = users.by_ref().collect::<Result<Vec<_>, _>>()?;
+        }
         let unknown: Vec<(String, UserOutcome)> = named
             .into_iter()
-            .filter(|u| !users.holds(u))
+            .filter(|u| !listed.iter().any(|(l, _)| l == u))
             .map(|u| (u, UserOutcome::Events(Vec::new())))
             .collect();
 
@@ -199,12 +206,25 @@ impl BatchLayer {
                 .collect(),
             max_mismatch_rate: 0.0,
         };
-        let total = (users.remaining() + unknown.len()) as u64;
+        // Users are not counted before they are taken: progress goes by
+        // the events taken.
+        let (taken, entries) = (AtomicU64::new(0), AtomicU64::new(0));
         let version = manifest.as_ref().map(|m| m.version);
         let (from, covered) = (&from, &covered);
-        let users = users.chain(unknown.into_iter().map(Ok));
+        let streamed = std::iter::from_fn(|| {
+            let next = users.next();
+            let (done, total) = users.progress();
+            taken.store(done, Ordering::Relaxed);
+            entries.store(total, Ordering::Relaxed);
+            next
+        });
+        let users = listed
+            .into_iter()
+            .map(Ok)
+            .chain(streamed)
+            .chain(unknown.into_iter().map(Ok));
         let mut comparisons = stream::iter(users.map(|user| async move {
-            let (user, outcome) = user.map_err(BatchError::Internal)?;
+            let (user, outcome) = user?;
             let compared = self.compare(version, from, covered, &user, outcome).await?;
             Ok::<_, BatchError>((user, compared))
         }))
@@ -213,7 +233,11 @@ impl BatchLayer {
         while let Some((user, compared)) = comparisons.try_next().await? {
             done += 1;
             if done % 1000 == 0 {
-                progress.update(&running(Phase::Comparing, done, total));
+                progress.update(&running(
+                    Phase::Comparing,
+                    taken.load(Ordering::Relaxed),
+                    entries.load(Ordering::Relaxed),
+                ));
             }
             report.add(user, compared, &definitions, at, request.examples);
         }

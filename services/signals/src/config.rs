@@ -259,6 +259,9 @@ impl<'de> Deserialize<'de> for Listen {
     }
 }
 
+/// The least `batch.memory_bytes` accepted.
+const MIN_BATCH_MEMORY: usize = 16 << 20;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchConfig {
@@ -270,6 +273,9 @@ pub struct BatchConfig {
     pub bot_max_events_per_minute: u32,
     /// Users per store write and per run checkpoint.
     pub write_chunk: usize,
+    /// Bytes of the log a run holds while reading; the rest is spilled to
+    /// sorted runs under `data_dir`.
+    pub memory_bytes: usize,
 }
 
 /// When `signals up` runs the batch by itself.
@@ -482,6 +488,9 @@ impl Config {
         if self.batch.write_chunk == 0 {
             bail!("invalid configuration: batch.write_chunk must be at least 1");
         }
+        if self.batch.memory_bytes < MIN_BATCH_MEMORY {
+            bail!("invalid configuration: batch.memory_bytes must be at least {MIN_BATCH_MEMORY} (16 MiB): below it a run writes a spill file every few thousand events");
+        }
         self.definitions()?;
         Ok(())
     }
@@ -625,6 +634,13 @@ mod tests {
             .expect_err("no tokens")
             .to_string();
         assert!(err.contains("server.api_tokens"), "{err}");
+        let err = load_text("[batch]\nmemory_bytes = 1000")
+            .expect_err("too small")
+            .to_string();
+        assert!(
+            err.contains("batch.memory_bytes must be at least 16777216"),
+            "{err}"
+        );
         let err =
             load_text("[[signals]]\nname = \"x\"\naggregation = \"avg\"").expect_err("bad signal");
         assert!(

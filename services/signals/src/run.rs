@@ -73,6 +73,8 @@ pub fn batch_layer(
                 max_events_per_minute: config.batch.bot_max_events_per_minute,
             }),
             dedup_window: config.deduplication().window,
+            memory_budget: config.batch.memory_bytes,
+            spill_dir: Some(config.data_dir.clone()),
             ..BatchOptions::default()
         },
     ))

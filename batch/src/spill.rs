@@ -1,0 +1,640 @@
+//! An external sort of byte records by key, in bounded memory.
+//!
+//! Records are held in one arena until it reaches its byte budget; then
+//! they are sorted by key and written out as a run. Reading back merges
+//! the runs (and what is still held) in key order. Records with equal keys
+//! come back in the order they were pushed: a run is sorted stably and the
+//! merge prefers the older run, which is what lets the batch keep log order
+//! within a user or an event id without storing it in the key.
+//!
+//! Nothing is written while everything fits: a small log never touches the
+//! disk. Run files live in a directory of their own, removed when the
+//! sorter or its merge is dropped, whether the run succeeded or not.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use tempfile::TempDir;
+
+/// Runs merged at once; more are first merged into longer runs, so that
+/// open files and read buffers stay bounded whatever the log's size.
+const FAN_IN: usize = 32;
+
+/// Room past the budget for the record that crosses it (an event is at
+/// most some 75 KiB under the log's rules): the arena never reallocates.
+const RECORD_SLACK: usize = 256 << 10;
+
+/// The read and write buffer of one run file.
+const RUN_BUFFER: usize = 128 << 10;
+
+/// Why spilling failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SpillError {
+    #[error("cannot create a spill directory in {dir}: {source}")]
+    CreateDir { dir: PathBuf, source: io::Error },
+    #[error("cannot write the spill file {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("cannot read the spill file {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("the spill file {path} is cut short or corrupt")]
+    Corrupt { path: PathBuf },
+}
+
+/// Where a record sits in the arena.
+#[derive(Clone, Copy)]
+struct Slot {
+    /// The key's first 8 bytes, big-endian, zero-padded: most comparisons
+    /// end here (id digests always do) without reading the arena.
+    prefix: u64,
+    /// The record's key among the distinct keys held (grouped sorters).
+    group: u32,
+    start: usize,
+    key_len: u32,
+    value_len: u32,
+}
+
+impl Slot {
+    fn prefix(key: &[u8]) -> u64 {
+        let mut bytes = [0u8; 8];
+        let n = key.len().min(8);
+        bytes[..n].copy_from_slice(&key[..n]);
+        u64::from_be_bytes(bytes)
+    }
+
+    const SIZE: usize = std::mem::size_of::<Slot>();
+
+    fn key<'a>(&self, arena: &'a [u8]) -> &'a [u8] {
+        &arena[self.start..self.start + self.key_len as usize]
+    }
+
+    fn value<'a>(&self, arena: &'a [u8]) -> &'a [u8] {
+        let from = self.start + self.key_len as usize;
+        &arena[from..from + self.value_len as usize]
+    }
+}
+
+/// Distinct keys held, for a sorter whose records share few keys (many
+/// events per user): equal keys are found by hashing as records come, and
+/// a run is ordered by sorting the distinct keys only, then placing each
+/// record by its key's rank (a counting sort, stable by construction).
+#[derive(Default)]
+struct Groups {
+    ids: HashMap<Box<[u8]>, u32, foldhash::fast::RandomState>,
+    /// Bytes the table holds (keys and entries).
+    bytes: usize,
+}
+
+/// What a table entry costs beyond its key: the entry and the key's
+/// allocation header, roughly.
+const GROUP_ENTRY_BYTES: usize = 48;
+
+/// Records pushed so far: held in memory up to the budget, the rest in
+/// sorted runs on disk.
+pub struct Sorter {
+    budget: usize,
+    /// Present for a sorter of few distinct keys ([`Sorter::grouped`]).
+    groups: Option<Groups>,
+    /// Where the run directory is made, at the first spill.
+    spill_in: PathBuf,
+    dir: Option<TempDir>,
+    arena: Vec<u8>,
+    slots: Vec<Slot>,
+    runs: Vec<PathBuf>,
+    records: u64,
+}
+
+impl Sorter {
+    /// A sorter holding about `budget` bytes in memory (records and their
+    /// index) before it spills into a new directory under `spill_in`.
+    pub fn new(budget: usize, spill_in: &Path) -> Sorter {
+        Sorter {
+            budget: budget.max(1),
+            groups: None,
+            spill_in: spill_in.to_path_buf(),
+            dir: None,
+            // Reserved once: grown by doubling, a buffer would be copied
+            // (old and new held at once) a few times on the way to the
+            // budget. Only the pages written are ever resident.
+            arena: Vec::with_capacity(budget.max(1) + RECORD_SLACK),
+            slots: Vec::new(),
+            runs: Vec::new(),
+            records: 0,
+        }
+    }
+
+    /// A sorter for records that share few distinct keys (see [`Groups`]):
+    /// the same order as [`Sorter::new`], found faster.
+    pub fn grouped(budget: usize, spill_in: &Path) -> Sorter {
+        Sorter {
+            groups: Some(Groups::default()),
+            ..Sorter::new(budget, spill_in)
+        }
+    }
+
+    /// Records pushed so far.
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+
+    /// Runs written so far.
+    pub fn spilled_runs(&self) -> usize {
+        self.runs.len()
+    }
+
+    /// Takes a record; `value` is written by `fill` straight into the
+    /// arena (no copy through a buffer of its own).
+    pub fn push_with(
+        &mut self,
+        key: &[u8],
+        fill: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(), SpillError> {
+        let start = self.arena.len();
+        self.arena.extend_from_slice(key);
+        fill(&mut self.arena);
+        let key_len = key.len() as u32;
+        let value_len = (self.arena.len() - start - key.len()) as u32;
+        let group = match &mut self.groups {
+            Some(groups) => match groups.ids.get(key) {
+                Some(&id) => id,
+                None => {
+                    let id = groups.ids.len() as u32;
+                    groups.ids.insert(key.into(), id);
+                    groups.bytes += key.len() + GROUP_ENTRY_BYTES;
+                    id
+                }
+            },
+            None => 0,
+        };
+        self.slots.push(Slot {
+            group,
+            prefix: Slot::prefix(key),
+            start,
+            key_len,
+            value_len,
+        });
+        self.records += 1;
+        if self.held() >= self.budget {
+            self.spill()?;
+        }
+        Ok(())
+    }
+
+    /// Bytes held in memory.
+    fn held(&self) -> usize {
+        let groups = self.groups.as_ref().map_or(0, |g| g.bytes);
+        self.arena.len() + self.slots.len() * Slot::SIZE + groups
+    }
+
+    fn sort(&mut self) {
+        if let Some(groups) = &mut self.groups {
+            let mut keys: Vec<(&[u8], u32)> =
+                groups.ids.iter().map(|(k, &id)| (&k[..], id)).collect();
+            keys.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            let mut rank = vec![0u32; keys.len()];
+            for (r, (_, id)) in keys.iter().enumerate() {
+                rank[*id as usize] = r as u32;
+            }
+            // Where each rank's records start, then each record placed in
+            // push order: equal keys keep that order.
+            let mut next = vec![0usize; keys.len() + 1];
+            for slot in &self.slots {
+                next[rank[slot.group as usize] as usize + 1] += 1;
+            }
+            for r in 1..next.len() {
+                next[r] += next[r - 1];
+            }
+            let mut sorted = self.slots.clone();
+            for slot in &self.slots {
+                let at = &mut next[rank[slot.group as usize] as usize];
+                sorted[*at] = *slot;
+                *at += 1;
+            }
+            self.slots = sorted;
+            groups.ids.clear();
+            groups.bytes = 0;
+            return;
+        }
+        let arena = &self.arena;
+        // Equal keys keep the order they were pushed in: the arena offset
+        // breaks ties, so an unstable sort (no scratch memory) does.
+        self.slots.sort_unstable_by(|a, b| {
+            a.prefix
+                .cmp(&b.prefix)
+                .then_with(|| a.key(arena).cmp(b.key(arena)))
+                .then(a.start.cmp(&b.start))
+        });
+    }
+
+    fn dir(&mut self) -> Result<PathBuf, SpillError> {
+        if let Some(dir) = &self.dir {
+            return Ok(dir.path().to_path_buf());
+        }
+        let create = |source| SpillError::CreateDir {
+            dir: self.spill_in.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&self.spill_in).map_err(create)?;
+        let dir = tempfile::Builder::new()
+            .prefix("signals-batch-spill-")
+            .tempdir_in(&self.spill_in)
+            .map_err(create)?;
+        let path = dir.path().to_path_buf();
+        self.dir = Some(dir);
+        Ok(path)
+    }
+
+    /// Writes what is held as a sorted run and frees it.
+    fn spill(&mut self) -> Result<(), SpillError> {
+        if self.slots.is_empty() {
+            return Ok(());
+        }
+        self.sort();
+        let path = self.dir()?.join(format!("run-{}", self.runs.len()));
+        let mut run = RunWriter::create(&path)?;
+        for slot in &self.slots {
+            run.write(slot.key(&self.arena), slot.value(&self.arena))?;
+        }
+        run.finish()?;
+        self.runs.push(path);
+        // Keep the memory for the next run: its pages are already there.
+        self.arena.clear();
+        self.slots.clear();
+        Ok(())
+    }
+
+    /// Every record pushed, in key order (equal keys in push order).
+    pub fn finish(mut self) -> Result<Merge, SpillError> {
+        if !self.runs.is_empty() {
+            // Spilled already: spill the rest too, so that the merge holds
+            // only read buffers.
+            self.spill()?;
+            self.arena = Vec::new();
+            self.slots = Vec::new();
+        }
+        let mut runs = std::mem::take(&mut self.runs);
+        let mut merged = 0;
+        while runs.len() > FAN_IN {
+            let path = self.dir()?.join(format!("merged-{merged}"));
+            merged += 1;
+            let mut into = RunWriter::create(&path)?;
+            let mut merge = Merge::of_runs(runs.drain(..FAN_IN).collect(), None)?;
+            let (mut key, mut value) = (Vec::new(), Vec::new());
+            while merge.next_into(&mut key, &mut value)? {
+                into.write(&key, &value)?;
+            }
+            into.finish()?;
+            for source in merge.sources {
+                if let Source::Run { path, .. } = source {
+                    // Only disk space is lost if this fails: the directory
+                    // goes as a whole at the end.
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+            // The merged run holds the oldest records: it goes first.
+            runs.insert(0, path);
+        }
+        let mut sources = Vec::with_capacity(runs.len() + 1);
+        for path in runs {
+            sources.push(Source::open(path)?);
+        }
+        if !self.slots.is_empty() {
+            self.sort();
+            sources.push(Source::Memory {
+                arena: std::mem::take(&mut self.arena),
+                slots: std::mem::take(&mut self.slots).into_iter(),
+                current: None,
+            });
+        }
+        Merge::start(sources, self.dir.take())
+    }
+}
+
+/// Writes one run: per record its key length and value length (LEB128),
+/// then the key and the value.
+struct RunWriter {
+    path: PathBuf,
+    out: BufWriter<File>,
+}
+
+impl RunWriter {
+    fn create(path: &Path) -> Result<RunWriter, SpillError> {
+        let file = File::create(path).map_err(|source| SpillError::Write {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(RunWriter {
+            path: path.to_path_buf(),
+            out: BufWriter::with_capacity(RUN_BUFFER, file),
+        })
+    }
+
+    fn write(&mut self, key: &[u8], value: &[u8]) -> Result<(), SpillError> {
+        let mut head = [0u8; 20];
+        let mut n = leb128(&mut head, key.len() as u64, 0);
+        n = leb128(&mut head, value.len() as u64, n);
+        self.out
+            .write_all(&head[..n])
+            .and_then(|()| self.out.write_all(key))
+            .and_then(|()| self.out.write_all(value))
+            .map_err(|source| SpillError::Write {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    fn finish(mut self) -> Result<(), SpillError> {
+        self.out.flush().map_err(|source| SpillError::Write {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+fn leb128(out: &mut [u8; 20], mut value: u64, mut at: usize) -> usize {
+    loop {
+        let byte = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out[at] = byte;
+            return at + 1;
+        }
+        out[at] = byte | 0x80;
+        at += 1;
+    }
+}
+
+/// One sorted input of a merge.
+enum Source {
+    Run {
+        path: PathBuf,
+        input: BufReader<File>,
+        current: Option<(Vec<u8>, Vec<u8>)>,
+    },
+    Memory {
+        arena: Vec<u8>,
+        slots: std::vec::IntoIter<Slot>,
+        current: Option<Slot>,
+    },
+}
+
+impl Source {
+    fn open(path: PathBuf) -> Result<Source, SpillError> {
+        let file = File::open(&path).map_err(|source| SpillError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Source::Run {
+            path,
+            input: BufReader::with_capacity(RUN_BUFFER, file),
+            current: None,
+        })
+    }
+
+    fn key(&self) -> Option<&[u8]> {
+        match self {
+            Source::Run { current, .. } => current.as_ref().map(|(k, _)| k.as_slice()),
+            Source::Memory { arena, current, .. } => current.map(|s| s.key(arena)),
+        }
+    }
+
+    /// Moves to the next record (none at the end).
+    fn advance(&mut self) -> Result<(), SpillError> {
+        match self {
+            Source::Memory { slots, current, .. } => {
+                *current = slots.next();
+                Ok(())
+            }
+            Source::Run {
+                path,
+                input,
+                current,
+            } => {
+                let corrupt = || SpillError::Corrupt { path: path.clone() };
+                let read = |source| SpillError::Read {
+                    path: path.clone(),
+                    source,
+                };
+                let Some(key_len) = read_leb128(input).map_err(read)? else {
+                    *current = None;
+                    return Ok(());
+                };
+                let value_len = read_leb128(input).map_err(read)?.ok_or_else(corrupt)?;
+                // Reuse the buffers of the record just taken.
+                let (mut key, mut value) = current.take().unwrap_or_default();
+                key.resize(key_len as usize, 0);
+                value.resize(value_len as usize, 0);
+                input
+                    .read_exact(&mut key)
+                    .and_then(|()| input.read_exact(&mut value))
+                    .map_err(|e| match e.kind() {
+                        io::ErrorKind::UnexpectedEof => corrupt(),
+                        _ => read(e),
+                    })?;
+                *current = Some((key, value));
+                Ok(())
+            }
+        }
+    }
+
+    /// Copies the current record into `key` and `value`.
+    fn copy_into(&self, key: &mut Vec<u8>, value: &mut Vec<u8>) {
+        let (k, v) = match self {
+            Source::Run { current, .. } => match current {
+                Some((k, v)) => (k.as_slice(), v.as_slice()),
+                None => return,
+            },
+            Source::Memory { arena, current, .. } => match current {
+                Some(slot) => (slot.key(arena), slot.value(arena)),
+                None => return,
+            },
+        };
+        key.clear();
+        key.extend_from_slice(k);
+        value.clear();
+        value.extend_from_slice(v);
+    }
+}
+
+/// A LEB128 number, or `None` at a clean end of the input.
+fn read_leb128(input: &mut impl Read) -> io::Result<Option<u64>> {
+    let mut value = 0u64;
+    let mut shift = 0;
+    loop {
+        let mut byte = [0u8];
+        if input.read(&mut byte)? == 0 {
+            return match shift {
+                0 => Ok(None),
+                _ => Err(io::ErrorKind::UnexpectedEof.into()),
+            };
+        }
+        if shift > 63 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "length overflows",
+            ));
+        }
+        value |= u64::from(byte[0] & 0x7f) << shift;
+        if byte[0] & 0x80 == 0 {
+            return Ok(Some(value));
+        }
+        shift += 7;
+    }
+}
+
+/// The records of a sorter in key order; equal keys in push order.
+pub struct Merge {
+    /// Oldest first: the tie-break between equal keys.
+    sources: Vec<Source>,
+    /// Kept until the merge is done: dropping it removes the run files.
+    _dir: Option<TempDir>,
+}
+
+impl Merge {
+    fn of_runs(runs: Vec<PathBuf>, dir: Option<TempDir>) -> Result<Merge, SpillError> {
+        let sources = runs
+            .into_iter()
+            .map(Source::open)
+            .collect::<Result<_, _>>()?;
+        Merge::start(sources, dir)
+    }
+
+    fn start(mut sources: Vec<Source>, dir: Option<TempDir>) -> Result<Merge, SpillError> {
+        for source in &mut sources {
+            source.advance()?;
+        }
+        Ok(Merge { sources, _dir: dir })
+    }
+
+    /// The next record copied into `key` and `value`; `false` at the end.
+    pub fn next_into(
+        &mut self,
+        key: &mut Vec<u8>,
+        value: &mut Vec<u8>,
+    ) -> Result<bool, SpillError> {
+        // Few sources (at most FAN_IN + 1): a scan beats a heap's upkeep.
+        let mut least: Option<(usize, &[u8])> = None;
+        for (i, source) in self.sources.iter().enumerate() {
+            if let Some(k) = source.key() {
+                if least.is_none_or(|(_, l)| k < l) {
+                    least = Some((i, k));
+                }
+            }
+        }
+        let Some((i, _)) = least else {
+            return Ok(false);
+        };
+        self.sources[i].copy_into(key, value);
+        self.sources[i].advance()?;
+        Ok(true)
+    }
+
+    /// The key of the next record, if any, without taking it.
+    pub fn peek_key(&self) -> Option<&[u8]> {
+        self.sources.iter().filter_map(Source::key).fold(
+            None,
+            |least: Option<&[u8]>, k| match least {
+                Some(l) if l <= k => Some(l),
+                _ => Some(k),
+            },
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sorted(
+        records: &[(Vec<u8>, u32)],
+        budget: usize,
+        grouped: bool,
+    ) -> (Vec<(Vec<u8>, u32)>, usize) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut sorter = match grouped {
+            true => Sorter::grouped(budget, dir.path()),
+            false => Sorter::new(budget, dir.path()),
+        };
+        for (key, value) in records {
+            sorter
+                .push_with(key, |v| v.extend_from_slice(&value.to_le_bytes()))
+                .expect("pushed");
+        }
+        let runs = sorter.spilled_runs();
+        let mut merge = sorter.finish().expect("merges");
+        let (mut key, mut value) = (Vec::new(), Vec::new());
+        let mut out = Vec::new();
+        while merge.next_into(&mut key, &mut value).expect("reads") {
+            let value = u32::from_le_bytes(value.as_slice().try_into().expect("4 bytes"));
+            out.push((key.clone(), value));
+        }
+        drop(merge);
+        // Every run file is gone with the merge.
+        let left = std::fs::read_dir(dir.path()).expect("listed").count();
+        assert_eq!(left, 0);
+        (out, runs)
+    }
+
+    proptest! {
+        /// Whatever the budget, records come back sorted by key, equal keys
+        /// in push order (a stable sort of what was pushed).
+        #[test]
+        fn any_budget_gives_a_stable_sort(
+            keys in proptest::collection::vec(proptest::collection::vec(0u8..4, 0..10), 0..300),
+            budget in 1usize..2_000,
+            grouped in any::<bool>(),
+        ) {
+            let records: Vec<(Vec<u8>, u32)> =
+                keys.into_iter().enumerate().map(|(i, k)| (k, i as u32)).collect();
+            let mut expected = records.clone();
+            expected.sort_by(|a, b| a.0.cmp(&b.0));
+            let (got, _) = sorted(&records, budget, grouped);
+            prop_assert_eq!(got, expected);
+        }
+    }
+
+    #[test]
+    fn a_small_budget_spills_beyond_the_fan_in_and_a_large_one_never() {
+        let records: Vec<(Vec<u8>, u32)> = (0..500u32)
+            .map(|i| ((i * 7919 % 500).to_be_bytes().to_vec(), i))
+            .collect();
+        for grouped in [false, true] {
+            let (out, runs) = sorted(&records, 64, grouped);
+            assert!(runs > FAN_IN, "{runs}");
+            assert_eq!(out.len(), 500);
+            assert!(out.windows(2).all(|w| w[0].0 <= w[1].0));
+            let (_, runs) = sorted(&records, 1 << 20, grouped);
+            assert_eq!(runs, 0);
+        }
+    }
+
+    #[test]
+    fn a_sorter_dropped_midway_leaves_no_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut sorter = Sorter::grouped(16, dir.path());
+        for i in 0..100u32 {
+            sorter
+                .push_with(&i.to_be_bytes(), |v| v.push(1))
+                .expect("pushed");
+        }
+        assert!(sorter.spilled_runs() > 0);
+        // A run that fails (its error returned through `?`) drops its sorter.
+        drop(sorter);
+        assert_eq!(std::fs::read_dir(dir.path()).expect("listed").count(), 0);
+    }
+
+    #[test]
+    fn a_cut_run_is_reported_not_read_short() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("run");
+        let mut run = RunWriter::create(&path).expect("created");
+        run.write(b"key", b"value").expect("written");
+        run.finish().expect("flushed");
+        let bytes = std::fs::read(&path).expect("read");
+        std::fs::write(&path, &bytes[..bytes.len() - 1]).expect("cut");
+        let error = Merge::of_runs(vec![path], None).err().expect("corrupt");
+        assert!(matches!(error, SpillError::Corrupt { .. }), "{error}");
+    }
+}
