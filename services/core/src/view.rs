@@ -108,6 +108,10 @@ pub enum SpeedEntry {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StaleSignal(pub String);
 
+/// How many events [`UserView::next_change`] scans for one that matches
+/// a definition before it settles for an earlier instant.
+pub const NEXT_CHANGE_SCAN: usize = 32;
+
 /// Batch record and speed tail of one user, merged.
 #[derive(Clone, Debug, Default)]
 pub struct UserView {
@@ -244,23 +248,44 @@ impl UserView {
     /// the current session. Re-evaluating at that instant (a timer) keeps
     /// values that time alone moves current. May name an instant at which
     /// nothing turns out to change, never one later than a change.
+    ///
+    /// For each definition and each way an event can move its value, the
+    /// first matching event to do so is a binary search in the record's and
+    /// each run's events (newest first), then a scan of at most
+    /// [`NEXT_CHANGE_SCAN`] events toward newer ones for one that matches;
+    /// past that the scanned events' newest time stands in (earlier than the
+    /// change, so never late). A heavy user's timer is thus O(definitions ×
+    /// runs × log n), not a pass over the history.
     pub fn next_change(&self, definitions: &[&SignalDefinition], now: Millis) -> Option<Millis> {
         let mut next: Option<Millis> = None;
-        let mut consider = |t: Millis| {
-            if t > now && next.is_none_or(|n| t < n) {
-                next = Some(t);
-            }
-        };
-        for event in self.events() {
-            for definition in definitions.iter().filter(|d| d.matches(event)) {
-                let t = event.event_time;
-                consider(t.saturating_add(1));
+        let record = self.batch.iter().map(|b| b.events.as_slice());
+        for events in record.chain(self.tail.sorted_runs()) {
+            for definition in definitions {
+                let mut reaches = [Some(0), None, None];
                 if let Window::Sliding(width) = definition.window {
-                    consider(t.saturating_add(width).saturating_add(1));
+                    reaches[1] = Some(width);
                 }
                 if let crate::definition::Aggregation::Sessions { gap, .. } = definition.aggregation
                 {
-                    consider(t.saturating_add(gap).saturating_add(1));
+                    reaches[2] = Some(gap);
+                }
+                for reach in reaches.into_iter().flatten() {
+                    // An event at `t` moves the value at `t + reach + 1`,
+                    // which is after `now` for `t >= now - reach`.
+                    let after =
+                        events.partition_point(|e| e.event_time >= now.saturating_sub(reach));
+                    let scanned = events[..after].iter().rev().take(NEXT_CHANGE_SCAN);
+                    let mut oldest_moving = None;
+                    for event in scanned {
+                        oldest_moving = Some(event.event_time);
+                        if definition.matches(event) {
+                            break;
+                        }
+                    }
+                    if let Some(t) = oldest_moving {
+                        let t = t.saturating_add(reach).saturating_add(1);
+                        next = Some(next.map_or(t, |n| n.min(t)));
+                    }
                 }
             }
         }
@@ -315,6 +340,20 @@ impl UserView {
             for definition in definitions {
                 if let Window::Sliding(width) = definition.window {
                     consider(batch.horizon.saturating_add(width));
+                }
+                // Sessions folded into the base state have events before
+                // the horizon that are not at hand: while a window or gap
+                // reaches behind the horizon, any next instant may move them.
+                if let crate::definition::Aggregation::Sessions { gap, .. } = definition.aggregation
+                {
+                    let width = match definition.window {
+                        Window::Sliding(width) => width,
+                        Window::Lifetime => 0,
+                    };
+                    let reaches_behind = at.saturating_sub(width.max(gap)) < batch.horizon;
+                    if reaches_behind && batch.base.contains_key(&definition.name) {
+                        consider(at.saturating_add(1));
+                    }
                 }
             }
         }
@@ -733,14 +772,48 @@ mod tests {
             let view = UserView::merge(Some(Arc::new(record)), speed);
             let until = view.holds_until(&all, at);
             prop_assert!(until > at);
-            if let Some(next) = view.next_change(&all, at) {
+            let next = view.next_change(&all, at);
+            if let Some(next) = next {
                 prop_assert!(until <= next, "{} > {}", until, next);
+            }
+            // Never later than the exhaustive pass over every counted event.
+            if let Some(exact) = exhaustive_next_change(&view, &all, at) {
+                prop_assert!(next.is_some_and(|n| at < n && n <= exact), "{:?} vs {}", next, exact);
             }
             let answer = view.evaluate(&all, at);
             for later in at..until.min(at + 400) {
                 prop_assert_eq!(&view.evaluate(&all, later), &answer, "at {}", later);
             }
         }
+    }
+
+    /// What `next_change` answered before it searched: every counted
+    /// event, every definition it matches.
+    fn exhaustive_next_change(
+        view: &UserView,
+        definitions: &[&SignalDefinition],
+        now: Millis,
+    ) -> Option<Millis> {
+        let mut next: Option<Millis> = None;
+        let mut consider = |t: Millis| {
+            if t > now && next.is_none_or(|n| t < n) {
+                next = Some(t);
+            }
+        };
+        for event in view.events() {
+            for definition in definitions.iter().filter(|d| d.matches(event)) {
+                let t = event.event_time;
+                consider(t.saturating_add(1));
+                if let Window::Sliding(width) = definition.window {
+                    consider(t.saturating_add(width).saturating_add(1));
+                }
+                if let crate::definition::Aggregation::Sessions { gap, .. } = definition.aggregation
+                {
+                    consider(t.saturating_add(gap).saturating_add(1));
+                }
+            }
+        }
+        next
     }
 
     #[derive(Clone, Debug)]
