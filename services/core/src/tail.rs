@@ -249,23 +249,32 @@ fn drop_batch_ids(batch: &UserRecord, events: &mut Vec<Event>) {
     events.retain(|e| !batch.ids.contains(&batch.events, &e.event_id));
 }
 
-/// Which ids a record's events hold: their hashes, sorted, built on first
-/// use (derived from the events like tiles, never stored). A lookup is a
-/// binary search, and a scan of the events only when the hash is there: an
-/// extension of a heavy user's tail costs O(k log n), not a pass over the
-/// record.
+/// Which ids a record's events hold: their hashes with the event's index,
+/// sorted, built on first use (derived from the events like tiles, never
+/// stored). A lookup is a binary search, then a comparison with the few
+/// events of that hash: an extension of a heavy user's tail costs
+/// O(k log n), not a pass over the record.
 #[derive(Default)]
-pub struct EventIds(OnceLock<Vec<u64>>);
+pub struct EventIds(OnceLock<Vec<(u64, u32)>>);
 
 impl EventIds {
     /// Whether `events` (the record the digest is of) holds `id`.
     pub fn contains(&self, events: &[Event], id: &str) -> bool {
         let hashes = self.0.get_or_init(|| {
-            let mut hashes: Vec<u64> = events.iter().map(|e| id_hash(&e.event_id)).collect();
+            let mut hashes: Vec<(u64, u32)> = events
+                .iter()
+                .zip(0u32..)
+                .map(|(e, i)| (id_hash(&e.event_id), i))
+                .collect();
             hashes.sort_unstable();
             hashes
         });
-        hashes.binary_search(&id_hash(id)).is_ok() && events.iter().any(|e| e.event_id == id)
+        let hash = id_hash(id);
+        let first = hashes.partition_point(|&(h, _)| h < hash);
+        hashes[first..]
+            .iter()
+            .take_while(|&&(h, _)| h == hash)
+            .any(|&(_, i)| events.get(i as usize).is_some_and(|e| e.event_id == id))
     }
 }
 
