@@ -81,7 +81,8 @@ impl Inner {
 type Row = (Vec<u8>, Vec<u8>);
 
 /// `entries` as speed rows: one per (user, partition), keyed by its last
-/// offset, in key order.
+/// offset, in key order (keys lead with the user's length, so the order of
+/// the rows is not the order of the user ids).
 fn chunks(entries: &[PositionedEntry]) -> Result<Vec<Row>, StoreError> {
     let mut sorted: Vec<&PositionedEntry> = entries.iter().collect();
     sorted.sort_unstable_by(|a, b| {
@@ -100,6 +101,7 @@ fn chunks(entries: &[PositionedEntry]) -> Result<Vec<Row>, StoreError> {
             codec::encode_chunk(&chunk)?,
         ));
     }
+    rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     Ok(rows)
 }
 
