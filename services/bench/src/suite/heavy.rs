@@ -7,8 +7,6 @@
 //! of the heavy user's reads is the bare handler answering its bytes.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::http::{Call, Conn, Outcome};
@@ -127,27 +125,5 @@ async fn post_heavy(
         made += batch.len() as u64;
         bodies.push(bytes::Bytes::from(workload::json_batch(&batch)));
     }
-    let bodies = Arc::new(bodies);
-    let next = Arc::new(AtomicU64::new(0));
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..ingest::CONNECTIONS {
-        let (bodies, next) = (bodies.clone(), next.clone());
-        tasks.spawn(async move {
-            let mut conn = Conn::open(address).await?;
-            loop {
-                let n = next.fetch_add(1, Ordering::Relaxed) as usize;
-                let Some(body) = bodies.get(n) else {
-                    return anyhow::Ok(());
-                };
-                let (status, answer) = conn
-                    .send(&Call::post_json("/v1/events", body.clone()))
-                    .await?;
-                anyhow::ensure!(status.is_success(), "refused: {status} {answer:?}");
-            }
-        });
-    }
-    while let Some(done) = tasks.join_next().await {
-        done??;
-    }
-    Ok(())
+    serving::post_bodies(address, bodies).await
 }

@@ -187,9 +187,18 @@ pub(super) async fn preload(address: SocketAddr, shape: &Shape, events: u64) -> 
         let batch: Vec<_> = (0..ingest::BATCH).map(|_| w.event(now)).collect();
         bodies.push(bytes::Bytes::from(workload::json_batch(&batch)));
     }
+    post_bodies(address, bodies).await?;
+    wait_caught_up(address).await
+}
+
+/// Posts each of `bodies` (JSON arrays of events) once, over
+/// `ingest::CONNECTIONS` connections, as fast as the platform accepts them.
+pub(super) async fn post_bodies(
+    address: SocketAddr,
+    bodies: Vec<bytes::Bytes>,
+) -> anyhow::Result<()> {
     let bodies = std::sync::Arc::new(bodies);
-    let total = bodies.len() as u64;
-    let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..ingest::CONNECTIONS {
         let (bodies, next) = (bodies.clone(), next.clone());
@@ -197,20 +206,20 @@ pub(super) async fn preload(address: SocketAddr, shape: &Shape, events: u64) -> 
             let mut conn = Conn::open(address).await?;
             loop {
                 let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if n >= total {
+                let Some(body) = bodies.get(n) else {
                     return anyhow::Ok(());
-                }
-                let (status, body) = conn
-                    .send(&Call::post_json("/v1/events", bodies[n as usize].clone()))
+                };
+                let (status, answer) = conn
+                    .send(&Call::post_json("/v1/events", body.clone()))
                     .await?;
-                anyhow::ensure!(status.is_success(), "preload refused: {status} {body:?}");
+                anyhow::ensure!(status.is_success(), "events refused: {status} {answer:?}");
             }
         });
     }
     while let Some(done) = tasks.join_next().await {
         done??;
     }
-    wait_caught_up(address).await
+    Ok(())
 }
 
 /// Until the speed layer lags the log by no record.
