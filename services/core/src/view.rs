@@ -108,6 +108,21 @@ pub enum SpeedEntry {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StaleSignal(pub String);
 
+/// How long after its time an event can still move `definition`'s value:
+/// entering the read range (0), leaving a sliding window (its width),
+/// closing a session (the gap). It moves it at its time + reach + 1.
+fn reaches_of(definition: &SignalDefinition) -> impl Iterator<Item = Millis> {
+    let width = match definition.window {
+        Window::Sliding(width) => Some(width),
+        Window::Lifetime => None,
+    };
+    let gap = match definition.aggregation {
+        crate::definition::Aggregation::Sessions { gap, .. } => Some(gap),
+        _ => None,
+    };
+    [Some(0), width, gap].into_iter().flatten()
+}
+
 /// How many events [`UserView::next_change`] scans for one that matches
 /// a definition before it settles for an earlier instant.
 pub const NEXT_CHANGE_SCAN: usize = 32;
@@ -261,15 +276,7 @@ impl UserView {
         let record = self.batch.iter().map(|b| b.events.as_slice());
         for events in record.chain(self.tail.sorted_runs()) {
             for definition in definitions {
-                let mut reaches = [Some(0), None, None];
-                if let Window::Sliding(width) = definition.window {
-                    reaches[1] = Some(width);
-                }
-                if let crate::definition::Aggregation::Sessions { gap, .. } = definition.aggregation
-                {
-                    reaches[2] = Some(gap);
-                }
-                for reach in reaches.into_iter().flatten() {
+                for reach in reaches_of(definition) {
                     // An event at `t` moves the value at `t + reach + 1`,
                     // which is after `now` for `t >= now - reach`.
                     let after =
@@ -306,15 +313,7 @@ impl UserView {
     /// not a pass over the history, so an answer can be kept until then
     /// (ADR 011). Events a retraction hides only make the bound earlier.
     pub fn holds_until(&self, definitions: &[&SignalDefinition], at: Millis) -> Millis {
-        let mut reaches: Vec<Millis> = vec![0];
-        for definition in definitions {
-            if let Window::Sliding(width) = definition.window {
-                reaches.push(width);
-            }
-            if let crate::definition::Aggregation::Sessions { gap, .. } = definition.aggregation {
-                reaches.push(gap);
-            }
-        }
+        let mut reaches: Vec<Millis> = definitions.iter().flat_map(|d| reaches_of(d)).collect();
         reaches.sort_unstable();
         reaches.dedup();
         let record = self.batch.iter().map(|b| b.events.as_slice());
@@ -344,13 +343,12 @@ impl UserView {
                 // Sessions folded into the base state have events before
                 // the horizon that are not at hand: while a window or gap
                 // reaches behind the horizon, any next instant may move them.
-                if let crate::definition::Aggregation::Sessions { gap, .. } = definition.aggregation
-                {
-                    let width = match definition.window {
-                        Window::Sliding(width) => width,
-                        Window::Lifetime => 0,
-                    };
-                    let reaches_behind = at.saturating_sub(width.max(gap)) < batch.horizon;
+                if matches!(
+                    definition.aggregation,
+                    crate::definition::Aggregation::Sessions { .. }
+                ) {
+                    let reach = reaches_of(definition).max().unwrap_or(0);
+                    let reaches_behind = at.saturating_sub(reach) < batch.horizon;
                     if reaches_behind && batch.base.contains_key(&definition.name) {
                         consider(at.saturating_add(1));
                     }
