@@ -153,17 +153,10 @@ pub fn decode_chunk(
 /// without decoding them (`None`: not a speed value).
 pub fn chunk_len(bytes: &[u8]) -> Option<u64> {
     match bytes.split_first()? {
-        (&CHUNK_FORMAT, body) => {
-            // postcard prefixes a sequence with its length as a LEB128 varint.
-            let mut len = 0u64;
-            for (i, byte) in body.iter().take(10).enumerate() {
-                len |= u64::from(byte & 0x7f) << (7 * i);
-                if byte & 0x80 == 0 {
-                    return Some(len);
-                }
-            }
-            None
-        }
+        // postcard prefixes a sequence with its length, encoded as a u64 is.
+        (&CHUNK_FORMAT, body) => postcard::take_from_bytes::<u64>(body)
+            .ok()
+            .map(|(len, _)| len),
         (&FORMAT, _) => Some(1),
         _ => None,
     }
