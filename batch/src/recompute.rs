@@ -30,12 +30,9 @@ mod decide;
 mod in_memory;
 
 use std::collections::HashSet;
-use std::hash::{BuildHasher, Hasher};
 use std::path::PathBuf;
 
-use siphasher::sip128::{Hasher128, SipHasher13};
-
-use signals_core::DedupWindow;
+use signals_core::{DedupWindow, IdDigest};
 use signals_schemas::{Event, Millis, RecordBody};
 
 use crate::bots::BotFilter;
@@ -151,32 +148,6 @@ pub struct Recompute {
     /// The first failure (a spill that could not be written, an event that
     /// could not be packed): reading goes on, [`Recompute::finish`] reports it.
     failed: Option<RecomputeError>,
-}
-
-/// 128-bit SipHash-1-3 of event ids under random keys: ids come from
-/// clients, so an unkeyed hash would let one craft two ids that collide
-/// and make the batch drop an event the speed layer counts.
-#[derive(Clone, Copy)]
-struct IdDigest {
-    keys: (u64, u64),
-}
-
-impl Default for IdDigest {
-    fn default() -> Self {
-        // std seeds every RandomState from the OS's randomness.
-        let random = || std::collections::hash_map::RandomState::new().hash_one(0u8);
-        IdDigest {
-            keys: (random(), random()),
-        }
-    }
-}
-
-impl IdDigest {
-    fn of(&self, event_id: &str) -> u128 {
-        let mut hasher = SipHasher13::new_with_keys(self.keys.0, self.keys.1);
-        hasher.write(event_id.as_bytes());
-        hasher.finish128().as_u128()
-    }
 }
 
 /// The part of the budget the id records get: about a third of a kept

@@ -5,10 +5,10 @@
 
 use std::collections::{HashMap, HashSet};
 
-use signals_core::DedupWindow;
+use signals_core::{DedupWindow, IdDigest};
 use signals_schemas::{Event, Millis, RecordBody};
 
-use super::{Corrections, IdDigest, Keep, UserOutcome};
+use super::{Corrections, Keep, UserOutcome};
 use crate::bots::BotFilter;
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;

@@ -51,6 +51,37 @@ impl Default for DedupWindow {
     }
 }
 
+/// 128-bit SipHash-1-3 of event ids under keys drawn when it is made: ids
+/// come from clients, so an unkeyed hash would let one craft two ids that
+/// collide and make a layer take one event for another (a copy dropped, an
+/// id forgotten). The batch and the embedded store's index key their
+/// in-memory id tables by it; a collision needs about 2^-128 luck per pair.
+#[derive(Clone, Copy)]
+pub struct IdDigest {
+    keys: (u64, u64),
+}
+
+impl Default for IdDigest {
+    fn default() -> Self {
+        use std::hash::BuildHasher;
+        // std seeds every RandomState from the OS's randomness.
+        let random = || std::collections::hash_map::RandomState::new().hash_one(0u8);
+        IdDigest {
+            keys: (random(), random()),
+        }
+    }
+}
+
+impl IdDigest {
+    pub fn of(&self, event_id: &str) -> u128 {
+        use siphasher::sip128::{Hasher128, SipHasher13};
+        use std::hash::Hasher;
+        let mut hasher = SipHasher13::new_with_keys(self.keys.0, self.keys.1);
+        hasher.write(event_id.as_bytes());
+        hasher.finish128().as_u128()
+    }
+}
+
 /// What the speed layer's index remembers of one event id.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IndexEntry {

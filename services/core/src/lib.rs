@@ -21,7 +21,7 @@ pub mod view;
 pub mod testing;
 
 pub use aggregate::State;
-pub use dedup::{DedupWindow, Deduplication, IndexEntry, Occurrence};
+pub use dedup::{DedupWindow, Deduplication, IdDigest, IndexEntry, Occurrence};
 pub use definition::{
     fnv1a64, DefinitionError, Definitions, EventTypes, SignalDefinition, SignalSpec, Window,
 };

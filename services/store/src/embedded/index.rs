@@ -30,8 +30,8 @@ use std::sync::RwLock;
 
 use redb::{ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
+use signals_core::IdDigest;
 use signals_schemas::Millis;
-use siphasher::sip128::{Hasher128, SipHasher13};
 
 use super::tables::{INDEX_LOG, INDEX_WRITES};
 use super::{codec, engine, keys};
@@ -149,22 +149,18 @@ struct Slot {
 
 /// Event id digest → the write holding the id's newest entry.
 ///
-/// Digests are 128-bit SipHash under keys drawn when the store opens: ids
-/// come from clients, and an unkeyed hash would let one craft two ids that
-/// share a slot and make the index forget one of them. About 28 bytes per
-/// id; the batch keeps the same digests for the same reason.
+/// Digests are [`IdDigest`]s drawn when the store opens (ids come from
+/// clients: see there). About 28 bytes per id.
 pub(super) struct IndexMemo {
-    keys: (u64, u64),
+    digest: IdDigest,
     slots: RwLock<HashMap<u128, Slot, PassThrough>>,
     next_write: AtomicU64,
 }
 
 impl Default for IndexMemo {
     fn default() -> Self {
-        // std seeds every RandomState from the OS's randomness.
-        let random = || std::collections::hash_map::RandomState::new().hash_one(0u8);
         IndexMemo {
-            keys: (random(), random()),
+            digest: IdDigest::default(),
             slots: RwLock::new(HashMap::default()),
             next_write: AtomicU64::new(0),
         }
@@ -173,9 +169,7 @@ impl Default for IndexMemo {
 
 impl IndexMemo {
     fn digest(&self, event_id: &str) -> u128 {
-        let mut hasher = SipHasher13::new_with_keys(self.keys.0, self.keys.1);
-        hasher.write(event_id.as_bytes());
-        hasher.finish128().as_u128()
+        self.digest.of(event_id)
     }
 
     /// The number the next write appends under. Writes are serialised by
