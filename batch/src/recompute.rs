@@ -156,6 +156,8 @@ const ID_SHARE: (usize, usize) = (1, 3);
 
 impl Recompute {
     pub fn new(keep: Keep, window: DedupWindow, memory: &Memory) -> Recompute {
+        // What recomputes killed mid-run left would fill the disk in time.
+        crate::spill::remove_abandoned(&memory.spill_in);
         let ids = memory.budget / ID_SHARE.1 * ID_SHARE.0;
         Recompute {
             keep,

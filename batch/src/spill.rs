@@ -9,12 +9,15 @@
 //!
 //! Nothing is written while everything fits: a small log never touches the
 //! disk. Run files live in a directory of their own, removed when the
-//! sorter or its merge is dropped, whether the run succeeded or not.
+//! sorter or its merge is dropped, whether the run succeeded or not. A
+//! process killed mid-run cannot remove its own: the next recompute
+//! removes every directory no live process holds ([`remove_abandoned`]).
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use tempfile::TempDir;
 
@@ -28,6 +31,86 @@ const RECORD_SLACK: usize = 256 << 10;
 
 /// The read and write buffer of one run file.
 const RUN_BUFFER: usize = 128 << 10;
+
+/// The name every spill directory starts with.
+const SPILL_PREFIX: &str = "signals-batch-spill-";
+
+/// The file whose lock says a live process owns its spill directory.
+const OWNER_FILE: &str = "owner.lock";
+
+/// A directory younger than this is left alone even when its owner file
+/// is not locked yet: its process may be between creating both.
+const ABANDONED_AFTER: Duration = Duration::from_secs(60);
+
+/// A spill directory, held (its owner file locked) while it exists.
+struct SpillDir {
+    dir: TempDir,
+    /// Locked for the process's lifetime of the directory: the kernel
+    /// releases the lock when the process dies, however it dies.
+    _owner: File,
+}
+
+impl SpillDir {
+    fn create(spill_in: &Path) -> io::Result<SpillDir> {
+        std::fs::create_dir_all(spill_in)?;
+        let dir = tempfile::Builder::new()
+            .prefix(SPILL_PREFIX)
+            .tempdir_in(spill_in)?;
+        let owner = File::create(dir.path().join(OWNER_FILE))?;
+        owner.try_lock().map_err(io::Error::other)?;
+        Ok(SpillDir { dir, _owner: owner })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// Removes the spill directories under `spill_in` that no live process
+/// holds: those left by a recompute that was killed. Returns how many.
+///
+/// Other recomputes may share `spill_in` (a temporary directory, the batch
+/// shares of one log): a directory whose owner file is locked is theirs.
+pub fn remove_abandoned(spill_in: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(spill_in) else {
+        return 0; // none made here yet
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let ours = entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(SPILL_PREFIX)
+            && entry.file_type().is_ok_and(|t| t.is_dir());
+        if !ours || !abandoned(&path) {
+            continue;
+        }
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => {
+                tracing::info!(dir = %path.display(), "removed the spill directory of a recompute that was stopped");
+                removed += 1;
+            }
+            Err(error) => {
+                tracing::warn!(dir = %path.display(), %error, "cannot remove an abandoned spill directory")
+            }
+        }
+    }
+    removed
+}
+
+/// Whether no live process holds the spill directory `dir`.
+fn abandoned(dir: &Path) -> bool {
+    let old = std::fs::metadata(dir)
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| SystemTime::now().duration_since(t).unwrap_or_default() >= ABANDONED_AFTER);
+    match File::open(dir.join(OWNER_FILE)) {
+        // The lock is ours only if its owner is gone; held until we return.
+        Ok(owner) => owner.try_lock().is_ok(),
+        // Created but not yet owned, or left by a crash in between.
+        Err(_) => old,
+    }
+}
 
 /// Why spilling failed.
 #[derive(Debug, thiserror::Error)]
@@ -98,7 +181,7 @@ pub struct Sorter {
     groups: Option<Groups>,
     /// Where the run directory is made, at the first spill.
     spill_in: PathBuf,
-    dir: Option<TempDir>,
+    dir: Option<SpillDir>,
     arena: Vec<u8>,
     slots: Vec<Slot>,
     runs: Vec<PathBuf>,
@@ -231,15 +314,10 @@ impl Sorter {
         if let Some(dir) = &self.dir {
             return Ok(dir.path().to_path_buf());
         }
-        let create = |source| SpillError::CreateDir {
+        let dir = SpillDir::create(&self.spill_in).map_err(|source| SpillError::CreateDir {
             dir: self.spill_in.clone(),
             source,
-        };
-        std::fs::create_dir_all(&self.spill_in).map_err(create)?;
-        let dir = tempfile::Builder::new()
-            .prefix("signals-batch-spill-")
-            .tempdir_in(&self.spill_in)
-            .map_err(create)?;
+        })?;
         let path = dir.path().to_path_buf();
         self.dir = Some(dir);
         Ok(path)
@@ -488,11 +566,11 @@ pub struct Merge {
     /// Oldest first: the tie-break between equal keys.
     sources: Vec<Source>,
     /// Kept until the merge is done: dropping it removes the run files.
-    _dir: Option<TempDir>,
+    _dir: Option<SpillDir>,
 }
 
 impl Merge {
-    fn of_runs(runs: Vec<PathBuf>, dir: Option<TempDir>) -> Result<Merge, SpillError> {
+    fn of_runs(runs: Vec<PathBuf>, dir: Option<SpillDir>) -> Result<Merge, SpillError> {
         let sources = runs
             .into_iter()
             .map(Source::open)
@@ -500,7 +578,7 @@ impl Merge {
         Merge::start(sources, dir)
     }
 
-    fn start(mut sources: Vec<Source>, dir: Option<TempDir>) -> Result<Merge, SpillError> {
+    fn start(mut sources: Vec<Source>, dir: Option<SpillDir>) -> Result<Merge, SpillError> {
         for source in &mut sources {
             source.advance()?;
         }
@@ -608,6 +686,49 @@ mod tests {
             let (_, runs) = sorted(&records, 1 << 20, grouped);
             assert_eq!(runs, 0);
         }
+    }
+
+    /// What a killed recompute left is removed; what a live one holds, a
+    /// directory too young to be owned yet, and other files are not.
+    #[test]
+    fn only_abandoned_spill_directories_are_removed() {
+        let spill_in = tempfile::tempdir().expect("temp dir");
+        let mut live = Sorter::new(16, spill_in.path());
+        for i in 0..10u32 {
+            live.push_with(&i.to_be_bytes(), |v| v.push(1))
+                .expect("pushed");
+        }
+        assert!(live.spilled_runs() > 0);
+        // A killed process's directory: its owner file is there, unlocked.
+        let killed = spill_in.path().join(format!("{SPILL_PREFIX}killed"));
+        std::fs::create_dir(&killed).expect("made");
+        File::create(killed.join(OWNER_FILE)).expect("made");
+        std::fs::write(killed.join("run-0"), b"left over").expect("written");
+        // Made but not owned yet: young, so maybe still being set up.
+        let young = spill_in.path().join(format!("{SPILL_PREFIX}young"));
+        std::fs::create_dir(&young).expect("made");
+        // The same, left by a crash long ago.
+        let old = spill_in.path().join(format!("{SPILL_PREFIX}old"));
+        std::fs::create_dir(&old).expect("made");
+        let long_ago = SystemTime::now() - 2 * ABANDONED_AFTER;
+        File::open(&old)
+            .and_then(|d| d.set_modified(long_ago))
+            .expect("aged");
+        let other = spill_in.path().join("not-a-spill");
+        std::fs::create_dir(&other).expect("made");
+
+        assert_eq!(remove_abandoned(spill_in.path()), 2);
+        assert!(!killed.exists() && !old.exists());
+        assert!(young.exists() && other.exists());
+        // The live sorter's runs are intact: it still merges them.
+        let mut merge = live.finish().expect("merges");
+        let (mut key, mut value) = (Vec::new(), Vec::new());
+        let mut count = 0;
+        while merge.next_into(&mut key, &mut value).expect("reads") {
+            count += 1;
+        }
+        assert_eq!(count, 10);
+        assert_eq!(remove_abandoned(&spill_in.path().join("absent")), 0);
     }
 
     #[test]
