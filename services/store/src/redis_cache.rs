@@ -424,6 +424,7 @@ impl ServingStore for CachedStore {
             record: record?,
             entries: entries?,
             resumed,
+            from,
         })
     }
 

@@ -188,7 +188,6 @@ impl ServingStore for TailCache {
             .user_history_since(user_id, mark.as_ref())
             .await?;
         let version = history.manifest.as_ref().map(|m| m.version);
-        let (from, _) = TailMark::read_from(mark.as_ref(), history.manifest.as_deref());
         let base = match &kept {
             Some(kept) if history.resumed => kept.tail.clone(),
             _ => SpeedTail::default(),
@@ -198,7 +197,7 @@ impl ServingStore for TailCache {
             .into_iter()
             .partition(|e| durable.covers(e.partition, e.offset));
         let record = history.record.as_deref();
-        let mut frontier = from;
+        let mut frontier = history.from;
         for (partition, next) in durable.iter() {
             frontier.advance(partition, next);
         }

@@ -143,6 +143,8 @@ pub struct HistorySince {
     pub entries: Vec<PositionedEntry>,
     /// Whether the mark applied: `false` means `entries` is the whole tail.
     pub resumed: bool,
+    /// Where `entries` were read from ([`TailMark::read_from`]).
+    pub from: LogPosition,
 }
 
 /// One user's data prepared for a read: the published record and the speed

@@ -153,5 +153,6 @@ fn history(
         record,
         entries,
         resumed,
+        from,
     })
 }

@@ -254,6 +254,7 @@ impl Inner {
             record,
             entries,
             resumed,
+            from,
         })
     }
 }
