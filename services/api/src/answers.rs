@@ -2,15 +2,23 @@
 //!
 //! The users asked about most are the heaviest, and their answers cost the
 //! most to compute. Between two changes of a user's view (a speed entry,
-//! a published version) the values only change at the instants
-//! [`UserView::holds_until`] finds, which are usually minutes apart for
-//! sliding windows of hours and days. So an answer is kept with the
-//! interval `[at, until)` it holds for, and given again for any `at` in it
-//! while the view is the same: the same published version and the same
-//! generation of the kept speed tail ([`signals_core::SpeedTail::generation`]).
+//! a published version) a signal's value only changes at the instants
+//! [`UserView::holds_until`] finds. So each value is kept with the interval
+//! `[at, until)` it holds for, and given again for any `at` in it while the
+//! view is the same: the same published version and the same generation of
+//! the kept speed tail ([`signals_core::SpeedTail::generation`]).
+//!
+//! Values are kept one by one, not as whole answers: a heavy user's count
+//! over the last hour changes every few milliseconds, while their wishlist
+//! and recent items (tens of kilobytes, the contract bounds no wishlist)
+//! change only with the view. Each value is kept encoded, so an answer is
+//! copied out, never re-encoded.
 
 use std::sync::Arc;
 
+use serde::ser::SerializeMap;
+use serde::{Serialize, Serializer};
+use serde_json::value::RawValue;
 use serde_json::Value;
 use signals_core::{SignalDefinition, UserView};
 use signals_schemas::Millis;
@@ -23,55 +31,130 @@ pub struct ViewId {
     pub tail_generation: u64,
 }
 
-/// Values and stale signal names of one answer.
-pub type Answer = (Vec<Value>, Vec<String>);
-
-struct Kept {
-    view: ViewId,
-    names: Vec<String>,
-    from: Millis,
-    until: Millis,
-    values: Vec<Value>,
-    stale: Vec<String>,
+/// One signal's value at some instant, kept as its JSON encoding: half the
+/// memory of the value itself, and nothing to encode again.
+#[derive(Debug)]
+pub struct SignalValue {
+    name: String,
+    encoded: Box<RawValue>,
+    /// A lifetime signal whose definition changed after the batch ran.
+    stale: bool,
 }
 
-/// Each user's latest answer, bounded in (estimated) bytes.
+impl SignalValue {
+    fn new(name: &str, value: &Value, stale: bool) -> SignalValue {
+        let encoded = serde_json::value::to_raw_value(value).expect("a JSON value always encodes");
+        SignalValue {
+            name: name.to_owned(),
+            encoded,
+            stale,
+        }
+    }
+
+    /// About how many bytes it holds in memory.
+    fn weight(&self) -> usize {
+        64 + self.name.len() + self.encoded.get().len()
+    }
+}
+
+/// Encodings made by one encoder are equal exactly when the values are.
+impl PartialEq for SignalValue {
+    fn eq(&self, other: &SignalValue) -> bool {
+        (&self.name, self.encoded.get(), self.stale)
+            == (&other.name, other.encoded.get(), other.stale)
+    }
+}
+
+/// One evaluation of some signals; serializes as the response's `signals`
+/// object (name → value, names sorted).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Answer {
+    /// Sorted by name, without repeats.
+    signals: Vec<Arc<SignalValue>>,
+}
+
+impl Answer {
+    fn new(mut signals: Vec<Arc<SignalValue>>) -> Answer {
+        signals.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        Answer { signals }
+    }
+
+    /// The value of the signal `name`, if it was asked for (decoded: for
+    /// the few values segment rules read).
+    pub fn get(&self, name: &str) -> Option<Value> {
+        let i = self
+            .signals
+            .binary_search_by(|s| s.name.as_str().cmp(name))
+            .ok()?;
+        serde_json::from_str(self.signals[i].encoded.get()).ok()
+    }
+
+    /// Lifetime signals whose definition changed after the batch ran.
+    pub fn stale(&self) -> Vec<String> {
+        self.signals
+            .iter()
+            .filter(|s| s.stale)
+            .map(|s| s.name.clone())
+            .collect()
+    }
+}
+
+impl Serialize for Answer {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.signals.len()))?;
+        for signal in &self.signals {
+            map.serialize_entry(&signal.name, &*signal.encoded)?;
+        }
+        map.end()
+    }
+}
+
+/// A value and the instants `[from, until)` it holds for.
+struct Kept {
+    from: Millis,
+    until: Millis,
+    value: Arc<SignalValue>,
+}
+
+/// One user's kept values, all over one view.
+struct KeptView {
+    view: ViewId,
+    values: Vec<Kept>,
+}
+
+impl KeptView {
+    fn holding(&self, name: &str, at: Millis) -> Option<Arc<SignalValue>> {
+        self.values
+            .iter()
+            .find(|k| k.value.name == name && k.from <= at && at < k.until)
+            .map(|k| k.value.clone())
+    }
+
+    fn weight(&self) -> usize {
+        64 + self
+            .values
+            .iter()
+            .map(|k| 32 + k.value.weight())
+            .sum::<usize>()
+    }
+}
+
+/// Each user's kept values, bounded in (estimated) bytes.
 pub struct AnswerCache {
-    kept: Option<VersionedCache<Kept>>,
+    kept: Option<VersionedCache<KeptView>>,
 }
 
 impl AnswerCache {
-    /// A cache of about `budget` bytes of answers; 0 keeps none.
+    /// A cache of about `budget` bytes of values; 0 keeps none.
     pub fn new(budget: usize) -> AnswerCache {
         AnswerCache {
             kept: (budget > 0).then(|| VersionedCache::new(budget)),
         }
     }
 
-    /// `user`'s answer of `definitions` at `at` over `view`, if one is kept
-    /// that holds then.
-    pub fn get(
-        &self,
-        user: &str,
-        view: ViewId,
-        definitions: &[&SignalDefinition],
-        at: Millis,
-    ) -> Option<Answer> {
-        let kept = self.kept.as_ref()?.latest(user)?;
-        let holds = kept.view == view
-            && kept.from <= at
-            && at < kept.until
-            && kept.names.len() == definitions.len()
-            && kept
-                .names
-                .iter()
-                .zip(definitions)
-                .all(|(n, d)| *n == d.name);
-        holds.then(|| (kept.values.clone(), kept.stale.clone()))
-    }
-
-    /// Evaluates `user`'s `view` at `at`, through the kept answer when one
-    /// holds, and keeps a new one otherwise.
+    /// Evaluates `definitions` for `user` at `at` over `view`: the values
+    /// kept for that view that hold at `at` are given again, the others are
+    /// evaluated (building the view only then) and kept.
     pub fn answer(
         &self,
         user: &str,
@@ -80,41 +163,63 @@ impl AnswerCache {
         definitions: &[&SignalDefinition],
         at: Millis,
     ) -> Answer {
-        if let Some(answer) = self.get(user, id, definitions, at) {
-            metrics::counter!("signals_serving_answers_total", "answer" => "kept").increment(1);
-            return answer;
+        let kept = self
+            .kept
+            .as_ref()
+            .and_then(|cache| cache.latest(user))
+            .filter(|kept| kept.view == id);
+        let mut signals = Vec::with_capacity(definitions.len());
+        let mut missing = Vec::new();
+        for definition in definitions {
+            match kept.as_ref().and_then(|k| k.holding(&definition.name, at)) {
+                Some(value) => signals.push(value),
+                None => missing.push(*definition),
+            }
         }
-        metrics::counter!("signals_serving_answers_total", "answer" => "computed").increment(1);
+        metrics::counter!("signals_serving_values_total", "value" => "kept")
+            .increment(signals.len() as u64);
+        if missing.is_empty() {
+            return Answer::new(signals);
+        }
+        metrics::counter!("signals_serving_values_total", "value" => "computed")
+            .increment(missing.len() as u64);
         let view = view();
-        let (values, stale) = view.evaluate(definitions, at);
-        let stale: Vec<String> = stale.into_iter().map(|s| s.0).collect();
-        if let Some(kept) = &self.kept {
-            let until = view.holds_until(definitions, at);
-            let weight = 128
-                + values.iter().map(weight_of).sum::<usize>()
-                + definitions.iter().map(|d| d.name.len() + 24).sum::<usize>();
-            let answer = Kept {
-                view: id,
-                names: definitions.iter().map(|d| d.name.clone()).collect(),
-                from: at,
-                until,
-                values: values.clone(),
-                stale: stale.clone(),
-            };
-            kept.insert(0, user, Arc::new(answer), weight);
+        let (values, stale) = view.evaluate(&missing, at);
+        let values = missing.iter().zip(&values).map(|(definition, value)| {
+            let is_stale = stale.iter().any(|s| s.0 == definition.name);
+            Arc::new(SignalValue::new(&definition.name, value, is_stale))
+        });
+        let mut fresh = Vec::new();
+        if self.kept.is_some() {
+            let until = view.holds_until_each(&missing, at);
+            for (value, until) in values.zip(until) {
+                signals.push(value.clone());
+                fresh.push(Kept {
+                    from: at,
+                    until,
+                    value,
+                });
+            }
+        } else {
+            signals.extend(values);
         }
-        (values, stale)
-    }
-}
-
-/// About how many bytes a JSON value holds in memory.
-fn weight_of(value: &Value) -> usize {
-    const NODE: usize = 32;
-    NODE + match value {
-        Value::String(s) => s.len(),
-        Value::Array(items) => items.iter().map(weight_of).sum(),
-        Value::Object(fields) => fields.iter().map(|(k, v)| k.len() + weight_of(v)).sum(),
-        _ => 0,
+        if let Some(cache) = &self.kept {
+            // Values of other signals kept for the same view stay kept.
+            let mut values: Vec<Kept> = kept
+                .iter()
+                .flat_map(|k| &k.values)
+                .filter(|k| !fresh.iter().any(|f| f.value.name == k.value.name))
+                .map(|k| Kept {
+                    value: k.value.clone(),
+                    ..*k
+                })
+                .collect();
+            values.extend(fresh);
+            let kept = KeptView { view: id, values };
+            let weight = kept.weight();
+            cache.insert(0, user, Arc::new(kept), weight);
+        }
+        Answer::new(signals)
     }
 }
 
@@ -136,11 +241,34 @@ mod tests {
         Definitions::compile(&specs).expect("valid")
     }
 
-    /// A kept answer is given again only for the same view and
-    /// definitions, and only before it can change; what it gives equals a
-    /// fresh evaluation.
+    /// The answer as evaluated from scratch.
+    fn evaluated(view: &UserView, definitions: &[&SignalDefinition], at: Millis) -> Answer {
+        let (values, stale) = view.evaluate(definitions, at);
+        let signals = definitions
+            .iter()
+            .zip(values)
+            .map(|(d, v)| {
+                let is_stale = stale.iter().any(|s| s.0 == d.name);
+                Arc::new(SignalValue::new(&d.name, &v, is_stale))
+            })
+            .collect();
+        Answer::new(signals)
+    }
+
+    fn kept_value(answer: &Answer, name: &str) -> Arc<SignalValue> {
+        let i = answer
+            .signals
+            .iter()
+            .position(|s| s.name == name)
+            .expect("asked for");
+        answer.signals[i].clone()
+    }
+
+    /// A kept value is given again only for the same view, and only before
+    /// it can change; a value that changes is evaluated again while the
+    /// others stay kept; every answer equals a fresh evaluation.
     #[test]
-    fn a_kept_answer_holds_for_its_view_and_interval_only() {
+    fn kept_values_hold_for_their_view_and_interval_only() {
         let defs = definitions();
         let all: Vec<&SignalDefinition> = defs.iter().collect();
         let hour = 3_600_000;
@@ -160,33 +288,94 @@ mod tests {
         let cache = AnswerCache::new(1 << 20);
         let at = 10 * hour + 60_000;
         let first = cache.answer("u", id, || view.clone(), &all, at);
-        assert_eq!(first, {
-            let (values, stale) = view.evaluate(&all, at);
-            (values, stale.into_iter().map(|s| s.0).collect())
-        });
+        assert_eq!(first, evaluated(&view, &all, at));
+        // It encodes as the name → value object, names sorted, and gives
+        // each value it was asked for.
+        let object: std::collections::BTreeMap<&str, Value> = all
+            .iter()
+            .map(|d| d.name.as_str())
+            .zip(all.iter().map(|d| first.get(&d.name).expect("asked for")))
+            .collect();
+        assert_eq!(
+            serde_json::to_string(&first).expect("encodes"),
+            serde_json::to_string(&object).expect("encodes")
+        );
+        assert_eq!(first.get("views_1h"), Some(json!(1)));
+        assert_eq!(first.get("recent_views"), Some(json!(["i"])));
+        assert_eq!(first.get("views_7d"), None, "not asked for");
+
+        let unbuilt = || -> UserView { panic!("every value is kept: no view is built") };
+        // The 1 h window lets the event go at `until` at the latest.
         let until = view.holds_until(&all, at);
         assert!(until > at + 1);
-        assert_eq!(cache.get("u", id, &all, at + 1), Some(first.clone()));
-        assert_eq!(cache.get("u", id, &all, until - 1), Some(first.clone()));
-        // The view's 1 h window lets the event go at `until` at the latest.
-        assert_eq!(cache.get("u", id, &all, until), None);
-        assert_eq!(
-            cache.get("u", id, &all, at - 1),
-            None,
-            "before it was computed"
-        );
-        let newer = ViewId {
-            tail_generation: 8,
-            ..id
-        };
-        assert_eq!(cache.get("u", newer, &all, at + 1), None);
-        let republished = ViewId {
-            version: Some(2),
-            ..id
-        };
-        assert_eq!(cache.get("u", republished, &all, at + 1), None);
-        assert_eq!(cache.get("u", id, &all[..2], at + 1), None, "other names");
-        assert_eq!(cache.get("v", id, &all, at + 1), None, "another user");
-        assert!(AnswerCache::new(0).get("u", id, &all, at).is_none());
+        assert_eq!(cache.answer("u", id, unbuilt, &all, at + 1), first);
+        assert_eq!(cache.answer("u", id, unbuilt, &all, until - 1), first);
+        assert_eq!(cache.answer("u", id, unbuilt, &all[2..], at + 1), {
+            Answer::new(vec![kept_value(&first, "recent_views")])
+        });
+
+        // At `until` the hour's count changes: it alone is evaluated again.
+        let later = cache.answer("u", id, || view.clone(), &all, until);
+        assert_eq!(later, evaluated(&view, &all, until));
+        assert_eq!(later.get("views_1h"), Some(json!(0)));
+        assert!(Arc::ptr_eq(
+            &kept_value(&first, "recent_views"),
+            &kept_value(&later, "recent_views")
+        ));
+        assert!(!Arc::ptr_eq(
+            &kept_value(&first, "views_1h"),
+            &kept_value(&later, "views_1h")
+        ));
+
+        // Before it was computed, over another view, for another user: evaluated.
+        for (user, id, at) in [
+            ("u", id, at - 1),
+            (
+                "u",
+                ViewId {
+                    tail_generation: 8,
+                    ..id
+                },
+                at + 1,
+            ),
+            (
+                "u",
+                ViewId {
+                    version: Some(2),
+                    ..id
+                },
+                at + 1,
+            ),
+            ("v", id, at + 1),
+        ] {
+            let mut built = false;
+            let answer = cache.answer(
+                user,
+                id,
+                || {
+                    built = true;
+                    view.clone()
+                },
+                &all,
+                at,
+            );
+            assert!(built, "{user} {id:?} {at}");
+            assert_eq!(answer, evaluated(&view, &all, at));
+        }
+        let mut built = 0;
+        let none = AnswerCache::new(0);
+        for _ in 0..2 {
+            none.answer(
+                "u",
+                id,
+                || {
+                    built += 1;
+                    view.clone()
+                },
+                &all,
+                at,
+            );
+        }
+        assert_eq!(built, 2, "a cache of no bytes keeps nothing");
     }
 }

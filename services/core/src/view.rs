@@ -313,49 +313,77 @@ impl UserView {
     /// not a pass over the history, so an answer can be kept until then
     /// (ADR 011). Events a retraction hides only make the bound earlier.
     pub fn holds_until(&self, definitions: &[&SignalDefinition], at: Millis) -> Millis {
+        self.holds_until_each(definitions, at)
+            .into_iter()
+            .min()
+            .unwrap_or(Millis::MAX)
+    }
+
+    /// [`Self::holds_until`] of each definition alone: the instants their
+    /// values can change, found in one pass over the reaches they share.
+    pub fn holds_until_each(&self, definitions: &[&SignalDefinition], at: Millis) -> Vec<Millis> {
         let mut reaches: Vec<Millis> = definitions.iter().flat_map(|d| reaches_of(d)).collect();
         reaches.sort_unstable();
         reaches.dedup();
-        let record = self.batch.iter().map(|b| b.events.as_slice());
-        let mut until = Millis::MAX;
-        for events in record.chain(self.tail.sorted_runs()) {
-            for &reach in &reaches {
-                // Newest first: the events at or after `at - reach` lead.
-                let after = events.partition_point(|e| e.event_time >= at.saturating_sub(reach));
-                if let Some(first) = after.checked_sub(1).map(|i| &events[i]) {
-                    until = until.min(first.event_time.saturating_add(reach).saturating_add(1));
-                }
-            }
-        }
-        if let Some(batch) = &self.batch {
-            // Base states count from the horizon on, and a window reaching
-            // before the horizon is stale until it no longer does.
-            let mut consider = |t: Millis| {
-                if t > at {
-                    until = until.min(t);
-                }
-            };
-            consider(batch.horizon);
-            for definition in definitions {
-                if let Window::Sliding(width) = definition.window {
-                    consider(batch.horizon.saturating_add(width));
-                }
-                // Sessions folded into the base state have events before
-                // the horizon that are not at hand: while a window or gap
-                // reaches behind the horizon, any next instant may move them.
-                if matches!(
-                    definition.aggregation,
-                    crate::definition::Aggregation::Sessions { .. }
-                ) {
-                    let reach = reaches_of(definition).max().unwrap_or(0);
-                    let reaches_behind = at.saturating_sub(reach) < batch.horizon;
-                    if reaches_behind && batch.base.contains_key(&definition.name) {
-                        consider(at.saturating_add(1));
+        // For each reach, the first instant after `at` at which an event
+        // reaches that far past its time.
+        let reached: Vec<Millis> = reaches
+            .iter()
+            .map(|&reach| {
+                let record = self.batch.iter().map(|b| b.events.as_slice());
+                let mut until = Millis::MAX;
+                for events in record.chain(self.tail.sorted_runs()) {
+                    // Newest first: the events at or after `at - reach` lead.
+                    let after =
+                        events.partition_point(|e| e.event_time >= at.saturating_sub(reach));
+                    if let Some(first) = after.checked_sub(1).map(|i| &events[i]) {
+                        until = until.min(first.event_time.saturating_add(reach).saturating_add(1));
                     }
                 }
-            }
-        }
-        until
+                until
+            })
+            .collect();
+        definitions
+            .iter()
+            .map(|definition| {
+                let mut until = reaches_of(definition)
+                    .map(|r| {
+                        reaches
+                            .binary_search(&r)
+                            .map_or(Millis::MAX, |i| reached[i])
+                    })
+                    .min()
+                    .unwrap_or(Millis::MAX);
+                if let Some(batch) = &self.batch {
+                    // Base states count from the horizon on, and a window
+                    // reaching before the horizon is stale until it no
+                    // longer does.
+                    let mut consider = |t: Millis| {
+                        if t > at {
+                            until = until.min(t);
+                        }
+                    };
+                    consider(batch.horizon);
+                    if let Window::Sliding(width) = definition.window {
+                        consider(batch.horizon.saturating_add(width));
+                    }
+                    // Sessions folded into the base state have events before
+                    // the horizon that are not at hand: while a window or gap
+                    // reaches behind the horizon, any next instant may move them.
+                    if matches!(
+                        definition.aggregation,
+                        crate::definition::Aggregation::Sessions { .. }
+                    ) {
+                        let reach = reaches_of(definition).max().unwrap_or(0);
+                        let reaches_behind = at.saturating_sub(reach) < batch.horizon;
+                        if reaches_behind && batch.base.contains_key(&definition.name) {
+                            consider(at.saturating_add(1));
+                        }
+                    }
+                }
+                until
+            })
+            .collect()
     }
 
     /// The user's events of `types` with `since <= event_time < until`,
@@ -779,8 +807,23 @@ mod tests {
                 prop_assert!(next.is_some_and(|n| at < n && n <= exact), "{:?} vs {}", next, exact);
             }
             let answer = view.evaluate(&all, at);
-            for later in at..until.min(at + 400) {
-                prop_assert_eq!(&view.evaluate(&all, later), &answer, "at {}", later);
+            // Each value alone holds until its own bound, the earliest of
+            // which is the answer's.
+            let each = view.holds_until_each(&all, at);
+            prop_assert_eq!(each.iter().copied().min(), Some(until));
+            let last = each.iter().copied().max().unwrap_or(until);
+            let stale = |answer: &(Vec<Value>, Vec<StaleSignal>), name: &str| {
+                answer.1.iter().any(|s| s.0 == name)
+            };
+            for later in at..last.min(at + 400) {
+                let then = view.evaluate(&all, later);
+                if later < until {
+                    prop_assert_eq!(&then, &answer, "at {}", later);
+                }
+                for (i, definition) in all.iter().enumerate().filter(|(i, _)| later < each[*i]) {
+                    prop_assert_eq!(&then.0[i], &answer.0[i], "{} at {}", definition.name, later);
+                    prop_assert_eq!(stale(&then, &definition.name), stale(&answer, &definition.name));
+                }
             }
         }
     }

@@ -167,8 +167,9 @@ pub struct CacheConfig {
     /// and tiled, extended with what the speed layer wrote since), about
     /// this many bytes; 0: every read decodes and folds the whole tail.
     pub tail_bytes: usize,
-    /// Users' latest answers each serving process keeps until they can
-    /// change (ADR 011), about this many bytes; 0: every read evaluates.
+    /// Users' latest signal values each serving process keeps, each until
+    /// it can change (ADR 011), about this many bytes; 0: every read
+    /// evaluates.
     pub answer_bytes: usize,
     /// Consecutive Redis failures that open the circuit breaker.
     pub breaker_failures: u32,

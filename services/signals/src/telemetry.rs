@@ -106,6 +106,10 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
         "Times the Redis circuit breaker opened"
     );
     describe_counter!(
+        "signals_serving_values_total",
+        "Signal values served, by whether a kept value held (kept) or the user's view was evaluated (computed); ADR 011"
+    );
+    describe_counter!(
         "signals_freshness_stale_answers_total",
         "Answers whose freshness positions are from an older reading (positions_stale)"
     );

@@ -6,11 +6,13 @@
 //! feed are what the insights worker recorded; their `freshness` says how
 //! far it has got in the log and up to which instant its timers have fired.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use signals_core::time::format_millis;
 use signals_core::{LogPosition, Segments};
 use signals_store::InsightsStore;
@@ -175,8 +177,14 @@ pub async fn user_segments(
     let definitions = select_distinct(&state, names)?;
     let (speed, end) = speed_and_log(&state).await?;
     let answer = answer(&state, user_id, &definitions, at, &speed, &end).await?;
+    let values: HashMap<&str, Value> = insights
+        .segments
+        .signals()
+        .into_iter()
+        .filter_map(|name| Some((name, answer.signals.get(name)?)))
+        .collect();
     Ok(Json(UserSegmentsResponse {
-        segments: insights.segments.members(|name| answer.signals.get(name)),
+        segments: insights.segments.members(|name| values.get(name)),
         user_id: answer.user_id,
         at: answer.at,
         freshness: answer.freshness,

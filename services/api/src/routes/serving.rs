@@ -1,7 +1,5 @@
 //! Serving: signal values, multi-user queries and raw activity.
 
-use std::collections::BTreeMap;
-
 use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -11,7 +9,7 @@ use signals_core::{EventTypes, LogPosition, SignalDefinition, UserView};
 use signals_schemas::{EventType, Millis};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::answers::ViewId;
+use crate::answers::{Answer, ViewId};
 use crate::error::ApiError;
 use crate::extract::{check_user_id, ApiQuery, JsonBody, UserId, JSON};
 use crate::openapi::MAX_ACTIVITY_LIMIT;
@@ -62,7 +60,7 @@ pub struct SignalsResponse {
     pub at: String,
     /// Signal name → value.
     #[schema(value_type = Object)]
-    pub signals: BTreeMap<String, Value>,
+    pub signals: Answer,
     pub freshness: Freshness,
 }
 
@@ -219,7 +217,7 @@ pub(crate) async fn answer(
         version: manifest.as_ref().map(|m| m.version),
         tail_generation: history.tail.generation(),
     };
-    let (values, stale) = state.answers.answer(
+    let answer = state.answers.answer(
         &user_id,
         id,
         || UserView::with_tail(history.record, history.tail),
@@ -246,17 +244,13 @@ pub(crate) async fn answer(
                 (_, Some(t)) => (now - t).max(0) as u64,
                 (_, None) => 0,
             }),
-        stale_signals: stale,
+        stale_signals: answer.stale(),
         positions_stale: end.stale.clone(),
     };
     Ok(SignalsResponse {
         user_id,
         at: format_millis(at),
-        signals: definitions
-            .iter()
-            .map(|d| d.name.clone())
-            .zip(values)
-            .collect(),
+        signals: answer,
         freshness,
     })
 }
