@@ -235,9 +235,18 @@ impl State {
             (State::Sum(a), State::Sum(b)) => *a += b,
             (State::Min(a), State::Min(b)) => *a = min_opt(*a, *b),
             (State::Max(a), State::Max(b)) => *a = max_opt(*a, *b),
+            // Into an empty map (a read starts from a block's or running
+            // state), a copy of the table: no hashing, no probing.
+            (State::Set(a), State::Set(b)) if a.is_empty() => a.clone_from(b),
+            (State::Counts(a), State::Counts(b)) if a.is_empty() => a.clone_from(b),
+            (State::Distinct(a), State::Distinct(b)) if a.is_empty() => a.clone_from(b),
             (State::Latest(a), State::Latest(b)) => {
-                for (value, stamp) in b {
-                    keep_newest(a, value, |c| stamp > c, || stamp.clone());
+                if a.is_empty() {
+                    a.clone_from(b);
+                } else {
+                    for (value, stamp) in b {
+                        keep_newest(a, value, |c| stamp > c, || stamp.clone());
+                    }
                 }
                 if let Aggregation::LastDistinct { limit, .. } = aggregation {
                     prune_latest(a, *limit);
