@@ -56,6 +56,7 @@ where
         index_entries_go_once_they_expire,
         history_merges_the_published_record_with_uncovered_entries_only,
         a_history_since_a_mark_holds_only_the_entries_past_it,
+        a_long_tail_read_past_any_mark_holds_exactly_the_entries_past_it,
         publishing_never_goes_back_and_published_versions_are_immutable,
         garbage_collection_keeps_what_the_published_version_needs,
         a_user_with_only_speed_entries_has_no_record,
@@ -370,6 +371,54 @@ pub async fn the_index_answers_present_absent_and_retracted(store: &dyn SignalSt
         .await
         .expect("lookup of nothing")
         .is_empty());
+}
+
+/// A popular user's tail spans many rows on several log partitions (CQL
+/// reads it in pages and seeks past what a mark covers): whatever the mark,
+/// exactly the uncovered entries come back, in log order.
+pub async fn a_long_tail_read_past_any_mark_holds_exactly_the_entries_past_it(
+    store: &dyn SignalStore,
+) {
+    let layout: [(Partition, Offset); 3] = [(0, 5), (1, 150), (3, 100)];
+    let all: Vec<(Partition, Offset)> = layout
+        .iter()
+        .flat_map(|&(p, n)| (0..n).map(move |o| (p, o)))
+        .collect();
+    let entries = all.iter().map(|&(p, o)| at("long", p, o)).collect();
+    store
+        .apply_speed(write(entries, &layout).into())
+        .await
+        .expect("apply");
+    let frontiers: [&[(Partition, Offset)]; 7] = [
+        &[],
+        &[(1, 140)],
+        &[(1, 70), (3, 30)],
+        &[(0, 5), (1, 150), (3, 99)],
+        &[(0, 5), (1, 150), (3, 100)],
+        &[(0, 2), (3, 100)],
+        &[(0, 5), (1, 64), (2, 9), (3, 1)],
+    ];
+    for frontier in frontiers {
+        let mark = TailMark {
+            version: None,
+            frontier: frontier.iter().copied().collect(),
+        };
+        let since = store
+            .user_history_since("long", Some(&mark))
+            .await
+            .expect("since");
+        let got: Vec<(Partition, Offset)> = since
+            .entries
+            .iter()
+            .map(|e| (e.partition, e.offset))
+            .collect();
+        let expected: Vec<(Partition, Offset)> = all
+            .iter()
+            .copied()
+            .filter(|&(p, o)| !mark.frontier.covers(p, o))
+            .collect();
+        assert_eq!(got, expected, "past {frontier:?}");
+    }
 }
 
 pub async fn a_history_since_a_mark_holds_only_the_entries_past_it(store: &dyn SignalStore) {

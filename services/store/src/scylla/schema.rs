@@ -43,6 +43,9 @@ pub fn migration(keyspace: &str, replication_factor: u32) -> Vec<String> {
         .collect()
 }
 
+/// Rows of the first page of a user's speed entries.
+pub const HEAD_ROWS: i32 = 64;
+
 /// Declares [`Statements`]: one field per statement, `{ks}` standing for the keyspace.
 macro_rules! statements {
     ($($(#[doc = $doc:literal])* $name:ident = $cql:literal;)*) => {
@@ -79,6 +82,13 @@ statements! {
     delete_user_entries = "DELETE FROM {ks}.speed_entries USING TIMESTAMP ? WHERE user_id = ?";
     /// A user's speed entries in log order.
     select_entries = "SELECT log_partition, log_offset, entry FROM {ks}.speed_entries WHERE user_id = ?";
+    /// The same, in small pages: the first page is all of a light user, and
+    /// says whether a read should seek past what it holds instead.
+    select_entries_head = "SELECT log_partition, log_offset, entry FROM {ks}.speed_entries WHERE user_id = ?";
+    /// The position of a user's first speed entry at or after a position.
+    select_next_entry = "SELECT log_partition, log_offset FROM {ks}.speed_entries WHERE user_id = ? AND (log_partition, log_offset) >= (?, ?) LIMIT 1";
+    /// A user's speed entries of one log partition from an offset on.
+    select_entries_from = "SELECT log_partition, log_offset, entry FROM {ks}.speed_entries WHERE user_id = ? AND log_partition = ? AND log_offset >= ?";
     /// A user's speed entry positions (garbage collection counts what it deletes).
     select_entry_positions = "SELECT log_partition, log_offset FROM {ks}.speed_entries WHERE user_id = ?";
     /// Every user with speed entries (a token-range scan; garbage collection only).
@@ -163,6 +173,7 @@ impl Statements {
         self.replace_checkpoint
             .set_serial_consistency(Some(SerialConsistency::Serial));
         self.select_speed_users.set_page_size(1000);
+        self.select_entries_head.set_page_size(HEAD_ROWS);
         self.select_listing.set_page_size(1000);
     }
 }

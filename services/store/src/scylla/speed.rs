@@ -1,7 +1,10 @@
 //! The speed layer's writes and reads: entries, the event index, progress.
 
 use std::collections::{HashMap, HashSet};
+use std::ops::ControlFlow;
 
+use ::scylla::response::query_result::QueryRowsResult;
+use ::scylla::response::PagingState;
 use ::scylla::statement::batch::{Batch, BatchType};
 use ::scylla::value::MaybeUnset;
 use futures::{stream, StreamExt, TryStreamExt};
@@ -248,7 +251,16 @@ impl Inner {
     }
 
     /// `user`'s speed entries that `covered` does not cover, in (partition,
-    /// offset) order: one partition read, covered rows skipped undecoded.
+    /// offset) order; covered rows are skipped undecoded.
+    ///
+    /// A user's rows sit in clustering order (log partition, offset), and
+    /// mostly on one log partition (the log is keyed by user). The first
+    /// page, of [`HEAD_ROWS`](super::schema::HEAD_ROWS) rows, is all of a
+    /// light user: one round trip, as before. Past it the read seeks
+    /// instead of paging through rows a reader already holds (a popular
+    /// user's kept tail, ADR 009): it finds the first row after a cursor,
+    /// jumps over that log partition's covered offsets, and reads from the
+    /// first uncovered one. A few round trips, whatever the tail's length.
     pub(super) async fn speed_entries(
         &self,
         user: &str,
@@ -260,33 +272,105 @@ impl Inner {
         if user.is_empty() {
             return Ok(entries);
         }
-        self.pages(&statements.select_entries, &(user,), what, |page| {
-            for row in page
-                .rows::<(i64, i64, Option<&[u8]>)>()
-                .map_err(super::driver(what))?
-            {
-                let (partition, offset, value) = row.map_err(super::driver(what))?;
-                let partition = partition_from_bigint(partition, "speed_entries")?;
-                let offset = from_bigint(offset, "speed_entries", "log offset")?;
-                if covered.is_some_and(|position| position.covers(partition, offset)) {
-                    continue;
-                }
-                let key = || format!("user {user:?} partition {partition} offset {offset}");
-                let value = value.ok_or_else(|| {
-                    StoreError::Corrupt(format!("table speed_entries, {}: no entry", key()))
-                })?;
-                entries.push(PositionedEntry {
-                    user_id: user.to_owned(),
-                    partition,
-                    offset,
-                    entry: codec::decode(value, "speed_entries", key)?,
-                });
+        let everything = LogPosition::default();
+        let covered = covered.unwrap_or(&everything);
+        let (head, more) = self
+            .session
+            .execute_single_page(
+                &statements.select_entries_head,
+                (user,),
+                PagingState::start(),
+            )
+            .await
+            .map_err(super::driver(what))?;
+        let head = head.into_rows_result().map_err(super::driver(what))?;
+        let last = take_entries(user, covered, &head, &mut entries)?;
+        let (Some((partition, offset)), ControlFlow::Continue(_)) =
+            (last, more.into_paging_control_flow())
+        else {
+            return Ok(entries);
+        };
+        let mut cursor = (
+            i64::from(partition),
+            to_bigint(offset, "log offset")?.saturating_add(1),
+        );
+        while let Some((partition, offset)) = self.next_entry(user, cursor).await? {
+            let from = covered.next(partition);
+            if offset < from {
+                cursor = (i64::from(partition), to_bigint(from, "log offset")?);
+                continue;
             }
-            Ok(())
-        })
-        .await?;
+            let values = (user, i64::from(partition), to_bigint(offset, "log offset")?);
+            self.pages(&statements.select_entries_from, &values, what, |page| {
+                take_entries(user, covered, page, &mut entries).map(|_| ())
+            })
+            .await?;
+            cursor = (i64::from(partition) + 1, 0);
+        }
         Ok(entries)
     }
+
+    /// The position of `user`'s first speed entry at or after `cursor`.
+    async fn next_entry(
+        &self,
+        user: &str,
+        (partition, offset): (i64, i64),
+    ) -> Result<Option<(u32, u64)>, StoreError> {
+        let statements = self.statements().await?;
+        let what = "seek speed entries";
+        let result = self
+            .session
+            .execute_unpaged(&statements.select_next_entry, (user, partition, offset))
+            .await
+            .map_err(super::driver(what))?
+            .into_rows_result()
+            .map_err(super::driver(what))?;
+        let Some((partition, offset)) = result
+            .maybe_first_row::<(i64, i64)>()
+            .map_err(super::driver(what))?
+        else {
+            return Ok(None);
+        };
+        Ok(Some((
+            partition_from_bigint(partition, "speed_entries")?,
+            from_bigint(offset, "speed_entries", "log offset")?,
+        )))
+    }
+}
+
+/// Appends the rows of `page` that `covered` does not cover to `entries`;
+/// returns the position of the page's last row, covered or not.
+fn take_entries(
+    user: &str,
+    covered: &LogPosition,
+    page: &QueryRowsResult,
+    entries: &mut Vec<PositionedEntry>,
+) -> Result<Option<(u32, u64)>, StoreError> {
+    let what = "read speed entries";
+    let mut last = None;
+    for row in page
+        .rows::<(i64, i64, Option<&[u8]>)>()
+        .map_err(super::driver(what))?
+    {
+        let (partition, offset, value) = row.map_err(super::driver(what))?;
+        let partition = partition_from_bigint(partition, "speed_entries")?;
+        let offset = from_bigint(offset, "speed_entries", "log offset")?;
+        last = Some((partition, offset));
+        if covered.covers(partition, offset) {
+            continue;
+        }
+        let key = || format!("user {user:?} partition {partition} offset {offset}");
+        let value = value.ok_or_else(|| {
+            StoreError::Corrupt(format!("table speed_entries, {}: no entry", key()))
+        })?;
+        entries.push(PositionedEntry {
+            user_id: user.to_owned(),
+            partition,
+            offset,
+            entry: codec::decode(value, "speed_entries", key)?,
+        });
+    }
+    Ok(last)
 }
 
 /// Refuses an empty key: CQL partition keys must not be empty.
