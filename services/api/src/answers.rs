@@ -110,6 +110,7 @@ impl Serialize for Answer {
 }
 
 /// A value and the instants `[from, until)` it holds for.
+#[derive(Clone)]
 struct Kept {
     from: Millis,
     until: Millis,
@@ -185,36 +186,30 @@ impl AnswerCache {
             .increment(missing.len() as u64);
         let view = view();
         let (values, stale) = view.evaluate(&missing, at);
-        let values = missing.iter().zip(&values).map(|(definition, value)| {
-            let is_stale = stale.iter().any(|s| s.0 == definition.name);
-            Arc::new(SignalValue::new(&definition.name, value, is_stale))
-        });
-        let mut fresh = Vec::new();
-        if self.kept.is_some() {
+        let fresh: Vec<Arc<SignalValue>> = missing
+            .iter()
+            .zip(&values)
+            .map(|(definition, value)| {
+                let is_stale = stale.iter().any(|s| s.0 == definition.name);
+                Arc::new(SignalValue::new(&definition.name, value, is_stale))
+            })
+            .collect();
+        signals.extend(fresh.iter().cloned());
+        if let Some(cache) = &self.kept {
             let until = view.holds_until_each(&missing, at);
-            for (value, until) in values.zip(until) {
-                signals.push(value.clone());
-                fresh.push(Kept {
+            // Values of other signals kept for the same view stay kept.
+            let others = kept
+                .iter()
+                .flat_map(|k| &k.values)
+                .filter(|k| !missing.iter().any(|d| d.name == k.value.name))
+                .cloned();
+            let values = others
+                .chain(fresh.into_iter().zip(until).map(|(value, until)| Kept {
                     from: at,
                     until,
                     value,
-                });
-            }
-        } else {
-            signals.extend(values);
-        }
-        if let Some(cache) = &self.kept {
-            // Values of other signals kept for the same view stay kept.
-            let mut values: Vec<Kept> = kept
-                .iter()
-                .flat_map(|k| &k.values)
-                .filter(|k| !fresh.iter().any(|f| f.value.name == k.value.name))
-                .map(|k| Kept {
-                    value: k.value.clone(),
-                    ..*k
-                })
+                }))
                 .collect();
-            values.extend(fresh);
             let kept = KeptView { view: id, values };
             let weight = kept.weight();
             cache.insert(0, user, Arc::new(kept), weight);
