@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tempfile::TempDir;
 
@@ -101,14 +101,13 @@ pub fn remove_abandoned(spill_in: &Path) -> usize {
 
 /// Whether no live process holds the spill directory `dir`.
 fn abandoned(dir: &Path) -> bool {
-    let old = std::fs::metadata(dir)
-        .and_then(|m| m.modified())
-        .is_ok_and(|t| SystemTime::now().duration_since(t).unwrap_or_default() >= ABANDONED_AFTER);
     match File::open(dir.join(OWNER_FILE)) {
-        // The lock is ours only if its owner is gone; held until we return.
+        // Only a dead owner's lock can be taken: the kernel released it.
         Ok(owner) => owner.try_lock().is_ok(),
         // Created but not yet owned, or left by a crash in between.
-        Err(_) => old,
+        Err(_) => std::fs::metadata(dir)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().unwrap_or_default() >= ABANDONED_AFTER),
     }
 }
 
@@ -710,7 +709,7 @@ mod tests {
         // The same, left by a crash long ago.
         let old = spill_in.path().join(format!("{SPILL_PREFIX}old"));
         std::fs::create_dir(&old).expect("made");
-        let long_ago = SystemTime::now() - 2 * ABANDONED_AFTER;
+        let long_ago = std::time::SystemTime::now() - 2 * ABANDONED_AFTER;
         File::open(&old)
             .and_then(|d| d.set_modified(long_ago))
             .expect("aged");
