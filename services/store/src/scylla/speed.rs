@@ -1,7 +1,6 @@
 //! The speed layer's writes and reads: entries, the event index, progress.
 
 use std::collections::{HashMap, HashSet};
-use std::ops::ControlFlow;
 
 use ::scylla::response::query_result::QueryRowsResult;
 use ::scylla::response::PagingState;
@@ -272,8 +271,8 @@ impl Inner {
         if user.is_empty() {
             return Ok(entries);
         }
-        let everything = LogPosition::default();
-        let covered = covered.unwrap_or(&everything);
+        let nothing_covered = LogPosition::default();
+        let covered = covered.unwrap_or(&nothing_covered);
         let (head, more) = self
             .session
             .execute_single_page(
@@ -285,15 +284,18 @@ impl Inner {
             .map_err(super::driver(what))?;
         let head = head.into_rows_result().map_err(super::driver(what))?;
         let last = take_entries(user, covered, &head, &mut entries)?;
-        let (Some((partition, offset)), ControlFlow::Continue(_)) =
-            (last, more.into_paging_control_flow())
-        else {
+        if more.into_paging_control_flow().is_break() {
             return Ok(entries);
+        }
+        // A page may hold fewer rows than asked for, even none (the server
+        // cuts pages short past tombstones): go on after the last row seen.
+        let mut cursor = match last {
+            Some((partition, offset)) => (
+                i64::from(partition),
+                to_bigint(offset, "log offset")?.saturating_add(1),
+            ),
+            None => (0, 0),
         };
-        let mut cursor = (
-            i64::from(partition),
-            to_bigint(offset, "log offset")?.saturating_add(1),
-        );
         while let Some((partition, offset)) = self.next_entry(user, cursor).await? {
             let from = covered.next(partition);
             if offset < from {
