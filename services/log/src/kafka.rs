@@ -421,6 +421,7 @@ impl EventLog for KafkaLog {
             position: from.clone(),
             membership,
             failing_since: None,
+            unassigned_since: None,
         }))
     }
 
@@ -439,6 +440,7 @@ impl EventLog for KafkaLog {
             position: checkpoint.clone(),
             membership,
             failing_since: None,
+            unassigned_since: None,
         }))
     }
 
@@ -463,6 +465,8 @@ struct KafkaReader {
     membership: Membership,
     /// Since when every poll has failed; None while polls succeed.
     failing_since: Option<std::time::Instant>,
+    /// Since when a group member has held no partition; None while it does.
+    unassigned_since: Option<std::time::Instant>,
 }
 
 /// How long polls may keep failing before the consumer is replaced. After a
@@ -470,6 +474,14 @@ struct KafkaReader {
 /// `AllBrokersDown` on connections that work again (RELIABILITY.md, finding
 /// 2); a new member of the same group resumes from the committed offsets.
 const REPLACE_FAILING_CONSUMER_AFTER: Duration = Duration::from_secs(30);
+
+/// How long a group member may hold no partition before it asks the group
+/// coordinator whether it is a member at all. A broker paused long enough
+/// to be fenced can lose a join in flight: the coordinator reloads the
+/// group empty, and librdkafka waits for a SyncGroup answer that never
+/// comes, polling without error and without partitions (RELIABILITY.md,
+/// finding 7). A rebalance normally completes within a session timeout.
+const CHECK_UNASSIGNED_MEMBER_AFTER: Duration = Duration::from_secs(60);
 
 /// How a reader gets its partitions.
 enum Membership {
@@ -519,6 +531,42 @@ struct Polled {
     positions: Vec<(Partition, Offset)>,
     /// An error met before any record was read.
     error: Option<KafkaError>,
+    /// Partitions assigned to the consumer.
+    assigned: usize,
+}
+
+impl KafkaReader {
+    /// A new member of the same group (it resumes from the committed
+    /// offsets) or a new assigned reader at our position; replays are
+    /// idempotent downstream.
+    fn replace_consumer(&mut self) -> Result<(), LogError> {
+        let fresh = self.membership.join(&self.options, &self.position)?;
+        let old = std::mem::replace(&mut self.consumer, Arc::new(fresh));
+        // Closing a consumer may wait on the brokers: not on this task.
+        tokio::task::spawn_blocking(move || drop(old));
+        self.failing_since = None;
+        self.unassigned_since = None;
+        metrics::counter!("signals_kafka_consumer_replaced_total").increment(1);
+        Ok(())
+    }
+
+    /// Whether the group coordinator says `group` has no member at all (or
+    /// does not know it), so that this consumer, subscribed and polling, is
+    /// not one. An idle
+    /// member of a group with more members than partitions is listed, and
+    /// stays. `false` when the coordinator does not answer.
+    async fn group_is_empty(&self, group: String) -> bool {
+        let consumer = self.consumer.clone();
+        let timeout = self.options.timeout.min(CHECK_TIMEOUT);
+        let listed = tokio::task::spawn_blocking(move || {
+            let list = consumer.fetch_group_list(Some(&group), timeout).ok()?;
+            // A group the coordinator does not know has no member either.
+            let info = list.groups().iter().find(|g| g.name() == group);
+            Some(info.is_none_or(|info| info.members().is_empty()))
+        })
+        .await;
+        matches!(listed, Ok(Some(true)))
+    }
 }
 
 #[async_trait]
@@ -559,10 +607,12 @@ impl LogReader for KafkaReader {
                     }
                 }
             }
+            let assigned = consumer.assignment().map_or(0, |a| a.count());
             Polled {
                 entries,
                 positions,
                 error,
+                assigned,
             }
         })
         .await
@@ -576,16 +626,26 @@ impl LogReader for KafkaReader {
                 // A new member resumes from the committed offsets (grouped)
                 // or from our position; replays are idempotent downstream.
                 warn!(%error, fatal, failing_for = ?failing_since.elapsed(), "kafka consumer keeps failing; replacing it");
-                let fresh = self.membership.join(&self.options, &self.position)?;
-                let old = std::mem::replace(&mut self.consumer, Arc::new(fresh));
-                // Closing a consumer may wait on the brokers: not on this task.
-                tokio::task::spawn_blocking(move || drop(old));
-                self.failing_since = None;
-                metrics::counter!("signals_kafka_consumer_replaced_total").increment(1);
+                self.replace_consumer()?;
             }
             return Err(unavailable("poll failed", error));
         }
         self.failing_since = None;
+        if polled.assigned > 0 {
+            self.unassigned_since = None;
+        } else if let Membership::Grouped { group } = &self.membership {
+            let since = *self
+                .unassigned_since
+                .get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() >= CHECK_UNASSIGNED_MEMBER_AFTER {
+                // Asked again after another interval, whatever the answer.
+                self.unassigned_since = Some(std::time::Instant::now());
+                if self.group_is_empty(group.clone()).await {
+                    warn!(%group, unassigned_for = ?since.elapsed(), "kafka consumer holds no partition and its group has no member; rejoining");
+                    self.replace_consumer()?;
+                }
+            }
+        }
         for entry in &polled.entries {
             self.position.advance(entry.partition, entry.offset + 1);
         }
@@ -685,5 +745,65 @@ impl DeadLetterSink for KafkaDeadLetters {
             delivery.map_err(|(error, _)| unavailable("dead letter not delivered", error))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    /// The check of finding 7 asks the coordinator about real groups: one
+    /// whose member holds partitions is not empty, one nobody joined is.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_is_empty_only_when_the_coordinator_lists_no_member() {
+        let Some(brokers) = signals_test_support::kafka_brokers() else {
+            return;
+        };
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let topic = format!("signals-unit-{}-{nanos}", std::process::id());
+        let options = KafkaOptions {
+            brokers,
+            dead_letter_topic: format!("{topic}.dlq"),
+            topic,
+            partitions: 2,
+            ..KafkaOptions::default()
+        };
+        let _log = KafkaLog::connect(options.clone()).await.expect("connects");
+        let group = format!("{}-group", options.topic);
+        let membership = Membership::Grouped {
+            group: group.clone(),
+        };
+        let consumer = membership
+            .join(&options, &LogPosition::new())
+            .expect("joins");
+        let mut reader = KafkaReader {
+            consumer: Arc::new(consumer),
+            options,
+            position: LogPosition::new(),
+            membership,
+            failing_since: None,
+            unassigned_since: None,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while reader.consumer.assignment().map_or(0, |a| a.count()) == 0 {
+            assert!(Instant::now() < deadline, "the member was never assigned");
+            reader
+                .next_batch(10, Duration::from_millis(200))
+                .await
+                .expect("polls");
+        }
+        assert!(reader.unassigned_since.is_none());
+        assert!(
+            !reader.group_is_empty(group.clone()).await,
+            "a member holds its partitions"
+        );
+        assert!(
+            reader.group_is_empty(format!("{group}-nobody")).await,
+            "nobody joined this group"
+        );
     }
 }
