@@ -761,10 +761,7 @@ mod tests {
         let Some(brokers) = signals_test_support::kafka_brokers() else {
             return;
         };
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let topic = format!("signals-unit-{}-{nanos}", std::process::id());
+        let topic = signals_test_support::unique_name("signals-unit");
         let options = KafkaOptions {
             brokers,
             dead_letter_topic: format!("{topic}.dlq"),
