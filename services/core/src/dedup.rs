@@ -158,24 +158,25 @@ impl Deduplication {
 
     /// Applies a retraction accepted at `accepted_at` to the entry of one of
     /// its ids: the entry afterwards, and the user whose counted occurrence
-    /// it withdraws now (`None`: nothing counted that it reaches, or it was
-    /// withdrawn already).
+    /// it reaches (`None`: nothing counted that it reaches).
+    ///
+    /// The user is named even when an earlier retraction withdrew that
+    /// occurrence already: the speed layer writes a retraction's ids per
+    /// user as one row at the retraction's position, and a replay of a
+    /// write cut short, planned with some of its index rows landed, must
+    /// write that row whole again, not a smaller one over it.
     pub fn on_retraction(
         &self,
         entry: Option<&IndexEntry>,
         accepted_at: Millis,
     ) -> (Option<String>, IndexEntry) {
         let counted = entry.and_then(|e| e.user_id.clone().map(|u| (u, e.accepted_at)));
-        let before = entry.and_then(|e| e.retracted_at);
-        let withdrawn_by = |at: Option<Millis>, counted_at: Option<Millis>| match (at, counted_at) {
-            (Some(at), Some(counted_at)) => self.window.withdraws(at, counted_at),
-            // An entry from before the window: any retraction reaches it.
-            (Some(_), None) => true,
-            (None, _) => false,
-        };
-        let retracted_at = before.max(Some(accepted_at));
-        let newly = counted.as_ref().and_then(|(user, counted_at)| {
-            (!withdrawn_by(before, *counted_at) && withdrawn_by(Some(accepted_at), *counted_at))
+        let retracted_at = entry.and_then(|e| e.retracted_at).max(Some(accepted_at));
+        // An entry from before the window (no acceptance time): any
+        // retraction reaches it.
+        let reached = counted.as_ref().and_then(|(user, counted_at)| {
+            counted_at
+                .is_none_or(|at| self.window.withdraws(accepted_at, at))
                 .then(|| user.clone())
         });
         let next = self.sealed(IndexEntry {
@@ -184,7 +185,7 @@ impl Deduplication {
             retracted_at,
             expires_at: None,
         });
-        (newly, next)
+        (reached, next)
     }
 
     /// Whether `entry` makes an occurrence accepted at `accepted_at` a copy.
@@ -387,8 +388,11 @@ mod tests {
         let (_, counted) = rules.on_event(None, "u", 0);
         let (withdrawn, entry) = rules.on_retraction(counted.as_ref(), 5_000);
         assert_eq!(withdrawn.as_deref(), Some("u"));
-        // Again: already withdrawn, nobody to mark.
-        assert_eq!(rules.on_retraction(Some(&entry), 5_001).0, None);
+        // A second retraction reaches it too, and names its user again.
+        assert_eq!(
+            rules.on_retraction(Some(&entry), 5_001).0.as_deref(),
+            Some("u")
+        );
 
         // The retraction overtook its event.
         let (none, early) = rules.on_retraction(None, 5_000);

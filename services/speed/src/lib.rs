@@ -28,6 +28,9 @@ pub mod plan;
 
 mod status;
 
+#[cfg(test)]
+mod replay_tests;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

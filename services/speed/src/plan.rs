@@ -201,7 +201,22 @@ pub fn plan(
                 }
                 match occurrence {
                     Occurrence::Copy => stats.duplicates += 1,
-                    Occurrence::Withdrawn => stats.withdrawn += 1,
+                    Occurrence::Withdrawn => {
+                        stats.withdrawn += 1;
+                        // Written at the event's own position, not left
+                        // out: a write cut short may have stored the event
+                        // there, counted, under a plan that met it before
+                        // its retraction (they travel on different
+                        // partitions, and a replay polls them in another
+                        // order). This row replaces that one.
+                        if !deleted.contains(&event.user_id) {
+                            let event_ids = vec![event.event_id.clone()];
+                            entries.push(at(
+                                event.user_id.clone(),
+                                SpeedEntry::Retracted { event_ids },
+                            ));
+                        }
+                    }
                     Occurrence::Counts if deleted.contains(&event.user_id) => {
                         stats.deleted_user_events += 1
                     }
@@ -317,8 +332,18 @@ mod tests {
         );
         let kinds: Vec<(u64, &SpeedEntry)> =
             write.entries.iter().map(|e| (e.offset, &e.entry)).collect();
-        assert_eq!(kinds.len(), 1);
+        assert_eq!(kinds.len(), 2);
         assert!(matches!(kinds[0], (0, SpeedEntry::Event(e)) if e.event_id == "a"));
+        // "b", retracted before it came, is withdrawn at its own position.
+        assert_eq!(
+            kinds[1],
+            (
+                3,
+                &SpeedEntry::Retracted {
+                    event_ids: vec!["b".into()]
+                }
+            )
+        );
         assert_eq!(
             stats,
             PlanStats {
@@ -478,7 +503,18 @@ mod tests {
             (1, 0, 0)
         );
         assert_eq!(stats.withdrawn, 1);
-        assert!(write.entries.is_empty());
+        let written: Vec<(u64, &SpeedEntry)> =
+            write.entries.iter().map(|e| (e.offset, &e.entry)).collect();
+        assert_eq!(
+            written,
+            vec![(
+                3,
+                &SpeedEntry::Retracted {
+                    event_ids: vec!["a".into()]
+                }
+            )],
+            "the withdrawn event's own position says so"
+        );
         let index: Vec<&str> = write.index.iter().map(|(id, _)| id.as_str()).collect();
         assert_eq!(index, vec!["a"]);
     }

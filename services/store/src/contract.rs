@@ -51,6 +51,7 @@ where
         speed_entries_come_back_in_log_order_per_user,
         every_kind_of_speed_entry_round_trips,
         reapplying_a_write_changes_nothing,
+        a_write_to_a_position_replaces_what_an_earlier_write_left_there,
         progress_is_recorded,
         the_index_answers_present_absent_and_retracted,
         index_entries_go_once_they_expire,
@@ -254,6 +255,32 @@ pub async fn reapplying_a_write_changes_nothing(store: &dyn SignalStore) {
             .len(),
         2
     );
+}
+
+/// A replay may plan a record differently from the write it replays, cut
+/// short (the speed layer meets an event and its retraction in another
+/// order): what it writes at a position replaces what was there.
+pub async fn a_write_to_a_position_replaces_what_an_earlier_write_left_there(
+    store: &dyn SignalStore,
+) {
+    let cut_short = write(vec![at("u", 0, 0), at("u", 0, 1)], &[]);
+    store.apply_speed(cut_short.into()).await.expect("apply");
+    let withdrawn = PositionedEntry {
+        entry: SpeedEntry::Retracted {
+            event_ids: vec!["p0-1".into()],
+        },
+        ..at("u", 0, 1)
+    };
+    let replay = write(vec![at("u", 0, 0), withdrawn.clone()], &[(0, 2)]);
+    store
+        .apply_speed(replay.into())
+        .await
+        .expect("apply the replay");
+    let entries = store
+        .speed_entries("u", &LogPosition::new())
+        .await
+        .expect("entries");
+    assert_eq!(entries, vec![at("u", 0, 0), withdrawn]);
 }
 
 pub async fn progress_is_recorded(store: &dyn SignalStore) {
