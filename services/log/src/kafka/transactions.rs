@@ -18,6 +18,13 @@
 //!   crashed mid-transaction and restarts fences its old transaction at once
 //!   instead of leaving `read_committed` readers blocked until the broker's
 //!   transaction timeout.
+//! * **Readiness that does not flap to ready.** A failed append keeps the
+//!   log not ready for [`RECENT_FAILURE`] even after a later append or a
+//!   new producer works: when the connections to the broker keep being
+//!   cut, producers are created and some transactions commit between the
+//!   cuts while others fail, and a readiness that forgot each failure at
+//!   the next success said ready through the whole fault (RELIABILITY.md,
+//!   finding 9).
 //! * **Fast refusal while Kafka is down.** Appends are serialised on the one
 //!   producer. A request that waited behind an attempt that found Kafka
 //!   unavailable gets that attempt's reason at once (503) instead of
@@ -54,11 +61,17 @@ struct Slot {
     producer: Option<FutureProducer>,
 }
 
+/// How long a failed append keeps readiness at not ready once Kafka
+/// answers again.
+pub(super) const RECENT_FAILURE: Duration = Duration::from_secs(5);
+
 /// Why the last attempt to use Kafka failed, and when.
 #[derive(Clone, Debug)]
 struct Failure {
     at: Instant,
     reason: String,
+    /// Whether an append or a new producer worked since.
+    recovered: bool,
 }
 
 impl Transactions {
@@ -97,11 +110,21 @@ impl Transactions {
             .map_err(blocking_failed)?
     }
 
-    /// The reason appends fail now, if the last attempt failed; a failed
-    /// producer is recreated in the background meanwhile, so that readiness
-    /// turns green by itself once Kafka is back even with no traffic.
+    /// The reason appends fail now, if the last attempt failed, or failed
+    /// less than [`RECENT_FAILURE`] ago. A failed producer is recreated in
+    /// the background meanwhile, so that readiness turns green by itself
+    /// once Kafka is back even with no traffic.
     pub(super) fn problem(&self) -> Option<String> {
         let failure = self.inner.last_failure()?;
+        if failure.recovered {
+            let ago = failure.at.elapsed();
+            return (ago < RECENT_FAILURE).then(|| {
+                format!(
+                    "an append failed {ago:.1?} ago ({}); appends work again",
+                    failure.reason
+                )
+            });
+        }
         // After a failure the producer is gone (see `recover`): creating
         // one is a real round trip to the transaction coordinator.
         if let Ok(mut slot) = self.inner.slot.clone().try_lock_owned() {
@@ -127,16 +150,17 @@ impl Inner {
         let Ok(mut failure) = self.failure.lock() else {
             return;
         };
-        match outcome {
-            Ok(()) => {
-                if failure.take().is_some() {
-                    info!("kafka appends work again");
-                }
+        match (outcome, failure.as_mut()) {
+            (Ok(()), Some(last)) if !last.recovered => {
+                last.recovered = true;
+                info!("kafka appends work again");
             }
-            Err(error) => {
+            (Ok(()), _) => {}
+            (Err(error), _) => {
                 *failure = Some(Failure {
                     at: Instant::now(),
                     reason: error.to_string(),
+                    recovered: false,
                 })
             }
         }
@@ -148,7 +172,10 @@ impl Inner {
         queued_at: Instant,
     ) -> Result<Vec<(Partition, Offset)>, LogError> {
         let mut slot = self.slot.lock().await;
-        if let Some(failure) = self.last_failure().filter(|f| f.at > queued_at) {
+        if let Some(failure) = self
+            .last_failure()
+            .filter(|f| f.at > queued_at && !f.recovered)
+        {
             metrics::counter!("signals_kafka_appends_total", "outcome" => "refused").increment(1);
             return Err(LogError::Unavailable(format!(
                 "{} (an append that ran while this request waited failed {:.1?} ago; not retried)",
@@ -331,5 +358,46 @@ fn classify(what: &str, error: KafkaError) -> LogError {
             LogError::Invalid(format!("kafka: {what}: {error}"))
         }
         _ => LogError::Unavailable(format!("kafka: {what}: {error}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Finding 9: a Kafka whose connections keep being cut lets producers be
+    /// created and some transactions commit between the cuts; readiness
+    /// must not forget each failure at the next success.
+    #[tokio::test]
+    async fn a_failed_append_keeps_the_log_not_ready_for_a_while_after_appends_work_again() {
+        let transactions = Transactions::new(KafkaOptions {
+            brokers: "127.0.0.1:9".into(),
+            timeout: Duration::from_millis(100),
+            ..KafkaOptions::default()
+        });
+        assert_eq!(transactions.problem(), None);
+
+        let cut = LogError::Unavailable("kafka: connection reset".into());
+        transactions.inner.record(Err(&cut));
+        let down = transactions.problem().expect("failing");
+        assert!(down.starts_with("appends failing for"), "{down}");
+
+        transactions.inner.record(Ok(()));
+        let recent = transactions
+            .problem()
+            .expect("a recent failure still counts");
+        assert!(
+            recent.contains("connection reset") && recent.ends_with("appends work again"),
+            "{recent}"
+        );
+
+        transactions.inner.record(Err(&cut));
+        transactions.inner.record(Ok(()));
+        let mut failure = transactions.inner.failure.lock().expect("not poisoned");
+        if let Some(last) = failure.as_mut() {
+            last.at -= RECENT_FAILURE;
+        }
+        drop(failure);
+        assert_eq!(transactions.problem(), None, "ready once it is old enough");
     }
 }
