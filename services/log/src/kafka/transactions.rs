@@ -54,6 +54,8 @@ struct Inner {
     slot: Arc<Mutex<Slot>>,
     /// A copy of the last failure, readable without waiting for `slot`.
     failure: std::sync::Mutex<Option<Failure>>,
+    /// Since when the transaction in progress runs, if one does.
+    running_since: std::sync::Mutex<Option<Instant>>,
 }
 
 #[derive(Default)]
@@ -64,6 +66,12 @@ struct Slot {
 /// How long a failed append keeps readiness at not ready once Kafka
 /// answers again.
 pub(super) const RECENT_FAILURE: Duration = Duration::from_secs(5);
+
+/// How long a transaction may run before readiness calls it stalled. One
+/// takes milliseconds; while the broker's connections keep being cut,
+/// librdkafka retries inside it for up to the log timeout, and clients
+/// time out waiting long before it fails.
+pub(super) const STALLED_AFTER: Duration = Duration::from_secs(2);
 
 /// Why the last attempt to use Kafka failed, and when.
 #[derive(Clone, Debug)]
@@ -81,6 +89,7 @@ impl Transactions {
                 options,
                 slot: Arc::new(Mutex::new(Slot::default())),
                 failure: std::sync::Mutex::new(None),
+                running_since: std::sync::Mutex::new(None),
             }),
         }
     }
@@ -115,6 +124,11 @@ impl Transactions {
     /// the background meanwhile, so that readiness turns green by itself
     /// once Kafka is back even with no traffic.
     pub(super) fn problem(&self) -> Option<String> {
+        if let Some(running) = self.inner.running_for().filter(|t| *t >= STALLED_AFTER) {
+            return Some(format!(
+                "an append has waited on Kafka for {running:.1?} (stalled)"
+            ));
+        }
         let failure = self.inner.last_failure()?;
         if failure.recovered {
             let ago = failure.at.elapsed();
@@ -144,6 +158,20 @@ impl Transactions {
 impl Inner {
     fn last_failure(&self) -> Option<Failure> {
         self.failure.lock().ok().and_then(|f| f.clone())
+    }
+
+    /// How long the transaction in progress has run, if one does.
+    fn running_for(&self) -> Option<Duration> {
+        self.running_since
+            .lock()
+            .ok()
+            .and_then(|since| since.map(|t| t.elapsed()))
+    }
+
+    fn set_running(&self, since: Option<Instant>) {
+        if let Ok(mut running) = self.running_since.lock() {
+            *running = since;
+        }
     }
 
     fn record(&self, outcome: Result<(), &LogError>) {
@@ -183,7 +211,11 @@ impl Inner {
                 failure.at.elapsed()
             )));
         }
+        let started = Instant::now();
+        self.set_running(Some(started));
         let result = self.transaction(&mut slot, records).await;
+        self.set_running(None);
+        let took = started.elapsed();
         let outcome = match &result {
             Ok(_) => "committed",
             Err(LogError::Unavailable(_)) => "failed",
@@ -191,6 +223,12 @@ impl Inner {
         };
         metrics::counter!("signals_kafka_appends_total", "outcome" => outcome).increment(1);
         match &result {
+            // A stall that ended counts as a recent failure.
+            Ok(_) if took >= STALLED_AFTER => {
+                let stalled = LogError::Unavailable(format!("an append took {took:.1?} (stalled)"));
+                self.record(Err(&stalled));
+                self.record(Ok(()));
+            }
             Ok(_) => self.record(Ok(())),
             Err(error @ LogError::Unavailable(_)) => self.record(Err(error)),
             Err(_) => {}
@@ -399,5 +437,21 @@ mod tests {
         }
         drop(failure);
         assert_eq!(transactions.problem(), None, "ready once it is old enough");
+    }
+
+    /// While the connections are cut, a transaction neither commits nor
+    /// fails for seconds (librdkafka retries inside it): that is down too.
+    #[tokio::test]
+    async fn an_append_that_runs_for_seconds_makes_the_log_not_ready() {
+        let transactions = Transactions::new(KafkaOptions::default());
+        transactions.inner.set_running(Some(Instant::now()));
+        assert_eq!(transactions.problem(), None, "an append in progress");
+        transactions
+            .inner
+            .set_running(Some(Instant::now() - STALLED_AFTER));
+        let stalled = transactions.problem().expect("stalled");
+        assert!(stalled.contains("stalled"), "{stalled}");
+        transactions.inner.set_running(None);
+        assert_eq!(transactions.problem(), None);
     }
 }
