@@ -120,15 +120,24 @@ struct Kept {
 /// One user's kept values, all over one view.
 struct KeptView {
     view: ViewId,
+    /// Sorted by name, one per name: a multi-get looks up every signal of
+    /// every user, and a scan by name was a tenth of its time.
     values: Vec<Kept>,
 }
 
 impl KeptView {
+    fn new(view: ViewId, mut values: Vec<Kept>) -> KeptView {
+        values.sort_unstable_by(|a, b| a.value.name.cmp(&b.value.name));
+        KeptView { view, values }
+    }
+
     fn holding(&self, name: &str, at: Millis) -> Option<Arc<SignalValue>> {
-        self.values
-            .iter()
-            .find(|k| k.value.name == name && k.from <= at && at < k.until)
-            .map(|k| k.value.clone())
+        let i = self
+            .values
+            .binary_search_by(|k| k.value.name.as_str().cmp(name))
+            .ok()?;
+        let kept = &self.values[i];
+        (kept.from <= at && at < kept.until).then(|| kept.value.clone())
     }
 
     fn weight(&self) -> usize {
@@ -210,7 +219,7 @@ impl AnswerCache {
                     value,
                 }))
                 .collect();
-            let kept = KeptView { view: id, values };
+            let kept = KeptView::new(id, values);
             let weight = kept.weight();
             cache.insert(0, user, Arc::new(kept), weight);
         }

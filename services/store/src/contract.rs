@@ -429,6 +429,7 @@ pub async fn a_long_tail_read_past_any_mark_holds_exactly_the_entries_past_it(
         let mark = TailMark {
             version: None,
             frontier: frontier.iter().copied().collect(),
+            change_token: None,
         };
         let since = store
             .user_history_since("long", Some(&mark))
@@ -467,6 +468,7 @@ pub async fn a_history_since_a_mark_holds_only_the_entries_past_it(store: &dyn S
     let mark = TailMark {
         version: None,
         frontier: [(0, 4)].into_iter().collect(),
+        change_token: None,
     };
     let since = store
         .user_history_since("u", Some(&mark))
@@ -488,6 +490,7 @@ pub async fn a_history_since_a_mark_holds_only_the_entries_past_it(store: &dyn S
     let mark = TailMark {
         version: Some(1),
         frontier: [(0, 5)].into_iter().collect(),
+        change_token: None,
     };
     let since = store
         .user_history_since("u", Some(&mark))
@@ -501,6 +504,7 @@ pub async fn a_history_since_a_mark_holds_only_the_entries_past_it(store: &dyn S
         let mark = TailMark {
             version: stale,
             frontier: [(0, 5), (1, 3)].into_iter().collect(),
+            change_token: None,
         };
         let since = store
             .user_history_since("u", Some(&mark))

@@ -425,6 +425,7 @@ impl ServingStore for CachedStore {
             entries: entries?,
             resumed,
             from,
+            change_token: None,
         })
     }
 

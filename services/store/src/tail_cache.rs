@@ -51,6 +51,8 @@ pub struct TailCache {
 struct KeptTail {
     version: Option<u64>,
     frontier: LogPosition,
+    /// The store's name for the read it was kept from.
+    change_token: Option<u64>,
     tail: SpeedTail,
 }
 
@@ -182,6 +184,7 @@ impl ServingStore for TailCache {
         let mark = kept.as_ref().map(|k| TailMark {
             version: k.version,
             frontier: k.frontier.clone(),
+            change_token: k.change_token,
         });
         let history = self
             .inner
@@ -201,9 +204,14 @@ impl ServingStore for TailCache {
         for (partition, next) in durable.iter() {
             frontier.advance(partition, next);
         }
+        // The store's token says "nothing since this read" only of a tail
+        // that keeps all the read saw: entries still landing are read again.
+        let change_token = history.change_token.filter(|_| landing.is_empty());
         let moved = !history.resumed
             || !settled.is_empty()
-            || kept.as_ref().is_none_or(|k| k.frontier != frontier);
+            || kept
+                .as_ref()
+                .is_none_or(|k| k.frontier != frontier || k.change_token != change_token);
         let tail = if settled.is_empty() {
             base
         } else {
@@ -214,6 +222,7 @@ impl ServingStore for TailCache {
             let kept = KeptTail {
                 version,
                 frontier,
+                change_token,
                 tail: tail.clone(),
             };
             self.tails
@@ -246,7 +255,7 @@ mod tests {
     use super::*;
     use crate::contract::{at, write};
     use crate::embedded::EmbeddedStore;
-    use crate::SpeedStore;
+    use crate::{BatchStore, SpeedStore};
 
     fn ids(history: ServedHistory) -> Vec<String> {
         let view = signals_core::UserView::with_tail(history.record, history.tail);
@@ -284,5 +293,55 @@ mod tests {
         assert_eq!(second, expected, "each entry once");
         let kept = cached.tails.latest("u").expect("kept");
         assert_eq!((kept.frontier.next(0), kept.tail.len()), (50, 50));
+    }
+
+    /// The embedded store answers "nothing new" from memory for a user no
+    /// write touched since the kept read; a tail that left entries landing
+    /// must still read them again once the progress covers them, even when
+    /// the write that moves the progress is another user's.
+    #[tokio::test]
+    async fn entries_left_landing_are_read_again_when_another_users_write_settles_them() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(EmbeddedStore::open(&dir.path().join("store.redb")).expect("opens"));
+        store
+            .write_batch(1, vec![("u".into(), crate::contract::record("u", "b-1"))])
+            .await
+            .expect("batch");
+        store
+            .publish(&crate::contract::manifest(1, &[(0, 0)]))
+            .await
+            .expect("publish");
+        let cached = TailCache::new(store.clone(), 1 << 20, Duration::ZERO);
+        let entries = (0..4).map(|o| at("u", 0, o)).collect();
+        store
+            .apply_speed(write(entries, &[(0, 2)]).into())
+            .await
+            .expect("apply");
+        assert_eq!(
+            ids(cached.served_history("u").await.expect("read")).len(),
+            5
+        );
+        assert_eq!(
+            ids(cached.served_history("u").await.expect("read")).len(),
+            5
+        );
+
+        store
+            .apply_speed(write(vec![at("v", 0, 4)], &[(0, 5)]).into())
+            .await
+            .expect("apply");
+        let expected = ["b-1", "p0-0", "p0-1", "p0-2", "p0-3"];
+        assert_eq!(
+            ids(cached.served_history("u").await.expect("read")),
+            expected
+        );
+        let kept = cached.tails.latest("u").expect("kept");
+        assert_eq!((kept.frontier.next(0), kept.tail.len()), (5, 4));
+        assert!(kept.change_token.is_some(), "nothing is landing any more");
+        assert_eq!(
+            ids(cached.served_history("u").await.expect("read")),
+            expected,
+            "and a read from memory holds the same"
+        );
     }
 }

@@ -110,6 +110,8 @@ pub struct UserHistory {
 pub struct TailMark {
     pub version: Option<u64>,
     pub frontier: LogPosition,
+    /// [`HistorySince::change_token`] of the read the tail was kept from.
+    pub change_token: Option<u64>,
 }
 
 impl TailMark {
@@ -145,6 +147,11 @@ pub struct HistorySince {
     pub resumed: bool,
     /// Where `entries` were read from ([`TailMark::read_from`]).
     pub from: LogPosition,
+    /// A store that knows which users changed since a read (the embedded
+    /// one: it is the file's only writer) names the read here; given back
+    /// in a [`TailMark`], it lets the store answer "nothing new" from
+    /// memory. `None`: every read goes to the store.
+    pub change_token: Option<u64>,
 }
 
 /// One user's data prepared for a read: the published record and the speed

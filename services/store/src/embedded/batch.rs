@@ -55,7 +55,9 @@ impl Inner {
                 .map_err(engine("write the published manifest"))?;
         }
         txn.commit().map_err(engine("commit a publication"))?;
-        self.manifest.set(&bytes, Arc::new(manifest));
+        let manifest = Arc::new(manifest);
+        self.published.advance(&manifest);
+        self.manifest.set(&bytes, manifest);
         Ok(())
     }
 }

@@ -49,7 +49,9 @@ impl Inner {
                     .map_err(engine("erase a record"))?;
             }
         }
+        let changed = self.changes.writing([user]);
         txn.commit().map_err(engine("commit an erasure"))?;
+        self.changes.committed(changed);
         self.records.remove(user);
         Ok(())
     }

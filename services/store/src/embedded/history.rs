@@ -17,6 +17,7 @@ impl Inner {
         user: &str,
         mark: Option<&TailMark>,
     ) -> Result<HistorySince, StoreError> {
+        let token = self.changes.token();
         let (txn, manifest) = self.snapshot()?;
         let record = match &manifest {
             Some(manifest) => match self.records.get(manifest.version, user) {
@@ -28,7 +29,7 @@ impl Inner {
             },
             None => None,
         };
-        history(&txn, user, manifest, record, mark)
+        history(&txn, user, manifest, record, mark, token)
     }
 
     /// [`Self::user_history`] if a version is published and the user's
@@ -40,6 +41,10 @@ impl Inner {
         user: &str,
         mark: Option<&TailMark>,
     ) -> Result<Option<HistorySince>, StoreError> {
+        let token = self.changes.token();
+        if let Some(history) = self.unchanged_history(user, mark, token) {
+            return Ok(Some(history));
+        }
         let (txn, manifest) = self.snapshot()?;
         let Some(record) = manifest
             .as_ref()
@@ -47,7 +52,34 @@ impl Inner {
         else {
             return Ok(None);
         };
-        history(&txn, user, manifest, Some(record), mark).map(Some)
+        history(&txn, user, manifest, Some(record), mark, token).map(Some)
+    }
+
+    /// Nothing past `mark`, known from memory ([`super::changes`]): the
+    /// mark is of the newest published version, whose record of `user` is
+    /// decoded, and no write touched `user` since the mark's read.
+    fn unchanged_history(
+        &self,
+        user: &str,
+        mark: Option<&TailMark>,
+        token: u64,
+    ) -> Option<HistorySince> {
+        let mark = mark?;
+        let seen = mark.change_token?;
+        let manifest = self.published.get()?;
+        if mark.version != Some(manifest.version) || !self.changes.unchanged_since(user, seen) {
+            return None;
+        }
+        let record = self.records.get(manifest.version, user)?;
+        let (from, resumed) = TailMark::read_from(Some(mark), Some(&manifest));
+        Some(HistorySince {
+            manifest: Some(manifest),
+            record: Some(record),
+            entries: Vec::new(),
+            resumed,
+            from,
+            change_token: Some(token),
+        })
     }
 
     /// A read snapshot and the manifest published in it.
@@ -109,6 +141,7 @@ impl Inner {
             format!("key {PUBLISHED_KEY}")
         })?);
         self.manifest.set(bytes, manifest.clone());
+        self.published.advance(&manifest);
         Ok(Some(manifest))
     }
 
@@ -144,6 +177,7 @@ fn history(
     manifest: Option<Arc<BatchManifest>>,
     record: Option<Arc<UserRecord>>,
     mark: Option<&TailMark>,
+    change_token: u64,
 ) -> Result<HistorySince, StoreError> {
     let speed_table = txn.open_table(SPEED).map_err(engine("open table speed"))?;
     let (from, resumed) = TailMark::read_from(mark, manifest.as_deref());
@@ -154,5 +188,6 @@ fn history(
         entries,
         resumed,
         from,
+        change_token: Some(change_token),
     })
 }

@@ -61,6 +61,7 @@
 //! `embedded_figures` prints this machine's figures.
 
 mod batch;
+mod changes;
 mod erase;
 mod gc;
 mod history;
@@ -124,6 +125,9 @@ struct Inner {
     records: RecordCache,
     manifest: ManifestCache,
     progress: speed::ProgressMirror,
+    /// What serving may skip reading ([`changes`]).
+    changes: changes::UserChanges,
+    published: changes::PublishedMirror,
     index: index::IndexMemo,
     gc_chunk: usize,
     /// Test hook: `apply_speed` fails after inserting its entries.
@@ -170,6 +174,8 @@ impl EmbeddedStore {
                 records: RecordCache::new(options.record_cache_bytes),
                 manifest: ManifestCache::default(),
                 progress: speed::ProgressMirror::default(),
+                changes: changes::UserChanges::default(),
+                published: changes::PublishedMirror::default(),
                 index,
                 gc_chunk: options.gc_chunk.max(1),
                 #[cfg(test)]

@@ -47,8 +47,12 @@ impl Inner {
             meta.insert(PROGRESS_KEY, codec::encode(&progress)?.as_slice())
                 .map_err(engine("write the speed progress"))?;
         }
+        let changed = self
+            .changes
+            .writing(write.entries.iter().map(|e| e.user_id.as_str()));
         // Dropping `txn` on any error above aborts it: nothing of the write lands.
         txn.commit().map_err(engine("commit a speed write"))?;
+        self.changes.committed(changed);
         self.index.appended(index_write, &index_rows, &write.index);
         self.progress.advance(&progress);
         Ok(())

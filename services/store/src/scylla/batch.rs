@@ -255,6 +255,7 @@ impl Inner {
             entries,
             resumed,
             from,
+            change_token: None,
         })
     }
 }
