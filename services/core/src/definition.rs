@@ -195,6 +195,9 @@ impl Window {
 #[derive(Clone, Debug, PartialEq)]
 pub struct SignalDefinition {
     pub name: String,
+    /// Its position among the definitions compiled with it: tables of
+    /// per-signal values index by it rather than look names up.
+    pub index: usize,
     pub events: EventTypes,
     pub filter: Vec<(Field, String)>,
     pub aggregation: Aggregation,
@@ -298,7 +301,8 @@ impl Definitions {
         let mut seen = BTreeSet::new();
         let mut signals = Vec::with_capacity(specs.len());
         for spec in specs {
-            let definition = compile(spec)?;
+            let mut definition = compile(spec)?;
+            definition.index = signals.len();
             if !seen.insert(definition.name.clone()) {
                 return Err(problem(spec, "defined more than once"));
             }
@@ -601,6 +605,7 @@ fn compile(spec: &SignalSpec) -> Result<SignalDefinition, DefinitionError> {
 
     Ok(SignalDefinition {
         name: spec.name.clone(),
+        index: 0,
         events,
         filter,
         aggregation,
