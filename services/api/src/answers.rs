@@ -66,27 +66,29 @@ impl PartialEq for SignalValue {
 }
 
 /// One evaluation of some signals; serializes as the response's `signals`
-/// object (name → value, names sorted).
+/// object (name → value), in the order the definitions were named. Not
+/// sorted by name: in a multi-get, that sort (a memory miss per name
+/// compared) cost a tenth of the time.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Answer {
-    /// Sorted by name, without repeats.
+    /// Without repeats.
     signals: Vec<Arc<SignalValue>>,
 }
 
 impl Answer {
-    fn new(mut signals: Vec<Arc<SignalValue>>) -> Answer {
-        signals.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-        Answer { signals }
-    }
-
     /// The value of the signal `name`, if it was asked for (decoded: for
     /// the few values segment rules read).
     pub fn get(&self, name: &str) -> Option<Value> {
-        let i = self
-            .signals
-            .binary_search_by(|s| s.name.as_str().cmp(name))
-            .ok()?;
-        serde_json::from_str(self.signals[i].encoded.get()).ok()
+        let value = self.signals.iter().find(|s| s.name == name)?;
+        serde_json::from_str(value.encoded.get()).ok()
+    }
+
+    /// About how many bytes its JSON takes.
+    pub fn encoded_len(&self) -> usize {
+        self.signals
+            .iter()
+            .map(|s| s.name.len() + s.encoded.get().len() + 4)
+            .sum()
     }
 
     /// Lifetime signals whose definition changed after the batch ran.
@@ -174,15 +176,18 @@ impl AnswerCache {
         let mut signals = Vec::with_capacity(definitions.len());
         let mut missing = Vec::new();
         for definition in definitions {
-            match kept.as_ref().and_then(|k| k.holding(definition, at)) {
-                Some(value) => signals.push(value),
-                None => missing.push(*definition),
+            let value = kept.as_ref().and_then(|k| k.holding(definition, at));
+            if value.is_none() {
+                missing.push(*definition);
             }
+            signals.push(value);
         }
         metrics::counter!("signals_serving_values_total", "value" => "kept")
-            .increment(signals.len() as u64);
+            .increment((definitions.len() - missing.len()) as u64);
         if missing.is_empty() {
-            return Answer::new(signals);
+            return Answer {
+                signals: signals.into_iter().flatten().collect(),
+            };
         }
         metrics::counter!("signals_serving_values_total", "value" => "computed")
             .increment(missing.len() as u64);
@@ -196,7 +201,11 @@ impl AnswerCache {
                 Arc::new(SignalValue::new(&definition.name, value, is_stale))
             })
             .collect();
-        signals.extend(fresh.iter().cloned());
+        let mut computed = fresh.iter();
+        let signals = signals
+            .into_iter()
+            .filter_map(|kept| kept.or_else(|| computed.next().cloned()))
+            .collect();
         if let Some(cache) = &self.kept {
             let until = view.holds_until_each(&missing, at);
             // Values of other signals kept for the same view stay kept.
@@ -215,7 +224,7 @@ impl AnswerCache {
             let weight = kept.weight();
             cache.insert(0, user, Arc::new(kept), weight);
         }
-        Answer::new(signals)
+        Answer { signals }
     }
 }
 
@@ -248,7 +257,7 @@ mod tests {
                 Arc::new(SignalValue::new(&d.name, &v, is_stale))
             })
             .collect();
-        Answer::new(signals)
+        Answer { signals }
     }
 
     fn kept_value(answer: &Answer, name: &str) -> Arc<SignalValue> {
@@ -285,16 +294,18 @@ mod tests {
         let at = 10 * hour + 60_000;
         let first = cache.answer("u", id, || view.clone(), &all, at);
         assert_eq!(first, evaluated(&view, &all, at));
-        // It encodes as the name → value object, names sorted, and gives
-        // each value it was asked for.
-        let object: std::collections::BTreeMap<&str, Value> = all
+        // It encodes as the name → value object, in the order the
+        // definitions were named, and gives each value it was asked for.
+        let members: Vec<String> = all
             .iter()
-            .map(|d| d.name.as_str())
-            .zip(all.iter().map(|d| first.get(&d.name).expect("asked for")))
+            .map(|d| {
+                let value = first.get(&d.name).expect("asked for");
+                format!("{}:{value}", json!(d.name))
+            })
             .collect();
         assert_eq!(
             serde_json::to_string(&first).expect("encodes"),
-            serde_json::to_string(&object).expect("encodes")
+            format!("{{{}}}", members.join(","))
         );
         assert_eq!(first.get("views_1h"), Some(json!(1)));
         assert_eq!(first.get("recent_views"), Some(json!(["i"])));
@@ -307,7 +318,9 @@ mod tests {
         assert_eq!(cache.answer("u", id, unbuilt, &all, at + 1), first);
         assert_eq!(cache.answer("u", id, unbuilt, &all, until - 1), first);
         assert_eq!(cache.answer("u", id, unbuilt, &all[2..], at + 1), {
-            Answer::new(vec![kept_value(&first, "recent_views")])
+            Answer {
+                signals: vec![kept_value(&first, "recent_views")],
+            }
         });
 
         // At `until` the hour's count changes: it alone is evaluated again.

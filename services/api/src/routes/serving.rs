@@ -1,6 +1,8 @@
 //! Serving: signal values, multi-user queries and raw activity.
 
 use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -255,6 +257,36 @@ pub(crate) async fn answer(
     })
 }
 
+/// JSON written into a buffer sized for it up front: a 100-user answer is
+/// hundreds of kilobytes, and growing a small buffer by doubling copied it
+/// over and over.
+pub struct SizedJson<T> {
+    value: T,
+    capacity: usize,
+}
+
+impl<T: Serialize> IntoResponse for SizedJson<T> {
+    fn into_response(self) -> Response {
+        let mut body = Vec::with_capacity(self.capacity);
+        match serde_json::to_writer(&mut body, &self.value) {
+            Ok(()) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+            Err(error) => {
+                ApiError::Internal(format!("cannot encode the answer: {error}")).into_response()
+            }
+        }
+    }
+}
+
+/// About how many bytes a response of `answers` takes: the values, and
+/// what each result adds around them (ids, times, positions).
+fn encoded_len<'a>(answers: impl IntoIterator<Item = &'a SignalsResponse>) -> usize {
+    answers
+        .into_iter()
+        .map(|a| a.signals.encoded_len() + 512)
+        .sum::<usize>()
+        + 16
+}
+
 /// One user's signals.
 #[utoipa::path(
     get,
@@ -271,7 +303,7 @@ pub async fn user_signals(
     State(state): State<AppState>,
     UserId(user_id): UserId,
     ApiQuery(params): ApiQuery<SignalsParams>,
-) -> Result<Json<SignalsResponse>, ApiError> {
+) -> Result<SizedJson<SignalsResponse>, ApiError> {
     let names = params
         .names
         .as_deref()
@@ -280,9 +312,12 @@ pub async fn user_signals(
     let definitions = select(&state, names)?;
     let at = resolve_at(&state, parse_at_param(params.at.as_deref())?)?;
     let (speed, end) = speed_and_log(&state).await?;
-    Ok(Json(
-        answer(&state, user_id, &definitions, at, &speed, &end).await?,
-    ))
+    let answer = answer(&state, user_id, &definitions, at, &speed, &end).await?;
+    let capacity = encoded_len([&answer]);
+    Ok(SizedJson {
+        value: answer,
+        capacity,
+    })
 }
 
 /// Many users' signals in one call.
@@ -300,7 +335,7 @@ pub async fn user_signals(
 pub async fn query(
     State(state): State<AppState>,
     body: JsonBody,
-) -> Result<Json<QueryResponse>, ApiError> {
+) -> Result<SizedJson<QueryResponse>, ApiError> {
     body.require(JSON)?;
     let request: QueryRequest = body.json().await?;
     if request.user_ids.len() > state.options.max_users_per_query {
@@ -348,7 +383,11 @@ pub async fn query(
             .map(|user| answer(&state, user, &definitions, at, &speed, &end)),
     )
     .await?;
-    Ok(Json(QueryResponse { results: answers }))
+    let capacity = encoded_len(&answers);
+    Ok(SizedJson {
+        value: QueryResponse { results: answers },
+        capacity,
+    })
 }
 
 /// What a user did: their events, newest first.
