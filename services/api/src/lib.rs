@@ -22,7 +22,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 pub use operations::{OperationError, Operations};
-pub use state::{ApiOptions, AppState, Tokens};
+pub use state::{ApiOptions, AppState, Shared, Tokens};
 
 pub use guard::method_label;
 

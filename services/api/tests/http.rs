@@ -8,7 +8,7 @@ use axum::Router;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use signals_api::operations::{BatchSummary, DeletionReceipt, Running};
-use signals_api::{app, ApiOptions, AppState, OperationError, Tokens};
+use signals_api::{app, ApiOptions, AppState, OperationError, Shared, Tokens};
 use signals_core::operations::Job;
 use signals_core::{Definitions, SignalSpec};
 use signals_log::embedded::{EmbeddedLog, EmbeddedLogOptions};
@@ -41,7 +41,7 @@ fn fixture_with(
     let log =
         EmbeddedLog::open(&dir.path().join("log"), EmbeddedLogOptions::default()).expect("log");
     let store = EmbeddedStore::open(&dir.path().join("store.redb")).expect("store");
-    let state = AppState {
+    let state = AppState::from(Shared {
         log: Arc::new(log),
         store: Arc::new(store),
         definitions: Arc::new(definitions()),
@@ -50,7 +50,7 @@ fn fixture_with(
         options: Arc::new(options),
         progress: Default::default(),
         answers: std::sync::Arc::new(signals_api::answers::AnswerCache::new(1 << 20)),
-    };
+    });
     Fixture {
         router: app(state),
         _dir: dir,

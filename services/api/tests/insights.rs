@@ -8,7 +8,7 @@ use axum::Router;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use signals_api::routes::insights::Insights;
-use signals_api::{app, with_insights, ApiOptions, AppState};
+use signals_api::{app, with_insights, ApiOptions, AppState, Shared};
 use signals_core::{Definitions, SegmentSpec, Segments, SignalSpec};
 use signals_log::embedded::{EmbeddedLog, EmbeddedLogOptions};
 use signals_store::embedded::EmbeddedStore;
@@ -50,7 +50,7 @@ fn fixture() -> Fixture {
     let log =
         EmbeddedLog::open(&dir.path().join("log"), EmbeddedLogOptions::default()).expect("log");
     let store = Arc::new(EmbeddedStore::open(&dir.path().join("store.redb")).expect("store"));
-    let state = AppState {
+    let state = AppState::from(Shared {
         log: Arc::new(log),
         store: store.clone(),
         definitions: Arc::new(definitions),
@@ -59,7 +59,7 @@ fn fixture() -> Fixture {
         options: Arc::new(ApiOptions::default()),
         progress: Default::default(),
         answers: std::sync::Arc::new(signals_api::answers::AnswerCache::new(1 << 20)),
-    };
+    });
     Fixture {
         router: with_insights(
             app(state.clone()),

@@ -14,7 +14,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use signals_api::answers::AnswerCache;
 use signals_api::routes::insights::Insights;
 use signals_api::routes::ops::Conditions;
-use signals_api::{ApiOptions, AppState, Tokens};
+use signals_api::{ApiOptions, AppState, Shared, Tokens};
 use signals_batch::{BatchLayer, BatchOptions, BotFilter, Job, Quiet};
 use signals_core::Segments;
 use signals_insights::kafka::{KafkaChangeSink, KafkaSinkOptions};
@@ -273,7 +273,7 @@ fn api_state(
     metrics: Option<PrometheusHandle>,
     readiness: Conditions,
 ) -> anyhow::Result<AppState> {
-    Ok(AppState {
+    Ok(AppState::from(Shared {
         log: backends.log.clone(),
         store: backends.serving.clone(),
         definitions,
@@ -300,7 +300,7 @@ fn api_state(
         }),
         progress: Default::default(),
         answers: Arc::new(AnswerCache::new(config.cache.answer_bytes)),
-    })
+    }))
 }
 
 /// Waits for the speed layer to stop after `shutdown`, or for it to fail.
