@@ -21,7 +21,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::error::ApiError;
 use crate::extract::{ApiQuery, UserId};
 use crate::routes::serving::{
-    answer, parse_at_param, resolve_at, select_distinct, speed_and_log, Freshness,
+    answer, parse_at_param, resolve_at, select_distinct, speed_and_log, Freshness, Reading,
 };
 use crate::state::AppState;
 
@@ -175,8 +175,8 @@ pub async fn user_segments(
         .map(str::to_owned)
         .collect();
     let definitions = select_distinct(&state, names)?;
-    let (speed, end) = speed_and_log(&state).await?;
-    let answer = answer(&state, user_id, &definitions, at, &speed, &end).await?;
+    let reading = Reading::new(&state, at).await?;
+    let answer = answer(&state, user_id, &definitions, &reading).await?;
     let values: HashMap<&str, Value> = insights
         .segments
         .signals()
@@ -186,7 +186,7 @@ pub async fn user_segments(
     Ok(Json(UserSegmentsResponse {
         segments: insights.segments.members(|name| values.get(name)),
         user_id: answer.user_id,
-        at: answer.at,
+        at: answer.at.to_string(),
         freshness: answer.freshness,
     }))
 }

@@ -1,5 +1,7 @@
 //! Serving: signal values, multi-user queries and raw activity.
 
+use std::sync::Arc;
+
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -31,12 +33,12 @@ pub struct Freshness {
     pub batch_created_at: Option<String>,
     /// Log position the speed layer has durably applied (read with `log_end`).
     #[schema(value_type = Object)]
-    pub speed_position: LogPosition,
+    pub speed_position: Arc<LogPosition>,
     /// The log's end: read at most 20 ms before the answer, and after every
     /// append this process acknowledged before the request came (unless
     /// `positions_stale` says otherwise).
     #[schema(value_type = Object)]
-    pub log_end: LogPosition,
+    pub log_end: Arc<LogPosition>,
     /// Records accepted into the log but not yet applied by the speed layer;
     /// null when that is not known for this answer (`positions_stale` says
     /// why): a lag read earlier is no evidence of being caught up now.
@@ -59,7 +61,8 @@ pub struct Freshness {
 pub struct SignalsResponse {
     pub user_id: String,
     /// The evaluation time: windows are `[at - window, at)`.
-    pub at: String,
+    #[schema(value_type = String)]
+    pub at: Arc<str>,
     /// Signal name → value.
     #[schema(value_type = Object)]
     pub signals: Answer,
@@ -205,14 +208,39 @@ pub(crate) async fn speed_and_log(
     Ok(state.progress.read(&state.store, &state.log).await)
 }
 
+/// What every answer of one request shares, read and formatted once (a
+/// multi-get answers a hundred users).
+pub(crate) struct Reading {
+    at: Millis,
+    at_text: Arc<str>,
+    speed_position: Arc<LogPosition>,
+    last_accepted_at: Option<Millis>,
+    log_end: Arc<LogPosition>,
+    positions_stale: Option<String>,
+}
+
+impl Reading {
+    /// Reads the speed layer's progress and the log's end for answers at `at`.
+    pub(crate) async fn new(state: &AppState, at: Millis) -> Result<Reading, ApiError> {
+        let (speed, end) = speed_and_log(state).await?;
+        Ok(Reading {
+            at,
+            at_text: format_millis(at).into(),
+            speed_position: Arc::new(speed.position),
+            last_accepted_at: speed.last_accepted_at,
+            log_end: Arc::new(end.position),
+            positions_stale: end.stale,
+        })
+    }
+}
+
 pub(crate) async fn answer(
     state: &AppState,
     user_id: String,
     definitions: &[&SignalDefinition],
-    at: Millis,
-    speed: &signals_store::SpeedProgress,
-    end: &LogEnd,
+    reading: &Reading,
 ) -> Result<SignalsResponse, ApiError> {
+    let at = reading.at;
     let history = state.store.served_history(&user_id).await?;
     let manifest = history.manifest.clone();
     let id = ViewId {
@@ -226,8 +254,9 @@ pub(crate) async fn answer(
         definitions,
         at,
     );
-    let lag = speed.position.lag_behind(&end.position);
+    let lag = reading.speed_position.lag_behind(&reading.log_end);
     let now = now_millis();
+    let known = reading.positions_stale.is_none();
     let freshness = Freshness {
         batch_version: manifest.as_ref().map(|m| m.version),
         batch_position: manifest
@@ -235,23 +264,20 @@ pub(crate) async fn answer(
             .map(|m| m.position.clone())
             .unwrap_or_default(),
         batch_created_at: manifest.as_ref().map(|m| format_millis(m.created_at)),
-        speed_position: speed.position.clone(),
-        log_end: end.position.clone(),
-        speed_lag_records: end.stale.is_none().then_some(lag),
-        speed_lag_ms: end
-            .stale
-            .is_none()
-            .then_some(match (lag, speed.last_accepted_at) {
-                (0, _) => 0,
-                (_, Some(t)) => (now - t).max(0) as u64,
-                (_, None) => 0,
-            }),
+        speed_position: reading.speed_position.clone(),
+        log_end: reading.log_end.clone(),
+        speed_lag_records: known.then_some(lag),
+        speed_lag_ms: known.then_some(match (lag, reading.last_accepted_at) {
+            (0, _) => 0,
+            (_, Some(t)) => (now - t).max(0) as u64,
+            (_, None) => 0,
+        }),
         stale_signals: answer.stale(),
-        positions_stale: end.stale.clone(),
+        positions_stale: reading.positions_stale.clone(),
     };
     Ok(SignalsResponse {
         user_id,
-        at: format_millis(at),
+        at: reading.at_text.clone(),
         signals: answer,
         freshness,
     })
@@ -311,8 +337,8 @@ pub async fn user_signals(
         .transpose()?;
     let definitions = select(&state, names)?;
     let at = resolve_at(&state, parse_at_param(params.at.as_deref())?)?;
-    let (speed, end) = speed_and_log(&state).await?;
-    let answer = answer(&state, user_id, &definitions, at, &speed, &end).await?;
+    let reading = Reading::new(&state, at).await?;
+    let answer = answer(&state, user_id, &definitions, &reading).await?;
     let capacity = encoded_len([&answer]);
     Ok(SizedJson {
         value: answer,
@@ -376,11 +402,11 @@ pub async fn query(
         }
     };
     let at = resolve_at(&state, at)?;
-    let (speed, end) = speed_and_log(&state).await?;
+    let reading = Reading::new(&state, at).await?;
     let answers = futures::future::try_join_all(
         user_ids
             .into_iter()
-            .map(|user| answer(&state, user, &definitions, at, &speed, &end)),
+            .map(|user| answer(&state, user, &definitions, &reading)),
     )
     .await?;
     let capacity = encoded_len(&answers);
