@@ -8,6 +8,13 @@
 //! from the last durable progress; replays are harmless because writes are
 //! keyed by log position and the index makes duplicates no-ops.
 //!
+//! Two steps overlap: a batch is decoded and planned while the one before
+//! it is written (the write waits on the disk or the network, planning on
+//! the CPU), with that write's index updates standing in for the index's
+//! answers about the same ids ([`plan::overlay`]); it is written only once
+//! the one before is durable. A property test (`replay_tests`) runs the
+//! planning with and without the overlap through kills mid-write.
+//!
 //! Errors that may pass are retried with exponential backoff (bounded by
 //! [`SpeedOptions::max_backoff`]) for as long as they last, never ending the
 //! layer: the log's (a broker restart: polls fail until it is back, then
@@ -35,8 +42,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use signals_core::Deduplication;
+use signals_core::{Deduplication, LogPosition};
 use signals_log::{DeadLetterSink, EventLog, LogError, LogReader};
+use signals_schemas::Millis;
 use signals_store::{SpeedProgress, SpeedStore, SpeedWrite, StoreError};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -86,6 +94,13 @@ pub enum SpeedError {
     Store(#[from] StoreError),
 }
 
+/// A batch planned and not yet durable.
+struct Planned {
+    write: Arc<SpeedWrite>,
+    stats: PlanStats,
+    started: Instant,
+}
+
 /// The speed layer, wired to its backends.
 pub struct SpeedLayer {
     pub log: Arc<dyn EventLog>,
@@ -114,8 +129,11 @@ impl SpeedLayer {
         let Some(mut reader) = reader else {
             return Ok(());
         };
+        // Where the last batch planned ends; `pending` is that batch while
+        // it is applied.
         let mut position = progress.position;
         let mut last_accepted_at = progress.last_accepted_at;
+        let mut pending: Option<Planned> = None;
         // Users this process saw deleted (see `plan::plan`).
         let mut deleted = HashSet::new();
         let mut poll_backoff = self.options.min_backoff;
@@ -143,6 +161,11 @@ impl SpeedLayer {
                 Err(error) => return Err(error.into()),
             };
             if entries.is_empty() {
+                if let Some(planned) = pending.take() {
+                    if !self.finish(&mut *reader, planned, &shutdown).await? {
+                        break;
+                    }
+                }
                 // The log may have moved past records that are not events
                 // (Kafka's transaction markers): record that, or lag never ends.
                 let reader_position = reader.position();
@@ -170,39 +193,79 @@ impl SpeedLayer {
                 }
                 continue;
             }
-            let Some(stats) = self
-                .step(
-                    &mut *reader,
-                    entries,
-                    &mut position,
-                    &mut last_accepted_at,
-                    &mut deleted,
-                    &shutdown,
-                )
-                .await?
-            else {
+            // The batch in flight is written while this one is decoded and
+            // planned (the store's write waits on the disk, planning on the
+            // CPU); this one is written after it, never before.
+            let reader_position = reader.position();
+            let (applied, next) = match &pending {
+                Some(planned) => {
+                    let (applied, next) = tokio::join!(
+                        self.apply(planned, &shutdown),
+                        self.prepare(
+                            entries,
+                            &position,
+                            &reader_position,
+                            last_accepted_at,
+                            &mut deleted,
+                            Some(&planned.write),
+                            &shutdown,
+                        )
+                    );
+                    (Some(applied?), next?)
+                }
+                None => {
+                    let next = self
+                        .prepare(
+                            entries,
+                            &position,
+                            &reader_position,
+                            last_accepted_at,
+                            &mut deleted,
+                            None,
+                            &shutdown,
+                        )
+                        .await?;
+                    (None, next)
+                }
+            };
+            if let (Some(applied), Some(planned)) = (applied, pending.take()) {
+                if !applied {
+                    break;
+                }
+                self.committed(&mut *reader, planned).await;
+            }
+            let Some(next) = next else {
                 break;
             };
-            record_metrics(&stats);
+            position = next.write.progress.position.clone();
+            last_accepted_at = next.write.progress.last_accepted_at;
+            pending = Some(next);
+        }
+        if let Some(planned) = pending.take() {
+            // The batch in hand is finished first.
+            self.finish(&mut *reader, planned, &shutdown).await?;
         }
         info!(position = ?position, "speed layer stopped");
         Ok(())
     }
 
-    /// Applies one batch; `None` when shutdown interrupted a retry (nothing
-    /// of the batch was recorded as progress, so it replays next start).
-    async fn step(
+    /// Decodes and plans one batch (`None` when shutdown interrupted a
+    /// retry). `in_flight`, a write planned before and not yet durable,
+    /// answers for the ids it updates in place of the index.
+    #[allow(clippy::too_many_arguments)]
+    async fn prepare(
         &self,
-        reader: &mut dyn LogReader,
         entries: Vec<signals_log::LogEntry>,
-        position: &mut signals_core::LogPosition,
-        last_accepted_at: &mut Option<signals_schemas::Millis>,
+        position: &LogPosition,
+        reader_position: &LogPosition,
+        last_accepted_at: Option<Millis>,
         deleted: &mut HashSet<String>,
+        in_flight: Option<&SpeedWrite>,
         shutdown: &CancellationToken,
-    ) -> Result<Option<PlanStats>, SpeedError> {
+    ) -> Result<Option<Planned>, SpeedError> {
         let started = Instant::now();
         let mut batch = plan::decode(entries, position);
-        for (partition, next) in reader.position().iter() {
+        for (partition, next) in reader_position.iter() {
             batch.position.advance(partition, next);
         }
         if !batch.dead_letters.is_empty() {
@@ -222,7 +285,7 @@ impl SpeedLayer {
         }
         self.note_beyond_grace(&batch.records);
         let ids = plan::ids_to_look_up(&batch.records);
-        let Some(known) = self
+        let Some(mut known) = self
             .retry("look up event ids", shutdown, || {
                 self.store.lookup_events(&ids)
             })
@@ -230,31 +293,58 @@ impl SpeedLayer {
         else {
             return Ok(None);
         };
+        if let Some(write) = in_flight {
+            plan::overlay(&mut known, &ids, &write.index);
+        }
         let (write, stats) = plan::plan(
             batch,
             known,
-            *last_accepted_at,
+            last_accepted_at,
             &self.options.deduplication,
             deleted,
         );
-        let progress = write.progress.clone();
-        let write = Arc::new(write);
-        if self
+        Ok(Some(Planned {
+            write: Arc::new(write),
+            stats,
+            started,
+        }))
+    }
+
+    /// Writes a planned batch; `false` when shutdown interrupted a retry
+    /// (nothing of it was recorded as progress, so it replays next start).
+    async fn apply(
+        &self,
+        planned: &Planned,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, SpeedError> {
+        let applied = self
             .retry("apply speed write", shutdown, || {
-                self.store.apply_speed(write.clone())
+                self.store.apply_speed(planned.write.clone())
             })
-            .await?
-            .is_none()
-        {
-            return Ok(None);
+            .await?;
+        Ok(applied.is_some())
+    }
+
+    /// [`Self::apply`], then [`Self::committed`].
+    async fn finish(
+        &self,
+        reader: &mut dyn LogReader,
+        planned: Planned,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, SpeedError> {
+        if !self.apply(&planned, shutdown).await? {
+            return Ok(false);
         }
-        // Durable now: the log may forget the batch.
-        self.commit(reader, &progress.position).await;
-        *position = progress.position;
-        *last_accepted_at = progress.last_accepted_at;
+        self.committed(reader, planned).await;
+        Ok(true)
+    }
+
+    /// A planned batch is durable: the log may forget it.
+    async fn committed(&self, reader: &mut dyn LogReader, planned: Planned) {
+        self.commit(reader, &planned.write.progress.position).await;
         metrics::histogram!("signals_speed_batch_duration_seconds")
-            .record(started.elapsed().as_secs_f64());
-        Ok(Some(stats))
+            .record(planned.started.elapsed().as_secs_f64());
+        record_metrics(&planned.stats);
     }
 
     /// Tells the log that `position` is durable. A failure only delays

@@ -147,6 +147,21 @@ pub fn ids_to_look_up(records: &[Decoded]) -> Vec<String> {
     ids
 }
 
+/// `known`, the index's answers about `ids`, as the index will answer once
+/// `in_flight` (the updates of a write planned before, sorted by id, not
+/// yet durable) has landed: its entries replace the store's.
+pub fn overlay(
+    known: &mut HashMap<String, IndexEntry>,
+    ids: &[String],
+    in_flight: &[(String, IndexEntry)],
+) {
+    for id in ids {
+        if let Ok(i) = in_flight.binary_search_by(|(other, _)| other.as_str().cmp(id)) {
+            known.insert(id.clone(), in_flight[i].1.clone());
+        }
+    }
+}
+
 /// Plans the store write for `batch`, given what the index knew about its
 /// ids before the batch. Rules, identical to the batch layer's (the
 /// deduplication window of [`Deduplication`]): an occurrence of an id

@@ -16,9 +16,9 @@ use signals_core::testing::event;
 use signals_core::{Deduplication, LogPosition, SpeedEntry, SpeedTail, UserView};
 use signals_log::LogEntry;
 use signals_schemas::{avro, EventType, LogRecord, RecordBody, Retraction};
-use signals_store::IndexEntry;
+use signals_store::{IndexEntry, SpeedWrite};
 
-use crate::plan::{decode, ids_to_look_up, plan};
+use crate::plan::{decode, ids_to_look_up, overlay, plan};
 
 const PARTITIONS: u32 = 3;
 const USERS: u32 = 4;
@@ -144,9 +144,58 @@ impl Choices {
     }
 }
 
+/// Writes `write` as CQL would, unless the process is killed in the middle
+/// of it (`false`): entry rows land first, in any order; the index rows only
+/// once every entry row is acknowledged; the progress last.
+fn apply(
+    store: &mut Store,
+    write: &SpeedWrite,
+    choices: &mut Choices,
+    crashes: &mut u32,
+    committed: &mut LogPosition,
+) -> bool {
+    if *crashes > 0 && choices.below(3) == 0 {
+        *crashes -= 1;
+        let mut all_landed = true;
+        for e in &write.entries {
+            if choices.below(2) == 0 {
+                let key = (e.user_id.clone(), e.partition, e.offset);
+                store.entries.insert(key, e.entry.clone());
+            } else {
+                all_landed = false;
+            }
+        }
+        if all_landed {
+            for (id, entry) in &write.index {
+                if choices.below(2) == 0 {
+                    store.index.insert(id.clone(), entry.clone());
+                }
+            }
+        }
+        return false;
+    }
+    for e in &write.entries {
+        let key = (e.user_id.clone(), e.partition, e.offset);
+        store.entries.insert(key, e.entry.clone());
+    }
+    store.index.extend(write.index.iter().cloned());
+    store.progress = write.progress.position.clone();
+    if choices.below(2) == 0 {
+        *committed = store.progress.clone();
+    }
+    true
+}
+
 /// Runs the speed layer over `log` until it has applied every record,
-/// killing it up to `crashes` times in the middle of a write.
-fn run(log: &[Vec<(i64, RecordBody)>], choices: &mut Choices, mut crashes: u32) -> Store {
+/// killing it up to `crashes` times in the middle of a write. `pipelined`:
+/// each batch is planned while the one before is written, as the layer
+/// does, the index's answers overlaid with that write's updates.
+fn run(
+    log: &[Vec<(i64, RecordBody)>],
+    choices: &mut Choices,
+    mut crashes: u32,
+    pipelined: bool,
+) -> Store {
     let rules = Deduplication::default();
     let mut store = Store::default();
     // The consumer group's committed offsets: at most the recorded progress.
@@ -164,15 +213,16 @@ fn run(log: &[Vec<(i64, RecordBody)>], choices: &mut Choices, mut crashes: u32) 
             return store;
         }
         let mut position = store.progress.clone();
+        let mut pending: Option<SpeedWrite> = None;
         loop {
             // One poll: a few records from each of some partitions, in an
             // order of its own.
             let mut polled = Vec::new();
             for _ in 0..=choices.below(4) {
-                let pending: Vec<u32> = (0..PARTITIONS)
+                let unread: Vec<u32> = (0..PARTITIONS)
                     .filter(|p| (next[*p as usize] as usize) < log[*p as usize].len())
                     .collect();
-                let Some(&p) = pending.get(choices.below(pending.len().max(1) as u32) as usize)
+                let Some(&p) = unread.get(choices.below(unread.len().max(1) as u32) as usize)
                 else {
                     break;
                 };
@@ -193,45 +243,39 @@ fn run(log: &[Vec<(i64, RecordBody)>], choices: &mut Choices, mut crashes: u32) 
                 }
             }
             if polled.is_empty() {
+                if let Some(write) = pending.take() {
+                    if !apply(&mut store, &write, choices, &mut crashes, &mut committed) {
+                        continue 'process;
+                    }
+                }
                 return store;
             }
             let batch = decode(polled, &position);
-            let known = ids_to_look_up(&batch.records)
-                .into_iter()
-                .filter_map(|id| store.index.get(&id).map(|e| (id, e.clone())))
+            let ids = ids_to_look_up(&batch.records);
+            let mut known = ids
+                .iter()
+                .filter_map(|id| store.index.get(id).map(|e| (id.clone(), e.clone())))
                 .collect();
+            if let Some(in_flight) = &pending {
+                overlay(&mut known, &ids, &in_flight.index);
+            }
             let (write, _) = plan(batch, known, None, &rules, &mut HashSet::new());
-            if crashes > 0 && choices.below(3) == 0 {
-                // Killed mid-write: entry rows land first, in any order; the
-                // index rows only once every entry row is acknowledged.
-                crashes -= 1;
-                let mut all_landed = true;
-                for e in &write.entries {
-                    if choices.below(2) == 0 {
-                        let key = (e.user_id.clone(), e.partition, e.offset);
-                        store.entries.insert(key, e.entry.clone());
-                    } else {
-                        all_landed = false;
-                    }
+            position = write.progress.position.clone();
+            if let Some(in_flight) = pending.take() {
+                if !apply(
+                    &mut store,
+                    &in_flight,
+                    choices,
+                    &mut crashes,
+                    &mut committed,
+                ) {
+                    continue 'process;
                 }
-                if all_landed {
-                    for (id, entry) in &write.index {
-                        if choices.below(2) == 0 {
-                            store.index.insert(id.clone(), entry.clone());
-                        }
-                    }
-                }
+            }
+            if pipelined {
+                pending = Some(write);
+            } else if !apply(&mut store, &write, choices, &mut crashes, &mut committed) {
                 continue 'process;
-            }
-            for e in &write.entries {
-                let key = (e.user_id.clone(), e.partition, e.offset);
-                store.entries.insert(key, e.entry.clone());
-            }
-            store.index.extend(write.index.iter().cloned());
-            store.progress = write.progress.position.clone();
-            position = write.progress.position;
-            if choices.below(2) == 0 {
-                committed = position.clone();
             }
         }
     }
@@ -245,9 +289,10 @@ proptest! {
         appends in appends(),
         values in prop::collection::vec(any::<u32>(), 1..200),
         crashes in 0..4u32,
+        pipelined in any::<bool>(),
     ) {
         let log = log_of(&appends);
-        let store = run(&log, &mut Choices { values, next: 0 }, crashes);
+        let store = run(&log, &mut Choices { values, next: 0 }, crashes, pipelined);
         prop_assert_eq!(store.served(), expected(&appends));
     }
 }
