@@ -138,10 +138,17 @@ impl SpeedLayer {
         let mut deleted = HashSet::new();
         let mut poll_backoff = self.options.min_backoff;
         loop {
+            // With a batch waiting to be written, take only what the log
+            // holds already: waiting for more would delay that batch.
+            let wait = if pending.is_some() {
+                Duration::ZERO
+            } else {
+                self.options.poll_wait
+            };
             let polled = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                polled = reader.next_batch(self.options.max_batch, self.options.poll_wait) => polled,
+                polled = reader.next_batch(self.options.max_batch, wait) => polled,
             };
             let entries = match polled {
                 Ok(entries) => {

@@ -173,6 +173,57 @@ async fn a_store_before_migrate_says_so_and_works_after() {
     );
 }
 
+/// RELIABILITY finding 3: `signals serve` started beside `signals speed`
+/// on a new keyspace met tables the node listed and would not prepare
+/// against yet, and exited. Connecting now leaves the statements to their
+/// first use; readiness says why they fail meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_whose_statements_cannot_be_prepared_yet_connects_and_says_so() {
+    let Some(server) = Server::new() else { return };
+    let keyspace = server.keyspace();
+    server.store(server.options(&keyspace)).await;
+    let alter = |cql: String| {
+        let mut statement = ::scylla::statement::unprepared::Statement::new(cql);
+        statement.set_request_timeout(Some(Duration::from_secs(60)));
+        statement
+    };
+    // Every table is listed, one cannot take the statements.
+    let admin = server.store(server.options(&keyspace)).await;
+    admin
+        .inner
+        .session
+        .query_unpaged(
+            alter(format!(
+                "ALTER TABLE {keyspace}.batch_pointer DROP manifest"
+            )),
+            &[],
+        )
+        .await
+        .expect("alter");
+
+    let store = ScyllaStore::connect(server.options(&keyspace))
+        .await
+        .expect("connects though the statements do not prepare");
+    let error = store.check().await.expect_err("not ready");
+    assert!(
+        error.to_string().contains("manifest"),
+        "readiness names the problem: {error}"
+    );
+
+    admin
+        .inner
+        .session
+        .query_unpaged(
+            alter(format!(
+                "ALTER TABLE {keyspace}.batch_pointer ADD manifest blob"
+            )),
+            &[],
+        )
+        .await
+        .expect("alter");
+    store.check().await.expect("ready once the table is whole");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_connection_sees_everything() {
     let Some(server) = Server::new() else { return };

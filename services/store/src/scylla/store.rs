@@ -18,7 +18,7 @@ use ::scylla::statement::{Consistency, SerialConsistency};
 use async_trait::async_trait;
 use signals_core::{LogPosition, Offset, Partition, UserRecord};
 use tokio::sync::OnceCell;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::batch::ManifestCache;
 use super::codec::{to_bigint, USER_BUCKETS};
@@ -97,7 +97,14 @@ impl ScyllaStore {
             }),
         };
         if store.schema_present() {
-            store.inner.statements().await?;
+            // A sibling starting beside this process (speed beside serve)
+            // may have created the tables a moment ago: the node can refuse
+            // to prepare against one it lists already. The statements are
+            // prepared on first need anyway; until then reads fail and
+            // readiness says why.
+            if let Err(error) = store.inner.statements().await {
+                warn!(%error, "cannot prepare the statements yet; they are prepared on first need");
+            }
         } else {
             info!(
                 keyspace = %store.inner.options.keyspace,
