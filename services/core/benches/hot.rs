@@ -38,6 +38,11 @@ fn definitions() -> Definitions {
 
 /// `n` events of one user over the last 10 days, a browsing mix of types.
 fn events(n: usize) -> Vec<Event> {
+    events_over(n, 500)
+}
+
+/// Like [`events`], over `items` distinct items.
+fn events_over(n: usize, items: u64) -> Vec<Event> {
     let mut seed = 0x2545_f491_4f6c_dd1d_u64;
     let mut next = move || {
         seed ^= seed << 13;
@@ -55,7 +60,7 @@ fn events(n: usize) -> Vec<Event> {
                 92..97 => EventType::WishlistAdd,
                 _ => EventType::WishlistRemove,
             };
-            let item = format!("listing-{}", (r >> 8) % 500);
+            let item = format!("listing-{}", (r >> 8) % items);
             let mut attributes = BTreeMap::new();
             attributes.insert("city".to_owned(), format!("city-{}", (r >> 20) % 12));
             Event {
@@ -168,8 +173,13 @@ fn compact(c: &mut Criterion) {
 
 /// `n` events of one user spread over the last `days` days.
 fn recent_events(n: usize, days: i64) -> Vec<Event> {
+    recent_events_over(n, days, 500)
+}
+
+/// Like [`recent_events`], over `items` distinct items.
+fn recent_events_over(n: usize, days: i64, items: u64) -> Vec<Event> {
     let span = days * 24 * HOUR;
-    let mut all = events(n);
+    let mut all = events_over(n, items);
     for (i, event) in all.iter_mut().enumerate() {
         event.event_time = NOW - 1 - (i as i64 * 7_919 % span);
     }
@@ -213,6 +223,26 @@ fn heavy_user(c: &mut Criterion) {
         types.insert(EventType::View);
         types
     };
+    // Over 20k items the wishlist holds thousands (the HTTP suite's heavy
+    // user: a 137 KB answer), and reads at past hours cannot be kept.
+    let wide = Arc::new(UserRecord::compact(
+        &definitions,
+        recent_events_over(1_000_000, 7, 20_000),
+        NOW - 40 * 24 * HOUR,
+    ));
+    UserView::merge(Some(wide.clone()), []).evaluate(&all, NOW);
+    group.bench_function("1M events, 20k items, at = now", |b| {
+        b.iter(|| UserView::merge(Some(wide.clone()), []).evaluate(black_box(&all), NOW))
+    });
+    let mut hour = 0;
+    group.bench_function("1M events, 20k items, at = past hours", |b| {
+        b.iter(|| {
+            // A stride coprime with 168 walks every hour of the week.
+            hour = (hour + 37) % 168;
+            let at = NOW / HOUR * HOUR - hour * HOUR;
+            UserView::merge(Some(wide.clone()), []).evaluate(black_box(&all), at)
+        })
+    });
     group.bench_function("1M events, activity of the last 100 views", |b| {
         b.iter(|| {
             UserView::merge(Some(heavy.clone()), []).activity(

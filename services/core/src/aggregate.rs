@@ -15,6 +15,7 @@ use std::collections::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use signals_schemas::{Event, Millis};
+use smol_str::SmolStr;
 
 use crate::definition::{Aggregation, Field, Window};
 use crate::session::Sessions;
@@ -24,14 +25,14 @@ use crate::time::format_millis;
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Stamp {
     pub time: Millis,
-    pub event_id: String,
+    pub event_id: SmolStr,
 }
 
 impl Stamp {
     pub fn of(event: &Event) -> Stamp {
         Stamp {
             time: event.event_time,
-            event_id: event.event_id.clone(),
+            event_id: SmolStr::new(&event.event_id),
         }
     }
 }
@@ -44,6 +45,11 @@ pub struct SetMark {
 }
 
 /// Aggregation state of one signal over some set of events.
+///
+/// Values and event ids are [`SmolStr`]s: a read starts from a block's or a
+/// running state and copies it, and a heavy user's wishlist holds thousands
+/// of values. Ids and values of up to 23 bytes are copied without touching
+/// the allocator, longer ones share their bytes; either encodes as a string.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum State {
     Count(u64),
@@ -51,12 +57,12 @@ pub enum State {
     Min(Option<f64>),
     Max(Option<f64>),
     /// Value → its newest stamp; only the newest `limit` values are kept.
-    Latest(HashMap<String, Stamp>),
+    Latest(HashMap<SmolStr, Stamp>),
     /// Value → its latest add or remove.
-    Set(HashMap<String, SetMark>),
+    Set(HashMap<SmolStr, SetMark>),
     /// Value → number of events; complete, truncated only when finished.
-    Counts(HashMap<String, u64>),
-    Distinct(HashSet<String>),
+    Counts(HashMap<SmolStr, u64>),
+    Distinct(HashSet<SmolStr>),
     FirstSeen(Option<Millis>),
     LastSeen(Option<Millis>),
     /// Sessions as intervals with their edges (added last: stored states
@@ -98,11 +104,11 @@ fn opt_extreme(
 
 /// Keeps the `limit` newest entries once the map has grown to twice that, so
 /// pruning costs amortised O(1) per insert.
-fn prune_latest(map: &mut HashMap<String, Stamp>, limit: usize) {
+fn prune_latest(map: &mut HashMap<SmolStr, Stamp>, limit: usize) {
     if map.len() < limit.saturating_mul(2).max(limit + 1) {
         return;
     }
-    let mut entries: Vec<(String, Stamp)> = map.drain().collect();
+    let mut entries: Vec<(SmolStr, Stamp)> = map.drain().collect();
     entries.sort_unstable_by(|a, b| b.1.cmp(&a.1));
     entries.truncate(limit);
     map.extend(entries);
@@ -118,7 +124,7 @@ fn newer(event: &Event, stamp: &Stamp) -> bool {
 /// `is_newer` compares with it; `make` builds the candidate only if it is
 /// kept (on the read path, cloning ids cost more than comparing them).
 fn keep_newest<V>(
-    map: &mut HashMap<String, V>,
+    map: &mut HashMap<SmolStr, V>,
     value: &str,
     is_newer: impl FnOnce(&V) -> bool,
     make: impl FnOnce() -> V,
@@ -127,7 +133,7 @@ fn keep_newest<V>(
         Some(current) if !is_newer(current) => {}
         Some(current) => *current = make(),
         None => {
-            map.insert(value.to_owned(), make());
+            map.insert(SmolStr::new(value), make());
         }
     }
 }
@@ -156,7 +162,7 @@ impl State {
     pub fn trim(&mut self, aggregation: &Aggregation) {
         if let (State::Latest(map), Aggregation::LastDistinct { limit, .. }) = (self, aggregation) {
             if map.len() > *limit {
-                let mut entries: Vec<(String, Stamp)> = map.drain().collect();
+                let mut entries: Vec<(SmolStr, Stamp)> = map.drain().collect();
                 entries.sort_unstable_by(|a, b| b.1.cmp(&a.1));
                 entries.truncate(*limit);
                 map.extend(entries);
@@ -201,7 +207,7 @@ impl State {
                     match map.get_mut(value) {
                         Some(n) => *n += 1,
                         None => {
-                            map.insert(value.to_owned(), 1);
+                            map.insert(SmolStr::new(value), 1);
                         }
                     }
                 }
@@ -209,7 +215,7 @@ impl State {
             (State::Distinct(set), Aggregation::DistinctCount(field)) => {
                 if let Some(value) = field.get(event) {
                     if !set.contains(value) {
-                        set.insert(value.to_owned());
+                        set.insert(SmolStr::new(value));
                     }
                 }
             }
@@ -283,22 +289,22 @@ impl State {
             (State::Sum(total), _) => number(*total),
             (State::Min(m) | State::Max(m), _) => m.map_or(Value::Null, number),
             (State::Latest(map), Aggregation::LastDistinct { limit, .. }) => {
-                let mut entries: Vec<(&String, &Stamp)> = map.iter().collect();
+                let mut entries: Vec<(&SmolStr, &Stamp)> = map.iter().collect();
                 entries.sort_unstable_by(|a, b| b.1.cmp(a.1));
-                Value::from_iter(entries.into_iter().take(*limit).map(|(v, _)| v.clone()))
+                Value::from_iter(entries.into_iter().take(*limit).map(|(v, _)| v.as_str()))
             }
             (State::Set(map), Aggregation::Set { limit, .. }) => {
-                let mut present: Vec<(&String, &Stamp)> = map
+                let mut present: Vec<(&SmolStr, &Stamp)> = map
                     .iter()
                     .filter(|(_, mark)| mark.present)
                     .map(|(v, mark)| (v, &mark.stamp))
                     .collect();
                 present.sort_unstable_by(|a, b| b.1.cmp(a.1));
                 let limit = limit.unwrap_or(usize::MAX);
-                Value::from_iter(present.into_iter().take(limit).map(|(v, _)| v.clone()))
+                Value::from_iter(present.into_iter().take(limit).map(|(v, _)| v.as_str()))
             }
             (State::Counts(map), Aggregation::TopK { limit, .. }) => {
-                let mut entries: Vec<(&String, &u64)> = map.iter().collect();
+                let mut entries: Vec<(&SmolStr, &u64)> = map.iter().collect();
                 entries.sort_unstable_by_key(|(key, count)| (Reverse(**count), *key));
                 Value::from_iter(
                     entries
