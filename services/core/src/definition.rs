@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use signals_schemas::{Event, EventType, Millis};
 
-use crate::aggregate::State;
+use crate::aggregate::{SortedMarks, State};
 use crate::session::SessionMeasure;
 
 /// A signal definition as written in the configuration file.
@@ -263,6 +263,22 @@ impl SignalDefinition {
                 sessions.value(*measure, self.window, at, *gap)
             }
             _ => state.finish(&self.aggregation),
+        }
+    }
+
+    /// The value at `at` of `state` and a set's running state `marks`
+    /// (of a disjoint set of events), as if merged.
+    pub fn value_over(&self, state: &State, marks: Option<&SortedMarks>, at: Millis) -> Value {
+        match (marks, &self.aggregation, state) {
+            (None, ..) => self.value(state, at),
+            (Some(marks), Aggregation::Set { limit, .. }, State::Set(newer)) => {
+                marks.finish_with(newer, *limit)
+            }
+            (Some(marks), ..) => {
+                let mut merged = state.clone();
+                marks.merge_into(&mut merged);
+                self.value(&merged, at)
+            }
         }
     }
 

@@ -31,7 +31,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 use signals_schemas::{Event, Millis};
 
-use crate::aggregate::State;
+use crate::aggregate::{SortedMarks, State};
 use crate::definition::{Aggregation, SignalDefinition, SignalSpec};
 
 /// Block sizes (events per block, each a multiple of the one before), the
@@ -80,7 +80,16 @@ pub struct DefinitionTiles {
     /// Running states at the block boundaries of one level (`states[k]`
     /// folds positions `..(k + 1) * size`): one merge replaces most of the
     /// blocks a window from the first event would merge.
-    prefixes: Option<(usize, Vec<State>)>,
+    prefixes: Option<(usize, Vec<Running>)>,
+}
+
+/// A running state as kept: a set's in answer order (a heavy user's
+/// wishlist holds thousands of members, and a read then walks them
+/// instead of copying and sorting them), any other as it is.
+#[derive(Debug)]
+enum Running {
+    State(State),
+    Marks(SortedMarks),
 }
 
 /// Whether `aggregation`'s states grow with what they see.
@@ -157,7 +166,10 @@ impl DefinitionTiles {
                     .map(|block| {
                         running.merge(aggregation, block);
                         running.trim(aggregation);
-                        running.clone()
+                        match &running {
+                            State::Set(marks) => Running::Marks(SortedMarks::of(marks)),
+                            state => Running::State(state.clone()),
+                        }
                     })
                     .collect();
                 (*size, states)
@@ -179,20 +191,41 @@ impl DefinitionTiles {
         until: Millis,
         state: &mut State,
     ) {
+        if let Some(marks) = self.fold_leaving_marks(definition, events, from, until, state) {
+            marks.merge_into(state);
+        }
+    }
+
+    /// Like [`DefinitionTiles::fold`], but a set's running state is given
+    /// back rather than merged, to be finished beside `state`
+    /// ([`SortedMarks::finish_with`]).
+    pub fn fold_leaving_marks(
+        &self,
+        definition: &SignalDefinition,
+        events: &[Event],
+        from: Millis,
+        until: Millis,
+        state: &mut State,
+    ) -> Option<&SortedMarks> {
         let n = events.len();
+        let mut marks = None;
         // Newest first: events at or after a time form a prefix of the slice.
         let mut lo = n - events.partition_point(|e| e.event_time >= from);
         let hi = n - events.partition_point(|e| e.event_time >= until);
         if let Some((size, prefixes)) = &self.prefixes {
             if lo == 0 && hi >= *size {
                 let whole = hi / size;
-                state.merge(&definition.aggregation, &prefixes[whole - 1]);
+                match &prefixes[whole - 1] {
+                    Running::State(running) => state.merge(&definition.aggregation, running),
+                    Running::Marks(running) => marks = Some(running),
+                }
                 lo = whole * size;
             }
         }
         if lo < hi {
             self.fold_positions(self.levels.len(), lo, hi, definition, events, state);
         }
+        marks
     }
 
     /// Folds positions `lo..hi` with the blocks of levels below `level`.

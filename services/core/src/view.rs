@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use signals_schemas::{Event, Millis};
 
-use crate::aggregate::State;
+use crate::aggregate::{SortedMarks, State};
 use crate::definition::{Definitions, EventTypes, SignalDefinition, Window};
 use crate::tail::{EventIds, SpeedTail};
 use crate::tiles::{DefinitionTiles, Tiles};
@@ -205,11 +205,20 @@ impl UserView {
         let plain: Vec<usize> = (0..definitions.len())
             .filter(|&i| tiled[i].is_none())
             .collect();
+        // A set's running state over most of the record is finished beside
+        // the rest, never copied into it.
+        let mut marks: Vec<Option<&SortedMarks>> = vec![None; definitions.len()];
         if let Some(batch) = &self.batch {
             for (i, tiles) in tiled.iter().enumerate() {
                 if let Some(tiles) = tiles {
                     let (from, until) = definitions[i].read_range(at);
-                    tiles.fold(definitions[i], &batch.events, from, until, &mut states[i]);
+                    marks[i] = tiles.fold_leaving_marks(
+                        definitions[i],
+                        &batch.events,
+                        from,
+                        until,
+                        &mut states[i],
+                    );
                 }
             }
         }
@@ -252,7 +261,8 @@ impl UserView {
         let values = definitions
             .iter()
             .zip(states.iter())
-            .map(|(d, s)| d.value(s, at))
+            .zip(marks)
+            .map(|((d, s), marks)| d.value_over(s, marks, at))
             .collect();
         (values, stale)
     }
