@@ -42,8 +42,7 @@ pub struct SignalValue {
 }
 
 impl SignalValue {
-    fn new(name: &str, value: &Value, stale: bool) -> SignalValue {
-        let encoded = serde_json::value::to_raw_value(value).expect("a JSON value always encodes");
+    fn new(name: &str, encoded: Box<RawValue>, stale: bool) -> SignalValue {
         SignalValue {
             name: name.to_owned(),
             encoded,
@@ -192,10 +191,10 @@ impl AnswerCache {
         metrics::counter!("signals_serving_values_total", "value" => "computed")
             .increment(missing.len() as u64);
         let view = view();
-        let (values, stale) = view.evaluate(&missing, at);
+        let (values, stale) = view.evaluate_encoded(&missing, at);
         let fresh: Vec<Arc<SignalValue>> = missing
             .iter()
-            .zip(&values)
+            .zip(values)
             .map(|(definition, value)| {
                 let is_stale = stale.iter().any(|s| s.0 == definition.name);
                 Arc::new(SignalValue::new(&definition.name, value, is_stale))
@@ -254,7 +253,9 @@ mod tests {
             .zip(values)
             .map(|(d, v)| {
                 let is_stale = stale.iter().any(|s| s.0 == d.name);
-                Arc::new(SignalValue::new(&d.name, &v, is_stale))
+                // Through `Value`s: the encoded path must write the same.
+                let encoded = serde_json::value::to_raw_value(&v).expect("encodes");
+                Arc::new(SignalValue::new(&d.name, encoded, is_stale))
             })
             .collect();
         Answer { signals }

@@ -299,14 +299,7 @@ impl State {
                 Value::from_iter(entries.into_iter().take(*limit).map(|(v, _)| v.as_str()))
             }
             (State::Set(map), Aggregation::Set { limit, .. }) => {
-                let mut present: Vec<(&SmolStr, &Stamp)> = map
-                    .iter()
-                    .filter(|(_, mark)| mark.present)
-                    .map(|(v, mark)| (v, &mark.stamp))
-                    .collect();
-                present.sort_unstable_by(|a, b| b.1.cmp(a.1));
-                let limit = limit.unwrap_or(usize::MAX);
-                Value::from_iter(present.into_iter().take(limit).map(|(v, _)| v.as_str()))
+                Value::from_iter(set_members(map, *limit))
             }
             (State::Counts(map), Aggregation::TopK { limit, .. }) => {
                 let mut entries: Vec<(&SmolStr, &u64)> = map.iter().collect();
@@ -359,11 +352,15 @@ impl SortedMarks {
         }
     }
 
-    /// The set's value over these marks and `newer` (the marks of a
-    /// disjoint set of events, usually few): the members whose latest mark
-    /// of either adds, newest first, at most `limit`. Equal to merging both
-    /// and finishing; costs a pass over these marks and a sort of `newer`.
-    pub fn finish_with(&self, newer: &ValueMap<SetMark>, limit: Option<usize>) -> Value {
+    /// The set's members over these marks and `newer` (the marks of a
+    /// disjoint set of events, usually few): those whose latest mark of
+    /// either adds, newest first, at most `limit`. The members of merging
+    /// both; costs a pass over these marks and a sort of `newer`.
+    pub fn members_with<'a>(
+        &'a self,
+        newer: &'a ValueMap<SetMark>,
+        limit: Option<usize>,
+    ) -> Vec<&'a str> {
         let mut own: Vec<(&SmolStr, &SetMark)> = newer.iter().collect();
         own.sort_unstable_by(|a, b| b.1.stamp.cmp(&a.1.stamp));
         let at: HashMap<&str, usize, foldhash::fast::RandomState> = own
@@ -407,7 +404,7 @@ impl SortedMarks {
                 next_own += 1;
             }
         }
-        Value::from_iter(members)
+        members
     }
 
     /// How many marks it holds.
@@ -418,6 +415,23 @@ impl SortedMarks {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+}
+
+/// A set's members: the values whose latest mark adds, newest first, at
+/// most `limit`.
+pub(crate) fn set_members(map: &ValueMap<SetMark>, limit: Option<usize>) -> Vec<&str> {
+    let mut present: Vec<(&SmolStr, &Stamp)> = map
+        .iter()
+        .filter(|(_, mark)| mark.present)
+        .map(|(v, mark)| (v, &mark.stamp))
+        .collect();
+    present.sort_unstable_by(|a, b| b.1.cmp(a.1));
+    let limit = limit.unwrap_or(usize::MAX);
+    present
+        .into_iter()
+        .take(limit)
+        .map(|(v, _)| v.as_str())
+        .collect()
 }
 
 /// Integral sums print as integers (`3`, not `3.0`).
@@ -508,7 +522,7 @@ mod tests {
                 let mut merged = kept.clone();
                 merged.merge(&aggregation, &newer);
                 let marks = SortedMarks::of(kept_marks);
-                prop_assert_eq!(marks.finish_with(newer_marks, limit), merged.finish(&aggregation));
+                prop_assert_eq!(Value::from_iter(marks.members_with(newer_marks, limit)), merged.finish(&aggregation));
                 let mut folded = newer.clone();
                 marks.merge_into(&mut folded);
                 prop_assert_eq!(folded.finish(&aggregation), merged.finish(&aggregation));

@@ -8,10 +8,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 use signals_schemas::{Event, EventType, Millis};
 
-use crate::aggregate::{SortedMarks, State};
+use crate::aggregate::{set_members, SortedMarks, State};
 use crate::session::SessionMeasure;
 
 /// A signal definition as written in the configuration file.
@@ -272,7 +273,7 @@ impl SignalDefinition {
         match (marks, &self.aggregation, state) {
             (None, ..) => self.value(state, at),
             (Some(marks), Aggregation::Set { limit, .. }, State::Set(newer)) => {
-                marks.finish_with(newer, *limit)
+                Value::from_iter(marks.members_with(newer, *limit))
             }
             (Some(marks), ..) => {
                 let mut merged = state.clone();
@@ -280,6 +281,28 @@ impl SignalDefinition {
                 self.value(&merged, at)
             }
         }
+    }
+
+    /// [`SignalDefinition::value_over`]'s JSON. A set's members (a heavy
+    /// user's wishlist: thousands) are written straight from the state,
+    /// never built as a [`Value`] first.
+    pub fn encode_over(
+        &self,
+        state: &State,
+        marks: Option<&SortedMarks>,
+        at: Millis,
+    ) -> Box<RawValue> {
+        let encoded = match (marks, &self.aggregation, state) {
+            (Some(marks), Aggregation::Set { limit, .. }, State::Set(newer)) => {
+                serde_json::value::to_raw_value(&marks.members_with(newer, *limit))
+            }
+            (None, Aggregation::Set { limit, .. }, State::Set(marks)) => {
+                serde_json::value::to_raw_value(&set_members(marks, *limit))
+            }
+            _ => serde_json::value::to_raw_value(&self.value_over(state, marks, at)),
+        };
+        // Strings, numbers and JSON values always encode.
+        encoded.expect("a value always encodes")
     }
 
     /// A stable digest of the definition, so stored state can tell which

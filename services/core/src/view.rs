@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 use signals_schemas::{Event, Millis};
 
@@ -189,6 +190,25 @@ impl UserView {
         definitions: &[&SignalDefinition],
         at: Millis,
     ) -> (Vec<Value>, Vec<StaleSignal>) {
+        self.evaluate_with(definitions, at, SignalDefinition::value_over)
+    }
+
+    /// [`UserView::evaluate`], each value as its JSON: what serving keeps
+    /// and answers with, written without building large values first.
+    pub fn evaluate_encoded(
+        &self,
+        definitions: &[&SignalDefinition],
+        at: Millis,
+    ) -> (Vec<Box<RawValue>>, Vec<StaleSignal>) {
+        self.evaluate_with(definitions, at, SignalDefinition::encode_over)
+    }
+
+    fn evaluate_with<T>(
+        &self,
+        definitions: &[&SignalDefinition],
+        at: Millis,
+        finish: impl Fn(&SignalDefinition, &State, Option<&SortedMarks>, Millis) -> T,
+    ) -> (Vec<T>, Vec<StaleSignal>) {
         let mut states: Vec<State> = definitions
             .iter()
             .map(|d| State::empty(&d.aggregation))
@@ -262,7 +282,7 @@ impl UserView {
             .iter()
             .zip(states.iter())
             .zip(marks)
-            .map(|((d, s), marks)| d.value_over(s, marks, at))
+            .map(|((d, s), marks)| finish(d, s, marks, at))
             .collect();
         (values, stale)
     }
@@ -626,9 +646,19 @@ mod tests {
                 max_map_blocks: 6,
             });
             let plain = record(crate::tiles::TileShape { min_events: usize::MAX, ..Default::default() });
-            let with_tiles = UserView::merge(Some(tiled), speed.clone()).evaluate(&all, at);
-            let without = UserView::merge(Some(plain), speed).evaluate(&all, at);
-            prop_assert_eq!(with_tiles, without);
+            let tiled_view = UserView::merge(Some(tiled), speed.clone());
+            let with_tiles = tiled_view.evaluate(&all, at);
+            let plain_view = UserView::merge(Some(plain), speed);
+            let without = plain_view.evaluate(&all, at);
+            prop_assert_eq!(&with_tiles, &without);
+            // Written straight as JSON, with and without tiles: the same.
+            let expected: Vec<String> = without.0.iter().map(Value::to_string).collect();
+            for view in [&tiled_view, &plain_view] {
+                let (encoded, stale) = view.evaluate_encoded(&all, at);
+                let encoded: Vec<&str> = encoded.iter().map(|e| e.get()).collect();
+                prop_assert_eq!(&encoded, &expected);
+                prop_assert_eq!(&stale, &without.1);
+            }
         }
     }
 
