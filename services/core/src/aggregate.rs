@@ -11,6 +11,8 @@
 
 use std::cmp::Reverse;
 use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
+use std::sync::LazyLock;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -329,15 +331,24 @@ impl State {
 /// A set's marks, newest first: how a set's running state over a heavy
 /// user's history is kept, so that a read walks it in the answer's order,
 /// beside what the rest of the read folded, instead of copying it and
-/// sorting it again (ADR 007).
+/// sorting it again (ADR 007). Each mark carries its value's hash, so the
+/// walk meets the read's own marks without hashing a string.
 #[derive(Clone, Debug, PartialEq)]
-pub struct SortedMarks(Vec<(SmolStr, SetMark)>);
+pub struct SortedMarks(Vec<(SmolStr, SetMark, u64)>);
+
+/// Hashes values for [`SortedMarks`]: seeded once per process (the marks
+/// are derived data, never stored).
+static VALUE_HASHER: LazyLock<foldhash::fast::RandomState> = LazyLock::new(Default::default);
+
+fn value_hash(value: &str) -> u64 {
+    VALUE_HASHER.hash_one(value)
+}
 
 impl SortedMarks {
     pub fn of(marks: &ValueMap<SetMark>) -> SortedMarks {
-        let mut sorted: Vec<(SmolStr, SetMark)> = marks
+        let mut sorted: Vec<(SmolStr, SetMark, u64)> = marks
             .iter()
-            .map(|(value, mark)| (value.clone(), mark.clone()))
+            .map(|(value, mark)| (value.clone(), mark.clone(), value_hash(value)))
             .collect();
         sorted.sort_unstable_by(|a, b| b.1.stamp.cmp(&a.1.stamp));
         SortedMarks(sorted)
@@ -346,7 +357,7 @@ impl SortedMarks {
     /// Folds these marks into `state`, a set's.
     pub fn merge_into(&self, state: &mut State) {
         if let State::Set(map) = state {
-            for (value, mark) in &self.0 {
+            for (value, mark, _) in &self.0 {
                 keep_newest(map, value, |c| mark.stamp > c.stamp, || mark.clone());
             }
         }
@@ -368,6 +379,10 @@ impl SortedMarks {
             .enumerate()
             .map(|(i, (value, _))| (value.as_str(), i))
             .collect();
+        // Most kept values have no own mark: a probe by their hash answers
+        // that without hashing them again.
+        let hashes: HashSet<u64, foldhash::fast::RandomState> =
+            own.iter().map(|(value, _)| value_hash(value)).collect();
         // A kept mark beaten by an own mark is left out; an own mark beaten
         // by a kept one is passed over when the merge reaches it, which is
         // after the kept one (newer) was walked.
@@ -378,16 +393,21 @@ impl SortedMarks {
         let limit = limit.unwrap_or(usize::MAX);
         while members.len() < limit {
             let take_kept = match (kept.peek(), own.get(next_own)) {
-                (Some((_, k)), Some((_, o))) => k.stamp >= o.stamp,
+                (Some((_, k, _)), Some((_, o))) => k.stamp >= o.stamp,
                 (Some(_), None) => true,
                 (None, Some(_)) => false,
                 (None, None) => break,
             };
             if take_kept {
-                let Some((value, mark)) = kept.next() else {
+                let Some((value, mark, hash)) = kept.next() else {
                     break;
                 };
-                if let Some(&i) = at.get(value.as_str()) {
+                let mine = if hashes.contains(hash) {
+                    at.get(value.as_str())
+                } else {
+                    None
+                };
+                if let Some(&i) = mine {
                     if own[i].1.stamp > mark.stamp {
                         continue;
                     }

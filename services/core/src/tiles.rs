@@ -18,10 +18,14 @@
 //! Blocks by count rather than by time bucket: a heavy user's hour holds
 //! thousands of events, a light user's day a handful, and a block's cost is
 //! what it holds. Map-valued states (last-k, sets, top-k, distinct, sessions)
-//! start at 128 events a block, leave out levels of more than 2,048 blocks
+//! start at 128 events a block, leave out levels of more than 8,192 blocks
 //! (a record of millions starts at 512) and keep few running states: their
 //! blocks weigh kilobytes, and memory beside the record stays a fraction of
-//! it.
+//! it (a 1M-event user over 20k items: 139 MiB of tiles beside 819 MiB,
+//! against 79 MiB at 2,048 blocks, which made reads at past hours 16 %
+//! slower with edges of up to 511 events). A set's running states are
+//! kept newest first ([`SortedMarks`]), to be finished beside the rest of
+//! a read rather than copied into it.
 //! Tiles are derived data: built on a record's first read per definition,
 //! kept beside the decoded record in the store's record cache, never stored.
 //! Records too small for tiles to pay keep the plain fold.
@@ -61,7 +65,7 @@ impl Default for TileShape {
             min_events: 1024,
             max_prefixes: 2048,
             max_map_prefixes: 64,
-            max_map_blocks: 2048,
+            max_map_blocks: 8192,
         }
     }
 }

@@ -3,8 +3,10 @@
 //! a light user read the same way from the same server in the same run. Two
 //! kinds of read: `at` = now (a warm answer is kept until it can change,
 //! ADR 011) and `at` drawn from the last 7 days' hour boundaries (nearly
-//! every read evaluates the record through its tiles, ADR 007). The ceiling
-//! of the heavy user's reads is the bare handler answering its bytes.
+//! every read evaluates the record through its tiles, ADR 007), each at
+//! saturation and the past hours also at [`PACED_RATE`], where a read's
+//! latency is its own and not the queue's. The ceiling of the heavy user's
+//! reads is the bare handler answering its bytes.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -18,6 +20,9 @@ use crate::workload::{self, Shape, Workload};
 const HEAVY: &str = "u-heavy";
 const HOUR: i64 = 3_600_000;
 const WEEK: i64 = 7 * 24 * HOUR;
+/// Reads per second of the paced runs: a busy client asking about one
+/// user, well below what the server answers for the heavy user.
+pub const PACED_RATE: f64 = 500.0;
 
 pub struct HeavyFigures {
     pub events: u64,
@@ -29,6 +34,9 @@ pub struct HeavyFigures {
     pub light_now: Outcome,
     pub heavy_hours: Outcome,
     pub light_hours: Outcome,
+    /// Past hours at [`PACED_RATE`].
+    pub heavy_hours_paced: Outcome,
+    pub light_hours_paced: Outcome,
 }
 
 /// Loads the usual users' `light_events` and the heavy user's `events`,
@@ -80,7 +88,11 @@ pub async fn measure(
     let heavy_now = serving::closed(address, duration, now_reads(HEAVY.into())).await?;
     let light_now = serving::closed(address, duration, now_reads(light.clone())).await?;
     let heavy_hours = serving::closed(address, duration, hour_reads(HEAVY.into())).await?;
-    let light_hours = serving::closed(address, duration, hour_reads(light)).await?;
+    let light_hours = serving::closed(address, duration, hour_reads(light.clone())).await?;
+    let heavy_hours_paced =
+        serving::paced(address, duration, PACED_RATE, hour_reads(HEAVY.into())).await?;
+    let light_hours_paced =
+        serving::paced(address, duration, PACED_RATE, hour_reads(light)).await?;
     drop(platform);
     let bare = serving::BareServer::start(1, &heavy_answer).await?;
     serving::closed(
@@ -99,6 +111,8 @@ pub async fn measure(
         light_now,
         heavy_hours,
         light_hours,
+        heavy_hours_paced,
+        light_hours_paced,
     })
 }
 

@@ -293,6 +293,22 @@ pub async fn run(args: &SuiteArgs) -> anyhow::Result<()> {
                 .against(ms(light, 0.99)),
             );
         }
+        let paced = format!(
+            "{users}, at = an hour of the last 7 days, {:.0} reads/s",
+            heavy::PACED_RATE
+        );
+        rows.push(
+            Row::new(
+                format!("{paced}: p50 (ceiling: a light user's)"),
+                ms(&f.heavy_hours_paced, 0.5),
+                "within 2× a light user's",
+            )
+            .against(ms(&f.light_hours_paced, 0.5)),
+        );
+        rows.push(
+            Row::new("  p99", ms(&f.heavy_hours_paced, 0.99), "≤ 5 ms")
+                .against(ms(&f.light_hours_paced, 0.99)),
+        );
         progress(&rows);
     }
 

@@ -131,10 +131,23 @@ async fn fixed<F>(address: SocketAddr, duration: Duration, make: F) -> anyhow::R
 where
     F: Fn(u64) -> Call + Send + Sync + 'static,
 {
+    paced(address, duration, FIXED_RATE, make).await
+}
+
+/// `rate` requests/s on a schedule, with room for queues to form.
+pub(super) async fn paced<F>(
+    address: SocketAddr,
+    duration: Duration,
+    rate: f64,
+    make: F,
+) -> anyhow::Result<Outcome>
+where
+    F: Fn(u64) -> Call + Send + Sync + 'static,
+{
     http::drive(
         address,
         CONNECTIONS * 4,
-        Pace::Rate(FIXED_RATE),
+        Pace::Rate(rate),
         duration,
         make,
         http::tally_status,
