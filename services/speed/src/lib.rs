@@ -101,6 +101,15 @@ struct Planned {
     started: Instant,
 }
 
+/// Where the next batch is planned from: where the last batch planned ends,
+/// and what planning learned that the store does not say yet.
+struct PlanFrom {
+    position: LogPosition,
+    last_accepted_at: Option<Millis>,
+    /// Users this process saw deleted (see `plan::plan`).
+    deleted: HashSet<String>,
+}
+
 /// The speed layer, wired to its backends.
 pub struct SpeedLayer {
     pub log: Arc<dyn EventLog>,
@@ -129,13 +138,13 @@ impl SpeedLayer {
         let Some(mut reader) = reader else {
             return Ok(());
         };
-        // Where the last batch planned ends; `pending` is that batch while
-        // it is applied.
-        let mut position = progress.position;
-        let mut last_accepted_at = progress.last_accepted_at;
+        // `pending` is the last batch planned while it is applied.
+        let mut from = PlanFrom {
+            position: progress.position,
+            last_accepted_at: progress.last_accepted_at,
+            deleted: HashSet::new(),
+        };
         let mut pending: Option<Planned> = None;
-        // Users this process saw deleted (see `plan::plan`).
-        let mut deleted = HashSet::new();
         let mut poll_backoff = self.options.min_backoff;
         loop {
             // With a batch waiting to be written, take only what the log
@@ -176,11 +185,11 @@ impl SpeedLayer {
                 // The log may have moved past records that are not events
                 // (Kafka's transaction markers): record that, or lag never ends.
                 let reader_position = reader.position();
-                if !position.reaches(&reader_position) {
+                if !from.position.reaches(&reader_position) {
                     let write = Arc::new(SpeedWrite {
                         progress: SpeedProgress {
                             position: reader_position.clone(),
-                            last_accepted_at,
+                            last_accepted_at: from.last_accepted_at,
                         },
                         ..SpeedWrite::default()
                     });
@@ -195,7 +204,7 @@ impl SpeedLayer {
                     }
                     self.commit(&mut *reader, &reader_position).await;
                     for (partition, next) in reader_position.iter() {
-                        position.advance(partition, next);
+                        from.position.advance(partition, next);
                     }
                 }
                 continue;
@@ -210,10 +219,8 @@ impl SpeedLayer {
                         self.apply(planned, &shutdown),
                         self.prepare(
                             entries,
-                            &position,
                             &reader_position,
-                            last_accepted_at,
-                            &mut deleted,
+                            &mut from,
                             Some(&planned.write),
                             &shutdown,
                         )
@@ -222,15 +229,7 @@ impl SpeedLayer {
                 }
                 None => {
                     let next = self
-                        .prepare(
-                            entries,
-                            &position,
-                            &reader_position,
-                            last_accepted_at,
-                            &mut deleted,
-                            None,
-                            &shutdown,
-                        )
+                        .prepare(entries, &reader_position, &mut from, None, &shutdown)
                         .await?;
                     (None, next)
                 }
@@ -244,34 +243,30 @@ impl SpeedLayer {
             let Some(next) = next else {
                 break;
             };
-            position = next.write.progress.position.clone();
-            last_accepted_at = next.write.progress.last_accepted_at;
             pending = Some(next);
         }
         if let Some(planned) = pending.take() {
             // The batch in hand is finished first.
             self.finish(&mut *reader, planned, &shutdown).await?;
         }
-        info!(position = ?position, "speed layer stopped");
+        info!(position = ?from.position, "speed layer stopped");
         Ok(())
     }
 
     /// Decodes and plans one batch (`None` when shutdown interrupted a
     /// retry). `in_flight`, a write planned before and not yet durable,
-    /// answers for the ids it updates in place of the index.
-    #[allow(clippy::too_many_arguments)]
+    /// answers for the ids it updates in place of the index. A batch
+    /// planned moves `from` to where it ends.
     async fn prepare(
         &self,
         entries: Vec<signals_log::LogEntry>,
-        position: &LogPosition,
         reader_position: &LogPosition,
-        last_accepted_at: Option<Millis>,
-        deleted: &mut HashSet<String>,
+        from: &mut PlanFrom,
         in_flight: Option<&SpeedWrite>,
         shutdown: &CancellationToken,
     ) -> Result<Option<Planned>, SpeedError> {
         let started = Instant::now();
-        let mut batch = plan::decode(entries, position);
+        let mut batch = plan::decode(entries, &from.position);
         for (partition, next) in reader_position.iter() {
             batch.position.advance(partition, next);
         }
@@ -306,10 +301,12 @@ impl SpeedLayer {
         let (write, stats) = plan::plan(
             batch,
             known,
-            last_accepted_at,
+            from.last_accepted_at,
             &self.options.deduplication,
-            deleted,
+            &mut from.deleted,
         );
+        from.position = write.progress.position.clone();
+        from.last_accepted_at = write.progress.last_accepted_at;
         Ok(Some(Planned {
             write: Arc::new(write),
             stats,

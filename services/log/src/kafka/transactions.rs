@@ -78,8 +78,19 @@ pub(super) const STALLED_AFTER: Duration = Duration::from_secs(2);
 struct Failure {
     at: Instant,
     reason: String,
+    /// An append that committed after [`STALLED_AFTER`] or more: it worked
+    /// in the end, but clients waiting on it had timed out.
+    stalled: bool,
     /// Whether an append or a new producer worked since.
     recovered: bool,
+}
+
+/// What one attempt to use Kafka came to, as readiness sees it.
+enum Attempt<'a> {
+    Worked,
+    Failed(&'a LogError),
+    /// Committed, after this long.
+    Stalled(Duration),
 }
 
 impl Transactions {
@@ -132,9 +143,10 @@ impl Transactions {
         let failure = self.inner.last_failure()?;
         if failure.recovered {
             let ago = failure.at.elapsed();
+            let what = if failure.stalled { "stalled" } else { "failed" };
             return (ago < RECENT_FAILURE).then(|| {
                 format!(
-                    "an append failed {ago:.1?} ago ({}); appends work again",
+                    "an append {what} {ago:.1?} ago ({}); appends work again",
                     failure.reason
                 )
             });
@@ -174,21 +186,31 @@ impl Inner {
         }
     }
 
-    fn record(&self, outcome: Result<(), &LogError>) {
+    fn record(&self, attempt: Attempt) {
         let Ok(mut failure) = self.failure.lock() else {
             return;
         };
-        match (outcome, failure.as_mut()) {
-            (Ok(()), Some(last)) if !last.recovered => {
+        match (attempt, failure.as_mut()) {
+            (Attempt::Worked, Some(last)) if !last.recovered => {
                 last.recovered = true;
                 info!("kafka appends work again");
             }
-            (Ok(()), _) => {}
-            (Err(error), _) => {
+            (Attempt::Worked, _) => {}
+            (Attempt::Failed(error), _) => {
                 *failure = Some(Failure {
                     at: Instant::now(),
                     reason: error.to_string(),
+                    stalled: false,
                     recovered: false,
+                })
+            }
+            (Attempt::Stalled(took), _) => {
+                warn!(?took, "a kafka append committed only after a stall");
+                *failure = Some(Failure {
+                    at: Instant::now(),
+                    reason: format!("it took {took:.1?}"),
+                    stalled: true,
+                    recovered: true,
                 })
             }
         }
@@ -224,13 +246,9 @@ impl Inner {
         metrics::counter!("signals_kafka_appends_total", "outcome" => outcome).increment(1);
         match &result {
             // A stall that ended counts as a recent failure.
-            Ok(_) if took >= STALLED_AFTER => {
-                let stalled = LogError::Unavailable(format!("an append took {took:.1?} (stalled)"));
-                self.record(Err(&stalled));
-                self.record(Ok(()));
-            }
-            Ok(_) => self.record(Ok(())),
-            Err(error @ LogError::Unavailable(_)) => self.record(Err(error)),
+            Ok(_) if took >= STALLED_AFTER => self.record(Attempt::Stalled(took)),
+            Ok(_) => self.record(Attempt::Worked),
+            Err(error @ LogError::Unavailable(_)) => self.record(Attempt::Failed(error)),
             Err(_) => {}
         }
         result
@@ -245,9 +263,9 @@ impl Inner {
         match &created {
             Ok(producer) => {
                 slot.producer = Some(producer.clone());
-                self.record(Ok(()));
+                self.record(Attempt::Worked);
             }
-            Err(error) => self.record(Err(error)),
+            Err(error) => self.record(Attempt::Failed(error)),
         }
         created
     }
@@ -416,11 +434,11 @@ mod tests {
         assert_eq!(transactions.problem(), None);
 
         let cut = LogError::Unavailable("kafka: connection reset".into());
-        transactions.inner.record(Err(&cut));
+        transactions.inner.record(Attempt::Failed(&cut));
         let down = transactions.problem().expect("failing");
         assert!(down.starts_with("appends failing for"), "{down}");
 
-        transactions.inner.record(Ok(()));
+        transactions.inner.record(Attempt::Worked);
         let recent = transactions
             .problem()
             .expect("a recent failure still counts");
@@ -429,8 +447,8 @@ mod tests {
             "{recent}"
         );
 
-        transactions.inner.record(Err(&cut));
-        transactions.inner.record(Ok(()));
+        transactions.inner.record(Attempt::Failed(&cut));
+        transactions.inner.record(Attempt::Worked);
         let mut failure = transactions.inner.failure.lock().expect("not poisoned");
         if let Some(last) = failure.as_mut() {
             last.at -= RECENT_FAILURE;
@@ -453,5 +471,18 @@ mod tests {
         assert!(stalled.contains("stalled"), "{stalled}");
         transactions.inner.set_running(None);
         assert_eq!(transactions.problem(), None);
+
+        // A stall that ended in a commit stays a recent problem, and says
+        // it was a stall, not a failure.
+        transactions
+            .inner
+            .record(Attempt::Stalled(STALLED_AFTER * 2));
+        let recent = transactions.problem().expect("a recent stall still counts");
+        assert!(
+            recent.starts_with("an append stalled") && recent.contains("took 4.0s"),
+            "{recent}"
+        );
+        transactions.inner.record(Attempt::Worked);
+        assert!(transactions.problem().is_some(), "for RECENT_FAILURE");
     }
 }
