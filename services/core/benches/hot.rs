@@ -243,6 +243,15 @@ fn heavy_user(c: &mut Criterion) {
             UserView::merge(Some(wide.clone()), []).evaluate(black_box(&all), at)
         })
     });
+    // What serving does: each value written as JSON, never a `Value`.
+    let mut hour = 0;
+    group.bench_function("1M events, 20k items, at = past hours, as JSON", |b| {
+        b.iter(|| {
+            hour = (hour + 37) % 168;
+            let at = NOW / HOUR * HOUR - hour * HOUR;
+            UserView::merge(Some(wide.clone()), []).evaluate_encoded(black_box(&all), at)
+        })
+    });
     group.bench_function("1M events, activity of the last 100 views", |b| {
         b.iter(|| {
             UserView::merge(Some(heavy.clone()), []).activity(
