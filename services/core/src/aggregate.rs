@@ -333,7 +333,7 @@ impl State {
 /// beside what the rest of the read folded, instead of copying it and
 /// sorting it again (ADR 007). Each mark carries its value's hash, so the
 /// walk meets the read's own marks without hashing a string.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Debug)]
 pub struct SortedMarks(Vec<(SmolStr, SetMark, u64)>);
 
 /// Hashes values for [`SortedMarks`]: seeded once per process (the marks
@@ -425,15 +425,6 @@ impl SortedMarks {
             }
         }
         members
-    }
-
-    /// How many marks it holds.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
     }
 }
 

@@ -296,8 +296,8 @@ impl SignalDefinition {
             (Some(marks), Aggregation::Set { limit, .. }, State::Set(newer)) => {
                 serde_json::value::to_raw_value(&marks.members_with(newer, *limit))
             }
-            (None, Aggregation::Set { limit, .. }, State::Set(marks)) => {
-                serde_json::value::to_raw_value(&set_members(marks, *limit))
+            (None, Aggregation::Set { limit, .. }, State::Set(set)) => {
+                serde_json::value::to_raw_value(&set_members(set, *limit))
             }
             _ => serde_json::value::to_raw_value(&self.value_over(state, marks, at)),
         };

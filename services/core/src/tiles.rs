@@ -202,7 +202,7 @@ impl DefinitionTiles {
 
     /// Like [`DefinitionTiles::fold`], but a set's running state is given
     /// back rather than merged, to be finished beside `state`
-    /// ([`SortedMarks::finish_with`]).
+    /// ([`SortedMarks::members_with`]).
     pub fn fold_leaving_marks(
         &self,
         definition: &SignalDefinition,
