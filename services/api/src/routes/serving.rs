@@ -1,6 +1,6 @@
 //! Serving: signal values, multi-user queries and raw activity.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::extract::State;
 use axum::http::header;
@@ -11,6 +11,7 @@ use serde_json::Value;
 use signals_core::time::format_millis;
 use signals_core::{EventTypes, LogPosition, SignalDefinition, UserView};
 use signals_schemas::{EventType, Millis};
+use signals_store::BatchManifest;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::answers::{Answer, ViewId};
@@ -28,9 +29,10 @@ pub struct Freshness {
     pub batch_version: Option<u64>,
     /// Log position (partition → next offset) the batch covers.
     #[schema(value_type = Object)]
-    pub batch_position: LogPosition,
+    pub batch_position: Arc<LogPosition>,
     /// When the merged batch run started.
-    pub batch_created_at: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub batch_created_at: Option<Arc<str>>,
     /// Log position the speed layer has durably applied (read with `log_end`).
     #[schema(value_type = Object)]
     pub speed_position: Arc<LogPosition>,
@@ -217,6 +219,28 @@ pub(crate) struct Reading {
     last_accepted_at: Option<Millis>,
     log_end: Arc<LogPosition>,
     positions_stale: Option<String>,
+    /// What the answers say of the batch they merge, made by the first
+    /// answer: a multi-get's users nearly always merge one version, and
+    /// copying its position per user was a twentieth of the request.
+    batch: OnceLock<BatchFacts>,
+}
+
+/// A published version as answers describe it.
+#[derive(Clone)]
+struct BatchFacts {
+    version: u64,
+    position: Arc<LogPosition>,
+    created_at: Arc<str>,
+}
+
+impl BatchFacts {
+    fn of(manifest: &BatchManifest) -> BatchFacts {
+        BatchFacts {
+            version: manifest.version,
+            position: Arc::new(manifest.position.clone()),
+            created_at: format_millis(manifest.created_at).into(),
+        }
+    }
 }
 
 impl Reading {
@@ -230,7 +254,19 @@ impl Reading {
             last_accepted_at: speed.last_accepted_at,
             log_end: Arc::new(end.position),
             positions_stale: end.stale,
+            batch: OnceLock::new(),
         })
+    }
+
+    /// What answers say of `manifest`, shared by the request's answers
+    /// that merge the same version.
+    fn batch_facts(&self, manifest: &BatchManifest) -> BatchFacts {
+        let first = self.batch.get_or_init(|| BatchFacts::of(manifest));
+        if first.version == manifest.version {
+            first.clone()
+        } else {
+            BatchFacts::of(manifest)
+        }
     }
 }
 
@@ -257,13 +293,14 @@ pub(crate) async fn answer(
     let lag = reading.speed_position.lag_behind(&reading.log_end);
     let now = now_millis();
     let known = reading.positions_stale.is_none();
+    let batch = manifest.as_deref().map(|m| reading.batch_facts(m));
     let freshness = Freshness {
-        batch_version: manifest.as_ref().map(|m| m.version),
-        batch_position: manifest
+        batch_version: batch.as_ref().map(|b| b.version),
+        batch_position: batch
             .as_ref()
-            .map(|m| m.position.clone())
+            .map(|b| b.position.clone())
             .unwrap_or_default(),
-        batch_created_at: manifest.as_ref().map(|m| format_millis(m.created_at)),
+        batch_created_at: batch.map(|b| b.created_at),
         speed_position: reading.speed_position.clone(),
         log_end: reading.log_end.clone(),
         speed_lag_records: known.then_some(lag),
