@@ -234,23 +234,14 @@ fn heavy_user(c: &mut Criterion) {
     group.bench_function("1M events, 20k items, at = now", |b| {
         b.iter(|| UserView::merge(Some(wide.clone()), []).evaluate(black_box(&all), NOW))
     });
-    let mut hour = 0;
+    let mut at = past_hours();
     group.bench_function("1M events, 20k items, at = past hours", |b| {
-        b.iter(|| {
-            // A stride coprime with 168 walks every hour of the week.
-            hour = (hour + 37) % 168;
-            let at = NOW / HOUR * HOUR - hour * HOUR;
-            UserView::merge(Some(wide.clone()), []).evaluate(black_box(&all), at)
-        })
+        b.iter(|| UserView::merge(Some(wide.clone()), []).evaluate(black_box(&all), at()))
     });
     // What serving does: each value written as JSON, never a `Value`.
-    let mut hour = 0;
+    let mut at = past_hours();
     group.bench_function("1M events, 20k items, at = past hours, as JSON", |b| {
-        b.iter(|| {
-            hour = (hour + 37) % 168;
-            let at = NOW / HOUR * HOUR - hour * HOUR;
-            UserView::merge(Some(wide.clone()), []).evaluate_encoded(black_box(&all), at)
-        })
+        b.iter(|| UserView::merge(Some(wide.clone()), []).evaluate_encoded(black_box(&all), at()))
     });
     group.bench_function("1M events, activity of the last 100 views", |b| {
         b.iter(|| {
@@ -263,6 +254,16 @@ fn heavy_user(c: &mut Criterion) {
         })
     });
     group.finish();
+}
+
+/// The hour boundaries of the last week, one per call: a stride coprime
+/// with 168 walks every one of them.
+fn past_hours() -> impl FnMut() -> Millis {
+    let mut hour = 0;
+    move || {
+        hour = (hour + 37) % 168;
+        NOW / HOUR * HOUR - hour * HOUR
+    }
 }
 
 /// A popular user between batch runs: a record and a speed tail, read
