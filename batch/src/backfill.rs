@@ -73,10 +73,10 @@ pub fn merge(
     backfill: &Backfill,
     signals: &[&SignalDefinition],
     horizon: Millis,
-) -> UserRecord {
+) -> Result<UserRecord, postcard::Error> {
     let events = match outcome {
-        UserOutcome::Deleted => return UserRecord::erased(horizon),
-        UserOutcome::Events(events) => events,
+        UserOutcome::Deleted => return Ok(UserRecord::erased(horizon)),
+        UserOutcome::Events(events) => events.decode()?,
     };
     let mut record = previous.cloned().unwrap_or_else(|| UserRecord {
         horizon,
@@ -113,7 +113,7 @@ pub fn merge(
             },
         );
     }
-    record
+    Ok(record)
 }
 
 /// The manifest's definitions after a backfill of `signals`.
@@ -139,6 +139,8 @@ mod tests {
     use signals_core::{Definitions, UserView};
     use signals_schemas::EventType;
 
+    use crate::user_events::UserEvents;
+
     #[test]
     fn a_range_backfill_of_unchanged_history_changes_nothing() {
         let definitions = Definitions::default();
@@ -159,13 +161,8 @@ mod tests {
             signals: Vec::new(),
         };
         let all: Vec<&SignalDefinition> = definitions.iter().collect();
-        let merged = merge(
-            Some(&published),
-            UserOutcome::Events(events),
-            &backfill,
-            &all,
-            horizon,
-        );
+        let merged =
+            merge(Some(&published), packed(events), &backfill, &all, horizon).expect("unpacks");
         assert_eq!(merged, published);
     }
 
@@ -182,13 +179,19 @@ mod tests {
         // The log now says: b is gone (say, bot traffic), d is in the range.
         let merged = merge(
             Some(&published),
-            UserOutcome::Events(vec![e("a", 1), e("c", 3), e("d", 2)]),
+            packed(vec![e("a", 1), e("c", 3), e("d", 2)]),
             &backfill,
             &[],
             0,
-        );
+        )
+        .expect("unpacks");
         let ids: Vec<&str> = merged.events.iter().map(|e| e.event_id.as_str()).collect();
         assert_eq!(ids, vec!["c", "d", "a"]);
+    }
+
+    /// What the recompute hands over of `events`.
+    fn packed(events: Vec<signals_schemas::Event>) -> UserOutcome {
+        UserOutcome::Events(UserEvents::of(&events).expect("packs"))
     }
 
     /// Definitions from JSON specs, as the configuration file has them.
@@ -225,11 +228,12 @@ mod tests {
         };
         let merged = merge(
             Some(&published),
-            UserOutcome::Events(events.clone()),
+            packed(events.clone()),
             &backfill,
             &added,
             horizon,
-        );
+        )
+        .expect("unpacks");
         let (values, stale) =
             UserView::merge(Some(std::sync::Arc::new(merged)), []).evaluate(&all, at);
         assert!(stale.is_empty());
@@ -261,11 +265,12 @@ mod tests {
         };
         let merged = merge(
             Some(&published),
-            UserOutcome::Events(events.clone()),
+            packed(events.clone()),
             &backfill,
             &added,
             horizon,
-        );
+        )
+        .expect("unpacks");
         let at = 5 * 60 * minute;
         let (values, stale) =
             UserView::merge(Some(std::sync::Arc::new(merged)), []).evaluate(&all, at);

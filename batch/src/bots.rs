@@ -11,7 +11,9 @@
 use std::collections::HashMap;
 
 use serde::Serialize;
-use signals_schemas::{Event, Millis};
+use signals_schemas::Millis;
+
+use crate::user_events::UserEvents;
 
 const MINUTE: Millis = 60_000;
 
@@ -23,20 +25,16 @@ pub struct BotFilter {
 
 impl BotFilter {
     /// Removes `events` of over-limit minutes; returns how many it removed.
-    pub fn apply(&self, events: &mut Vec<Event>) -> u64 {
+    pub fn apply(&self, events: &mut UserEvents) -> u64 {
         let limit = self.max_events_per_minute as usize;
         if events.len() <= limit {
             return 0;
         }
         let mut per_minute: HashMap<Millis, usize> = HashMap::new();
-        for event in events.iter() {
-            *per_minute
-                .entry(event.event_time.div_euclid(MINUTE))
-                .or_default() += 1;
+        for time in events.times() {
+            *per_minute.entry(time.div_euclid(MINUTE)).or_default() += 1;
         }
-        let before = events.len();
-        events.retain(|e| per_minute[&e.event_time.div_euclid(MINUTE)] <= limit);
-        (before - events.len()) as u64
+        events.retain_times(|time| per_minute[&time.div_euclid(MINUTE)] <= limit)
     }
 }
 
@@ -45,10 +43,18 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use signals_core::testing::event;
-    use signals_schemas::EventType;
+    use signals_schemas::{Event, EventType};
 
     fn at(id: usize, time: Millis) -> Event {
         event(&format!("e{id}"), EventType::View, "i", time)
+    }
+
+    /// What `filter` removes of `events` (packed as the batch holds them),
+    /// and the events it keeps.
+    fn filtered(filter: BotFilter, events: &[Event]) -> (u64, Vec<Event>) {
+        let mut packed = UserEvents::of(events).expect("packs");
+        let removed = filter.apply(&mut packed);
+        (removed, packed.decode().expect("unpacks"))
     }
 
     #[test]
@@ -57,14 +63,15 @@ mod tests {
             max_events_per_minute: 2,
         };
         // Minute 0 holds 3 events (over), minute 1 holds 2 (at the limit).
-        let mut events = vec![
+        let events = vec![
             at(1, 0),
             at(2, 59_999),
             at(3, 30_000),
             at(4, 60_000),
             at(5, 119_999),
         ];
-        assert_eq!(filter.apply(&mut events), 3);
+        let (removed, events) = filtered(filter, &events);
+        assert_eq!(removed, 3);
         let kept: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
         assert_eq!(kept, vec!["e4", "e5"]);
     }
@@ -78,8 +85,7 @@ mod tests {
         ) {
             let filter = BotFilter { max_events_per_minute: limit };
             let events: Vec<Event> = times.iter().enumerate().map(|(i, &t)| at(i, t)).collect();
-            let mut forward = events.clone();
-            let removed = filter.apply(&mut forward);
+            let (removed, forward) = filtered(filter, &events);
             prop_assert_eq!(removed as usize + forward.len(), events.len());
 
             let mut shuffled = events.clone();
@@ -89,7 +95,7 @@ mod tests {
                     shuffled.swap(i, (seed.wrapping_mul(i as u64 + 7) % n as u64) as usize);
                 }
             }
-            filter.apply(&mut shuffled);
+            let (_, shuffled) = filtered(filter, &shuffled);
             let ids = |v: &[Event]| {
                 let mut ids: Vec<String> = v.iter().map(|e| e.event_id.clone()).collect();
                 ids.sort();
@@ -97,8 +103,7 @@ mod tests {
             };
             prop_assert_eq!(ids(&forward), ids(&shuffled));
 
-            let mut again = forward.clone();
-            prop_assert_eq!(filter.apply(&mut again), 0);
+            prop_assert_eq!(filtered(filter, &forward).0, 0);
 
             // Every removed event sat in a minute over the limit.
             for event in &events {

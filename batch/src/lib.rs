@@ -24,6 +24,7 @@ pub mod read;
 pub mod recompute;
 mod run;
 pub mod spill;
+pub mod user_events;
 pub mod verify;
 
 use std::collections::{BTreeMap, VecDeque};

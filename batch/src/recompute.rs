@@ -33,12 +33,13 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 
 use signals_core::{DedupWindow, IdDigest};
-use signals_schemas::{Event, Millis, RecordBody};
+use signals_schemas::{Millis, RecordBody};
 
 use crate::bots::BotFilter;
 use crate::packed::EventFields;
 use crate::read::Record;
 use crate::spill::{Merge, Sorter, SpillError};
+use crate::user_events::UserEvents;
 use decide::{Kind, Occurrence, Verdict, Verdicts};
 
 pub use signals_core::operations::Corrections;
@@ -88,8 +89,8 @@ impl UserFilter {
 pub enum UserOutcome {
     /// The user was deleted: nothing of theirs counts.
     Deleted,
-    /// The events that count (within [`Keep::times`], if set).
-    Events(Vec<Event>),
+    /// The events that count (within [`Keep::times`], if set), packed.
+    Events(UserEvents),
 }
 
 /// How much memory a recompute may hold while it reads, and where it
@@ -378,7 +379,8 @@ impl Recomputed {
             let user = String::from_utf8(user)
                 .map_err(|_| RecomputeError::Malformed("a user id is not UTF-8"))?;
             let deleted = self.deleted.contains(&user);
-            let (mut listed, mut events, mut withdrawn, mut packed) = (false, Vec::new(), 0, 0);
+            let (mut listed, mut withdrawn, mut packed) = (false, 0, 0);
+            let mut events = UserEvents::default();
             while self.events.peek_key() == Some(user.as_bytes()) {
                 self.events.next_into(&mut self.key, &mut self.value)?;
                 self.taken += 1;
@@ -401,12 +403,12 @@ impl Recomputed {
                     // Counted, never unpacked: only the number matters.
                     withdrawn += 1;
                 } else {
-                    events.push(postcard::from_bytes::<Event>(event).map_err(|source| {
-                        RecomputeError::Unpack {
+                    events
+                        .push(event)
+                        .map_err(|source| RecomputeError::Unpack {
                             user: user.clone(),
                             source,
-                        }
-                    })?);
+                        })?;
                 }
             }
             if !listed {
@@ -449,7 +451,7 @@ mod tests {
     use crate::read;
     use proptest::prelude::*;
     use signals_core::testing::event;
-    use signals_schemas::{EventType, Retraction, UserDeletion};
+    use signals_schemas::{Event, EventType, Retraction, UserDeletion};
 
     fn finish(r: Recompute) -> (Vec<(String, UserOutcome)>, Corrections) {
         let mut users = r.finish(None).expect("decides");
@@ -459,6 +461,11 @@ mod tests {
 
     fn recompute(keep: Keep, window: DedupWindow) -> Recompute {
         Recompute::new(keep, window, &Memory::default())
+    }
+
+    /// What the recompute hands over of `events`.
+    fn packed(events: &[Event]) -> UserOutcome {
+        UserOutcome::Events(UserEvents::of(events).expect("packs"))
     }
 
     fn of(user: &str, id: &str, time: Millis) -> Event {
@@ -511,7 +518,7 @@ mod tests {
             users,
             vec![
                 ("gone".into(), UserOutcome::Deleted),
-                ("u1".into(), UserOutcome::Events(vec![e1])),
+                ("u1".into(), packed(&[e1])),
             ]
         );
     }
@@ -531,10 +538,7 @@ mod tests {
         r.add(0, RecordBody::Event(of("a", "z", 100)));
         let (users, corrections) = finish(r);
         assert_eq!(corrections.duplicates, 1);
-        assert_eq!(
-            users,
-            vec![("a".into(), UserOutcome::Events(vec![of("a", "z", 100)]))]
-        );
+        assert_eq!(users, vec![("a".into(), packed(&[of("a", "z", 100)]))]);
     }
 
     #[test]
@@ -638,12 +642,11 @@ mod tests {
                 let outcome = if deleted.contains(&user) {
                     UserOutcome::Deleted
                 } else {
-                    UserOutcome::Events(
-                        events
-                            .into_iter()
-                            .filter(|e| !retracted.contains(&e.event_id))
-                            .collect(),
-                    )
+                    let counted: Vec<Event> = events
+                        .into_iter()
+                        .filter(|e| !retracted.contains(&e.event_id))
+                        .collect();
+                    packed(&counted)
                 };
                 (user, outcome)
             })
@@ -706,7 +709,7 @@ mod tests {
         let UserOutcome::Events(events) = &users[0].1 else {
             panic!("not deleted")
         };
-        let times: Vec<Millis> = events.iter().map(|e| e.event_time).collect();
+        let times: Vec<Millis> = events.times().collect();
         assert_eq!(times, vec![1, 3, 6]);
     }
 

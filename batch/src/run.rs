@@ -8,10 +8,11 @@ use futures::{stream, StreamExt, TryStreamExt};
 use signals_core::time::floor_hour;
 use signals_core::{LogPosition, Partition, SignalDefinition, UserRecord};
 use signals_schemas::Millis;
-use signals_store::{BatchCheckpoint, BatchManifest, BatchPart, StoreError};
+use signals_store::{BatchCheckpoint, BatchManifest, BatchPart, EncodedRecord, StoreError};
 use tracing::info;
 
-use crate::recompute::{Keep, Recompute, Recomputed, UserOutcome};
+use crate::recompute::{Keep, Recompute, RecomputeError, Recomputed, UserOutcome};
+use crate::user_events::UnpackError;
 use crate::{
     backfill, read, Backfill, BatchError, BatchLayer, BatchSummary, Job, Phase, Progress, Running,
     WRITE_CHUNK_PACKED_BYTES,
@@ -334,8 +335,10 @@ impl BatchLayer {
             for record in self
                 .records(run.version, skipped.into_iter().map(|(u, _)| u).collect())
                 .await?
+                .into_iter()
+                .flatten()
             {
-                count(summary, record.as_deref());
+                Tally::of(&record).count(summary);
             }
             let published = match (&run.previous, &summary.changed_users) {
                 (Some(published), Some(_)) => Some(
@@ -350,19 +353,20 @@ impl BatchLayer {
             let mut records = Vec::with_capacity(fresh.len());
             for (i, (user, outcome)) in fresh.into_iter().enumerate() {
                 let before = published.as_ref().and_then(|p| p[i].clone());
-                let record = self.record(run, before.as_deref(), outcome);
+                let (record, tally) = self.record(run, &user, before.as_deref(), outcome)?;
                 if let Some(changed) = summary.changed_users.as_mut() {
+                    let record = record.decode()?;
                     if before.as_deref().is_none_or(|b| !same_content(b, &record)) {
                         *changed += 1;
                     }
                 }
-                count(summary, Some(&record));
+                tally.count(summary);
                 records.push((user, record));
             }
             if !run.dry_run && !records.is_empty() {
                 let last = records.last().map(|(user, _)| user.clone());
                 summary.records_written += records.len() as u64;
-                self.store.write_batch(run.version, records).await?;
+                self.store.write_records(run.version, records).await?;
                 match marker {
                     Marker::Whole(checkpoint) => {
                         checkpoint.written_through = last;
@@ -384,24 +388,41 @@ impl BatchLayer {
         Ok(user_count)
     }
 
-    /// A user's record in the new version.
+    /// A user's record in the new version, stored form, and what it counts.
     fn record(
         &self,
         run: &Run<'_>,
+        user: &str,
         published: Option<&UserRecord>,
         outcome: UserOutcome,
-    ) -> UserRecord {
-        match &run.job {
-            Job::Run => match outcome {
-                UserOutcome::Deleted => UserRecord::erased(run.horizon),
-                UserOutcome::Events(events) => {
-                    UserRecord::compact(&self.definitions, events, run.horizon)
-                }
-            },
-            Job::Backfill(backfill) => {
-                backfill::merge(published, outcome, backfill, &run.named, run.horizon)
+    ) -> Result<(EncodedRecord, Tally), BatchError> {
+        let unpack = |source| RecomputeError::Unpack {
+            user: user.to_owned(),
+            source,
+        };
+        let record = match (&run.job, outcome) {
+            (Job::Run, UserOutcome::Events(events)) => {
+                // Straight from the packed events: a heavy user is never
+                // held decoded.
+                let made = events
+                    .into_record(&self.definitions, run.horizon)
+                    .map_err(|error| match error {
+                        UnpackError::Postcard(source) => BatchError::from(unpack(source)),
+                        UnpackError::Store(error) => BatchError::from(error),
+                    })?;
+                let tally = Tally {
+                    users: u64::from(made.events > 0 || made.has_base),
+                    events: made.events,
+                };
+                return Ok((made.record, tally));
             }
-        }
+            (Job::Run, UserOutcome::Deleted) => UserRecord::erased(run.horizon),
+            (Job::Backfill(backfill), outcome) => {
+                backfill::merge(published, outcome, backfill, &run.named, run.horizon)
+                    .map_err(unpack)?
+            }
+        };
+        Ok((EncodedRecord::of(&record)?, Tally::of(&record)))
     }
 
     /// Marks this worker's share done; the whole run's users and events
@@ -505,13 +526,26 @@ impl Run<'_> {
 }
 
 /// Counts `record`, if any, in `summary`'s users and events.
-fn count(summary: &mut BatchSummary, record: Option<&UserRecord>) {
-    if let Some(record) = record {
+/// What a run's summary counts of one user's record.
+struct Tally {
+    /// 1 if the record holds anything that counts.
+    users: u64,
+    /// Raw events it keeps.
+    events: u64,
+}
+
+impl Tally {
+    fn of(record: &UserRecord) -> Tally {
         let counts = !record.events.is_empty() || !record.base.is_empty();
-        if counts && !record.deleted {
-            summary.users += 1;
+        Tally {
+            users: u64::from(counts && !record.deleted),
+            events: record.events.len() as u64,
         }
-        summary.events += record.events.len() as u64;
+    }
+
+    fn count(self, summary: &mut BatchSummary) {
+        summary.users += self.users;
+        summary.events += self.events;
     }
 }
 

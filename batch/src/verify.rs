@@ -26,6 +26,7 @@ use signals_store::StoreError;
 
 use crate::read::Record;
 use crate::recompute::{Keep, Recompute, UserFilter, UserOutcome};
+use crate::user_events::UserEvents;
 use crate::{read, BatchError, BatchLayer, Phase, Progress, Running};
 
 /// Which users a verify run compares.
@@ -181,7 +182,7 @@ impl BatchLayer {
         let unknown: Vec<(String, UserOutcome)> = named
             .into_iter()
             .filter(|u| !listed.iter().any(|(l, _)| l == u))
-            .map(|u| (u, UserOutcome::Events(Vec::new())))
+            .map(|u| (u, UserOutcome::Events(UserEvents::default())))
             .collect();
 
         let definitions: Vec<&SignalDefinition> = self.definitions.iter().collect();
@@ -258,7 +259,11 @@ impl BatchLayer {
             UserOutcome::Events(events) => UserView::merge(
                 Some(Arc::new(UserRecord {
                     horizon: Millis::MIN,
-                    events,
+                    events: events.decode().map_err(|e| {
+                        StoreError::Backend(format!(
+                            "cannot unpack the events of user {user:?}: {e}"
+                        ))
+                    })?,
                     ..UserRecord::default()
                 })),
                 [],

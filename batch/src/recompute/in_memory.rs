@@ -10,6 +10,7 @@ use signals_schemas::{Event, Millis, RecordBody};
 
 use super::{Corrections, Keep, UserOutcome};
 use crate::bots::BotFilter;
+use crate::user_events::UserEvents;
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 type FastSet<T> = HashSet<T, foldhash::fast::RandomState>;
@@ -118,6 +119,7 @@ impl InMemory {
                     return (user, UserOutcome::Deleted);
                 }
                 corrections.retracted += withdrawn;
+                let mut events = UserEvents::of(&events).expect("test events pack");
                 if let Some(bots) = bots {
                     let removed = bots.apply(&mut events);
                     if removed > 0 {

@@ -245,16 +245,28 @@ impl SignalDefinition {
     /// horizon, any order): see [`SignalDefinition::keeps_base_state`].
     pub fn base_state<'e>(&self, old: impl IntoIterator<Item = &'e Event>) -> State {
         let mut state = State::empty(&self.aggregation);
-        for event in old.into_iter().filter(|e| self.matches(e)) {
+        for event in old {
+            self.add_old(&mut state, event);
+        }
+        self.finish_base(state)
+    }
+
+    /// Adds one event before the horizon to a base state being built.
+    pub fn add_old(&self, state: &mut State, event: &Event) {
+        if self.matches(event) {
             state.add(&self.aggregation, event);
         }
-        if let State::Sessions(sessions) = &state {
+    }
+
+    /// The base state kept of what [`SignalDefinition::add_old`] built.
+    pub fn finish_base(&self, state: State) -> State {
+        match &state {
             // Sessions counted at any `at` within retention start at or
             // after the horizon (session windows count in the widest
             // window); only the last old session can reach them.
-            state = State::Sessions(sessions.last_only());
+            State::Sessions(sessions) => State::Sessions(sessions.last_only()),
+            _ => state,
         }
-        state
     }
 
     /// The signal's value at `at` from the state of the events it read.

@@ -59,22 +59,14 @@ impl UserRecord {
     pub fn compact(definitions: &Definitions, events: Vec<Event>, horizon: Millis) -> UserRecord {
         let (old, mut recent): (Vec<Event>, Vec<Event>) =
             events.into_iter().partition(|e| e.event_time < horizon);
-        let mut base = BTreeMap::new();
-        if !old.is_empty() {
-            for definition in definitions.iter().filter(|d| d.keeps_base_state()) {
-                base.insert(
-                    definition.name.clone(),
-                    BaseState {
-                        fingerprint: definition.fingerprint(),
-                        state: definition.base_state(&old),
-                    },
-                );
-            }
+        let mut base = BaseStates::new(definitions);
+        for event in &old {
+            base.add(event);
         }
         recent.sort_unstable_by(newest_first);
         UserRecord {
             horizon,
-            base,
+            base: base.finish(),
             events: recent,
             deleted: false,
             tiles: Tiles::default(),
@@ -89,6 +81,52 @@ impl UserRecord {
             deleted: true,
             ..UserRecord::default()
         }
+    }
+}
+
+/// The base states of a record, built event by event from its events
+/// before the horizon (in any order): what [`UserRecord::compact`] keeps,
+/// for a caller that never holds those events at once.
+pub struct BaseStates<'d> {
+    states: Vec<(&'d SignalDefinition, State)>,
+    /// Whether any event was added: a record with no old events keeps no
+    /// base state at all, not empty ones.
+    any: bool,
+}
+
+impl<'d> BaseStates<'d> {
+    pub fn new(definitions: &'d Definitions) -> BaseStates<'d> {
+        let states = definitions
+            .iter()
+            .filter(|d| d.keeps_base_state())
+            .map(|d| (d, State::empty(&d.aggregation)))
+            .collect();
+        BaseStates { states, any: false }
+    }
+
+    /// Adds an event before the horizon.
+    pub fn add(&mut self, event: &Event) {
+        self.any = true;
+        for (definition, state) in &mut self.states {
+            definition.add_old(state, event);
+        }
+    }
+
+    /// Signal name → base state, as a record keeps them.
+    pub fn finish(self) -> BTreeMap<String, BaseState> {
+        if !self.any {
+            return BTreeMap::new();
+        }
+        self.states
+            .into_iter()
+            .map(|(definition, state)| {
+                let base = BaseState {
+                    fingerprint: definition.fingerprint(),
+                    state: definition.finish_base(state),
+                };
+                (definition.name.clone(), base)
+            })
+            .collect()
     }
 }
 

@@ -73,6 +73,64 @@ pub fn encode_record(record: &UserRecord) -> Result<Vec<u8>, StoreError> {
         .map_err(|e| StoreError::Backend(format!("cannot encode a user record: {e}")))
 }
 
+/// A user record in its stored form: what [`encode_record`] writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncodedRecord(Vec<u8>);
+
+impl EncodedRecord {
+    /// The stored form of `record`.
+    pub fn of(record: &UserRecord) -> Result<EncodedRecord, StoreError> {
+        encode_record(record).map(EncodedRecord)
+    }
+
+    /// The stored form of the record (not deleted) of `horizon`, `base`
+    /// and `events`, each event given as its postcard bytes (what
+    /// `postcard::to_stdvec(&event)` gives), in the record's order (newest
+    /// first): the bytes [`EncodedRecord::of`] gives for that record, made
+    /// without decoding an event. The caller vouches for the events' bytes:
+    /// a malformed one makes a record that reads as corrupt.
+    pub fn from_packed<'e, I>(
+        horizon: Millis,
+        base: &BTreeMap<String, BaseState>,
+        events: I,
+    ) -> Result<EncodedRecord, StoreError>
+    where
+        I: ExactSizeIterator<Item = &'e [u8]> + Clone,
+    {
+        let unencodable =
+            |e: postcard::Error| StoreError::Backend(format!("cannot encode a user record: {e}"));
+        // `UserRecord`'s fields in order; a sequence is its length, then its
+        // elements back to back, and `deleted` is one byte.
+        let mut bytes = postcard::to_extend(&horizon, vec![RECORD_FORMAT]).map_err(unencodable)?;
+        bytes = postcard::to_extend(base, bytes).map_err(unencodable)?;
+        bytes = postcard::to_extend(&events.len(), bytes).map_err(unencodable)?;
+        bytes.reserve_exact(events.clone().map(<[u8]>::len).sum::<usize>() + 1);
+        for event in events {
+            bytes.extend_from_slice(event);
+        }
+        bytes.push(u8::from(false));
+        Ok(EncodedRecord(bytes))
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The record these bytes hold.
+    pub fn decode(&self) -> Result<UserRecord, StoreError> {
+        decode_record(&self.0, "batch", || "a record in hand".to_owned())
+    }
+
+    /// Bytes stored.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// Decodes what [`encode_record`] wrote, or a format 1 record.
 pub fn decode_record(
     bytes: &[u8],
@@ -219,6 +277,41 @@ pub fn decode_index(
 mod tests {
     use super::*;
     use crate::IndexEntry;
+    use proptest::prelude::*;
+    use signals_core::testing::{aggregations, arb_events};
+    use signals_core::State;
+
+    proptest! {
+        #[test]
+        fn a_record_from_packed_events_is_that_record_encoded(
+            events in arb_events(40),
+            horizon in 0i64..200,
+        ) {
+            let old = || events.iter().filter(|e| e.event_time < horizon);
+            let base = aggregations()
+                .iter()
+                .enumerate()
+                .map(|(i, aggregation)| {
+                    let mut state = State::empty(aggregation);
+                    old().for_each(|e| state.add(aggregation, e));
+                    (format!("s{i}"), BaseState { fingerprint: format!("f{i}"), state })
+                })
+                .collect();
+            let record = UserRecord {
+                horizon,
+                base,
+                events: events.clone(),
+                ..UserRecord::default()
+            };
+            let packed: Vec<Vec<u8>> = events
+                .iter()
+                .map(|e| postcard::to_stdvec(e).expect("packs"))
+                .collect();
+            let made = EncodedRecord::from_packed(horizon, &record.base, packed.iter().map(Vec::as_slice))?;
+            prop_assert_eq!(&made, &EncodedRecord::of(&record)?);
+            prop_assert_eq!(decode_record(made.as_bytes(), "batch", String::new)?, record);
+        }
+    }
 
     #[test]
     fn values_round_trip_and_foreign_bytes_are_corrupt_with_context() {

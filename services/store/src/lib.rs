@@ -49,6 +49,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 pub use cache::VersionedCache;
+pub use codec::EncodedRecord;
 pub use error::StoreError;
 pub use insights::InsightsStore;
 use signals_core::{LogPosition, Offset, Partition, UserRecord};
@@ -166,12 +167,27 @@ pub trait ServingStore: StoreReads {
 /// collection, erasures and the checkpoints of resumable runs.
 #[async_trait]
 pub trait BatchStore: StoreReads {
-    /// Writes records of an unpublished version (idempotent per user).
+    /// Writes records of an unpublished version (idempotent per user), in
+    /// their stored form: a batch can make it without decoding a user's
+    /// events ([`EncodedRecord::from_packed`]).
+    async fn write_records(
+        &self,
+        version: u64,
+        records: Vec<(String, EncodedRecord)>,
+    ) -> Result<(), StoreError>;
+
+    /// [`BatchStore::write_records`] of records in hand.
     async fn write_batch(
         &self,
         version: u64,
         records: Vec<(String, UserRecord)>,
-    ) -> Result<(), StoreError>;
+    ) -> Result<(), StoreError> {
+        let encoded = records
+            .into_iter()
+            .map(|(user, record)| Ok((user, EncodedRecord::of(&record)?)))
+            .collect::<Result<_, StoreError>>()?;
+        self.write_records(version, encoded).await
+    }
 
     /// Makes `manifest` the published version in one atomic step.
     async fn publish(&self, manifest: &BatchManifest) -> Result<(), StoreError>;

@@ -491,7 +491,8 @@ mod tests {
     use super::*;
     use crate::embedded::EmbeddedStore;
     use crate::{
-        BatchCheckpoint, BatchPart, BatchStore, GarbageStats, SignalStore, SpeedStore, SpeedWrite,
+        BatchCheckpoint, BatchPart, BatchStore, EncodedRecord, GarbageStats, SignalStore,
+        SpeedStore, SpeedWrite,
     };
     use signals_core::{Offset, Partition};
 
@@ -610,12 +611,12 @@ mod tests {
 
     #[async_trait]
     impl BatchStore for Wired {
-        async fn write_batch(
+        async fn write_records(
             &self,
             version: u64,
-            records: Vec<(String, UserRecord)>,
+            records: Vec<(String, EncodedRecord)>,
         ) -> Result<(), StoreError> {
-            self.store.write_batch(version, records).await
+            self.store.write_records(version, records).await
         }
 
         async fn publish(&self, manifest: &BatchManifest) -> Result<(), StoreError> {

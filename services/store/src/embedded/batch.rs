@@ -3,19 +3,18 @@
 use std::sync::Arc;
 
 use redb::Durability;
-use signals_core::UserRecord;
 
 use super::tables::{BATCH, META, PUBLISHED_KEY};
 use super::{codec, engine, keys, Inner};
 use crate::types::refuse_backwards;
-use crate::{BatchManifest, StoreError};
+use crate::{BatchManifest, EncodedRecord, StoreError};
 
 impl Inner {
     /// Writes `records` under the unpublished `version`, in one durable transaction.
     pub(super) fn write_batch(
         &self,
         version: u64,
-        records: &[(String, UserRecord)],
+        records: &[(String, EncodedRecord)],
     ) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write().map_err(engine("begin a write"))?;
         txn.set_durability(Durability::Immediate);
@@ -32,9 +31,8 @@ impl Inner {
             let mut batch = txn.open_table(BATCH).map_err(engine("open table batch"))?;
             for (user, record) in records {
                 let key = keys::batch_key(version, user);
-                let value = codec::encode_record(record)?;
                 batch
-                    .insert(key.as_slice(), value.as_slice())
+                    .insert(key.as_slice(), record.as_bytes())
                     .map_err(engine("write a batch record"))?;
             }
         }

@@ -85,9 +85,9 @@ use tracing::info;
 use crate::cache::{ManifestCache, RecordCache};
 use crate::codec;
 use crate::{
-    BatchCheckpoint, BatchManifest, BatchPart, BatchStore, GarbageStats, HistorySince, IndexEntry,
-    PositionedEntry, ServingStore, SpeedProgress, SpeedStore, SpeedWrite, StoreError, StoreReads,
-    TailMark,
+    BatchCheckpoint, BatchManifest, BatchPart, BatchStore, EncodedRecord, GarbageStats,
+    HistorySince, IndexEntry, PositionedEntry, ServingStore, SpeedProgress, SpeedStore, SpeedWrite,
+    StoreError, StoreReads, TailMark,
 };
 
 /// Tuning of an [`EmbeddedStore`].
@@ -284,10 +284,10 @@ impl ServingStore for EmbeddedStore {
 
 #[async_trait]
 impl BatchStore for EmbeddedStore {
-    async fn write_batch(
+    async fn write_records(
         &self,
         version: u64,
-        records: Vec<(String, UserRecord)>,
+        records: Vec<(String, EncodedRecord)>,
     ) -> Result<(), StoreError> {
         self.blocking(move |inner| inner.write_batch(version, &records))
             .await

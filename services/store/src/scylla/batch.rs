@@ -14,7 +14,7 @@ use super::driver;
 use super::speed::non_empty;
 use super::store::Inner;
 pub(super) use crate::types::refuse_backwards;
-use crate::{BatchManifest, HistorySince, StoreError, TailMark};
+use crate::{BatchManifest, EncodedRecord, HistorySince, StoreError, TailMark};
 
 /// Conditional writes `publish` tries before giving up on a contended pointer.
 const PUBLISH_ATTEMPTS: usize = 5;
@@ -26,7 +26,7 @@ impl Inner {
     pub(super) async fn write_batch(
         &self,
         version: u64,
-        records: Vec<(String, UserRecord)>,
+        records: Vec<(String, EncodedRecord)>,
     ) -> Result<(), StoreError> {
         let statements = self.statements().await?;
         if let Some(published) = self.read_pointer(&statements.select_pointer).await? {
@@ -50,7 +50,6 @@ impl Inner {
         let users = records.len();
         stream::iter(records.into_iter().map(Ok))
             .try_for_each_concurrent(self.options.max_in_flight, |(user, record)| async move {
-                let value = codec::encode_record(&record)?;
                 // Listed before written: garbage collection finds every record.
                 self.run(
                     &statements.insert_listing,
@@ -61,7 +60,7 @@ impl Inner {
                 .await?;
                 self.run(
                     &statements.insert_record,
-                    (v, user.as_str(), value),
+                    (v, user.as_str(), record.as_bytes()),
                     "write a batch record",
                 )
                 .await

@@ -26,9 +26,9 @@ use super::config::ScyllaOptions;
 use super::driver;
 use super::schema::{self, Statements};
 use crate::{
-    BatchCheckpoint, BatchManifest, BatchPart, BatchStore, GarbageStats, HistorySince, IndexEntry,
-    PositionedEntry, ServingStore, SpeedProgress, SpeedStore, SpeedWrite, StoreError, StoreReads,
-    TailMark,
+    BatchCheckpoint, BatchManifest, BatchPart, BatchStore, EncodedRecord, GarbageStats,
+    HistorySince, IndexEntry, PositionedEntry, ServingStore, SpeedProgress, SpeedStore, SpeedWrite,
+    StoreError, StoreReads, TailMark,
 };
 
 /// The [`SignalStore`](crate::SignalStore) on a ScyllaDB (or Cassandra) cluster. Cheap to clone.
@@ -264,10 +264,10 @@ impl ServingStore for ScyllaStore {
 
 #[async_trait]
 impl BatchStore for ScyllaStore {
-    async fn write_batch(
+    async fn write_records(
         &self,
         version: u64,
-        records: Vec<(String, UserRecord)>,
+        records: Vec<(String, EncodedRecord)>,
     ) -> Result<(), StoreError> {
         self.inner.write_batch(version, records).await
     }
