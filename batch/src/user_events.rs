@@ -36,17 +36,19 @@ struct Packed {
 
 /// The fields a packed event starts with, up to its time: read without
 /// allocating (`Event`'s fields, in order, as postcard lays them out).
+/// Strings are read as the bytes they are: postcard writes both alike, and
+/// the batch packed them from valid strings.
 #[derive(Deserialize)]
 struct Head<'a> {
     #[serde(borrow)]
-    _event_id: &'a str,
+    _event_id: &'a [u8],
     #[serde(borrow)]
-    _user_id: &'a str,
+    _user_id: &'a [u8],
     _event_type: EventType,
     #[serde(borrow)]
-    _item_id: Option<&'a str>,
+    _item_id: Option<&'a [u8]>,
     #[serde(borrow)]
-    _query: Option<&'a str>,
+    _query: Option<&'a [u8]>,
     event_time: Millis,
 }
 
@@ -166,8 +168,8 @@ impl UserEvents {
 /// An event's id, read from its bytes (checked when it was pushed).
 fn id_of<'b>(bytes: &'b [u8], event: &Packed) -> &'b [u8] {
     let packed = &bytes[event.start..event.start + event.len as usize];
-    match postcard::take_from_bytes::<&str>(packed) {
-        Ok((id, _)) => id.as_bytes(),
+    match postcard::take_from_bytes::<&[u8]>(packed) {
+        Ok((id, _)) => id,
         Err(_) => &[],
     }
 }
