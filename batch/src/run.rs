@@ -410,10 +410,7 @@ impl BatchLayer {
                         UnpackError::Postcard(source) => BatchError::from(unpack(source)),
                         UnpackError::Store(error) => BatchError::from(error),
                     })?;
-                let tally = Tally {
-                    users: u64::from(made.events > 0 || made.has_base),
-                    events: made.events,
-                };
+                let tally = Tally::new(made.events, made.has_base, false);
                 return Ok((made.record, tally));
             }
             (Job::Run, UserOutcome::Deleted) => UserRecord::erased(run.horizon),
@@ -535,12 +532,18 @@ struct Tally {
 }
 
 impl Tally {
-    fn of(record: &UserRecord) -> Tally {
-        let counts = !record.events.is_empty() || !record.base.is_empty();
+    /// A record of `events` raw events, with base states or not: a user
+    /// counts if it holds anything and is not deleted.
+    fn new(events: u64, has_base: bool, deleted: bool) -> Tally {
         Tally {
-            users: u64::from(counts && !record.deleted),
-            events: record.events.len() as u64,
+            users: u64::from((events > 0 || has_base) && !deleted),
+            events,
         }
+    }
+
+    fn of(record: &UserRecord) -> Tally {
+        let events = record.events.len() as u64;
+        Tally::new(events, !record.base.is_empty(), record.deleted)
     }
 
     fn count(self, summary: &mut BatchSummary) {
