@@ -16,8 +16,7 @@
 
 use std::collections::BTreeMap;
 
-use signals_core::view::BaseState;
-use signals_core::{SignalDefinition, UserRecord, Window};
+use signals_core::{BaseStates, SignalDefinition, UserRecord, Window};
 use signals_schemas::Millis;
 
 use crate::recompute::UserOutcome;
@@ -95,24 +94,17 @@ pub fn merge(
             .events
             .sort_unstable_by(|a, b| (b.event_time, &b.event_id).cmp(&(a.event_time, &a.event_id)));
     }
-    let old: Vec<_> = events.iter().filter(|e| e.event_time < horizon).collect();
     // Lifetime signals and sessions (whose last session before the horizon
-    // can still reach the window) keep a state of the events before it.
-    for signal in signals.iter().filter(|s| s.keeps_base_state()) {
-        if old.is_empty() {
-            // As `UserRecord::compact`: no old events, no base state.
-            record.base.remove(&signal.name);
-            continue;
-        }
-        let state = signal.base_state(old.iter().copied());
-        record.base.insert(
-            signal.name.clone(),
-            BaseState {
-                fingerprint: signal.fingerprint(),
-                state,
-            },
-        );
+    // can still reach the window) keep a state of the events before it;
+    // with no old events, none (as `UserRecord::compact`).
+    let mut base = BaseStates::new(signals.iter().copied());
+    for event in events.iter().filter(|e| e.event_time < horizon) {
+        base.add(event);
     }
+    for signal in signals.iter().filter(|s| s.keeps_base_state()) {
+        record.base.remove(&signal.name);
+    }
+    record.base.extend(base.finish());
     Ok(record)
 }
 

@@ -241,17 +241,8 @@ impl SignalDefinition {
         self.window == Window::Lifetime || matches!(self.aggregation, Aggregation::Sessions { .. })
     }
 
-    /// The state a batch record keeps over `old` events (all before its
-    /// horizon, any order): see [`SignalDefinition::keeps_base_state`].
-    pub fn base_state<'e>(&self, old: impl IntoIterator<Item = &'e Event>) -> State {
-        let mut state = State::empty(&self.aggregation);
-        for event in old {
-            self.add_old(&mut state, event);
-        }
-        self.finish_base(state)
-    }
-
-    /// Adds one event before the horizon to a base state being built.
+    /// Adds one event before the horizon (in any order) to the state a
+    /// batch record keeps of them: see [`SignalDefinition::keeps_base_state`].
     pub fn add_old(&self, state: &mut State, event: &Event) {
         if self.matches(event) {
             state.add(&self.aggregation, event);

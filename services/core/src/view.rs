@@ -95,9 +95,10 @@ pub struct BaseStates<'d> {
 }
 
 impl<'d> BaseStates<'d> {
-    pub fn new(definitions: &'d Definitions) -> BaseStates<'d> {
+    /// Base states of those of `definitions` that keep one.
+    pub fn new(definitions: impl IntoIterator<Item = &'d SignalDefinition>) -> BaseStates<'d> {
         let states = definitions
-            .iter()
+            .into_iter()
             .filter(|d| d.keeps_base_state())
             .map(|d| (d, State::empty(&d.aggregation)))
             .collect();

@@ -120,15 +120,6 @@ impl EncodedRecord {
     pub fn decode(&self) -> Result<UserRecord, StoreError> {
         decode_record(&self.0, "batch", || "a record in hand".to_owned())
     }
-
-    /// Bytes stored.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 /// Decodes what [`encode_record`] wrote, or a format 1 record.
