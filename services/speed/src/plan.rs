@@ -204,18 +204,36 @@ pub fn plan(
         };
         match record.body {
             RecordBody::Event(event) => {
-                let (occurrence, next) = rules.on_event(
-                    updated
-                        .get(&event.event_id)
-                        .or_else(|| known.get(&event.event_id)),
-                    &event.user_id,
-                    record.accepted_at,
-                );
+                let entry = updated
+                    .get(&event.event_id)
+                    .or_else(|| known.get(&event.event_id));
+                let counted_for_another = entry
+                    .and_then(|e| e.user_id.as_ref())
+                    .is_some_and(|user| *user != event.user_id);
+                let (occurrence, next) = rules.on_event(entry, &event.user_id, record.accepted_at);
                 if let Some(next) = next {
                     updated.insert(event.event_id.clone(), next);
                 }
                 match occurrence {
-                    Occurrence::Copy => stats.duplicates += 1,
+                    Occurrence::Copy => {
+                        stats.duplicates += 1;
+                        // A copy of another user's occurrence (a producer
+                        // reusing an id) sits on another partition, so a
+                        // write cut short may have stored it counted under
+                        // a plan that polled it first. An entry that
+                        // retracts nothing takes its position and replaces
+                        // that row. A copy of the user's own occurrence is
+                        // on the same partition, after it: every plan
+                        // decides it alike and writes nothing.
+                        if counted_for_another && !deleted.contains(&event.user_id) {
+                            entries.push(at(
+                                event.user_id.clone(),
+                                SpeedEntry::Retracted {
+                                    event_ids: Vec::new(),
+                                },
+                            ));
+                        }
+                    }
                     Occurrence::Withdrawn => {
                         stats.withdrawn += 1;
                         // Written at the event's own position, not left
@@ -556,5 +574,44 @@ mod tests {
         let (_, entry) = &write.index[0];
         assert_eq!(entry.accepted_at, Some(11));
         assert_eq!(entry.expires_at, Some(11 + 10 + 5));
+    }
+
+    #[test]
+    fn a_copy_of_another_users_occurrence_takes_its_position_with_an_empty_retraction() {
+        let of = |user: &str, id: &str| {
+            let mut e = event(id, EventType::View, "item", 1_795_428_000_000);
+            e.user_id = user.into();
+            RecordBody::Event(e)
+        };
+        let batch = decode(
+            vec![
+                entry(0, of("u1", "x")),
+                entry(1, of("u1", "x")),
+                entry(2, of("u2", "x")),
+            ],
+            &LogPosition::new(),
+        );
+        let rules = Deduplication::default();
+        let (write, stats) = plan(batch, HashMap::new(), None, &rules, &mut HashSet::new());
+        let rows: Vec<(&str, u64, &SpeedEntry)> = write
+            .entries
+            .iter()
+            .map(|e| (e.user_id.as_str(), e.offset, &e.entry))
+            .collect();
+        // u1's own retry writes nothing; u2's reuse of the id writes a row
+        // that withdraws nothing.
+        assert_eq!(rows.len(), 2);
+        assert!(matches!(rows[0], ("u1", 0, SpeedEntry::Event(e)) if e.event_id == "x"));
+        assert_eq!(
+            rows[1],
+            (
+                "u2",
+                2,
+                &SpeedEntry::Retracted {
+                    event_ids: Vec::new()
+                }
+            )
+        );
+        assert_eq!((stats.events, stats.duplicates), (1, 2));
     }
 }

@@ -6,10 +6,10 @@
 //! in another interleaving, so its plan may differ from the one cut short.
 //! The store below keeps what landed exactly as CQL would (a row per
 //! position, overwritten by a later write to it); whatever the crashes, once
-//! a run completes every user's view must hold each event that counts once
-//! and no retracted one.
+//! a run completes each event id that counts must be held once, by one
+//! user that appended it, and no retracted one by anybody.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use proptest::prelude::*;
 use signals_core::testing::event;
@@ -26,8 +26,10 @@ const USERS: u32 = 4;
 /// What a client appends, in the order the log accepts it.
 #[derive(Clone, Debug)]
 enum Append {
-    /// The user's `n`-th event id (a later append of the same id is a copy).
-    Event { user: u32, n: u32 },
+    /// An event of `user` with the `n`-th event id of user `owner` (a later
+    /// append of the same id is a copy; an owner other than the user is a
+    /// producer reusing another user's id, on another partition).
+    Event { user: u32, owner: u32, n: u32 },
     /// A retraction of some users' event ids, on a partition of its own.
     Retraction {
         partition: u32,
@@ -40,13 +42,19 @@ fn event_id(user: u32, n: u32) -> String {
 }
 
 fn appends() -> impl Strategy<Value = Vec<Append>> {
-    let event = (0..USERS, 0..6u32).prop_map(|(user, n)| Append::Event { user, n });
+    let own = (0..USERS, 0..6u32).prop_map(|(user, n)| Append::Event {
+        user,
+        owner: user,
+        n,
+    });
+    let reused =
+        (0..USERS, 0..USERS, 0..6u32).prop_map(|(user, owner, n)| Append::Event { user, owner, n });
     let retraction = (
         0..PARTITIONS,
         prop::collection::vec((0..USERS, 0..6u32), 1..3),
     )
         .prop_map(|(partition, ids)| Append::Retraction { partition, ids });
-    prop::collection::vec(prop_oneof![3 => event, 1 => retraction], 1..40)
+    prop::collection::vec(prop_oneof![6 => own, 1 => reused, 2 => retraction], 1..40)
 }
 
 /// The log's partitions, each a list of (accepted at, record).
@@ -54,9 +62,9 @@ fn log_of(appends: &[Append]) -> Vec<Vec<(i64, RecordBody)>> {
     let mut partitions = vec![Vec::new(); PARTITIONS as usize];
     for (accepted_at, append) in appends.iter().enumerate() {
         let (partition, body) = match append {
-            Append::Event { user, n } => {
+            Append::Event { user, owner, n } => {
                 let mut e = event(
-                    &event_id(*user, *n),
+                    &event_id(*owner, *n),
                     EventType::View,
                     "item",
                     1_795_428_000_000,
@@ -77,8 +85,9 @@ fn log_of(appends: &[Append]) -> Vec<Vec<(i64, RecordBody)>> {
     partitions
 }
 
-/// Each user's events that count: every id appended, none retracted.
-fn expected(appends: &[Append]) -> BTreeMap<String, Vec<String>> {
+/// The users that appended each event id, for every id that counts: every
+/// id appended, none retracted.
+fn expected(appends: &[Append]) -> BTreeMap<String, BTreeSet<String>> {
     let retracted: HashSet<String> = appends
         .iter()
         .flat_map(|a| match a {
@@ -86,21 +95,16 @@ fn expected(appends: &[Append]) -> BTreeMap<String, Vec<String>> {
             Append::Event { .. } => Vec::new(),
         })
         .collect();
-    let mut users: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut ids: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for append in appends {
-        if let Append::Event { user, n } = append {
-            let id = event_id(*user, *n);
-            let ids = users.entry(format!("u{user}")).or_default();
-            if !retracted.contains(&id) && !ids.contains(&id) {
-                ids.push(id);
+        if let Append::Event { user, owner, n } = append {
+            let id = event_id(*owner, *n);
+            if !retracted.contains(&id) {
+                ids.entry(id).or_default().insert(format!("u{user}"));
             }
         }
     }
-    for ids in users.values_mut() {
-        ids.sort();
-    }
-    users.retain(|_, ids| !ids.is_empty());
-    users
+    ids
 }
 
 /// What the store holds: rows keyed like CQL's, overwritten in place.
@@ -112,21 +116,23 @@ struct Store {
 }
 
 impl Store {
+    /// Each event id served, with the users whose views hold it (as many
+    /// times as they hold it).
     fn served(&self) -> BTreeMap<String, Vec<String>> {
         let mut by_user: BTreeMap<String, Vec<SpeedEntry>> = BTreeMap::new();
         for ((user, _, _), entry) in &self.entries {
             by_user.entry(user.clone()).or_default().push(entry.clone());
         }
-        by_user
-            .into_iter()
-            .map(|(user, entries)| {
-                let view = UserView::with_tail(None, SpeedTail::default().extended(None, entries));
-                let mut ids: Vec<String> = view.events().map(|e| e.event_id.clone()).collect();
-                ids.sort();
-                (user, ids)
-            })
-            .filter(|(_, ids)| !ids.is_empty())
-            .collect()
+        let mut ids: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (user, entries) in by_user {
+            let view = UserView::with_tail(None, SpeedTail::default().extended(None, entries));
+            for event in view.events() {
+                ids.entry(event.event_id.clone())
+                    .or_default()
+                    .push(user.clone());
+            }
+        }
+        ids
     }
 }
 
@@ -293,6 +299,14 @@ proptest! {
     ) {
         let log = log_of(&appends);
         let store = run(&log, &mut Choices { values, next: 0 }, crashes, pipelined);
-        prop_assert_eq!(store.served(), expected(&appends));
+        let served = store.served();
+        let expected = expected(&appends);
+        prop_assert_eq!(served.keys().collect::<Vec<_>>(), expected.keys().collect::<Vec<_>>());
+        for (id, users) in &served {
+            // Which user wins an id two users appended depends on the
+            // order partitions are polled in; that exactly one does does not.
+            prop_assert_eq!(users.len(), 1, "{} counted for {:?}", id, users);
+            prop_assert!(expected[id].contains(&users[0]), "{} counted for {:?}", id, users);
+        }
     }
 }
