@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use signals_core::{LogPosition, SpeedEntry};
 
+use super::codec::index_bucket;
 use super::{ScyllaOptions, ScyllaStore};
 use crate::contract::{self, at, manifest, record, write};
 use crate::{
@@ -270,6 +271,110 @@ async fn a_new_connection_sees_everything() {
     assert_eq!(after.record, before.record);
     assert_eq!(after.speed, before.speed);
     assert_eq!(event_ids(&after.speed), ["p0-5", "p1-2"]);
+}
+
+fn counted(user: &str, expires_at: Option<i64>) -> IndexEntry {
+    IndexEntry {
+        user_id: Some(user.into()),
+        accepted_at: Some(0),
+        retracted_at: None,
+        expires_at,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_ids_of_one_bucket_are_written_and_found_together() {
+    let Some(server) = Server::new() else { return };
+    let store = server.fresh().await;
+    // More ids of bucket 7 than one read or one batch takes, and a few of
+    // other buckets.
+    let ids: Vec<String> = (0..)
+        .map(|i| format!("id-{i}"))
+        .filter(|id| index_bucket(id) == 7)
+        .take(300)
+        .chain((0..50).map(|i| format!("other-{i}")))
+        .collect();
+    let mut w = write(vec![at("u", 0, 0)], &[(0, 1)]);
+    w.index = ids
+        .iter()
+        .map(|id| (id.clone(), counted("u", None)))
+        .collect();
+    w.index.sort_by(|a, b| a.0.cmp(&b.0));
+    store.apply_speed(w.into()).await.expect("apply");
+
+    let mut asked = ids.clone();
+    asked.extend(["absent".to_owned(), ids[0].clone(), String::new()]);
+    let found = store.lookup_events(&asked).await.expect("lookup");
+    assert_eq!(found.len(), ids.len());
+    assert!(ids.iter().all(|id| found[id] == counted("u", None)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_moves_the_first_index_layout_into_buckets_with_its_ttls() {
+    let Some(server) = Server::new() else { return };
+    let keyspace = server.keyspace();
+    let store = server.store(server.options(&keyspace)).await;
+    // The first layout, as a store before session 12 left it.
+    let session = &store.inner.session;
+    session
+        .query_unpaged(
+            format!("CREATE TABLE {keyspace}.event_index (event_id text PRIMARY KEY, entry blob)"),
+            &[],
+        )
+        .await
+        .expect("create the first layout");
+    session.await_schema_agreement().await.expect("agreement");
+    let kept = counted("kept", None);
+    let expiring = counted("expiring", Some(i64::MAX));
+    let insert =
+        format!("INSERT INTO {keyspace}.event_index (event_id, entry) VALUES (?, ?) USING TTL ?");
+    for (id, entry, ttl) in [("e-kept", &kept, 0), ("e-expiring", &expiring, 3_600)] {
+        let value = crate::codec::encode_index(entry).expect("encode");
+        session
+            .query_unpaged(insert.as_str(), (id, value, ttl))
+            .await
+            .expect("insert into the first layout");
+    }
+
+    store.migrate().await.expect("migrates");
+    let found = store
+        .lookup_events(&["e-kept".into(), "e-expiring".into()])
+        .await
+        .expect("lookup");
+    assert_eq!(found.get("e-kept"), Some(&kept));
+    assert_eq!(found.get("e-expiring"), Some(&expiring));
+    let ttls = session
+        .query_unpaged(
+            format!("SELECT event_id, TTL(entry) FROM {keyspace}.event_index_buckets"),
+            &[],
+        )
+        .await
+        .expect("select")
+        .into_rows_result()
+        .expect("rows");
+    let mut ttls: Vec<(String, Option<i32>)> = ttls
+        .rows::<(String, Option<i32>)>()
+        .expect("typed")
+        .map(|r| r.expect("row"))
+        .collect();
+    ttls.sort();
+    assert_eq!(ttls[0], ("e-expiring".into(), ttls[0].1));
+    assert!(
+        matches!(ttls[0].1, Some(t) if t > 3_000 && t <= 3_600),
+        "{ttls:?}"
+    );
+    assert_eq!(ttls[1], ("e-kept".into(), None));
+    assert!(!store.inner.has_table("event_index").await.expect("tables"));
+    // Again: nothing left to move, nothing lost.
+    store.migrate().await.expect("migrates again");
+    assert_eq!(
+        store
+            .lookup_events(&["e-kept".into()])
+            .await
+            .expect("lookup")
+            .len(),
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

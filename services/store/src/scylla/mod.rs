@@ -4,7 +4,8 @@
 //! The schema is `infra/cql/schema.cql` (compiled in, applied by
 //! [`ScyllaStore::migrate`]); it explains every table and key. In short:
 //! speed entries are one partition per user clustered by log position, the
-//! event index is keyed by event id, progress is one row per log partition,
+//! event index is 1,024 partitions clustered by event id (a bucket of the
+//! id's hash each), progress is one row per log partition,
 //! batch records are one partition per (version, user), a bucketed listing
 //! enumerates a version's users, and one pointer row holds the published
 //! manifest.
@@ -54,9 +55,11 @@
 //! A warm `user_history` is two single-partition reads issued concurrently
 //! (the user's record and speed tail); the manifest comes from the cache.
 //! Bulk writes (`apply_speed`, `write_batch`, index look-ups) run at most
-//! [`ScyllaOptions::max_in_flight`] requests at a time per call; independent
-//! rows are never grouped in a CQL BATCH, which would only add coordinator
-//! work across partitions.
+//! [`ScyllaOptions::max_in_flight`] requests at a time per call. Rows of one
+//! partition go together (a user's speed entries, one index bucket's ids:
+//! an unlogged single-partition batch is one mutation, an `IN` on the
+//! clustering key one read); rows of different partitions are never grouped
+//! in a CQL BATCH, which would only add coordinator work.
 
 mod batch;
 mod codec;

@@ -13,7 +13,7 @@ pub const SCHEMA: &str = include_str!("../../../../infra/cql/schema.cql");
 /// The tables [`SCHEMA`] creates; the store is usable once all exist.
 pub const TABLES: [&str; 7] = [
     "speed_entries",
-    "event_index",
+    "event_index_buckets",
     "speed_progress",
     "batch_records",
     "batch_users",
@@ -95,10 +95,10 @@ statements! {
     select_speed_users = "SELECT DISTINCT user_id FROM {ks}.speed_entries";
     /// One range tombstone: a user's entries of one log partition before an offset.
     delete_entries_before = "DELETE FROM {ks}.speed_entries WHERE user_id = ? AND log_partition = ? AND log_offset < ?";
-    /// An event index entry.
-    insert_index = "INSERT INTO {ks}.event_index (event_id, entry) VALUES (?, ?) USING TTL ?";
-    /// One event index entry.
-    select_index = "SELECT entry FROM {ks}.event_index WHERE event_id = ?";
+    /// An event index entry, in its bucket.
+    insert_index = "INSERT INTO {ks}.event_index_buckets (bucket, event_id, entry) VALUES (?, ?, ?) USING TTL ?";
+    /// The entries of some ids of one bucket.
+    select_index = "SELECT event_id, entry FROM {ks}.event_index_buckets WHERE bucket = ? AND event_id IN ?";
     /// A partition's progress, as a max-register: the write timestamp is the next offset.
     insert_progress = "INSERT INTO {ks}.speed_progress (log_partition, next_offset, last_accepted_at) VALUES (?, ?, ?) USING TIMESTAMP ?";
     /// Every partition's progress.

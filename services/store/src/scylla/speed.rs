@@ -1,42 +1,69 @@
 //! The speed layer's writes and reads: entries, the event index, progress.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::time::Duration;
 
 use ::scylla::response::query_result::QueryRowsResult;
 use ::scylla::response::PagingState;
+use ::scylla::serialize::row::SerializeRow;
 use ::scylla::statement::batch::{Batch, BatchType};
+use ::scylla::statement::prepared::PreparedStatement;
+use ::scylla::statement::unprepared::Statement;
 use ::scylla::value::MaybeUnset;
 use futures::{stream, StreamExt, TryStreamExt};
 use signals_core::LogPosition;
 use signals_schemas::Millis;
 use tracing::debug;
 
-use super::codec::{self, from_bigint, partition_from_bigint, to_bigint};
+use super::codec::{self, from_bigint, index_bucket, partition_from_bigint, to_bigint};
 use super::schema::Statements;
 use super::store::Inner;
 use crate::{IndexEntry, PositionedEntry, SpeedProgress, SpeedWrite, StoreError};
 
-/// Most entries of one user written as one single-partition batch. Keeps
+/// Most rows of one partition written as one single-partition batch. Keeps
 /// each batch well under Cassandra's `batch_size_fail_threshold` (50 KiB);
-/// entries are a few hundred bytes.
-const ENTRIES_PER_BATCH: usize = 32;
+/// speed entries are a few hundred bytes, index entries about a hundred.
+const ROWS_PER_BATCH: usize = 32;
+
+/// The event index's first layout, one partition per id (until session 12).
+const LEGACY_INDEX: &str = "event_index";
+
+/// Most ids of one index bucket read by one request.
+const IDS_PER_READ: usize = 128;
 
 /// One speed row, encoded: log partition, log offset, entry.
 type EntryRow = (i64, i64, Vec<u8>);
 
-/// One request of a speed write, encoded.
+/// One index row, encoded: event id, entry, seconds to live (0: for good).
+type IndexRow<'a> = (&'a str, Vec<u8>, i32);
+
+/// One request of a speed write, encoded: rows of one CQL partition,
+/// written as one unlogged single-partition batch, which the server applies
+/// as one mutation. This is the "coalesce per user per flush" of the
+/// store's cost model: a popular user's many entries, or many ids of one
+/// index bucket, cost one request, not many.
 enum Row<'a> {
-    /// Entries of one user (one CQL partition), in log order: written as one
-    /// unlogged single-partition batch, which the server applies as one
-    /// mutation. This is the "coalesce per user per flush" of the store's
-    /// cost model: a popular user's many entries cost one request, not many.
+    /// Entries of one user, in log order.
     Entries { user: &'a str, rows: Vec<EntryRow> },
+    /// Index entries of one bucket.
     Index {
-        event_id: &'a str,
-        value: Vec<u8>,
-        /// Seconds to live (0: for good).
-        ttl: i32,
+        bucket: i32,
+        rows: Vec<IndexRow<'a>>,
     },
+}
+
+/// `rows` in chunks of at most [`ROWS_PER_BATCH`], each made a request.
+fn chunked<'a, R>(
+    mut rows: Vec<R>,
+    request: impl Fn(Vec<R>) -> Row<'a>,
+    requests: &mut Vec<Row<'a>>,
+) {
+    while rows.len() > ROWS_PER_BATCH {
+        let rest = rows.split_off(ROWS_PER_BATCH);
+        requests.push(request(rows));
+        rows = rest;
+    }
+    requests.push(request(rows));
 }
 
 /// The CQL time to live of an index entry that may go at `expires_at`: at
@@ -78,29 +105,22 @@ impl Inner {
             ));
         }
         let mut rows = Vec::with_capacity(by_user.len());
-        for (user, mut entries) in by_user {
-            while entries.len() > ENTRIES_PER_BATCH {
-                let rest = entries.split_off(ENTRIES_PER_BATCH);
-                rows.push(Row::Entries {
-                    user,
-                    rows: entries,
-                });
-                entries = rest;
-            }
-            rows.push(Row::Entries {
-                user,
-                rows: entries,
-            });
+        for (user, entries) in by_user {
+            chunked(entries, |rows| Row::Entries { user, rows }, &mut rows);
         }
         let now = signals_schemas::now_millis();
-        let mut index_rows = Vec::with_capacity(write.index.len());
+        let mut by_bucket: HashMap<i32, Vec<IndexRow>> = HashMap::new();
         for (event_id, entry) in &write.index {
             non_empty(event_id, "event id")?;
-            index_rows.push(Row::Index {
+            by_bucket.entry(index_bucket(event_id)).or_default().push((
                 event_id,
-                value: crate::codec::encode_index(entry)?,
-                ttl: index_ttl(entry.expires_at, now),
-            });
+                crate::codec::encode_index(entry)?,
+                index_ttl(entry.expires_at, now),
+            ));
+        }
+        let mut index_rows = Vec::with_capacity(by_bucket.len());
+        for (bucket, entries) in by_bucket {
+            chunked(entries, |rows| Row::Index { bucket, rows }, &mut index_rows);
         }
         let count = rows.len() + index_rows.len();
         for step in [rows, index_rows] {
@@ -138,43 +158,48 @@ impl Inner {
     async fn write_row(&self, statements: &Statements, row: Row<'_>) -> Result<(), StoreError> {
         match row {
             Row::Entries { user, rows } => {
-                if let [(partition, offset, value)] = rows.as_slice() {
-                    return self
-                        .run(
-                            &statements.insert_entry,
-                            (user, partition, offset, value),
-                            "write a speed entry",
-                        )
-                        .await;
-                }
-                let mut batch = Batch::new(BatchType::Unlogged);
-                batch.set_is_idempotent(true);
-                for _ in &rows {
-                    batch.append_statement(statements.insert_entry.clone());
-                }
-                let values: Vec<_> = rows
+                let values = rows
                     .iter()
-                    .map(|(partition, offset, value)| (user, partition, offset, value))
-                    .collect();
-                self.session
-                    .batch(&batch, values)
+                    .map(|(partition, offset, value)| (user, partition, offset, value));
+                self.write_partition(&statements.insert_entry, values, "write speed entries")
                     .await
-                    .map_err(super::driver("write a user's speed entries"))?;
-                Ok(())
             }
-            Row::Index {
-                event_id,
-                value,
-                ttl,
-            } => {
-                self.run(
+            Row::Index { bucket, rows } => {
+                let values = rows
+                    .iter()
+                    .map(|(event_id, value, ttl)| (bucket, event_id, value, ttl));
+                self.write_partition(
                     &statements.insert_index,
-                    (event_id, value, ttl),
-                    "write an event index entry",
+                    values,
+                    "write event index entries",
                 )
                 .await
             }
         }
+    }
+
+    /// Runs `statement` for each of `values`, rows of one partition: one
+    /// row alone, more as one unlogged batch.
+    async fn write_partition<V: SerializeRow>(
+        &self,
+        statement: &PreparedStatement,
+        values: impl Iterator<Item = V>,
+        what: &str,
+    ) -> Result<(), StoreError> {
+        let values = match <[V; 1]>::try_from(values.collect::<Vec<V>>()) {
+            Ok([row]) => return self.run(statement, row, what).await,
+            Err(values) => values,
+        };
+        let mut batch = Batch::new(BatchType::Unlogged);
+        batch.set_is_idempotent(true);
+        for _ in &values {
+            batch.append_statement(statement.clone());
+        }
+        self.session
+            .batch(&batch, values)
+            .await
+            .map_err(super::driver(what))?;
+        Ok(())
     }
 
     /// Progress merged over the partitions' rows.
@@ -206,47 +231,157 @@ impl Inner {
         Ok(progress)
     }
 
-    /// What the index holds for each of `event_ids`: one point read per
-    /// distinct id, at most `max_in_flight` at a time.
+    /// What the index holds for each of `event_ids`: one read per bucket
+    /// (of at most [`IDS_PER_READ`] ids), at most `max_in_flight` at a time.
     pub(super) async fn lookup_events(
         &self,
         event_ids: &[String],
     ) -> Result<HashMap<String, IndexEntry>, StoreError> {
         let statements = self.statements().await?;
-        let distinct: HashSet<&String> = event_ids.iter().collect();
-        let found: Vec<Option<(String, IndexEntry)>> = stream::iter(distinct.into_iter().cloned())
-            .map(|id| self.lookup_event(statements, id))
+        let mut by_bucket: HashMap<i32, Vec<&str>> = HashMap::new();
+        for id in event_ids.iter().filter(|id| !id.is_empty()) {
+            by_bucket.entry(index_bucket(id)).or_default().push(id);
+        }
+        let mut reads = Vec::with_capacity(by_bucket.len());
+        for (bucket, mut ids) in by_bucket {
+            ids.sort_unstable();
+            ids.dedup();
+            // Owned: a stream of futures borrowing `event_ids` is not
+            // `Send` for every lifetime, as the port's futures must be.
+            reads.extend(ids.chunks(IDS_PER_READ).map(|ids| {
+                let ids: Vec<String> = ids.iter().map(|id| (*id).to_owned()).collect();
+                (bucket, ids)
+            }));
+        }
+        let found: Vec<Vec<(String, IndexEntry)>> = stream::iter(reads)
+            .map(|(bucket, ids)| self.lookup_bucket(statements, bucket, ids))
             .buffer_unordered(self.options.max_in_flight)
             .try_collect()
             .await?;
         Ok(found.into_iter().flatten().collect())
     }
 
-    async fn lookup_event(
+    async fn lookup_bucket(
         &self,
         statements: &Statements,
-        event_id: String,
-    ) -> Result<Option<(String, IndexEntry)>, StoreError> {
+        bucket: i32,
+        ids: Vec<String>,
+    ) -> Result<Vec<(String, IndexEntry)>, StoreError> {
         let what = "read the event index";
-        if event_id.is_empty() {
-            return Ok(None);
-        }
         let result = self
             .session
-            .execute_unpaged(&statements.select_index, (event_id.as_str(),))
+            .execute_unpaged(&statements.select_index, (bucket, &ids))
             .await
             .map_err(super::driver(what))?
             .into_rows_result()
             .map_err(super::driver(what))?;
-        let Some((Some(bytes),)) = result
-            .maybe_first_row::<(Option<&[u8]>,)>()
+        let mut found = Vec::with_capacity(ids.len());
+        for row in result
+            .rows::<(&str, Option<&[u8]>)>()
             .map_err(super::driver(what))?
-        else {
-            return Ok(None);
-        };
-        let entry =
-            crate::codec::decode_index(bytes, "event_index", || format!("event id {event_id:?}"))?;
-        Ok(Some((event_id, entry)))
+        {
+            let (event_id, bytes) = row.map_err(super::driver(what))?;
+            let Some(bytes) = bytes else { continue };
+            let key = || format!("event id {event_id:?}");
+            let entry = crate::codec::decode_index(bytes, "event_index_buckets", key)?;
+            found.push((event_id.to_owned(), entry));
+        }
+        Ok(found)
+    }
+
+    /// Moves the entries of the event index's first layout (`event_index`,
+    /// one partition per id) into its buckets, with the time each had left
+    /// to live, then drops that table. Idempotent, and harmless beside
+    /// another process doing the same: a row copied twice is the same row,
+    /// and a table another process dropped mid-copy was copied by it.
+    /// Returns how many entries it moved.
+    pub(super) async fn adopt_legacy_index(
+        &self,
+        ddl_timeout: Duration,
+    ) -> Result<u64, StoreError> {
+        if !self.has_table(LEGACY_INDEX).await? {
+            return Ok(0);
+        }
+        let keyspace = &self.options.keyspace;
+        match self.copy_legacy_index().await {
+            Ok(moved) => {
+                let mut drop =
+                    Statement::new(format!("DROP TABLE IF EXISTS {keyspace}.{LEGACY_INDEX}"));
+                drop.set_request_timeout(Some(ddl_timeout));
+                self.session
+                    .query_unpaged(drop, &[])
+                    .await
+                    .map_err(super::driver("drop the event index's first layout"))?;
+                Ok(moved)
+            }
+            Err(_) if !self.has_table(LEGACY_INDEX).await? => Ok(0),
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn copy_legacy_index(&self) -> Result<u64, StoreError> {
+        let statements = self.statements().await?;
+        let what = "copy the event index's first layout";
+        let keyspace = &self.options.keyspace;
+        let mut scan = Statement::new(format!(
+            "SELECT event_id, entry, TTL(entry) FROM {keyspace}.{LEGACY_INDEX}"
+        ));
+        scan.set_page_size(1000);
+        let mut paging = PagingState::start();
+        let mut moved = 0;
+        loop {
+            let (page, next) = self
+                .session
+                .query_single_page(scan.clone(), &[], paging)
+                .await
+                .map_err(super::driver(what))?;
+            let page = page.into_rows_result().map_err(super::driver(what))?;
+            let mut by_bucket: HashMap<i32, Vec<IndexRow>> = HashMap::new();
+            for row in page
+                .rows::<(&str, Option<&[u8]>, Option<i32>)>()
+                .map_err(super::driver(what))?
+            {
+                let (event_id, entry, ttl) = row.map_err(super::driver(what))?;
+                let Some(entry) = entry.filter(|_| !event_id.is_empty()) else {
+                    continue;
+                };
+                let row = (event_id, entry.to_vec(), ttl.unwrap_or(0));
+                by_bucket
+                    .entry(index_bucket(event_id))
+                    .or_default()
+                    .push(row);
+                moved += 1;
+            }
+            let mut requests = Vec::new();
+            for (bucket, rows) in by_bucket {
+                chunked(rows, |rows| Row::Index { bucket, rows }, &mut requests);
+            }
+            stream::iter(requests.into_iter().map(Ok))
+                .try_for_each_concurrent(self.options.max_in_flight, |row| {
+                    self.write_row(statements, row)
+                })
+                .await?;
+            match next.into_paging_control_flow() {
+                std::ops::ControlFlow::Break(()) => return Ok(moved),
+                std::ops::ControlFlow::Continue(state) => paging = state,
+            }
+        }
+    }
+
+    /// Whether the keyspace has `table`.
+    pub(super) async fn has_table(&self, table: &str) -> Result<bool, StoreError> {
+        let what = "list the keyspace's tables";
+        let result = self
+            .session
+            .query_unpaged(
+                "SELECT table_name FROM system_schema.tables WHERE keyspace_name = ? AND table_name = ?",
+                (&self.options.keyspace, table),
+            )
+            .await
+            .map_err(super::driver(what))?
+            .into_rows_result()
+            .map_err(super::driver(what))?;
+        Ok(result.rows_num() > 0)
     }
 
     /// `user`'s speed entries that `covered` does not cover, in (partition,

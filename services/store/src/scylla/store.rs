@@ -140,6 +140,14 @@ impl ScyllaStore {
             .await
             .map_err(driver("refresh the cluster metadata"))?;
         self.inner.statements().await?;
+        let ddl_timeout = options.request_timeout.max(DDL_TIMEOUT);
+        let moved = self.inner.adopt_legacy_index(ddl_timeout).await?;
+        if moved > 0 {
+            info!(
+                entries = moved,
+                "event index moved into its buckets (event_index_buckets)"
+            );
+        }
         info!(keyspace = %options.keyspace, statements = statements.len(), "scylla schema applied");
         Ok(())
     }
