@@ -415,14 +415,12 @@ impl EventLog for KafkaLog {
             partitions: self.partitions,
         };
         let consumer = membership.join(&self.options, from)?;
-        Ok(Box::new(KafkaReader {
-            consumer: Arc::new(consumer),
-            options: self.options.clone(),
-            position: from.clone(),
+        Ok(Box::new(KafkaReader::new(
+            consumer,
+            self.options.clone(),
+            from.clone(),
             membership,
-            failing_since: None,
-            unassigned_since: None,
-        }))
+        )))
     }
 
     async fn subscribe(
@@ -434,14 +432,12 @@ impl EventLog for KafkaLog {
             group: group.to_owned(),
         };
         let consumer = membership.join(&self.options, checkpoint)?;
-        Ok(Box::new(KafkaReader {
-            consumer: Arc::new(consumer),
-            options: self.options.clone(),
-            position: checkpoint.clone(),
+        Ok(Box::new(KafkaReader::new(
+            consumer,
+            self.options.clone(),
+            checkpoint.clone(),
             membership,
-            failing_since: None,
-            unassigned_since: None,
-        }))
+        )))
     }
 
     async fn check(&self) -> Result<(), LogError> {
@@ -467,6 +463,19 @@ struct KafkaReader {
     failing_since: Option<std::time::Instant>,
     /// Since when a group member has held no partition; None while it does.
     unassigned_since: Option<std::time::Instant>,
+    /// Since when polls have brought back no record, and what the last look
+    /// for records waiting found.
+    idle: Option<Idle>,
+    /// [`LOOK_FOR_WAITING_RECORDS_EVERY`], shorter in tests.
+    look_for_waiting_every: Duration,
+}
+
+/// A reader's polls bringing back nothing.
+struct Idle {
+    since: std::time::Instant,
+    /// Partitions with records the reader has not got, and where it stood
+    /// on each, at the last look (empty before the first).
+    waiting: Vec<(i32, i64)>,
 }
 
 /// How long polls may keep failing before the consumer is replaced. After a
@@ -482,6 +491,14 @@ const REPLACE_FAILING_CONSUMER_AFTER: Duration = Duration::from_secs(30);
 /// comes, polling without error and without partitions (RELIABILITY.md,
 /// finding 7). A rebalance normally completes within a session timeout.
 const CHECK_UNASSIGNED_MEMBER_AFTER: Duration = Duration::from_secs(60);
+
+/// How long polls may bring back no record before the reader looks for
+/// records waiting that it does not get, and how often it looks again.
+/// After a broker pause, a consumer can poll without error and without
+/// records while its partitions hold records (RELIABILITY.md, finding 10);
+/// seen twice in a row, with nothing moved in between, that is a stall,
+/// and the consumer is replaced.
+const LOOK_FOR_WAITING_RECORDS_EVERY: Duration = Duration::from_secs(15);
 
 /// How a reader gets its partitions.
 enum Membership {
@@ -536,18 +553,136 @@ struct Polled {
 }
 
 impl KafkaReader {
+    fn new(
+        consumer: BaseConsumer,
+        options: KafkaOptions,
+        position: LogPosition,
+        membership: Membership,
+    ) -> KafkaReader {
+        KafkaReader {
+            consumer: Arc::new(consumer),
+            options,
+            position,
+            membership,
+            failing_since: None,
+            unassigned_since: None,
+            idle: None,
+            look_for_waiting_every: LOOK_FOR_WAITING_RECORDS_EVERY,
+        }
+    }
+
     /// A new member of the same group (it resumes from the committed
     /// offsets) or a new assigned reader at our position; replays are
     /// idempotent downstream.
     fn replace_consumer(&mut self) -> Result<(), LogError> {
+        // The old consumer leaves the group and gives up its partitions
+        // first, so that the group hands them to the new one at once even
+        // if closing the old one never finishes (librdkafka cannot destroy
+        // a consumer in some states, a paused one among them).
+        self.consumer.unsubscribe();
+        if let Err(error) = self.consumer.unassign() {
+            info!(%error, "cannot give up the replaced consumer's partitions; closing it will");
+        }
         let fresh = self.membership.join(&self.options, &self.position)?;
         let old = std::mem::replace(&mut self.consumer, Arc::new(fresh));
         // Closing a consumer may wait on the brokers: not on this task.
         tokio::task::spawn_blocking(move || drop(old));
         self.failing_since = None;
         self.unassigned_since = None;
+        self.idle = None;
         metrics::counter!("signals_kafka_consumer_replaced_total").increment(1);
         Ok(())
+    }
+
+    /// Called after a poll that brought back nothing: every
+    /// [`LOOK_FOR_WAITING_RECORDS_EVERY`] of such polls, looks for records
+    /// waiting that this reader does not get; replaces the consumer when
+    /// two looks in a row find the same ones.
+    async fn watch_idle(&mut self) -> Result<(), LogError> {
+        let now = std::time::Instant::now();
+        let idle = self.idle.get_or_insert_with(|| Idle {
+            since: now,
+            waiting: Vec::new(),
+        });
+        if now.duration_since(idle.since) < self.look_for_waiting_every {
+            return Ok(());
+        }
+        idle.since = now;
+        let previous = std::mem::take(&mut idle.waiting);
+        // A look that fails (brokers down) finds nothing: failing polls
+        // have their own rule.
+        let waiting = self.waiting_records().await.unwrap_or_default();
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        if waiting != previous {
+            info!(
+                ?waiting,
+                "kafka reader idle while records wait (partition, next offset); looking again"
+            );
+            if let Some(idle) = &mut self.idle {
+                idle.waiting = waiting;
+            }
+            return Ok(());
+        }
+        warn!(?waiting, idle_for = ?self.look_for_waiting_every * 2, "kafka consumer gets no record while its partitions hold some; replacing it");
+        self.replace_consumer()
+    }
+
+    /// The partitions with records past where this reader stands on them:
+    /// its assigned partitions, or, holding none as a group member, every
+    /// partition past the group's committed offset (nobody reads them).
+    async fn waiting_records(&self) -> Result<Vec<(i32, i64)>, KafkaError> {
+        let consumer = self.consumer.clone();
+        let topic = self.options.topic.clone();
+        let timeout = self.options.timeout.min(CHECK_TIMEOUT);
+        let position = self.position.clone();
+        let grouped = matches!(self.membership, Membership::Grouped { .. });
+        tokio::task::spawn_blocking(move || {
+            let assigned = consumer.assignment()?;
+            let standing: Vec<(i32, i64)> = if assigned.count() > 0 {
+                assigned
+                    .elements_for_topic(&topic)
+                    .iter()
+                    .map(|e| {
+                        (
+                            e.partition(),
+                            position.next(e.partition() as Partition) as i64,
+                        )
+                    })
+                    .collect()
+            } else if grouped {
+                let metadata = consumer.fetch_metadata(Some(&topic), timeout)?;
+                let mut all = TopicPartitionList::new();
+                for t in metadata.topics() {
+                    for p in t.partitions() {
+                        all.add_partition(&topic, p.id());
+                    }
+                }
+                consumer
+                    .committed_offsets(all, timeout)?
+                    .elements_for_topic(&topic)
+                    .iter()
+                    .map(|e| match e.offset() {
+                        KafkaOffset::Offset(next) => (e.partition(), next),
+                        _ => (e.partition(), 0),
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let mut waiting = Vec::new();
+            for (partition, next) in standing {
+                let (_, high) = consumer.fetch_watermarks(&topic, partition, timeout)?;
+                if high > next {
+                    waiting.push((partition, next));
+                }
+            }
+            waiting.sort_unstable();
+            Ok(waiting)
+        })
+        .await
+        .unwrap_or(Ok(Vec::new()))
     }
 
     /// Whether the group coordinator says `group` has no member at all (or
@@ -651,6 +786,11 @@ impl LogReader for KafkaReader {
         }
         for (partition, next) in polled.positions {
             self.position.advance(partition, next);
+        }
+        if polled.entries.is_empty() {
+            self.watch_idle().await?;
+        } else {
+            self.idle = None;
         }
         Ok(polled.entries)
     }
@@ -777,14 +917,7 @@ mod tests {
         let consumer = membership
             .join(&options, &LogPosition::new())
             .expect("joins");
-        let mut reader = KafkaReader {
-            consumer: Arc::new(consumer),
-            options,
-            position: LogPosition::new(),
-            membership,
-            failing_since: None,
-            unassigned_since: None,
-        };
+        let mut reader = KafkaReader::new(consumer, options, LogPosition::new(), membership);
         let deadline = Instant::now() + Duration::from_secs(30);
         while reader.consumer.assignment().map_or(0, |a| a.count()) == 0 {
             assert!(Instant::now() < deadline, "the member was never assigned");
@@ -802,5 +935,96 @@ mod tests {
             reader.group_is_empty(format!("{group}-nobody")).await,
             "nobody joined this group"
         );
+    }
+
+    /// The shape of finding 10, made on demand: a member whose partitions
+    /// are paused polls without error and without records while records
+    /// wait. The reader sees them waiting twice and replaces its consumer;
+    /// the new member resumes from the group's committed offsets.
+    ///
+    /// librdkafka cannot destroy a paused consumer: the replaced one hangs
+    /// in its blocking-pool thread for good, so the runtime here is shut
+    /// down without waiting for it, as `signals` does.
+    #[test]
+    fn a_member_that_gets_no_record_while_records_wait_is_replaced() {
+        let Some(brokers) = signals_test_support::kafka_brokers() else {
+            return;
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(replaces_a_member_that_gets_no_record(brokers));
+        runtime.shutdown_timeout(Duration::from_secs(1));
+    }
+
+    async fn replaces_a_member_that_gets_no_record(brokers: String) {
+        let topic = signals_test_support::unique_name("signals-unit");
+        let options = KafkaOptions {
+            brokers,
+            dead_letter_topic: format!("{topic}.dlq"),
+            topic,
+            partitions: 2,
+            ..KafkaOptions::default()
+        };
+        let log = KafkaLog::connect(options.clone()).await.expect("connects");
+        let membership = Membership::Grouped {
+            group: format!("{}-group", options.topic),
+        };
+        let consumer = membership
+            .join(&options, &LogPosition::new())
+            .expect("joins");
+        // Never dropped, so that a failure fails instead of hanging in the
+        // destruction of the paused consumer.
+        let mut reader = std::mem::ManuallyDrop::new(KafkaReader::new(
+            consumer,
+            options,
+            LogPosition::new(),
+            membership,
+        ));
+        reader.look_for_waiting_every = Duration::from_millis(300);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while reader.consumer.assignment().map_or(0, |a| a.count()) < 2 {
+            assert!(Instant::now() < deadline, "the member was never assigned");
+            reader
+                .next_batch(10, Duration::from_millis(200))
+                .await
+                .expect("polls");
+        }
+        let assignment = reader.consumer.assignment().expect("assignment");
+        reader.consumer.pause(&assignment).expect("pauses");
+        let stalled = Arc::as_ptr(&reader.consumer);
+        let appends = (0..20)
+            .map(|i| Append {
+                key: format!("user-{i}"),
+                bytes: vec![i],
+            })
+            .collect();
+        log.append(appends).await.expect("appends");
+
+        let mut read = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while read.len() < 20 {
+            let replaced = !std::ptr::eq(stalled, Arc::as_ptr(&reader.consumer));
+            assert!(
+                Instant::now() < deadline,
+                "read {} of 20 records; replaced: {replaced}",
+                read.len(),
+            );
+            read.extend(
+                reader
+                    .next_batch(100, Duration::from_millis(100))
+                    .await
+                    .expect("polls"),
+            );
+        }
+        assert!(
+            !std::ptr::eq(stalled, Arc::as_ptr(&reader.consumer)),
+            "replaced"
+        );
+        let mut bytes: Vec<u8> = read.iter().flat_map(|e| e.bytes.clone()).collect();
+        bytes.sort_unstable();
+        assert_eq!(bytes, (0..20).collect::<Vec<u8>>());
     }
 }

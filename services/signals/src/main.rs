@@ -13,8 +13,13 @@ mod telemetry;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+
+/// How long a stopping process waits for blocking calls still running once
+/// its own work has stopped.
+const LEFTOVER_BLOCKING_CALLS_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Parser)]
 #[command(
@@ -108,6 +113,11 @@ fn main() -> ExitCode {
             Command::Batch { command } => batch_cli::run(config, command).await,
         }
     });
+    // Our own work has stopped by now. What may be left are blocking calls
+    // into a client library that never return (librdkafka cannot always
+    // close a consumer the speed layer replaced): they must not keep a
+    // process that was asked to stop alive.
+    runtime.shutdown_timeout(LEFTOVER_BLOCKING_CALLS_TIMEOUT);
     match result {
         Ok(code) => code,
         Err(error) => {
