@@ -631,7 +631,9 @@ impl KafkaReader {
 
     /// The partitions with records past where this reader stands on them:
     /// its assigned partitions, or, holding none as a group member, every
-    /// partition past the group's committed offset (nobody reads them).
+    /// partition past the group's committed offset (nobody reads them), or
+    /// past this reader's last position when the coordinator does not
+    /// answer for the committed offsets.
     async fn waiting_records(&self) -> Result<Vec<(i32, i64)>, KafkaError> {
         let consumer = self.consumer.clone();
         let topic = self.options.topic.clone();
@@ -659,15 +661,29 @@ impl KafkaReader {
                         all.add_partition(&topic, p.id());
                     }
                 }
-                consumer
-                    .committed_offsets(all, timeout)?
-                    .elements_for_topic(&topic)
-                    .iter()
-                    .map(|e| match e.offset() {
-                        KafkaOffset::Offset(next) => (e.partition(), next),
-                        _ => (e.partition(), 0),
-                    })
-                    .collect()
+                match consumer.committed_offsets(all.clone(), timeout) {
+                    Ok(committed) => committed
+                        .elements_for_topic(&topic)
+                        .iter()
+                        .map(|e| match e.offset() {
+                            KafkaOffset::Offset(next) => (e.partition(), next),
+                            _ => (e.partition(), 0),
+                        })
+                        .collect(),
+                    // The brokers answer and the group coordinator does
+                    // not (a member left waiting for it after a broker
+                    // restart): where this reader last stood.
+                    Err(_) => all
+                        .elements_for_topic(&topic)
+                        .iter()
+                        .map(|e| {
+                            (
+                                e.partition(),
+                                position.next(e.partition() as Partition) as i64,
+                            )
+                        })
+                        .collect(),
+                }
             } else {
                 Vec::new()
             };
