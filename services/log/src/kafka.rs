@@ -141,6 +141,32 @@ fn blocking_failed(error: tokio::task::JoinError) -> LogError {
     LogError::Unavailable(format!("kafka: blocking call failed: {error}"))
 }
 
+/// Runs `call` on the blocking pool and gives up waiting for it after
+/// `limit`. After a broker pause a librdkafka call can fail to return for
+/// minutes (RELIABILITY.md, finding 10); its caller must go on, fail, and
+/// replace the consumer as failing calls do. The call itself stays in its
+/// thread until it returns.
+async fn within<T: Send + 'static>(
+    limit: Duration,
+    what: &'static str,
+    call: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, LogError> {
+    match tokio::time::timeout(limit, tokio::task::spawn_blocking(call)).await {
+        Ok(joined) => joined.map_err(blocking_failed),
+        Err(_) => {
+            warn!(
+                call = what,
+                ?limit,
+                "a kafka call has not returned; going on without it"
+            );
+            metrics::counter!("signals_kafka_calls_abandoned_total", "call" => what).increment(1);
+            Err(LogError::Unavailable(format!(
+                "kafka: {what} has not returned within {limit:?}"
+            )))
+        }
+    }
+}
+
 fn base_config(options: &KafkaOptions) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
@@ -575,22 +601,41 @@ impl KafkaReader {
     /// offsets) or a new assigned reader at our position; replays are
     /// idempotent downstream.
     fn replace_consumer(&mut self) -> Result<(), LogError> {
-        // The old consumer leaves the group and gives up its partitions
-        // first, so that the group hands them to the new one at once even
-        // if closing the old one never finishes (librdkafka cannot destroy
-        // a consumer in some states, a paused one among them).
-        self.consumer.unsubscribe();
-        if let Err(error) = self.consumer.unassign() {
-            info!(%error, "cannot give up the replaced consumer's partitions; closing it will");
-        }
         let fresh = self.membership.join(&self.options, &self.position)?;
         let old = std::mem::replace(&mut self.consumer, Arc::new(fresh));
-        // Closing a consumer may wait on the brokers: not on this task.
-        tokio::task::spawn_blocking(move || drop(old));
+        // Off this task: each of these waits on the old consumer's own
+        // threads, which may be the ones stuck. It leaves the group and
+        // gives up its partitions before closing, so that the group hands
+        // them to the new member even if closing never finishes
+        // (librdkafka cannot destroy a consumer in some states, a paused
+        // one among them); a consumer stuck for good is evicted when its
+        // session times out.
+        tokio::task::spawn_blocking(move || {
+            old.unsubscribe();
+            if let Err(error) = old.unassign() {
+                info!(%error, "cannot give up the replaced consumer's partitions; closing it will");
+            }
+            drop(old);
+        });
         self.failing_since = None;
         self.unassigned_since = None;
         self.idle = None;
         metrics::counter!("signals_kafka_consumer_replaced_total").increment(1);
+        Ok(())
+    }
+
+    /// Counts a failed poll: a consumer whose polls have failed for
+    /// [`REPLACE_FAILING_CONSUMER_AFTER`], or failed fatally, is replaced.
+    fn failed(&mut self, error: &dyn std::fmt::Display, fatal: bool) -> Result<(), LogError> {
+        let failing_since = *self
+            .failing_since
+            .get_or_insert_with(std::time::Instant::now);
+        if fatal || failing_since.elapsed() >= REPLACE_FAILING_CONSUMER_AFTER {
+            // A new member resumes from the committed offsets (grouped)
+            // or from our position; replays are idempotent downstream.
+            warn!(%error, fatal, failing_for = ?failing_since.elapsed(), "kafka consumer keeps failing; replacing it");
+            self.replace_consumer()?;
+        }
         Ok(())
     }
 
@@ -611,7 +656,7 @@ impl KafkaReader {
         let previous = std::mem::take(&mut idle.waiting);
         // A look that fails (brokers down) finds nothing: failing polls
         // have their own rule.
-        let waiting = self.waiting_records().await.unwrap_or_default();
+        let waiting = self.waiting_records().await;
         if waiting.is_empty() {
             return Ok(());
         }
@@ -634,46 +679,19 @@ impl KafkaReader {
     /// partition past the group's committed offset (nobody reads them), or
     /// past this reader's last position when the coordinator does not
     /// answer for the committed offsets.
-    async fn waiting_records(&self) -> Result<Vec<(i32, i64)>, KafkaError> {
+    async fn waiting_records(&self) -> Vec<(i32, i64)> {
         let consumer = self.consumer.clone();
         let topic = self.options.topic.clone();
         let timeout = self.options.timeout.min(CHECK_TIMEOUT);
         let position = self.position.clone();
         let grouped = matches!(self.membership, Membership::Grouped { .. });
-        tokio::task::spawn_blocking(move || {
-            let assigned = consumer.assignment()?;
-            let standing: Vec<(i32, i64)> = if assigned.count() > 0 {
-                assigned
-                    .elements_for_topic(&topic)
-                    .iter()
-                    .map(|e| {
-                        (
-                            e.partition(),
-                            position.next(e.partition() as Partition) as i64,
-                        )
-                    })
-                    .collect()
-            } else if grouped {
-                let metadata = consumer.fetch_metadata(Some(&topic), timeout)?;
-                let mut all = TopicPartitionList::new();
-                for t in metadata.topics() {
-                    for p in t.partitions() {
-                        all.add_partition(&topic, p.id());
-                    }
-                }
-                match consumer.committed_offsets(all.clone(), timeout) {
-                    Ok(committed) => committed
-                        .elements_for_topic(&topic)
-                        .iter()
-                        .map(|e| match e.offset() {
-                            KafkaOffset::Offset(next) => (e.partition(), next),
-                            _ => (e.partition(), 0),
-                        })
-                        .collect(),
-                    // The brokers answer and the group coordinator does
-                    // not (a member left waiting for it after a broker
-                    // restart): where this reader last stood.
-                    Err(_) => all
+        let look = within(
+            self.options.timeout,
+            "look for waiting records",
+            move || {
+                let assigned = consumer.assignment()?;
+                let standing: Vec<(i32, i64)> = if assigned.count() > 0 {
+                    assigned
                         .elements_for_topic(&topic)
                         .iter()
                         .map(|e| {
@@ -682,23 +700,56 @@ impl KafkaReader {
                                 position.next(e.partition() as Partition) as i64,
                             )
                         })
-                        .collect(),
+                        .collect()
+                } else if grouped {
+                    let metadata = consumer.fetch_metadata(Some(&topic), timeout)?;
+                    let mut all = TopicPartitionList::new();
+                    for t in metadata.topics() {
+                        for p in t.partitions() {
+                            all.add_partition(&topic, p.id());
+                        }
+                    }
+                    match consumer.committed_offsets(all.clone(), timeout) {
+                        Ok(committed) => committed
+                            .elements_for_topic(&topic)
+                            .iter()
+                            .map(|e| match e.offset() {
+                                KafkaOffset::Offset(next) => (e.partition(), next),
+                                _ => (e.partition(), 0),
+                            })
+                            .collect(),
+                        // The brokers answer and the group coordinator does
+                        // not (a member left waiting for it after a broker
+                        // restart): where this reader last stood.
+                        Err(_) => all
+                            .elements_for_topic(&topic)
+                            .iter()
+                            .map(|e| {
+                                (
+                                    e.partition(),
+                                    position.next(e.partition() as Partition) as i64,
+                                )
+                            })
+                            .collect(),
+                    }
+                } else {
+                    Vec::new()
+                };
+                let mut waiting = Vec::new();
+                for (partition, next) in standing {
+                    let (_, high) = consumer.fetch_watermarks(&topic, partition, timeout)?;
+                    if high > next {
+                        waiting.push((partition, next));
+                    }
                 }
-            } else {
-                Vec::new()
-            };
-            let mut waiting = Vec::new();
-            for (partition, next) in standing {
-                let (_, high) = consumer.fetch_watermarks(&topic, partition, timeout)?;
-                if high > next {
-                    waiting.push((partition, next));
-                }
-            }
-            waiting.sort_unstable();
-            Ok(waiting)
-        })
-        .await
-        .unwrap_or(Ok(Vec::new()))
+                waiting.sort_unstable();
+                Ok::<_, KafkaError>(waiting)
+            },
+        );
+        match look.await {
+            Ok(Ok(waiting)) => waiting,
+            _ => Vec::new(),
+        }
     }
 
     /// Whether the group coordinator says `group` has no member at all (or
@@ -709,7 +760,7 @@ impl KafkaReader {
     async fn group_is_empty(&self, group: String) -> bool {
         let consumer = self.consumer.clone();
         let timeout = self.options.timeout.min(CHECK_TIMEOUT);
-        let listed = tokio::task::spawn_blocking(move || {
+        let listed = within(timeout * 2, "list the group", move || {
             let list = consumer.fetch_group_list(Some(&group), timeout).ok()?;
             // A group the coordinator does not know has no member either.
             let info = list.groups().iter().find(|g| g.name() == group);
@@ -725,7 +776,8 @@ impl LogReader for KafkaReader {
     async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<LogEntry>, LogError> {
         let consumer = self.consumer.clone();
         let topic = self.options.topic.clone();
-        let polled = tokio::task::spawn_blocking(move || {
+        let limit = wait + self.options.timeout;
+        let polled = within(limit, "poll", move || {
             let mut entries = Vec::new();
             let mut error = None;
             let mut timeout = wait;
@@ -766,19 +818,17 @@ impl LogReader for KafkaReader {
                 assigned,
             }
         })
-        .await
-        .map_err(blocking_failed)?;
-        if let Some(error) = polled.error {
-            let failing_since = *self
-                .failing_since
-                .get_or_insert_with(std::time::Instant::now);
-            let fatal = matches!(error, KafkaError::MessageConsumptionFatal(_));
-            if fatal || failing_since.elapsed() >= REPLACE_FAILING_CONSUMER_AFTER {
-                // A new member resumes from the committed offsets (grouped)
-                // or from our position; replays are idempotent downstream.
-                warn!(%error, fatal, failing_for = ?failing_since.elapsed(), "kafka consumer keeps failing; replacing it");
-                self.replace_consumer()?;
+        .await;
+        let polled = match polled {
+            Ok(polled) => polled,
+            Err(error) => {
+                self.failed(&error, false)?;
+                return Err(error);
             }
+        };
+        if let Some(error) = polled.error {
+            let fatal = matches!(error, KafkaError::MessageConsumptionFatal(_));
+            self.failed(&error, fatal)?;
             return Err(unavailable("poll failed", error));
         }
         self.failing_since = None;
@@ -822,7 +872,7 @@ impl LogReader for KafkaReader {
         let consumer = self.consumer.clone();
         let topic = self.options.topic.clone();
         let position = position.clone();
-        tokio::task::spawn_blocking(move || {
+        within(self.options.timeout, "commit", move || {
             let assigned = consumer.assignment().map_err(|e| unavailable("cannot read the assignment", e))?;
             let mut offsets = TopicPartitionList::new();
             for element in assigned.elements_for_topic(&topic) {
@@ -846,8 +896,7 @@ impl LogReader for KafkaReader {
                 }
             }
         })
-        .await
-        .map_err(blocking_failed)?
+        .await?
     }
 }
 
