@@ -821,8 +821,13 @@ impl LogReader for KafkaReader {
         .await;
         let polled = match polled {
             Ok(polled) => polled,
+            // The abandoned poll may still take records from this consumer
+            // and they would never reach us: reading on with it could skip
+            // them. A new one resumes from the committed offsets (or our
+            // position), which never pass a record not yet applied.
             Err(error) => {
-                self.failed(&error, false)?;
+                warn!(%error, "kafka poll abandoned; replacing the consumer");
+                self.replace_consumer()?;
                 return Err(error);
             }
         };
