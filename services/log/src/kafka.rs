@@ -877,7 +877,7 @@ impl LogReader for KafkaReader {
         let consumer = self.consumer.clone();
         let topic = self.options.topic.clone();
         let position = position.clone();
-        within(self.options.timeout, "commit", move || {
+        let committed = within(self.options.timeout, "commit", move || {
             let assigned = consumer.assignment().map_err(|e| unavailable("cannot read the assignment", e))?;
             let mut offsets = TopicPartitionList::new();
             for element in assigned.elements_for_topic(&topic) {
@@ -901,7 +901,14 @@ impl LogReader for KafkaReader {
                 }
             }
         })
-        .await?
+        .await;
+        if committed.is_err() {
+            // Seen after a broker pause: the consumer's own threads are
+            // stuck, and every later commit would wait out the limit too.
+            warn!("kafka commit abandoned; replacing the consumer");
+            self.replace_consumer()?;
+        }
+        committed?
     }
 }
 
