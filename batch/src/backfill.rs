@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 
-use signals_core::{BaseStates, SignalDefinition, UserRecord, Window};
+use signals_core::{newest_first, BaseStates, SignalDefinition, UserRecord, Window};
 use signals_schemas::Millis;
 
 use crate::recompute::UserOutcome;
@@ -90,9 +90,7 @@ pub fn merge(
                 .filter(|e| in_range(e.event_time) && e.event_time >= horizon)
                 .cloned(),
         );
-        record
-            .events
-            .sort_unstable_by(|a, b| (b.event_time, &b.event_id).cmp(&(a.event_time, &a.event_id)));
+        record.events.sort_unstable_by(newest_first);
     }
     // Lifetime signals and sessions (whose last session before the horizon
     // can still reach the window) keep a state of the events before it;

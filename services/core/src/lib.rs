@@ -30,4 +30,4 @@ pub use segment::{SegmentError, SegmentSpec, Segments};
 pub use session::{Session, SessionMeasure, Sessions};
 pub use tail::SpeedTail;
 pub use tiles::{TileShape, Tiles};
-pub use view::{BaseStates, SpeedEntry, StaleSignal, UserRecord, UserView};
+pub use view::{newest_first, BaseStates, SpeedEntry, StaleSignal, UserRecord, UserView};

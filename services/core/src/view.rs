@@ -504,7 +504,7 @@ impl UserView {
 
 /// The order of records, runs and activity: newest first, ties by larger
 /// event id first.
-pub(crate) fn newest_first(a: &Event, b: &Event) -> std::cmp::Ordering {
+pub fn newest_first(a: &Event, b: &Event) -> std::cmp::Ordering {
     (b.event_time, &b.event_id).cmp(&(a.event_time, &a.event_id))
 }
 
