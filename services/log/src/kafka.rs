@@ -971,6 +971,18 @@ mod tests {
 
     use super::*;
 
+    /// A topic of its own with two partitions, on `brokers`.
+    fn two_partitions(brokers: String) -> KafkaOptions {
+        let topic = signals_test_support::unique_name("signals-unit");
+        KafkaOptions {
+            brokers,
+            dead_letter_topic: format!("{topic}.dlq"),
+            topic,
+            partitions: 2,
+            ..KafkaOptions::default()
+        }
+    }
+
     /// The check of finding 7 asks the coordinator about real groups: one
     /// whose member holds partitions is not empty, one nobody joined is.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -978,14 +990,7 @@ mod tests {
         let Some(brokers) = signals_test_support::kafka_brokers() else {
             return;
         };
-        let topic = signals_test_support::unique_name("signals-unit");
-        let options = KafkaOptions {
-            brokers,
-            dead_letter_topic: format!("{topic}.dlq"),
-            topic,
-            partitions: 2,
-            ..KafkaOptions::default()
-        };
+        let options = two_partitions(brokers);
         let _log = KafkaLog::connect(options.clone()).await.expect("connects");
         let group = format!("{}-group", options.topic);
         let membership = Membership::Grouped {
@@ -1037,14 +1042,7 @@ mod tests {
     }
 
     async fn replaces_a_member_that_gets_no_record(brokers: String) {
-        let topic = signals_test_support::unique_name("signals-unit");
-        let options = KafkaOptions {
-            brokers,
-            dead_letter_topic: format!("{topic}.dlq"),
-            topic,
-            partitions: 2,
-            ..KafkaOptions::default()
-        };
+        let options = two_partitions(brokers);
         let log = KafkaLog::connect(options.clone()).await.expect("connects");
         let membership = Membership::Grouped {
             group: format!("{}-group", options.topic),
