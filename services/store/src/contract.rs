@@ -239,7 +239,10 @@ pub async fn every_kind_of_speed_entry_round_trips(store: &dyn SignalStore) {
 
 pub async fn reapplying_a_write_changes_nothing(store: &dyn SignalStore) {
     let mut w = write(vec![at("u", 0, 0), at("u", 0, 1)], &[(0, 2)]);
-    w.index = vec![("p0-0".into(), seen("u")), ("p0-1".into(), seen("u"))];
+    w.index = vec![
+        ("p0-0".into(), counted("u", None)),
+        ("p0-1".into(), counted("u", None)),
+    ];
     store.apply_speed(w.clone().into()).await.expect("apply");
     store
         .apply_speed(w.clone().into())
@@ -307,12 +310,13 @@ pub async fn progress_is_recorded(store: &dyn SignalStore) {
     );
 }
 
-fn seen(user: &str) -> IndexEntry {
+/// An index entry counting an occurrence of `user`'s, accepted at 0.
+pub fn counted(user: &str, expires_at: Option<i64>) -> IndexEntry {
     IndexEntry {
         user_id: Some(user.to_owned()),
         accepted_at: Some(0),
         retracted_at: None,
-        expires_at: None,
+        expires_at,
     }
 }
 
@@ -320,10 +324,7 @@ fn seen(user: &str) -> IndexEntry {
 /// live; the embedded store: garbage collection), and only then.
 pub async fn index_entries_go_once_they_expire(store: &dyn SignalStore) {
     let now = signals_schemas::now_millis();
-    let expiring = |expires_at| IndexEntry {
-        expires_at,
-        ..seen("u")
-    };
+    let expiring = |expires_at| counted("u", expires_at);
     let mut w = write(Vec::new(), &[(0, 1)]);
     w.index = vec![
         ("due".into(), expiring(Some(now - 1))),
@@ -366,7 +367,7 @@ pub async fn the_index_answers_present_absent_and_retracted(store: &dyn SignalSt
     };
     let mut w = write(vec![at("u", 0, 0)], &[(0, 2)]);
     w.index = vec![
-        ("a".into(), seen("u")),
+        ("a".into(), counted("u", None)),
         ("b".into(), retracted_unseen.clone()),
     ];
     store.apply_speed(w.into()).await.expect("apply");
@@ -375,7 +376,7 @@ pub async fn the_index_answers_present_absent_and_retracted(store: &dyn SignalSt
         .await
         .expect("lookup");
     assert_eq!(found.len(), 2, "absent ids are left out: {found:?}");
-    assert_eq!(found.get("a"), Some(&seen("u")));
+    assert_eq!(found.get("a"), Some(&counted("u", None)));
     assert_eq!(found.get("b"), Some(&retracted_unseen));
 
     let retracted_seen = IndexEntry {

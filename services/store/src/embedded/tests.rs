@@ -9,7 +9,7 @@ use tempfile::TempDir;
 
 use super::tables::{BATCH, SPEED};
 use super::*;
-use crate::contract::{self, at, manifest, record, write};
+use crate::contract::{self, at, counted, manifest, record, write};
 use crate::SignalStore;
 
 fn store_in(dir: &TempDir) -> EmbeddedStore {
@@ -499,15 +499,6 @@ async fn embedded_figures() {
     );
 }
 
-fn expiring(user: &str, expires_at: Option<i64>) -> IndexEntry {
-    IndexEntry {
-        user_id: Some(user.into()),
-        accepted_at: Some(0),
-        retracted_at: None,
-        expires_at,
-    }
-}
-
 fn speed_rows(store: &EmbeddedStore) -> u64 {
     let txn = store.inner.db.begin_read().expect("read");
     txn.open_table(SPEED).expect("speed").len().expect("len")
@@ -612,7 +603,7 @@ async fn the_index_log_answers_the_newest_entry_across_writes_and_reopens() {
     let mut first = write(Vec::new(), &[(0, 1)]);
     first.index = ids
         .iter()
-        .map(|id| (id.clone(), expiring("u", None)))
+        .map(|id| (id.clone(), counted("u", None)))
         .collect();
     store.apply_speed(first.into()).await.expect("apply");
     // A later write updates every third id.
@@ -620,7 +611,7 @@ async fn the_index_log_answers_the_newest_entry_across_writes_and_reopens() {
     second.index = ids
         .iter()
         .step_by(3)
-        .map(|id| (id.clone(), expiring("v", None)))
+        .map(|id| (id.clone(), counted("v", None)))
         .collect();
     store.apply_speed(second.into()).await.expect("apply");
 
@@ -642,7 +633,7 @@ async fn the_index_log_answers_the_newest_entry_across_writes_and_reopens() {
     check(store.lookup_events(&asked).await.expect("lookup"));
     // New writes go after the rebuilt ones, and win.
     let mut third = write(Vec::new(), &[(0, 3)]);
-    third.index = vec![(ids[1].clone(), expiring("w", None))];
+    third.index = vec![(ids[1].clone(), counted("w", None))];
     store.apply_speed(third.into()).await.expect("apply");
     let found = store.lookup_events(&ids[1..2]).await.expect("lookup");
     assert_eq!(found[&ids[1]].user_id.as_deref(), Some("w"));
@@ -669,7 +660,7 @@ async fn collected_index_writes_are_forgotten_and_stay_forgotten() {
         let mut w = write(Vec::new(), &[(0, n as u64 + 1)]);
         w.index = updates
             .iter()
-            .map(|(id, expiry)| (id.to_string(), expiring("u", *expiry)))
+            .map(|(id, expiry)| (id.to_string(), counted("u", *expiry)))
             .collect();
         store.apply_speed(w.into()).await.expect("apply");
     }
@@ -732,7 +723,7 @@ async fn a_layout_1_file_is_converted_when_opened() {
             let legacy: TableDefinition<&str, &[u8]> = TableDefinition::new("event_index");
             let mut index = txn.open_table(legacy).expect("event_index");
             for id in ["p0-0", "p0-1", "p0-2"] {
-                let value = codec::encode_index(&expiring("u", None)).expect("encode");
+                let value = codec::encode_index(&counted("u", None)).expect("encode");
                 index.insert(id, value.as_slice()).expect("insert");
             }
             let expiry: TableDefinition<&[u8], ()> = TableDefinition::new("index_expiry");
@@ -750,7 +741,7 @@ async fn a_layout_1_file_is_converted_when_opened() {
         .await
         .expect("lookup");
     assert_eq!(found.len(), 2);
-    assert_eq!(found["p0-2"], expiring("u", None));
+    assert_eq!(found["p0-2"], counted("u", None));
     let history = store.user_history("u").await.expect("history");
     assert_eq!(history.speed.len(), 3);
     {
@@ -767,7 +758,7 @@ async fn a_layout_1_file_is_converted_when_opened() {
     }
     // New writes append after the converted ones.
     let mut w = write(vec![at("u", 0, 3)], &[(0, 4)]);
-    w.index = vec![("p0-3".into(), expiring("u", None))];
+    w.index = vec![("p0-3".into(), counted("u", None))];
     store.apply_speed(w.into()).await.expect("apply");
     let found = store
         .lookup_events(&["p0-0".into(), "p0-3".into()])

@@ -22,7 +22,7 @@ use signals_core::{LogPosition, SpeedEntry};
 
 use super::codec::index_bucket;
 use super::{ScyllaOptions, ScyllaStore};
-use crate::contract::{self, at, manifest, record, write};
+use crate::contract::{self, at, counted, manifest, record, write};
 use crate::{
     BatchStore, IndexEntry, ServingStore, SignalStore, SpeedStore, StoreError, StoreReads,
 };
@@ -271,15 +271,6 @@ async fn a_new_connection_sees_everything() {
     assert_eq!(after.record, before.record);
     assert_eq!(after.speed, before.speed);
     assert_eq!(event_ids(&after.speed), ["p0-5", "p1-2"]);
-}
-
-fn counted(user: &str, expires_at: Option<i64>) -> IndexEntry {
-    IndexEntry {
-        user_id: Some(user.into()),
-        accepted_at: Some(0),
-        retracted_at: None,
-        expires_at,
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
