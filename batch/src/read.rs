@@ -62,7 +62,7 @@ pub async fn read_log(
     // (Kafka's transaction markers).
     while !reader.position().reaches(until) {
         let entries = reader.next_batch(chunk, Duration::from_millis(50)).await?;
-        for entry in entries {
+        for entry in &entries {
             if !until.covers(entry.partition, entry.offset) {
                 continue;
             }
@@ -85,6 +85,7 @@ pub async fn read_log(
                 Err(_) => read.undecodable += 1,
             }
         }
+        reader.recycle(entries);
         progress(done.total());
     }
     Ok(read)

@@ -93,6 +93,12 @@ pub trait LogReader: Send {
         let _ = position;
         Ok(())
     }
+
+    /// Hands back entries the caller is done with, so that a reader may
+    /// fill their buffers again instead of allocating new ones.
+    fn recycle(&mut self, entries: Vec<LogEntry>) {
+        drop(entries);
+    }
 }
 
 /// Which partition a key belongs to: stable across processes and versions.

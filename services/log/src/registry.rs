@@ -130,6 +130,10 @@ impl LogReader for RegistryReader {
         Ok(translated)
     }
 
+    fn recycle(&mut self, entries: Vec<LogEntry>) {
+        self.inner.recycle(entries);
+    }
+
     fn position(&self) -> LogPosition {
         let position = self.inner.position();
         if self.pending.is_empty() {

@@ -50,7 +50,7 @@ async fn read_on_to(
     start: &LogPosition,
     end: &LogPosition,
 ) -> Vec<LogEntry> {
-    let covered = |reader: &Box<dyn LogReader>| {
+    let covered = |reader: &dyn LogReader| {
         let mut covered = start.clone();
         for (partition, next) in reader.position().iter() {
             covered.advance(partition, next);
@@ -61,7 +61,7 @@ async fn read_on_to(
     // two on a loaded machine.
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut entries = Vec::new();
-    while !covered(reader).reaches(end) {
+    while !covered(reader.as_ref()).reaches(end) {
         assert!(
             Instant::now() < deadline,
             "reader stuck at {:?} (from {start:?}), end {end:?}",
@@ -180,7 +180,10 @@ async fn a_group_member_resumes_from_its_last_commit() {
                 .expect("batch"),
         );
     }
-    assert!(seen.len() < 30, "some records are left for the second member");
+    assert!(
+        seen.len() < 30,
+        "some records are left for the second member"
+    );
     let committed = first.position();
     first.commit(&committed).await.expect("commit");
     drop(first);

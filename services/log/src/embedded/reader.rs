@@ -20,6 +20,9 @@ use crate::{LogEntry, LogError, LogPosition, LogReader, Offset, Partition};
 /// Most payload bytes returned by one `next_batch` (at least one record).
 const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
 
+/// Most bytes of recycled entry buffers kept for the next reads.
+const MAX_SPARE_BYTES: usize = 2 * MAX_BATCH_BYTES;
+
 /// Where one partition is being read.
 struct Cursor {
     partition: Partition,
@@ -29,8 +32,47 @@ struct Cursor {
     open: Option<(Offset, FrameReader)>,
 }
 
-/// What a background read hands back: the cursors, and the records read.
-type Read = (Vec<Cursor>, Result<Vec<LogEntry>, LogError>);
+/// What a background read hands back: the cursors, the spare buffers it
+/// did not use, and the records read.
+type Read = (Vec<Cursor>, Spare, Result<Vec<LogEntry>, LogError>);
+
+/// Buffers of entries handed back ([`LogReader::recycle`]), filled again
+/// by the next reads. Reading allocates on a blocking thread and the caller
+/// frees on its own: freeing another thread's allocation was 8 % of a batch
+/// run's CPU.
+#[derive(Default)]
+struct Spare {
+    buffers: Vec<Vec<u8>>,
+    bytes: usize,
+}
+
+impl Spare {
+    fn keep(&mut self, entries: Vec<LogEntry>) {
+        // Taken from the end: reversed, the buffers are filled again in the
+        // order they were, mostly one after another in memory.
+        for entry in entries.into_iter().rev() {
+            let capacity = entry.bytes.capacity();
+            if self.bytes + capacity > MAX_SPARE_BYTES {
+                break;
+            }
+            self.bytes += capacity;
+            self.buffers.push(entry.bytes);
+        }
+    }
+
+    /// A copy of `payload`, in a spare buffer if one is left.
+    fn filled(&mut self, payload: &[u8]) -> Vec<u8> {
+        match self.buffers.pop() {
+            Some(mut buffer) => {
+                self.bytes -= buffer.capacity();
+                buffer.clear();
+                buffer.extend_from_slice(payload);
+                buffer
+            }
+            None => payload.to_vec(),
+        }
+    }
+}
 
 pub(super) struct EmbeddedReader {
     shared: Arc<Shared>,
@@ -42,6 +84,8 @@ pub(super) struct EmbeddedReader {
     in_flight: Option<JoinHandle<Read>>,
     /// Partition that starts the next batch, so that none starves.
     turn: usize,
+    /// Absent while a read is in flight.
+    spare: Option<Spare>,
 }
 
 impl EmbeddedReader {
@@ -62,6 +106,7 @@ impl EmbeddedReader {
             cursors: Some(cursors),
             in_flight: None,
             turn: 0,
+            spare: Some(Spare::default()),
         }
     }
 
@@ -94,9 +139,10 @@ impl EmbeddedReader {
         let shared = self.shared.clone();
         let turn = self.turn;
         self.turn = self.turn.wrapping_add(1);
+        let mut spare = self.spare.take().unwrap_or_default();
         self.in_flight = Some(tokio::task::spawn_blocking(move || {
-            let result = read_batch(&shared, &mut cursors, &end, max.max(1), turn);
-            (cursors, result)
+            let result = read_batch(&shared, &mut cursors, &mut spare, &end, max.max(1), turn);
+            (cursors, spare, result)
         }));
         Ok(())
     }
@@ -108,12 +154,13 @@ impl EmbeddedReader {
         };
         let joined = handle.await;
         self.in_flight = None;
-        let (cursors, result) = joined
+        let (cursors, spare, result) = joined
             .map_err(|e| LogError::Unavailable(format!("a read of the event log failed: {e}")))?;
         for cursor in &cursors {
             self.position.set(cursor.partition, cursor.next);
         }
         self.cursors = Some(cursors);
+        self.spare = Some(spare);
         result
     }
 }
@@ -137,6 +184,13 @@ impl LogReader for EmbeddedReader {
     fn position(&self) -> LogPosition {
         self.position.clone()
     }
+
+    fn recycle(&mut self, entries: Vec<LogEntry>) {
+        // While a read is in flight its spare buffers are with it: these go.
+        if let Some(spare) = &mut self.spare {
+            spare.keep(entries);
+        }
+    }
 }
 
 /// The records of one batch and what they weigh.
@@ -158,6 +212,7 @@ impl Batch {
 fn read_batch(
     shared: &Shared,
     cursors: &mut [Cursor],
+    spare: &mut Spare,
     end: &LogPosition,
     max: usize,
     turn: usize,
@@ -171,7 +226,7 @@ fn read_batch(
     for quota in [max.div_ceil(count), max] {
         for i in 0..cursors.len() {
             let cursor = &mut cursors[(turn % count + i) % count];
-            if let Err(error) = read_partition(shared, cursor, end, quota, &mut batch) {
+            if let Err(error) = read_partition(shared, cursor, spare, end, quota, &mut batch) {
                 // Re-open and seek afresh next time.
                 cursor.open = None;
                 if batch.entries.is_empty() {
@@ -191,6 +246,7 @@ fn read_batch(
 fn read_partition(
     shared: &Shared,
     cursor: &mut Cursor,
+    spare: &mut Spare,
     end: &LogPosition,
     quota: usize,
     batch: &mut Batch,
@@ -213,7 +269,7 @@ fn read_partition(
             batch.entries.push(LogEntry {
                 partition: cursor.partition,
                 offset: cursor.next,
-                bytes: payload.to_vec(),
+                bytes: spare.filled(payload),
             });
             cursor.next += 1;
             taken += 1;

@@ -113,6 +113,28 @@ async fn a_cancelled_batch_is_returned_by_the_next_call() {
 }
 
 #[tokio::test]
+async fn recycled_entries_hold_only_the_records_read_next() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = EmbeddedLog::open(dir.path(), options(1, 1 << 20)).expect("opens");
+    // Long records first, then short ones: a recycled buffer that kept a
+    // long record's bytes must come back holding a short one exactly.
+    let payloads: Vec<Vec<u8>> = (0..60u8)
+        .map(|i| vec![i + 1; if i < 30 { 300 } else { 1 + i as usize % 3 }])
+        .collect();
+    log.append(payloads.iter().map(|p| append("k", p)).collect())
+        .await
+        .expect("appended");
+    let mut reader = log.read_from(&LogPosition::new()).await.expect("reader");
+    let mut read = Vec::new();
+    while read.len() < payloads.len() {
+        let batch = reader.next_batch(10, Duration::ZERO).await.expect("batch");
+        read.extend(batch.iter().map(|e| e.bytes.clone()));
+        reader.recycle(batch);
+    }
+    assert_eq!(read, payloads);
+}
+
+#[tokio::test]
 async fn a_reader_of_a_closed_log_says_so() {
     let dir = tempfile::tempdir().expect("temp dir");
     let log = EmbeddedLog::open(dir.path(), options(1, 4096)).expect("opens");

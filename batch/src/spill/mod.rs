@@ -13,13 +13,16 @@
 //! process killed mid-run cannot remove its own: the next recompute
 //! removes every directory no live process holds ([`remove_abandoned`]).
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tempfile::TempDir;
+
+mod chains;
+
+use chains::{Chains, SortedChains};
 
 /// Runs merged at once; more are first merged into longer runs, so that
 /// open files and read buffers stay bounded whatever the log's size.
@@ -130,8 +133,6 @@ struct Slot {
     /// The key's first 8 bytes, big-endian, zero-padded: most comparisons
     /// end here (id digests always do) without reading the arena.
     prefix: u64,
-    /// The record's key among the distinct keys held (grouped sorters).
-    group: u32,
     start: usize,
     key_len: u32,
     value_len: u32,
@@ -157,63 +158,67 @@ impl Slot {
     }
 }
 
-/// Distinct keys held, for a sorter whose records share few keys (many
-/// events per user): equal keys are found by hashing as records come, and
-/// a run is ordered by sorting the distinct keys only, then placing each
-/// record by its key's rank (a counting sort, stable by construction).
-#[derive(Default)]
-struct Groups {
-    ids: HashMap<Box<[u8]>, u32, foldhash::fast::RandomState>,
-    /// Bytes the table holds (keys and entries).
-    bytes: usize,
-}
-
-/// What a table entry costs beyond its key: the entry and the key's
-/// allocation header, roughly.
-const GROUP_ENTRY_BYTES: usize = 48;
-
 /// Records pushed so far: held in memory up to the budget, the rest in
 /// sorted runs on disk.
 pub struct Sorter {
     budget: usize,
-    /// Present for a sorter of few distinct keys ([`Sorter::grouped`]).
-    groups: Option<Groups>,
     /// Where the run directory is made, at the first spill.
     spill_in: PathBuf,
     dir: Option<SpillDir>,
-    arena: Vec<u8>,
-    slots: Vec<Slot>,
+    held: Held,
     runs: Vec<PathBuf>,
     records: u64,
+}
+
+/// The records held in memory.
+enum Held {
+    /// Records of any keys in one arena, ordered by sorting an index.
+    Slots { arena: Vec<u8>, slots: Vec<Slot> },
+    /// Records of few distinct keys (many events per user), each key's
+    /// kept together as they come: nothing to sort but the keys.
+    Chains(Chains),
 }
 
 impl Sorter {
     /// A sorter holding about `budget` bytes in memory (records and their
     /// index) before it spills into a new directory under `spill_in`.
     pub fn new(budget: usize, spill_in: &Path) -> Sorter {
-        Sorter {
-            budget: budget.max(1),
-            groups: None,
-            spill_in: spill_in.to_path_buf(),
-            dir: None,
-            // Reserved once, both: grown by doubling, a buffer would be
-            // copied (old and new held at once, the new one's pages zeroed
-            // by the kernel) a few times on the way to the budget; that was
-            // an eighth of a run's CPU for the slots. Only the pages written
-            // are ever resident.
-            arena: Vec::with_capacity(budget.max(1) + RECORD_SLACK),
-            slots: Vec::with_capacity(budget.max(1) / Slot::SIZE + 1),
-            runs: Vec::new(),
-            records: 0,
-        }
+        Sorter::holding(
+            budget,
+            spill_in,
+            Held::Slots {
+                // Reserved once, both: grown by doubling, a buffer would be
+                // copied (old and new held at once, the new one's pages
+                // zeroed by the kernel) a few times on the way to the
+                // budget; that was an eighth of a run's CPU for the slots.
+                // Only the pages written are ever resident.
+                arena: Vec::with_capacity(budget.max(1) + RECORD_SLACK),
+                slots: Vec::with_capacity(budget.max(1) / Slot::SIZE + 1),
+            },
+        )
     }
 
-    /// A sorter for records that share few distinct keys (see [`Groups`]):
-    /// the same order as [`Sorter::new`], found faster.
+    /// A sorter for records that share few distinct keys (see
+    /// [`chains`]): the same order as [`Sorter::new`], in less memory and
+    /// read back in order.
     pub fn grouped(budget: usize, spill_in: &Path) -> Sorter {
+        // Slack for the block that crosses the budget, and its record.
+        let capacity = budget.max(1) + 2 * RECORD_SLACK;
+        Sorter::holding(
+            budget,
+            spill_in,
+            Held::Chains(Chains::with_capacity(capacity)),
+        )
+    }
+
+    fn holding(budget: usize, spill_in: &Path, held: Held) -> Sorter {
         Sorter {
-            groups: Some(Groups::default()),
-            ..Sorter::new(budget, spill_in)
+            budget: budget.max(1),
+            spill_in: spill_in.to_path_buf(),
+            dir: None,
+            held,
+            runs: Vec::new(),
+            records: 0,
         }
     }
 
@@ -234,30 +239,20 @@ impl Sorter {
         key: &[u8],
         fill: impl FnOnce(&mut Vec<u8>),
     ) -> Result<(), SpillError> {
-        let start = self.arena.len();
-        self.arena.extend_from_slice(key);
-        fill(&mut self.arena);
-        let key_len = key.len() as u32;
-        let value_len = (self.arena.len() - start - key.len()) as u32;
-        let group = match &mut self.groups {
-            Some(groups) => match groups.ids.get(key) {
-                Some(&id) => id,
-                None => {
-                    let id = groups.ids.len() as u32;
-                    groups.ids.insert(key.into(), id);
-                    groups.bytes += key.len() + GROUP_ENTRY_BYTES;
-                    id
-                }
-            },
-            None => 0,
-        };
-        self.slots.push(Slot {
-            group,
-            prefix: Slot::prefix(key),
-            start,
-            key_len,
-            value_len,
-        });
+        match &mut self.held {
+            Held::Slots { arena, slots } => {
+                let start = arena.len();
+                arena.extend_from_slice(key);
+                fill(arena);
+                slots.push(Slot {
+                    prefix: Slot::prefix(key),
+                    start,
+                    key_len: key.len() as u32,
+                    value_len: (arena.len() - start - key.len()) as u32,
+                });
+            }
+            Held::Chains(chains) => chains.push_with(key, fill),
+        }
         self.records += 1;
         if self.held() >= self.budget {
             self.spill()?;
@@ -267,43 +262,24 @@ impl Sorter {
 
     /// Bytes held in memory.
     fn held(&self) -> usize {
-        let groups = self.groups.as_ref().map_or(0, |g| g.bytes);
-        self.arena.len() + self.slots.len() * Slot::SIZE + groups
+        match &self.held {
+            Held::Slots { arena, slots } => arena.len() + slots.len() * Slot::SIZE,
+            Held::Chains(chains) => chains.held(),
+        }
     }
 
-    fn sort(&mut self) {
-        if let Some(groups) = &mut self.groups {
-            let mut keys: Vec<(&[u8], u32)> =
-                groups.ids.iter().map(|(k, &id)| (&k[..], id)).collect();
-            keys.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            let mut rank = vec![0u32; keys.len()];
-            for (r, (_, id)) in keys.iter().enumerate() {
-                rank[*id as usize] = r as u32;
-            }
-            // Where each rank's records start, then each record placed in
-            // push order: equal keys keep that order.
-            let mut next = vec![0usize; keys.len() + 1];
-            for slot in &self.slots {
-                next[rank[slot.group as usize] as usize + 1] += 1;
-            }
-            for r in 1..next.len() {
-                next[r] += next[r - 1];
-            }
-            let mut sorted = self.slots.clone();
-            for slot in &self.slots {
-                let at = &mut next[rank[slot.group as usize] as usize];
-                sorted[*at] = *slot;
-                *at += 1;
-            }
-            self.slots = sorted;
-            groups.ids.clear();
-            groups.bytes = 0;
-            return;
+    fn holds_nothing(&self) -> bool {
+        match &self.held {
+            Held::Slots { slots, .. } => slots.is_empty(),
+            Held::Chains(chains) => chains.is_empty(),
         }
-        let arena = &self.arena;
-        // Equal keys keep the order they were pushed in: the arena offset
-        // breaks ties, so an unstable sort (no scratch memory) does.
-        self.slots.sort_unstable_by(|a, b| {
+    }
+
+    /// Orders the slots by key; equal keys keep the order they were
+    /// pushed in: the arena offset breaks ties, so an unstable sort (no
+    /// scratch memory) does.
+    fn sort(arena: &[u8], slots: &mut [Slot]) {
+        slots.sort_unstable_by(|a, b| {
             a.prefix
                 .cmp(&b.prefix)
                 .then_with(|| a.key(arena).cmp(b.key(arena)))
@@ -326,21 +302,37 @@ impl Sorter {
 
     /// Writes what is held as a sorted run and frees it.
     fn spill(&mut self) -> Result<(), SpillError> {
-        if self.slots.is_empty() {
+        if self.holds_nothing() {
             return Ok(());
         }
-        self.sort();
         let path = self.dir()?.join(format!("run-{}", self.runs.len()));
         let mut run = RunWriter::create(&path)?;
-        for slot in &self.slots {
-            run.write(slot.key(&self.arena), slot.value(&self.arena))?;
+        // Keep the memory for the next run: its pages are already there.
+        match &mut self.held {
+            Held::Slots { arena, slots } => {
+                Sorter::sort(arena, slots);
+                for slot in slots.iter() {
+                    run.write(slot.key(arena), slot.value(arena))?;
+                }
+                arena.clear();
+                slots.clear();
+            }
+            Held::Chains(chains) => chains.write_sorted(|key, value| run.write(key, value))?,
         }
         run.finish()?;
         self.runs.push(path);
-        // Keep the memory for the next run: its pages are already there.
-        self.arena.clear();
-        self.slots.clear();
         Ok(())
+    }
+
+    /// Frees the memory held (everything is on disk).
+    fn release(&mut self) {
+        match &mut self.held {
+            Held::Slots { arena, slots } => {
+                *arena = Vec::new();
+                *slots = Vec::new();
+            }
+            Held::Chains(chains) => chains.release(),
+        }
     }
 
     /// Every record pushed, in key order (equal keys in push order).
@@ -349,8 +341,7 @@ impl Sorter {
             // Spilled already: spill the rest too, so that the merge holds
             // only read buffers.
             self.spill()?;
-            self.arena = Vec::new();
-            self.slots = Vec::new();
+            self.release();
         }
         let mut runs = std::mem::take(&mut self.runs);
         let mut merged = 0;
@@ -378,12 +369,18 @@ impl Sorter {
         for path in runs {
             sources.push(Source::open(path)?);
         }
-        if !self.slots.is_empty() {
-            self.sort();
-            sources.push(Source::Memory {
-                arena: std::mem::take(&mut self.arena),
-                slots: std::mem::take(&mut self.slots).into_iter(),
-                current: None,
+        if !self.holds_nothing() {
+            let held = std::mem::replace(&mut self.held, Held::Chains(Chains::with_capacity(0)));
+            sources.push(match held {
+                Held::Slots { arena, mut slots } => {
+                    Sorter::sort(&arena, &mut slots);
+                    Source::Memory {
+                        arena,
+                        slots: slots.into_iter(),
+                        current: None,
+                    }
+                }
+                Held::Chains(chains) => Source::Chains(chains.into_sorted()),
             });
         }
         Merge::start(sources, self.dir.take())
@@ -456,6 +453,7 @@ enum Source {
         slots: std::vec::IntoIter<Slot>,
         current: Option<Slot>,
     },
+    Chains(SortedChains),
 }
 
 impl Source {
@@ -475,6 +473,7 @@ impl Source {
         match self {
             Source::Run { current, .. } => current.as_ref().map(|(k, _)| k.as_slice()),
             Source::Memory { arena, current, .. } => current.map(|s| s.key(arena)),
+            Source::Chains(chains) => chains.current().map(|(key, _)| key),
         }
     }
 
@@ -483,6 +482,10 @@ impl Source {
         match self {
             Source::Memory { slots, current, .. } => {
                 *current = slots.next();
+                Ok(())
+            }
+            Source::Chains(chains) => {
+                chains.advance();
                 Ok(())
             }
             Source::Run {
@@ -526,6 +529,10 @@ impl Source {
             },
             Source::Memory { arena, current, .. } => match current {
                 Some(slot) => (slot.key(arena), slot.value(arena)),
+                None => return,
+            },
+            Source::Chains(chains) => match chains.current() {
+                Some(record) => record,
                 None => return,
             },
         };
