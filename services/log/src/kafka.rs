@@ -487,6 +487,10 @@ struct KafkaReader {
     membership: Membership,
     /// Since when every poll has failed; None while polls succeed.
     failing_since: Option<std::time::Instant>,
+    /// When a fresh client was last asked whether the brokers answer while
+    /// polls fail, and when that last replaced the consumer.
+    brokers_asked_at: Option<std::time::Instant>,
+    replaced_early_at: Option<std::time::Instant>,
     /// Since when a group member has held no partition; None while it does.
     unassigned_since: Option<std::time::Instant>,
     /// Since when polls have brought back no record, and what the last look
@@ -509,6 +513,14 @@ struct Idle {
 /// `AllBrokersDown` on connections that work again (RELIABILITY.md, finding
 /// 2); a new member of the same group resumes from the committed offsets.
 const REPLACE_FAILING_CONSUMER_AFTER: Duration = Duration::from_secs(30);
+
+/// How long polls may fail before a fresh client asks whether the brokers
+/// answer, and how often it asks again. When they do (a broker restart is
+/// over) while this consumer's polls still fail, the failures are the
+/// consumer's own (finding 2): it is replaced then rather than after
+/// [`REPLACE_FAILING_CONSUMER_AFTER`], at most once per that interval, so
+/// that a consumer that fails beside answering brokers cannot churn.
+const ASK_BROKERS_AFTER: Duration = Duration::from_secs(5);
 
 /// How long a group member may hold no partition before it asks the group
 /// coordinator whether it is a member at all. A broker paused long enough
@@ -591,6 +603,8 @@ impl KafkaReader {
             position,
             membership,
             failing_since: None,
+            brokers_asked_at: None,
+            replaced_early_at: None,
             unassigned_since: None,
             idle: None,
             look_for_waiting_every: LOOK_FOR_WAITING_RECORDS_EVERY,
@@ -625,18 +639,57 @@ impl KafkaReader {
     }
 
     /// Counts a failed poll: a consumer whose polls have failed for
-    /// [`REPLACE_FAILING_CONSUMER_AFTER`], or failed fatally, is replaced.
-    fn failed(&mut self, error: &dyn std::fmt::Display, fatal: bool) -> Result<(), LogError> {
-        let failing_since = *self
-            .failing_since
-            .get_or_insert_with(std::time::Instant::now);
-        if fatal || failing_since.elapsed() >= REPLACE_FAILING_CONSUMER_AFTER {
+    /// [`REPLACE_FAILING_CONSUMER_AFTER`], or failed fatally, or failed for
+    /// [`ASK_BROKERS_AFTER`] while a fresh client finds the brokers
+    /// answering, is replaced.
+    async fn failed(&mut self, error: &KafkaError, fatal: bool) -> Result<(), LogError> {
+        let now = std::time::Instant::now();
+        let failing_since = *self.failing_since.get_or_insert(now);
+        let failing_for = now.duration_since(failing_since);
+        if fatal || failing_for >= REPLACE_FAILING_CONSUMER_AFTER {
             // A new member resumes from the committed offsets (grouped)
             // or from our position; replays are idempotent downstream.
-            warn!(%error, fatal, failing_for = ?failing_since.elapsed(), "kafka consumer keeps failing; replacing it");
-            self.replace_consumer()?;
+            warn!(%error, fatal, ?failing_for, "kafka consumer keeps failing; replacing it");
+            return self.replace_consumer();
+        }
+        let ask = failing_for >= ASK_BROKERS_AFTER
+            && self
+                .brokers_asked_at
+                .is_none_or(|t| now.duration_since(t) >= ASK_BROKERS_AFTER)
+            && self
+                .replaced_early_at
+                .is_none_or(|t| now.duration_since(t) >= REPLACE_FAILING_CONSUMER_AFTER);
+        if ask {
+            self.brokers_asked_at = Some(now);
+            if self.brokers_answer().await {
+                warn!(%error, ?failing_for, "kafka consumer keeps failing while the brokers answer a fresh client; replacing it");
+                self.replaced_early_at = Some(now);
+                return self.replace_consumer();
+            }
         }
         Ok(())
+    }
+
+    /// Whether a client of its own, with no connection of this consumer's,
+    /// reads the topic's metadata with a leader for every partition.
+    async fn brokers_answer(&self) -> bool {
+        let options = self.options.clone();
+        let timeout = self.options.timeout.min(CHECK_TIMEOUT);
+        let asked = within(timeout * 2, "ask the brokers", move || {
+            let client = probe_client(&options).ok()?;
+            let metadata = client.fetch_metadata(Some(&options.topic), timeout).ok()?;
+            let topic = metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == options.topic)?;
+            Some(
+                topic.error().is_none()
+                    && !topic.partitions().is_empty()
+                    && topic.partitions().iter().all(|p| p.leader() >= 0),
+            )
+        })
+        .await;
+        matches!(asked, Ok(Some(true)))
     }
 
     /// Called after a poll that brought back nothing: every
@@ -833,7 +886,7 @@ impl LogReader for KafkaReader {
         };
         if let Some(error) = polled.error {
             let fatal = matches!(error, KafkaError::MessageConsumptionFatal(_));
-            self.failed(&error, fatal)?;
+            self.failed(&error, fatal).await?;
             return Err(unavailable("poll failed", error));
         }
         self.failing_since = None;
@@ -1017,6 +1070,66 @@ mod tests {
             reader.group_is_empty(format!("{group}-nobody")).await,
             "nobody joined this group"
         );
+    }
+
+    /// Polls failing for a while beside brokers that answer a fresh client
+    /// (finding 2's shape after a restart) replace the consumer without
+    /// waiting for the 30 s rule, once per that interval; beside brokers
+    /// that do not answer (an outage), they do not.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_consumer_failing_beside_answering_brokers_is_replaced_early() {
+        let Some(brokers) = signals_test_support::kafka_brokers() else {
+            return;
+        };
+        let options = two_partitions(brokers);
+        let _log = KafkaLog::connect(options.clone()).await.expect("connects");
+        let membership = Membership::Assigned { partitions: 2 };
+        let consumer = membership
+            .join(&options, &LogPosition::new())
+            .expect("joins");
+        let mut reader =
+            KafkaReader::new(consumer, options.clone(), LogPosition::new(), membership);
+        let down = KafkaError::MessageConsumption(RDKafkaErrorCode::AllBrokersDown);
+        let failing_for = |d: Duration| Instant::now().checked_sub(d);
+
+        // Failing, but not for long: nobody is asked.
+        reader.failing_since = failing_for(Duration::from_secs(1));
+        let first = Arc::as_ptr(&reader.consumer);
+        reader.failed(&down, false).await.expect("counted");
+        assert!(std::ptr::eq(first, Arc::as_ptr(&reader.consumer)));
+        assert!(reader.brokers_asked_at.is_none());
+
+        reader.failing_since = failing_for(ASK_BROKERS_AFTER);
+        reader.failed(&down, false).await.expect("replaced");
+        assert!(
+            !std::ptr::eq(first, Arc::as_ptr(&reader.consumer)),
+            "replaced while the brokers answer"
+        );
+        assert!(reader.failing_since.is_none());
+
+        // Failing again at once: not replaced a second time within 30 s.
+        let second = Arc::as_ptr(&reader.consumer);
+        reader.failing_since = failing_for(ASK_BROKERS_AFTER);
+        reader.brokers_asked_at = failing_for(ASK_BROKERS_AFTER);
+        reader.failed(&down, false).await.expect("counted");
+        assert!(std::ptr::eq(second, Arc::as_ptr(&reader.consumer)));
+
+        // Brokers that do not answer (nothing listens there): kept.
+        let unreachable = KafkaOptions {
+            brokers: "127.0.0.1:9".into(),
+            timeout: Duration::from_secs(1),
+            ..options
+        };
+        let membership = Membership::Assigned { partitions: 2 };
+        let consumer = membership
+            .join(&unreachable, &LogPosition::new())
+            .expect("a consumer");
+        let mut outage = KafkaReader::new(consumer, unreachable, LogPosition::new(), membership);
+        outage.failing_since = failing_for(ASK_BROKERS_AFTER);
+        let kept = Arc::as_ptr(&outage.consumer);
+        outage.failed(&down, false).await.expect("counted");
+        assert!(std::ptr::eq(kept, Arc::as_ptr(&outage.consumer)));
+        assert!(outage.brokers_asked_at.is_some(), "asked");
     }
 
     /// The shape of finding 10, made on demand: a member whose partitions
