@@ -488,9 +488,10 @@ struct KafkaReader {
     /// Since when every poll has failed; None while polls succeed.
     failing_since: Option<std::time::Instant>,
     /// When a fresh client was last asked whether the brokers answer while
-    /// polls fail, and when that last replaced the consumer.
+    /// polls fail.
     brokers_asked_at: Option<std::time::Instant>,
-    replaced_early_at: Option<std::time::Instant>,
+    /// Whether its answer replaced a consumer since a poll last succeeded.
+    replaced_early: bool,
     /// Since when a group member has held no partition; None while it does.
     unassigned_since: Option<std::time::Instant>,
     /// Since when polls have brought back no record, and what the last look
@@ -518,8 +519,9 @@ const REPLACE_FAILING_CONSUMER_AFTER: Duration = Duration::from_secs(30);
 /// answer, and how often it asks again. When they do (a broker restart is
 /// over) while this consumer's polls still fail, the failures are the
 /// consumer's own (finding 2): it is replaced then rather than after
-/// [`REPLACE_FAILING_CONSUMER_AFTER`], at most once per that interval, so
-/// that a consumer that fails beside answering brokers cannot churn.
+/// [`REPLACE_FAILING_CONSUMER_AFTER`]. Once only until a poll succeeds
+/// again: polls that fail for a reason every consumer meets (an ACL, say)
+/// beside answering brokers are left to the slower rule, not churned.
 const ASK_BROKERS_AFTER: Duration = Duration::from_secs(5);
 
 /// How long a group member may hold no partition before it asks the group
@@ -604,7 +606,7 @@ impl KafkaReader {
             membership,
             failing_since: None,
             brokers_asked_at: None,
-            replaced_early_at: None,
+            replaced_early: false,
             unassigned_since: None,
             idle: None,
             look_for_waiting_every: LOOK_FOR_WAITING_RECORDS_EVERY,
@@ -652,44 +654,52 @@ impl KafkaReader {
             warn!(%error, fatal, ?failing_for, "kafka consumer keeps failing; replacing it");
             return self.replace_consumer();
         }
-        let ask = failing_for >= ASK_BROKERS_AFTER
+        let ask = !self.replaced_early
+            && failing_for >= ASK_BROKERS_AFTER
             && self
                 .brokers_asked_at
-                .is_none_or(|t| now.duration_since(t) >= ASK_BROKERS_AFTER)
-            && self
-                .replaced_early_at
-                .is_none_or(|t| now.duration_since(t) >= REPLACE_FAILING_CONSUMER_AFTER);
+                .is_none_or(|t| now.duration_since(t) >= ASK_BROKERS_AFTER);
         if ask {
             self.brokers_asked_at = Some(now);
-            if self.brokers_answer().await {
-                warn!(%error, ?failing_for, "kafka consumer keeps failing while the brokers answer a fresh client; replacing it");
-                self.replaced_early_at = Some(now);
-                return self.replace_consumer();
+            match self.brokers_answer().await {
+                Ok(()) => {
+                    warn!(%error, ?failing_for, "kafka consumer keeps failing while the brokers answer a fresh client; replacing it");
+                    self.replaced_early = true;
+                    return self.replace_consumer();
+                }
+                Err(why) => {
+                    info!(%error, ?failing_for, %why, "kafka polls fail and the brokers do not answer a fresh client either; waiting")
+                }
             }
         }
         Ok(())
     }
 
     /// Whether a client of its own, with no connection of this consumer's,
-    /// reads the topic's metadata with a leader for every partition.
-    async fn brokers_answer(&self) -> bool {
+    /// reads the topic's metadata with a leader for every partition; why
+    /// not otherwise.
+    async fn brokers_answer(&self) -> Result<(), String> {
         let options = self.options.clone();
         let timeout = self.options.timeout.min(CHECK_TIMEOUT);
-        let asked = within(timeout * 2, "ask the brokers", move || {
-            let client = probe_client(&options).ok()?;
-            let metadata = client.fetch_metadata(Some(&options.topic), timeout).ok()?;
+        within(timeout * 2, "ask the brokers", move || {
+            let client = probe_client(&options).map_err(|e| e.to_string())?;
+            let metadata = client
+                .fetch_metadata(Some(&options.topic), timeout)
+                .map_err(|e| e.to_string())?;
             let topic = metadata
                 .topics()
                 .iter()
-                .find(|t| t.name() == options.topic)?;
-            Some(
-                topic.error().is_none()
-                    && !topic.partitions().is_empty()
-                    && topic.partitions().iter().all(|p| p.leader() >= 0),
-            )
+                .find(|t| t.name() == options.topic && t.error().is_none())
+                .ok_or("the topic is missing from the metadata")?;
+            match !topic.partitions().is_empty()
+                && topic.partitions().iter().all(|p| p.leader() >= 0)
+            {
+                true => Ok(()),
+                false => Err("a partition has no leader".to_owned()),
+            }
         })
-        .await;
-        matches!(asked, Ok(Some(true)))
+        .await
+        .map_err(|e| e.to_string())?
     }
 
     /// Called after a poll that brought back nothing: every
@@ -890,6 +900,7 @@ impl LogReader for KafkaReader {
             return Err(unavailable("poll failed", error));
         }
         self.failing_since = None;
+        self.replaced_early = false;
         if polled.assigned > 0 {
             self.unassigned_since = None;
         } else if let Membership::Grouped { group } = &self.membership {
@@ -1074,7 +1085,7 @@ mod tests {
 
     /// Polls failing for a while beside brokers that answer a fresh client
     /// (finding 2's shape after a restart) replace the consumer without
-    /// waiting for the 30 s rule, once per that interval; beside brokers
+    /// waiting for the 30 s rule, once until a poll succeeds; beside brokers
     /// that do not answer (an outage), they do not.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_consumer_failing_beside_answering_brokers_is_replaced_early() {
@@ -1107,12 +1118,21 @@ mod tests {
         );
         assert!(reader.failing_since.is_none());
 
-        // Failing again at once: not replaced a second time within 30 s.
+        // Failing again before any poll succeeded: not replaced early twice.
         let second = Arc::as_ptr(&reader.consumer);
         reader.failing_since = failing_for(ASK_BROKERS_AFTER);
         reader.brokers_asked_at = failing_for(ASK_BROKERS_AFTER);
         reader.failed(&down, false).await.expect("counted");
         assert!(std::ptr::eq(second, Arc::as_ptr(&reader.consumer)));
+        // A poll that succeeds ends the episode: the next one may again.
+        reader
+            .next_batch(10, Duration::from_millis(100))
+            .await
+            .expect("polls");
+        reader.failing_since = failing_for(ASK_BROKERS_AFTER);
+        reader.brokers_asked_at = failing_for(ASK_BROKERS_AFTER);
+        reader.failed(&down, false).await.expect("replaced");
+        assert!(!std::ptr::eq(second, Arc::as_ptr(&reader.consumer)));
 
         // Brokers that do not answer (nothing listens there): kept.
         let unreachable = KafkaOptions {
