@@ -418,18 +418,23 @@ impl EventLog for KafkaLog {
         let topic = self.options.topic.clone();
         let timeout = self.options.timeout;
         let partitions = self.partitions;
-        let end: Result<LogPosition, LogError> = tokio::task::spawn_blocking(move || {
+        // One deadline for every partition's request, and the call given up
+        // past it: serving's freshness readings wait on this one at a time
+        // (finding 10: a librdkafka call may not return for minutes).
+        let end = within(timeout + CHECK_TIMEOUT, "read the log's end", move || {
+            let deadline = std::time::Instant::now() + timeout;
             (0..partitions)
                 .map(|p| {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
                     probe
-                        .fetch_watermarks(&topic, p as i32, timeout)
+                        .fetch_watermarks(&topic, p as i32, left.max(Duration::from_millis(1)))
                         .map(|(_, high)| (p, high.max(0) as Offset))
                         .map_err(|e| unavailable("cannot read watermarks", e))
                 })
-                .collect()
+                .collect::<Result<LogPosition, LogError>>()
         })
         .await
-        .map_err(blocking_failed)?;
+        .and_then(|end| end);
         if end.is_err() {
             self.probe.failed();
         }
