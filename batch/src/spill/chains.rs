@@ -84,8 +84,8 @@ impl Chains {
                 id
             }
         };
-        let mut head = [0u8; 10];
-        let head_len = leb128(&mut head, self.scratch.len() as u64);
+        let mut head = [0u8; 20];
+        let head_len = super::leb128(&mut head, self.scratch.len() as u64, 0);
         let need = head_len + self.scratch.len();
         if self.chains[id].end - self.chains[id].at < need {
             self.add_block(id, need);
@@ -268,20 +268,6 @@ fn word(arena: &[u8], at: usize) -> usize {
     let mut bytes = [0u8; 8];
     bytes.copy_from_slice(&arena[at..at + 8]);
     u64::from_le_bytes(bytes) as usize
-}
-
-fn leb128(out: &mut [u8; 10], mut value: u64) -> usize {
-    let mut at = 0;
-    loop {
-        let byte = (value & 0x7f) as u8;
-        value >>= 7;
-        if value == 0 {
-            out[at] = byte;
-            return at + 1;
-        }
-        out[at] = byte | 0x80;
-        at += 1;
-    }
 }
 
 /// A length this module wrote, and the bytes it took.
