@@ -1052,6 +1052,14 @@ mod tests {
         }
     }
 
+    /// A reader from the log's start, as `membership` joins.
+    fn reader_from_start(options: &KafkaOptions, membership: Membership) -> KafkaReader {
+        let consumer = membership
+            .join(options, &LogPosition::new())
+            .expect("a consumer");
+        KafkaReader::new(consumer, options.clone(), LogPosition::new(), membership)
+    }
+
     /// The check of finding 7 asks the coordinator about real groups: one
     /// whose member holds partitions is not empty, one nobody joined is.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1062,13 +1070,12 @@ mod tests {
         let options = two_partitions(brokers);
         let _log = KafkaLog::connect(options.clone()).await.expect("connects");
         let group = format!("{}-group", options.topic);
-        let membership = Membership::Grouped {
-            group: group.clone(),
-        };
-        let consumer = membership
-            .join(&options, &LogPosition::new())
-            .expect("joins");
-        let mut reader = KafkaReader::new(consumer, options, LogPosition::new(), membership);
+        let mut reader = reader_from_start(
+            &options,
+            Membership::Grouped {
+                group: group.clone(),
+            },
+        );
         let deadline = Instant::now() + Duration::from_secs(30);
         while reader.consumer.assignment().map_or(0, |a| a.count()) == 0 {
             assert!(Instant::now() < deadline, "the member was never assigned");
@@ -1099,12 +1106,7 @@ mod tests {
         };
         let options = two_partitions(brokers);
         let _log = KafkaLog::connect(options.clone()).await.expect("connects");
-        let membership = Membership::Assigned { partitions: 2 };
-        let consumer = membership
-            .join(&options, &LogPosition::new())
-            .expect("joins");
-        let mut reader =
-            KafkaReader::new(consumer, options.clone(), LogPosition::new(), membership);
+        let mut reader = reader_from_start(&options, Membership::Assigned { partitions: 2 });
         let down = KafkaError::MessageConsumption(RDKafkaErrorCode::AllBrokersDown);
         let failing_for = |d: Duration| Instant::now().checked_sub(d);
 
@@ -1145,11 +1147,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             ..options
         };
-        let membership = Membership::Assigned { partitions: 2 };
-        let consumer = membership
-            .join(&unreachable, &LogPosition::new())
-            .expect("a consumer");
-        let mut outage = KafkaReader::new(consumer, unreachable, LogPosition::new(), membership);
+        let mut outage = reader_from_start(&unreachable, Membership::Assigned { partitions: 2 });
         outage.failing_since = failing_for(ASK_BROKERS_AFTER);
         let kept = Arc::as_ptr(&outage.consumer);
         outage.failed(&down, false).await.expect("counted");
@@ -1182,20 +1180,11 @@ mod tests {
     async fn replaces_a_member_that_gets_no_record(brokers: String) {
         let options = two_partitions(brokers);
         let log = KafkaLog::connect(options.clone()).await.expect("connects");
-        let membership = Membership::Grouped {
-            group: format!("{}-group", options.topic),
-        };
-        let consumer = membership
-            .join(&options, &LogPosition::new())
-            .expect("joins");
+        let group = format!("{}-group", options.topic);
         // Never dropped, so that a failure fails instead of hanging in the
         // destruction of the paused consumer.
-        let mut reader = std::mem::ManuallyDrop::new(KafkaReader::new(
-            consumer,
-            options,
-            LogPosition::new(),
-            membership,
-        ));
+        let mut reader =
+            std::mem::ManuallyDrop::new(reader_from_start(&options, Membership::Grouped { group }));
         reader.look_for_waiting_every = Duration::from_millis(300);
         let deadline = Instant::now() + Duration::from_secs(30);
         while reader.consumer.assignment().map_or(0, |a| a.count()) < 2 {
