@@ -1,4 +1,5 @@
-//! The embedded store: one redb file on local disk, the default backend.
+//! The embedded store: redb files on local disk, the default backend: the
+//! store's file, and beside it the insights worker's ([`insights`]).
 //!
 //! # Guarantees
 //!
@@ -43,9 +44,10 @@
 //!
 //! # Concurrency and cost
 //!
-//! One process opens the file (redb takes a file lock; a second opener gets
+//! One process opens the files (redb takes a file lock; a second opener gets
 //! [`StoreError::Unavailable`]). Inside it, readers never block writers and
-//! writers are serialised by redb. Decoded records of published versions
+//! writers of one file are serialised by redb: the insights worker writes a
+//! file of its own so that its passes never hold up the speed layer's. Decoded records of published versions
 //! and the decoded published manifest are cached in process (see
 //! [`cache`]), so a warm read decodes only the user's speed entries; warm
 //! reads run on the caller's task, every other redb call on
@@ -122,6 +124,8 @@ pub struct EmbeddedStore {
 /// The blocking half: everything that touches redb.
 struct Inner {
     db: Database,
+    /// The insights worker's tables, in a file of their own ([`insights`]).
+    insights: Database,
     records: RecordCache,
     manifest: ManifestCache,
     progress: speed::ProgressMirror,
@@ -148,17 +152,10 @@ impl EmbeddedStore {
                 StoreError::Backend(format!("cannot create {}: {e}", dir.display()))
             })?;
         }
-        let db = Database::builder()
-            .set_cache_size(options.page_cache_bytes)
-            .create(path)
-            .map_err(|e| match e {
-                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Unavailable(format!(
-                    "{} is already open in another process or handle",
-                    path.display()
-                )),
-                other => engine("open the store file")(other),
-            })?;
-        tables::initialise(&db)?;
+        let db = open_file(path, options.page_cache_bytes)?;
+        // Membership rows are small and read by user: a quarter of the cache.
+        let insights = open_file(&insights::insights_path(path), options.page_cache_bytes / 4)?;
+        tables::initialise(&db, &insights)?;
         let index = index::IndexMemo::default();
         let ids = {
             let txn = db.begin_read().map_err(engine("begin a read"))?;
@@ -171,6 +168,7 @@ impl EmbeddedStore {
         Ok(EmbeddedStore {
             inner: Arc::new(Inner {
                 db,
+                insights,
                 records: RecordCache::new(options.record_cache_bytes),
                 manifest: ManifestCache::default(),
                 progress: speed::ProgressMirror::default(),
@@ -195,6 +193,20 @@ impl EmbeddedStore {
             .await
             .map_err(|e| StoreError::Backend(format!("embedded store task failed: {e}")))?
     }
+}
+
+/// Opens (or creates) one redb file of the store.
+fn open_file(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
+    Database::builder()
+        .set_cache_size(cache_bytes)
+        .create(path)
+        .map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Unavailable(format!(
+                "{} is already open in another process or handle",
+                path.display()
+            )),
+            other => engine("open the store file")(other),
+        })
 }
 
 /// Maps a redb error met while doing `what` to a [`StoreError`].

@@ -36,12 +36,14 @@ pub const CHECKPOINT_KEY: &str = "batch_checkpoint";
 
 /// The layout this build reads and writes (see `keys` and `codec`).
 /// Layout 2 coalesced speed rows per user and write, and turned the event
-/// index into a log; a layout 1 file is converted when opened.
-pub const LAYOUT: u8 = 2;
+/// index into a log; layout 3 moved the insights tables to a file of their
+/// own. Older files are converted when opened.
+pub const LAYOUT: u8 = 3;
 
 /// Creates the tables of a new file, checks the layout of an existing one
-/// and converts a layout 1 file, in one transaction.
-pub fn initialise(db: &Database) -> Result<(), StoreError> {
+/// and converts an older one, in one transaction of the store file (moving
+/// insights tables commits the insights file's transaction first).
+pub fn initialise(db: &Database, insights: &Database) -> Result<(), StoreError> {
     let mut txn = db.begin_write().map_err(engine("begin a write"))?;
     txn.set_durability(Durability::Immediate);
     {
@@ -53,25 +55,41 @@ pub fn initialise(db: &Database) -> Result<(), StoreError> {
             .map_err(engine("create table index_writes"))?;
         txn.open_table(BATCH)
             .map_err(engine("create table batch"))?;
-        let mut meta = txn.open_table(META).map_err(engine("create table meta"))?;
-        let stored = meta
+        let stored = txn
+            .open_table(META)
+            .map_err(engine("create table meta"))?
             .get(LAYOUT_KEY)
             .map_err(engine("read the layout"))?
             .map(|v| v.value().to_vec());
         match stored.as_deref() {
             None => {}
             Some([LAYOUT]) => {}
-            Some([1]) => convert_layout_1(&txn)?,
+            Some([1]) => {
+                convert_layout_1(&txn)?;
+                move_insights(&txn, insights)?;
+            }
+            Some([2]) => move_insights(&txn, insights)?,
             Some(other) => {
                 return Err(StoreError::Corrupt(format!(
-                    "table meta, key {LAYOUT_KEY}: the file has layout {other:?}, this build reads layouts 1 and {LAYOUT}"
+                    "table meta, key {LAYOUT_KEY}: the file has layout {other:?}, this build reads layouts 1 to {LAYOUT}"
                 )))
             }
         }
+        let mut meta = txn.open_table(META).map_err(engine("open table meta"))?;
         meta.insert(LAYOUT_KEY, [LAYOUT].as_slice())
             .map_err(engine("write the layout"))?;
     }
     txn.commit().map_err(engine("commit the table set-up"))
+}
+
+/// Layout 2 → 3: the insights tables move to their own file.
+fn move_insights(txn: &WriteTransaction, insights: &Database) -> Result<(), StoreError> {
+    let moved = super::insights::move_from_the_store(txn, insights)?;
+    info!(
+        rows = moved,
+        "embedded store moved the insights tables to their own file"
+    );
+    Ok(())
 }
 
 /// Layout 1 → 2: the `event_index` rows become index log writes (their
