@@ -13,6 +13,12 @@
 //! and recent items (tens of kilobytes, the contract bounds no wishlist)
 //! change only with the view. Each value is kept encoded, so an answer is
 //! copied out, never re-encoded.
+//!
+//! A kept value holds no name (answers take names from the definitions,
+//! which every answer shares and stay in the CPU's cache), and an answer
+//! holds the user's kept values whole rather than a handle per value: a
+//! multi-get reads a hundred users' values, and a name or a reference
+//! count per value was a memory miss each, a sixth of its time.
 
 use std::sync::Arc;
 
@@ -20,7 +26,7 @@ use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 use serde_json::value::RawValue;
 use serde_json::Value;
-use signals_core::{SignalDefinition, UserView};
+use signals_core::{Definitions, SignalDefinition, UserView};
 use signals_schemas::Millis;
 use signals_store::VersionedCache;
 
@@ -31,94 +37,20 @@ pub struct ViewId {
     pub tail_generation: u64,
 }
 
-/// One signal's value at some instant, kept as its JSON encoding: half the
-/// memory of the value itself, and nothing to encode again.
-#[derive(Debug)]
-pub struct SignalValue {
-    name: String,
-    encoded: Box<RawValue>,
+/// One signal's value, kept as its JSON encoding (half the memory of the
+/// value itself, and nothing to encode again) with the instants
+/// `[from, until)` it holds for.
+#[derive(Clone, Debug)]
+struct Kept {
+    from: Millis,
+    until: Millis,
+    encoded: Arc<RawValue>,
     /// A lifetime signal whose definition changed after the batch ran.
     stale: bool,
 }
 
-impl SignalValue {
-    fn new(name: &str, encoded: Box<RawValue>, stale: bool) -> SignalValue {
-        SignalValue {
-            name: name.to_owned(),
-            encoded,
-            stale,
-        }
-    }
-
-    /// About how many bytes it holds in memory.
-    fn weight(&self) -> usize {
-        64 + self.name.len() + self.encoded.get().len()
-    }
-}
-
-/// Encodings made by one encoder are equal exactly when the values are.
-impl PartialEq for SignalValue {
-    fn eq(&self, other: &SignalValue) -> bool {
-        (&self.name, self.encoded.get(), self.stale)
-            == (&other.name, other.encoded.get(), other.stale)
-    }
-}
-
-/// One evaluation of some signals; serializes as the response's `signals`
-/// object (name → value), in the order the definitions were named. Not
-/// sorted by name: in a multi-get, that sort (a memory miss per name
-/// compared) cost a tenth of the time.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Answer {
-    /// Without repeats.
-    signals: Vec<Arc<SignalValue>>,
-}
-
-impl Answer {
-    /// The value of the signal `name`, if it was asked for (decoded: for
-    /// the few values segment rules read).
-    pub fn get(&self, name: &str) -> Option<Value> {
-        let value = self.signals.iter().find(|s| s.name == name)?;
-        serde_json::from_str(value.encoded.get()).ok()
-    }
-
-    /// About how many bytes its JSON takes.
-    pub fn encoded_len(&self) -> usize {
-        self.signals
-            .iter()
-            .map(|s| s.name.len() + s.encoded.get().len() + 4)
-            .sum()
-    }
-
-    /// Lifetime signals whose definition changed after the batch ran.
-    pub fn stale(&self) -> Vec<String> {
-        self.signals
-            .iter()
-            .filter(|s| s.stale)
-            .map(|s| s.name.clone())
-            .collect()
-    }
-}
-
-impl Serialize for Answer {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(self.signals.len()))?;
-        for signal in &self.signals {
-            map.serialize_entry(&signal.name, &*signal.encoded)?;
-        }
-        map.end()
-    }
-}
-
-/// A value and the instants `[from, until)` it holds for.
-#[derive(Clone)]
-struct Kept {
-    from: Millis,
-    until: Millis,
-    value: Arc<SignalValue>,
-}
-
 /// One user's kept values, all over one view.
+#[derive(Debug)]
 struct KeptView {
     view: ViewId,
     /// By [`SignalDefinition::index`]: a multi-get looks up every signal of
@@ -128,17 +60,87 @@ struct KeptView {
 }
 
 impl KeptView {
-    fn holding(&self, definition: &SignalDefinition, at: Millis) -> Option<Arc<SignalValue>> {
-        let kept = self.values.get(definition.index)?.as_ref()?;
-        (kept.from <= at && at < kept.until).then(|| kept.value.clone())
+    fn holds(&self, definition: &SignalDefinition, at: Millis) -> bool {
+        self.values
+            .get(definition.index)
+            .and_then(Option::as_ref)
+            .is_some_and(|kept| kept.from <= at && at < kept.until)
     }
 
+    /// About how many bytes it holds in memory.
     fn weight(&self) -> usize {
-        64 + self
-            .values
-            .iter()
-            .map(|k| 32 + k.as_ref().map_or(0, |k| k.value.weight()))
-            .sum::<usize>()
+        64 + self.values.len() * std::mem::size_of::<Option<Kept>>()
+            + self
+                .values
+                .iter()
+                .flatten()
+                .map(|k| 16 + k.encoded.get().len())
+                .sum::<usize>()
+    }
+}
+
+/// One evaluation of some signals; serializes as the response's `signals`
+/// object (name → value), in the order the definitions were named. Not
+/// sorted by name: in a multi-get, that sort (a memory miss per name
+/// compared) cost a tenth of the time.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    definitions: Arc<Definitions>,
+    values: Arc<KeptView>,
+    /// The definitions asked for, by index, without repeats; `values`
+    /// holds each of them.
+    asked: Vec<usize>,
+}
+
+impl Answer {
+    /// The signals asked for: name, encoded value, staleness.
+    fn signals(&self) -> impl Iterator<Item = (&str, &Kept)> {
+        self.asked.iter().filter_map(|&index| {
+            let definition = self.definitions.by_index(index)?;
+            let kept = self.values.values.get(index)?.as_ref()?;
+            Some((definition.name.as_str(), kept))
+        })
+    }
+
+    /// The value of the signal `name`, if it was asked for (decoded: for
+    /// the few values segment rules read).
+    pub fn get(&self, name: &str) -> Option<Value> {
+        let (_, kept) = self.signals().find(|(n, _)| *n == name)?;
+        serde_json::from_str(kept.encoded.get()).ok()
+    }
+
+    /// About how many bytes its JSON takes.
+    pub fn encoded_len(&self) -> usize {
+        self.signals()
+            .map(|(name, kept)| name.len() + kept.encoded.get().len() + 4)
+            .sum()
+    }
+
+    /// Lifetime signals whose definition changed after the batch ran.
+    pub fn stale(&self) -> Vec<String> {
+        self.signals()
+            .filter(|(_, kept)| kept.stale)
+            .map(|(name, _)| name.to_owned())
+            .collect()
+    }
+}
+
+/// Encodings made by one encoder are equal exactly when the values are.
+impl PartialEq for Answer {
+    fn eq(&self, other: &Answer) -> bool {
+        self.signals()
+            .map(|(n, k)| (n, k.encoded.get(), k.stale))
+            .eq(other.signals().map(|(n, k)| (n, k.encoded.get(), k.stale)))
+    }
+}
+
+impl Serialize for Answer {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.asked.len()))?;
+        for (name, kept) in self.signals() {
+            map.serialize_entry(name, &*kept.encoded)?;
+        }
+        map.end()
     }
 }
 
@@ -155,16 +157,17 @@ impl AnswerCache {
         }
     }
 
-    /// Evaluates `definitions` for `user` at `at` over `view`: the values
-    /// kept for that view that hold at `at` are given again, the others are
-    /// evaluated (building the view only then) and kept. Every call names
-    /// definitions of one and the same [`signals_core::Definitions`].
+    /// Evaluates `asked` (definitions of `definitions`, without repeats)
+    /// for `user` at `at` over `view`: the values kept for that view that
+    /// hold at `at` are given again, the others are evaluated (building the
+    /// view only then) and kept.
     pub fn answer(
         &self,
         user: &str,
         id: ViewId,
         view: impl FnOnce() -> UserView,
-        definitions: &[&SignalDefinition],
+        definitions: &Arc<Definitions>,
+        asked: &[&SignalDefinition],
         at: Millis,
     ) -> Answer {
         let kept = self
@@ -172,58 +175,50 @@ impl AnswerCache {
             .as_ref()
             .and_then(|cache| cache.latest(user))
             .filter(|kept| kept.view == id);
-        let mut signals = Vec::with_capacity(definitions.len());
-        let mut missing = Vec::new();
-        for definition in definitions {
-            let value = kept.as_ref().and_then(|k| k.holding(definition, at));
-            if value.is_none() {
-                missing.push(*definition);
-            }
-            signals.push(value);
-        }
+        let missing: Vec<&SignalDefinition> = asked
+            .iter()
+            .copied()
+            .filter(|d| !kept.as_ref().is_some_and(|k| k.holds(d, at)))
+            .collect();
+        let answer = |values| Answer {
+            definitions: definitions.clone(),
+            values,
+            asked: asked.iter().map(|d| d.index).collect(),
+        };
         metrics::counter!("signals_serving_values_total", "value" => "kept")
-            .increment((definitions.len() - missing.len()) as u64);
+            .increment((asked.len() - missing.len()) as u64);
         if missing.is_empty() {
-            return Answer {
-                signals: signals.into_iter().flatten().collect(),
-            };
+            let values = kept.unwrap_or_else(|| {
+                Arc::new(KeptView {
+                    view: id,
+                    values: Vec::new(),
+                })
+            });
+            return answer(values);
         }
         metrics::counter!("signals_serving_values_total", "value" => "computed")
             .increment(missing.len() as u64);
         let view = view();
-        let (values, stale) = view.evaluate_encoded(&missing, at);
-        let fresh: Vec<Arc<SignalValue>> = missing
-            .iter()
-            .zip(values)
-            .map(|(definition, value)| {
-                let is_stale = stale.iter().any(|s| s.0 == definition.name);
-                Arc::new(SignalValue::new(&definition.name, value, is_stale))
-            })
-            .collect();
-        let mut computed = fresh.iter();
-        let signals = signals
-            .into_iter()
-            .filter_map(|kept| kept.or_else(|| computed.next().cloned()))
-            .collect();
-        if let Some(cache) = &self.kept {
-            let until = view.holds_until_each(&missing, at);
-            // Values of other signals kept for the same view stay kept.
-            let mut values = kept.map(|k| k.values.clone()).unwrap_or_default();
-            for ((definition, value), until) in missing.iter().zip(fresh).zip(until) {
-                if values.len() <= definition.index {
-                    values.resize(definition.index + 1, None);
-                }
-                values[definition.index] = Some(Kept {
-                    from: at,
-                    until,
-                    value,
-                });
+        let (encoded, stale) = view.evaluate_encoded(&missing, at);
+        let until = view.holds_until_each(&missing, at);
+        // Values of other signals kept for the same view stay kept.
+        let mut values = kept.map(|k| k.values.clone()).unwrap_or_default();
+        for ((definition, encoded), until) in missing.iter().zip(encoded).zip(until) {
+            if values.len() <= definition.index {
+                values.resize(definition.index + 1, None);
             }
-            let kept = KeptView { view: id, values };
-            let weight = kept.weight();
-            cache.insert(0, user, Arc::new(kept), weight);
+            values[definition.index] = Some(Kept {
+                from: at,
+                until,
+                encoded: Arc::from(encoded),
+                stale: stale.iter().any(|s| s.0 == definition.name),
+            });
         }
-        Answer { signals }
+        let values = Arc::new(KeptView { view: id, values });
+        if let Some(cache) = &self.kept {
+            cache.insert(0, user, values.clone(), values.weight());
+        }
+        answer(values)
     }
 }
 
@@ -235,39 +230,55 @@ mod tests {
     use signals_core::{Definitions, SignalSpec, SpeedEntry};
     use signals_schemas::EventType;
 
-    fn definitions() -> Definitions {
+    fn definitions() -> Arc<Definitions> {
         let specs: Vec<SignalSpec> = serde_json::from_value(json!([
             {"name": "views_1h", "events": ["view"], "aggregation": "count", "window": "1h"},
             {"name": "views_24h", "events": ["view"], "aggregation": "count", "window": "24h"},
             {"name": "recent_views", "events": ["view", "click"], "aggregation": "last_distinct", "field": "item_id", "limit": 5}
         ]))
         .expect("specs");
-        Definitions::compile(&specs).expect("valid")
+        Arc::new(Definitions::compile(&specs).expect("valid"))
     }
 
     /// The answer as evaluated from scratch.
-    fn evaluated(view: &UserView, definitions: &[&SignalDefinition], at: Millis) -> Answer {
+    fn evaluated(
+        view: &UserView,
+        all: &Arc<Definitions>,
+        definitions: &[&SignalDefinition],
+        at: Millis,
+    ) -> Answer {
         let (values, stale) = view.evaluate(definitions, at);
-        let signals = definitions
-            .iter()
-            .zip(values)
-            .map(|(d, v)| {
-                let is_stale = stale.iter().any(|s| s.0 == d.name);
+        let mut kept = vec![None; all.len()];
+        for (d, v) in definitions.iter().zip(values) {
+            kept[d.index] = Some(Kept {
+                from: at,
+                until: at + 1,
                 // Through `Value`s: the encoded path must write the same.
-                let encoded = serde_json::value::to_raw_value(&v).expect("encodes");
-                Arc::new(SignalValue::new(&d.name, encoded, is_stale))
-            })
-            .collect();
-        Answer { signals }
+                encoded: Arc::from(serde_json::value::to_raw_value(&v).expect("encodes")),
+                stale: stale.iter().any(|s| s.0 == d.name),
+            });
+        }
+        Answer {
+            definitions: all.clone(),
+            values: Arc::new(KeptView {
+                view: ViewId {
+                    version: None,
+                    tail_generation: 0,
+                },
+                values: kept,
+            }),
+            asked: definitions.iter().map(|d| d.index).collect(),
+        }
     }
 
-    fn kept_value(answer: &Answer, name: &str) -> Arc<SignalValue> {
-        let i = answer
-            .signals
-            .iter()
-            .position(|s| s.name == name)
+    /// The kept encoding of `name` in `answer`, to tell a kept value from
+    /// one evaluated again.
+    fn kept_value(answer: &Answer, name: &str) -> Arc<RawValue> {
+        let (_, kept) = answer
+            .signals()
+            .find(|(n, _)| *n == name)
             .expect("asked for");
-        answer.signals[i].clone()
+        kept.encoded.clone()
     }
 
     /// A kept value is given again only for the same view, and only before
@@ -277,6 +288,12 @@ mod tests {
     fn kept_values_hold_for_their_view_and_interval_only() {
         let defs = definitions();
         let all: Vec<&SignalDefinition> = defs.iter().collect();
+        let ask = |cache: &AnswerCache,
+                   user: &str,
+                   id: ViewId,
+                   view: &dyn Fn() -> UserView,
+                   asked: &[&SignalDefinition],
+                   at: Millis| cache.answer(user, id, view, &defs, asked, at);
         let hour = 3_600_000;
         let view = UserView::merge(
             None,
@@ -293,8 +310,8 @@ mod tests {
         };
         let cache = AnswerCache::new(1 << 20);
         let at = 10 * hour + 60_000;
-        let first = cache.answer("u", id, || view.clone(), &all, at);
-        assert_eq!(first, evaluated(&view, &all, at));
+        let first = ask(&cache, "u", id, &|| view.clone(), &all, at);
+        assert_eq!(first, evaluated(&view, &defs, &all, at));
         // It encodes as the name → value object, in the order the
         // definitions were named, and gives each value it was asked for.
         let members: Vec<String> = all
@@ -316,17 +333,19 @@ mod tests {
         // The 1 h window lets the event go at `until` at the latest.
         let until = view.holds_until(&all, at);
         assert!(until > at + 1);
-        assert_eq!(cache.answer("u", id, unbuilt, &all, at + 1), first);
-        assert_eq!(cache.answer("u", id, unbuilt, &all, until - 1), first);
-        assert_eq!(cache.answer("u", id, unbuilt, &all[2..], at + 1), {
-            Answer {
-                signals: vec![kept_value(&first, "recent_views")],
-            }
-        });
+        assert_eq!(ask(&cache, "u", id, &unbuilt, &all, at + 1), first);
+        assert_eq!(ask(&cache, "u", id, &unbuilt, &all, until - 1), first);
+        let one = ask(&cache, "u", id, &unbuilt, &all[2..], at + 1);
+        assert_eq!(one, evaluated(&view, &defs, &all[2..], at + 1));
+        assert!(Arc::ptr_eq(
+            &kept_value(&first, "recent_views"),
+            &kept_value(&one, "recent_views")
+        ));
+        assert_eq!(one.get("views_1h"), None, "not asked for");
 
         // At `until` the hour's count changes: it alone is evaluated again.
-        let later = cache.answer("u", id, || view.clone(), &all, until);
-        assert_eq!(later, evaluated(&view, &all, until));
+        let later = ask(&cache, "u", id, &|| view.clone(), &all, until);
+        assert_eq!(later, evaluated(&view, &defs, &all, until));
         assert_eq!(later.get("views_1h"), Some(json!(0)));
         assert!(Arc::ptr_eq(
             &kept_value(&first, "recent_views"),
@@ -358,34 +377,37 @@ mod tests {
             ),
             ("v", id, at + 1),
         ] {
-            let mut built = false;
-            let answer = cache.answer(
+            let built = std::cell::Cell::new(false);
+            let answer = ask(
+                &cache,
                 user,
                 id,
-                || {
-                    built = true;
+                &|| {
+                    built.set(true);
                     view.clone()
                 },
                 &all,
                 at,
             );
-            assert!(built, "{user} {id:?} {at}");
-            assert_eq!(answer, evaluated(&view, &all, at));
+            assert!(built.get(), "{user} {id:?} {at}");
+            assert_eq!(answer, evaluated(&view, &defs, &all, at));
         }
-        let mut built = 0;
+        let built = std::cell::Cell::new(0);
         let none = AnswerCache::new(0);
         for _ in 0..2 {
-            none.answer(
+            let answer = ask(
+                &none,
                 "u",
                 id,
-                || {
-                    built += 1;
+                &|| {
+                    built.set(built.get() + 1);
                     view.clone()
                 },
                 &all,
                 at,
             );
+            assert_eq!(answer, first);
         }
-        assert_eq!(built, 2, "a cache of no bytes keeps nothing");
+        assert_eq!(built.get(), 2, "a cache of no bytes keeps nothing");
     }
 }

@@ -361,6 +361,11 @@ impl Definitions {
         self.signals.iter().find(|s| s.name == name)
     }
 
+    /// The definition at [`SignalDefinition::index`] `index`.
+    pub fn by_index(&self, index: usize) -> Option<&SignalDefinition> {
+        self.signals.get(index)
+    }
+
     pub fn len(&self) -> usize {
         self.signals.len()
     }

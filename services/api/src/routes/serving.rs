@@ -287,6 +287,7 @@ pub(crate) async fn answer(
         &user_id,
         id,
         || UserView::with_tail(history.record, history.tail),
+        &state.definitions,
         definitions,
         at,
     );
