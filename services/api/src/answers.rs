@@ -200,7 +200,11 @@ impl AnswerCache {
             .increment(missing.len() as u64);
         let view = view();
         let (encoded, stale) = view.evaluate_encoded(&missing, at);
-        let until = view.holds_until_each(&missing, at);
+        // Only kept values need to know how long they hold.
+        let until = match &self.kept {
+            Some(_) => view.holds_until_each(&missing, at),
+            None => vec![at; missing.len()],
+        };
         // Values of other signals kept for the same view stay kept.
         let mut values = kept.map(|k| k.values.clone()).unwrap_or_default();
         for ((definition, encoded), until) in missing.iter().zip(encoded).zip(until) {
