@@ -30,6 +30,10 @@ impl Figure {
         Figure { value, unit: "ms" }
     }
 
+    pub fn bytes(value: f64) -> Figure {
+        Figure { value, unit: "B" }
+    }
+
     pub fn mib(bytes: u64) -> Figure {
         Figure {
             value: bytes as f64 / (1024.0 * 1024.0),
@@ -47,6 +51,9 @@ impl std::fmt::Display for Figure {
             "/s" => write!(f, "{v:.0}/s"),
             "ms" if v < 10.0 => write!(f, "{v:.2} ms"),
             "ms" => write!(f, "{v:.0} ms"),
+            "B" if v >= 1024.0 * 1024.0 => write!(f, "{:.2} MiB", v / (1024.0 * 1024.0)),
+            "B" if v >= 1024.0 => write!(f, "{:.1} KiB", v / 1024.0),
+            "B" => write!(f, "{v:.1} B"),
             unit => write!(f, "{v:.0} {unit}"),
         }
     }
@@ -69,7 +76,8 @@ impl Row {
     }
 
     /// ours / ceiling for rates; ceiling / ours for times (so > 1 is never
-    /// better than the ceiling in either).
+    /// better than the ceiling in either). Bytes read as rates do: ours /
+    /// the ceiling's.
     pub fn ratio(&self) -> Option<f64> {
         let ceiling = self.ceiling.as_ref()?;
         let ratio = match self.ours.unit {

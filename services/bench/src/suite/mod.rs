@@ -10,6 +10,7 @@ mod insights;
 mod scale;
 mod serving;
 pub mod speed;
+mod storage;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -33,6 +34,8 @@ pub enum Section {
     Batch,
     Scale,
     Insights,
+    /// Bytes stored per user per day, a typical and a heavy user.
+    Storage,
 }
 
 #[derive(Clone, Debug, clap::Args)]
@@ -458,6 +461,30 @@ pub async fn run(args: &SuiteArgs) -> anyhow::Result<()> {
             Figure::mib(f.report.peak_bytes),
             format!("before the run {}", Figure::mib(f.report.baseline_bytes)),
         ));
+        progress(&rows);
+    }
+
+    if wanted(Section::Storage) {
+        // SCALING.md's A4: 173 events per user per day, 37 days retained;
+        // issue 12's heavy user: 1M events in 7 days, one day of them.
+        for (who, per_day, days) in [("typical", 173, 37), ("heavy", 1_000_000 / 7, 1)] {
+            let s = storage::measure(&shape, per_day, days)?;
+            rows.push(
+                Row::new(
+                    format!(
+                        "stored per user per day, {who} user ({per_day} events/day; ceiling: the log's Avro bytes)"
+                    ),
+                    Figure::bytes(s.record_per_day),
+                    "",
+                )
+                .against(Figure::bytes(s.log_per_day)),
+            );
+            rows.push(Row::new(
+                "  per event",
+                Figure::bytes(s.record_per_event()),
+                "",
+            ));
+        }
         progress(&rows);
     }
 
