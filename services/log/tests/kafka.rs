@@ -141,6 +141,56 @@ async fn appends_are_durable_ordered_per_key_and_replayable() {
     assert!(replayed.iter().all(|e| e.partition == partition));
 }
 
+/// Appends that arrive while a transaction runs share the next one (group
+/// commit), and each still learns where its own records are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_share_transactions_and_each_gets_its_positions() {
+    let Some(brokers) = brokers() else { return };
+    let log = std::sync::Arc::new(
+        KafkaLog::connect(options(&brokers))
+            .await
+            .expect("connects"),
+    );
+    let requests = 40;
+    let appends = (0..requests).map(|request| {
+        let log = log.clone();
+        async move {
+            let records: Vec<Append> = (0..3)
+                .map(|i| append(&format!("user-{i}"), format!("{request}-{i}").as_bytes()))
+                .collect();
+            let positions = log.append(records.clone()).await.expect("appended");
+            assert_eq!(positions.len(), 3, "request {request}");
+            positions.into_iter().zip(records).collect::<Vec<_>>()
+        }
+    });
+    let sent: Vec<_> = futures::future::join_all(appends)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let end = log.end().await.expect("end");
+    // Each transaction leaves a commit marker (an offset) in each partition
+    // it wrote: one transaction per request would leave at least one per
+    // request here.
+    let markers = end.total() - sent.len() as u64;
+    eprintln!("{markers} commit markers for {requests} concurrent appends");
+    assert!(
+        markers < requests as u64,
+        "{markers} commit markers for {requests} requests"
+    );
+
+    let mut reader = log.read_from(&LogPosition::new()).await.expect("reader");
+    let entries = read_to(&mut reader, &end).await;
+    assert_eq!(entries.len(), sent.len());
+    for ((partition, offset), record) in &sent {
+        let found = entries
+            .iter()
+            .find(|e| e.partition == *partition && e.offset == *offset)
+            .expect("each request's record is where it was told");
+        assert_eq!(found.bytes, record.bytes);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_member_resumes_from_its_last_commit() {
     let Some(brokers) = brokers() else { return };

@@ -25,18 +25,26 @@
 //!   cuts while others fail, and a readiness that forgot each failure at
 //!   the next success said ready through the whole fault (RELIABILITY.md,
 //!   finding 9).
-//! * **Fast refusal while Kafka is down.** Appends are serialised on the one
-//!   producer. A request that waited behind an attempt that found Kafka
-//!   unavailable gets that attempt's reason at once (503) instead of
-//!   waiting out its own timeout in the queue: one request at a time probes
-//!   Kafka, the others are refused quickly.
+//! * **Group commit.** Appends are serialised on the one producer, and a
+//!   transaction costs a round trip to the coordinator per partition and
+//!   one to commit (tens of ms on a busy box): one per request capped a
+//!   collector at a few dozen requests/s, however small they were. So the
+//!   appends that queued while a transaction ran go into the next one
+//!   together (up to [`MAX_GROUP_RECORDS`]): each request's records still
+//!   become visible with the rest of that request or not at all. A record
+//!   the broker refuses as such fails its own request only: the group is
+//!   then retried one request per transaction.
+//! * **Fast refusal while Kafka is down.** A request that waited behind an
+//!   attempt that found Kafka unavailable gets that attempt's reason at
+//!   once (503) instead of waiting out its own timeout in the queue: one
+//!   transaction at a time probes Kafka, the others are refused quickly.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use tokio::sync::Mutex;
+use tokio::sync::{oneshot, Mutex};
 use tracing::{info, warn};
 
 use super::{base_config, blocking_failed, KafkaOptions};
@@ -56,7 +64,21 @@ struct Inner {
     failure: std::sync::Mutex<Option<Failure>>,
     /// Since when the transaction in progress runs, if one does.
     running_since: std::sync::Mutex<Option<Instant>>,
+    /// Appends waiting for the producer: whoever holds it next commits
+    /// them together.
+    waiting: std::sync::Mutex<Vec<Waiting>>,
 }
+
+/// One request's append, queued for the next transaction.
+struct Waiting {
+    records: Vec<Append>,
+    queued_at: Instant,
+    reply: oneshot::Sender<Result<Vec<(Partition, Offset)>, LogError>>,
+}
+
+/// At most this many records go into one group's transaction (a request
+/// larger than that still goes alone).
+const MAX_GROUP_RECORDS: usize = 20_000;
 
 #[derive(Default)]
 struct Slot {
@@ -101,6 +123,7 @@ impl Transactions {
                 slot: Arc::new(Mutex::new(Slot::default())),
                 failure: std::sync::Mutex::new(None),
                 running_since: std::sync::Mutex::new(None),
+                waiting: std::sync::Mutex::new(Vec::new()),
             }),
         }
     }
@@ -221,29 +244,121 @@ impl Inner {
         records: Vec<Append>,
         queued_at: Instant,
     ) -> Result<Vec<(Partition, Offset)>, LogError> {
-        let mut slot = self.slot.lock().await;
-        if let Some(failure) = self
-            .last_failure()
-            .filter(|f| f.at > queued_at && !f.recovered)
+        let (reply, answer) = oneshot::channel();
+        self.lock_waiting().push(Waiting {
+            records,
+            queued_at,
+            reply,
+        });
         {
-            metrics::counter!("signals_kafka_appends_total", "outcome" => "refused").increment(1);
-            return Err(LogError::Unavailable(format!(
-                "{} (an append that ran while this request waited failed {:.1?} ago; not retried)",
-                failure.reason,
-                failure.at.elapsed()
-            )));
+            // Whoever holds the producer next commits what waits, this
+            // append included unless an earlier holder took it already
+            // (then it has answered: it held the producer before us).
+            let mut slot = self.slot.lock().await;
+            let group = self.next_group();
+            if !group.is_empty() {
+                self.commit_group(&mut slot, group).await;
+            }
         }
+        answer.await.unwrap_or_else(|_| {
+            Err(LogError::Unavailable(
+                "kafka: the append's transaction ended without an answer".into(),
+            ))
+        })
+    }
+
+    fn lock_waiting(&self) -> std::sync::MutexGuard<'_, Vec<Waiting>> {
+        self.waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The waiting appends of the next transaction, oldest first, up to
+    /// [`MAX_GROUP_RECORDS`] records (at least one append).
+    fn next_group(&self) -> Vec<Waiting> {
+        let mut waiting = self.lock_waiting();
+        let mut records = 0;
+        let take = waiting
+            .iter()
+            .take_while(|w| {
+                records += w.records.len();
+                records <= MAX_GROUP_RECORDS
+            })
+            .count()
+            .max(1)
+            .min(waiting.len());
+        waiting.drain(..take).collect()
+    }
+
+    /// Commits `group` in one transaction and answers each of its appends;
+    /// those queued before a failure that is not over are refused at once.
+    async fn commit_group(&self, slot: &mut Slot, group: Vec<Waiting>) {
+        let mut runnable = Vec::with_capacity(group.len());
+        for waiting in group {
+            match self
+                .last_failure()
+                .filter(|f| f.at > waiting.queued_at && !f.recovered)
+            {
+                Some(failure) => {
+                    metrics::counter!("signals_kafka_appends_total", "outcome" => "refused")
+                        .increment(1);
+                    let _ = waiting.reply.send(Err(LogError::Unavailable(format!(
+                        "{} (an append that ran while this request waited failed {:.1?} ago; not retried)",
+                        failure.reason,
+                        failure.at.elapsed()
+                    ))));
+                }
+                None => runnable.push(waiting),
+            }
+        }
+        if runnable.is_empty() {
+            return;
+        }
+        let records: Vec<&Append> = runnable.iter().flat_map(|w| &w.records).collect();
+        let result = self.attempt(slot, &records).await;
+        match result {
+            Ok(positions) => {
+                let mut positions = positions.into_iter();
+                for waiting in runnable {
+                    let own = positions.by_ref().take(waiting.records.len()).collect();
+                    count("committed", 1);
+                    let _ = waiting.reply.send(Ok(own));
+                }
+            }
+            // A record the broker refuses: only its own request fails.
+            Err(LogError::Invalid(_)) if runnable.len() > 1 => {
+                for waiting in runnable {
+                    let records: Vec<&Append> = waiting.records.iter().collect();
+                    let result = self.attempt(slot, &records).await;
+                    count(outcome(&result), 1);
+                    let _ = waiting.reply.send(result);
+                }
+            }
+            Err(error) => {
+                let what = match error {
+                    LogError::Unavailable(_) => "failed",
+                    _ => "invalid",
+                };
+                count(what, runnable.len() as u64);
+                for waiting in runnable {
+                    let _ = waiting.reply.send(Err(copy(&error)));
+                }
+            }
+        }
+    }
+
+    /// One transaction of `records`, timed for readiness.
+    async fn attempt(
+        &self,
+        slot: &mut Slot,
+        records: &[&Append],
+    ) -> Result<Vec<(Partition, Offset)>, LogError> {
         let started = Instant::now();
         self.set_running(Some(started));
-        let result = self.transaction(&mut slot, records).await;
+        let result = self.transaction(slot, records).await;
         self.set_running(None);
         let took = started.elapsed();
-        let outcome = match &result {
-            Ok(_) => "committed",
-            Err(LogError::Unavailable(_)) => "failed",
-            Err(_) => "invalid",
-        };
-        metrics::counter!("signals_kafka_appends_total", "outcome" => outcome).increment(1);
+        metrics::histogram!("signals_kafka_transaction_records").record(records.len() as f64);
         match &result {
             // A stall that ended counts as a recent failure.
             Ok(_) if took >= STALLED_AFTER => self.record(Attempt::Stalled(took)),
@@ -275,7 +390,7 @@ impl Inner {
     async fn transaction(
         &self,
         slot: &mut Slot,
-        records: Vec<Append>,
+        records: &[&Append],
     ) -> Result<Vec<(Partition, Offset)>, LogError> {
         let producer = self.producer(slot).await?;
         let timeout = self.options.timeout;
@@ -391,6 +506,29 @@ async fn create(options: &KafkaOptions) -> Result<FutureProducer, LogError> {
                 .map_err(blocking_failed)?;
             Err(classify("cannot initialise transactions", error))
         }
+    }
+}
+
+/// Counts `n` appends (requests) that came to `outcome`.
+fn count(outcome: &'static str, n: u64) {
+    metrics::counter!("signals_kafka_appends_total", "outcome" => outcome).increment(n);
+}
+
+fn outcome<T>(result: &Result<T, LogError>) -> &'static str {
+    match result {
+        Ok(_) => "committed",
+        Err(LogError::Unavailable(_)) => "failed",
+        Err(_) => "invalid",
+    }
+}
+
+/// The same failure, for each request of a group.
+fn copy(error: &LogError) -> LogError {
+    match error {
+        LogError::Unavailable(m) => LogError::Unavailable(m.clone()),
+        LogError::Corrupt(m) => LogError::Corrupt(m.clone()),
+        LogError::Invalid(m) => LogError::Invalid(m.clone()),
+        other => LogError::Unavailable(other.to_string()),
     }
 }
 
