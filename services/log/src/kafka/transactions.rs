@@ -244,27 +244,31 @@ impl Inner {
         records: Vec<Append>,
         queued_at: Instant,
     ) -> Result<Vec<(Partition, Offset)>, LogError> {
-        let (reply, answer) = oneshot::channel();
+        let (reply, mut answer) = oneshot::channel();
         self.lock_waiting().push(Waiting {
             records,
             queued_at,
             reply,
         });
-        {
-            // Whoever holds the producer next commits what waits, this
-            // append included unless an earlier holder took it already
-            // (then it has answered: it held the producer before us).
+        // Whoever holds the producer commits what waits, oldest first. A
+        // holder that took this append answered it before letting the
+        // producer go; while none did, it still waits (past a full group).
+        let unanswered = || {
+            LogError::Unavailable("kafka: the append's transaction ended without an answer".into())
+        };
+        loop {
             let mut slot = self.slot.lock().await;
-            let group = self.next_group();
-            if !group.is_empty() {
-                self.commit_group(&mut slot, group).await;
+            match answer.try_recv() {
+                Ok(result) => return result,
+                Err(oneshot::error::TryRecvError::Closed) => return Err(unanswered()),
+                Err(oneshot::error::TryRecvError::Empty) => {}
             }
+            let group = self.next_group();
+            if group.is_empty() {
+                return Err(unanswered());
+            }
+            self.commit_group(&mut slot, group).await;
         }
-        answer.await.unwrap_or_else(|_| {
-            Err(LogError::Unavailable(
-                "kafka: the append's transaction ended without an answer".into(),
-            ))
-        })
     }
 
     fn lock_waiting(&self) -> std::sync::MutexGuard<'_, Vec<Waiting>> {
