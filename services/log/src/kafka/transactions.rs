@@ -304,8 +304,7 @@ impl Inner {
                 .filter(|f| f.at > waiting.queued_at && !f.recovered)
             {
                 Some(failure) => {
-                    metrics::counter!("signals_kafka_appends_total", "outcome" => "refused")
-                        .increment(1);
+                    count("refused", 1);
                     let _ = waiting.reply.send(Err(LogError::Unavailable(format!(
                         "{} (an append that ran while this request waited failed {:.1?} ago; not retried)",
                         failure.reason,
@@ -325,7 +324,7 @@ impl Inner {
                 let mut positions = positions.into_iter();
                 for waiting in runnable {
                     let own = positions.by_ref().take(waiting.records.len()).collect();
-                    count("committed", 1);
+                    count(outcome(None), 1);
                     let _ = waiting.reply.send(Ok(own));
                 }
             }
@@ -334,16 +333,12 @@ impl Inner {
                 for waiting in runnable {
                     let records: Vec<&Append> = waiting.records.iter().collect();
                     let result = self.attempt(slot, &records).await;
-                    count(outcome(&result), 1);
+                    count(outcome(result.as_ref().err()), 1);
                     let _ = waiting.reply.send(result);
                 }
             }
             Err(error) => {
-                let what = match error {
-                    LogError::Unavailable(_) => "failed",
-                    _ => "invalid",
-                };
-                count(what, runnable.len() as u64);
+                count(outcome(Some(&error)), runnable.len() as u64);
                 for waiting in runnable {
                     let _ = waiting.reply.send(Err(copy(&error)));
                 }
@@ -518,11 +513,12 @@ fn count(outcome: &'static str, n: u64) {
     metrics::counter!("signals_kafka_appends_total", "outcome" => outcome).increment(n);
 }
 
-fn outcome<T>(result: &Result<T, LogError>) -> &'static str {
-    match result {
-        Ok(_) => "committed",
-        Err(LogError::Unavailable(_)) => "failed",
-        Err(_) => "invalid",
+/// The outcome label of an append that failed with `error`, if it did.
+fn outcome(error: Option<&LogError>) -> &'static str {
+    match error {
+        None => "committed",
+        Some(LogError::Unavailable(_)) => "failed",
+        Some(_) => "invalid",
     }
 }
 
