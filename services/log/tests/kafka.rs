@@ -9,7 +9,10 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use signals_log::kafka::{KafkaDeadLetters, KafkaLog, KafkaOptions};
-use signals_log::{Append, DeadLetter, DeadLetterSink, EventLog, LogEntry, LogPosition, LogReader};
+use signals_log::{
+    Append, DeadLetter, DeadLetterSink, EventLog, LogEntry, LogPosition, LogReader, Offset,
+    Partition,
+};
 
 /// The broker, by the rules of `signals-test-support`; `None`: skip.
 fn brokers() -> Option<String> {
@@ -77,6 +80,25 @@ async fn read_on_to(
     entries
 }
 
+/// Reads the log from its start to `end` and checks that each appended
+/// record is at the partition and offset its append answered.
+async fn read_back_where_told(
+    log: &KafkaLog,
+    end: &LogPosition,
+    sent: &[((Partition, Offset), Append)],
+) -> Vec<LogEntry> {
+    let mut reader = log.read_from(&LogPosition::new()).await.expect("reader");
+    let entries = read_to(&mut reader, end).await;
+    for ((partition, offset), record) in sent {
+        let found = entries
+            .iter()
+            .find(|e| e.partition == *partition && e.offset == *offset)
+            .unwrap_or_else(|| panic!("{}: no record at {partition}/{offset}", record.key));
+        assert_eq!(found.bytes, record.bytes, "at {partition}/{offset}");
+    }
+    entries
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appends_are_durable_ordered_per_key_and_replayable() {
     let Some(brokers) = brokers() else { return };
@@ -105,16 +127,8 @@ async fn appends_are_durable_ordered_per_key_and_replayable() {
     // Transaction markers take offsets too: the end is past the last record.
     assert!(end.total() >= 100, "{end:?}");
 
-    let mut reader = log.read_from(&LogPosition::new()).await.expect("reader");
-    let entries = read_to(&mut reader, &end).await;
+    let entries = read_back_where_told(&log, &end, &sent).await;
     assert_eq!(entries.len(), 100);
-    for ((partition, offset), record) in &sent {
-        let found = entries
-            .iter()
-            .find(|e| e.partition == *partition && e.offset == *offset)
-            .expect("appended record is read back");
-        assert_eq!(found.bytes, record.bytes);
-    }
     // One key, one partition, in append order.
     for user in 0..4 {
         let key = format!("user-{user}");
@@ -179,16 +193,8 @@ async fn concurrent_appends_share_transactions_and_each_gets_its_positions() {
         "{markers} commit markers for {requests} requests"
     );
 
-    let mut reader = log.read_from(&LogPosition::new()).await.expect("reader");
-    let entries = read_to(&mut reader, &end).await;
+    let entries = read_back_where_told(&log, &end, &sent).await;
     assert_eq!(entries.len(), sent.len());
-    for ((partition, offset), record) in &sent {
-        let found = entries
-            .iter()
-            .find(|e| e.partition == *partition && e.offset == *offset)
-            .expect("each request's record is where it was told");
-        assert_eq!(found.bytes, record.bytes);
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,7 +226,9 @@ async fn a_group_member_resumes_from_its_last_commit() {
         })
     };
     let mut seen = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // A group's first records may wait for a broker just started to load
+    // its group state: once over 30 s, right after `infra/local/up`.
+    let deadline = Instant::now() + Duration::from_secs(90);
     while seen.len() < 10 || !read_to_its_end(&seen) {
         assert!(Instant::now() < deadline, "no records for the group");
         seen.extend(
