@@ -20,6 +20,7 @@ use signals_log::kafka::{
 use signals_log::registry::RegistryLog;
 use signals_log::{DeadLetterFile, DeadLetterSink, EventLog, LogError};
 use signals_store::embedded::EmbeddedStore;
+use signals_store::follow::{ChangeFeed, FollowedStore};
 use signals_store::redis_cache::{CachedStore, RedisOptions};
 use signals_store::scylla::{ScyllaOptions, ScyllaStore};
 use signals_store::{InsightsStore, ServingStore, SignalStore, StoreError, TailCache};
@@ -126,7 +127,7 @@ impl Backends {
         })
         .await?;
         let log = with_registry(config, log, deadline, startup).await?;
-        let (store, insights) = wait_for("store", "the store", deadline, startup, || {
+        let (store, insights, feed) = wait_for("store", "the store", deadline, startup, || {
             open_store(config)
         })
         .await?;
@@ -153,6 +154,12 @@ impl Backends {
                     ..RedisOptions::default()
                 },
             )?),
+        };
+        let serving = match (feed, config.store.scylla.follow_every) {
+            (Some(feed), every) if !every.is_zero() => {
+                Arc::new(FollowedStore::new(serving, feed, every)) as Arc<dyn ServingStore>
+            }
+            _ => serving,
         };
         // Outermost: tails are kept over whatever the records come through.
         let serving: Arc<dyn ServingStore> = match config.cache.tail_bytes {
@@ -307,7 +314,13 @@ async fn with_registry(
 }
 
 /// The store, and its insights tables where it keeps them.
-type Stores = (Arc<dyn SignalStore>, Option<Arc<dyn InsightsStore>>);
+/// The store, its insights tables, and the feed of the users its speed
+/// writes touched, where the store keeps one.
+type Stores = (
+    Arc<dyn SignalStore>,
+    Option<Arc<dyn InsightsStore>>,
+    Option<Arc<dyn ChangeFeed>>,
+);
 
 async fn open_store(config: &Config) -> Result<Stores, Failure> {
     match config.store.backend {
@@ -320,11 +333,11 @@ async fn open_store(config: &Config) -> Result<Stores, Failure> {
                 )))
             })?;
             let store = Arc::new(store);
-            Ok((store.clone(), Some(store)))
+            Ok((store.clone(), Some(store), None))
         }
         StoreBackend::Scylla => {
             let store = Arc::new(connect_scylla(&config.store.scylla).await?);
-            Ok((store.clone(), Some(store)))
+            Ok((store.clone(), Some(store.clone()), Some(store)))
         }
     }
 }

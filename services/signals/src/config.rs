@@ -227,6 +227,11 @@ pub struct ScyllaConfig {
     /// TLS to the nodes, trusting this PEM file's certificates.
     #[serde(default)]
     pub tls_ca: Option<PathBuf>,
+    /// How often serving reads which users the speed layer's writes touched
+    /// (one read per log partition), to answer the others without a read
+    /// of their speed entries; `0s`: every answer reads them.
+    #[serde(with = "humantime_serde")]
+    pub follow_every: Duration,
 }
 
 #[derive(Debug, Deserialize)]

@@ -30,9 +30,12 @@
 #[cfg(feature = "redis")]
 mod breaker;
 mod cache;
+mod changes;
 mod codec;
 pub mod embedded;
 mod error;
+#[cfg(feature = "scylla")]
+pub mod follow;
 pub mod insights;
 #[cfg(feature = "redis")]
 pub mod redis_cache;
@@ -134,6 +137,18 @@ pub trait ServingStore: StoreReads {
         user_id: &str,
         mark: Option<&TailMark>,
     ) -> Result<HistorySince, StoreError>;
+
+    /// [`Self::user_history_since`] for a caller that knows no speed entry
+    /// of `user` was written past `mark`'s frontier: a store may then leave
+    /// out the speed read (entries come back empty) when the mark applies
+    /// to the version it serves. By default it reads them all the same.
+    async fn user_history_unchanged(
+        &self,
+        user_id: &str,
+        mark: &TailMark,
+    ) -> Result<HistorySince, StoreError> {
+        self.user_history_since(user_id, Some(mark)).await
+    }
 
     /// One user's record and speed tail, prepared for reads. A
     /// [`TailCache`] in front of the store extends a kept tail with the

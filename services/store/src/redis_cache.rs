@@ -429,6 +429,31 @@ impl ServingStore for CachedStore {
         })
     }
 
+    /// The record alone, from this process or Redis, when the mark applies
+    /// to the version served: its speed entries are known unchanged.
+    async fn user_history_unchanged(
+        &self,
+        user_id: &str,
+        mark: &TailMark,
+    ) -> Result<HistorySince, StoreError> {
+        let Some(manifest) = self.inner.serving_manifest().await? else {
+            return self.inner.user_history_unchanged(user_id, mark).await;
+        };
+        let (from, resumed) = TailMark::read_from(Some(mark), Some(&manifest));
+        if !resumed {
+            return self.user_history_since(user_id, Some(mark)).await;
+        }
+        let record = self.record_of(&manifest, user_id).await?;
+        Ok(HistorySince {
+            manifest: Some(manifest),
+            record,
+            entries: Vec::new(),
+            resumed,
+            from,
+            change_token: None,
+        })
+    }
+
     /// `None` when Redis answers a PING (which is also the breaker's probe
     /// when it is due, so readiness heals it with no read traffic);
     /// otherwise the breaker's state or the last failure.

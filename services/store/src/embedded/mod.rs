@@ -63,13 +63,13 @@
 //! `embedded_figures` prints this machine's figures.
 
 mod batch;
-mod changes;
 mod erase;
 mod gc;
 mod history;
 mod index;
 mod insights;
 mod keys;
+mod published;
 mod speed;
 mod tables;
 #[cfg(test)]
@@ -129,9 +129,9 @@ struct Inner {
     records: RecordCache,
     manifest: ManifestCache,
     progress: speed::ProgressMirror,
-    /// What serving may skip reading ([`changes`]).
-    changes: changes::UserChanges,
-    published: changes::PublishedMirror,
+    /// What serving may skip reading ([`crate::changes`]).
+    changes: crate::changes::UserChanges,
+    published: published::PublishedMirror,
     index: index::IndexMemo,
     gc_chunk: usize,
     /// Test hook: `apply_speed` fails after inserting its entries.
@@ -172,8 +172,8 @@ impl EmbeddedStore {
                 records: RecordCache::new(options.record_cache_bytes),
                 manifest: ManifestCache::default(),
                 progress: speed::ProgressMirror::default(),
-                changes: changes::UserChanges::default(),
-                published: changes::PublishedMirror::default(),
+                changes: crate::changes::UserChanges::default(),
+                published: published::PublishedMirror::default(),
                 index,
                 gc_chunk: options.gc_chunk.max(1),
                 #[cfg(test)]
@@ -291,6 +291,30 @@ impl ServingStore for EmbeddedStore {
         let (user, mark) = (user_id.to_owned(), mark.cloned());
         self.blocking(move |inner| inner.user_history(&user, mark.as_ref()))
             .await
+    }
+
+    async fn user_history_unchanged(
+        &self,
+        user_id: &str,
+        mark: &TailMark,
+    ) -> Result<HistorySince, StoreError> {
+        let manifest = self.inner.published()?;
+        let (from, resumed) = TailMark::read_from(Some(mark), manifest.as_deref());
+        if !resumed {
+            return self.user_history_since(user_id, Some(mark)).await;
+        }
+        let record = match &manifest {
+            Some(m) => self.batch_record(m.version, user_id).await?,
+            None => None,
+        };
+        Ok(HistorySince {
+            manifest,
+            record,
+            entries: Vec::new(),
+            resumed,
+            from,
+            change_token: None,
+        })
     }
 }
 

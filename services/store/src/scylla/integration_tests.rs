@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use signals_core::{LogPosition, SpeedEntry};
 
-use super::codec::index_bucket;
+use super::codec::{self, index_bucket};
 use super::{ScyllaOptions, ScyllaStore};
 use crate::contract::{self, at, counted, manifest, record, write};
 use crate::{
@@ -504,6 +504,97 @@ async fn progress_merges_across_partitions_from_two_writers() {
             .len(),
         20
     );
+}
+
+/// Serving on one connection follows the speed writes another makes: the
+/// feed names each write's users, a user no write touched is answered
+/// without a read (an entry put into CQL behind the feed's back stays
+/// unseen), and one a write touched is read again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serving_follows_the_speed_writes_and_reads_only_the_users_they_touched() {
+    let Some(server) = Server::new() else { return };
+    let keyspace = server.keyspace();
+    let writer = server.store(server.options(&keyspace)).await;
+    let reader = Arc::new(server.store(server.options(&keyspace)).await);
+    let followed = Arc::new(crate::follow::FollowedStore::new(
+        reader.clone(),
+        reader.clone(),
+        Duration::from_millis(10),
+    ));
+    let serving = crate::TailCache::new(followed.clone(), 1 << 20, Duration::ZERO);
+    let tail = |history: crate::ServedHistory| {
+        let view = signals_core::UserView::with_tail(history.record, history.tail);
+        let mut ids: Vec<String> = view.events().map(|e| e.event_id.clone()).collect();
+        ids.sort();
+        ids
+    };
+    let followed_to = |next: u64| {
+        let followed = followed.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while followed.followed().is_none_or(|p| p.next(0) < next) {
+                assert!(Instant::now() < deadline, "never followed to {next}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+
+    writer
+        .apply_speed(write(vec![at("u", 0, 0), at("v", 0, 1)], &[(0, 2)]).into())
+        .await
+        .expect("apply");
+    assert_eq!(
+        tail(serving.served_history("u").await.expect("read")),
+        ["p0-0"]
+    );
+    followed_to(2).await;
+    assert_eq!(
+        tail(serving.served_history("u").await.expect("read")),
+        ["p0-0"]
+    );
+    assert_eq!(
+        tail(serving.served_history("v").await.expect("read")),
+        ["p0-1"]
+    );
+
+    // An entry in CQL that no write announced: u is answered from its
+    // kept tail, so it stays unseen.
+    let statements = reader.inner.statements().await.expect("statements");
+    let hidden = codec::encode(&at("u", 0, 2).entry).expect("encodes");
+    reader
+        .inner
+        .run(
+            &statements.insert_entry,
+            ("u", 0i64, 2i64, hidden),
+            "write an entry behind the feed's back",
+        )
+        .await
+        .expect("written");
+    assert_eq!(
+        tail(serving.served_history("u").await.expect("read")),
+        ["p0-0"]
+    );
+
+    // A write for u: the feed names u, the next read reads u's entries.
+    writer
+        .apply_speed(write(vec![at("u", 0, 3)], &[(0, 4)]).into())
+        .await
+        .expect("apply");
+    followed_to(4).await;
+    assert_eq!(
+        tail(serving.served_history("u").await.expect("read")),
+        ["p0-0", "p0-2", "p0-3"]
+    );
+    assert_eq!(
+        tail(serving.served_history("v").await.expect("read")),
+        ["p0-1"]
+    );
+    // What the writer recorded: each write's end and users, by hash.
+    let rows = reader.inner.speed_changes(0, 0).await.expect("changes");
+    let hash = crate::changes::user_hash;
+    let mut first = vec![hash("u"), hash("v")];
+    first.sort_unstable();
+    assert_eq!(rows, [(2, first), (4, vec![hash("u")])]);
 }
 
 /// Prints this machine's figures; no assertion on time.

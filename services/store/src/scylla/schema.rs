@@ -11,10 +11,11 @@ use crate::StoreError;
 pub const SCHEMA: &str = include_str!("../../../../infra/cql/schema.cql");
 
 /// The tables [`SCHEMA`] creates; the store is usable once all exist.
-pub const TABLES: [&str; 7] = [
+pub const TABLES: [&str; 8] = [
     "speed_entries",
     "event_index_buckets",
     "speed_progress",
+    "speed_changes",
     "batch_records",
     "batch_users",
     "batch_manifests",
@@ -103,6 +104,10 @@ statements! {
     insert_progress = "INSERT INTO {ks}.speed_progress (log_partition, next_offset, last_accepted_at) VALUES (?, ?, ?) USING TIMESTAMP ?";
     /// Every partition's progress.
     select_progress = "SELECT log_partition, next_offset, last_accepted_at FROM {ks}.speed_progress";
+    /// The users one speed write touched on one log partition.
+    insert_change = "INSERT INTO {ks}.speed_changes (log_partition, next_offset, users) VALUES (?, ?, ?)";
+    /// The writes on one log partition that end past a follower's cursor.
+    select_changes = "SELECT next_offset, users FROM {ks}.speed_changes WHERE log_partition = ? AND next_offset > ?";
     /// A user's record of a version.
     insert_record = "INSERT INTO {ks}.batch_records (version, user_id, record) VALUES (?, ?, ?)";
     /// A user's record of a version.

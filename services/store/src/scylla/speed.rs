@@ -11,7 +11,7 @@ use ::scylla::statement::prepared::PreparedStatement;
 use ::scylla::statement::unprepared::Statement;
 use ::scylla::value::MaybeUnset;
 use futures::{stream, StreamExt, TryStreamExt};
-use signals_core::LogPosition;
+use signals_core::{LogPosition, Offset, Partition};
 use signals_schemas::Millis;
 use tracing::debug;
 
@@ -50,6 +50,31 @@ enum Row<'a> {
         bucket: i32,
         rows: Vec<IndexRow<'a>>,
     },
+}
+
+/// One `speed_changes` row per log partition `write` wrote entries on: the
+/// write's end there and its users' hashes, sorted and distinct.
+fn touched_users(write: &SpeedWrite) -> Result<Vec<(i64, i64, Vec<u8>)>, StoreError> {
+    let mut by_partition: HashMap<Partition, Vec<u64>> = HashMap::new();
+    for e in &write.entries {
+        by_partition
+            .entry(e.partition)
+            .or_default()
+            .push(crate::changes::user_hash(&e.user_id));
+    }
+    by_partition
+        .into_iter()
+        .map(|(partition, mut hashes)| {
+            hashes.sort_unstable();
+            hashes.dedup();
+            let next = write.progress.position.next(partition);
+            Ok((
+                i64::from(partition),
+                to_bigint(next, "log offset")?,
+                hashes.iter().flat_map(|h| h.to_le_bytes()).collect(),
+            ))
+        })
+        .collect()
 }
 
 /// `rows` in chunks of at most [`ROWS_PER_BATCH`], each made a request.
@@ -122,7 +147,8 @@ impl Inner {
         for (bucket, entries) in by_bucket {
             chunked(entries, |rows| Row::Index { bucket, rows }, &mut index_rows);
         }
-        let count = rows.len() + index_rows.len();
+        let changes = touched_users(write)?;
+        let count = rows.len() + index_rows.len() + changes.len();
         for step in [rows, index_rows] {
             stream::iter(step.into_iter().map(Ok))
                 .try_for_each_concurrent(self.options.max_in_flight, |row| {
@@ -130,6 +156,13 @@ impl Inner {
                 })
                 .await?;
         }
+        // Then whom the write touched, before the progress: a follower that
+        // reads the progress first finds these rows of every write below it.
+        stream::iter(changes.into_iter().map(Ok))
+            .try_for_each_concurrent(self.options.max_in_flight, |change| {
+                self.run(&statements.insert_change, change, "write the speed changes")
+            })
+            .await?;
 
         // Only now, with every row above acknowledged: the progress rows.
         let last_accepted_at = match write.progress.last_accepted_at {
@@ -200,6 +233,44 @@ impl Inner {
             .await
             .map_err(super::driver(what))?;
         Ok(())
+    }
+
+    /// The writes on log `partition` that end past `after`, in log order:
+    /// each one's end and the hashes of the users it touched there.
+    pub(super) async fn speed_changes(
+        &self,
+        partition: Partition,
+        after: Offset,
+    ) -> Result<Vec<(Offset, Vec<u64>)>, StoreError> {
+        let statements = self.statements().await?;
+        let what = "read the speed changes";
+        let mut changes = Vec::new();
+        let values = (i64::from(partition), to_bigint(after, "log offset")?);
+        self.pages(&statements.select_changes, &values, what, |page| {
+            for row in page
+                .rows::<(i64, Option<&[u8]>)>()
+                .map_err(super::driver(what))?
+            {
+                let (next, users) = row.map_err(super::driver(what))?;
+                let next = from_bigint(next, "speed_changes", "next offset")?;
+                let users = users.unwrap_or_default();
+                if users.len() % 8 != 0 {
+                    return Err(StoreError::Corrupt(format!(
+                        "table speed_changes, partition {partition}, next offset {next}: \
+                         {} bytes of user hashes, not a multiple of 8",
+                        users.len()
+                    )));
+                }
+                let hashes = users
+                    .chunks_exact(8)
+                    .map(|h| u64::from_le_bytes(h.try_into().unwrap_or_default()))
+                    .collect();
+                changes.push((next, hashes));
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(changes)
     }
 
     /// Progress merged over the partitions' rows.

@@ -268,6 +268,29 @@ impl ServingStore for ScyllaStore {
     ) -> Result<HistorySince, StoreError> {
         self.inner.user_history(user_id, mark).await
     }
+
+    async fn user_history_unchanged(
+        &self,
+        user_id: &str,
+        mark: &TailMark,
+    ) -> Result<HistorySince, StoreError> {
+        self.inner.user_history_unchanged(user_id, mark).await
+    }
+}
+
+#[async_trait]
+impl crate::follow::ChangeFeed for ScyllaStore {
+    async fn speed_progress(&self) -> Result<SpeedProgress, StoreError> {
+        self.inner.speed_progress().await
+    }
+
+    async fn speed_changes(
+        &self,
+        partition: Partition,
+        after: Offset,
+    ) -> Result<Vec<(Offset, Vec<u64>)>, StoreError> {
+        self.inner.speed_changes(partition, after).await
+    }
 }
 
 #[async_trait]

@@ -1,0 +1,514 @@
+//! Serving without a store read per request: following the speed writes.
+//!
+//! On CQL every read asked the store for the user's speed entries past the
+//! kept tail, one round trip and one partition read, though most users
+//! have none: at a few thousand reads a second that read was most of the
+//! cluster's work (docs/BENCHMARKS.md, session 16). The speed layer now
+//! records, per log partition and write, the users it touched
+//! (`speed_changes`, written after the write's entries and before its
+//! progress). [`FollowedStore`] reads that feed every `every`, one request
+//! per log partition whatever the traffic, and answers "nothing new" for
+//! users no write touched since their tail was read ([`UserChanges`]).
+//!
+//! Why it is exact, not merely fresh enough:
+//!
+//! * **Progress first, then the feed.** A poll reads the progress, then
+//!   every feed row past its cursors, and only then offers that progress
+//!   as what is durable: every write below it has had its row applied. So
+//!   a kept tail claimed complete up to that progress is complete.
+//! * **Tokens.** A read takes the changes' token before it reads the
+//!   store; a later read may skip the store only if no row applied after
+//!   that token named the user. Rows of writes the last poll has not seen
+//!   are a poll away: such a write is then served like an entry still
+//!   landing was before, on the next poll.
+//! * **Nothing older than a poll that failed.** While polls fail, or the
+//!   last success is older than [`stale_after`], every read goes to the
+//!   store and the progress offered is the store's own. A poll after a
+//!   failure starts over from the progress it reads and voids every token
+//!   given out before it ([`UserChanges::forget`]): rows it skipped may
+//!   have named anyone.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use signals_core::{LogPosition, Offset, Partition, UserRecord};
+use tracing::{info, warn};
+
+use crate::changes::UserChanges;
+use crate::{
+    BatchManifest, HistorySince, IndexEntry, PositionedEntry, ServingStore, SpeedProgress,
+    StoreError, StoreReads, TailMark,
+};
+
+/// The feed a [`FollowedStore`] follows: the speed layer's progress, and
+/// the users each write touched.
+#[async_trait]
+pub trait ChangeFeed: Send + Sync + 'static {
+    async fn speed_progress(&self) -> Result<SpeedProgress, StoreError>;
+
+    /// The writes on log `partition` that end past `after`, in log order:
+    /// each one's end and the [`user_hash`](crate::changes::user_hash)es of
+    /// the users it wrote entries for there.
+    async fn speed_changes(
+        &self,
+        partition: Partition,
+        after: Offset,
+    ) -> Result<Vec<(Offset, Vec<u64>)>, StoreError>;
+}
+
+/// A follower whose last good poll is older than this says nothing.
+pub fn stale_after(every: Duration) -> Duration {
+    (every * 10).max(Duration::from_secs(1))
+}
+
+/// A serving store that skips the speed read of users no write touched.
+pub struct FollowedStore {
+    inner: Arc<dyn ServingStore>,
+    following: Arc<Following>,
+    /// Started on the first read: a process that opens the store and
+    /// serves nothing (the speed layer, a batch command) never polls.
+    follower: std::sync::Once,
+    feed: Arc<dyn ChangeFeed>,
+    every: Duration,
+}
+
+struct Following {
+    changes: UserChanges,
+    /// The progress of the last good poll, and when that poll ended.
+    reading: Mutex<Option<(Instant, SpeedProgress)>>,
+    stale_after: Duration,
+}
+
+impl Following {
+    /// The progress every applied row covers, while polls succeed.
+    fn fresh(&self) -> Option<SpeedProgress> {
+        let reading = self.reading.lock().unwrap_or_else(PoisonError::into_inner);
+        reading
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < self.stale_after)
+            .map(|(_, progress)| progress.clone())
+    }
+
+    fn token(&self) -> Option<u64> {
+        self.fresh().map(|_| self.changes.token())
+    }
+}
+
+impl FollowedStore {
+    /// Serves through `inner`, following `feed` every `every` from a task
+    /// of its own (started by the first read, on its runtime), which ends
+    /// when the store is dropped.
+    pub fn new(
+        inner: Arc<dyn ServingStore>,
+        feed: Arc<dyn ChangeFeed>,
+        every: Duration,
+    ) -> FollowedStore {
+        FollowedStore {
+            inner,
+            following: Arc::new(Following {
+                changes: UserChanges::default(),
+                reading: Mutex::new(None),
+                stale_after: stale_after(every),
+            }),
+            follower: std::sync::Once::new(),
+            feed,
+            every,
+        }
+    }
+
+    /// The progress of the last good poll, while it is fresh.
+    #[cfg(test)]
+    pub(crate) fn followed(&self) -> Option<LogPosition> {
+        self.following.fresh().map(|p| p.position)
+    }
+
+    fn start_following(&self) {
+        self.follower.call_once(|| {
+            tokio::spawn(follow(
+                self.feed.clone(),
+                Arc::downgrade(&self.following),
+                self.every,
+            ));
+        });
+    }
+}
+
+/// Polls `feed` every `every` while the store lives.
+async fn follow(feed: Arc<dyn ChangeFeed>, following: Weak<Following>, every: Duration) {
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // `None`: start over from the next progress read.
+    let mut cursors: Option<LogPosition> = None;
+    let mut failing = false;
+    loop {
+        interval.tick().await;
+        let Some(following) = following.upgrade() else {
+            return;
+        };
+        match poll(&*feed, &following, &mut cursors).await {
+            Ok(()) if failing => {
+                failing = false;
+                info!("following the speed writes again");
+            }
+            Ok(()) => {}
+            Err(error) => {
+                cursors = None;
+                *following
+                    .reading
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = None;
+                if !failing {
+                    failing = true;
+                    warn!(%error, "cannot follow the speed writes; reads go to the store until it can");
+                }
+            }
+        }
+    }
+}
+
+/// One poll: the progress, then every row past the cursors, applied.
+async fn poll(
+    feed: &dyn ChangeFeed,
+    following: &Following,
+    cursors: &mut Option<LogPosition>,
+) -> Result<(), StoreError> {
+    let progress = feed.speed_progress().await?;
+    let starting = cursors.is_none();
+    let from = cursors.get_or_insert_with(|| progress.position.clone());
+    // A partition the progress names for the first time since the start
+    // is read from its beginning: its first write's row is below it.
+    let reads = progress.position.iter().map(|(partition, _)| {
+        let after = from.next(partition);
+        async move {
+            feed.speed_changes(partition, after)
+                .await
+                .map(|rows| (partition, rows))
+        }
+    });
+    let mut hashes = Vec::new();
+    for (partition, rows) in futures::future::try_join_all(reads).await? {
+        for (next, users) in rows {
+            from.advance(partition, next);
+            hashes.extend(users);
+        }
+    }
+    if starting {
+        following.changes.forget();
+    }
+    if !hashes.is_empty() {
+        let write = following.changes.writing_hashes(hashes);
+        following.changes.committed(write);
+    }
+    *following
+        .reading
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = Some((Instant::now(), progress));
+    Ok(())
+}
+
+#[async_trait]
+impl StoreReads for FollowedStore {
+    /// The last poll's progress while polls succeed (every write below it
+    /// has had its row applied), else the store's.
+    async fn speed_progress(&self) -> Result<SpeedProgress, StoreError> {
+        match self.following.fresh() {
+            Some(progress) => Ok(progress),
+            None => self.inner.speed_progress().await,
+        }
+    }
+
+    async fn lookup_events(
+        &self,
+        event_ids: &[String],
+    ) -> Result<HashMap<String, IndexEntry>, StoreError> {
+        self.inner.lookup_events(event_ids).await
+    }
+
+    async fn published(&self) -> Result<Option<BatchManifest>, StoreError> {
+        self.inner.published().await
+    }
+
+    async fn batch_record(
+        &self,
+        version: u64,
+        user_id: &str,
+    ) -> Result<Option<Arc<UserRecord>>, StoreError> {
+        self.inner.batch_record(version, user_id).await
+    }
+
+    async fn speed_entries(
+        &self,
+        user_id: &str,
+        from: &LogPosition,
+    ) -> Result<Vec<PositionedEntry>, StoreError> {
+        self.inner.speed_entries(user_id, from).await
+    }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        self.inner.check().await
+    }
+}
+
+#[async_trait]
+impl ServingStore for FollowedStore {
+    async fn serving_manifest(&self) -> Result<Option<Arc<BatchManifest>>, StoreError> {
+        self.inner.serving_manifest().await
+    }
+
+    async fn user_history_since(
+        &self,
+        user_id: &str,
+        mark: Option<&TailMark>,
+    ) -> Result<HistorySince, StoreError> {
+        self.start_following();
+        // Taken before anything is read: every row applied up to it is of
+        // a write the read below sees.
+        let token = self.following.token();
+        let unchanged = token.is_some()
+            && mark
+                .and_then(|m| m.change_token)
+                .is_some_and(|seen| self.following.changes.unchanged_since(user_id, seen));
+        // The mark's token is this layer's, not the inner store's.
+        let mark = mark.map(|m| TailMark {
+            change_token: None,
+            ..m.clone()
+        });
+        let mut history = match &mark {
+            Some(mark) if unchanged => {
+                metrics::counter!("signals_serving_speed_reads_total", "outcome" => "skipped")
+                    .increment(1);
+                self.inner.user_history_unchanged(user_id, mark).await?
+            }
+            _ => {
+                metrics::counter!("signals_serving_speed_reads_total", "outcome" => "read")
+                    .increment(1);
+                self.inner
+                    .user_history_since(user_id, mark.as_ref())
+                    .await?
+            }
+        };
+        history.change_token = token;
+        Ok(history)
+    }
+
+    async fn degraded(&self) -> Option<String> {
+        self.inner.degraded().await
+    }
+
+    async fn evict_user(&self, user_id: &str) -> Result<(), StoreError> {
+        self.inner.evict_user(user_id).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::changes::user_hash;
+    use crate::contract::{at, write};
+    use crate::embedded::EmbeddedStore;
+    use crate::{ServedHistory, SpeedStore, TailCache};
+
+    /// A feed told by the test what the speed layer wrote, or failing.
+    #[derive(Default)]
+    struct ScriptedFeed {
+        state: Mutex<Script>,
+    }
+
+    /// The progress, the rows (each write's end and users), failing.
+    type Script = (LogPosition, Vec<(Offset, Vec<u64>)>, bool);
+
+    impl ScriptedFeed {
+        /// A write on log partition 0 ending at `next` that touched `users`.
+        fn wrote(&self, next: Offset, users: &[&str]) {
+            let mut state = self.state.lock().expect("lock");
+            state.0.advance(0, next);
+            state
+                .1
+                .push((next, users.iter().map(|u| user_hash(u)).collect()));
+        }
+
+        /// Progress moves to `next` with no row (one the follower missed).
+        fn moved_without_a_row(&self, next: Offset) {
+            self.state.lock().expect("lock").0.advance(0, next);
+        }
+
+        fn fail(&self, failing: bool) {
+            self.state.lock().expect("lock").2 = failing;
+        }
+    }
+
+    #[async_trait]
+    impl ChangeFeed for ScriptedFeed {
+        async fn speed_progress(&self) -> Result<SpeedProgress, StoreError> {
+            let state = self.state.lock().expect("lock");
+            if state.2 {
+                return Err(StoreError::Unavailable("scripted outage".into()));
+            }
+            Ok(SpeedProgress {
+                position: state.0.clone(),
+                last_accepted_at: None,
+            })
+        }
+
+        async fn speed_changes(
+            &self,
+            partition: Partition,
+            after: Offset,
+        ) -> Result<Vec<(Offset, Vec<u64>)>, StoreError> {
+            let state = self.state.lock().expect("lock");
+            if state.2 {
+                return Err(StoreError::Unavailable("scripted outage".into()));
+            }
+            Ok(state
+                .1
+                .iter()
+                .filter(|(next, _)| partition == 0 && *next > after)
+                .cloned()
+                .collect())
+        }
+    }
+
+    fn ids(history: ServedHistory) -> Vec<String> {
+        let view = signals_core::UserView::with_tail(history.record, history.tail);
+        let mut ids: Vec<String> = view.events().map(|e| e.event_id.clone()).collect();
+        ids.sort();
+        ids
+    }
+
+    /// Until the follower has polled the feed up to `next`.
+    async fn followed_to(followed: &FollowedStore, next: Offset) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while followed.followed().is_none_or(|p| p.next(0) < next) {
+            assert!(
+                Instant::now() < deadline,
+                "the follower never reached {next}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// The store itself is written behind the feed's back, so what a read
+    /// returns tells whether it read the store (it sees those entries) or
+    /// believed the feed (it does not).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn users_no_followed_write_touched_are_answered_from_their_kept_tails() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(EmbeddedStore::open(&dir.path().join("s.redb")).expect("opens"));
+        let feed = Arc::new(ScriptedFeed::default());
+        let followed = Arc::new(FollowedStore::new(
+            store.clone(),
+            feed.clone(),
+            Duration::from_millis(5),
+        ));
+        let serving = TailCache::new(followed.clone(), 1 << 20, Duration::ZERO);
+
+        store
+            .apply_speed(write(vec![at("u", 0, 0), at("v", 0, 1)], &[(0, 2)]).into())
+            .await
+            .expect("apply");
+        feed.wrote(2, &["u", "v"]);
+        assert_eq!(
+            ids(serving.served_history("u").await.expect("read")),
+            ["p0-0"]
+        );
+        followed_to(&followed, 2).await;
+        assert_eq!(
+            ids(serving.served_history("u").await.expect("read")),
+            ["p0-0"]
+        );
+        assert_eq!(
+            ids(serving.served_history("v").await.expect("read")),
+            ["p0-1"]
+        );
+
+        // Written, not yet followed: the kept tail answers.
+        store
+            .apply_speed(write(vec![at("u", 0, 2)], &[(0, 3)]).into())
+            .await
+            .expect("apply");
+        assert_eq!(
+            ids(serving.served_history("u").await.expect("read")),
+            ["p0-0"],
+            "read without asking the store"
+        );
+        // Followed: read again, and only the user it touched.
+        feed.wrote(3, &["u"]);
+        followed_to(&followed, 3).await;
+        assert_eq!(
+            ids(serving.served_history("u").await.expect("read")),
+            ["p0-0", "p0-2"]
+        );
+        store
+            .apply_speed(write(vec![at("v", 0, 3)], &[(0, 4)]).into())
+            .await
+            .expect("apply");
+        assert_eq!(
+            ids(serving.served_history("v").await.expect("read")),
+            ["p0-1"],
+            "v is still answered from its tail"
+        );
+        feed.wrote(4, &["v"]);
+        followed_to(&followed, 4).await;
+        assert_eq!(
+            ids(serving.served_history("v").await.expect("read")),
+            ["p0-1", "p0-3"]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_follower_that_stops_hearing_the_feed_reads_the_store_and_starts_over() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(EmbeddedStore::open(&dir.path().join("s.redb")).expect("opens"));
+        let feed = Arc::new(ScriptedFeed::default());
+        let every = Duration::from_millis(5);
+        let followed = Arc::new(FollowedStore::new(store.clone(), feed.clone(), every));
+        let serving = TailCache::new(followed.clone(), 1 << 20, Duration::ZERO);
+        store
+            .apply_speed(write(vec![at("u", 0, 0), at("w", 0, 1)], &[(0, 2)]).into())
+            .await
+            .expect("apply");
+        feed.wrote(2, &["u", "w"]);
+        serving.served_history("u").await.expect("read");
+        followed_to(&followed, 2).await;
+        // Kept with tokens of the follower.
+        assert_eq!(
+            ids(serving.served_history("u").await.expect("read")),
+            ["p0-0"]
+        );
+        assert_eq!(
+            ids(serving.served_history("w").await.expect("read")),
+            ["p0-1"]
+        );
+
+        // The feed fails: once the last good poll is stale, reads go to
+        // the store (and see what the feed cannot tell).
+        feed.fail(true);
+        store
+            .apply_speed(write(vec![at("w", 0, 2)], &[(0, 3)]).into())
+            .await
+            .expect("apply");
+        tokio::time::sleep(stale_after(every) + Duration::from_millis(50)).await;
+        assert_eq!(
+            ids(serving.served_history("w").await.expect("read")),
+            ["p0-1", "p0-2"]
+        );
+
+        // A write whose row the follower never sees (expired while it was
+        // away): after the outage it starts from the progress, and u's
+        // token of before the outage means nothing.
+        store
+            .apply_speed(write(vec![at("u", 0, 3)], &[(0, 4)]).into())
+            .await
+            .expect("apply");
+        feed.moved_without_a_row(4);
+        feed.fail(false);
+        followed_to(&followed, 4).await;
+        assert_eq!(
+            ids(serving.served_history("u").await.expect("read")),
+            ["p0-0", "p0-3"],
+            "a token from before the outage is void"
+        );
+    }
+}
