@@ -50,11 +50,17 @@ enum Row<'a> {
         bucket: i32,
         rows: Vec<IndexRow<'a>>,
     },
+    /// The users the write touched on one log partition, and its end there.
+    Changes {
+        partition: i64,
+        next: i64,
+        users: Vec<u8>,
+    },
 }
 
 /// One `speed_changes` row per log partition `write` wrote entries on: the
 /// write's end there and its users' hashes, sorted and distinct.
-fn touched_users(write: &SpeedWrite) -> Result<Vec<(i64, i64, Vec<u8>)>, StoreError> {
+fn touched_users(write: &SpeedWrite) -> Result<Vec<Row<'static>>, StoreError> {
     let mut by_partition: HashMap<Partition, Vec<u64>> = HashMap::new();
     for e in &write.entries {
         by_partition
@@ -68,11 +74,11 @@ fn touched_users(write: &SpeedWrite) -> Result<Vec<(i64, i64, Vec<u8>)>, StoreEr
             hashes.sort_unstable();
             hashes.dedup();
             let next = write.progress.position.next(partition);
-            Ok((
-                i64::from(partition),
-                to_bigint(next, "log offset")?,
-                hashes.iter().flat_map(|h| h.to_le_bytes()).collect(),
-            ))
+            Ok(Row::Changes {
+                partition: i64::from(partition),
+                next: to_bigint(next, "log offset")?,
+                users: hashes.iter().flat_map(|h| h.to_le_bytes()).collect(),
+            })
         })
         .collect()
 }
@@ -143,12 +149,15 @@ impl Inner {
                 index_ttl(entry.expires_at, now),
             ));
         }
-        let mut index_rows = Vec::with_capacity(by_bucket.len());
+        // Whom the write touched goes with the index, after the entries and
+        // before the progress: a follower that reads the progress first
+        // finds these rows of every write below it. First in line: serving
+        // sees the write's users once these land, not after the index.
+        let mut index_rows = touched_users(write)?;
         for (bucket, entries) in by_bucket {
             chunked(entries, |rows| Row::Index { bucket, rows }, &mut index_rows);
         }
-        let changes = touched_users(write)?;
-        let count = rows.len() + index_rows.len() + changes.len();
+        let count = rows.len() + index_rows.len();
         for step in [rows, index_rows] {
             stream::iter(step.into_iter().map(Ok))
                 .try_for_each_concurrent(self.options.max_in_flight, |row| {
@@ -156,13 +165,6 @@ impl Inner {
                 })
                 .await?;
         }
-        // Then whom the write touched, before the progress: a follower that
-        // reads the progress first finds these rows of every write below it.
-        stream::iter(changes.into_iter().map(Ok))
-            .try_for_each_concurrent(self.options.max_in_flight, |change| {
-                self.run(&statements.insert_change, change, "write the speed changes")
-            })
-            .await?;
 
         // Only now, with every row above acknowledged: the progress rows.
         let last_accepted_at = match write.progress.last_accepted_at {
@@ -205,6 +207,18 @@ impl Inner {
                     &statements.insert_index,
                     values,
                     "write event index entries",
+                )
+                .await
+            }
+            Row::Changes {
+                partition,
+                next,
+                users,
+            } => {
+                self.run(
+                    &statements.insert_change,
+                    (partition, next, users),
+                    "write the speed changes",
                 )
                 .await
             }
