@@ -23,10 +23,17 @@
 //!   landing was before, on the next poll.
 //! * **Nothing older than a poll that failed.** While polls fail, or the
 //!   last success is older than [`stale_after`], every read goes to the
-//!   store and the progress offered is the store's own. A poll after a
-//!   failure starts over from the progress it reads and voids every token
-//!   given out before it ([`UserChanges::forget`]): rows it skipped may
-//!   have named anyone.
+//!   store and the progress offered is the store's own. The first poll to
+//!   succeed after that voids every token given out before it
+//!   ([`UserChanges::forget`]): the store's progress taken meanwhile may be
+//!   past rows it has not seen, and after a failure it starts over from
+//!   the progress it reads, skipping rows that may have named anyone. A
+//!   poll that outlasts [`stale_after`] counts as failed.
+//! * **Rows the writers cannot take back.** A write's rows land after its
+//!   entries and before its index rows (a replay takes indexed events as
+//!   written and would name no one for them), each attempt under an id of
+//!   its own (a replay never overwrites a row not read yet), and an
+//!   erasure names its user at its deletion marker's offset.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -147,7 +154,20 @@ async fn follow(feed: Arc<dyn ChangeFeed>, following: Weak<Following>, every: Du
         let Some(following) = following.upgrade() else {
             return;
         };
-        match poll(&*feed, &following, &mut cursors).await {
+        // A poll that outlasts staleness is a failure: its cursors could
+        // outlive the rows' hour, and readers went to the store meanwhile.
+        let polled = tokio::time::timeout(
+            following.stale_after,
+            poll(&*feed, &following, &mut cursors),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(format!(
+                "a poll of the speed changes took over {:?}",
+                following.stale_after
+            )))
+        });
+        match polled {
             Ok(()) if failing => {
                 failing = false;
                 info!("following the speed writes again");
@@ -175,7 +195,6 @@ async fn poll(
     cursors: &mut Option<LogPosition>,
 ) -> Result<(), StoreError> {
     let progress = feed.speed_progress().await?;
-    let starting = cursors.is_none();
     let from = cursors.get_or_insert_with(|| progress.position.clone());
     // A partition the progress names for the first time since the start
     // is read from its beginning: its first write's row is below it.
@@ -194,17 +213,24 @@ async fn poll(
             hashes.extend(users);
         }
     }
-    if starting {
+    let mut reading = following
+        .reading
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    // Not fresh until now (a start, a failure, a slow poll): readers took
+    // the store's own progress meanwhile, which may be past rows this poll
+    // did not see, and a restart skipped rows. Tokens of before say nothing.
+    if reading
+        .as_ref()
+        .is_none_or(|(at, _)| at.elapsed() >= following.stale_after)
+    {
         following.changes.forget();
     }
     if !hashes.is_empty() {
         let write = following.changes.writing_hashes(hashes);
         following.changes.committed(write);
     }
-    *following
-        .reading
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner) = Some((Instant::now(), progress));
+    *reading = Some((Instant::now(), progress));
     Ok(())
 }
 

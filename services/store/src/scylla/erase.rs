@@ -48,6 +48,21 @@ impl Inner {
             "write a deletion marker",
         )
         .await?;
+        // Serving processes that follow the speed writes read the user again
+        // (and find the marker): a row at the marker's offset is past every
+        // follower's cursor unless a speed write past it named the user.
+        let row = (
+            i64::from(partition),
+            to_bigint(offset.saturating_add(1), "log offset")?,
+            super::speed::attempt_id(),
+            crate::changes::user_hash(user).to_le_bytes().to_vec(),
+        );
+        self.run(
+            &statements.insert_change,
+            row,
+            "name the erased user to serving",
+        )
+        .await?;
 
         for (stored, version) in self.versions(statements).await? {
             // An unreadable record is replaced all the same.

@@ -595,6 +595,15 @@ async fn serving_follows_the_speed_writes_and_reads_only_the_users_they_touched(
     let mut first = vec![hash("u"), hash("v")];
     first.sort_unstable();
     assert_eq!(rows, [(2, first), (4, vec![hash("u")])]);
+
+    // An erasure names its user too: v's kept tail gives way to the
+    // deletion marker, with no speed write to announce it.
+    writer.erase_user("v", (0, 5)).await.expect("erased");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !tail(serving.served_history("v").await.expect("read")).is_empty() {
+        assert!(Instant::now() < deadline, "the erased user is still served");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Prints this machine's figures; no assertion on time.

@@ -105,7 +105,7 @@ statements! {
     /// Every partition's progress.
     select_progress = "SELECT log_partition, next_offset, last_accepted_at FROM {ks}.speed_progress";
     /// The users one speed write touched on one log partition.
-    insert_change = "INSERT INTO {ks}.speed_changes (log_partition, next_offset, users) VALUES (?, ?, ?)";
+    insert_change = "INSERT INTO {ks}.speed_changes (log_partition, next_offset, write_id, users) VALUES (?, ?, ?, ?)";
     /// The writes on one log partition that end past a follower's cursor.
     select_changes = "SELECT next_offset, users FROM {ks}.speed_changes WHERE log_partition = ? AND next_offset > ?";
     /// A user's record of a version.

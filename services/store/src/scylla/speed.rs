@@ -50,17 +50,21 @@ enum Row<'a> {
         bucket: i32,
         rows: Vec<IndexRow<'a>>,
     },
-    /// The users the write touched on one log partition, and its end there.
+    /// The users the write touched on one log partition, its end there and
+    /// the attempt's id.
     Changes {
         partition: i64,
         next: i64,
+        write_id: i64,
         users: Vec<u8>,
     },
 }
 
 /// One `speed_changes` row per log partition `write` wrote entries on: the
-/// write's end there and its users' hashes, sorted and distinct.
+/// write's end there and its users' hashes, sorted and distinct, under one
+/// random id for this attempt.
 fn touched_users(write: &SpeedWrite) -> Result<Vec<Row<'static>>, StoreError> {
+    let write_id = attempt_id();
     let mut by_partition: HashMap<Partition, Vec<u64>> = HashMap::new();
     for e in &write.entries {
         by_partition
@@ -77,10 +81,24 @@ fn touched_users(write: &SpeedWrite) -> Result<Vec<Row<'static>>, StoreError> {
             Ok(Row::Changes {
                 partition: i64::from(partition),
                 next: to_bigint(next, "log offset")?,
+                write_id,
                 users: hashes.iter().flat_map(|h| h.to_le_bytes()).collect(),
             })
         })
         .collect()
+}
+
+/// A random id for one attempt at a write: two attempts at the same write
+/// (a retry, a replay) leave two rows, never one overwriting the other.
+pub(super) fn attempt_id() -> i64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.finish() as i64
 }
 
 /// `rows` in chunks of at most [`ROWS_PER_BATCH`], each made a request.
@@ -149,16 +167,17 @@ impl Inner {
                 index_ttl(entry.expires_at, now),
             ));
         }
-        // Whom the write touched goes with the index, after the entries and
-        // before the progress: a follower that reads the progress first
-        // finds these rows of every write below it. First in line: serving
-        // sees the write's users once these land, not after the index.
-        let mut index_rows = touched_users(write)?;
+        let mut index_rows = Vec::with_capacity(by_bucket.len());
         for (bucket, entries) in by_bucket {
             chunked(entries, |rows| Row::Index { bucket, rows }, &mut index_rows);
         }
-        let count = rows.len() + index_rows.len();
-        for step in [rows, index_rows] {
+        // Whom the write touched, after its entries (a follower that sees a
+        // row may skip reading the users it does not name) and before its
+        // index (a replay takes indexed events as written and names no one
+        // for them) and its progress (a follower reads the progress first).
+        let changes = touched_users(write)?;
+        let count = rows.len() + changes.len() + index_rows.len();
+        for step in [rows, changes, index_rows] {
             stream::iter(step.into_iter().map(Ok))
                 .try_for_each_concurrent(self.options.max_in_flight, |row| {
                     self.write_row(statements, row)
@@ -213,11 +232,12 @@ impl Inner {
             Row::Changes {
                 partition,
                 next,
+                write_id,
                 users,
             } => {
                 self.run(
                     &statements.insert_change,
-                    (partition, next, users),
+                    (partition, next, write_id, users),
                     "write the speed changes",
                 )
                 .await
