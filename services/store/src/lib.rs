@@ -139,15 +139,31 @@ pub trait ServingStore: StoreReads {
     ) -> Result<HistorySince, StoreError>;
 
     /// [`Self::user_history_since`] for a caller that knows no speed entry
-    /// of `user` was written past `mark`'s frontier: a store may then leave
-    /// out the speed read (entries come back empty) when the mark applies
-    /// to the version it serves. By default it reads them all the same.
+    /// of `user` was written past `mark`'s frontier: when the mark applies
+    /// to the version served, the record alone (entries come back empty);
+    /// otherwise the whole read.
     async fn user_history_unchanged(
         &self,
         user_id: &str,
         mark: &TailMark,
     ) -> Result<HistorySince, StoreError> {
-        self.user_history_since(user_id, Some(mark)).await
+        let manifest = self.serving_manifest().await?;
+        let (from, resumed) = TailMark::read_from(Some(mark), manifest.as_deref());
+        if !resumed {
+            return self.user_history_since(user_id, Some(mark)).await;
+        }
+        let record = match &manifest {
+            Some(m) => self.batch_record(m.version, user_id).await?,
+            None => None,
+        };
+        Ok(HistorySince {
+            manifest,
+            record,
+            entries: Vec::new(),
+            resumed,
+            from,
+            change_token: None,
+        })
     }
 
     /// One user's record and speed tail, prepared for reads. A

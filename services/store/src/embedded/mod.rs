@@ -292,30 +292,6 @@ impl ServingStore for EmbeddedStore {
         self.blocking(move |inner| inner.user_history(&user, mark.as_ref()))
             .await
     }
-
-    async fn user_history_unchanged(
-        &self,
-        user_id: &str,
-        mark: &TailMark,
-    ) -> Result<HistorySince, StoreError> {
-        let manifest = self.inner.published()?;
-        let (from, resumed) = TailMark::read_from(Some(mark), manifest.as_deref());
-        if !resumed {
-            return self.user_history_since(user_id, Some(mark)).await;
-        }
-        let record = match &manifest {
-            Some(m) => self.batch_record(m.version, user_id).await?,
-            None => None,
-        };
-        Ok(HistorySince {
-            manifest,
-            record,
-            entries: Vec::new(),
-            resumed,
-            from,
-            change_token: None,
-        })
-    }
 }
 
 #[async_trait]

@@ -257,33 +257,6 @@ impl Inner {
             change_token: None,
         })
     }
-
-    /// [`Self::user_history`] without the speed read, for a caller that
-    /// knows nothing was written for `user` past `mark` (when the mark
-    /// applies to the version served).
-    pub(super) async fn user_history_unchanged(
-        &self,
-        user: &str,
-        mark: &TailMark,
-    ) -> Result<HistorySince, StoreError> {
-        let manifest = self.serving_manifest().await?;
-        let (from, resumed) = TailMark::read_from(Some(mark), manifest.as_deref());
-        if !resumed {
-            return self.user_history(user, Some(mark)).await;
-        }
-        let record = match &manifest {
-            Some(m) => self.batch_record(m.version, user).await?,
-            None => None,
-        };
-        Ok(HistorySince {
-            manifest,
-            record,
-            entries: Vec::new(),
-            resumed,
-            from,
-            change_token: None,
-        })
-    }
 }
 
 /// The published manifest as last read, for at most a TTL.

@@ -268,14 +268,6 @@ impl ServingStore for ScyllaStore {
     ) -> Result<HistorySince, StoreError> {
         self.inner.user_history(user_id, mark).await
     }
-
-    async fn user_history_unchanged(
-        &self,
-        user_id: &str,
-        mark: &TailMark,
-    ) -> Result<HistorySince, StoreError> {
-        self.inner.user_history_unchanged(user_id, mark).await
-    }
 }
 
 #[async_trait]
