@@ -89,17 +89,26 @@ struct Following {
 }
 
 impl Following {
+    /// Whether `reading` is of a good poll no older than `stale_after`.
+    fn is_fresh(&self, reading: &Option<(Instant, SpeedProgress)>) -> bool {
+        reading
+            .as_ref()
+            .is_some_and(|(at, _)| at.elapsed() < self.stale_after)
+    }
+
     /// The progress every applied row covers, while polls succeed.
     fn fresh(&self) -> Option<SpeedProgress> {
         let reading = self.reading.lock().unwrap_or_else(PoisonError::into_inner);
-        reading
-            .as_ref()
-            .filter(|(at, _)| at.elapsed() < self.stale_after)
-            .map(|(_, progress)| progress.clone())
+        self.is_fresh(&reading)
+            .then(|| reading.as_ref().map(|(_, progress)| progress.clone()))
+            .flatten()
     }
 
+    /// A read's token while polls succeed (no copy of the progress: every
+    /// read takes one).
     fn token(&self) -> Option<u64> {
-        self.fresh().map(|_| self.changes.token())
+        let reading = self.reading.lock().unwrap_or_else(PoisonError::into_inner);
+        self.is_fresh(&reading).then(|| self.changes.token())
     }
 }
 
@@ -220,10 +229,7 @@ async fn poll(
     // Not fresh until now (a start, a failure, a slow poll): readers took
     // the store's own progress meanwhile, which may be past rows this poll
     // did not see, and a restart skipped rows. Tokens of before say nothing.
-    if reading
-        .as_ref()
-        .is_none_or(|(at, _)| at.elapsed() >= following.stale_after)
-    {
+    if !following.is_fresh(&reading) {
         following.changes.forget();
     }
     if !hashes.is_empty() {
