@@ -93,7 +93,16 @@ fn speed_alone_serves_health_readiness_and_metrics_and_stops_cleanly() {
     };
     assert_eq!((health.0, health.2.as_str()), (200, "ok"));
 
-    let (status, _, body) = get(port, "/readyz").expect("readyz");
+    // /healthz answers while the backends still open; /readyz says so
+    // (503, "startup") until they have.
+    let (status, _, body) = loop {
+        let answer = get(port, "/readyz").expect("readyz");
+        if answer.0 == 200 || Instant::now() >= deadline {
+            break answer;
+        }
+        assert!(answer.2.contains("startup"), "{}", answer.2);
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert_eq!(status, 200, "{body}");
     let ready: serde_json::Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!(ready["status"], "ready", "{body}");
