@@ -138,6 +138,15 @@ pub fn record(user: &str, id: &str) -> UserRecord {
     }
 }
 
+/// The ids of the events a served history holds (record and tail, with
+/// retractions applied), sorted.
+pub fn served_ids(history: crate::ServedHistory) -> Vec<String> {
+    let view = signals_core::UserView::with_tail(history.record, history.tail);
+    let mut ids: Vec<String> = view.events().map(|e| e.event_id.clone()).collect();
+    ids.sort();
+    ids
+}
+
 /// The event ids of `user`'s speed entries as `user_history` returns them.
 async fn speed_ids(store: &dyn SignalStore, user: &str) -> Vec<String> {
     let history = store
@@ -429,7 +438,7 @@ pub async fn a_long_tail_read_past_any_mark_holds_exactly_the_entries_past_it(
     for frontier in frontiers {
         let mark = TailMark {
             version: None,
-            frontier: frontier.iter().copied().collect(),
+            frontier: Arc::new(frontier.iter().copied().collect()),
             change_token: None,
         };
         let since = store
@@ -468,7 +477,7 @@ pub async fn a_history_since_a_mark_holds_only_the_entries_past_it(store: &dyn S
     // Nothing published: a mark of no version applies from its frontier.
     let mark = TailMark {
         version: None,
-        frontier: [(0, 4)].into_iter().collect(),
+        frontier: Arc::new([(0, 4)].into_iter().collect()),
         change_token: None,
     };
     let since = store
@@ -490,7 +499,7 @@ pub async fn a_history_since_a_mark_holds_only_the_entries_past_it(store: &dyn S
     // manifest's position.
     let mark = TailMark {
         version: Some(1),
-        frontier: [(0, 5)].into_iter().collect(),
+        frontier: Arc::new([(0, 5)].into_iter().collect()),
         change_token: None,
     };
     let since = store
@@ -504,7 +513,7 @@ pub async fn a_history_since_a_mark_holds_only_the_entries_past_it(store: &dyn S
     for stale in [None, Some(7)] {
         let mark = TailMark {
             version: stale,
-            frontier: [(0, 5), (1, 3)].into_iter().collect(),
+            frontier: Arc::new([(0, 5), (1, 3)].into_iter().collect()),
             change_token: None,
         };
         let since = store

@@ -35,19 +35,16 @@
 //!   its own (a replay never overwrites a row not read yet), and an
 //!   erasure names its user at its deletion marker's offset.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use signals_core::{LogPosition, Offset, Partition, UserRecord};
+use signals_core::{LogPosition, Offset, Partition};
 use tracing::{info, warn};
 
 use crate::changes::UserChanges;
-use crate::{
-    BatchManifest, HistorySince, IndexEntry, PositionedEntry, ServingStore, SpeedProgress,
-    StoreError, StoreReads, TailMark,
-};
+use crate::forward::forward_to;
+use crate::{HistorySince, ServingStore, SpeedProgress, StoreError, StoreReads, TailMark};
 
 /// The feed a [`FollowedStore`] follows: the speed layer's progress, and
 /// the users each write touched.
@@ -242,6 +239,8 @@ async fn poll(
 
 #[async_trait]
 impl StoreReads for FollowedStore {
+    forward_to!(inner: lookup_events, published, batch_record, speed_entries, check);
+
     /// The last poll's progress while polls succeed (every write below it
     /// has had its row applied), else the store's.
     async fn speed_progress(&self) -> Result<SpeedProgress, StoreError> {
@@ -250,44 +249,11 @@ impl StoreReads for FollowedStore {
             None => self.inner.speed_progress().await,
         }
     }
-
-    async fn lookup_events(
-        &self,
-        event_ids: &[String],
-    ) -> Result<HashMap<String, IndexEntry>, StoreError> {
-        self.inner.lookup_events(event_ids).await
-    }
-
-    async fn published(&self) -> Result<Option<BatchManifest>, StoreError> {
-        self.inner.published().await
-    }
-
-    async fn batch_record(
-        &self,
-        version: u64,
-        user_id: &str,
-    ) -> Result<Option<Arc<UserRecord>>, StoreError> {
-        self.inner.batch_record(version, user_id).await
-    }
-
-    async fn speed_entries(
-        &self,
-        user_id: &str,
-        from: &LogPosition,
-    ) -> Result<Vec<PositionedEntry>, StoreError> {
-        self.inner.speed_entries(user_id, from).await
-    }
-
-    async fn check(&self) -> Result<(), StoreError> {
-        self.inner.check().await
-    }
 }
 
 #[async_trait]
 impl ServingStore for FollowedStore {
-    async fn serving_manifest(&self) -> Result<Option<Arc<BatchManifest>>, StoreError> {
-        self.inner.serving_manifest().await
-    }
+    forward_to!(inner: serving_manifest, degraded, evict_user);
 
     async fn user_history_since(
         &self,
@@ -324,62 +290,66 @@ impl ServingStore for FollowedStore {
         history.change_token = token;
         Ok(history)
     }
-
-    async fn degraded(&self) -> Option<String> {
-        self.inner.degraded().await
-    }
-
-    async fn evict_user(&self, user_id: &str) -> Result<(), StoreError> {
-        self.inner.evict_user(user_id).await
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::changes::user_hash;
-    use crate::contract::{at, write};
+    use crate::contract::{at, served_ids, write};
     use crate::embedded::EmbeddedStore;
-    use crate::{ServedHistory, SpeedStore, TailCache};
+    use crate::{SpeedStore, TailCache};
 
-    /// A feed told by the test what the speed layer wrote, or failing.
+    /// A feed told by the test what the speed layer wrote, or failing, or
+    /// hanging.
     #[derive(Default)]
     struct ScriptedFeed {
-        state: Mutex<Script>,
+        script: Mutex<Script>,
     }
 
-    /// The progress, the rows (each write's end and users), failing.
-    type Script = (LogPosition, Vec<(Offset, Vec<u64>)>, bool);
+    #[derive(Default)]
+    struct Script {
+        progress: LogPosition,
+        /// Each write's end and the users it touched.
+        rows: Vec<(Offset, Vec<u64>)>,
+        failing: bool,
+        /// Reads of the rows never answer.
+        hanging: bool,
+    }
 
     impl ScriptedFeed {
         /// A write on log partition 0 ending at `next` that touched `users`.
         fn wrote(&self, next: Offset, users: &[&str]) {
-            let mut state = self.state.lock().expect("lock");
-            state.0.advance(0, next);
-            state
-                .1
+            let mut script = self.script.lock().expect("lock");
+            script.progress.advance(0, next);
+            script
+                .rows
                 .push((next, users.iter().map(|u| user_hash(u)).collect()));
         }
 
         /// Progress moves to `next` with no row (one the follower missed).
         fn moved_without_a_row(&self, next: Offset) {
-            self.state.lock().expect("lock").0.advance(0, next);
+            self.script.lock().expect("lock").progress.advance(0, next);
         }
 
         fn fail(&self, failing: bool) {
-            self.state.lock().expect("lock").2 = failing;
+            self.script.lock().expect("lock").failing = failing;
+        }
+
+        fn hang(&self, hanging: bool) {
+            self.script.lock().expect("lock").hanging = hanging;
         }
     }
 
     #[async_trait]
     impl ChangeFeed for ScriptedFeed {
         async fn speed_progress(&self) -> Result<SpeedProgress, StoreError> {
-            let state = self.state.lock().expect("lock");
-            if state.2 {
+            let script = self.script.lock().expect("lock");
+            if script.failing {
                 return Err(StoreError::Unavailable("scripted outage".into()));
             }
             Ok(SpeedProgress {
-                position: state.0.clone(),
+                position: script.progress.clone(),
                 last_accepted_at: None,
             })
         }
@@ -389,24 +359,21 @@ mod tests {
             partition: Partition,
             after: Offset,
         ) -> Result<Vec<(Offset, Vec<u64>)>, StoreError> {
-            let state = self.state.lock().expect("lock");
-            if state.2 {
+            let hanging = self.script.lock().expect("lock").hanging;
+            if hanging {
+                std::future::pending::<()>().await;
+            }
+            let script = self.script.lock().expect("lock");
+            if script.failing {
                 return Err(StoreError::Unavailable("scripted outage".into()));
             }
-            Ok(state
-                .1
+            Ok(script
+                .rows
                 .iter()
                 .filter(|(next, _)| partition == 0 && *next > after)
                 .cloned()
                 .collect())
         }
-    }
-
-    fn ids(history: ServedHistory) -> Vec<String> {
-        let view = signals_core::UserView::with_tail(history.record, history.tail);
-        let mut ids: Vec<String> = view.events().map(|e| e.event_id.clone()).collect();
-        ids.sort();
-        ids
     }
 
     /// Until the follower has polled the feed up to `next`.
@@ -442,16 +409,16 @@ mod tests {
             .expect("apply");
         feed.wrote(2, &["u", "v"]);
         assert_eq!(
-            ids(serving.served_history("u").await.expect("read")),
+            served_ids(serving.served_history("u").await.expect("read")),
             ["p0-0"]
         );
         followed_to(&followed, 2).await;
         assert_eq!(
-            ids(serving.served_history("u").await.expect("read")),
+            served_ids(serving.served_history("u").await.expect("read")),
             ["p0-0"]
         );
         assert_eq!(
-            ids(serving.served_history("v").await.expect("read")),
+            served_ids(serving.served_history("v").await.expect("read")),
             ["p0-1"]
         );
 
@@ -461,7 +428,7 @@ mod tests {
             .await
             .expect("apply");
         assert_eq!(
-            ids(serving.served_history("u").await.expect("read")),
+            served_ids(serving.served_history("u").await.expect("read")),
             ["p0-0"],
             "read without asking the store"
         );
@@ -469,7 +436,7 @@ mod tests {
         feed.wrote(3, &["u"]);
         followed_to(&followed, 3).await;
         assert_eq!(
-            ids(serving.served_history("u").await.expect("read")),
+            served_ids(serving.served_history("u").await.expect("read")),
             ["p0-0", "p0-2"]
         );
         store
@@ -477,14 +444,14 @@ mod tests {
             .await
             .expect("apply");
         assert_eq!(
-            ids(serving.served_history("v").await.expect("read")),
+            served_ids(serving.served_history("v").await.expect("read")),
             ["p0-1"],
             "v is still answered from its tail"
         );
         feed.wrote(4, &["v"]);
         followed_to(&followed, 4).await;
         assert_eq!(
-            ids(serving.served_history("v").await.expect("read")),
+            served_ids(serving.served_history("v").await.expect("read")),
             ["p0-1", "p0-3"]
         );
     }
@@ -506,11 +473,11 @@ mod tests {
         followed_to(&followed, 2).await;
         // Kept with tokens of the follower.
         assert_eq!(
-            ids(serving.served_history("u").await.expect("read")),
+            served_ids(serving.served_history("u").await.expect("read")),
             ["p0-0"]
         );
         assert_eq!(
-            ids(serving.served_history("w").await.expect("read")),
+            served_ids(serving.served_history("w").await.expect("read")),
             ["p0-1"]
         );
 
@@ -523,7 +490,7 @@ mod tests {
             .expect("apply");
         tokio::time::sleep(stale_after(every) + Duration::from_millis(50)).await;
         assert_eq!(
-            ids(serving.served_history("w").await.expect("read")),
+            served_ids(serving.served_history("w").await.expect("read")),
             ["p0-1", "p0-2"]
         );
 
@@ -538,9 +505,61 @@ mod tests {
         feed.fail(false);
         followed_to(&followed, 4).await;
         assert_eq!(
-            ids(serving.served_history("u").await.expect("read")),
+            served_ids(serving.served_history("u").await.expect("read")),
             ["p0-0", "p0-3"],
             "a token from before the outage is void"
+        );
+    }
+
+    /// A poll that never answers (a hung node) counts as failed once it
+    /// outlasts `stale_after`: reads go to the store meanwhile, and once
+    /// the feed answers again the follower starts over from its progress.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_poll_that_hangs_is_given_up_and_following_starts_over() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(EmbeddedStore::open(&dir.path().join("s.redb")).expect("opens"));
+        let feed = Arc::new(ScriptedFeed::default());
+        let every = Duration::from_millis(5);
+        let followed = Arc::new(FollowedStore::new(store.clone(), feed.clone(), every));
+        let serving = TailCache::new(followed.clone(), 1 << 20, Duration::ZERO);
+        store
+            .apply_speed(write(vec![at("u", 0, 0)], &[(0, 1)]).into())
+            .await
+            .expect("apply");
+        feed.wrote(1, &["u"]);
+        serving.served_history("u").await.expect("read");
+        followed_to(&followed, 1).await;
+        assert_eq!(
+            served_ids(serving.served_history("u").await.expect("read")),
+            ["p0-0"]
+        );
+
+        feed.hang(true);
+        store
+            .apply_speed(write(vec![at("u", 0, 1)], &[(0, 2)]).into())
+            .await
+            .expect("apply");
+        tokio::time::sleep(stale_after(every) + Duration::from_millis(50)).await;
+        assert_eq!(followed.followed(), None, "a hung poll is not fresh");
+        assert_eq!(
+            served_ids(serving.served_history("u").await.expect("read")),
+            ["p0-0", "p0-1"],
+            "read from the store while the feed hangs"
+        );
+
+        // The row of this write is never seen: the follower must start
+        // from the progress it reads after the hang, with u's token void.
+        store
+            .apply_speed(write(vec![at("u", 0, 2)], &[(0, 3)]).into())
+            .await
+            .expect("apply");
+        feed.moved_without_a_row(3);
+        feed.hang(false);
+        followed_to(&followed, 3).await;
+        assert_eq!(
+            served_ids(serving.served_history("u").await.expect("read")),
+            ["p0-0", "p0-1", "p0-2"],
+            "a token from before the hang is void"
         );
     }
 }

@@ -36,6 +36,7 @@ pub mod embedded;
 mod error;
 #[cfg(feature = "scylla")]
 pub mod follow;
+mod forward;
 pub mod insights;
 #[cfg(feature = "redis")]
 pub mod redis_cache;

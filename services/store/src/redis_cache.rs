@@ -33,23 +33,20 @@
 //! Every key has a TTL, so versions collected from the store also leave
 //! Redis on their own.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::AsyncCommands;
-use signals_core::{LogPosition, UserRecord};
+use signals_core::UserRecord;
 use tracing::warn;
 
 use crate::breaker::{Admission, Breaker};
 use crate::cache::RecordCache;
 use crate::codec;
-use crate::{
-    BatchManifest, HistorySince, IndexEntry, PositionedEntry, ServingStore, SpeedProgress,
-    StoreError, StoreReads, TailMark,
-};
+use crate::forward::forward_to;
+use crate::{BatchManifest, HistorySince, ServingStore, StoreError, StoreReads, TailMark};
 
 /// Cached for "no record"; never a first byte of [`codec`]'s values.
 const ABSENT: u8 = 0;
@@ -355,20 +352,7 @@ impl CachedStore {
 /// records, which come through the cache.
 #[async_trait]
 impl StoreReads for CachedStore {
-    async fn speed_progress(&self) -> Result<SpeedProgress, StoreError> {
-        self.inner.speed_progress().await
-    }
-
-    async fn lookup_events(
-        &self,
-        event_ids: &[String],
-    ) -> Result<HashMap<String, IndexEntry>, StoreError> {
-        self.inner.lookup_events(event_ids).await
-    }
-
-    async fn published(&self) -> Result<Option<BatchManifest>, StoreError> {
-        self.inner.published().await
-    }
+    forward_to!(inner: speed_progress, lookup_events, published, speed_entries, check);
 
     async fn batch_record(
         &self,
@@ -383,25 +367,11 @@ impl StoreReads for CachedStore {
         };
         self.record_of(&manifest, user_id).await
     }
-
-    async fn speed_entries(
-        &self,
-        user_id: &str,
-        from: &LogPosition,
-    ) -> Result<Vec<PositionedEntry>, StoreError> {
-        self.inner.speed_entries(user_id, from).await
-    }
-
-    async fn check(&self) -> Result<(), StoreError> {
-        self.inner.check().await
-    }
 }
 
 #[async_trait]
 impl ServingStore for CachedStore {
-    async fn serving_manifest(&self) -> Result<Option<Arc<BatchManifest>>, StoreError> {
-        self.inner.serving_manifest().await
-    }
+    forward_to!(inner: serving_manifest);
 
     async fn user_history_since(
         &self,
@@ -519,7 +489,7 @@ mod tests {
         BatchCheckpoint, BatchPart, BatchStore, EncodedRecord, GarbageStats, SignalStore,
         SpeedStore, SpeedWrite,
     };
-    use signals_core::{Offset, Partition};
+    use signals_core::{LogPosition, Offset, Partition};
 
     /// Redis from `SIGNALS_TEST_REDIS_URL` (see `infra/local/up redis`),
     /// else a container, else how to start it (`signals-test-support`).
@@ -568,40 +538,7 @@ mod tests {
 
     #[async_trait]
     impl StoreReads for Wired {
-        async fn speed_progress(&self) -> Result<SpeedProgress, StoreError> {
-            self.cache.speed_progress().await
-        }
-
-        async fn lookup_events(
-            &self,
-            event_ids: &[String],
-        ) -> Result<HashMap<String, IndexEntry>, StoreError> {
-            self.cache.lookup_events(event_ids).await
-        }
-
-        async fn published(&self) -> Result<Option<BatchManifest>, StoreError> {
-            self.cache.published().await
-        }
-
-        async fn batch_record(
-            &self,
-            version: u64,
-            user_id: &str,
-        ) -> Result<Option<Arc<UserRecord>>, StoreError> {
-            self.cache.batch_record(version, user_id).await
-        }
-
-        async fn speed_entries(
-            &self,
-            user_id: &str,
-            from: &LogPosition,
-        ) -> Result<Vec<PositionedEntry>, StoreError> {
-            self.cache.speed_entries(user_id, from).await
-        }
-
-        async fn check(&self) -> Result<(), StoreError> {
-            self.cache.check().await
-        }
+        forward_to!(cache: speed_progress, lookup_events, published, batch_record, speed_entries, check);
     }
 
     #[async_trait]
@@ -613,25 +550,7 @@ mod tests {
 
     #[async_trait]
     impl ServingStore for Wired {
-        async fn serving_manifest(&self) -> Result<Option<Arc<BatchManifest>>, StoreError> {
-            self.cache.serving_manifest().await
-        }
-
-        async fn user_history_since(
-            &self,
-            user_id: &str,
-            mark: Option<&TailMark>,
-        ) -> Result<HistorySince, StoreError> {
-            self.cache.user_history_since(user_id, mark).await
-        }
-
-        async fn degraded(&self) -> Option<String> {
-            self.cache.degraded().await
-        }
-
-        async fn evict_user(&self, user_id: &str) -> Result<(), StoreError> {
-            self.cache.evict_user(user_id).await
-        }
+        forward_to!(cache: serving_manifest, user_history_since, degraded, evict_user);
     }
 
     #[async_trait]

@@ -23,19 +23,16 @@
 //!   past the published position, so it reaches the kept tail like any
 //!   other entry; [`ServingStore::evict_user`] also drops the tail at once.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use signals_core::{LogPosition, SpeedTail, UserRecord};
+use signals_core::{LogPosition, SpeedTail};
 use tracing::debug;
 
 use crate::cache::VersionedCache;
-use crate::{
-    BatchManifest, HistorySince, IndexEntry, PositionedEntry, ServedHistory, ServingStore,
-    SpeedProgress, StoreError, StoreReads, TailMark,
-};
+use crate::forward::forward_to;
+use crate::{PositionedEntry, ServedHistory, ServingStore, StoreError, StoreReads, TailMark};
 
 /// What one kept event weighs, roughly, decoded and in its run's tiles.
 const EVENT_WEIGHT: usize = 384;
@@ -50,7 +47,7 @@ pub struct TailCache {
 /// A user's tail over one version, complete up to `frontier`.
 struct KeptTail {
     version: Option<u64>,
-    frontier: LogPosition,
+    frontier: Arc<LogPosition>,
     /// The store's name for the read it was kept from.
     change_token: Option<u64>,
     tail: SpeedTail,
@@ -128,55 +125,12 @@ fn slot_version(version: Option<u64>) -> u64 {
 
 #[async_trait]
 impl StoreReads for TailCache {
-    async fn speed_progress(&self) -> Result<SpeedProgress, StoreError> {
-        self.inner.speed_progress().await
-    }
-
-    async fn lookup_events(
-        &self,
-        event_ids: &[String],
-    ) -> Result<HashMap<String, IndexEntry>, StoreError> {
-        self.inner.lookup_events(event_ids).await
-    }
-
-    async fn published(&self) -> Result<Option<BatchManifest>, StoreError> {
-        self.inner.published().await
-    }
-
-    async fn batch_record(
-        &self,
-        version: u64,
-        user_id: &str,
-    ) -> Result<Option<Arc<UserRecord>>, StoreError> {
-        self.inner.batch_record(version, user_id).await
-    }
-
-    async fn speed_entries(
-        &self,
-        user_id: &str,
-        from: &LogPosition,
-    ) -> Result<Vec<PositionedEntry>, StoreError> {
-        self.inner.speed_entries(user_id, from).await
-    }
-
-    async fn check(&self) -> Result<(), StoreError> {
-        self.inner.check().await
-    }
+    forward_to!(inner: speed_progress, lookup_events, published, batch_record, speed_entries, check);
 }
 
 #[async_trait]
 impl ServingStore for TailCache {
-    async fn serving_manifest(&self) -> Result<Option<Arc<BatchManifest>>, StoreError> {
-        self.inner.serving_manifest().await
-    }
-
-    async fn user_history_since(
-        &self,
-        user_id: &str,
-        mark: Option<&TailMark>,
-    ) -> Result<HistorySince, StoreError> {
-        self.inner.user_history_since(user_id, mark).await
-    }
+    forward_to!(inner: serving_manifest, user_history_since, degraded);
 
     async fn served_history(&self, user_id: &str) -> Result<ServedHistory, StoreError> {
         let durable = self.durable().await;
@@ -211,7 +165,7 @@ impl ServingStore for TailCache {
             || !settled.is_empty()
             || kept
                 .as_ref()
-                .is_none_or(|k| k.frontier != frontier || k.change_token != change_token);
+                .is_none_or(|k| *k.frontier != frontier || k.change_token != change_token);
         let tail = if settled.is_empty() {
             base
         } else {
@@ -221,7 +175,7 @@ impl ServingStore for TailCache {
             let weight = EVENT_WEIGHT * (tail.len() + 1);
             let kept = KeptTail {
                 version,
-                frontier,
+                frontier: Arc::new(frontier),
                 change_token,
                 tail: tail.clone(),
             };
@@ -240,10 +194,6 @@ impl ServingStore for TailCache {
         })
     }
 
-    async fn degraded(&self) -> Option<String> {
-        self.inner.degraded().await
-    }
-
     async fn evict_user(&self, user_id: &str) -> Result<(), StoreError> {
         self.tails.remove(user_id);
         self.inner.evict_user(user_id).await
@@ -253,16 +203,9 @@ impl ServingStore for TailCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::contract::{at, write};
+    use crate::contract::{at, served_ids, write};
     use crate::embedded::EmbeddedStore;
     use crate::{BatchStore, SpeedStore};
-
-    fn ids(history: ServedHistory) -> Vec<String> {
-        let view = signals_core::UserView::with_tail(history.record, history.tail);
-        let mut ids: Vec<String> = view.events().map(|e| e.event_id.clone()).collect();
-        ids.sort();
-        ids
-    }
 
     #[tokio::test]
     async fn entries_past_the_recorded_progress_count_but_are_read_again() {
@@ -276,7 +219,7 @@ mod tests {
             .apply_speed(write(entries, &[(0, 20)]).into())
             .await
             .expect("apply");
-        let first = ids(cached.served_history("u").await.expect("read"));
+        let first = served_ids(cached.served_history("u").await.expect("read"));
         assert_eq!(first.len(), 40, "landing entries count in this answer");
         let kept = cached.tails.latest("u").expect("kept");
         assert_eq!(kept.frontier.next(0), 20, "but are not kept");
@@ -287,7 +230,7 @@ mod tests {
             .apply_speed(write(entries, &[(0, 50)]).into())
             .await
             .expect("apply");
-        let second = ids(cached.served_history("u").await.expect("read"));
+        let second = served_ids(cached.served_history("u").await.expect("read"));
         let mut expected: Vec<String> = (0..50).map(|o| format!("p0-{o}")).collect();
         expected.sort();
         assert_eq!(second, expected, "each entry once");
@@ -318,11 +261,11 @@ mod tests {
             .await
             .expect("apply");
         assert_eq!(
-            ids(cached.served_history("u").await.expect("read")).len(),
+            served_ids(cached.served_history("u").await.expect("read")).len(),
             5
         );
         assert_eq!(
-            ids(cached.served_history("u").await.expect("read")).len(),
+            served_ids(cached.served_history("u").await.expect("read")).len(),
             5
         );
 
@@ -332,14 +275,14 @@ mod tests {
             .expect("apply");
         let expected = ["b-1", "p0-0", "p0-1", "p0-2", "p0-3"];
         assert_eq!(
-            ids(cached.served_history("u").await.expect("read")),
+            served_ids(cached.served_history("u").await.expect("read")),
             expected
         );
         let kept = cached.tails.latest("u").expect("kept");
         assert_eq!((kept.frontier.next(0), kept.tail.len()), (5, 4));
         assert!(kept.change_token.is_some(), "nothing is landing any more");
         assert_eq!(
-            ids(cached.served_history("u").await.expect("read")),
+            served_ids(cached.served_history("u").await.expect("read")),
             expected,
             "and a read from memory holds the same"
         );

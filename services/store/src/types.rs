@@ -109,7 +109,8 @@ pub struct UserHistory {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TailMark {
     pub version: Option<u64>,
-    pub frontier: LogPosition,
+    /// Shared with the reader's kept tail: a mark is made on every read.
+    pub frontier: Arc<LogPosition>,
     /// [`HistorySince::change_token`] of the read the tail was kept from.
     pub change_token: Option<u64>,
 }

@@ -22,7 +22,7 @@ use signals_core::{LogPosition, SpeedEntry};
 
 use super::codec::{self, index_bucket};
 use super::{ScyllaOptions, ScyllaStore};
-use crate::contract::{self, at, counted, manifest, record, write};
+use crate::contract::{self, at, counted, manifest, record, served_ids, write};
 use crate::{
     BatchStore, IndexEntry, ServingStore, SignalStore, SpeedStore, StoreError, StoreReads,
 };
@@ -522,12 +522,6 @@ async fn serving_follows_the_speed_writes_and_reads_only_the_users_they_touched(
         Duration::from_millis(10),
     ));
     let serving = crate::TailCache::new(followed.clone(), 1 << 20, Duration::ZERO);
-    let tail = |history: crate::ServedHistory| {
-        let view = signals_core::UserView::with_tail(history.record, history.tail);
-        let mut ids: Vec<String> = view.events().map(|e| e.event_id.clone()).collect();
-        ids.sort();
-        ids
-    };
     let followed_to = |next: u64| {
         let followed = followed.clone();
         async move {
@@ -544,16 +538,16 @@ async fn serving_follows_the_speed_writes_and_reads_only_the_users_they_touched(
         .await
         .expect("apply");
     assert_eq!(
-        tail(serving.served_history("u").await.expect("read")),
+        served_ids(serving.served_history("u").await.expect("read")),
         ["p0-0"]
     );
     followed_to(2).await;
     assert_eq!(
-        tail(serving.served_history("u").await.expect("read")),
+        served_ids(serving.served_history("u").await.expect("read")),
         ["p0-0"]
     );
     assert_eq!(
-        tail(serving.served_history("v").await.expect("read")),
+        served_ids(serving.served_history("v").await.expect("read")),
         ["p0-1"]
     );
 
@@ -571,7 +565,7 @@ async fn serving_follows_the_speed_writes_and_reads_only_the_users_they_touched(
         .await
         .expect("written");
     assert_eq!(
-        tail(serving.served_history("u").await.expect("read")),
+        served_ids(serving.served_history("u").await.expect("read")),
         ["p0-0"]
     );
 
@@ -582,11 +576,11 @@ async fn serving_follows_the_speed_writes_and_reads_only_the_users_they_touched(
         .expect("apply");
     followed_to(4).await;
     assert_eq!(
-        tail(serving.served_history("u").await.expect("read")),
+        served_ids(serving.served_history("u").await.expect("read")),
         ["p0-0", "p0-2", "p0-3"]
     );
     assert_eq!(
-        tail(serving.served_history("v").await.expect("read")),
+        served_ids(serving.served_history("v").await.expect("read")),
         ["p0-1"]
     );
     // What the writer recorded: each write's end and users, by hash.
@@ -600,7 +594,7 @@ async fn serving_follows_the_speed_writes_and_reads_only_the_users_they_touched(
     // deletion marker, with no speed write to announce it.
     writer.erase_user("v", (0, 5)).await.expect("erased");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !tail(serving.served_history("v").await.expect("read")).is_empty() {
+    while !served_ids(serving.served_history("v").await.expect("read")).is_empty() {
         assert!(Instant::now() < deadline, "the erased user is still served");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
