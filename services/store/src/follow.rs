@@ -148,15 +148,25 @@ impl FollowedStore {
     }
 }
 
-/// Polls `feed` every `every` while the store lives.
+/// The slowest a follower polls while nothing moves: well inside
+/// [`stale_after`], so a quiet follower stays fresh.
+pub fn quiet_every(every: Duration) -> Duration {
+    every.max(Duration::from_millis(250))
+}
+
+/// Polls `feed` while the store lives: every `every` while the speed layer
+/// writes, slowing down to [`quiet_every`] while it does not. Each poll is
+/// a request per log partition; on a quiet day those requests were most of
+/// the database's work (docs/BENCHMARKS.md, session 17). The first write
+/// after a quiet spell is seen at most `quiet_every` after it lands.
 async fn follow(feed: Arc<dyn ChangeFeed>, following: Weak<Following>, every: Duration) {
-    let mut interval = tokio::time::interval(every);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let quiet = quiet_every(every);
+    let mut wait = every;
     // `None`: start over from the next progress read.
     let mut cursors: Option<LogPosition> = None;
     let mut failing = false;
     loop {
-        interval.tick().await;
+        tokio::time::sleep(wait).await;
         let Some(following) = following.upgrade() else {
             return;
         };
@@ -173,12 +183,18 @@ async fn follow(feed: Arc<dyn ChangeFeed>, following: Weak<Following>, every: Du
                 following.stale_after
             )))
         });
-        match polled {
-            Ok(()) if failing => {
-                failing = false;
-                info!("following the speed writes again");
+        wait = match polled {
+            Ok(moved) => {
+                if failing {
+                    failing = false;
+                    info!("following the speed writes again");
+                }
+                if moved {
+                    every
+                } else {
+                    (wait * 2).min(quiet)
+                }
             }
-            Ok(()) => {}
             Err(error) => {
                 cursors = None;
                 *following
@@ -189,17 +205,19 @@ async fn follow(feed: Arc<dyn ChangeFeed>, following: Weak<Following>, every: Du
                     failing = true;
                     warn!(%error, "cannot follow the speed writes; reads go to the store until it can");
                 }
+                every
             }
-        }
+        };
     }
 }
 
 /// One poll: the progress, then every row past the cursors, applied.
+/// Whether anything moved: the progress, or rows applied.
 async fn poll(
     feed: &dyn ChangeFeed,
     following: &Following,
     cursors: &mut Option<LogPosition>,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let progress = feed.speed_progress().await?;
     let from = cursors.get_or_insert_with(|| progress.position.clone());
     // A partition the progress names for the first time since the start
@@ -223,6 +241,10 @@ async fn poll(
         .reading
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
+    let moved = !hashes.is_empty()
+        || reading
+            .as_ref()
+            .is_none_or(|(_, last)| last.position != progress.position);
     // Not fresh until now (a start, a failure, a slow poll): readers took
     // the store's own progress meanwhile, which may be past rows this poll
     // did not see, and a restart skipped rows. Tokens of before say nothing.
@@ -234,7 +256,7 @@ async fn poll(
         following.changes.committed(write);
     }
     *reading = Some((Instant::now(), progress));
-    Ok(())
+    Ok(moved)
 }
 
 #[async_trait]
@@ -305,6 +327,8 @@ mod tests {
     #[derive(Default)]
     struct ScriptedFeed {
         script: Mutex<Script>,
+        /// Progress reads so far: one per poll.
+        polls: std::sync::atomic::AtomicUsize,
     }
 
     #[derive(Default)]
@@ -344,6 +368,8 @@ mod tests {
     #[async_trait]
     impl ChangeFeed for ScriptedFeed {
         async fn speed_progress(&self) -> Result<SpeedProgress, StoreError> {
+            self.polls
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let script = self.script.lock().expect("lock");
             if script.failing {
                 return Err(StoreError::Unavailable("scripted outage".into()));
@@ -560,6 +586,51 @@ mod tests {
             served_ids(serving.served_history("u").await.expect("read")),
             ["p0-0", "p0-1", "p0-2"],
             "a token from before the hang is void"
+        );
+    }
+
+    /// While nothing moves the follower slows down to `quiet_every` (a
+    /// poll is a request per log partition), stays fresh, and still sees
+    /// the next write.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_quiet_follower_polls_seldom_and_still_sees_the_next_write() {
+        use std::sync::atomic::Ordering;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(EmbeddedStore::open(&dir.path().join("s.redb")).expect("opens"));
+        let feed = Arc::new(ScriptedFeed::default());
+        let every = Duration::from_millis(5);
+        let followed = Arc::new(FollowedStore::new(store.clone(), feed.clone(), every));
+        let serving = TailCache::new(followed.clone(), 1 << 20, Duration::ZERO);
+        store
+            .apply_speed(write(vec![at("u", 0, 0)], &[(0, 1)]).into())
+            .await
+            .expect("apply");
+        feed.wrote(1, &["u"]);
+        serving.served_history("u").await.expect("read");
+        followed_to(&followed, 1).await;
+
+        // Quiet: about 4 polls a second at the default of 250 ms, where
+        // polling every 5 ms would make about 200.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = feed.polls.load(Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let quiet_polls = feed.polls.load(Ordering::Relaxed) - before;
+        assert!(quiet_polls <= 12, "{quiet_polls} polls in a quiet second");
+        assert!(followed.followed().is_some(), "a quiet follower is fresh");
+        assert_eq!(
+            served_ids(serving.served_history("u").await.expect("read")),
+            ["p0-0"]
+        );
+
+        store
+            .apply_speed(write(vec![at("u", 0, 1)], &[(0, 2)]).into())
+            .await
+            .expect("apply");
+        feed.wrote(2, &["u"]);
+        followed_to(&followed, 2).await;
+        assert_eq!(
+            served_ids(serving.served_history("u").await.expect("read")),
+            ["p0-0", "p0-1"]
         );
     }
 }
