@@ -747,20 +747,30 @@ impl KafkaReader {
     /// partition past the group's committed offset (nobody reads them), or
     /// past this reader's last position when the coordinator does not
     /// answer for the committed offsets.
+    ///
+    /// Only the assignment (local state) comes from the reader's consumer:
+    /// the brokers are asked by a client made for the look, with the
+    /// reader's settings and group but never a member. The consumer's own
+    /// connections may be the part that is stuck; a look through them
+    /// failed as they did and found nothing, so the stall went on
+    /// (RELIABILITY.md, finding 11).
     async fn waiting_records(&self) -> Vec<(i32, i64)> {
         let consumer = self.consumer.clone();
-        let topic = self.options.topic.clone();
+        let options = self.options.clone();
         let timeout = self.options.timeout.min(CHECK_TIMEOUT);
         let position = self.position.clone();
+        let group = self.look_group();
         let grouped = matches!(self.membership, Membership::Grouped { .. });
         let look = within(
             self.options.timeout,
             "look for waiting records",
             move || {
-                let assigned = consumer.assignment()?;
+                let topic = &options.topic;
+                let assigned = consumer.assignment().map_err(|e| e.to_string())?;
+                let asking = self::consumer(&options, &group).map_err(|e| e.to_string())?;
                 let standing: Vec<(i32, i64)> = if assigned.count() > 0 {
                     assigned
-                        .elements_for_topic(&topic)
+                        .elements_for_topic(topic)
                         .iter()
                         .map(|e| {
                             (
@@ -770,16 +780,18 @@ impl KafkaReader {
                         })
                         .collect()
                 } else if grouped {
-                    let metadata = consumer.fetch_metadata(Some(&topic), timeout)?;
+                    let metadata = asking
+                        .fetch_metadata(Some(topic), timeout)
+                        .map_err(|e| e.to_string())?;
                     let mut all = TopicPartitionList::new();
                     for t in metadata.topics() {
                         for p in t.partitions() {
-                            all.add_partition(&topic, p.id());
+                            all.add_partition(topic, p.id());
                         }
                     }
-                    match consumer.committed_offsets(all.clone(), timeout) {
+                    match asking.committed_offsets(all.clone(), timeout) {
                         Ok(committed) => committed
-                            .elements_for_topic(&topic)
+                            .elements_for_topic(topic)
                             .iter()
                             .map(|e| match e.offset() {
                                 KafkaOffset::Offset(next) => (e.partition(), next),
@@ -790,7 +802,7 @@ impl KafkaReader {
                         // not (a member left waiting for it after a broker
                         // restart): where this reader last stood.
                         Err(_) => all
-                            .elements_for_topic(&topic)
+                            .elements_for_topic(topic)
                             .iter()
                             .map(|e| {
                                 (
@@ -805,31 +817,49 @@ impl KafkaReader {
                 };
                 let mut waiting = Vec::new();
                 for (partition, next) in standing {
-                    let (_, high) = consumer.fetch_watermarks(&topic, partition, timeout)?;
+                    let (_, high) = asking
+                        .fetch_watermarks(topic, partition, timeout)
+                        .map_err(|e| e.to_string())?;
                     if high > next {
                         waiting.push((partition, next));
                     }
                 }
                 waiting.sort_unstable();
-                Ok::<_, KafkaError>(waiting)
+                Ok::<_, String>(waiting)
             },
         );
         match look.await {
             Ok(Ok(waiting)) => waiting,
-            _ => Vec::new(),
+            // The brokers do not answer a client of its own either: an
+            // outage, which failing polls and readiness report.
+            Ok(Err(error)) => {
+                info!(%error, "cannot look for records waiting; looking again later");
+                Vec::new()
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// The group a look's client carries: the reader's, so that it may
+    /// read the group's committed offsets (it never joins), or a probe's.
+    fn look_group(&self) -> String {
+        match &self.membership {
+            Membership::Grouped { group } => group.clone(),
+            Membership::Assigned { .. } => "signals-probe".to_owned(),
         }
     }
 
     /// Whether the group coordinator says `group` has no member at all (or
     /// does not know it), so that this consumer, subscribed and polling, is
-    /// not one. An idle
-    /// member of a group with more members than partitions is listed, and
-    /// stays. `false` when the coordinator does not answer.
+    /// not one. An idle member of a group with more members than
+    /// partitions is listed, and stays. `false` when the coordinator does
+    /// not answer. Asked by a client of its own, like the looks above.
     async fn group_is_empty(&self, group: String) -> bool {
-        let consumer = self.consumer.clone();
+        let options = self.options.clone();
         let timeout = self.options.timeout.min(CHECK_TIMEOUT);
         let listed = within(timeout * 2, "list the group", move || {
-            let list = consumer.fetch_group_list(Some(&group), timeout).ok()?;
+            let asking = probe_client(&options).ok()?;
+            let list = asking.fetch_group_list(Some(&group), timeout).ok()?;
             // A group the coordinator does not know has no member either.
             let info = list.groups().iter().find(|g| g.name() == group);
             Some(info.is_none_or(|info| info.members().is_empty()))

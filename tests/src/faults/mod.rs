@@ -645,6 +645,9 @@ impl Harness {
                 self.processes.log_tail(Role::Speed, 15)
             );
             for role in [Role::Serve, Role::Speed] {
+                if let Some(path) = self.processes.dump_stacks(role) {
+                    eprintln!("faults: {role:?}'s threads: {}", path.display());
+                }
                 self.processes.kill(role);
                 self.processes.spawn(role)?;
             }

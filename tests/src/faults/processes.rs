@@ -121,6 +121,32 @@ impl Processes {
         Ok(())
     }
 
+    /// Writes every thread's stack of a role's process to
+    /// `<dir>/<role>-stacks-<n>.txt` (gdb, where the machine has it), so
+    /// that a process the suite must restart by hand says where it stood.
+    /// The path written, if any.
+    pub fn dump_stacks(&self, role: Role) -> Option<PathBuf> {
+        let pid = self.children[role as usize].as_ref()?.id();
+        let output = Command::new("gdb")
+            .args([
+                "-batch",
+                "-p",
+                &pid.to_string(),
+                "-ex",
+                "thread apply all bt",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .ok()?;
+        let path = self.dir.join(format!(
+            "{}-stacks-{}.txt",
+            role.name(),
+            self.spawns[role as usize]
+        ));
+        std::fs::write(&path, output.stdout).ok()?;
+        Some(path)
+    }
+
     /// SIGKILL and reap: no chance to flush, commit or say goodbye.
     pub fn kill(&mut self, role: Role) {
         if let Some(mut child) = self.children[role as usize].take() {
