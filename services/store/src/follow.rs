@@ -123,7 +123,7 @@ impl FollowedStore {
             following: Arc::new(Following {
                 changes: UserChanges::default(),
                 reading: Mutex::new(None),
-                stale_after: stale_after(every),
+                stale_after: stale_after(EVERY),
             }),
             follower: std::sync::Once::new(),
             feed,
@@ -402,6 +402,35 @@ mod tests {
         }
     }
 
+    /// How often the tests' followers poll while the feed moves.
+    const EVERY: Duration = Duration::from_millis(5);
+
+    /// An embedded store (written behind the feed's back, so that what a
+    /// read returns tells whether it read the store), a scripted feed, the
+    /// follower of both and a tail cache serving through it.
+    struct Setup {
+        dir: tempfile::TempDir,
+        store: Arc<EmbeddedStore>,
+        feed: Arc<ScriptedFeed>,
+        followed: Arc<FollowedStore>,
+        serving: TailCache,
+    }
+
+    fn setup() -> Setup {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(EmbeddedStore::open(&dir.path().join("s.redb")).expect("opens"));
+        let feed = Arc::new(ScriptedFeed::default());
+        let followed = Arc::new(FollowedStore::new(store.clone(), feed.clone(), EVERY));
+        let serving = TailCache::new(followed.clone(), 1 << 20, Duration::ZERO);
+        Setup {
+            dir,
+            store,
+            feed,
+            followed,
+            serving,
+        }
+    }
+
     /// Until the follower has polled the feed up to `next`.
     async fn followed_to(followed: &FollowedStore, next: Offset) {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -419,15 +448,13 @@ mod tests {
     /// believed the feed (it does not).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn users_no_followed_write_touched_are_answered_from_their_kept_tails() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = Arc::new(EmbeddedStore::open(&dir.path().join("s.redb")).expect("opens"));
-        let feed = Arc::new(ScriptedFeed::default());
-        let followed = Arc::new(FollowedStore::new(
-            store.clone(),
-            feed.clone(),
-            Duration::from_millis(5),
-        ));
-        let serving = TailCache::new(followed.clone(), 1 << 20, Duration::ZERO);
+        let Setup {
+            dir: _dir,
+            store,
+            feed,
+            followed,
+            serving,
+        } = setup();
 
         store
             .apply_speed(write(vec![at("u", 0, 0), at("v", 0, 1)], &[(0, 2)]).into())
@@ -484,12 +511,13 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_follower_that_stops_hearing_the_feed_reads_the_store_and_starts_over() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = Arc::new(EmbeddedStore::open(&dir.path().join("s.redb")).expect("opens"));
-        let feed = Arc::new(ScriptedFeed::default());
-        let every = Duration::from_millis(5);
-        let followed = Arc::new(FollowedStore::new(store.clone(), feed.clone(), every));
-        let serving = TailCache::new(followed.clone(), 1 << 20, Duration::ZERO);
+        let Setup {
+            dir: _dir,
+            store,
+            feed,
+            followed,
+            serving,
+        } = setup();
         store
             .apply_speed(write(vec![at("u", 0, 0), at("w", 0, 1)], &[(0, 2)]).into())
             .await
@@ -514,7 +542,7 @@ mod tests {
             .apply_speed(write(vec![at("w", 0, 2)], &[(0, 3)]).into())
             .await
             .expect("apply");
-        tokio::time::sleep(stale_after(every) + Duration::from_millis(50)).await;
+        tokio::time::sleep(stale_after(EVERY) + Duration::from_millis(50)).await;
         assert_eq!(
             served_ids(serving.served_history("w").await.expect("read")),
             ["p0-1", "p0-2"]
@@ -542,12 +570,13 @@ mod tests {
     /// the feed answers again the follower starts over from its progress.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_poll_that_hangs_is_given_up_and_following_starts_over() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = Arc::new(EmbeddedStore::open(&dir.path().join("s.redb")).expect("opens"));
-        let feed = Arc::new(ScriptedFeed::default());
-        let every = Duration::from_millis(5);
-        let followed = Arc::new(FollowedStore::new(store.clone(), feed.clone(), every));
-        let serving = TailCache::new(followed.clone(), 1 << 20, Duration::ZERO);
+        let Setup {
+            dir: _dir,
+            store,
+            feed,
+            followed,
+            serving,
+        } = setup();
         store
             .apply_speed(write(vec![at("u", 0, 0)], &[(0, 1)]).into())
             .await
@@ -565,7 +594,7 @@ mod tests {
             .apply_speed(write(vec![at("u", 0, 1)], &[(0, 2)]).into())
             .await
             .expect("apply");
-        tokio::time::sleep(stale_after(every) + Duration::from_millis(50)).await;
+        tokio::time::sleep(stale_after(EVERY) + Duration::from_millis(50)).await;
         assert_eq!(followed.followed(), None, "a hung poll is not fresh");
         assert_eq!(
             served_ids(serving.served_history("u").await.expect("read")),
@@ -595,12 +624,13 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_quiet_follower_polls_seldom_and_still_sees_the_next_write() {
         use std::sync::atomic::Ordering;
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = Arc::new(EmbeddedStore::open(&dir.path().join("s.redb")).expect("opens"));
-        let feed = Arc::new(ScriptedFeed::default());
-        let every = Duration::from_millis(5);
-        let followed = Arc::new(FollowedStore::new(store.clone(), feed.clone(), every));
-        let serving = TailCache::new(followed.clone(), 1 << 20, Duration::ZERO);
+        let Setup {
+            dir: _dir,
+            store,
+            feed,
+            followed,
+            serving,
+        } = setup();
         store
             .apply_speed(write(vec![at("u", 0, 0)], &[(0, 1)]).into())
             .await
