@@ -123,7 +123,7 @@ impl FollowedStore {
             following: Arc::new(Following {
                 changes: UserChanges::default(),
                 reading: Mutex::new(None),
-                stale_after: stale_after(EVERY),
+                stale_after: stale_after(every),
             }),
             follower: std::sync::Once::new(),
             feed,
