@@ -1185,6 +1185,46 @@ mod tests {
         assert!(outage.brokers_asked_at.is_some(), "asked");
     }
 
+    /// A consumer left with no usable broker connection (finding 11)
+    /// fails whatever it asks; the watchdog's look must ask the brokers
+    /// through a client of its own, or it sees nothing waiting and the
+    /// stall goes on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_look_for_waiting_records_does_not_ask_through_the_consumer_it_watches() {
+        let Some(brokers) = signals_test_support::kafka_brokers() else {
+            return;
+        };
+        let options = two_partitions(brokers);
+        let log = KafkaLog::connect(options.clone()).await.expect("connects");
+        let appends = (0..20)
+            .map(|i| Append {
+                key: format!("user-{i}"),
+                bytes: vec![i],
+            })
+            .collect();
+        log.append(appends).await.expect("appends");
+        let group = format!("{}-group", options.topic);
+        let unreachable = KafkaOptions {
+            brokers: "127.0.0.1:1".to_owned(),
+            ..options.clone()
+        };
+        let stuck = consumer(&unreachable, &group).expect("a consumer");
+        // Never dropped: destroying a client that never reached a broker
+        // is not what this test is about.
+        let reader = std::mem::ManuallyDrop::new(KafkaReader::new(
+            stuck,
+            options.clone(),
+            LogPosition::new(),
+            Membership::Grouped { group },
+        ));
+        let waiting = reader.waiting_records().await;
+        assert!(!waiting.is_empty(), "nothing found waiting");
+        assert!(
+            waiting.iter().all(|&(_, next)| next == 0),
+            "the group has committed nothing: {waiting:?}"
+        );
+    }
+
     /// The shape of finding 10, made on demand: a member whose partitions
     /// are paused polls without error and without records while records
     /// wait. The reader sees them waiting twice and replaces its consumer;
