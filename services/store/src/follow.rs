@@ -275,7 +275,7 @@ impl StoreReads for FollowedStore {
 
 #[async_trait]
 impl ServingStore for FollowedStore {
-    forward_to!(inner: serving_manifest, degraded, evict_user);
+    forward_to!(inner: serving_manifest, degraded);
 
     async fn user_history_since(
         &self,
@@ -311,6 +311,20 @@ impl ServingStore for FollowedStore {
         };
         history.change_token = token;
         Ok(history)
+    }
+
+    /// Other serving processes drop an erased user's kept tail when their
+    /// follower applies the erasure's change row, up to a quiet poll after
+    /// it was written. Waiting `2 × stale_after` bounds that for every
+    /// follower polling as this one does: one still fresh at the end has
+    /// finished a poll within the last `stale_after`, and a poll lasts
+    /// less than that (a longer one counts as failed), so that poll began
+    /// after the row was written; one not fresh reads the store, which
+    /// holds the erasure.
+    async fn evict_user(&self, user_id: &str) -> Result<(), StoreError> {
+        self.inner.evict_user(user_id).await?;
+        tokio::time::sleep(self.following.stale_after * 2).await;
+        Ok(())
     }
 }
 
@@ -661,6 +675,47 @@ mod tests {
         assert_eq!(
             served_ids(serving.served_history("u").await.expect("read")),
             ["p0-0", "p0-1"]
+        );
+    }
+
+    /// `evict_user` (the end of a deletion) returns only once another
+    /// process's follower, quiet and polling every 250 ms, has applied the
+    /// row that names the user: a read there right after it sees the store.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_eviction_returns_once_every_follower_has_seen_the_row() {
+        let Setup {
+            dir: _dir,
+            store,
+            feed,
+            followed: elsewhere,
+            serving,
+        } = setup();
+        let here = FollowedStore::new(store.clone(), feed.clone(), EVERY);
+        store
+            .apply_speed(write(vec![at("u", 0, 0)], &[(0, 1)]).into())
+            .await
+            .expect("apply");
+        feed.wrote(1, &["u"]);
+        serving.served_history("u").await.expect("read");
+        followed_to(&elsewhere, 1).await;
+        assert_eq!(
+            served_ids(serving.served_history("u").await.expect("read")),
+            ["p0-0"]
+        );
+        // Quiet long enough for the other follower to poll every 250 ms.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+
+        // What the erasure does to the store and the feed, then its end.
+        store
+            .apply_speed(write(vec![at("u", 0, 1)], &[(0, 2)]).into())
+            .await
+            .expect("apply");
+        feed.wrote(2, &["u"]);
+        here.evict_user("u").await.expect("evicted");
+        assert_eq!(
+            served_ids(serving.served_history("u").await.expect("read")),
+            ["p0-0", "p0-1"],
+            "the other process still answered from before the row"
         );
     }
 }

@@ -189,7 +189,9 @@ pub trait ServingStore: StoreReads {
     }
 
     /// Drops what this path keeps of `user_id` beside the store (a cached
-    /// record), once the batch layer has erased them.
+    /// record), once the batch layer has erased them. Returns once no
+    /// serving process can answer for the user from what it kept before
+    /// the erasure (the deletion's promise: from then on, an unknown user).
     async fn evict_user(&self, _user_id: &str) -> Result<(), StoreError> {
         Ok(())
     }
