@@ -334,7 +334,7 @@ mod tests {
     use crate::changes::user_hash;
     use crate::contract::{at, served_ids, write};
     use crate::embedded::EmbeddedStore;
-    use crate::{SpeedStore, TailCache};
+    use crate::{PositionedEntry, SpeedStore, TailCache};
 
     /// A feed told by the test what the speed layer wrote, or failing, or
     /// hanging.
@@ -423,7 +423,8 @@ mod tests {
     /// read returns tells whether it read the store), a scripted feed, the
     /// follower of both and a tail cache serving through it.
     struct Setup {
-        dir: tempfile::TempDir,
+        /// Holds the store's file for as long as the test runs.
+        _dir: tempfile::TempDir,
         store: Arc<EmbeddedStore>,
         feed: Arc<ScriptedFeed>,
         followed: Arc<FollowedStore>,
@@ -437,11 +438,26 @@ mod tests {
         let followed = Arc::new(FollowedStore::new(store.clone(), feed.clone(), EVERY));
         let serving = TailCache::new(followed.clone(), 1 << 20, Duration::ZERO);
         Setup {
-            dir,
+            _dir: dir,
             store,
             feed,
             followed,
             serving,
+        }
+    }
+
+    impl Setup {
+        /// Entries made durable in the store, the feed told nothing.
+        async fn stored(&self, entries: Vec<PositionedEntry>, next: Offset) {
+            self.store
+                .apply_speed(write(entries, &[(0, next)]).into())
+                .await
+                .expect("apply");
+        }
+
+        /// The ids of `user`'s served history.
+        async fn ids(&self, user: &str) -> Vec<String> {
+            served_ids(self.serving.served_history(user).await.expect("read"))
         }
     }
 
@@ -462,118 +478,60 @@ mod tests {
     /// believed the feed (it does not).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn users_no_followed_write_touched_are_answered_from_their_kept_tails() {
-        let Setup {
-            dir: _dir,
-            store,
-            feed,
-            followed,
-            serving,
-        } = setup();
+        let s = setup();
 
-        store
-            .apply_speed(write(vec![at("u", 0, 0), at("v", 0, 1)], &[(0, 2)]).into())
-            .await
-            .expect("apply");
-        feed.wrote(2, &["u", "v"]);
-        assert_eq!(
-            served_ids(serving.served_history("u").await.expect("read")),
-            ["p0-0"]
-        );
-        followed_to(&followed, 2).await;
-        assert_eq!(
-            served_ids(serving.served_history("u").await.expect("read")),
-            ["p0-0"]
-        );
-        assert_eq!(
-            served_ids(serving.served_history("v").await.expect("read")),
-            ["p0-1"]
-        );
+        s.stored(vec![at("u", 0, 0), at("v", 0, 1)], 2).await;
+        s.feed.wrote(2, &["u", "v"]);
+        assert_eq!(s.ids("u").await, ["p0-0"]);
+        followed_to(&s.followed, 2).await;
+        assert_eq!(s.ids("u").await, ["p0-0"]);
+        assert_eq!(s.ids("v").await, ["p0-1"]);
 
         // Written, not yet followed: the kept tail answers.
-        store
-            .apply_speed(write(vec![at("u", 0, 2)], &[(0, 3)]).into())
-            .await
-            .expect("apply");
-        assert_eq!(
-            served_ids(serving.served_history("u").await.expect("read")),
-            ["p0-0"],
-            "read without asking the store"
-        );
+        s.stored(vec![at("u", 0, 2)], 3).await;
+        assert_eq!(s.ids("u").await, ["p0-0"], "read without asking the store");
         // Followed: read again, and only the user it touched.
-        feed.wrote(3, &["u"]);
-        followed_to(&followed, 3).await;
+        s.feed.wrote(3, &["u"]);
+        followed_to(&s.followed, 3).await;
+        assert_eq!(s.ids("u").await, ["p0-0", "p0-2"]);
+        s.stored(vec![at("v", 0, 3)], 4).await;
         assert_eq!(
-            served_ids(serving.served_history("u").await.expect("read")),
-            ["p0-0", "p0-2"]
-        );
-        store
-            .apply_speed(write(vec![at("v", 0, 3)], &[(0, 4)]).into())
-            .await
-            .expect("apply");
-        assert_eq!(
-            served_ids(serving.served_history("v").await.expect("read")),
+            s.ids("v").await,
             ["p0-1"],
             "v is still answered from its tail"
         );
-        feed.wrote(4, &["v"]);
-        followed_to(&followed, 4).await;
-        assert_eq!(
-            served_ids(serving.served_history("v").await.expect("read")),
-            ["p0-1", "p0-3"]
-        );
+        s.feed.wrote(4, &["v"]);
+        followed_to(&s.followed, 4).await;
+        assert_eq!(s.ids("v").await, ["p0-1", "p0-3"]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_follower_that_stops_hearing_the_feed_reads_the_store_and_starts_over() {
-        let Setup {
-            dir: _dir,
-            store,
-            feed,
-            followed,
-            serving,
-        } = setup();
-        store
-            .apply_speed(write(vec![at("u", 0, 0), at("w", 0, 1)], &[(0, 2)]).into())
-            .await
-            .expect("apply");
-        feed.wrote(2, &["u", "w"]);
-        serving.served_history("u").await.expect("read");
-        followed_to(&followed, 2).await;
+        let s = setup();
+        s.stored(vec![at("u", 0, 0), at("w", 0, 1)], 2).await;
+        s.feed.wrote(2, &["u", "w"]);
+        s.ids("u").await;
+        followed_to(&s.followed, 2).await;
         // Kept with tokens of the follower.
-        assert_eq!(
-            served_ids(serving.served_history("u").await.expect("read")),
-            ["p0-0"]
-        );
-        assert_eq!(
-            served_ids(serving.served_history("w").await.expect("read")),
-            ["p0-1"]
-        );
+        assert_eq!(s.ids("u").await, ["p0-0"]);
+        assert_eq!(s.ids("w").await, ["p0-1"]);
 
         // The feed fails: once the last good poll is stale, reads go to
         // the store (and see what the feed cannot tell).
-        feed.fail(true);
-        store
-            .apply_speed(write(vec![at("w", 0, 2)], &[(0, 3)]).into())
-            .await
-            .expect("apply");
+        s.feed.fail(true);
+        s.stored(vec![at("w", 0, 2)], 3).await;
         tokio::time::sleep(stale_after(EVERY) + Duration::from_millis(50)).await;
-        assert_eq!(
-            served_ids(serving.served_history("w").await.expect("read")),
-            ["p0-1", "p0-2"]
-        );
+        assert_eq!(s.ids("w").await, ["p0-1", "p0-2"]);
 
         // A write whose row the follower never sees (expired while it was
         // away): after the outage it starts from the progress, and u's
         // token of before the outage means nothing.
-        store
-            .apply_speed(write(vec![at("u", 0, 3)], &[(0, 4)]).into())
-            .await
-            .expect("apply");
-        feed.moved_without_a_row(4);
-        feed.fail(false);
-        followed_to(&followed, 4).await;
+        s.stored(vec![at("u", 0, 3)], 4).await;
+        s.feed.moved_without_a_row(4);
+        s.feed.fail(false);
+        followed_to(&s.followed, 4).await;
         assert_eq!(
-            served_ids(serving.served_history("u").await.expect("read")),
+            s.ids("u").await,
             ["p0-0", "p0-3"],
             "a token from before the outage is void"
         );
@@ -584,49 +542,31 @@ mod tests {
     /// the feed answers again the follower starts over from its progress.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_poll_that_hangs_is_given_up_and_following_starts_over() {
-        let Setup {
-            dir: _dir,
-            store,
-            feed,
-            followed,
-            serving,
-        } = setup();
-        store
-            .apply_speed(write(vec![at("u", 0, 0)], &[(0, 1)]).into())
-            .await
-            .expect("apply");
-        feed.wrote(1, &["u"]);
-        serving.served_history("u").await.expect("read");
-        followed_to(&followed, 1).await;
-        assert_eq!(
-            served_ids(serving.served_history("u").await.expect("read")),
-            ["p0-0"]
-        );
+        let s = setup();
+        s.stored(vec![at("u", 0, 0)], 1).await;
+        s.feed.wrote(1, &["u"]);
+        s.ids("u").await;
+        followed_to(&s.followed, 1).await;
+        assert_eq!(s.ids("u").await, ["p0-0"]);
 
-        feed.hang(true);
-        store
-            .apply_speed(write(vec![at("u", 0, 1)], &[(0, 2)]).into())
-            .await
-            .expect("apply");
+        s.feed.hang(true);
+        s.stored(vec![at("u", 0, 1)], 2).await;
         tokio::time::sleep(stale_after(EVERY) + Duration::from_millis(50)).await;
-        assert_eq!(followed.followed(), None, "a hung poll is not fresh");
+        assert_eq!(s.followed.followed(), None, "a hung poll is not fresh");
         assert_eq!(
-            served_ids(serving.served_history("u").await.expect("read")),
+            s.ids("u").await,
             ["p0-0", "p0-1"],
             "read from the store while the feed hangs"
         );
 
         // The row of this write is never seen: the follower must start
         // from the progress it reads after the hang, with u's token void.
-        store
-            .apply_speed(write(vec![at("u", 0, 2)], &[(0, 3)]).into())
-            .await
-            .expect("apply");
-        feed.moved_without_a_row(3);
-        feed.hang(false);
-        followed_to(&followed, 3).await;
+        s.stored(vec![at("u", 0, 2)], 3).await;
+        s.feed.moved_without_a_row(3);
+        s.feed.hang(false);
+        followed_to(&s.followed, 3).await;
         assert_eq!(
-            served_ids(serving.served_history("u").await.expect("read")),
+            s.ids("u").await,
             ["p0-0", "p0-1", "p0-2"],
             "a token from before the hang is void"
         );
@@ -638,44 +578,26 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_quiet_follower_polls_seldom_and_still_sees_the_next_write() {
         use std::sync::atomic::Ordering;
-        let Setup {
-            dir: _dir,
-            store,
-            feed,
-            followed,
-            serving,
-        } = setup();
-        store
-            .apply_speed(write(vec![at("u", 0, 0)], &[(0, 1)]).into())
-            .await
-            .expect("apply");
-        feed.wrote(1, &["u"]);
-        serving.served_history("u").await.expect("read");
-        followed_to(&followed, 1).await;
+        let s = setup();
+        s.stored(vec![at("u", 0, 0)], 1).await;
+        s.feed.wrote(1, &["u"]);
+        s.ids("u").await;
+        followed_to(&s.followed, 1).await;
 
         // Quiet: about 4 polls a second at the default of 250 ms, where
         // polling every 5 ms would make about 200.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let before = feed.polls.load(Ordering::Relaxed);
+        let before = s.feed.polls.load(Ordering::Relaxed);
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let quiet_polls = feed.polls.load(Ordering::Relaxed) - before;
+        let quiet_polls = s.feed.polls.load(Ordering::Relaxed) - before;
         assert!(quiet_polls <= 12, "{quiet_polls} polls in a quiet second");
-        assert!(followed.followed().is_some(), "a quiet follower is fresh");
-        assert_eq!(
-            served_ids(serving.served_history("u").await.expect("read")),
-            ["p0-0"]
-        );
+        assert!(s.followed.followed().is_some(), "a quiet follower is fresh");
+        assert_eq!(s.ids("u").await, ["p0-0"]);
 
-        store
-            .apply_speed(write(vec![at("u", 0, 1)], &[(0, 2)]).into())
-            .await
-            .expect("apply");
-        feed.wrote(2, &["u"]);
-        followed_to(&followed, 2).await;
-        assert_eq!(
-            served_ids(serving.served_history("u").await.expect("read")),
-            ["p0-0", "p0-1"]
-        );
+        s.stored(vec![at("u", 0, 1)], 2).await;
+        s.feed.wrote(2, &["u"]);
+        followed_to(&s.followed, 2).await;
+        assert_eq!(s.ids("u").await, ["p0-0", "p0-1"]);
     }
 
     /// `evict_user` (the end of a deletion) returns only once another
@@ -683,37 +605,24 @@ mod tests {
     /// row that names the user: a read there right after it sees the store.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_eviction_returns_once_every_follower_has_seen_the_row() {
-        let Setup {
-            dir: _dir,
-            store,
-            feed,
-            followed: elsewhere,
-            serving,
-        } = setup();
-        let here = FollowedStore::new(store.clone(), feed.clone(), EVERY);
-        store
-            .apply_speed(write(vec![at("u", 0, 0)], &[(0, 1)]).into())
-            .await
-            .expect("apply");
-        feed.wrote(1, &["u"]);
-        serving.served_history("u").await.expect("read");
-        followed_to(&elsewhere, 1).await;
-        assert_eq!(
-            served_ids(serving.served_history("u").await.expect("read")),
-            ["p0-0"]
-        );
+        // `s.serving` reads through another process's follower; this one
+        // ends the deletion.
+        let s = setup();
+        let here = FollowedStore::new(s.store.clone(), s.feed.clone(), EVERY);
+        s.stored(vec![at("u", 0, 0)], 1).await;
+        s.feed.wrote(1, &["u"]);
+        s.ids("u").await;
+        followed_to(&s.followed, 1).await;
+        assert_eq!(s.ids("u").await, ["p0-0"]);
         // Quiet long enough for the other follower to poll every 250 ms.
         tokio::time::sleep(Duration::from_secs(1)).await;
 
         // What the erasure does to the store and the feed, then its end.
-        store
-            .apply_speed(write(vec![at("u", 0, 1)], &[(0, 2)]).into())
-            .await
-            .expect("apply");
-        feed.wrote(2, &["u"]);
+        s.stored(vec![at("u", 0, 1)], 2).await;
+        s.feed.wrote(2, &["u"]);
         here.evict_user("u").await.expect("evicted");
         assert_eq!(
-            served_ids(serving.served_history("u").await.expect("read")),
+            s.ids("u").await,
             ["p0-0", "p0-1"],
             "the other process still answered from before the row"
         );
