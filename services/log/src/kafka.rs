@@ -1083,6 +1083,16 @@ mod tests {
     }
 
     /// A reader from the log's start, as `membership` joins.
+    /// `n` records of users `user-0`.., each holding its index.
+    fn records(n: u8) -> Vec<Append> {
+        (0..n)
+            .map(|i| Append {
+                key: format!("user-{i}"),
+                bytes: vec![i],
+            })
+            .collect()
+    }
+
     fn reader_from_start(options: &KafkaOptions, membership: Membership) -> KafkaReader {
         let consumer = membership
             .join(options, &LogPosition::new())
@@ -1196,13 +1206,7 @@ mod tests {
         };
         let options = two_partitions(brokers);
         let log = KafkaLog::connect(options.clone()).await.expect("connects");
-        let appends = (0..20)
-            .map(|i| Append {
-                key: format!("user-{i}"),
-                bytes: vec![i],
-            })
-            .collect();
-        log.append(appends).await.expect("appends");
+        log.append(records(20)).await.expect("appends");
         let group = format!("{}-group", options.topic);
         let unreachable = KafkaOptions {
             brokers: "127.0.0.1:1".to_owned(),
@@ -1267,13 +1271,7 @@ mod tests {
         let assignment = reader.consumer.assignment().expect("assignment");
         reader.consumer.pause(&assignment).expect("pauses");
         let stalled = Arc::as_ptr(&reader.consumer);
-        let appends = (0..20)
-            .map(|i| Append {
-                key: format!("user-{i}"),
-                bytes: vec![i],
-            })
-            .collect();
-        log.append(appends).await.expect("appends");
+        log.append(records(20)).await.expect("appends");
 
         let mut read = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(60);
