@@ -190,8 +190,7 @@ impl<'a> Avro<'a> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use signals_schemas::{avro, Event, LogRecord, RecordBody};
-    use std::collections::BTreeMap;
+    use signals_schemas::{avro, Attributes, Event, LogRecord, RecordBody};
 
     fn text() -> impl Strategy<Value = String> {
         // Mostly plain ids; sometimes empty, blank, with a control
@@ -230,7 +229,7 @@ mod tests {
                 )| {
                     if many > 62 {
                         for i in 0..many {
-                            attributes.insert(format!("k{i}"), "v".into());
+                            attributes.insert(format!("k{i}"), "v".to_owned());
                         }
                     }
                     Event {
@@ -240,7 +239,7 @@ mod tests {
                         item_id,
                         query,
                         event_time,
-                        attributes,
+                        attributes: attributes.into(),
                     }
                 },
             )
@@ -313,7 +312,7 @@ mod tests {
                 item_id: None,
                 query: Some("q".into()),
                 event_time: MIN_EVENT_TIME,
-                attributes: BTreeMap::new(),
+                attributes: Attributes::new(),
             }),
         });
         assert!(read_event(&event, &mut Vec::new()).is_some());

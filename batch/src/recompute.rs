@@ -604,8 +604,7 @@ mod tests {
             } => {
                 let mut e = of(&format!("user-{user}"), &format!("event-{id}"), *time);
                 if *city {
-                    e.attributes
-                        .insert("city".into(), format!("city-{}", id % 3));
+                    e.attributes.insert("city", format!("city-{}", id % 3));
                 }
                 RecordBody::Event(e)
             }
@@ -824,8 +823,7 @@ mod tests {
                 } => {
                     let mut e = of(&format!("user-{user}"), &format!("event-{id}"), *time);
                     // Several users' events share minutes: bursts for the bot rule.
-                    e.attributes
-                        .insert("city".into(), format!("city-{}", id % 3));
+                    e.attributes.insert("city", format!("city-{}", id % 3));
                     if *elsewhere {
                         see(&e.event_id, *accepted_at);
                     } else {

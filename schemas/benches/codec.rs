@@ -3,14 +3,13 @@
 //! Plain loops over `std::time::Instant` (no harness): each figure is the best
 //! of several rounds, in nanoseconds per record.
 
-use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::time::Instant;
 
 use apache_avro::types::Value;
 use apache_avro::writer::datum::GenericDatumWriter;
 use signals_schemas::avro::{self, schema};
-use signals_schemas::{json, Event, EventType, LogRecord, RecordBody};
+use signals_schemas::{json, Attributes, Event, EventType, LogRecord, RecordBody};
 
 const ROUNDS: usize = 5;
 const PER_ROUND: u32 = 100_000;
@@ -37,10 +36,7 @@ fn typical() -> LogRecord {
             item_id: Some("listing-90210".into()),
             query: None,
             event_time: 1_795_428_000_123,
-            attributes: BTreeMap::from([
-                ("city".into(), "Paris".into()),
-                ("device".into(), "mobile".into()),
-            ]),
+            attributes: Attributes::from([("city", "Paris"), ("device", "mobile")]),
         }),
     }
 }

@@ -8,10 +8,11 @@
 //! symbols in order, and [`RecordBody`]'s variants are the branches of the
 //! `body` union in order. Change them only together with the schema.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+
+use crate::Attributes;
 
 /// Epoch milliseconds, UTC.
 pub type Millis = i64;
@@ -86,7 +87,7 @@ pub struct Event {
     pub item_id: Option<String>,
     pub query: Option<String>,
     pub event_time: Millis,
-    pub attributes: BTreeMap<String, String>,
+    pub attributes: Attributes,
 }
 
 /// "These events are wrong and must stop counting."

@@ -9,6 +9,7 @@
 //! every record whose event (if any) passes it; records written with any
 //! schema id in `schemas/versions` decode.
 
+mod attributes;
 pub mod avro;
 pub mod event;
 pub mod json;
@@ -20,6 +21,7 @@ pub mod segment_change;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
+pub use attributes::Attributes;
 pub use avro::{decode, encode, DecodeError};
 pub use event::{
     now_millis, Event, EventType, LogRecord, Millis, RecordBody, Retraction, UserDeletion,

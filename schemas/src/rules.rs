@@ -102,7 +102,7 @@ pub fn check_event(event: &Event) -> Result<(), EventError> {
             event.attributes.len()
         )));
     }
-    for (key, value) in &event.attributes {
+    for (key, value) in event.attributes.iter() {
         if key.is_empty() {
             return Err(error("attribute keys must not be empty"));
         }
@@ -132,10 +132,9 @@ pub fn format_time(t: Millis) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
     use crate::event::EventType;
+    use crate::Attributes;
 
     fn search() -> Event {
         Event {
@@ -145,7 +144,7 @@ mod tests {
             item_id: None,
             query: Some("lofts".into()),
             event_time: MIN_EVENT_TIME,
-            attributes: BTreeMap::new(),
+            attributes: Attributes::new(),
         }
     }
 
@@ -220,19 +219,19 @@ mod tests {
             ),
             (
                 refusal(|e| {
-                    e.attributes.insert(String::new(), "v".into());
+                    e.attributes.insert(String::new(), "v");
                 }),
                 "attribute keys must not be empty",
             ),
             (
                 refusal(|e| {
-                    e.attributes.insert(long(129), "v".into());
+                    e.attributes.insert(long(129), "v");
                 }),
                 "attribute key `xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx…` is longer than 128 bytes",
             ),
             (
                 refusal(|e| {
-                    e.attributes.insert("city".into(), long(1025));
+                    e.attributes.insert("city", long(1025));
                 }),
                 "`attributes.city` is longer than 1024 bytes",
             ),

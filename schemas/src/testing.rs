@@ -33,7 +33,7 @@ pub fn arb_event() -> impl Strategy<Value = Event> {
                 item_id: (event_type.requires_item() || has_item).then_some(item),
                 query: (event_type.requires_query() || has_query).then_some(query),
                 event_time,
-                attributes,
+                attributes: attributes.into(),
             },
         )
 }

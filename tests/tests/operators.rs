@@ -73,7 +73,7 @@ async fn fill_log(data: &Path, now: i64) {
             if kind.is_multiple_of(3) {
                 event
                     .attributes
-                    .insert("city".into(), format!("city-{}", kind % 7));
+                    .insert("city", format!("city-{}", kind % 7));
             }
             if rng.random_range(0..100) == 0 {
                 chunk.push(append(RecordBody::Event(event.clone()), now));

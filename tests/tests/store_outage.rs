@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use signals_core::{Definitions, SignalSpec, UserView};
 use signals_log::kafka::{KafkaDeadLetters, KafkaLog, KafkaOptions};
 use signals_log::{Append, EventLog};
-use signals_schemas::{Event, EventType, LogRecord, RecordBody};
+use signals_schemas::{Attributes, Event, EventType, LogRecord, RecordBody};
 use signals_speed::{SpeedLayer, SpeedOptions};
 use signals_store::scylla::{ScyllaOptions, ScyllaStore};
 use signals_store::{ServingStore, StoreReads};
@@ -140,7 +140,7 @@ fn view(id: &str, user: &str, time: i64) -> Append {
         item_id: Some(format!("item-{id}")),
         query: None,
         event_time: time,
-        attributes: BTreeMap::new(),
+        attributes: Attributes::new(),
     };
     Append {
         key: user.into(),

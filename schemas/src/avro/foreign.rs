@@ -69,7 +69,6 @@ impl ForeignWriter {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
     use std::sync::Arc;
 
     use apache_avro::types::Value;
@@ -80,6 +79,7 @@ mod tests {
         decode, encode, frame, set_schema_id, DecodeError, CURRENT_SCHEMA, VERSIONS,
     };
     use crate::event::{Event, EventType, LogRecord, RecordBody};
+    use crate::Attributes;
 
     /// The current schema with `Event.referrer` (optional) appended: an
     /// outside producer's compatible evolution.
@@ -142,7 +142,7 @@ mod tests {
                 item_id: Some("listing-9".into()),
                 query: None,
                 event_time: 1_795_428_000_000,
-                attributes: BTreeMap::from([("city".to_owned(), "Paris".to_owned())]),
+                attributes: Attributes::from([("city", "Paris")]),
             }),
         }
     }

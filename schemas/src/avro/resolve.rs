@@ -1,12 +1,13 @@
 //! Records written with an older schema: the generic Avro value, already
 //! resolved to the current schema, mapped to Rust types by field name.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use apache_avro::types::Value;
 
 use super::DecodeError;
 use crate::event::{Event, EventType, LogRecord, RecordBody, Retraction, UserDeletion};
+use crate::Attributes;
 
 /// Takes the fields of a record value by name.
 struct Fields(HashMap<String, Value>);
@@ -129,7 +130,7 @@ fn event_from(value: Value) -> Result<Event, DecodeError> {
                     "attribute `{k}` is not a string: {other:?}"
                 ))),
             })
-            .collect::<Result<BTreeMap<_, _>, _>>()?,
+            .collect::<Result<Attributes, _>>()?,
         other => {
             return Err(DecodeError::Invalid(format!(
                 "`attributes` is not a map: {other:?}"

@@ -1,5 +1,3 @@
-use std::collections::BTreeMap;
-
 use apache_avro::schema_compatibility::SchemaCompatibility;
 use apache_avro::types::Value;
 use proptest::prelude::*;
@@ -7,6 +5,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::event::{Event, EventType, Millis, Retraction, UserDeletion};
 use crate::testing::{arb_event, arb_log_record};
+use crate::Attributes;
 
 fn view() -> LogRecord {
     LogRecord {
@@ -18,7 +17,7 @@ fn view() -> LogRecord {
             item_id: Some("listing-9".into()),
             query: None,
             event_time: 1_795_428_000_123,
-            attributes: BTreeMap::from([("city".into(), "Paris".into())]),
+            attributes: Attributes::from([("city", "Paris")]),
         }),
     }
 }
@@ -119,7 +118,7 @@ fn current_value(record: &LogRecord) -> Value {
                 Value::Map(
                     e.attributes
                         .iter()
-                        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                        .map(|(k, v)| (k.to_owned(), Value::String(v.to_owned())))
                         .collect(),
                 ),
             ));
@@ -216,7 +215,7 @@ fn a_version_1_search_gets_empty_attributes() {
         item_id: None,
         query: Some("lofts".into()),
         event_time: 1_795_428_000_000,
-        attributes: BTreeMap::new(),
+        attributes: Attributes::new(),
     };
     record.body = RecordBody::Event(event);
     let bytes = write_with(1, v1_value(&record).expect("an event"));
@@ -441,10 +440,7 @@ fn records_from_an_outside_fastavro_producer_decode() {
             item_id: item.map(Into::into),
             query: query.map(Into::into),
             event_time: time,
-            attributes: attributes
-                .iter()
-                .map(|(k, v)| ((*k).into(), (*v).into()))
-                .collect(),
+            attributes: attributes.iter().copied().collect(),
         })
     };
     let expected = [

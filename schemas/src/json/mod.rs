@@ -12,8 +12,6 @@
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
-
 use chrono::DateTime;
 use serde_json::{Map, Value};
 
@@ -23,6 +21,7 @@ pub use crate::rules::{
     MAX_KEY_BYTES, MAX_RETRACTED_IDS, MAX_TEXT_BYTES, MIN_EVENT_TIME,
 };
 use crate::rules::{check_id, error, excerpt};
+use crate::Attributes;
 
 /// The fields of an event object, in the contract's order.
 pub const EVENT_FIELDS: [&str; 7] = [
@@ -274,7 +273,7 @@ pub fn event_from_json(value: Value) -> Result<Event, EventError> {
         })?,
     };
     let attributes = match object.remove("attributes") {
-        None | Some(Value::Null) => BTreeMap::new(),
+        None | Some(Value::Null) => Attributes::new(),
         Some(Value::Object(map)) => attributes(map)?,
         Some(other) => {
             return Err(error(format!(
@@ -297,7 +296,7 @@ pub fn event_from_json(value: Value) -> Result<Event, EventError> {
 }
 
 /// Strings as they are, numbers and booleans as their JSON text.
-fn attributes(map: Map<String, Value>) -> Result<BTreeMap<String, String>, EventError> {
+fn attributes(map: Map<String, Value>) -> Result<Attributes, EventError> {
     if map.len() > MAX_ATTRIBUTES {
         // Refuse before copying a huge object; check_event says the same.
         return Err(error(format!(

@@ -224,11 +224,11 @@ impl<'de> Visitor<'de> for ItemVisitor {
         let mut unknown: Option<String> = None;
         while let Some(key) = map.next_key::<String>()? {
             if key == "attributes" {
-                match map.next_value::<Attributes>()? {
-                    Attributes::Value(value) => {
+                match map.next_value::<AttributesField>()? {
+                    AttributesField::Value(value) => {
                         fields.insert(key, value);
                     }
-                    Attributes::TooMany(count) => too_many_attributes = Some(count),
+                    AttributesField::TooMany(count) => too_many_attributes = Some(count),
                 }
             } else if EVENT_FIELDS.contains(&key.as_str()) {
                 let value = map.next_value::<Scalar>()?.0;
@@ -302,12 +302,12 @@ impl<'de> Visitor<'de> for ScalarVisitor {
 
 /// `attributes`: an object of at most [`MAX_ATTRIBUTES`] scalars is kept;
 /// a larger one is only counted.
-enum Attributes {
+enum AttributesField {
     Value(Value),
     TooMany(usize),
 }
 
-impl<'de> de::Deserialize<'de> for Attributes {
+impl<'de> de::Deserialize<'de> for AttributesField {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserializer.deserialize_any(AttributesVisitor)
     }
@@ -316,13 +316,13 @@ impl<'de> de::Deserialize<'de> for Attributes {
 struct AttributesVisitor;
 
 impl<'de> Visitor<'de> for AttributesVisitor {
-    type Value = Attributes;
+    type Value = AttributesField;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("an object of attributes")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Attributes, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<AttributesField, A::Error> {
         let mut kept = Map::new();
         let mut count = 0usize;
         while let Some(key) = map.next_key::<String>()? {
@@ -335,34 +335,34 @@ impl<'de> Visitor<'de> for AttributesVisitor {
             }
         }
         Ok(if count > MAX_ATTRIBUTES {
-            Attributes::TooMany(count)
+            AttributesField::TooMany(count)
         } else {
-            Attributes::Value(Value::Object(kept))
+            AttributesField::Value(Value::Object(kept))
         })
     }
 
     // Anything else is kept as its scalar (or an empty one of its kind), so
     // that the rules name the kind.
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Attributes, E> {
-        ScalarVisitor.visit_bool(v).map(Attributes::Value)
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<AttributesField, E> {
+        ScalarVisitor.visit_bool(v).map(AttributesField::Value)
     }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Attributes, E> {
-        ScalarVisitor.visit_i64(v).map(Attributes::Value)
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<AttributesField, E> {
+        ScalarVisitor.visit_i64(v).map(AttributesField::Value)
     }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Attributes, E> {
-        ScalarVisitor.visit_u64(v).map(Attributes::Value)
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<AttributesField, E> {
+        ScalarVisitor.visit_u64(v).map(AttributesField::Value)
     }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Attributes, E> {
-        ScalarVisitor.visit_f64(v).map(Attributes::Value)
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<AttributesField, E> {
+        ScalarVisitor.visit_f64(v).map(AttributesField::Value)
     }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Attributes, E> {
-        ScalarVisitor.visit_str(v).map(Attributes::Value)
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<AttributesField, E> {
+        ScalarVisitor.visit_str(v).map(AttributesField::Value)
     }
-    fn visit_unit<E: de::Error>(self) -> Result<Attributes, E> {
-        Ok(Attributes::Value(Value::Null))
+    fn visit_unit<E: de::Error>(self) -> Result<AttributesField, E> {
+        Ok(AttributesField::Value(Value::Null))
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Attributes, A::Error> {
-        ScalarVisitor.visit_seq(seq).map(Attributes::Value)
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<AttributesField, A::Error> {
+        ScalarVisitor.visit_seq(seq).map(AttributesField::Value)
     }
 }
 

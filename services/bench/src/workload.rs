@@ -3,8 +3,6 @@
 //! a browsing mix (mostly views, some clicks and searches, few wishlist
 //! changes); times are mostly "just now" with a tail of late events.
 
-use std::collections::BTreeMap;
-
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
@@ -89,10 +87,10 @@ impl Workload {
         self.next += 1;
         let event_type = self.event_type();
         let item = self.items.sample(&mut self.rng) as u64;
-        let mut attributes = BTreeMap::new();
+        let mut attributes = signals_schemas::Attributes::new();
         if self.rng.random_ratio(3, 4) {
             let city = CITIES[self.cities.sample(&mut self.rng) as usize - 1];
-            attributes.insert("city".to_owned(), city.to_owned());
+            attributes.insert("city", city);
         }
         // Most events are seconds old; one in fifty arrives hours late.
         let age = if self.rng.random_ratio(1, 50) {

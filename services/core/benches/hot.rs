@@ -12,7 +12,6 @@
 //!
 //! Avro decode is timed in `schemas/benches/codec.rs`.
 
-use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::sync::Arc;
 
@@ -21,7 +20,7 @@ use signals_core::{
     Definitions, EventTypes, SignalSpec, SpeedEntry, SpeedTail, State, TileShape, Tiles,
     UserRecord, UserView,
 };
-use signals_schemas::{Event, EventType, Millis};
+use signals_schemas::{Attributes, Event, EventType, Millis};
 
 const NOW: Millis = 1_795_428_000_000;
 const HOUR: Millis = 3_600_000;
@@ -61,8 +60,8 @@ fn events_over(n: usize, items: u64) -> Vec<Event> {
                 _ => EventType::WishlistRemove,
             };
             let item = format!("listing-{}", (r >> 8) % items);
-            let mut attributes = BTreeMap::new();
-            attributes.insert("city".to_owned(), format!("city-{}", (r >> 20) % 12));
+            let mut attributes = Attributes::new();
+            attributes.insert("city", format!("city-{}", (r >> 20) % 12));
             Event {
                 event_id: format!("e-{i}"),
                 user_id: "u-1".to_owned(),

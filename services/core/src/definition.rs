@@ -80,7 +80,7 @@ impl Field {
             Field::ItemId => event.item_id.as_deref(),
             Field::Query => event.query.as_deref(),
             Field::EventType => Some(event.event_type.as_str()),
-            Field::Attribute(key) => event.attributes.get(key).map(String::as_str),
+            Field::Attribute(key) => event.attributes.get(key),
         }
     }
 }

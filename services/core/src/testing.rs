@@ -1,9 +1,7 @@
 //! Generators and builders for tests of this crate and of the layers above.
 
-use std::collections::BTreeMap;
-
 use proptest::prelude::*;
-use signals_schemas::{Event, EventType, Millis};
+use signals_schemas::{Attributes, Event, EventType, Millis};
 
 use crate::definition::{Aggregation, EventTypes, Field};
 use crate::session::SessionMeasure;
@@ -17,7 +15,7 @@ pub fn event(id: &str, event_type: EventType, item: &str, time: Millis) -> Event
         item_id: Some(item.to_owned()),
         query: None,
         event_time: time,
-        attributes: BTreeMap::new(),
+        attributes: Attributes::new(),
     }
 }
 
@@ -85,7 +83,7 @@ pub fn arb_event(index: usize) -> impl Strategy<Value = Event> {
         0u8..3,
     )
         .prop_map(move |(event_type, item, query, time, city, price, user)| {
-            let mut attributes = BTreeMap::new();
+            let mut attributes = Attributes::new();
             if let Some(c) = city {
                 attributes.insert("city".to_owned(), format!("c{c}"));
             }

@@ -24,7 +24,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use signals_core::{LogPosition, Offset, Partition, SpeedEntry, UserRecord};
-use signals_schemas::{Event, EventType};
+use signals_schemas::{Attributes, Event, EventType};
 
 use crate::{
     BatchCheckpoint, BatchManifest, BatchPart, GarbageStats, IndexEntry, PositionedEntry,
@@ -83,7 +83,7 @@ pub fn event(id: &str, user: &str, time: i64) -> Event {
         item_id: Some(format!("item-{id}")),
         query: None,
         event_time: time,
-        attributes: BTreeMap::from([("city".to_owned(), "Paris".to_owned())]),
+        attributes: Attributes::from([("city", "Paris")]),
     }
 }
 

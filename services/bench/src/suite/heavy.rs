@@ -28,6 +28,9 @@ pub struct HeavyFigures {
     pub events: u64,
     /// Bytes of the heavy and the light user's answers at `at` = now.
     pub answer_bytes: (usize, usize),
+    /// The heavy and the light user's first read after the batch
+    /// published (each user's record read, decoded and tiled then).
+    pub first_reads: (Duration, Duration),
     pub heavy_now: Outcome,
     /// The bare handler answering the heavy user's bytes: the ceiling.
     pub bare_heavy: Outcome,
@@ -66,12 +69,18 @@ pub async fn measure(
 
     let light = workload::user_id(shape.users / 2);
     let mut conn = Conn::open(address).await?;
+    // The first reads of the version the batch published: records decoded
+    // and tiled on the spot.
+    let started = std::time::Instant::now();
     let (_, heavy_answer) = conn
         .send(&Call::get(format!("/v1/users/{HEAVY}/signals")))
         .await?;
+    let heavy_first = started.elapsed();
+    let started = std::time::Instant::now();
     let (_, light_answer) = conn
         .send(&Call::get(format!("/v1/users/{light}/signals")))
         .await?;
+    let first_reads = (heavy_first, started.elapsed());
     let answer_bytes = (heavy_answer.len(), light_answer.len());
     drop(conn);
     let now_reads = |user: String| move |_: u64| Call::get(format!("/v1/users/{user}/signals"));
@@ -107,6 +116,7 @@ pub async fn measure(
         bare_heavy,
         events,
         answer_bytes,
+        first_reads,
         heavy_now,
         light_now,
         heavy_hours,

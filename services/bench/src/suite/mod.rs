@@ -296,6 +296,14 @@ pub async fn run(args: &SuiteArgs) -> anyhow::Result<()> {
                 .against(ms(light, 0.99)),
             );
         }
+        rows.push(
+            Row::new(
+                format!("{users}: first read after the batch published (ceiling: a light user's)"),
+                Figure::ms(f.first_reads.0.as_secs_f64() * 1e3),
+                "",
+            )
+            .against(Figure::ms(f.first_reads.1.as_secs_f64() * 1e3)),
+        );
         let paced = format!(
             "{users}, at = an hour of the last 7 days, {:.0} reads/s",
             heavy::PACED_RATE
