@@ -242,6 +242,27 @@ fn heavy_user(c: &mut Criterion) {
     group.bench_function("1M events, 20k items, at = past hours, as JSON", |b| {
         b.iter(|| UserView::merge(Some(wide.clone()), []).evaluate_encoded(black_box(&all), at()))
     });
+    // A serving process's first read of the user after a batch published:
+    // the stored record decoded, 100k newer speed entries checked against
+    // its ids and tiled, every signal's tiles built and evaluated.
+    let stored = postcard::to_stdvec(&*heavy).expect("encodes");
+    let newer: Vec<SpeedEntry> = recent_events(100_000, 1)
+        .into_iter()
+        .map(|mut e| {
+            e.event_id = format!("new-{}", e.event_id);
+            SpeedEntry::Event(e)
+        })
+        .collect();
+    group.bench_function("1M events and 100k newer, first read", |b| {
+        b.iter_batched(
+            || newer.clone(),
+            |newer| {
+                let record: UserRecord = postcard::from_bytes(&stored).expect("decodes");
+                UserView::merge(Some(Arc::new(record)), newer).evaluate_encoded(&all, NOW)
+            },
+            BatchSize::LargeInput,
+        )
+    });
     group.bench_function("1M events, activity of the last 100 views", |b| {
         b.iter(|| {
             UserView::merge(Some(heavy.clone()), []).activity(
