@@ -6,7 +6,9 @@
 //! every read evaluates the record through its tiles, ADR 007), each at
 //! saturation and the past hours also at [`PACED_RATE`], where a read's
 //! latency is its own and not the queue's. The ceiling of the heavy user's
-//! reads is the bare handler answering its bytes.
+//! reads is the bare handler answering its bytes. Before those, each
+//! user's first read of the version the batch published is timed once:
+//! the one read that decodes and tiles the record.
 
 use std::net::SocketAddr;
 use std::time::Duration;
