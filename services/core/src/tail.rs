@@ -226,9 +226,11 @@ impl SpeedTail {
     /// Adds to `states[i]` what `definitions[i]` reads at `at` of the tail.
     pub(crate) fn fold(&self, definitions: &[&SignalDefinition], at: Millis, states: &mut [State]) {
         for run in &self.runs {
-            for (definition, state) in definitions.iter().zip(states.iter_mut()) {
+            let tiled = run.tiles.for_definitions(definitions, &run.events);
+            for ((definition, state), tiles) in definitions.iter().zip(states.iter_mut()).zip(tiled)
+            {
                 let (from, until) = definition.read_range(at);
-                match run.tiles.for_definition(definition, &run.events) {
+                match tiles {
                     Some(tiles) => tiles.fold(definition, &run.events, from, until, state),
                     None => {
                         for event in run.events.iter().filter(|e| {

@@ -26,8 +26,9 @@
 //! slower with edges of up to 511 events). A set's running states are
 //! kept newest first ([`SortedMarks`]), to be finished beside the rest of
 //! a read rather than copied into it.
-//! Tiles are derived data: built on a record's first read per definition,
-//! kept beside the decoded record in the store's record cache, never stored.
+//! Tiles are derived data: built on a record's first read (every definition
+//! that read asks for, in one pass over the events), kept beside the
+//! decoded record in the store's record cache, never stored.
 //! Records too small for tiles to pay keep the plain fold.
 
 use std::collections::HashMap;
@@ -96,6 +97,42 @@ enum Running {
     Marks(SortedMarks),
 }
 
+/// The block sizes of `aggregation`'s levels over `events` events,
+/// smallest first.
+fn level_sizes(aggregation: &Aggregation, events: usize, shape: &TileShape) -> Vec<usize> {
+    let grows = grows(aggregation);
+    let sizes = if grows {
+        &shape.map_sizes
+    } else {
+        &shape.sizes
+    };
+    sizes
+        .iter()
+        .copied()
+        .filter(|&size| size > 0 && size <= events)
+        .filter(|&size| !grows || events / size <= shape.max_map_blocks)
+        .collect()
+}
+
+/// `definition`'s state over the matching events of `block`.
+fn fold_block(definition: &SignalDefinition, block: &[Event]) -> State {
+    let aggregation = &definition.aggregation;
+    let mut state = State::empty(aggregation);
+    for event in block.iter().filter(|e| definition.matches(e)) {
+        state.add(aggregation, event);
+    }
+    state.trim(aggregation);
+    state
+}
+
+/// `definition`'s states over `events` in blocks of `size`, oldest first.
+fn fold_blocks(definition: &SignalDefinition, events: &[Event], size: usize) -> Vec<State> {
+    events
+        .rchunks_exact(size)
+        .map(|block| fold_block(definition, block))
+        .collect()
+}
+
 /// Whether `aggregation`'s states grow with what they see.
 fn grows(aggregation: &Aggregation) -> bool {
     matches!(
@@ -112,47 +149,84 @@ impl DefinitionTiles {
     /// Folds the blocks of `definition` over `events` (newest first) at the
     /// sizes `shape` gives its kind of state.
     pub fn build(definition: &SignalDefinition, events: &[Event], shape: &TileShape) -> Self {
+        let mut built = DefinitionTiles::build_all(&[definition], events, shape);
+        built
+            .pop()
+            .unwrap_or_else(|| DefinitionTiles::over(definition, Vec::new(), shape))
+    }
+
+    /// [`build`](DefinitionTiles::build) for each of `definitions`, with
+    /// one pass over the events for all of them: block by block, each
+    /// block folded by every definition while it is in the cache. A first
+    /// read asks for every signal, and a pass each was a read of the whole
+    /// record from memory per definition.
+    pub fn build_all(
+        definitions: &[&SignalDefinition],
+        events: &[Event],
+        shape: &TileShape,
+    ) -> Vec<Self> {
+        let sizes: Vec<Vec<usize>> = definitions
+            .iter()
+            .map(|d| level_sizes(&d.aggregation, events.len(), shape))
+            .collect();
+        let mut smallest: Vec<Vec<State>> = vec![Vec::new(); definitions.len()];
+        let mut firsts: Vec<usize> = sizes.iter().filter_map(|s| s.first().copied()).collect();
+        firsts.sort_unstable();
+        firsts.dedup();
+        for size in firsts {
+            let at: Vec<usize> = (0..definitions.len())
+                .filter(|&i| sizes[i].first() == Some(&size))
+                .collect();
+            for &i in &at {
+                smallest[i].reserve_exact(events.len() / size);
+            }
+            // From the oldest events on: position order.
+            for block in events.rchunks_exact(size) {
+                for &i in &at {
+                    smallest[i].push(fold_block(definitions[i], block));
+                }
+            }
+        }
+        definitions
+            .iter()
+            .zip(sizes)
+            .zip(smallest)
+            .map(|((definition, sizes), mut smallest)| {
+                let mut levels: Vec<(usize, Vec<State>)> = Vec::new();
+                for size in sizes {
+                    let states = match levels.last() {
+                        // A block of this level merges whole blocks of the one below.
+                        Some((below, below_states)) if size % below == 0 => below_states
+                            .chunks_exact(size / below)
+                            .map(|parts| {
+                                let aggregation = &definition.aggregation;
+                                let mut state = State::empty(aggregation);
+                                for part in parts {
+                                    state.merge(aggregation, part);
+                                }
+                                state.trim(aggregation);
+                                state
+                            })
+                            .collect(),
+                        Some(_) => fold_blocks(definition, events, size),
+                        None => std::mem::take(&mut smallest),
+                    };
+                    levels.push((size, states));
+                }
+                DefinitionTiles::over(definition, levels, shape)
+            })
+            .collect()
+    }
+
+    /// The tiles of `levels`, with running states at the finest level few
+    /// enough to keep.
+    fn over(
+        definition: &SignalDefinition,
+        levels: Vec<(usize, Vec<State>)>,
+        shape: &TileShape,
+    ) -> Self {
         let aggregation = &definition.aggregation;
         let grows = grows(aggregation);
-        let sizes = if grows {
-            &shape.map_sizes
-        } else {
-            &shape.sizes
-        };
-        let mut levels: Vec<(usize, Vec<State>)> = Vec::new();
-        let fits = |size: usize| !grows || events.len() / size <= shape.max_map_blocks;
-        for &size in sizes
-            .iter()
-            .filter(|&&s| s > 0 && s <= events.len() && fits(s))
-        {
-            let states = match levels.last() {
-                // A block of this level merges whole blocks of the one below.
-                Some((below, below_states)) if size % below == 0 => below_states
-                    .chunks_exact(size / below)
-                    .map(|parts| {
-                        let mut state = State::empty(aggregation);
-                        for part in parts {
-                            state.merge(aggregation, part);
-                        }
-                        state.trim(aggregation);
-                        state
-                    })
-                    .collect(),
-                // From the oldest events on: position order.
-                _ => events
-                    .rchunks_exact(size)
-                    .map(|block| {
-                        let mut state = State::empty(aggregation);
-                        for event in block.iter().filter(|e| definition.matches(e)) {
-                            state.add(aggregation, event);
-                        }
-                        state.trim(aggregation);
-                        state
-                    })
-                    .collect(),
-            };
-            levels.push((size, states));
-        }
         let max_prefixes = if grows {
             shape.max_map_prefixes
         } else {
@@ -306,28 +380,78 @@ impl Tiles {
         if events.len() < self.shape.min_events.max(1) {
             return None;
         }
+        self.finish(definition, &self.cell(definition), events)
+    }
+
+    /// [`for_definition`](Tiles::for_definition) of each of `definitions`;
+    /// those not built yet are built together, in one pass over the events
+    /// ([`DefinitionTiles::build_all`]).
+    pub fn for_definitions(
+        &self,
+        definitions: &[&SignalDefinition],
+        events: &[Event],
+    ) -> Vec<Option<Arc<DefinitionTiles>>> {
+        if events.len() < self.shape.min_events.max(1) {
+            return vec![None; definitions.len()];
+        }
+        let cells: Vec<Arc<TileCell>> = definitions.iter().map(|d| self.cell(d)).collect();
+        let unbuilt: Vec<usize> = (0..cells.len())
+            .filter(|&i| cells[i].get().is_none())
+            .collect();
+        if unbuilt.len() > 1 && in_order(events) {
+            let building: Vec<&SignalDefinition> =
+                unbuilt.iter().map(|&i| definitions[i]).collect();
+            let built = DefinitionTiles::build_all(&building, events, &self.shape);
+            for (&i, tiles) in unbuilt.iter().zip(built) {
+                // A concurrent first read may have set it: the same tiles.
+                let _ = cells[i].set(Some(Arc::new(tiles)));
+            }
+        }
+        definitions
+            .iter()
+            .zip(&cells)
+            .map(|(definition, cell)| self.finish(definition, cell, events))
+            .collect()
+    }
+
+    /// `definition`'s cell, made empty on its first use.
+    fn cell(&self, definition: &SignalDefinition) -> Arc<TileCell> {
         let cell = {
             let built = self.built.read().unwrap_or_else(|p| p.into_inner());
             built.get(&definition.name).cloned()
         };
-        let cell = match cell {
+        match cell {
             Some(cell) => cell,
             None => {
                 let mut built = self.built.write().unwrap_or_else(|p| p.into_inner());
                 built.entry(definition.name.clone()).or_default().clone()
             }
-        };
+        }
+    }
+
+    /// The tiles of `cell`, built now if they are not yet.
+    fn finish(
+        &self,
+        definition: &SignalDefinition,
+        cell: &TileCell,
+        events: &[Event],
+    ) -> Option<Arc<DefinitionTiles>> {
         // Concurrent first reads wait for one build instead of each doing it.
         let tiles = cell
             .get_or_init(|| {
-                let in_order = events.is_sorted_by(|a, b| a.event_time >= b.event_time);
-                in_order.then(|| Arc::new(DefinitionTiles::build(definition, events, &self.shape)))
+                in_order(events)
+                    .then(|| Arc::new(DefinitionTiles::build(definition, events, &self.shape)))
             })
             .clone()?;
         // A definition of the same name but other content (a test, or a
         // reload) is folded plainly rather than with blocks of another.
         (tiles.spec == definition.spec).then_some(tiles)
     }
+}
+
+/// Whether a record's `events` are newest first, as tiles need.
+fn in_order(events: &[Event]) -> bool {
+    events.is_sorted_by(|a, b| a.event_time >= b.event_time)
 }
 
 /// Tiles are derived from the record's events: a copy starts without them.

@@ -255,10 +255,9 @@ impl UserView {
         // The batch's events through its tiles where it has them: not when
         // a retraction hides some of them (blocks cannot take one out).
         let tiled: Vec<Option<Arc<DefinitionTiles>>> = match &self.batch {
-            Some(batch) if self.tail.hidden().is_empty() => definitions
-                .iter()
-                .map(|d| batch.tiles.for_definition(d, &batch.events))
-                .collect(),
+            Some(batch) if self.tail.hidden().is_empty() => {
+                batch.tiles.for_definitions(definitions, &batch.events)
+            }
             _ => vec![None; definitions.len()],
         };
         let plain: Vec<usize> = (0..definitions.len())
