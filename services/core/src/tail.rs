@@ -263,8 +263,9 @@ impl EventIds {
     /// Whether `events` (the record the digest is of) holds `id`.
     pub fn contains(&self, events: &[Event], id: &str) -> bool {
         let hashes = self.hashes(events);
-        let first = hashes.partition_point(|&(h, _)| h < id_hash(id));
-        holds(&hashes[first..], events, id)
+        let hash = id_hash(id);
+        let first = hashes.partition_point(|&(h, _)| h < hash);
+        holds(&hashes[first..], events, id, hash)
     }
 
     /// Keeps the `others` whose ids `events` (the record the digest is
@@ -290,7 +291,7 @@ impl EventIds {
             while hashes.get(at).is_some_and(|&(h, _)| h < hash) {
                 at += 1;
             }
-            held[i] = holds(&hashes[at..], events, &others[i].event_id);
+            held[i] = holds(&hashes[at..], events, &others[i].event_id, hash);
         }
         let mut held = held.into_iter();
         others.retain(|_| !held.next().unwrap_or(false));
@@ -311,9 +312,8 @@ impl EventIds {
 }
 
 /// Whether an event of `events` that `from` (sorted hashes, starting at
-/// the first not below `id`'s) points at is `id`.
-fn holds(from: &[(u64, u32)], events: &[Event], id: &str) -> bool {
-    let hash = id_hash(id);
+/// the first not below `hash`, `id`'s) points at is `id`.
+fn holds(from: &[(u64, u32)], events: &[Event], id: &str, hash: u64) -> bool {
     from.iter()
         .take_while(|&&(h, _)| h == hash)
         .any(|&(_, i)| events.get(i as usize).is_some_and(|e| e.event_id == id))
