@@ -377,10 +377,7 @@ impl Tiles {
         definition: &SignalDefinition,
         events: &[Event],
     ) -> Option<Arc<DefinitionTiles>> {
-        if events.len() < self.shape.min_events.max(1) {
-            return None;
-        }
-        self.finish(definition, &self.cell(definition), events)
+        self.for_definitions(&[definition], events).pop().flatten()
     }
 
     /// [`for_definition`](Tiles::for_definition) of each of `definitions`;
