@@ -20,6 +20,7 @@
 //! computation (sort the times, split at gaps).
 
 use std::collections::BTreeMap;
+use std::ops::Bound::{Excluded, Included};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -69,6 +70,11 @@ impl Sessions {
     pub fn of_times(times: impl IntoIterator<Item = Millis>, gap: Millis) -> Sessions {
         let mut sorted: Vec<Millis> = times.into_iter().collect();
         sorted.sort_unstable();
+        Sessions::of_sorted_times(sorted, gap)
+    }
+
+    /// Sessions of `sorted` (oldest first, one entry per event): one sweep.
+    pub fn of_sorted_times(sorted: impl IntoIterator<Item = Millis>, gap: Millis) -> Sessions {
         let mut sessions = Sessions::default();
         let mut current: Option<Session> = None;
         for t in sorted {
@@ -113,6 +119,23 @@ impl Sessions {
     pub fn insert(&mut self, session: Session, gap: Millis) {
         let reach_from = session.start.saturating_sub(gap);
         let reach_to = session.end.saturating_add(gap);
+        let later_in_reach = self
+            .by_start
+            .range((Excluded(session.start), Included(reach_to)))
+            .next()
+            .is_some();
+        // Events folded in time order land here: the session they extend
+        // keeps its start, the map's key, so it grows in place.
+        if !later_in_reach {
+            if let Some((_, (end, events))) = self.by_start.range_mut(..=session.start).next_back()
+            {
+                if *end >= reach_from {
+                    *end = (*end).max(session.end);
+                    *events += session.events;
+                    return;
+                }
+            }
+        }
         // Sessions are more than `gap` apart, so those within reach are
         // consecutive: at most one starts before `session` does.
         let first = self
@@ -122,18 +145,13 @@ impl Sessions {
             .filter(|(_, (end, _))| *end >= reach_from)
             .map(|(start, _)| *start)
             .unwrap_or(session.start);
-        let touching: Vec<Millis> = self
-            .by_start
-            .range(first..=reach_to)
-            .map(|(start, _)| *start)
-            .collect();
         let mut merged = session;
-        for start in touching {
-            if let Some((end, events)) = self.by_start.remove(&start) {
-                merged.start = merged.start.min(start);
-                merged.end = merged.end.max(end);
-                merged.events += events;
-            }
+        while let Some((start, (end, events))) = self.by_start.range(first..=reach_to).next() {
+            let (start, end, events) = (*start, *end, *events);
+            self.by_start.remove(&start);
+            merged.start = merged.start.min(start);
+            merged.end = merged.end.max(end);
+            merged.events += events;
         }
         self.by_start
             .insert(merged.start, (merged.end, merged.events));
@@ -323,8 +341,15 @@ mod tests {
 
     proptest! {
         #[test]
-        fn folding_one_by_one_equals_the_plain_split(times in arb_times()) {
-            prop_assert_eq!(folded(&times), Sessions::of_times(times.iter().copied(), GAP));
+        fn folding_one_by_one_equals_the_plain_split(mut times in arb_times()) {
+            let plain = Sessions::of_times(times.iter().copied(), GAP);
+            prop_assert_eq!(&folded(&times), &plain);
+            // In time order (a speed tail's) sessions grow in place; newest
+            // first (a record's blocks), each event moves a session's start.
+            times.sort_unstable();
+            prop_assert_eq!(&folded(&times), &plain);
+            times.reverse();
+            prop_assert_eq!(&folded(&times), &plain);
         }
 
         #[test]

@@ -38,6 +38,7 @@ use signals_schemas::{Event, Millis};
 
 use crate::aggregate::{SortedMarks, State};
 use crate::definition::{Aggregation, SignalDefinition, SignalSpec};
+use crate::session::Sessions;
 
 /// Block sizes (events per block, each a multiple of the one before), the
 /// smallest record worth tiling, and how many running states to keep.
@@ -117,8 +118,16 @@ fn level_sizes(aggregation: &Aggregation, events: usize, shape: &TileShape) -> V
 /// `definition`'s state over the matching events of `block`.
 fn fold_block(definition: &SignalDefinition, block: &[Event]) -> State {
     let aggregation = &definition.aggregation;
+    let matching = block.iter().filter(|e| definition.matches(e));
+    // A block is in time order, so its sessions are one sweep; folded one
+    // event at a time, newest first, each event would move the start (the
+    // key) of the session it joins.
+    if let Aggregation::Sessions { gap, .. } = aggregation {
+        let oldest_first = matching.rev().map(|e| e.event_time);
+        return State::Sessions(Sessions::of_sorted_times(oldest_first, *gap));
+    }
     let mut state = State::empty(aggregation);
-    for event in block.iter().filter(|e| definition.matches(e)) {
+    for event in matching {
         state.add(aggregation, event);
     }
     state.trim(aggregation);
