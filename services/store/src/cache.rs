@@ -26,6 +26,9 @@ use crate::BatchManifest;
 
 const SHARDS: usize = 16;
 
+/// What a slot saying "no record" holds in memory, beside the user's id.
+const ABSENT_WEIGHT: usize = 64;
+
 /// Decoded user records of published versions, bounded in bytes.
 pub type RecordCache = VersionedCache<UserRecord>;
 
@@ -68,7 +71,8 @@ impl<V> Default for Shard<V> {
 
 struct Slot<V> {
     version: u64,
-    record: Arc<V>,
+    /// None: the version has no value for the user ([`VersionedCache::insert_absent`]).
+    record: Option<Arc<V>>,
     weight: usize,
     referenced: bool,
 }
@@ -104,6 +108,12 @@ impl<V> VersionedCache<V> {
 
     /// `user`'s record of `version`, if cached.
     pub fn get(&self, version: u64, user: &str) -> Option<Arc<V>> {
+        self.known(version, user).flatten()
+    }
+
+    /// What is known here of `user`'s record of `version`: `None` when
+    /// nothing is, `Some(None)` when the version has no record of them.
+    pub fn known(&self, version: u64, user: &str) -> Option<Option<Arc<V>>> {
         self.find(user, |slot| {
             (slot.version == version).then(|| slot.record.clone())
         })
@@ -111,11 +121,22 @@ impl<V> VersionedCache<V> {
 
     /// `user`'s value of whichever version is cached.
     pub fn latest(&self, user: &str) -> Option<Arc<V>> {
-        self.find(user, |slot| Some(slot.record.clone()))
+        self.find(user, |slot| slot.record.clone())
     }
 
     /// Caches `record` (encoded in `weight` bytes) as `user`'s record of `version`.
     pub fn insert(&self, version: u64, user: &str, record: Arc<V>, weight: usize) {
+        self.insert_slot(version, user, Some(record), weight);
+    }
+
+    /// Caches that `version` has no record of `user`. Users without one
+    /// are a tenth of a Zipf workload's: each of their reads went to the
+    /// store (a blocking-pool hop, or a Redis round trip) to find nothing.
+    pub fn insert_absent(&self, version: u64, user: &str) {
+        self.insert_slot(version, user, None, ABSENT_WEIGHT + user.len());
+    }
+
+    fn insert_slot(&self, version: u64, user: &str, record: Option<Arc<V>>, weight: usize) {
         let (tier, budget, other) = if weight <= self.shard_budget {
             (self.shard(user), self.shard_budget, &self.large)
         } else if weight <= self.large_budget {
@@ -259,6 +280,28 @@ mod tests {
         cache.insert(1, "u", record(1), 10);
         assert_eq!(cache.get(2, "u").map(|r| r.horizon), Some(2));
         assert_eq!(cache.weight(), 10);
+    }
+
+    #[test]
+    fn a_version_without_a_record_of_a_user_is_known_until_a_newer_one() {
+        let cache = RecordCache::new(SHARDS * 1000);
+        assert!(cache.known(1, "u").is_none(), "nothing known yet");
+        cache.insert_absent(1, "u");
+        assert!(matches!(cache.known(1, "u"), Some(None)));
+        assert!(cache.get(1, "u").is_none() && cache.latest("u").is_none());
+        assert!(
+            cache.known(2, "u").is_none(),
+            "of another version nothing is known"
+        );
+        cache.insert(2, "u", record(2), 10);
+        assert_eq!(cache.get(2, "u").map(|r| r.horizon), Some(2));
+        cache.insert_absent(1, "u");
+        assert_eq!(cache.get(2, "u").map(|r| r.horizon), Some(2), "older loses");
+        cache.insert_absent(3, "u");
+        assert!(matches!(cache.known(3, "u"), Some(None)));
+        assert_eq!(cache.weight(), ABSENT_WEIGHT + 1);
+        cache.remove("u");
+        assert!(cache.known(3, "u").is_none());
     }
 
     #[test]

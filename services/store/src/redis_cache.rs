@@ -244,17 +244,20 @@ impl CachedStore {
         manifest: &BatchManifest,
         user: &str,
     ) -> Result<Option<Arc<UserRecord>>, StoreError> {
-        if let Some(local) = self.local.get(manifest.version, user) {
+        if let Some(known) = self.local.known(manifest.version, user) {
             metrics::counter!("signals_cache_requests_total", "outcome" => "local").increment(1);
-            return Ok(Some(local));
+            return Ok(known);
         }
         let key = self.key(manifest, user);
         let redis_up = match self.cached(&key).await {
             Lookup::Hit(hit) => {
                 metrics::counter!("signals_cache_requests_total", "outcome" => "hit").increment(1);
-                if let Some((record, weight)) = &hit {
-                    self.local
-                        .insert(manifest.version, user, record.clone(), *weight);
+                match &hit {
+                    Some((record, weight)) => {
+                        self.local
+                            .insert(manifest.version, user, record.clone(), *weight)
+                    }
+                    None => self.local.insert_absent(manifest.version, user),
                 }
                 return Ok(hit.map(|(record, _)| record));
             }
@@ -278,9 +281,13 @@ impl CachedStore {
                 .and_then(|r| codec::encode_record(r).ok())
                 .map(|bytes| bytes.len())
         };
-        if let (Some(weight), Some(record)) = (weight, &record) {
-            self.local
-                .insert(manifest.version, user, record.clone(), weight);
+        match (weight, &record) {
+            (Some(weight), Some(record)) => {
+                self.local
+                    .insert(manifest.version, user, record.clone(), weight)
+            }
+            (_, None) => self.local.insert_absent(manifest.version, user),
+            (None, Some(_)) => {}
         }
         Ok(record)
     }
@@ -672,6 +679,30 @@ mod tests {
         redis.del::<_, ()>(&key).await.expect("DEL");
         let second = store.user_history("u").await.expect("history");
         assert_eq!(second.record.as_deref(), Some(&record));
+        assert!(!redis.exists::<_, bool>(&key).await.expect("EXISTS"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_user_without_a_record_is_answered_in_process_without_redis() {
+        let Some(url) = redis_url() else { return };
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (raw, store) = cached(&url, dir.path());
+        let manifest = publish_one(&raw, &crate::contract::record("u", "e1")).await;
+        let key = store.key(&manifest, "nobody");
+        let mut redis = redis::Client::open(url.as_str())
+            .expect("client")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connection");
+
+        // The first read caches "no record" in Redis and the process; with
+        // Redis emptied, the second is answered in process.
+        let first = store.user_history("nobody").await.expect("history");
+        assert!(first.record.is_none());
+        assert!(redis.exists::<_, bool>(&key).await.expect("EXISTS"));
+        redis.del::<_, ()>(&key).await.expect("DEL");
+        let second = store.user_history("nobody").await.expect("history");
+        assert!(second.record.is_none());
         assert!(!redis.exists::<_, bool>(&key).await.expect("EXISTS"));
     }
 

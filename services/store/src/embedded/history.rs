@@ -20,8 +20,8 @@ impl Inner {
         let token = self.changes.token();
         let (txn, manifest) = self.snapshot()?;
         let record = match &manifest {
-            Some(manifest) => match self.records.get(manifest.version, user) {
-                Some(cached) => Some(cached),
+            Some(manifest) => match self.records.known(manifest.version, user) {
+                Some(known) => known,
                 None => {
                     let batch = txn.open_table(BATCH).map_err(engine("open table batch"))?;
                     self.read_record(&batch, manifest.version, user)?
@@ -33,7 +33,8 @@ impl Inner {
     }
 
     /// [`Self::user_history`] if a version is published and the user's
-    /// record of it is decoded in memory already; `None` otherwise (reading
+    /// record of it is decoded in memory already (or known not to exist);
+    /// `None` otherwise (reading
     /// and decoding the record, or, with nothing published, scanning the
     /// user's whole history, belongs on the blocking pool).
     pub(super) fn warm_user_history(
@@ -48,16 +49,16 @@ impl Inner {
         let (txn, manifest) = self.snapshot()?;
         let Some(record) = manifest
             .as_ref()
-            .and_then(|manifest| self.records.get(manifest.version, user))
+            .and_then(|manifest| self.records.known(manifest.version, user))
         else {
             return Ok(None);
         };
-        history(&txn, user, manifest, Some(record), mark, token).map(Some)
+        history(&txn, user, manifest, record, mark, token).map(Some)
     }
 
     /// Nothing past `mark`, known from memory ([`super::changes`]): the
     /// mark is of the newest published version, whose record of `user` is
-    /// decoded, and no write touched `user` since the mark's read.
+    /// decoded (or known not to exist), and no write touched `user` since the mark's read.
     fn unchanged_history(
         &self,
         user: &str,
@@ -70,11 +71,11 @@ impl Inner {
         if mark.version != Some(manifest.version) || !self.changes.unchanged_since(user, seen) {
             return None;
         }
-        let record = self.records.get(manifest.version, user)?;
+        let record = self.records.known(manifest.version, user)?;
         let (from, resumed) = TailMark::read_from(Some(mark), Some(&manifest));
         Some(HistorySince {
             manifest: Some(manifest),
-            record: Some(record),
+            record,
             entries: Vec::new(),
             resumed,
             from,
@@ -96,8 +97,8 @@ impl Inner {
         version: u64,
         user: &str,
     ) -> Result<Option<Arc<UserRecord>>, StoreError> {
-        if let Some(cached) = self.records.get(version, user) {
-            return Ok(Some(cached));
+        if let Some(known) = self.records.known(version, user) {
+            return Ok(known);
         }
         let txn = self.db.begin_read().map_err(engine("begin a read"))?;
         let batch = txn.open_table(BATCH).map_err(engine("open table batch"))?;
@@ -157,6 +158,7 @@ impl Inner {
             .get(key.as_slice())
             .map_err(engine("read a batch record"))?
         else {
+            self.records.insert_absent(version, user);
             return Ok(None);
         };
         let bytes = value.value();

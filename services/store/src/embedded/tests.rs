@@ -283,6 +283,51 @@ async fn warm_reads_share_the_decoded_record() {
     ));
 }
 
+/// A user the published version has no record of is known after one read:
+/// later reads stay off the blocking pool, and still see the speed entries
+/// written for the user since.
+#[tokio::test]
+async fn a_user_without_a_record_is_read_warm_after_one_read() {
+    let dir = TempDir::new().expect("temp dir");
+    let store = store_in(&dir);
+    store
+        .write_batch(1, vec![("u".into(), record("u", "b"))])
+        .await
+        .expect("write");
+    store
+        .publish(&manifest(1, &[(0, 1)]))
+        .await
+        .expect("publish");
+    let warm = |store: &EmbeddedStore| {
+        store
+            .inner
+            .warm_user_history("nobody", None)
+            .expect("warm read")
+    };
+    assert!(warm(&store).is_none(), "nothing is known before a read");
+    let first = store.user_history("nobody").await.expect("history");
+    assert!(first.record.is_none() && first.speed.is_empty());
+    let known = warm(&store).expect("known after one read");
+    assert!(known.record.is_none() && known.entries.is_empty());
+
+    store
+        .apply_speed(write(vec![at("nobody", 0, 5)], &[(0, 6)]).into())
+        .await
+        .expect("apply");
+    let known = warm(&store).expect("still known");
+    assert!(known.record.is_none());
+    assert_eq!(known.entries.len(), 1, "the new entry is read");
+    assert_eq!(
+        store
+            .user_history("nobody")
+            .await
+            .expect("history")
+            .speed
+            .len(),
+        1
+    );
+}
+
 /// The environment variable naming the store file the crash writer uses.
 const CRASH_FILE: &str = "SIGNALS_STORE_CRASH_FILE";
 /// Entries per write of the crash writer.
