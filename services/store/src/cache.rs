@@ -144,6 +144,10 @@ impl<V> VersionedCache<V> {
         } else {
             return;
         };
+        // Values leave under the locks but are freed after them: freeing a
+        // heavy user's decoded record takes a tenth of a second, and every
+        // reader of its tier would wait on the lock meanwhile.
+        let mut leaving = Vec::new();
         {
             // A user's value lives in one tier: the one its weight picks now.
             let mut other = other.lock().unwrap_or_else(PoisonError::into_inner);
@@ -154,7 +158,7 @@ impl<V> VersionedCache<V> {
             {
                 return;
             }
-            other.remove(user);
+            leaving.extend(other.remove(user));
         }
         let mut shard = tier.lock().unwrap_or_else(PoisonError::into_inner);
         let slot = Slot {
@@ -166,8 +170,9 @@ impl<V> VersionedCache<V> {
         match shard.slots.get_mut(user) {
             Some(old) if old.version > version => return,
             Some(old) => {
-                let old_weight = std::mem::replace(old, slot).weight;
-                shard.weight -= old_weight;
+                let old = std::mem::replace(old, slot);
+                shard.weight -= old.weight;
+                leaving.push(old);
             }
             None => {
                 let user = SmolStr::new(user);
@@ -176,16 +181,31 @@ impl<V> VersionedCache<V> {
             }
         }
         shard.weight += weight;
-        shard.evict(budget);
+        shard.evict(budget, &mut leaving);
+        drop(shard);
+        drop(leaving);
     }
 
     /// Forgets `user`'s record (their records were erased).
     pub fn remove(&self, user: &str) {
-        for tier in [self.shard(user), &self.large] {
-            tier.lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(user);
-        }
+        let leaving: Vec<Slot<V>> = [self.shard(user), &self.large]
+            .into_iter()
+            .filter_map(|tier| {
+                tier.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(user)
+            })
+            .collect();
+        drop(leaving);
+    }
+
+    /// Whether no lock of the cache is held.
+    #[cfg(test)]
+    fn unlocked(&self) -> bool {
+        self.shards
+            .iter()
+            .chain([&self.large])
+            .all(|tier| tier.try_lock().is_ok())
     }
 
     /// Encoded bytes of the records held now.
@@ -200,14 +220,15 @@ impl<V> VersionedCache<V> {
 }
 
 impl<V> Shard<V> {
-    fn remove(&mut self, user: &str) {
-        if let Some(slot) = self.slots.remove(user) {
-            self.weight -= slot.weight;
-        }
+    fn remove(&mut self, user: &str) -> Option<Slot<V>> {
+        let slot = self.slots.remove(user)?;
+        self.weight -= slot.weight;
+        Some(slot)
     }
 
-    /// Drops unreferenced slots at the hand until the shard fits `budget`.
-    fn evict(&mut self, budget: usize) {
+    /// Moves unreferenced slots at the hand into `leaving` until the shard
+    /// fits `budget`.
+    fn evict(&mut self, budget: usize, leaving: &mut Vec<Slot<V>>) {
         while self.weight > budget {
             let Some(user) = self.queue.pop_front() else {
                 return;
@@ -217,11 +238,7 @@ impl<V> Shard<V> {
                     slot.referenced = false;
                     self.queue.push_back(user);
                 }
-                Some(_) => {
-                    if let Some(slot) = self.slots.remove(&user) {
-                        self.weight -= slot.weight;
-                    }
-                }
+                Some(_) => leaving.extend(self.remove(&user)),
                 None => {}
             }
         }
@@ -260,6 +277,9 @@ impl ManifestCache {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{OnceLock, Weak};
+
     use super::*;
 
     fn record(horizon: i64) -> Arc<UserRecord> {
@@ -302,6 +322,52 @@ mod tests {
         assert_eq!(cache.weight(), ABSENT_WEIGHT + 1);
         cache.remove("u");
         assert!(cache.known(3, "u").is_none());
+    }
+
+    /// A value whose drop records whether the cache's locks were free.
+    struct Probe {
+        cache: Arc<OnceLock<Weak<VersionedCache<Probe>>>>,
+        freed: Arc<AtomicUsize>,
+        freed_unlocked: Arc<AtomicUsize>,
+    }
+
+    impl Drop for Probe {
+        fn drop(&mut self) {
+            self.freed.fetch_add(1, Ordering::Relaxed);
+            if let Some(cache) = self.cache.get().and_then(Weak::upgrade) {
+                if cache.unlocked() {
+                    self.freed_unlocked.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn values_are_freed_outside_the_locks() {
+        let cache = Arc::new(VersionedCache::<Probe>::new(SHARDS * 100));
+        let slot = Arc::new(OnceLock::new());
+        let _ = slot.set(Arc::downgrade(&cache));
+        let (freed, freed_unlocked) =
+            (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let probe = || {
+            Arc::new(Probe {
+                cache: slot.clone(),
+                freed: freed.clone(),
+                freed_unlocked: freed_unlocked.clone(),
+            })
+        };
+        // Replaced in the large tier, moved between tiers, evicted from a
+        // shard, removed.
+        cache.insert(1, "heavy", probe(), 300);
+        cache.insert(2, "heavy", probe(), 300);
+        cache.insert(3, "heavy", probe(), 20);
+        for i in 0..100 {
+            cache.insert(1, &format!("user-{i}"), probe(), 30);
+        }
+        cache.remove("heavy");
+        let freed = freed.load(Ordering::Relaxed);
+        assert!(freed > 50, "{freed} freed");
+        assert_eq!(freed_unlocked.load(Ordering::Relaxed), freed);
     }
 
     #[test]
