@@ -4,10 +4,12 @@
 //!   the embedded store and in front of Redis. Records of a version are
 //!   immutable once written and only published versions are read, so a
 //!   cached record is never stale (an erasure replaces records in place,
-//!   and its speed-entry marker voids whatever record is merged with it). One slot per user
-//!   holds one version: a newer version replaces the older one. The cache is
-//!   bounded by the encoded size of its records and evicts with the
-//!   second-chance (CLOCK) rule, per shard.
+//!   and its speed-entry marker voids whatever record is merged with it).
+//!   For the same reason a version's *lack* of a record of a user is kept
+//!   too ([`VersionedCache::insert_absent`]). One slot per user holds one
+//!   version: a newer version replaces the older one. The cache is bounded
+//!   by the encoded size of its records and evicts with the second-chance
+//!   (CLOCK) rule, per shard.
 //! * [`ManifestCache`]: the decoded published manifest together with the
 //!   bytes it was decoded from. A reader compares the bytes it read in its own
 //!   transaction with the cached ones, so it never uses a manifest other than
