@@ -56,7 +56,7 @@ struct KeptTail {
 /// The speed layer's progress as last read: a lower bound of what is durable.
 struct ProgressReading {
     refresh: Duration,
-    last: Mutex<Option<(Instant, LogPosition)>>,
+    last: Mutex<Option<(Instant, Arc<LogPosition>)>>,
     refreshing: tokio::sync::Mutex<()>,
 }
 
@@ -80,7 +80,7 @@ impl TailCache {
     }
 
     /// Everything before this position is durable in the store.
-    async fn durable(&self) -> LogPosition {
+    async fn durable(&self) -> Arc<LogPosition> {
         let last = self
             .progress
             .last
@@ -100,13 +100,14 @@ impl TailCache {
         };
         match self.inner.speed_progress().await {
             Ok(progress) => {
+                let position = Arc::new(progress.position);
                 *self
                     .progress
                     .last
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner) =
-                    Some((Instant::now(), progress.position.clone()));
-                progress.position
+                    Some((Instant::now(), position.clone()));
+                position
             }
             Err(error) => {
                 // Nothing is wrong with a tail that stops growing for a
@@ -154,10 +155,17 @@ impl ServingStore for TailCache {
             .into_iter()
             .partition(|e| durable.covers(e.partition, e.offset));
         let record = history.record.as_deref();
-        let mut frontier = history.from;
-        for (partition, next) in durable.iter() {
-            frontier.advance(partition, next);
-        }
+        // Shared with the kept tail while it is complete past what is
+        // durable, as it is for a user with nothing new.
+        let frontier = if history.from.reaches(&durable) {
+            history.from
+        } else {
+            let mut frontier = (*history.from).clone();
+            for (partition, next) in durable.iter() {
+                frontier.advance(partition, next);
+            }
+            Arc::new(frontier)
+        };
         // The store's token says "nothing since this read" only of a tail
         // that keeps all the read saw: entries still landing are read again.
         let change_token = history.change_token.filter(|_| landing.is_empty());
@@ -165,7 +173,7 @@ impl ServingStore for TailCache {
             || !settled.is_empty()
             || kept
                 .as_ref()
-                .is_none_or(|k| *k.frontier != frontier || k.change_token != change_token);
+                .is_none_or(|k| *k.frontier != *frontier || k.change_token != change_token);
         let tail = if settled.is_empty() {
             base
         } else {
@@ -175,7 +183,7 @@ impl ServingStore for TailCache {
             let weight = EVENT_WEIGHT * (tail.len() + 1);
             let kept = KeptTail {
                 version,
-                frontier: Arc::new(frontier),
+                frontier,
                 change_token,
                 tail: tail.clone(),
             };

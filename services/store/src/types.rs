@@ -122,16 +122,22 @@ impl TailMark {
     pub fn read_from(
         mark: Option<&TailMark>,
         manifest: Option<&BatchManifest>,
-    ) -> (LogPosition, bool) {
-        let mut from = manifest.map(|m| m.position.clone()).unwrap_or_default();
+    ) -> (Arc<LogPosition>, bool) {
+        let position = manifest.map(|m| &m.position);
         match mark {
             Some(mark) if mark.version == manifest.map(|m| m.version) => {
+                // A kept tail's frontier is at or past its version's
+                // position: shared, not copied (a mark is made per read).
+                if position.is_none_or(|p| mark.frontier.reaches(p)) {
+                    return (mark.frontier.clone(), true);
+                }
+                let mut from = position.cloned().unwrap_or_default();
                 for (partition, next) in mark.frontier.iter() {
                     from.advance(partition, next);
                 }
-                (from, true)
+                (Arc::new(from), true)
             }
-            _ => (from, false),
+            _ => (Arc::new(position.cloned().unwrap_or_default()), false),
         }
     }
 }
@@ -147,7 +153,7 @@ pub struct HistorySince {
     /// Whether the mark applied: `false` means `entries` is the whole tail.
     pub resumed: bool,
     /// Where `entries` were read from ([`TailMark::read_from`]).
-    pub from: LogPosition,
+    pub from: Arc<LogPosition>,
     /// A store that knows which users changed since a read (the embedded
     /// one: it is the file's only writer) names the read here; given back
     /// in a [`TailMark`], it lets the store answer "nothing new" from
