@@ -158,7 +158,11 @@ impl Inner {
             .get(key.as_slice())
             .map_err(engine("read a batch record"))?
         else {
-            self.records.insert_absent(version, user);
+            // Only of the published version: an unpublished one is still
+            // being written (a resumed batch run reads its own records).
+            if self.published.get().is_some_and(|m| m.version == version) {
+                self.records.insert_absent(version, user);
+            }
             return Ok(None);
         };
         let bytes = value.value();

@@ -328,6 +328,20 @@ async fn a_user_without_a_record_is_read_warm_after_one_read() {
     );
 }
 
+/// A version still being written is read as it is now, never from memory:
+/// a resumed batch run reads the records it wrote before its crash.
+#[tokio::test]
+async fn an_unpublished_version_missing_a_record_is_read_again() {
+    let dir = TempDir::new().expect("temp dir");
+    let store = store_in(&dir);
+    assert!(store.batch_record(2, "u").await.expect("read").is_none());
+    store
+        .write_batch(2, vec![("u".into(), record("u", "b"))])
+        .await
+        .expect("write");
+    assert!(store.batch_record(2, "u").await.expect("read").is_some());
+}
+
 /// The environment variable naming the store file the crash writer uses.
 const CRASH_FILE: &str = "SIGNALS_STORE_CRASH_FILE";
 /// Entries per write of the crash writer.
