@@ -8,7 +8,9 @@
 //! latency is its own and not the queue's. The ceiling of the heavy user's
 //! reads is the bare handler answering its bytes. Before those, each
 //! user's first read of the version the batch published is timed once:
-//! the one read that decodes and tiles the record.
+//! the one read that decodes and tiles the record. After them, a second
+//! batch run and the first reads again: as after a nightly run, the
+//! process holds the previous version's records, which those reads replace.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -33,6 +35,10 @@ pub struct HeavyFigures {
     /// The heavy and the light user's first read after the batch
     /// published (each user's record read, decoded and tiled then).
     pub first_reads: (Duration, Duration),
+    /// The same after the next batch run, with the previous version's
+    /// records held by the process since the reads above (as after a
+    /// nightly run: the old record replaced, and freed, by the first read).
+    pub next_first_reads: (Duration, Duration),
     pub heavy_now: Outcome,
     /// The bare handler answering the heavy user's bytes: the ceiling.
     pub bare_heavy: Outcome,
@@ -70,21 +76,8 @@ pub async fn measure(
     drop(conn);
 
     let light = workload::user_id(shape.users / 2);
-    let mut conn = Conn::open(address).await?;
-    // The first reads of the version the batch published: records decoded
-    // and tiled on the spot.
-    let started = std::time::Instant::now();
-    let (_, heavy_answer) = conn
-        .send(&Call::get(format!("/v1/users/{HEAVY}/signals")))
-        .await?;
-    let heavy_first = started.elapsed();
-    let started = std::time::Instant::now();
-    let (_, light_answer) = conn
-        .send(&Call::get(format!("/v1/users/{light}/signals")))
-        .await?;
-    let first_reads = (heavy_first, started.elapsed());
+    let (first_reads, heavy_answer, light_answer) = time_first_reads(address, &light).await?;
     let answer_bytes = (heavy_answer.len(), light_answer.len());
-    drop(conn);
     let now_reads = |user: String| move |_: u64| Call::get(format!("/v1/users/{user}/signals"));
     let hour_reads = |user: String| {
         let top = workload::now_millis() / HOUR * HOUR;
@@ -103,7 +96,14 @@ pub async fn measure(
     let heavy_hours_paced =
         serving::paced(address, duration, PACED_RATE, hour_reads(HEAVY.into())).await?;
     let light_hours_paced =
-        serving::paced(address, duration, PACED_RATE, hour_reads(light)).await?;
+        serving::paced(address, duration, PACED_RATE, hour_reads(light.clone())).await?;
+    let mut conn = Conn::open(address).await?;
+    let (status, _) = conn
+        .send(&Call::post_json("/v1/admin/batch/run", ""))
+        .await?;
+    anyhow::ensure!(status.is_success(), "the second batch run failed: {status}");
+    drop(conn);
+    let (next_first_reads, _, _) = time_first_reads(address, &light).await?;
     drop(platform);
     let bare = serving::BareServer::start(1, &heavy_answer).await?;
     serving::closed(
@@ -119,6 +119,7 @@ pub async fn measure(
         events,
         answer_bytes,
         first_reads,
+        next_first_reads,
         heavy_now,
         light_now,
         heavy_hours,
@@ -126,6 +127,26 @@ pub async fn measure(
         heavy_hours_paced,
         light_hours_paced,
     })
+}
+
+/// Times the heavy and then the `light` user's first read of the version
+/// just published (records decoded and tiled on the spot); returns their
+/// answers too.
+async fn time_first_reads(
+    address: SocketAddr,
+    light: &str,
+) -> anyhow::Result<((Duration, Duration), bytes::Bytes, bytes::Bytes)> {
+    let mut conn = Conn::open(address).await?;
+    let started = std::time::Instant::now();
+    let (_, heavy) = conn
+        .send(&Call::get(format!("/v1/users/{HEAVY}/signals")))
+        .await?;
+    let heavy_took = started.elapsed();
+    let started = std::time::Instant::now();
+    let (_, light) = conn
+        .send(&Call::get(format!("/v1/users/{light}/signals")))
+        .await?;
+    Ok(((heavy_took, started.elapsed()), heavy, light))
 }
 
 /// Posts `events` distinct events of the heavy user with event times spread
