@@ -16,6 +16,18 @@ fn store_in(dir: &TempDir) -> EmbeddedStore {
     EmbeddedStore::open(&dir.path().join("nested/dirs/signals.redb")).expect("opens")
 }
 
+/// Publishes version 1 at `position`, with a record of "u".
+async fn publish_u(store: &EmbeddedStore, position: &[(Partition, Offset)]) {
+    store
+        .write_batch(1, vec![("u".into(), record("u", "b"))])
+        .await
+        .expect("write");
+    store
+        .publish(&manifest(1, position))
+        .await
+        .expect("publish");
+}
+
 #[tokio::test]
 async fn passes_the_store_contract() {
     contract::run_all(|| async {
@@ -41,14 +53,7 @@ async fn everything_survives_a_reopen() {
         },
     )];
     store.apply_speed(w.clone().into()).await.expect("apply");
-    store
-        .write_batch(1, vec![("u".into(), record("u", "b"))])
-        .await
-        .expect("write");
-    store
-        .publish(&manifest(1, &[(0, 1)]))
-        .await
-        .expect("publish");
+    publish_u(&store, &[(0, 1)]).await;
     let before = store.user_history("u").await.expect("history");
     drop(store);
 
@@ -233,11 +238,7 @@ async fn garbage_collection_in_small_chunks_removes_exactly_the_covered_rows() {
 async fn undecodable_values_are_reported_corrupt_with_table_and_key() {
     let dir = TempDir::new().expect("temp dir");
     let store = store_in(&dir);
-    store
-        .write_batch(1, vec![("u".into(), record("u", "b"))])
-        .await
-        .expect("write");
-    store.publish(&manifest(1, &[])).await.expect("publish");
+    publish_u(&store, &[]).await;
     {
         let txn = store.inner.db.begin_write().expect("write");
         {
@@ -266,11 +267,7 @@ async fn undecodable_values_are_reported_corrupt_with_table_and_key() {
 async fn warm_reads_share_the_decoded_record() {
     let dir = TempDir::new().expect("temp dir");
     let store = store_in(&dir);
-    store
-        .write_batch(1, vec![("u".into(), record("u", "b"))])
-        .await
-        .expect("write");
-    store.publish(&manifest(1, &[])).await.expect("publish");
+    publish_u(&store, &[]).await;
     let first = store.user_history("u").await.expect("history");
     let second = store.user_history("u").await.expect("history");
     let (Some(a), Some(b)) = (first.record, second.record) else {
@@ -290,14 +287,7 @@ async fn warm_reads_share_the_decoded_record() {
 async fn a_user_without_a_record_is_read_warm_after_one_read() {
     let dir = TempDir::new().expect("temp dir");
     let store = store_in(&dir);
-    store
-        .write_batch(1, vec![("u".into(), record("u", "b"))])
-        .await
-        .expect("write");
-    store
-        .publish(&manifest(1, &[(0, 1)]))
-        .await
-        .expect("publish");
+    publish_u(&store, &[(0, 1)]).await;
     let warm = |store: &EmbeddedStore| {
         store
             .inner
@@ -620,14 +610,7 @@ async fn a_partly_covered_row_stays_until_its_last_entry_is_covered() {
         .apply_speed(write((0..6).map(|o| at("u", 0, o)).collect(), &[(0, 6)]).into())
         .await
         .expect("apply");
-    store
-        .write_batch(1, vec![("u".into(), record("u", "b"))])
-        .await
-        .expect("write");
-    store
-        .publish(&manifest(1, &[(0, 4)]))
-        .await
-        .expect("publish");
+    publish_u(&store, &[(0, 4)]).await;
     let stats = store
         .collect_garbage(&[(0, 4)].into_iter().collect(), 1)
         .await
