@@ -34,9 +34,9 @@ impl Inner {
 
     /// [`Self::user_history`] if a version is published and the user's
     /// record of it is decoded in memory already (or known not to exist);
-    /// `None` otherwise (reading
-    /// and decoding the record, or, with nothing published, scanning the
-    /// user's whole history, belongs on the blocking pool).
+    /// `None` otherwise (reading and decoding the record, or, with nothing
+    /// published, scanning the user's whole history, belongs on the
+    /// blocking pool).
     pub(super) fn warm_user_history(
         &self,
         user: &str,
@@ -58,7 +58,8 @@ impl Inner {
 
     /// Nothing past `mark`, known from memory ([`super::changes`]): the
     /// mark is of the newest published version, whose record of `user` is
-    /// decoded (or known not to exist), and no write touched `user` since the mark's read.
+    /// decoded (or known not to exist), and no write touched `user` since
+    /// the mark's read.
     fn unchanged_history(
         &self,
         user: &str,
