@@ -296,22 +296,22 @@ pub async fn run(args: &SuiteArgs) -> anyhow::Result<()> {
                 .against(ms(light, 0.99)),
             );
         }
-        rows.push(
-            Row::new(
-                format!("{users}: first read after the batch published (ceiling: a light user's)"),
-                Figure::ms(f.first_reads.0.as_secs_f64() * 1e3),
-                "",
-            )
-            .against(Figure::ms(f.first_reads.1.as_secs_f64() * 1e3)),
-        );
-        rows.push(
-            Row::new(
-                format!("{users}: first read after the next batch, the previous version held (ceiling: a light user's)"),
-                Figure::ms(f.next_first_reads.0.as_secs_f64() * 1e3),
-                "",
-            )
-            .against(Figure::ms(f.next_first_reads.1.as_secs_f64() * 1e3)),
-        );
+        for (when, (heavy, light)) in [
+            ("after the batch published", f.first_reads),
+            (
+                "after the next batch, the previous version held",
+                f.next_first_reads,
+            ),
+        ] {
+            rows.push(
+                Row::new(
+                    format!("{users}: first read {when} (ceiling: a light user's)"),
+                    Figure::ms(heavy.as_secs_f64() * 1e3),
+                    "",
+                )
+                .against(Figure::ms(light.as_secs_f64() * 1e3)),
+            );
+        }
         let paced = format!(
             "{users}, at = an hour of the last 7 days, {:.0} reads/s",
             heavy::PACED_RATE
