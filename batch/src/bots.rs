@@ -97,7 +97,7 @@ mod tests {
             }
             let (_, shuffled) = filtered(filter, &shuffled);
             let ids = |v: &[Event]| {
-                let mut ids: Vec<String> = v.iter().map(|e| e.event_id.clone()).collect();
+                let mut ids: Vec<String> = v.iter().map(|e| e.event_id.to_string()).collect();
                 ids.sort();
                 ids
             };

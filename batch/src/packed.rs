@@ -233,11 +233,11 @@ mod tests {
                         }
                     }
                     Event {
-                        event_id,
-                        user_id,
+                        event_id: event_id.into(),
+                        user_id: user_id.into(),
                         event_type: EventType::ALL[kind],
-                        item_id,
-                        query,
+                        item_id: item_id.map(Into::into),
+                        query: query.map(Into::into),
                         event_time,
                         attributes: attributes.into(),
                     }

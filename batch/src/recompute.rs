@@ -207,7 +207,7 @@ impl Recompute {
                     packed = postcard::to_io(&event, value).map(drop);
                 })?;
                 packed.map_err(|source| RecomputeError::Pack {
-                    event_id: event.event_id.clone(),
+                    event_id: event.event_id.to_string(),
                     source,
                 })
             }
@@ -626,9 +626,10 @@ mod tests {
         let mut users: std::collections::BTreeMap<String, Vec<Event>> = Default::default();
         for body in log {
             match body {
-                RecordBody::Event(e) if seen.insert(e.event_id.clone()) => {
-                    users.entry(e.user_id.clone()).or_default().push(e.clone())
-                }
+                RecordBody::Event(e) if seen.insert(e.event_id.clone()) => users
+                    .entry(e.user_id.to_string())
+                    .or_default()
+                    .push(e.clone()),
                 RecordBody::Event(_) => {}
                 RecordBody::Retraction(r) => retracted.extend(r.event_ids.iter().cloned()),
                 RecordBody::UserDeletion(d) => {
@@ -644,7 +645,7 @@ mod tests {
                 } else {
                     let counted: Vec<Event> = events
                         .into_iter()
-                        .filter(|e| !retracted.contains(&e.event_id))
+                        .filter(|e| !retracted.contains(e.event_id.as_str()))
                         .collect();
                     packed(&counted)
                 };

@@ -11,6 +11,7 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use smol_str::SmolStr;
 
 use crate::Attributes;
 
@@ -81,11 +82,11 @@ impl fmt::Display for EventType {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     /// Idempotency key: the same id twice counts once.
-    pub event_id: String,
-    pub user_id: String,
+    pub event_id: SmolStr,
+    pub user_id: SmolStr,
     pub event_type: EventType,
-    pub item_id: Option<String>,
-    pub query: Option<String>,
+    pub item_id: Option<SmolStr>,
+    pub query: Option<SmolStr>,
     pub event_time: Millis,
     pub attributes: Attributes,
 }

@@ -28,3 +28,6 @@ pub use event::{
 };
 pub use json::{parse_events, parse_retraction, to_json, BodyError};
 pub use rules::EventError;
+/// An event's ids and texts: inline up to 23 bytes, so most events decode
+/// without allocating them.
+pub use smol_str::{format_smolstr, SmolStr};

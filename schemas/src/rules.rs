@@ -135,6 +135,7 @@ mod tests {
     use super::*;
     use crate::event::EventType;
     use crate::Attributes;
+    use smol_str::SmolStr;
 
     fn search() -> Event {
         Event {
@@ -180,11 +181,11 @@ mod tests {
         let long = |n: usize| "x".repeat(n);
         let cases: Vec<(String, &str)> = vec![
             (
-                refusal(|e| e.event_id.clear()),
+                refusal(|e| e.event_id = SmolStr::default()),
                 "`event_id` must not be empty",
             ),
             (
-                refusal(|e| e.user_id = long(257)),
+                refusal(|e| e.user_id = long(257).into()),
                 "`user_id` is longer than 256 bytes",
             ),
             (
@@ -208,7 +209,7 @@ mod tests {
                 "`query` must not be blank for search events",
             ),
             (
-                refusal(|e| e.query = Some(long(1025))),
+                refusal(|e| e.query = Some(long(1025).into())),
                 "`query` is longer than 1024 bytes",
             ),
             (
@@ -244,8 +245,8 @@ mod tests {
     #[test]
     fn limits_are_inclusive() {
         let mut event = search();
-        event.event_id = "é".repeat(128);
-        event.query = Some("q".repeat(MAX_TEXT_BYTES));
+        event.event_id = "é".repeat(128).into();
+        event.query = Some("q".repeat(MAX_TEXT_BYTES).into());
         event.attributes = (0..MAX_ATTRIBUTES)
             .map(|i| (format!("{i:0>128}"), "v".repeat(MAX_TEXT_BYTES)))
             .collect();

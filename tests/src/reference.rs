@@ -75,7 +75,7 @@ impl Reference {
         self.accepted
             .iter()
             .filter(|e| seen.insert(e.event_id.clone()))
-            .filter(|e| e.user_id == user && !self.retracted.contains(&e.event_id))
+            .filter(|e| e.user_id == user && !self.retracted.contains(e.event_id.as_str()))
             .collect()
     }
 

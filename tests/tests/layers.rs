@@ -39,11 +39,11 @@ enum Step {
 
 fn to_event(sent: &Sent) -> Event {
     Event {
-        event_id: sent.event_id.clone(),
-        user_id: sent.user_id.clone(),
+        event_id: sent.event_id.as_str().into(),
+        user_id: sent.user_id.as_str().into(),
         event_type: EventType::parse(&sent.event_type).expect("known type"),
-        item_id: sent.item_id.clone(),
-        query: sent.query.clone(),
+        item_id: sent.item_id.as_deref().map(Into::into),
+        query: sent.query.as_deref().map(Into::into),
         event_time: sent.time,
         attributes: sent
             .city

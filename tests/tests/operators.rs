@@ -65,7 +65,10 @@ async fn fill_log(data: &Path, now: i64) {
                 80..90 => {
                     event.event_type = EventType::Search;
                     event.item_id = None;
-                    event.query = Some(format!("q{}", rng.random_range(0..300)));
+                    event.query = Some(signals_schemas::format_smolstr!(
+                        "q{}",
+                        rng.random_range(0..300)
+                    ));
                 }
                 90..97 => event.event_type = EventType::WishlistAdd,
                 _ => event.event_type = EventType::WishlistRemove,

@@ -137,7 +137,7 @@ fn view(id: &str, user: &str, time: i64) -> Append {
         event_id: id.into(),
         user_id: user.into(),
         event_type: EventType::View,
-        item_id: Some(format!("item-{id}")),
+        item_id: Some(signals_schemas::format_smolstr!("item-{id}")),
         query: None,
         event_time: time,
         attributes: Attributes::new(),

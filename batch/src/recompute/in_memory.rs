@@ -59,7 +59,7 @@ impl InMemory {
                     return;
                 }
                 if let Some(users) = &self.keep.users {
-                    if !users.contains(&event.user_id) {
+                    if !users.contains(event.user_id.as_str()) {
                         return;
                     }
                 }
@@ -67,7 +67,7 @@ impl InMemory {
                     .keep
                     .times
                     .is_none_or(|(from, to)| event.event_time >= from && event.event_time < to);
-                let events = self.by_user.entry(event.user_id.clone()).or_default();
+                let events = self.by_user.entry(event.user_id.to_string()).or_default();
                 if in_range {
                     events.push((accepted_at, event));
                 }
@@ -105,7 +105,7 @@ impl InMemory {
                 for (accepted_at, event) in occurrences {
                     let retracted = self
                         .retracted
-                        .get(&event.event_id)
+                        .get(event.event_id.as_str())
                         .is_some_and(|at| self.window.withdraws(*at, accepted_at));
                     if retracted {
                         withdrawn += 1;

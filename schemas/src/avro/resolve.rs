@@ -138,11 +138,11 @@ fn event_from(value: Value) -> Result<Event, DecodeError> {
         }
     };
     Ok(Event {
-        event_id: fields.string("event_id")?,
-        user_id: fields.string("user_id")?,
+        event_id: fields.string("event_id")?.into(),
+        user_id: fields.string("user_id")?.into(),
         event_type,
-        item_id: fields.optional_string("item_id")?,
-        query: fields.optional_string("query")?,
+        item_id: fields.optional_string("item_id")?.map(Into::into),
+        query: fields.optional_string("query")?.map(Into::into),
         event_time: fields.millis("event_time")?,
         attributes,
     })

@@ -6,6 +6,7 @@ use super::*;
 use crate::event::{Event, EventType, Millis, Retraction, UserDeletion};
 use crate::testing::{arb_event, arb_log_record};
 use crate::Attributes;
+use smol_str::SmolStr;
 
 fn view() -> LogRecord {
     LogRecord {
@@ -66,17 +67,17 @@ fn framed(id: u32, datum: &[u8]) -> Vec<u8> {
     [&[MAGIC_BYTE][..], &id.to_be_bytes(), datum].concat()
 }
 
-fn optional(value: &Option<String>) -> Value {
+fn optional(value: &Option<impl AsRef<str>>) -> Value {
     match value {
-        Some(s) => Value::Union(1, Box::new(Value::String(s.clone()))),
+        Some(s) => Value::Union(1, Box::new(Value::String(s.as_ref().to_owned()))),
         None => Value::Union(0, Box::new(Value::Null)),
     }
 }
 
 fn event_fields(e: &Event) -> Vec<(String, Value)> {
     vec![
-        ("event_id".into(), Value::String(e.event_id.clone())),
-        ("user_id".into(), Value::String(e.user_id.clone())),
+        ("event_id".into(), Value::String(e.event_id.to_string())),
+        ("user_id".into(), Value::String(e.user_id.to_string())),
         (
             "event_type".into(),
             Value::Enum(e.event_type as u32, e.event_type.as_str().to_owned()),
@@ -397,7 +398,7 @@ fn records_breaking_the_collector_rules_are_refused() {
         "invalid record: `item_id` is required for view events"
     );
     if let RecordBody::Event(e) = &mut record.body {
-        e.item_id = Some(String::new());
+        e.item_id = Some(SmolStr::default());
     }
     assert_eq!(
         decoded_message(&encode(&record)),

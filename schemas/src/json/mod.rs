@@ -283,11 +283,11 @@ pub fn event_from_json(value: Value) -> Result<Event, EventError> {
         }
     };
     let event = Event {
-        event_id,
-        user_id,
+        event_id: event_id.into(),
+        user_id: user_id.into(),
         event_type,
-        item_id,
-        query,
+        item_id: item_id.map(Into::into),
+        query: query.map(Into::into),
         event_time,
         attributes,
     };

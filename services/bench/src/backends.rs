@@ -106,7 +106,7 @@ pub async fn fill(log: &dyn EventLog, shape: &Shape, events: u64) -> anyhow::Res
             .map(|_| {
                 let event = workload.event(now);
                 Append {
-                    key: event.user_id.clone(),
+                    key: event.user_id.to_string(),
                     bytes: signals_schemas::avro::encode(&workload::record(event, now)),
                 }
             })

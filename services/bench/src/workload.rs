@@ -6,7 +6,7 @@
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
-use signals_schemas::{Event, EventType, LogRecord, Millis, RecordBody};
+use signals_schemas::{format_smolstr, Event, EventType, LogRecord, Millis, RecordBody};
 
 /// Share of each event type, in per mille.
 const MIX: [(EventType, u32); 5] = [
@@ -99,14 +99,14 @@ impl Workload {
             self.rng.random_range(0..5_000)
         };
         Event {
-            event_id: format!("b{}-{}", self.run, self.next),
-            user_id: user,
+            event_id: format_smolstr!("b{}-{}", self.run, self.next),
+            user_id: user.into(),
             event_type,
-            item_id: (event_type != EventType::Search).then(|| format!("listing-{item}")),
+            item_id: (event_type != EventType::Search).then(|| format_smolstr!("listing-{item}")),
             query: (event_type == EventType::Search).then(|| {
                 let a = QUERY_WORDS[(item % 10) as usize];
                 let b = QUERY_WORDS[(item / 10 % 10) as usize];
-                format!("{a} {b}")
+                format_smolstr!("{a} {b}")
             }),
             event_time: now - age,
             attributes,

@@ -21,6 +21,7 @@ use signals_core::{
     UserRecord, UserView,
 };
 use signals_schemas::{Attributes, Event, EventType, Millis};
+use smol_str::format_smolstr;
 
 const NOW: Millis = 1_795_428_000_000;
 const HOUR: Millis = 3_600_000;
@@ -59,12 +60,12 @@ fn events_over(n: usize, items: u64) -> Vec<Event> {
                 92..97 => EventType::WishlistAdd,
                 _ => EventType::WishlistRemove,
             };
-            let item = format!("listing-{}", (r >> 8) % items);
+            let item = format_smolstr!("listing-{}", (r >> 8) % items);
             let mut attributes = Attributes::new();
             attributes.insert("city", format!("city-{}", (r >> 20) % 12));
             Event {
-                event_id: format!("e-{i}"),
-                user_id: "u-1".to_owned(),
+                event_id: format_smolstr!("e-{i}"),
+                user_id: "u-1".into(),
                 event_type,
                 item_id: (event_type != EventType::Search).then(|| item.clone()),
                 query: (event_type == EventType::Search).then_some(item),
@@ -249,7 +250,7 @@ fn heavy_user(c: &mut Criterion) {
     let newer: Vec<SpeedEntry> = recent_events(100_000, 1)
         .into_iter()
         .map(|mut e| {
-            e.event_id = format!("new-{}", e.event_id);
+            e.event_id = format_smolstr!("new-{}", e.event_id);
             SpeedEntry::Event(e)
         })
         .collect();

@@ -127,7 +127,7 @@ impl SpeedTail {
             tail.hide(&retracted);
             Arc::make_mut(&mut tail.hidden).extend(retracted);
         }
-        events.retain(|e| !tail.hidden.contains(&e.event_id));
+        events.retain(|e| !tail.hidden.contains(e.event_id.as_str()));
         if let Some(batch) = batch.filter(|b| !b.events.is_empty()) {
             drop_batch_ids(batch, &mut events);
         }
@@ -142,11 +142,11 @@ impl SpeedTail {
     /// reaching the speed tail is rare, and blocks cannot take one event out.
     fn hide(&mut self, ids: &HashSet<String>) {
         for run in &mut self.runs {
-            if run.events.iter().any(|e| ids.contains(&e.event_id)) {
+            if run.events.iter().any(|e| ids.contains(e.event_id.as_str())) {
                 let kept = run
                     .events
                     .iter()
-                    .filter(|e| !ids.contains(&e.event_id))
+                    .filter(|e| !ids.contains(e.event_id.as_str()))
                     .cloned()
                     .collect();
                 *run = Run::new(kept);

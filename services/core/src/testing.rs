@@ -2,6 +2,7 @@
 
 use proptest::prelude::*;
 use signals_schemas::{Attributes, Event, EventType, Millis};
+use smol_str::format_smolstr;
 
 use crate::definition::{Aggregation, EventTypes, Field};
 use crate::session::SessionMeasure;
@@ -9,10 +10,10 @@ use crate::session::SessionMeasure;
 /// A view/click/wishlist event on `item`.
 pub fn event(id: &str, event_type: EventType, item: &str, time: Millis) -> Event {
     Event {
-        event_id: id.to_owned(),
-        user_id: "u".to_owned(),
+        event_id: id.into(),
+        user_id: "u".into(),
         event_type,
-        item_id: Some(item.to_owned()),
+        item_id: Some(item.into()),
         query: None,
         event_time: time,
         attributes: Attributes::new(),
@@ -91,11 +92,11 @@ pub fn arb_event(index: usize) -> impl Strategy<Value = Event> {
                 attributes.insert("price".to_owned(), p.to_string());
             }
             Event {
-                event_id: format!("e{index:04}"),
-                user_id: format!("u{user}"),
+                event_id: format_smolstr!("e{index:04}"),
+                user_id: format_smolstr!("u{user}"),
                 event_type,
-                item_id: (event_type != EventType::Search).then(|| format!("i{item}")),
-                query: (event_type == EventType::Search).then(|| format!("q{query}")),
+                item_id: (event_type != EventType::Search).then(|| format_smolstr!("i{item}")),
+                query: (event_type == EventType::Search).then(|| format_smolstr!("q{query}")),
                 event_time: time,
                 attributes,
             }

@@ -210,7 +210,7 @@ impl UserView {
     fn batch_events(&self) -> impl Iterator<Item = &Event> {
         let batch = self.batch.iter().flat_map(|b| b.events.iter());
         let hidden = self.tail.hidden();
-        batch.filter(move |e| hidden.is_empty() || !hidden.contains(&e.event_id))
+        batch.filter(move |e| hidden.is_empty() || !hidden.contains(e.event_id.as_str()))
     }
 
     /// Whether the user has no history at all.
@@ -478,7 +478,7 @@ impl UserView {
                     .iter()
                     .take_while(move |e| e.event_time >= since)
                     .filter(move |e| types.contains(e.event_type))
-                    .filter(move |e| hidden.is_empty() || !hidden.contains(&e.event_id))
+                    .filter(move |e| hidden.is_empty() || !hidden.contains(e.event_id.as_str()))
                     .peekable()
             })
             .collect();
@@ -514,6 +514,7 @@ mod tests {
     use super::*;
     use crate::testing::arb_events;
     use proptest::prelude::*;
+    use smol_str::format_smolstr;
 
     fn definitions() -> Definitions {
         let text = r#"
@@ -587,7 +588,7 @@ mod tests {
                 dup.event_time += 7;
                 log.push(SpeedLogItem::Event(dup));
             }
-            let retracted_ids: HashSet<String> = retracted.iter().map(|r| events[r % events.len()].event_id.clone()).collect();
+            let retracted_ids: HashSet<String> = retracted.iter().map(|r| events[r % events.len()].event_id.to_string()).collect();
             for id in &retracted_ids {
                 log.insert(log.len() / 2, SpeedLogItem::Retract(id.clone()));
             }
@@ -598,7 +599,7 @@ mod tests {
             let unique: Vec<Event> = log.iter().filter_map(|item| match item {
                 SpeedLogItem::Event(e) if seen.insert(e.event_id.clone()) => Some(e.clone()),
                 _ => None,
-            }).filter(|e| !retracted_ids.contains(&e.event_id)).collect();
+            }).filter(|e| !retracted_ids.contains(e.event_id.as_str())).collect();
             let expected = recompute(&defs, &unique, at);
 
             // Batch over log[..split], exactly as the batch layer does it.
@@ -611,7 +612,7 @@ mod tests {
                     SpeedLogItem::Retract(id) => { batch_retracted.insert(id.clone()); }
                 }
             }
-            batch_events.retain(|e| !batch_retracted.contains(&e.event_id));
+            batch_events.retain(|e| !batch_retracted.contains(e.event_id.as_str()));
             let record = UserRecord::compact(&defs, batch_events, horizon);
 
             // Speed over log[split..], deduplicating against everything seen
@@ -621,7 +622,7 @@ mod tests {
             for item in &log[split..] {
                 match item {
                     SpeedLogItem::Event(e) => {
-                        if seen.insert(e.event_id.clone()) && !all_retracted.contains(&e.event_id) {
+                        if seen.insert(e.event_id.clone()) && !all_retracted.contains(e.event_id.as_str()) {
                             speed.push(SpeedEntry::Event(e.clone()));
                         }
                     }
@@ -634,7 +635,7 @@ mod tests {
             // Retracting an event folded into the base state cannot be undone
             // until the next batch: compare only when none was.
             let base_hit = log[split..].iter().any(|item| matches!(item, SpeedLogItem::Retract(id)
-                if unique.iter().chain(events.iter()).any(|e| &e.event_id == id && e.event_time < horizon)));
+                if unique.iter().chain(events.iter()).any(|e| e.event_id == *id && e.event_time < horizon)));
             prop_assume!(!base_hit);
             // The record keeps only the last session before its horizon: a
             // late event before the horizon that joins it to an older one
@@ -752,11 +753,11 @@ mod tests {
             let defs = definitions();
             let all: Vec<&SignalDefinition> = defs.iter().collect();
             let batch_events: Vec<Event> = batch_events.into_iter().map(|mut e| {
-                e.event_id = format!("b-{}", e.event_id);
+                e.event_id = format_smolstr!("b-{}", e.event_id);
                 e
             }).collect();
             let mut entries: Vec<SpeedEntry> = tail_events.into_iter().map(|mut e| {
-                e.event_id = format!("s-{}", e.event_id);
+                e.event_id = format_smolstr!("s-{}", e.event_id);
                 SpeedEntry::Event(e)
             }).collect();
             // Copies of record events reaching the speed layer too.
@@ -765,8 +766,8 @@ mod tests {
                     entries.push(SpeedEntry::Event(e.clone()));
                 }
             }
-            let ids: Vec<String> = batch_events.iter().map(|e| e.event_id.clone())
-                .chain(entries.iter().filter_map(|e| match e { SpeedEntry::Event(e) => Some(e.event_id.clone()), _ => None }))
+            let ids: Vec<String> = batch_events.iter().map(|e| e.event_id.to_string())
+                .chain(entries.iter().filter_map(|e| match e { SpeedEntry::Event(e) => Some(e.event_id.to_string()), _ => None }))
                 .collect();
             let mut retracted = HashSet::new();
             for &(which, place) in &retractions {
@@ -783,7 +784,7 @@ mod tests {
                     }
                 }
             }
-            counted.retain(|e| !retracted.contains(&e.event_id));
+            counted.retain(|e| !retracted.contains(e.event_id.as_str()));
             let expected = recompute(&defs, &counted, at);
 
             let record = Arc::new(UserRecord::compact(&defs, batch_events, Millis::MIN));
@@ -819,14 +820,14 @@ mod tests {
         let mut speed: Vec<SpeedEntry> = speed_events
             .into_iter()
             .map(|mut e| {
-                e.event_id = format!("s-{}", e.event_id);
+                e.event_id = format_smolstr!("s-{}", e.event_id);
                 SpeedEntry::Event(e)
             })
             .collect();
         if !events.is_empty() && !retracted.is_empty() {
             let event_ids = retracted
                 .iter()
-                .map(|r| events[r % events.len()].event_id.clone())
+                .map(|r| events[r % events.len()].event_id.to_string())
                 .collect();
             speed.push(SpeedEntry::Retracted { event_ids });
         }

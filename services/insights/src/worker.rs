@@ -186,7 +186,7 @@ impl InsightsWorker {
             };
             match record.body {
                 RecordBody::Event(event) => {
-                    users.insert(event.user_id);
+                    users.insert(event.user_id.to_string());
                 }
                 RecordBody::UserDeletion(deletion) => {
                     users.insert(deletion.user_id);

@@ -137,7 +137,7 @@ pub fn ids_to_look_up(records: &[Decoded]) -> Vec<String> {
     let mut ids: Vec<String> = records
         .iter()
         .flat_map(|r| match &r.body {
-            RecordBody::Event(e) => vec![e.event_id.clone()],
+            RecordBody::Event(e) => vec![e.event_id.to_string()],
             RecordBody::Retraction(r) => r.event_ids.clone(),
             RecordBody::UserDeletion(_) => Vec::new(),
         })
@@ -205,14 +205,14 @@ pub fn plan(
         match record.body {
             RecordBody::Event(event) => {
                 let entry = updated
-                    .get(&event.event_id)
-                    .or_else(|| known.get(&event.event_id));
+                    .get(event.event_id.as_str())
+                    .or_else(|| known.get(event.event_id.as_str()));
                 let counted_for_another = entry
                     .and_then(|e| e.user_id.as_ref())
                     .is_some_and(|user| *user != event.user_id);
                 let (occurrence, next) = rules.on_event(entry, &event.user_id, record.accepted_at);
                 if let Some(next) = next {
-                    updated.insert(event.event_id.clone(), next);
+                    updated.insert(event.event_id.to_string(), next);
                 }
                 match occurrence {
                     Occurrence::Copy => {
@@ -225,9 +225,9 @@ pub fn plan(
                         // that row. A copy of the user's own occurrence is
                         // on the same partition, after it: every plan
                         // decides it alike and writes nothing.
-                        if counted_for_another && !deleted.contains(&event.user_id) {
+                        if counted_for_another && !deleted.contains(event.user_id.as_str()) {
                             entries.push(at(
-                                event.user_id.clone(),
+                                event.user_id.to_string(),
                                 SpeedEntry::Retracted {
                                     event_ids: Vec::new(),
                                 },
@@ -242,19 +242,19 @@ pub fn plan(
                         // its retraction (they travel on different
                         // partitions, and a replay polls them in another
                         // order). This row replaces that one.
-                        if !deleted.contains(&event.user_id) {
-                            let event_ids = vec![event.event_id.clone()];
+                        if !deleted.contains(event.user_id.as_str()) {
+                            let event_ids = vec![event.event_id.to_string()];
                             entries.push(at(
-                                event.user_id.clone(),
+                                event.user_id.to_string(),
                                 SpeedEntry::Retracted { event_ids },
                             ));
                         }
                     }
-                    Occurrence::Counts if deleted.contains(&event.user_id) => {
+                    Occurrence::Counts if deleted.contains(event.user_id.as_str()) => {
                         stats.deleted_user_events += 1
                     }
                     Occurrence::Counts => {
-                        entries.push(at(event.user_id.clone(), SpeedEntry::Event(event)));
+                        entries.push(at(event.user_id.to_string(), SpeedEntry::Event(event)));
                         stats.events += 1;
                     }
                 }

@@ -69,7 +69,7 @@ fn log_of(appends: &[Append]) -> Vec<Vec<(i64, RecordBody)>> {
                     "item",
                     1_795_428_000_000,
                 );
-                e.user_id = format!("u{user}");
+                e.user_id = signals_schemas::format_smolstr!("u{user}");
                 (user % PARTITIONS, RecordBody::Event(e))
             }
             Append::Retraction { partition, ids } => (
@@ -127,7 +127,7 @@ impl Store {
         for (user, entries) in by_user {
             let view = UserView::with_tail(None, SpeedTail::default().extended(None, entries));
             for event in view.events() {
-                ids.entry(event.event_id.clone())
+                ids.entry(event.event_id.to_string())
                     .or_default()
                     .push(user.clone());
             }

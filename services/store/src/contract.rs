@@ -77,10 +77,10 @@ where
 /// A view event of `user` with id `id`.
 pub fn event(id: &str, user: &str, time: i64) -> Event {
     Event {
-        event_id: id.to_owned(),
-        user_id: user.to_owned(),
+        event_id: id.into(),
+        user_id: user.into(),
         event_type: EventType::View,
-        item_id: Some(format!("item-{id}")),
+        item_id: Some(signals_schemas::format_smolstr!("item-{id}")),
         query: None,
         event_time: time,
         attributes: Attributes::from([("city", "Paris")]),
@@ -142,7 +142,7 @@ pub fn record(user: &str, id: &str) -> UserRecord {
 /// retractions applied), sorted.
 pub fn served_ids(history: crate::ServedHistory) -> Vec<String> {
     let view = signals_core::UserView::with_tail(history.record, history.tail);
-    let mut ids: Vec<String> = view.events().map(|e| e.event_id.clone()).collect();
+    let mut ids: Vec<String> = view.events().map(|e| e.event_id.to_string()).collect();
     ids.sort();
     ids
 }
@@ -157,7 +157,7 @@ async fn speed_ids(store: &dyn SignalStore, user: &str) -> Vec<String> {
         .speed
         .iter()
         .map(|entry| match entry {
-            SpeedEntry::Event(e) => e.event_id.clone(),
+            SpeedEntry::Event(e) => e.event_id.to_string(),
             other => format!("{other:?}"),
         })
         .collect()
@@ -531,7 +531,7 @@ pub async fn a_history_since_a_mark_holds_only_the_entries_past_it(store: &dyn S
 /// The ids of the events that count in `history`, sorted.
 fn counted_ids(history: crate::ServedHistory) -> Vec<String> {
     let view = signals_core::UserView::with_tail(history.record, history.tail);
-    let mut ids: Vec<String> = view.events().map(|e| e.event_id.clone()).collect();
+    let mut ids: Vec<String> = view.events().map(|e| e.event_id.to_string()).collect();
     ids.sort();
     ids
 }

@@ -42,7 +42,7 @@ impl Ledger {
                     self.acked.accept(event.clone());
                 }
                 self.maybe_ids.remove(&event.event_id);
-            } else if !self.acked_ids.contains(&event.event_id) {
+            } else if !self.acked_ids.contains(event.event_id.as_str()) {
                 self.maybe_ids.insert(event.event_id.clone());
             }
         }

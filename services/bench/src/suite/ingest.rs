@@ -45,7 +45,7 @@ fn pool(shape: &Shape, batches: usize) -> anyhow::Result<Pool> {
             events
                 .into_iter()
                 .map(|e| Append {
-                    key: e.user_id.clone(),
+                    key: e.user_id.to_string(),
                     bytes: signals_schemas::avro::encode(&workload::record(e, now)),
                 })
                 .collect(),

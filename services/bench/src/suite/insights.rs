@@ -239,7 +239,7 @@ async fn evaluate_in_memory(
         for entry in reader.next_batch(batch, Duration::ZERO).await? {
             if let Ok(record) = signals_schemas::avro::decode(&entry.bytes) {
                 if let RecordBody::Event(event) = record.body {
-                    touched.insert(event.user_id);
+                    touched.insert(event.user_id.to_string());
                 }
             }
         }
@@ -281,8 +281,8 @@ async fn evaluate_in_memory(
 
 fn view(user: &str, n: usize, time: Millis) -> Append {
     let event = Event {
-        event_id: format!("{user}-v{n}"),
-        user_id: user.to_owned(),
+        event_id: format!("{user}-v{n}").into(),
+        user_id: user.into(),
         event_type: EventType::View,
         item_id: Some("listing-1".into()),
         query: None,

@@ -194,10 +194,10 @@ fn entries_of(records: Vec<LogEntry>) -> Vec<RawEntry> {
                 return None;
             };
             Some(RawEntry {
-                user: event.user_id.clone(),
+                user: event.user_id.to_string(),
                 partition: r.partition,
                 offset: r.offset,
-                event_id: event.event_id.clone(),
+                event_id: event.event_id.to_string(),
                 value: postcard::to_stdvec(&SpeedEntry::Event(event)).ok()?,
             })
         })

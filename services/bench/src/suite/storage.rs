@@ -47,7 +47,7 @@ pub fn measure(shape: &Shape, events_per_day: u64, days: u64) -> anyhow::Result<
             let mut event = w.event_for("u-storage".to_owned(), now);
             // Spread evenly over the days; ids as clients send them (UUIDs).
             event.event_time = now - span + (i as Millis * span) / total as Millis;
-            event.event_id = uuid_like(i, shape.seed);
+            event.event_id = uuid_like(i, shape.seed).into();
             log_bytes += avro::encode(&workload::record(event.clone(), now)).len();
             event
         })

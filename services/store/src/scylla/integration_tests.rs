@@ -136,7 +136,7 @@ fn event_ids(entries: &[SpeedEntry]) -> Vec<String> {
     entries
         .iter()
         .map(|e| match e {
-            SpeedEntry::Event(event) => event.event_id.clone(),
+            SpeedEntry::Event(event) => event.event_id.to_string(),
             other => format!("{other:?}"),
         })
         .collect()
