@@ -64,6 +64,12 @@ impl Attributes {
         self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
+    /// Pairs already sorted by key with no key twice, taken as they are.
+    pub(crate) fn from_sorted(pairs: Vec<(SmolStr, SmolStr)>) -> Attributes {
+        debug_assert!(pairs.windows(2).all(|w| w[0].0 < w[1].0));
+        Attributes(pairs)
+    }
+
     fn position(&self, key: &str) -> Result<usize, usize> {
         self.0.binary_search_by(|(k, _)| k.as_str().cmp(key))
     }

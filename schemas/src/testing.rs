@@ -38,6 +38,58 @@ pub fn arb_event() -> impl Strategy<Value = Event> {
         )
 }
 
+/// Mostly plain ids; sometimes empty, blank, with a control character, or
+/// long enough to break a limit.
+fn text_near_the_rules() -> impl Strategy<Value = String> {
+    prop_oneof![
+        6 => "[a-z0-9-]{1,12}",
+        1 => Just(String::new()),
+        1 => Just("  ".to_owned()),
+        1 => Just("a\u{7}b".to_owned()),
+        1 => Just("é\u{85}".to_owned()),
+        1 => Just("a\u{7f}".to_owned()),
+        1 => "é[a-z]{0,3}",
+        1 => (250usize..1_100).prop_map(|n| "x".repeat(n)),
+    ]
+}
+
+/// Events valid or not, near the edges of the log's rules: for the paths
+/// that must refuse exactly what the rules refuse.
+pub fn arb_event_near_the_rules() -> impl Strategy<Value = Event> {
+    (
+        (text_near_the_rules(), text_near_the_rules(), 0usize..5),
+        (
+            proptest::option::of(text_near_the_rules()),
+            proptest::option::of(text_near_the_rules()),
+        ),
+        prop_oneof![
+            8 => MIN_EVENT_TIME..MAX_EVENT_TIME,
+            1 => any::<i64>(),
+            1 => Just(MAX_EVENT_TIME),
+        ],
+        proptest::collection::btree_map(text_near_the_rules(), text_near_the_rules(), 0..4),
+        0usize..70,
+    )
+        .prop_map(
+            |((event_id, user_id, kind), (item_id, query), event_time, mut attributes, many)| {
+                if many > 62 {
+                    for i in 0..many {
+                        attributes.insert(format!("k{i}"), "v".to_owned());
+                    }
+                }
+                Event {
+                    event_id: event_id.into(),
+                    user_id: user_id.into(),
+                    event_type: EventType::ALL[kind],
+                    item_id: item_id.map(Into::into),
+                    query: query.map(Into::into),
+                    event_time,
+                    attributes: attributes.into(),
+                }
+            },
+        )
+}
+
 /// Any valid log record.
 pub fn arb_log_record() -> impl Strategy<Value = LogRecord> {
     let body = prop_oneof![
