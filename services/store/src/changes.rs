@@ -95,7 +95,9 @@ impl UserChanges {
     }
 
     /// Voids every token given out so far: reads that hold one read the
-    /// store again. Tokens taken after this call count.
+    /// store again. Tokens taken after this call count. (Only a follower
+    /// of CQL writes forgets.)
+    #[cfg(any(test, feature = "scylla"))]
     pub fn forget(&self) {
         let mut drawn = self.drawn.lock().unwrap_or_else(PoisonError::into_inner);
         *drawn += 1;
