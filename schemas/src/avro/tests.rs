@@ -505,3 +505,38 @@ fn records_from_an_outside_fastavro_producer_decode() {
         }
     }
 }
+
+/// Another producer's map in another order, or with a key twice: the
+/// direct path sorts the first as the full decoder does and leaves the
+/// second to it.
+#[test]
+fn attributes_in_any_order_read_as_the_full_decoder_reads() {
+    let with_attributes = |pairs: &[(&[u8], &[u8])]| {
+        let mut datum = view_datum(0);
+        // `view_datum` ends with a one-pair block and the closing 0.
+        datum.truncate(datum.len() - (string(b"city").len() + string(b"Paris").len() + 2));
+        datum.extend(long(pairs.len() as i64));
+        for (key, value) in pairs {
+            datum.extend(string(key));
+            datum.extend(string(value));
+        }
+        datum.extend(long(0));
+        framed(CURRENT_SCHEMA_ID, &datum)
+    };
+    let unsorted = with_attributes(&[(b"city", b"Paris"), (b"area", b"north")]);
+    let full = decode_in_full(&unsorted).expect("decodes");
+    let direct = direct::read_event(&unsorted).expect("read directly");
+    assert_eq!(RecordBody::Event(direct.to_event()), full.body);
+    assert_eq!(
+        direct.attributes,
+        vec![("area", "north"), ("city", "Paris")]
+    );
+
+    let repeated = with_attributes(&[(b"city", b"Paris"), (b"city", b"Lyon")]);
+    assert_eq!(direct::read_event(&repeated), None);
+    assert_eq!(decode(&repeated), decode_in_full(&repeated));
+    let RecordBody::Event(event) = decode(&repeated).expect("decodes").body else {
+        panic!("an event");
+    };
+    assert_eq!(event.attributes.get("city"), Some("Lyon"));
+}
