@@ -525,6 +525,15 @@ mod tests {
     }
 
     /// Writes `record` as user "u"'s record of version 1 and publishes it.
+    /// A connection of the test's own, to look at and change Redis directly.
+    async fn connection(url: &str) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(url)
+            .expect("client")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connection")
+    }
+
     async fn publish_one(store: &EmbeddedStore, record: &UserRecord) -> BatchManifest {
         store
             .write_batch(1, vec![("u".into(), record.clone())])
@@ -641,11 +650,7 @@ mod tests {
         let record = crate::contract::record("u", "e1");
         let manifest = publish_one(&store, &record).await;
         let key = cache.key(&manifest, "u");
-        let mut redis = redis::Client::open(url.as_str())
-            .expect("client")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connection");
+        let mut redis = connection(&url).await;
         let read = cache.user_history("u").await.expect("history");
         assert_eq!(read.record.as_deref(), Some(&record));
         assert!(redis.exists::<_, bool>(&key).await.expect("EXISTS"));
@@ -665,11 +670,7 @@ mod tests {
         let record = crate::contract::record("u", "e1");
         let manifest = publish_one(&raw, &record).await;
         let key = store.key(&manifest, "u");
-        let mut redis = redis::Client::open(url.as_str())
-            .expect("client")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connection");
+        let mut redis = connection(&url).await;
 
         // The first read fills Redis and the process; with Redis emptied,
         // the second is answered in process (a Redis miss would SET again).
@@ -689,11 +690,7 @@ mod tests {
         let (raw, store) = cached(&url, dir.path());
         let manifest = publish_one(&raw, &crate::contract::record("u", "e1")).await;
         let key = store.key(&manifest, "nobody");
-        let mut redis = redis::Client::open(url.as_str())
-            .expect("client")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connection");
+        let mut redis = connection(&url).await;
 
         // The first read caches "no record" in Redis and the process; with
         // Redis emptied, the second is answered in process.
