@@ -91,6 +91,9 @@ fn main() {
     let decode = best_ns(|| {
         let _ = black_box(avro::decode(black_box(&bytes)));
     });
+    let read_view = best_ns(|| {
+        black_box(avro::direct::read_event(black_box(&bytes)));
+    });
     let decode_v1 = best_ns(|| {
         let _ = black_box(avro::decode(black_box(&v1)));
     });
@@ -100,6 +103,7 @@ fn main() {
     println!("record of {} bytes", bytes.len());
     println!("avro::encode                 {encode:>8.0} ns/record");
     println!("avro::decode (current id)    {decode:>8.0} ns/record");
+    println!("avro::direct::read_event     {read_view:>8.0} ns/record (borrowed)");
     println!(
         "avro::encode + decode        {:>8.0} ns/record",
         encode + decode

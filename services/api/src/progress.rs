@@ -9,9 +9,12 @@
 //!
 //! * one reading is shared by the answers made within
 //!   [`ProgressReadings::MAX_AGE`] of each other;
-//! * a new reading is taken by one background task at a time; an answer
-//!   waits for it at most [`ProgressReadings::WAIT`], then goes out with the
-//!   last reading it has and says so (`freshness.positions_stale`);
+//! * a new reading is taken by one background task at a time, started
+//!   [`ProgressReadings::REFRESH_AHEAD`] into the current one's life, so
+//!   that under steady traffic it lands before that one expires and no
+//!   answer waits for it. Otherwise an answer waits for it at most
+//!   [`ProgressReadings::WAIT`], then goes out with the last reading it has
+//!   and says so (`freshness.positions_stale`);
 //! * an append acknowledged by this process discards the reading, so a
 //!   fresh `log_end` includes every append this process acknowledged before
 //!   the request came.
@@ -26,8 +29,9 @@ use signals_store::{ServingStore, SpeedProgress};
 use tokio::sync::Notify;
 
 /// Shared readings of the speed layer's progress and the log's end.
-#[derive(Default)]
 pub struct ProgressReadings {
+    max_age: Duration,
+    refresh_ahead: Duration,
     /// Bumped by every append; a reading taken at another one is stale.
     generation: AtomicU64,
     latest: Mutex<Option<Arc<Reading>>>,
@@ -53,11 +57,36 @@ pub struct LogEnd {
     pub stale: Option<String>,
 }
 
+impl Default for ProgressReadings {
+    fn default() -> Self {
+        ProgressReadings::with_ages(Self::MAX_AGE, Self::REFRESH_AHEAD)
+    }
+}
+
 impl ProgressReadings {
     /// How long a reading serves answers.
     pub const MAX_AGE: Duration = Duration::from_millis(20);
+    /// How old a reading is when the next one is started. Answers that
+    /// came while a reading was under way once it had expired waited for
+    /// it: on Kafka and CQL a reading takes a few milliseconds, and more
+    /// under load, so every 20 ms a slice of the answers did, and that was
+    /// the p99 of serving on the real stack (docs/BENCHMARKS.md, session
+    /// 21).
+    pub const REFRESH_AHEAD: Duration = Duration::from_millis(12);
     /// Longest an answer waits for a new reading.
     pub const WAIT: Duration = Duration::from_millis(100);
+
+    fn with_ages(max_age: Duration, refresh_ahead: Duration) -> ProgressReadings {
+        ProgressReadings {
+            max_age,
+            refresh_ahead,
+            generation: AtomicU64::default(),
+            latest: Mutex::default(),
+            failure: Mutex::default(),
+            refreshing: AtomicBool::default(),
+            refreshed: Notify::default(),
+        }
+    }
 
     /// Discards the current reading (call after an append).
     pub fn appended(&self) {
@@ -77,6 +106,9 @@ impl ProgressReadings {
         let deadline = tokio::time::Instant::now() + Self::WAIT;
         loop {
             if let Some(reading) = self.usable(generation, asked) {
+                if reading.taken.elapsed() >= self.refresh_ahead {
+                    self.refresh(store, log);
+                }
                 let end = LogEnd {
                     position: reading.end.clone(),
                     stale: None,
@@ -104,10 +136,10 @@ impl ProgressReadings {
 
     /// The latest reading, if it may serve an answer asked at `asked`
     /// after the append numbered `generation`: taken after both, or at
-    /// most [`Self::MAX_AGE`] old.
+    /// most [`Self::MAX_AGE`] (in tests, `max_age`) old.
     fn usable(&self, generation: u64, asked: Instant) -> Option<Arc<Reading>> {
         let latest = self.latest.lock().ok()?.clone()?;
-        let recent = latest.taken >= asked || latest.taken.elapsed() < Self::MAX_AGE;
+        let recent = latest.taken >= asked || latest.taken.elapsed() < self.max_age;
         (latest.generation >= generation && recent).then_some(latest)
     }
 
@@ -282,5 +314,40 @@ mod tests {
         let (_, fresh) = readings.read(&store, &log).await;
         assert_eq!(fresh.stale, None);
         assert_eq!(fresh.position.next(0), 1);
+    }
+
+    #[tokio::test]
+    async fn the_next_reading_is_started_while_the_current_one_serves() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let hang = Arc::new(AtomicBool::new(false));
+        let embedded =
+            EmbeddedLog::open(&dir.path().join("log"), EmbeddedLogOptions::default()).expect("log");
+        let log: Arc<dyn EventLog> = Arc::new(HangingEnd(embedded, hang.clone()));
+        let store: Arc<dyn ServingStore> =
+            Arc::new(EmbeddedStore::open(&dir.path().join("store.redb")).expect("store"));
+        // Ages far apart, so that the box's speed cannot blur them.
+        let refresh_ahead = Duration::from_millis(50);
+        let readings = Arc::new(ProgressReadings::with_ages(
+            Duration::from_secs(60),
+            refresh_ahead,
+        ));
+        readings.read(&store, &log).await;
+        hang.store(true, Ordering::SeqCst);
+
+        readings.read(&store, &log).await;
+        assert!(
+            !readings.refreshing.load(Ordering::SeqCst),
+            "a young reading serves alone"
+        );
+        tokio::time::sleep(refresh_ahead).await;
+        let started = Instant::now();
+        let (_, answer) = readings.read(&store, &log).await;
+        assert_eq!(answer.stale, None, "the current reading still serves");
+        assert!(started.elapsed() < ProgressReadings::WAIT, "no wait");
+        assert!(
+            readings.refreshing.load(Ordering::SeqCst),
+            "and the next one is under way"
+        );
+        hang.store(false, Ordering::SeqCst);
     }
 }

@@ -38,14 +38,15 @@
 //!   and returns that version's record of the user and exactly the user's
 //!   speed entries its position does not cover. Reads and writes use
 //!   `LOCAL_QUORUM`: a read sees every write acknowledged before it.
-//! * **Garbage collection lags one version, readers may lag one TTL.**
+//! * **Garbage collection lags one version, readers may lag two TTLs.**
 //!   Serving caches the published manifest for
 //!   [`ScyllaOptions::manifest_ttl`] (1 s by default; a publish by this
-//!   process replaces it at once). [`BatchStore::collect_garbage`] clamps
+//!   process replaces it at once), and for up to one TTL more while one
+//!   reader refreshes it. [`BatchStore::collect_garbage`] clamps
 //!   its arguments to the published manifest, and the batch layer collects
 //!   what the *previous* version covered. A reader still holding the
 //!   previous manifest therefore finds its record and its speed entries, as
-//!   long as two publications are more than one TTL apart (batch runs are
+//!   long as two publications are more than two TTLs apart (batch runs are
 //!   hours apart).
 //!
 //! # Costs

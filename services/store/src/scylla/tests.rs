@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use ::scylla::errors::{DbError, ExecutionError, RequestAttemptError};
 use ::scylla::statement::Consistency;
 
-use super::batch::{refuse_backwards, ManifestCache};
+use super::batch::{refuse_backwards, ForServing, ManifestCache};
 use super::codec::{self, user_bucket, USER_BUCKETS};
 use super::schema::{migration, TABLES};
 use super::{driver, ScyllaOptions};
@@ -188,13 +188,29 @@ fn publishing_backwards_names_both_versions() {
     refuse_backwards(&current, &manifest(6, &[(0, 11)])).expect("newer");
 }
 
+/// The manifest serving uses without a read of its own (`None`: it reads).
+fn used(cache: &ManifestCache) -> Option<Option<u64>> {
+    match cache.for_serving() {
+        ForServing::Use(manifest) => Some(manifest.map(|m| m.version)),
+        ForServing::Read(_) => None,
+    }
+}
+
+/// A moment `ago` before now.
+fn before(ago: Duration) -> Instant {
+    Instant::now()
+        .checked_sub(ago)
+        .expect("the clock runs longer")
+}
+
 #[test]
 fn the_manifest_cache_expires_and_never_goes_back() {
-    let cache = ManifestCache::new(Duration::from_millis(50));
-    assert!(cache.fresh().is_none(), "empty at first");
+    let ttl = Duration::from_secs(10);
+    let cache = ManifestCache::new(ttl);
+    assert!(used(&cache).is_none(), "empty at first");
     let now = Instant::now();
     assert!(cache.store(None, now).is_none());
-    assert_eq!(cache.fresh(), Some(None), "absence is cached too");
+    assert_eq!(used(&cache), Some(None), "absence is cached too");
 
     let v2 = Arc::new(manifest(2, &[(0, 1)]));
     cache.store(Some(v2.clone()), now);
@@ -205,13 +221,36 @@ fn the_manifest_cache_expires_and_never_goes_back() {
         "a slow older read is ignored"
     );
     assert_eq!(cache.store(None, now).map(|m| m.version), Some(2));
+    assert_eq!(used(&cache), Some(Some(2)), "fresh within the TTL");
+
+    let expired = ManifestCache::new(ttl);
+    expired.store(Some(v2.clone()), before(ttl + ttl / 2));
+    assert!(used(&expired).is_none(), "expired after the TTL");
+    expired.store(Some(Arc::new(manifest(3, &[]))), Instant::now());
+    assert_eq!(used(&expired), Some(Some(3)));
+}
+
+#[test]
+fn one_reader_refreshes_an_expired_manifest_while_the_others_use_it() {
+    let ttl = Duration::from_secs(10);
+    let cache = ManifestCache::new(ttl);
+    cache.store(Some(Arc::new(manifest(2, &[]))), before(ttl + ttl / 2));
+    let ForServing::Read(Some(refreshing)) = cache.for_serving() else {
+        panic!("the first reader past the TTL refreshes");
+    };
     assert_eq!(
-        cache.fresh().flatten().map(|m| m.version),
-        Some(2),
-        "fresh within the TTL"
+        used(&cache),
+        Some(Some(2)),
+        "the others use the expired one"
     );
-    std::thread::sleep(Duration::from_millis(60));
-    assert!(cache.fresh().is_none(), "expired after the TTL");
-    cache.store(Some(Arc::new(manifest(3, &[]))), Instant::now());
-    assert_eq!(cache.fresh().flatten().map(|m| m.version), Some(3));
+    assert_eq!(used(&cache), Some(Some(2)));
+    drop(refreshing);
+    // That read failed: the next reader refreshes.
+    assert!(matches!(cache.for_serving(), ForServing::Read(Some(_))));
+
+    // Two TTLs old, it is used by no one, whoever is refreshing.
+    let stale = ManifestCache::new(ttl);
+    stale.store(Some(Arc::new(manifest(2, &[]))), before(ttl * 3));
+    let _refreshing = stale.refreshing.try_lock().expect("free");
+    assert!(matches!(stale.for_serving(), ForServing::Read(None)));
 }
