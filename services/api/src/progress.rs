@@ -263,8 +263,13 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn answers_do_not_wait_for_a_log_that_hangs_and_say_so() {
+    /// An embedded log whose end hangs while the flag is set, and a store.
+    fn hanging_log_and_store() -> (
+        tempfile::TempDir,
+        Arc<AtomicBool>,
+        Arc<dyn EventLog>,
+        Arc<dyn ServingStore>,
+    ) {
         let dir = tempfile::tempdir().expect("temp dir");
         let hang = Arc::new(AtomicBool::new(false));
         let embedded =
@@ -272,6 +277,12 @@ mod tests {
         let log: Arc<dyn EventLog> = Arc::new(HangingEnd(embedded, hang.clone()));
         let store: Arc<dyn ServingStore> =
             Arc::new(EmbeddedStore::open(&dir.path().join("store.redb")).expect("store"));
+        (dir, hang, log, store)
+    }
+
+    #[tokio::test]
+    async fn answers_do_not_wait_for_a_log_that_hangs_and_say_so() {
+        let (_dir, hang, log, store) = hanging_log_and_store();
         let readings = Arc::new(ProgressReadings::default());
 
         let (_, fresh) = readings.read(&store, &log).await;
@@ -318,13 +329,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_next_reading_is_started_while_the_current_one_serves() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let hang = Arc::new(AtomicBool::new(false));
-        let embedded =
-            EmbeddedLog::open(&dir.path().join("log"), EmbeddedLogOptions::default()).expect("log");
-        let log: Arc<dyn EventLog> = Arc::new(HangingEnd(embedded, hang.clone()));
-        let store: Arc<dyn ServingStore> =
-            Arc::new(EmbeddedStore::open(&dir.path().join("store.redb")).expect("store"));
+        let (_dir, hang, log, store) = hanging_log_and_store();
         // Ages far apart, so that the box's speed cannot blur them.
         let refresh_ahead = Duration::from_millis(50);
         let readings = Arc::new(ProgressReadings::with_ages(
