@@ -136,7 +136,7 @@ impl ProgressReadings {
 
     /// The latest reading, if it may serve an answer asked at `asked`
     /// after the append numbered `generation`: taken after both, or at
-    /// most [`Self::MAX_AGE`] (in tests, `max_age`) old.
+    /// most `max_age` old ([`Self::MAX_AGE`] outside tests).
     fn usable(&self, generation: u64, asked: Instant) -> Option<Arc<Reading>> {
         let latest = self.latest.lock().ok()?.clone()?;
         let recent = latest.taken >= asked || latest.taken.elapsed() < self.max_age;

@@ -524,7 +524,6 @@ mod tests {
         (inner, cache)
     }
 
-    /// Writes `record` as user "u"'s record of version 1 and publishes it.
     /// A connection of the test's own, to look at and change Redis directly.
     async fn connection(url: &str) -> redis::aio::MultiplexedConnection {
         redis::Client::open(url)
@@ -534,6 +533,7 @@ mod tests {
             .expect("connection")
     }
 
+    /// Writes `record` as user "u"'s record of version 1 and publishes it.
     async fn publish_one(store: &EmbeddedStore, record: &UserRecord) -> BatchManifest {
         store
             .write_batch(1, vec![("u".into(), record.clone())])
