@@ -17,7 +17,11 @@
 //!   and says so (`freshness.positions_stale`);
 //! * an append acknowledged by this process discards the reading, so a
 //!   fresh `log_end` includes every append this process acknowledged before
-//!   the request came.
+//!   the request came;
+//! * each reading's log end is told to the store
+//!   ([`ServingStore::log_end_seen`]): a store that follows the speed
+//!   writes, and slows down while they are quiet, is brought back to its
+//!   fast pace when answers find the log ahead of it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -159,6 +163,7 @@ impl ProgressReadings {
             let (progress, end) = tokio::join!(store.speed_progress(), log.end());
             match (progress, end) {
                 (Ok(progress), Ok(end)) => {
+                    store.log_end_seen(&end);
                     if let Ok(mut latest) = readings.latest.lock() {
                         *latest = Some(Arc::new(Reading {
                             generation,
@@ -226,10 +231,16 @@ impl ProgressReadings {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use async_trait::async_trait;
+    use signals_core::UserRecord;
     use signals_log::embedded::{EmbeddedLog, EmbeddedLogOptions};
     use signals_log::{Append, LogError, LogReader, Offset, Partition};
     use signals_store::embedded::EmbeddedStore;
+    use signals_store::{
+        BatchManifest, HistorySince, IndexEntry, PositionedEntry, StoreError, StoreReads, TailMark,
+    };
 
     use super::*;
 
@@ -325,6 +336,86 @@ mod tests {
         let (_, fresh) = readings.read(&store, &log).await;
         assert_eq!(fresh.stale, None);
         assert_eq!(fresh.position.next(0), 1);
+    }
+
+    /// A store that remembers the log ends it is told of, around a real
+    /// embedded one.
+    struct TellingStore(EmbeddedStore, Mutex<Vec<LogPosition>>);
+
+    #[async_trait]
+    impl StoreReads for TellingStore {
+        async fn speed_progress(&self) -> Result<SpeedProgress, StoreError> {
+            self.0.speed_progress().await
+        }
+        async fn lookup_events(
+            &self,
+            ids: &[String],
+        ) -> Result<HashMap<String, IndexEntry>, StoreError> {
+            self.0.lookup_events(ids).await
+        }
+        async fn published(&self) -> Result<Option<BatchManifest>, StoreError> {
+            self.0.published().await
+        }
+        async fn batch_record(
+            &self,
+            version: u64,
+            user: &str,
+        ) -> Result<Option<Arc<UserRecord>>, StoreError> {
+            self.0.batch_record(version, user).await
+        }
+        async fn speed_entries(
+            &self,
+            user: &str,
+            from: &LogPosition,
+        ) -> Result<Vec<PositionedEntry>, StoreError> {
+            self.0.speed_entries(user, from).await
+        }
+        async fn check(&self) -> Result<(), StoreError> {
+            self.0.check().await
+        }
+    }
+
+    #[async_trait]
+    impl ServingStore for TellingStore {
+        async fn user_history_since(
+            &self,
+            user: &str,
+            mark: Option<&TailMark>,
+        ) -> Result<HistorySince, StoreError> {
+            self.0.user_history_since(user, mark).await
+        }
+        fn log_end_seen(&self, end: &LogPosition) {
+            self.1.lock().expect("lock").push(end.clone());
+        }
+    }
+
+    /// A follower of the speed writes slows down while they are quiet;
+    /// each reading's log end is what brings it back to its pace.
+    #[tokio::test]
+    async fn every_reading_tells_the_store_the_log_end_it_found() {
+        let (dir, _hang, log, _) = hanging_log_and_store();
+        let store = Arc::new(TellingStore(
+            EmbeddedStore::open(&dir.path().join("telling.redb")).expect("store"),
+            Mutex::default(),
+        ));
+        let serving: Arc<dyn ServingStore> = store.clone();
+        let readings = Arc::new(ProgressReadings::default());
+        readings.read(&serving, &log).await;
+        log.append(vec![Append {
+            key: "u".into(),
+            bytes: vec![1],
+        }])
+        .await
+        .expect("appended");
+        readings.appended();
+        let (_, end) = readings.read(&serving, &log).await;
+        assert_eq!(end.position.next(0), 1);
+        let told = store.1.lock().expect("lock").clone();
+        let told: Vec<u64> = told.iter().map(|end| end.next(0)).collect();
+        // A stalled box may add a refresh ahead of time; never another end.
+        assert_eq!(told.first(), Some(&0), "{told:?}");
+        assert!(told.contains(&1), "{told:?}");
+        assert!(told.iter().all(|&end| end <= 1), "{told:?}");
     }
 
     #[tokio::test]

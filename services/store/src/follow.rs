@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use signals_core::{LogPosition, Offset, Partition};
+use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::changes::UserChanges;
@@ -75,7 +76,24 @@ pub struct FollowedStore {
     /// serves nothing (the speed layer, a batch command) never polls.
     follower: std::sync::Once,
     feed: Arc<dyn ChangeFeed>,
+    paces: Paces,
+    /// Brings the follower back to `paces.every`: the log was seen ahead
+    /// of the progress it followed. Not in [`Following`], which the
+    /// follower must not keep alive while it waits.
+    behind_the_log: Arc<Notify>,
+    /// The last log end that woke the follower: the same end seen again
+    /// wakes it no more. A speed layer that is down leaves the log ahead
+    /// for as long as it is down; polling at the fast pace meanwhile would
+    /// only load the store.
+    woken_at: Mutex<Option<LogPosition>>,
+}
+
+/// How often a follower polls: every `every` while the speed layer
+/// writes, slowing down to `quiet` while it does not.
+#[derive(Clone, Copy, Debug)]
+struct Paces {
     every: Duration,
+    quiet: Duration,
 }
 
 struct Following {
@@ -107,6 +125,15 @@ impl Following {
         let reading = self.reading.lock().unwrap_or_else(PoisonError::into_inner);
         self.is_fresh(&reading).then(|| self.changes.token())
     }
+
+    /// Whether the log's `end` is past the last good poll's progress on
+    /// some partition (a write is on its way, or landed unseen).
+    fn behind(&self, end: &LogPosition) -> bool {
+        let reading = self.reading.lock().unwrap_or_else(PoisonError::into_inner);
+        reading
+            .as_ref()
+            .is_some_and(|(_, progress)| !progress.position.reaches(end))
+    }
 }
 
 impl FollowedStore {
@@ -127,7 +154,12 @@ impl FollowedStore {
             }),
             follower: std::sync::Once::new(),
             feed,
-            every,
+            paces: Paces {
+                every,
+                quiet: quiet_every(every),
+            },
+            behind_the_log: Arc::default(),
+            woken_at: Mutex::default(),
         }
     }
 
@@ -142,7 +174,8 @@ impl FollowedStore {
             tokio::spawn(follow(
                 self.feed.clone(),
                 Arc::downgrade(&self.following),
-                self.every,
+                self.paces,
+                self.behind_the_log.clone(),
             ));
         });
     }
@@ -155,24 +188,40 @@ pub fn quiet_every(every: Duration) -> Duration {
 }
 
 /// Polls `feed` while the store lives: every `every` while the speed layer
-/// writes, slowing down to [`quiet_every`] while it does not. Each poll is
-/// a request per log partition; on a quiet day those requests were most of
-/// the database's work (docs/BENCHMARKS.md, session 17). The first write
-/// after a quiet spell is seen at most `quiet_every` after it lands.
-async fn follow(feed: Arc<dyn ChangeFeed>, following: Weak<Following>, every: Duration) {
-    let quiet = quiet_every(every);
+/// writes, slowing down to `quiet` while it does not. Each poll is a
+/// request per log partition; on a quiet day those requests were most of
+/// the database's work (docs/BENCHMARKS.md, session 17). A wake-up on
+/// `behind_the_log` (an answer's reading found the log's end moved and
+/// past the followed progress: a write is on its way) brings the pace back
+/// to `every` at once, so the first write after a quiet spell is seen
+/// about `every` after it lands while answers are asked for, and at most
+/// `quiet` after it when none are.
+async fn follow(
+    feed: Arc<dyn ChangeFeed>,
+    following: Weak<Following>,
+    Paces { every, quiet }: Paces,
+    behind_the_log: Arc<Notify>,
+) {
     let mut wait = every;
+    let mut polled = tokio::time::Instant::now();
     // `None`: start over from the next progress read.
     let mut cursors: Option<LogPosition> = None;
     let mut failing = false;
     loop {
-        tokio::time::sleep(wait).await;
+        tokio::select! {
+            () = tokio::time::sleep_until(polled + wait) => {}
+            () = behind_the_log.notified() => {
+                metrics::counter!("signals_serving_follower_wake_ups_total").increment(1);
+                wait = every;
+                tokio::time::sleep_until(polled + every).await;
+            }
+        }
         let Some(following) = following.upgrade() else {
             return;
         };
         // A poll that outlasts staleness is a failure: its cursors could
         // outlive the rows' hour, and readers went to the store meanwhile.
-        let polled = tokio::time::timeout(
+        let outcome = tokio::time::timeout(
             following.stale_after,
             poll(&*feed, &following, &mut cursors),
         )
@@ -183,7 +232,8 @@ async fn follow(feed: Arc<dyn ChangeFeed>, following: Weak<Following>, every: Du
                 following.stale_after
             )))
         });
-        wait = match polled {
+        polled = tokio::time::Instant::now();
+        wait = match outcome {
             Ok(moved) => {
                 if failing {
                     failing = false;
@@ -325,6 +375,17 @@ impl ServingStore for FollowedStore {
         self.inner.evict_user(user_id).await?;
         tokio::time::sleep(self.following.stale_after * 2).await;
         Ok(())
+    }
+
+    fn log_end_seen(&self, end: &LogPosition) {
+        if !self.following.behind(end) {
+            return;
+        }
+        let mut woken_at = self.woken_at.lock().unwrap_or_else(PoisonError::into_inner);
+        if woken_at.as_ref() != Some(end) {
+            *woken_at = Some(end.clone());
+            self.behind_the_log.notify_one();
+        }
     }
 }
 
@@ -598,6 +659,62 @@ mod tests {
         s.feed.wrote(2, &["u"]);
         followed_to(&s.followed, 2).await;
         assert_eq!(s.ids("u").await, ["p0-0", "p0-1"]);
+    }
+
+    /// A quiet follower told that the log's end is past its progress (a
+    /// write is on its way) polls at its fast pace at once, not at its
+    /// next quiet poll; told of an end it has reached, or of the same end
+    /// again while the speed layer is away, it stays quiet. Paused time:
+    /// the paces are asserted exactly.
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_follower_is_woken_by_the_log_ahead_of_it() {
+        use std::sync::atomic::Ordering;
+        let polls = |s: &Setup| s.feed.polls.load(Ordering::Relaxed);
+        let s = setup();
+        s.feed.wrote(1, &["u"]);
+        s.followed.start_following();
+        followed_to(&s.followed, 1).await;
+
+        // Quiet long enough to poll every `quiet_every`; then just after a
+        // poll, so that the next quiet one is 250 ms away.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let before = polls(&s);
+        while polls(&s) == before {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        s.feed.wrote(2, &["u"]);
+        let end: LogPosition = [(0, 2)].into_iter().collect();
+        s.followed.log_end_seen(&end);
+        tokio::time::sleep(EVERY * 3).await;
+        assert_eq!(
+            s.followed.followed().map(|p| p.next(0)),
+            Some(2),
+            "seen at the fast pace, not at the next quiet poll"
+        );
+
+        // Reached: answers that keep seeing that end wake nothing.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let before = polls(&s);
+        for _ in 0..100 {
+            s.followed.log_end_seen(&end);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let quiet_polls = polls(&s) - before;
+        assert!(quiet_polls <= 5, "{quiet_polls} polls in a quiet second");
+
+        // The speed layer is away: the log stays ahead at one end. One
+        // wake-up, then the follower slows down again (5 + 10 + … ms).
+        let ahead: LogPosition = [(0, 3)].into_iter().collect();
+        let before = polls(&s);
+        for _ in 0..100 {
+            s.followed.log_end_seen(&ahead);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let polls_while_away = polls(&s) - before;
+        assert!(
+            polls_while_away <= 12,
+            "{polls_while_away} polls in a second with the speed layer away"
+        );
     }
 
     /// `evict_user` (the end of a deletion) returns only once another

@@ -156,6 +156,11 @@ macro_rules! forward_to {
             self.$inner.evict_user(user_id)
         }
     };
+    (@ $inner:ident log_end_seen) => {
+        fn log_end_seen(&self, end: &signals_core::LogPosition) {
+            self.$inner.log_end_seen(end)
+        }
+    };
 }
 
 pub(crate) use forward_to;

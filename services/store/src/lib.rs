@@ -188,6 +188,13 @@ pub trait ServingStore: StoreReads {
         None
     }
 
+    /// The log's end, as a reading of it for an answer's `freshness` just
+    /// found it. A store that follows the speed writes polls them at its
+    /// fast pace while the log is ahead of what it has followed: a quiet
+    /// follower would otherwise see the first write after a quiet spell up
+    /// to [`follow::quiet_every`] after it landed.
+    fn log_end_seen(&self, _end: &LogPosition) {}
+
     /// Drops what this path keeps of `user_id` beside the store (a cached
     /// record), once the batch layer has erased them. Returns once no
     /// serving process can answer for the user from what it kept before

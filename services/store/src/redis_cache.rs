@@ -378,7 +378,7 @@ impl StoreReads for CachedStore {
 
 #[async_trait]
 impl ServingStore for CachedStore {
-    forward_to!(inner: serving_manifest);
+    forward_to!(inner: serving_manifest, log_end_seen);
 
     async fn user_history_since(
         &self,

@@ -131,7 +131,7 @@ impl StoreReads for TailCache {
 
 #[async_trait]
 impl ServingStore for TailCache {
-    forward_to!(inner: serving_manifest, user_history_since, degraded);
+    forward_to!(inner: serving_manifest, user_history_since, degraded, log_end_seen);
 
     async fn served_history(&self, user_id: &str) -> Result<ServedHistory, StoreError> {
         let durable = self.durable().await;

@@ -1,6 +1,7 @@
 //! Freshness: from the collector's answer (the event is accepted) to the
 //! event being visible through the serving API, while the platform takes a
-//! steady background load.
+//! steady background load, and for the first event after a quiet spell
+//! (when a serving process that follows the speed writes polls seldom).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,7 +33,7 @@ pub async fn measure(
     // its group when the collector is ready, and a backlog made then would
     // stay through a short run on a box with no spare capacity. One event
     // made visible first says it reads.
-    probe(address, u64::MAX, Duration::from_secs(90)).await?;
+    probe(address, &probe_user(u64::MAX), Duration::from_secs(90)).await?;
     let background = {
         let shape = shape.clone();
         tokio::spawn(async move {
@@ -49,8 +50,8 @@ pub async fn measure(
         probers.spawn(async move {
             let mut latencies = http::histogram();
             while Instant::now() < deadline {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                let micros = probe(address, n, Duration::from_secs(30)).await?;
+                let user = probe_user(next.fetch_add(1, Ordering::Relaxed));
+                let micros = probe(address, &user, Duration::from_secs(30)).await?;
                 let _ = latencies.record(micros.max(1));
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -68,12 +69,47 @@ pub async fn measure(
     Ok(latencies)
 }
 
-/// Posts one view of a fresh user, then polls that user's `views_24h`
-/// until it counts the view, for at most `patience`; µs from the
-/// collector's answer.
-async fn probe(address: SocketAddr, n: u64, patience: Duration) -> anyhow::Result<u64> {
+/// Freshness of an event after `quiet` with no events at all, `probes`
+/// times, in µs: what a user whose answers are read sees of an event that
+/// follows a quiet spell. Each probe's user is read once before the quiet
+/// spell, so that serving keeps its (empty) speed tail, as it does for
+/// every user it answers.
+pub async fn measure_after_quiet(
+    stack: Stack,
+    services: &Services,
+    probes: u64,
+    quiet: Duration,
+) -> anyhow::Result<Histogram<u64>> {
+    let platform = Platform::start(stack, services, &[]).await?;
+    let address = platform.address;
+    probe(address, &probe_user(u64::MAX), Duration::from_secs(90)).await?;
+    let mut latencies = http::histogram();
+    for n in 0..probes {
+        let user = probe_user(n);
+        let mut conn = Conn::open(address).await?;
+        let (status, _) = conn.send(&views_24h(&user)).await?;
+        anyhow::ensure!(status.is_success(), "reading {user} failed: {status}");
+        tokio::time::sleep(quiet).await;
+        let micros = probe(address, &user, Duration::from_secs(30)).await?;
+        let _ = latencies.record(micros.max(1));
+    }
+    Ok(latencies)
+}
+
+/// A user of this run's probe `n`, with no events before it.
+fn probe_user(n: u64) -> String {
+    format!("probe-{:x}-{n}", workload::now_millis())
+}
+
+fn views_24h(user: &str) -> Call {
+    Call::get(format!("/v1/users/{user}/signals?names=views_24h"))
+}
+
+/// Posts one view of `user`, who has none yet, then polls that user's
+/// `views_24h` until it counts the view, for at most `patience`; µs from
+/// the collector's answer.
+async fn probe(address: SocketAddr, user: &str, patience: Duration) -> anyhow::Result<u64> {
     let mut conn = Conn::open(address).await?;
-    let user = format!("probe-{:x}-{n}", workload::now_millis());
     let event = json!([{
         "event_id": format!("{user}-e"),
         "user_id": user,
@@ -86,7 +122,7 @@ async fn probe(address: SocketAddr, n: u64, patience: Duration) -> anyhow::Resul
         .await?;
     anyhow::ensure!(status.is_success(), "the probe event was refused: {status}");
     let accepted = Instant::now();
-    let read = Call::get(format!("/v1/users/{user}/signals?names=views_24h"));
+    let read = views_24h(user);
     loop {
         let (_, body) = conn.send(&read).await?;
         let answer: serde_json::Value = serde_json::from_slice(&body)?;

@@ -80,6 +80,8 @@ struct Sizes {
     heavy_events: u64,
     duration: Duration,
     freshness: Duration,
+    /// Events sent one at a time, each after a quiet second.
+    quiet_probes: u64,
     /// (users, events) points of the scale curve.
     scale: Vec<(u64, u64)>,
     /// Events the insights worker turns into membership; event probes;
@@ -102,6 +104,7 @@ impl Sizes {
                 heavy_events: 200_000,
                 duration: Duration::from_secs(5),
                 freshness: Duration::from_secs(10),
+                quiet_probes: 10,
                 scale: vec![(10_000, 300_000), (100_000, 300_000), (100_000, 1_000_000)],
                 insights_events: 200_000,
                 insights_probes: 100,
@@ -117,6 +120,7 @@ impl Sizes {
                 heavy_events: 1_000_000,
                 duration: Duration::from_secs(15),
                 freshness: Duration::from_secs(30),
+                quiet_probes: 30,
                 scale: vec![
                     (10_000, 1_000_000),
                     (100_000, 1_000_000),
@@ -227,6 +231,20 @@ pub async fn run(args: &SuiteArgs) -> anyhow::Result<()> {
         rows.push(Row::new("freshness p99 @ 10k events/s", ms(0.99), target));
         rows.push(Row::new(
             "freshness max @ 10k events/s",
+            Figure::ms(h.max() as f64 / 1000.0),
+            "",
+        ));
+        progress(&rows);
+        let quiet = Duration::from_secs(1);
+        let h = freshness::measure_after_quiet(stack, &services, sizes.quiet_probes, quiet).await?;
+        let ms = |q: f64| Figure::ms(h.value_at_quantile(q) as f64 / 1000.0);
+        rows.push(Row::new(
+            format!("freshness after a quiet second: p50 ({} probes)", h.len()),
+            ms(0.5),
+            "",
+        ));
+        rows.push(Row::new(
+            "freshness after a quiet second: max",
             Figure::ms(h.max() as f64 / 1000.0),
             "",
         ));
