@@ -291,6 +291,17 @@ mod tests {
         (dir, hang, log, store)
     }
 
+    /// An append acknowledged by this process, as the collector makes one.
+    async fn append_one(log: &Arc<dyn EventLog>, readings: &ProgressReadings) {
+        log.append(vec![Append {
+            key: "u".into(),
+            bytes: vec![1],
+        }])
+        .await
+        .expect("appended");
+        readings.appended();
+    }
+
     #[tokio::test]
     async fn answers_do_not_wait_for_a_log_that_hangs_and_say_so() {
         let (_dir, hang, log, store) = hanging_log_and_store();
@@ -301,13 +312,7 @@ mod tests {
         assert_eq!(fresh.position.next(0), 0);
 
         // An append: the next answer needs a new reading, which hangs.
-        log.append(vec![Append {
-            key: "u".into(),
-            bytes: vec![1],
-        }])
-        .await
-        .expect("appended");
-        readings.appended();
+        append_one(&log, &readings).await;
         hang.store(true, Ordering::SeqCst);
         let answers = futures::future::join_all((0..20).map(|_| readings.read(&store, &log))).await;
         for (_, answer) in answers {
@@ -401,13 +406,7 @@ mod tests {
         let serving: Arc<dyn ServingStore> = store.clone();
         let readings = Arc::new(ProgressReadings::default());
         readings.read(&serving, &log).await;
-        log.append(vec![Append {
-            key: "u".into(),
-            bytes: vec![1],
-        }])
-        .await
-        .expect("appended");
-        readings.appended();
+        append_one(&log, &readings).await;
         let (_, end) = readings.read(&serving, &log).await;
         assert_eq!(end.position.next(0), 1);
         let told = store.1.lock().expect("lock").clone();
