@@ -76,8 +76,8 @@ pub struct FollowedStore {
     /// serves nothing (the speed layer, a batch command) never polls.
     follower: std::sync::Once,
     feed: Arc<dyn ChangeFeed>,
-    paces: Paces,
-    /// Brings the follower back to `paces.every`: the log was seen ahead
+    every: Duration,
+    /// Brings the follower back to `every`: the log was seen ahead
     /// of the progress it followed. Not in [`Following`], which the
     /// follower must not keep alive while it waits.
     behind_the_log: Arc<Notify>,
@@ -86,14 +86,6 @@ pub struct FollowedStore {
     /// for as long as it is down; polling at the fast pace meanwhile would
     /// only load the store.
     woken_at: Mutex<Option<LogPosition>>,
-}
-
-/// How often a follower polls: every `every` while the speed layer
-/// writes, slowing down to `quiet` while it does not.
-#[derive(Clone, Copy, Debug)]
-struct Paces {
-    every: Duration,
-    quiet: Duration,
 }
 
 struct Following {
@@ -154,10 +146,7 @@ impl FollowedStore {
             }),
             follower: std::sync::Once::new(),
             feed,
-            paces: Paces {
-                every,
-                quiet: quiet_every(every),
-            },
+            every,
             behind_the_log: Arc::default(),
             woken_at: Mutex::default(),
         }
@@ -174,7 +163,7 @@ impl FollowedStore {
             tokio::spawn(follow(
                 self.feed.clone(),
                 Arc::downgrade(&self.following),
-                self.paces,
+                self.every,
                 self.behind_the_log.clone(),
             ));
         });
@@ -188,20 +177,21 @@ pub fn quiet_every(every: Duration) -> Duration {
 }
 
 /// Polls `feed` while the store lives: every `every` while the speed layer
-/// writes, slowing down to `quiet` while it does not. Each poll is a
+/// writes, slowing down to [`quiet_every`] while it does not. Each poll is a
 /// request per log partition; on a quiet day those requests were most of
 /// the database's work (docs/BENCHMARKS.md, session 17). A wake-up on
 /// `behind_the_log` (an answer's reading found the log's end moved and
 /// past the followed progress: a write is on its way) brings the pace back
 /// to `every` at once, so the first write after a quiet spell is seen
 /// about `every` after it lands while answers are asked for, and at most
-/// `quiet` after it when none are.
+/// `quiet_every` after it when none are.
 async fn follow(
     feed: Arc<dyn ChangeFeed>,
     following: Weak<Following>,
-    Paces { every, quiet }: Paces,
+    every: Duration,
     behind_the_log: Arc<Notify>,
 ) {
+    let quiet = quiet_every(every);
     let mut wait = every;
     let mut polled = tokio::time::Instant::now();
     // `None`: start over from the next progress read.
