@@ -86,7 +86,15 @@ svc_pid() {
   [[ $pid =~ ^[0-9]+$ ]] || return 1
   [[ -r /proc/$pid/cmdline ]] || return 1
   case $1 in
-    redis) tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q 'redis-server' || return 1 ;;
+    # redis-server rewrites its command line (its process title) as it
+    # starts, and read at that moment it can hold nothing: a CI run once took
+    # a starting Redis for one that had exited, and left it running. Once
+    # exec'd, the executable says what it is; before, the launcher's command
+    # line does.
+    redis)
+      [[ $(readlink "/proc/$pid/exe" 2>/dev/null) == "$(readlink -f "$(command -v redis-server)")" ]] ||
+        tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q 'redis-server' || return 1
+      ;;
     *) tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "-Dsignals.infra.service=$1 " || return 1 ;;
   esac
   echo "$pid"
