@@ -204,6 +204,25 @@ fn entries_of(records: Vec<LogEntry>) -> Vec<RawEntry> {
         .collect()
 }
 
+/// The entries of one write as the stores keep them: each user's entries
+/// of one log partition in offset order, in runs of at most `max`, each
+/// with its last entry and its entries' bytes, in (user, partition, offset)
+/// order.
+fn runs(write: &[RawEntry], max: usize) -> Vec<(&RawEntry, Vec<u8>)> {
+    let mut sorted: Vec<&RawEntry> = write.iter().collect();
+    sorted.sort_unstable_by(|a, b| {
+        (&a.user, a.partition, a.offset).cmp(&(&b.user, b.partition, b.offset))
+    });
+    sorted
+        .chunk_by(|a, b| a.user == b.user && a.partition == b.partition)
+        .flat_map(|same| same.chunks(max))
+        .map(|run| {
+            let value = run.iter().flat_map(|e| e.value.iter().copied()).collect();
+            (run[run.len() - 1], value)
+        })
+        .collect()
+}
+
 const SPEED: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("speed");
 const INDEX: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("index_log");
 
@@ -220,23 +239,15 @@ fn raw_write_redb(
     let db = redb::Database::create(path)?;
     let started = Instant::now();
     for (write, chunk) in entries.chunks(batch.max(1)).enumerate() {
-        let mut sorted: Vec<&RawEntry> = chunk.iter().collect();
-        sorted.sort_unstable_by(|a, b| {
-            (&a.user, a.partition, a.offset).cmp(&(&b.user, b.partition, b.offset))
-        });
-        let rows: Vec<(Vec<u8>, Vec<u8>)> = sorted
-            .chunk_by(|a, b| a.user == b.user && a.partition == b.partition)
-            .map(|run| {
-                let last = run[run.len() - 1];
+        let rows: Vec<(Vec<u8>, Vec<u8>)> = runs(chunk, usize::MAX)
+            .into_iter()
+            .map(|(last, value)| {
                 let mut key = Vec::with_capacity(last.user.len() + 13);
                 key.extend_from_slice(last.user.as_bytes());
                 key.push(0);
                 key.extend_from_slice(&last.partition.to_be_bytes());
                 key.extend_from_slice(&last.offset.to_be_bytes());
-                (
-                    key,
-                    run.iter().flat_map(|e| e.value.iter().copied()).collect(),
-                )
+                (key, value)
             })
             .collect();
         let buckets = chunk.len().div_ceil(128).next_power_of_two().min(256);
@@ -291,10 +302,12 @@ pub(super) async fn raw_speed_table(
 }
 
 /// The rows the CQL store writes for the same entries, in writes of
-/// `batch` entries: per write, each user's entries as single-partition
-/// unlogged batches of up to 32 rows, then the event ids grouped the same
-/// way by index bucket (FNV-1a-64 mod 1,024, ADR 006), 256 requests in
-/// flight. The store's own index reads are not part of the ceiling.
+/// `batch` entries: per write, each user's entries of one log partition in
+/// runs of up to 64, keyed by the last, each user's runs as
+/// single-partition unlogged batches of up to 32 rows, then the event ids
+/// one row each, grouped into such batches by index bucket (FNV-1a-64 mod
+/// 1,024, ADR 006), 256 requests in flight. The store's own index reads are
+/// not part of the ceiling.
 async fn raw_write_cql(
     services: &Services,
     name: &str,
@@ -302,6 +315,7 @@ async fn raw_write_cql(
     batch: usize,
 ) -> anyhow::Result<Duration> {
     const ROWS_PER_BATCH: usize = 32;
+    const ENTRIES_PER_ROW: usize = 64;
     let keyspace = format!("{}_raw", backends::keyspace(name));
     let (session, insert_entry) = raw_speed_table(services, &keyspace).await?;
     session
@@ -318,20 +332,26 @@ async fn raw_write_cql(
         .await?;
     let started = Instant::now();
     for write in entries.chunks(batch.max(1)) {
-        let mut by_user: std::collections::HashMap<&str, Vec<&RawEntry>> = Default::default();
+        let runs = runs(write, ENTRIES_PER_ROW);
         let mut by_bucket: std::collections::HashMap<i32, Vec<&RawEntry>> = Default::default();
         for e in write {
-            by_user.entry(&e.user).or_default().push(e);
             let bucket = (signals_core::fnv1a64(e.event_id.as_bytes()) % 1024) as i32;
             by_bucket.entry(bucket).or_default().push(e);
         }
-        let entry_batches = by_user
-            .values()
+        let entry_batches = runs
+            .chunk_by(|(a, _), (b, _)| a.user == b.user)
             .flat_map(|rows| rows.chunks(ROWS_PER_BATCH))
             .map(|rows| {
                 let values: Vec<_> = rows
                     .iter()
-                    .map(|e| (&e.user, i64::from(e.partition), e.offset as i64, &e.value))
+                    .map(|(last, value)| {
+                        (
+                            &last.user,
+                            i64::from(last.partition),
+                            last.offset as i64,
+                            value,
+                        )
+                    })
                     .collect();
                 (&insert_entry, values)
             });

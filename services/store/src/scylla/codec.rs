@@ -7,7 +7,9 @@
 
 use crate::StoreError;
 
-pub use crate::codec::{decode, decode_record, encode, encode_record};
+pub use crate::codec::{
+    chunk_len, decode, decode_chunk, decode_record, encode, encode_chunk, encode_record,
+};
 
 /// Buckets of a version's user listing (`batch_users`). Fixed forever:
 /// changing it makes the listings of existing versions unreadable.

@@ -1,11 +1,12 @@
 //! Garbage collection: covered speed entries and old batch versions.
 //!
 //! Speed entries: the users come from `SELECT DISTINCT user_id` (a paged
-//! token-range scan of partition keys only). For each user, one read of the
-//! entry positions (no values) counts what is covered per log partition,
-//! and only partitions with covered rows get a range delete
-//! (`log_offset < next`): users with nothing to collect cost one read and
-//! leave no tombstone.
+//! token-range scan of partition keys only). For each user, one read of
+//! their rows counts the entries covered per log partition (a row is keyed
+//! by its last entry, so a covered key is a covered row; the count is read
+//! from each value's length prefix, nothing decoded), and only partitions
+//! with covered rows get a range delete (`log_offset < next`): users with
+//! nothing to collect cost one read and leave no tombstone.
 //!
 //! Versions: `batch_manifests` lists them; for each version below the kept
 //! one, the listing is read bucket by bucket, every listed record deleted,
@@ -87,19 +88,23 @@ impl Inner {
         user: String,
         covered: &LogPosition,
     ) -> Result<u64, StoreError> {
-        let what = "read a user's speed entry positions";
+        let what = "read a user's speed rows";
         let mut doomed: BTreeMap<u32, u64> = BTreeMap::new();
         self.pages(
-            &statements.select_entry_positions,
+            &statements.select_entry_runs,
             &(user.as_str(),),
             what,
             |page| {
-                for row in page.rows::<(i64, i64)>().map_err(driver(what))? {
-                    let (partition, offset) = row.map_err(driver(what))?;
+                for row in page
+                    .rows::<(i64, i64, Option<&[u8]>)>()
+                    .map_err(driver(what))?
+                {
+                    let (partition, offset, value) = row.map_err(driver(what))?;
                     let partition = partition_from_bigint(partition, "speed_entries")?;
                     let offset = from_bigint(offset, "speed_entries", "log offset")?;
                     if covered.covers(partition, offset) {
-                        *doomed.entry(partition).or_default() += 1;
+                        let entries = value.and_then(codec::chunk_len).unwrap_or(1);
+                        *doomed.entry(partition).or_default() += entries;
                     }
                 }
                 Ok(())

@@ -300,6 +300,135 @@ async fn many_ids_of_one_bucket_are_written_and_found_together() {
     assert!(ids.iter().all(|id| found[id] == counted("u", None)));
 }
 
+/// `user`'s rows in `speed_entries`: each key and how many entries it holds.
+async fn speed_rows(store: &ScyllaStore, user: &str) -> Vec<(i64, i64, u64)> {
+    let statements = store.inner.statements().await.expect("statements");
+    let mut rows = Vec::new();
+    store
+        .inner
+        .pages(&statements.select_entry_runs, &(user,), "read", |page| {
+            for row in page
+                .rows::<(i64, i64, Option<&[u8]>)>()
+                .expect("typed rows")
+            {
+                let (partition, offset, value) = row.expect("a row");
+                let len = value.and_then(codec::chunk_len).expect("a speed value");
+                rows.push((partition, offset, len));
+            }
+            Ok(())
+        })
+        .await
+        .expect("read the rows");
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_keeps_each_users_entries_as_runs_keyed_by_their_last_offset() {
+    let Some(server) = Server::new() else { return };
+    let store = server.fresh().await;
+    let mut entries: Vec<_> = (0..150).map(|o| at("heavy", 1, o)).collect();
+    entries.extend([at("light", 0, 7), at("heavy", 0, 3)]);
+    store
+        .apply_speed(write(entries, &[(0, 8), (1, 150)]).into())
+        .await
+        .expect("apply");
+    assert_eq!(
+        speed_rows(&store, "heavy").await,
+        [(0, 3, 1), (1, 63, 64), (1, 127, 64), (1, 149, 22)]
+    );
+    assert_eq!(speed_rows(&store, "light").await, [(0, 7, 1)]);
+    let all = store
+        .speed_entries("heavy", &LogPosition::new())
+        .await
+        .expect("entries");
+    let positions: Vec<_> = all.iter().map(|e| (e.partition, e.offset)).collect();
+    let expected: Vec<_> = std::iter::once((0, 3))
+        .chain((0..150).map(|o| (1, o)))
+        .collect();
+    assert_eq!(positions, expected);
+
+    // Garbage collection counts entries, and keeps a row it covers in part.
+    store.write_batch(1, vec![]).await.expect("write v1");
+    store
+        .publish(&manifest(1, &[(0, 8), (1, 100)]))
+        .await
+        .expect("publish");
+    let covered: LogPosition = [(0, 8), (1, 100)].into_iter().collect();
+    let stats = store.collect_garbage(&covered, 1).await.expect("gc");
+    assert_eq!(
+        stats.speed_entries,
+        1 + 64 + 1,
+        "heavy's two rows, light's one"
+    );
+    assert_eq!(
+        speed_rows(&store, "heavy").await,
+        [(1, 127, 64), (1, 149, 22)]
+    );
+    assert_eq!(speed_rows(&store, "light").await, []);
+    let past_the_batch = store
+        .speed_entries("heavy", &covered)
+        .await
+        .expect("entries");
+    let offsets: Vec<_> = past_the_batch.iter().map(|e| e.offset).collect();
+    assert_eq!(offsets, (100..150).collect::<Vec<_>>());
+}
+
+/// A replay may cut a user's entries into other runs than the attempt it
+/// replays and decide a position otherwise (RELIABILITY.md, finding 1):
+/// each position reads once, as the write made last holds it, whichever
+/// run holds it and in whichever order the rows' keys come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_cut_into_other_runs_reads_each_position_as_written_last() {
+    let Some(server) = Server::new() else { return };
+    let store = server.fresh().await;
+    let withdrawn = |user: &str| crate::PositionedEntry {
+        entry: SpeedEntry::Retracted {
+            event_ids: vec!["p0-1".into()],
+        },
+        ..at(user, 0, 1)
+    };
+    // The replay's run of the changed position ends before the first
+    // attempt's ("shorter") and after it ("longer").
+    let first = write(
+        vec![
+            at("shorter", 0, 0),
+            at("shorter", 0, 1),
+            at("shorter", 0, 2),
+        ],
+        &[],
+    );
+    store
+        .apply_speed(first.into())
+        .await
+        .expect("first attempt");
+    let first = write(vec![at("longer", 0, 1)], &[]);
+    store
+        .apply_speed(first.into())
+        .await
+        .expect("first attempt");
+    // Write times are the server's, in microseconds: let them differ.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let replay = write(vec![withdrawn("shorter")], &[]);
+    store.apply_speed(replay.into()).await.expect("replay");
+    let replay = write(
+        vec![at("longer", 0, 0), withdrawn("longer"), at("longer", 0, 2)],
+        &[(0, 3)],
+    );
+    store.apply_speed(replay.into()).await.expect("replay");
+    for user in ["shorter", "longer"] {
+        assert_eq!(speed_rows(&store, user).await.len(), 2, "{user}: two runs");
+        let entries = store
+            .speed_entries(user, &LogPosition::new())
+            .await
+            .expect("entries");
+        assert_eq!(
+            entries,
+            [at(user, 0, 0), withdrawn(user), at(user, 0, 2)],
+            "{user}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_moves_the_first_index_layout_into_buckets_with_its_ttls() {
     let Some(server) = Server::new() else { return };

@@ -3,7 +3,8 @@
 //!
 //! The schema is `infra/cql/schema.cql` (compiled in, applied by
 //! [`ScyllaStore::migrate`]); it explains every table and key. In short:
-//! speed entries are one partition per user clustered by log position, the
+//! speed entries are one partition per user, in runs of a write's entries
+//! clustered by the log position of each run's last entry, the
 //! event index is 1,024 partitions clustered by event id (a bucket of the
 //! id's hash each), progress is one row per log partition,
 //! batch records are one partition per (version, user), a bucketed listing
@@ -20,7 +21,9 @@
 //!   transactions in CQL: [`SpeedStore::apply_speed`] writes the entries
 //!   and index updates first, waits for all of them, and only then writes
 //!   the progress rows. A crash in between leaves progress behind the data,
-//!   never ahead; the replay rewrites identical rows (ADR 001).
+//!   never ahead; the replay rewrites the same positions (ADR 001), and
+//!   where it cuts them into other runs, readers keep each position as
+//!   the newest row holds it (`WRITETIME`).
 //! * **Progress merges per partition and never moves back.** Each log
 //!   partition has its own progress row, written `USING TIMESTAMP
 //!   next_offset`: CQL keeps the cell with the highest write timestamp, so

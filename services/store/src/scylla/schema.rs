@@ -75,23 +75,22 @@ macro_rules! statements {
 }
 
 statements! {
-    /// A speed entry at its log position.
+    /// A run of speed entries, keyed by the log position of its last entry.
     insert_entry = "INSERT INTO {ks}.speed_entries (user_id, log_partition, log_offset, entry) VALUES (?, ?, ?, ?)";
     /// A speed entry at its log position, with an explicit write timestamp (erasure's marker).
     insert_entry_at = "INSERT INTO {ks}.speed_entries (user_id, log_partition, log_offset, entry) VALUES (?, ?, ?, ?) USING TIMESTAMP ?";
     /// All of a user's speed entries (erasure), as of an explicit write timestamp.
     delete_user_entries = "DELETE FROM {ks}.speed_entries USING TIMESTAMP ? WHERE user_id = ?";
-    /// A user's speed entries in log order.
-    select_entries = "SELECT log_partition, log_offset, entry FROM {ks}.speed_entries WHERE user_id = ?";
-    /// The same, in small pages: the first page is all of a light user, and
-    /// says whether a read should seek past what it holds instead.
-    select_entries_head = "SELECT log_partition, log_offset, entry FROM {ks}.speed_entries WHERE user_id = ?";
-    /// The position of a user's first speed entry at or after a position.
+    /// A user's speed rows in log order, with their write times, in small
+    /// pages: the first page is all of a light user, and says whether a
+    /// read should seek past what it holds instead.
+    select_entries_head = "SELECT log_partition, log_offset, entry, WRITETIME(entry) FROM {ks}.speed_entries WHERE user_id = ?";
+    /// The key of a user's first speed row at or after a position.
     select_next_entry = "SELECT log_partition, log_offset FROM {ks}.speed_entries WHERE user_id = ? AND (log_partition, log_offset) >= (?, ?) LIMIT 1";
-    /// A user's speed entries of one log partition from an offset on.
-    select_entries_from = "SELECT log_partition, log_offset, entry FROM {ks}.speed_entries WHERE user_id = ? AND log_partition = ? AND log_offset >= ?";
-    /// A user's speed entry positions (garbage collection counts what it deletes).
-    select_entry_positions = "SELECT log_partition, log_offset FROM {ks}.speed_entries WHERE user_id = ?";
+    /// A user's speed rows of one log partition whose keys are at or past an offset.
+    select_entries_from = "SELECT log_partition, log_offset, entry, WRITETIME(entry) FROM {ks}.speed_entries WHERE user_id = ? AND log_partition = ? AND log_offset >= ?";
+    /// A user's speed rows (garbage collection counts the entries it deletes).
+    select_entry_runs = "SELECT log_partition, log_offset, entry FROM {ks}.speed_entries WHERE user_id = ?";
     /// Every user with speed entries (a token-range scan; garbage collection only).
     select_speed_users = "SELECT DISTINCT user_id FROM {ks}.speed_entries";
     /// One range tombstone: a user's entries of one log partition before an offset.

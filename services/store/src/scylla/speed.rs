@@ -20,10 +20,15 @@ use super::schema::Statements;
 use super::store::Inner;
 use crate::{IndexEntry, PositionedEntry, SpeedProgress, SpeedWrite, StoreError};
 
-/// Most rows of one partition written as one single-partition batch. Keeps
-/// each batch well under Cassandra's `batch_size_fail_threshold` (50 KiB);
-/// speed entries are a few hundred bytes, index entries about a hundred.
+/// Most rows of one partition written as one single-partition batch: a
+/// request of at most 32 index rows or [`ENTRIES_PER_ROW`] × 32 entries
+/// (tens to hundreds of KiB; a batch of one partition is one mutation,
+/// which Cassandra does not hold to `batch_size_fail_threshold`).
 const ROWS_PER_BATCH: usize = 32;
+
+/// Most entries of one `speed_entries` row: a popular user's entries of one
+/// write (thousands) become rows of tens of KiB, not one cell of MiBs.
+const ENTRIES_PER_ROW: usize = 64;
 
 /// The event index's first layout, one partition per id (until session 12).
 const LEGACY_INDEX: &str = "event_index";
@@ -31,7 +36,8 @@ const LEGACY_INDEX: &str = "event_index";
 /// Most ids of one index bucket read by one request.
 const IDS_PER_READ: usize = 128;
 
-/// One speed row, encoded: log partition, log offset, entry.
+/// One speed row, encoded: log partition, the offset of its last entry,
+/// and its entries (a run of one user's entries of one log partition).
 type EntryRow = (i64, i64, Vec<u8>);
 
 /// One index row, encoded: event id, entry, seconds to live (0: for good).
@@ -43,7 +49,7 @@ type IndexRow<'a> = (&'a str, Vec<u8>, i32);
 /// store's cost model: a popular user's many entries, or many ids of one
 /// index bucket, cost one request, not many.
 enum Row<'a> {
-    /// Entries of one user, in log order.
+    /// Runs of entries of one user.
     Entries { user: &'a str, rows: Vec<EntryRow> },
     /// Index entries of one bucket.
     Index {
@@ -58,6 +64,41 @@ enum Row<'a> {
         write_id: i64,
         users: Vec<u8>,
     },
+}
+
+/// `entries` as `speed_entries` rows, per user: each user's entries of one
+/// log partition in offset order, cut into runs of at most
+/// [`ENTRIES_PER_ROW`], each keyed by the offset of its last entry (as the
+/// embedded store keys its rows). A row whose key a position covers is
+/// covered whole, so readers and garbage collection skip it by its key.
+fn entry_runs(entries: &[PositionedEntry]) -> Result<Vec<(&str, Vec<EntryRow>)>, StoreError> {
+    let mut sorted: Vec<&PositionedEntry> = entries.iter().collect();
+    sorted.sort_unstable_by(|a, b| {
+        (a.user_id.as_str(), a.partition, a.offset).cmp(&(
+            b.user_id.as_str(),
+            b.partition,
+            b.offset,
+        ))
+    });
+    let mut users: Vec<(&str, Vec<EntryRow>)> = Vec::new();
+    for same_user in sorted.chunk_by(|a, b| a.user_id == b.user_id) {
+        let user = same_user[0].user_id.as_str();
+        non_empty(user, "user id")?;
+        let mut rows = Vec::new();
+        for same_partition in same_user.chunk_by(|a, b| a.partition == b.partition) {
+            for run in same_partition.chunks(ENTRIES_PER_ROW) {
+                let last = run[run.len() - 1];
+                let entries: Vec<_> = run.iter().map(|e| (e.offset, &e.entry)).collect();
+                rows.push((
+                    i64::from(last.partition),
+                    to_bigint(last.offset, "log offset")?,
+                    codec::encode_chunk(&entries)?,
+                ));
+            }
+        }
+        users.push((user, rows));
+    }
+    Ok(users)
 }
 
 /// One `speed_changes` row per log partition `write` wrote entries on: the
@@ -144,18 +185,9 @@ impl Inner {
         let statements = self.statements().await?;
         // Encoded up front: a value that cannot be encoded fails the call
         // before anything is written.
-        let mut by_user: HashMap<&str, Vec<EntryRow>> = HashMap::new();
-        for e in &write.entries {
-            non_empty(&e.user_id, "user id")?;
-            by_user.entry(&e.user_id).or_default().push((
-                i64::from(e.partition),
-                to_bigint(e.offset, "log offset")?,
-                codec::encode(&e.entry)?,
-            ));
-        }
-        let mut rows = Vec::with_capacity(by_user.len());
-        for (user, entries) in by_user {
-            chunked(entries, |rows| Row::Entries { user, rows }, &mut rows);
+        let mut rows = Vec::new();
+        for (user, runs) in entry_runs(&write.entries)? {
+            chunked(runs, |rows| Row::Entries { user, rows }, &mut rows);
         }
         let now = signals_schemas::now_millis();
         let mut by_bucket: HashMap<i32, Vec<IndexRow>> = HashMap::new();
@@ -492,14 +524,14 @@ impl Inner {
     /// `user`'s speed entries that `covered` does not cover, in (partition,
     /// offset) order; covered rows are skipped undecoded.
     ///
-    /// A user's rows sit in clustering order (log partition, offset), and
-    /// mostly on one log partition (the log is keyed by user). The first
-    /// page, of [`HEAD_ROWS`](super::schema::HEAD_ROWS) rows, is all of a
-    /// light user: one round trip, as before. Past it the read seeks
-    /// instead of paging through rows a reader already holds (a popular
-    /// user's kept tail, ADR 009): it finds the first row after a cursor,
-    /// jumps over that log partition's covered offsets, and reads from the
-    /// first uncovered one. A few round trips, whatever the tail's length.
+    /// A user's rows sit in clustering order (log partition, offset of the
+    /// row's last entry), and mostly on one log partition (the log is keyed
+    /// by user). The first page, of [`HEAD_ROWS`](super::schema::HEAD_ROWS)
+    /// rows, is all of a light user: one round trip, as before. Past it the
+    /// read seeks instead of paging through rows a reader already holds (a
+    /// popular user's kept tail, ADR 009): it finds the first row after a
+    /// cursor, jumps over that log partition's covered rows, and reads from
+    /// the first that is not. A few round trips, whatever the tail's length.
     pub(super) async fn speed_entries(
         &self,
         user: &str,
@@ -507,9 +539,9 @@ impl Inner {
     ) -> Result<Vec<PositionedEntry>, StoreError> {
         let statements = self.statements().await?;
         let what = "read speed entries";
-        let mut entries = Vec::new();
+        let mut entries = Written::default();
         if user.is_empty() {
-            return Ok(entries);
+            return Ok(Vec::new());
         }
         let nothing_covered = LogPosition::default();
         let covered = covered.unwrap_or(&nothing_covered);
@@ -525,7 +557,7 @@ impl Inner {
         let head = head.into_rows_result().map_err(super::driver(what))?;
         let last = take_entries(user, covered, &head, &mut entries)?;
         if more.into_paging_control_flow().is_break() {
-            return Ok(entries);
+            return Ok(entries.resolve());
         }
         // A page may hold fewer rows than asked for, even none (the server
         // cuts pages short past tombstones): go on after the last row seen.
@@ -537,6 +569,7 @@ impl Inner {
             None => (0, 0),
         };
         while let Some((partition, offset)) = self.next_entry(user, cursor).await? {
+            // A row is keyed by its last entry: covered key, covered row.
             let from = covered.next(partition);
             if offset < from {
                 cursor = (i64::from(partition), to_bigint(from, "log offset")?);
@@ -549,10 +582,10 @@ impl Inner {
             .await?;
             cursor = (i64::from(partition) + 1, 0);
         }
-        Ok(entries)
+        Ok(entries.resolve())
     }
 
-    /// The position of `user`'s first speed entry at or after `cursor`.
+    /// The key of `user`'s first speed row at or after `cursor`.
     async fn next_entry(
         &self,
         user: &str,
@@ -580,21 +613,53 @@ impl Inner {
     }
 }
 
-/// Appends the rows of `page` that `covered` does not cover to `entries`;
-/// returns the position of the page's last row, covered or not.
+/// Entries read from `speed_entries` rows, each with the write time of its
+/// row.
+///
+/// Two attempts at one write (a speed process killed between a write's
+/// entries and its progress, then the replay) may cut a user's entries
+/// into different runs, and a replay may plan a position differently from
+/// the attempt it replays (RELIABILITY.md, finding 1): then two rows hold
+/// the same position. The row written last holds what the speed layer
+/// decided last, which is what one row per position kept when a later
+/// write replaced it; CQL orders the writes by their write times.
+#[derive(Default)]
+struct Written(Vec<(PositionedEntry, i64)>);
+
+impl Written {
+    /// Each position once, as its newest row holds it, in log order.
+    fn resolve(mut self) -> Vec<PositionedEntry> {
+        let position = |e: &PositionedEntry| (e.partition, e.offset);
+        let in_order = self
+            .0
+            .windows(2)
+            .all(|w| position(&w[0].0) < position(&w[1].0));
+        if !in_order {
+            self.0.sort_by(|(a, written_a), (b, written_b)| {
+                position(a).cmp(&position(b)).then(written_b.cmp(written_a))
+            });
+            self.0
+                .dedup_by(|later, kept| position(&later.0) == position(&kept.0));
+        }
+        self.0.into_iter().map(|(entry, _)| entry).collect()
+    }
+}
+
+/// Appends the entries of the rows of `page` that `covered` does not cover
+/// to `entries`; returns the key of the page's last row, covered or not.
 fn take_entries(
     user: &str,
     covered: &LogPosition,
     page: &QueryRowsResult,
-    entries: &mut Vec<PositionedEntry>,
+    entries: &mut Written,
 ) -> Result<Option<(u32, u64)>, StoreError> {
     let what = "read speed entries";
     let mut last = None;
     for row in page
-        .rows::<(i64, i64, Option<&[u8]>)>()
+        .rows::<(i64, i64, Option<&[u8]>, Option<i64>)>()
         .map_err(super::driver(what))?
     {
-        let (partition, offset, value) = row.map_err(super::driver(what))?;
+        let (partition, offset, value, written) = row.map_err(super::driver(what))?;
         let partition = partition_from_bigint(partition, "speed_entries")?;
         let offset = from_bigint(offset, "speed_entries", "log offset")?;
         last = Some((partition, offset));
@@ -605,12 +670,21 @@ fn take_entries(
         let value = value.ok_or_else(|| {
             StoreError::Corrupt(format!("table speed_entries, {}: no entry", key()))
         })?;
-        entries.push(PositionedEntry {
-            user_id: user.to_owned(),
-            partition,
-            offset,
-            entry: codec::decode(value, "speed_entries", key)?,
-        });
+        let run = codec::decode_chunk(value, offset, "speed_entries", key)?;
+        let written = written.unwrap_or(i64::MIN);
+        entries.0.extend(
+            run.into_iter()
+                .filter(|(offset, _)| !covered.covers(partition, *offset))
+                .map(|(offset, entry)| {
+                    let entry = PositionedEntry {
+                        user_id: user.to_owned(),
+                        partition,
+                        offset,
+                        entry,
+                    };
+                    (entry, written)
+                }),
+        );
     }
     Ok(last)
 }
