@@ -36,6 +36,26 @@ pub struct SpeedWrite {
     pub progress: SpeedProgress,
 }
 
+impl SpeedWrite {
+    /// The write's entries of each user on each log partition, offsets
+    /// ascending, in (user, partition) order: what both stores keep as
+    /// runs, one row each (ADR 010).
+    pub(crate) fn runs(&self) -> Vec<Vec<&PositionedEntry>> {
+        let mut sorted: Vec<&PositionedEntry> = self.entries.iter().collect();
+        sorted.sort_unstable_by(|a, b| {
+            (a.user_id.as_str(), a.partition, a.offset).cmp(&(
+                b.user_id.as_str(),
+                b.partition,
+                b.offset,
+            ))
+        });
+        sorted
+            .chunk_by(|a, b| a.user_id == b.user_id && a.partition == b.partition)
+            .map(<[_]>::to_vec)
+            .collect()
+    }
+}
+
 /// A published (or about to be published) batch version.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchManifest {

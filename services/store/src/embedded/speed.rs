@@ -18,7 +18,7 @@ impl Inner {
     /// the transaction begins: the write lock is held only for the inserts,
     /// which go in key order.
     pub(super) fn apply_speed(&self, write: &SpeedWrite) -> Result<(), StoreError> {
-        let chunks = chunks(&write.entries)?;
+        let chunks = chunks(write)?;
         let index_rows = index::IndexRows::of(&write.index)?;
 
         let progress;
@@ -87,17 +87,9 @@ type Row = (Vec<u8>, Vec<u8>);
 /// `entries` as speed rows: one per (user, partition), keyed by its last
 /// offset, in key order (keys lead with the user's length, so the order of
 /// the rows is not the order of the user ids).
-fn chunks(entries: &[PositionedEntry]) -> Result<Vec<Row>, StoreError> {
-    let mut sorted: Vec<&PositionedEntry> = entries.iter().collect();
-    sorted.sort_unstable_by(|a, b| {
-        (a.user_id.as_str(), a.partition, a.offset).cmp(&(
-            b.user_id.as_str(),
-            b.partition,
-            b.offset,
-        ))
-    });
+fn chunks(write: &SpeedWrite) -> Result<Vec<Row>, StoreError> {
     let mut rows = Vec::new();
-    for run in sorted.chunk_by(|a, b| a.user_id == b.user_id && a.partition == b.partition) {
+    for run in write.runs() {
         let last = run[run.len() - 1];
         let chunk: Vec<_> = run.iter().map(|e| (e.offset, &e.entry)).collect();
         rows.push((

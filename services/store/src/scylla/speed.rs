@@ -66,37 +66,30 @@ enum Row<'a> {
     },
 }
 
-/// `entries` as `speed_entries` rows, per user: each user's entries of one
-/// log partition in offset order, cut into runs of at most
-/// [`ENTRIES_PER_ROW`], each keyed by the offset of its last entry (as the
-/// embedded store keys its rows). A row whose key a position covers is
-/// covered whole, so readers and garbage collection skip it by its key.
-fn entry_runs(entries: &[PositionedEntry]) -> Result<Vec<(&str, Vec<EntryRow>)>, StoreError> {
-    let mut sorted: Vec<&PositionedEntry> = entries.iter().collect();
-    sorted.sort_unstable_by(|a, b| {
-        (a.user_id.as_str(), a.partition, a.offset).cmp(&(
-            b.user_id.as_str(),
-            b.partition,
-            b.offset,
-        ))
-    });
+/// `write`'s entries as `speed_entries` rows, per user: each of its runs
+/// ([`SpeedWrite::runs`]) cut into rows of at most [`ENTRIES_PER_ROW`],
+/// each keyed by the offset of its last entry (as the embedded store keys
+/// its rows). A row whose key a position covers is covered whole, so
+/// readers and garbage collection skip it by its key.
+fn entry_runs(write: &SpeedWrite) -> Result<Vec<(&str, Vec<EntryRow>)>, StoreError> {
     let mut users: Vec<(&str, Vec<EntryRow>)> = Vec::new();
-    for same_user in sorted.chunk_by(|a, b| a.user_id == b.user_id) {
-        let user = same_user[0].user_id.as_str();
+    for same_partition in write.runs() {
+        let user = same_partition[0].user_id.as_str();
         non_empty(user, "user id")?;
-        let mut rows = Vec::new();
-        for same_partition in same_user.chunk_by(|a, b| a.partition == b.partition) {
-            for run in same_partition.chunks(ENTRIES_PER_ROW) {
-                let last = run[run.len() - 1];
-                let entries: Vec<_> = run.iter().map(|e| (e.offset, &e.entry)).collect();
-                rows.push((
-                    i64::from(last.partition),
-                    to_bigint(last.offset, "log offset")?,
-                    codec::encode_chunk(&entries)?,
-                ));
-            }
+        if users.last().is_none_or(|(last, _)| *last != user) {
+            users.push((user, Vec::new()));
         }
-        users.push((user, rows));
+        let at = users.len() - 1;
+        let rows = &mut users[at].1;
+        for run in same_partition.chunks(ENTRIES_PER_ROW) {
+            let last = run[run.len() - 1];
+            let entries: Vec<_> = run.iter().map(|e| (e.offset, &e.entry)).collect();
+            rows.push((
+                i64::from(last.partition),
+                to_bigint(last.offset, "log offset")?,
+                codec::encode_chunk(&entries)?,
+            ));
+        }
     }
     Ok(users)
 }
@@ -186,7 +179,7 @@ impl Inner {
         // Encoded up front: a value that cannot be encoded fails the call
         // before anything is written.
         let mut rows = Vec::new();
-        for (user, runs) in entry_runs(&write.entries)? {
+        for (user, runs) in entry_runs(write)? {
             chunked(runs, |rows| Row::Entries { user, rows }, &mut rows);
         }
         let now = signals_schemas::now_millis();
