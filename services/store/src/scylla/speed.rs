@@ -20,15 +20,23 @@ use super::schema::Statements;
 use super::store::Inner;
 use crate::{IndexEntry, PositionedEntry, SpeedProgress, SpeedWrite, StoreError};
 
-/// Most rows of one partition written as one single-partition batch: a
-/// request of at most 32 index rows or [`ENTRIES_PER_ROW`] × 32 entries
-/// (tens to hundreds of KiB; a batch of one partition is one mutation,
-/// which Cassandra does not hold to `batch_size_fail_threshold`).
+/// Most rows of one partition written as one single-partition batch (one
+/// mutation, which Cassandra does not hold to `batch_size_fail_threshold`).
 const ROWS_PER_BATCH: usize = 32;
+
+/// Most bytes of rows in one request, unless one row is larger: far below
+/// the 16 MiB a CQL server takes in one request (its
+/// `native_transport_max_frame_size`) and half its commit log segment per
+/// mutation.
+const REQUEST_BYTES: usize = 4 << 20;
 
 /// Most entries of one `speed_entries` row: a popular user's entries of one
 /// write (thousands) become rows of tens of KiB, not one cell of MiBs.
 const ENTRIES_PER_ROW: usize = 64;
+
+/// Most bytes of one `speed_entries` row, unless one entry is larger (a
+/// retraction may name 10,000 ids: some 2.5 MiB).
+const ROW_BYTES: usize = 1 << 20;
 
 /// The event index's first layout, one partition per id (until session 12).
 const LEGACY_INDEX: &str = "event_index";
@@ -82,16 +90,28 @@ fn entry_runs(write: &SpeedWrite) -> Result<Vec<(&str, Vec<EntryRow>)>, StoreErr
         let at = users.len() - 1;
         let rows = &mut users[at].1;
         for run in same_partition.chunks(ENTRIES_PER_ROW) {
-            let last = run[run.len() - 1];
-            let entries: Vec<_> = run.iter().map(|e| (e.offset, &e.entry)).collect();
-            rows.push((
-                i64::from(last.partition),
-                to_bigint(last.offset, "log offset")?,
-                codec::encode_chunk(&entries)?,
-            ));
+            encode_run(run, rows)?;
         }
     }
     Ok(users)
+}
+
+/// `run` as one row, or, past [`ROW_BYTES`], as the rows of its halves.
+fn encode_run(run: &[&PositionedEntry], rows: &mut Vec<EntryRow>) -> Result<(), StoreError> {
+    let entries: Vec<_> = run.iter().map(|e| (e.offset, &e.entry)).collect();
+    let value = codec::encode_chunk(&entries)?;
+    if value.len() > ROW_BYTES && run.len() > 1 {
+        let (older, newer) = run.split_at(run.len() / 2);
+        encode_run(older, rows)?;
+        return encode_run(newer, rows);
+    }
+    let last = run[run.len() - 1];
+    rows.push((
+        i64::from(last.partition),
+        to_bigint(last.offset, "log offset")?,
+        value,
+    ));
+    Ok(())
 }
 
 /// One `speed_changes` row per log partition `write` wrote entries on: the
@@ -135,18 +155,29 @@ pub(super) fn attempt_id() -> i64 {
     hasher.finish() as i64
 }
 
-/// `rows` in chunks of at most [`ROWS_PER_BATCH`], each made a request.
+/// `rows` in chunks of at most [`ROWS_PER_BATCH`] rows and
+/// [`REQUEST_BYTES`] (as `bytes` weighs a row; a larger row alone), each
+/// made a request.
 fn chunked<'a, R>(
-    mut rows: Vec<R>,
+    rows: Vec<R>,
+    bytes: impl Fn(&R) -> usize,
     request: impl Fn(Vec<R>) -> Row<'a>,
     requests: &mut Vec<Row<'a>>,
 ) {
-    while rows.len() > ROWS_PER_BATCH {
-        let rest = rows.split_off(ROWS_PER_BATCH);
-        requests.push(request(rows));
-        rows = rest;
+    let mut chunk = Vec::new();
+    let mut weight = 0;
+    for row in rows {
+        let size = bytes(&row);
+        if !chunk.is_empty() && (chunk.len() == ROWS_PER_BATCH || weight + size > REQUEST_BYTES) {
+            requests.push(request(std::mem::take(&mut chunk)));
+            weight = 0;
+        }
+        weight += size;
+        chunk.push(row);
     }
-    requests.push(request(rows));
+    if !chunk.is_empty() {
+        requests.push(request(chunk));
+    }
 }
 
 /// The CQL time to live of an index entry that may go at `expires_at`: at
@@ -180,7 +211,12 @@ impl Inner {
         // before anything is written.
         let mut rows = Vec::new();
         for (user, runs) in entry_runs(write)? {
-            chunked(runs, |rows| Row::Entries { user, rows }, &mut rows);
+            chunked(
+                runs,
+                |(_, _, value)| value.len(),
+                |rows| Row::Entries { user, rows },
+                &mut rows,
+            );
         }
         let now = signals_schemas::now_millis();
         let mut by_bucket: HashMap<i32, Vec<IndexRow>> = HashMap::new();
@@ -194,7 +230,12 @@ impl Inner {
         }
         let mut index_rows = Vec::with_capacity(by_bucket.len());
         for (bucket, entries) in by_bucket {
-            chunked(entries, |rows| Row::Index { bucket, rows }, &mut index_rows);
+            chunked(
+                entries,
+                |(id, value, _)| id.len() + value.len(),
+                |rows| Row::Index { bucket, rows },
+                &mut index_rows,
+            );
         }
         // Whom the write touched, after its entries (a follower that sees a
         // row may skip reading the users it does not name) and before its
@@ -484,7 +525,12 @@ impl Inner {
             }
             let mut requests = Vec::new();
             for (bucket, rows) in by_bucket {
-                chunked(rows, |rows| Row::Index { bucket, rows }, &mut requests);
+                chunked(
+                    rows,
+                    |(id, value, _)| id.len() + value.len(),
+                    |rows| Row::Index { bucket, rows },
+                    &mut requests,
+                );
             }
             stream::iter(requests.into_iter().map(Ok))
                 .try_for_each_concurrent(self.options.max_in_flight, |row| {
@@ -690,4 +736,80 @@ pub(super) fn non_empty(key: &str, what: &str) -> Result<(), StoreError> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::{at, write};
+    use signals_core::SpeedEntry;
+
+    /// A retraction entry of about `bytes` bytes.
+    fn retraction(user: &str, offset: Offset, bytes: usize) -> PositionedEntry {
+        PositionedEntry {
+            entry: SpeedEntry::Retracted {
+                event_ids: (0..bytes / 100).map(|i| format!("{i:0>99}")).collect(),
+            },
+            ..at(user, 0, offset)
+        }
+    }
+
+    #[test]
+    fn rows_and_requests_stay_within_their_bytes_and_keep_every_entry_in_order() {
+        let mut entries: Vec<_> = (0..20).map(|o| retraction("big", o, 300_000)).collect();
+        entries.extend((20..200).map(|o| at("big", 0, o)));
+        entries.push(retraction("huge", 0, 2_500_000));
+        let write = write(entries, &[]);
+        let users = entry_runs(&write).expect("encodes");
+        for (user, rows) in &users {
+            let mut offsets = Vec::new();
+            for (partition, key, value) in rows {
+                let run = codec::decode_chunk(value, 0, "t", String::new).expect("decodes");
+                assert!(run.len() <= ENTRIES_PER_ROW);
+                assert!(
+                    value.len() <= ROW_BYTES || run.len() == 1,
+                    "{user}: a row too big"
+                );
+                assert_eq!(*key, run[run.len() - 1].0 as i64, "keyed by its last entry");
+                assert_eq!(*partition, 0);
+                offsets.extend(run.iter().map(|(offset, _)| *offset));
+            }
+            let expected: Vec<Offset> = match *user {
+                "big" => (0..200).collect(),
+                _ => vec![0],
+            };
+            assert_eq!(offsets, expected, "{user}");
+        }
+        let (_, big) = users.into_iter().next().expect("big's rows");
+        let rows = big.len();
+        assert!(
+            rows < 200 / 8,
+            "small entries go many to a row: {rows} rows"
+        );
+        let mut requests = Vec::new();
+        chunked(
+            big,
+            |(_, _, v)| v.len(),
+            |rows| Row::Entries { user: "big", rows },
+            &mut requests,
+        );
+        let sizes: Vec<(usize, usize)> = requests
+            .iter()
+            .map(|r| match r {
+                Row::Entries { rows, .. } => (rows.len(), rows.iter().map(|r| r.2.len()).sum()),
+                _ => (0, 0),
+            })
+            .collect();
+        assert!(
+            sizes
+                .iter()
+                .all(|&(n, bytes)| n == 1 || bytes <= REQUEST_BYTES),
+            "{sizes:?}"
+        );
+        assert_eq!(sizes.iter().map(|&(n, _)| n).sum::<usize>(), rows);
+        assert!(
+            sizes.len() > 1,
+            "3 MB of rows in more than one request: {sizes:?}"
+        );
+    }
 }
