@@ -59,6 +59,11 @@ pub fn decode<T: DeserializeOwned>(
 /// The format byte of [`UserRecord`] values.
 pub const RECORD_FORMAT: u8 = 2;
 
+/// The format byte of a CQL `batch_records` value that stands for a record
+/// stored in pieces (`scylla::codec::RecordPieces`); the embedded store
+/// keeps every record whole.
+pub const PIECES_FORMAT: u8 = 5;
+
 /// A user record as format 1 stored it (before deletion existed).
 #[derive(Deserialize)]
 struct UserRecordV1 {

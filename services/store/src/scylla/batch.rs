@@ -9,7 +9,9 @@ use futures::{stream, TryStreamExt};
 use signals_core::UserRecord;
 use tracing::{debug, info};
 
-use super::codec::{self, from_bigint, to_bigint, user_bucket};
+use super::codec::{
+    self, from_bigint, to_bigint, user_bucket, RecordPieces, PIECED_BUCKET, RECORD_PIECE_BYTES,
+};
 use super::driver;
 use super::speed::non_empty;
 use super::store::Inner;
@@ -21,8 +23,10 @@ const PUBLISH_ATTEMPTS: usize = 5;
 
 impl Inner {
     /// Writes `records` under the unpublished `version`: the version's row,
-    /// then per user its listing row and then its record, at most
-    /// `max_in_flight` users at a time.
+    /// then per user its listing row and then its record (or, past
+    /// [`RECORD_PIECE_BYTES`], its listing among the pieced, its pieces and
+    /// then what its record's cell says of them), at most `max_in_flight`
+    /// users at a time.
     pub(super) async fn write_batch(
         &self,
         version: u64,
@@ -58,16 +62,100 @@ impl Inner {
                     "write a batch listing row",
                 )
                 .await?;
-                self.run(
-                    &statements.insert_record,
-                    (v, user.as_str(), record.as_bytes()),
-                    "write a batch record",
-                )
-                .await
+                self.write_record(v, &user, record.as_bytes()).await
             })
             .await?;
         debug!(version, users, "scylla batch records written");
         Ok(())
+    }
+
+    /// Writes `user`'s record of version `v`, listed already: in its cell,
+    /// or in pieces that its cell then counts.
+    async fn write_record(&self, v: i64, user: &str, record: &[u8]) -> Result<(), StoreError> {
+        let statements = self.statements().await?;
+        if record.len() <= RECORD_PIECE_BYTES {
+            return self
+                .run(
+                    &statements.insert_record,
+                    (v, user, record),
+                    "write a batch record",
+                )
+                .await;
+        }
+        self.run(
+            &statements.insert_listing,
+            (v, PIECED_BUCKET, user),
+            "list a batch record in pieces",
+        )
+        .await?;
+        let mut pieces = 0u32;
+        for bytes in record.chunks(RECORD_PIECE_BYTES) {
+            let piece = i32::try_from(pieces).map_err(|_| {
+                StoreError::Backend(format!(
+                    "cannot store a record of {} bytes: more than {} pieces",
+                    record.len(),
+                    i32::MAX
+                ))
+            })?;
+            self.run(
+                &statements.insert_piece,
+                (v, user, piece, bytes),
+                "write a batch record's piece",
+            )
+            .await?;
+            pieces += 1;
+        }
+        let cell = RecordPieces {
+            pieces,
+            bytes: record.len() as u64,
+        }
+        .encode()?;
+        self.run(
+            &statements.insert_record,
+            (v, user, cell),
+            "write a batch record in pieces",
+        )
+        .await
+    }
+
+    /// The record of `version` and `user` that `pieces` counts, its pieces
+    /// read in order and joined. Pieces past the count are an earlier
+    /// attempt's at a longer record, and are left out.
+    async fn record_in_pieces(
+        &self,
+        version: i64,
+        user: &str,
+        pieces: RecordPieces,
+    ) -> Result<Vec<u8>, StoreError> {
+        let statements = self.statements().await?;
+        let what = "read a batch record's pieces";
+        let mut record = Vec::with_capacity(usize::try_from(pieces.bytes).unwrap_or(0));
+        let mut next = 0u32;
+        self.pages(&statements.select_pieces, &(version, user), what, |page| {
+            for row in page.rows::<(i32, Option<&[u8]>)>().map_err(driver(what))? {
+                let (piece, bytes) = row.map_err(driver(what))?;
+                if u32::try_from(piece).is_ok_and(|p| p >= pieces.pieces) {
+                    continue;
+                }
+                if u32::try_from(piece) != Ok(next) {
+                    break;
+                }
+                record.extend_from_slice(bytes.unwrap_or_default());
+                next += 1;
+            }
+            Ok(())
+        })
+        .await?;
+        if next != pieces.pieces || record.len() as u64 != pieces.bytes {
+            return Err(StoreError::Corrupt(format!(
+                "table batch_record_pieces, version {version} user {user:?}: {next} pieces of \
+                 {} bytes in order, where the record's cell counts {} pieces of {} bytes",
+                record.len(),
+                pieces.pieces,
+                pieces.bytes
+            )));
+        }
+        Ok(record)
     }
 
     /// Makes `manifest` the published one with a compare-and-set of the
@@ -222,15 +310,20 @@ impl Inner {
             .map_err(driver(what))?
             .into_rows_result()
             .map_err(driver(what))?;
-        let Some((Some(bytes),)) = result
+        let Some((Some(cell),)) = result
             .maybe_first_row::<(Option<&[u8]>,)>()
             .map_err(driver(what))?
         else {
             return Ok(None);
         };
-        let record = codec::decode_record(bytes, "batch_records", || {
-            format!("version {version} user {user:?}")
-        })?;
+        let key = || format!("version {version} user {user:?}");
+        let record = match RecordPieces::of_cell(cell, key)? {
+            None => codec::decode_record(cell, "batch_records", key)?,
+            Some(pieces) => {
+                let record = self.record_in_pieces(v, user, pieces).await?;
+                codec::decode_record(&record, "batch_record_pieces", key)?
+            }
+        };
         Ok(Some(Arc::new(record)))
     }
 

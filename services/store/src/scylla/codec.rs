@@ -5,6 +5,9 @@
 //!
 //! Log partitions (u32), offsets and versions (u64) are CQL `bigint`s.
 
+use serde::{Deserialize, Serialize};
+
+use crate::codec::PIECES_FORMAT;
 use crate::StoreError;
 
 pub use crate::codec::{
@@ -20,6 +23,49 @@ pub const USER_BUCKETS: u32 = 256;
 pub fn user_bucket(user: &str) -> u32 {
     // Below USER_BUCKETS: always fits.
     (signals_core::fnv1a64(user.as_bytes()) % u64::from(USER_BUCKETS)) as u32
+}
+
+/// The listing bucket (`batch_users`) that names, once more, the users of
+/// a version whose records are in pieces: garbage collection and erasure
+/// find their pieces there.
+pub const PIECED_BUCKET: i32 = -1;
+
+/// Most bytes of a record in its `batch_records` cell; a longer record is
+/// written to `batch_record_pieces` in pieces of this size. A MiB: a cell
+/// that size is still cheap to compact and read, and a request far below
+/// the 16 MiB a CQL server takes (a user with some 13,000 events in the
+/// horizon reaches it; one with 400,000 made a request of 23 MB, which
+/// Cassandra refused, and with it the whole batch run).
+pub const RECORD_PIECE_BYTES: usize = 1 << 20;
+
+/// What a `batch_records` cell holds for a record in pieces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordPieces {
+    pub pieces: u32,
+    /// The record's length: its pieces are `RECORD_PIECE_BYTES` each but
+    /// the last.
+    pub bytes: u64,
+}
+
+impl RecordPieces {
+    /// The cell's value, behind [`PIECES_FORMAT`].
+    pub fn encode(&self) -> Result<Vec<u8>, StoreError> {
+        postcard::to_extend(self, vec![PIECES_FORMAT])
+            .map_err(|e| StoreError::Backend(format!("cannot encode a record's pieces: {e}")))
+    }
+
+    /// What `cell` says of pieces, if it stands for a record in pieces.
+    pub fn of_cell(cell: &[u8], key: impl FnOnce() -> String) -> Result<Option<Self>, StoreError> {
+        match cell.split_first() {
+            Some((&PIECES_FORMAT, body)) => postcard::from_bytes(body).map(Some).map_err(|e| {
+                StoreError::Corrupt(format!(
+                    "table batch_records, {}: undecodable record pieces: {e}",
+                    key()
+                ))
+            }),
+            _ => Ok(None),
+        }
+    }
 }
 
 /// Buckets of the event index (`event_index_buckets`). Fixed forever:

@@ -15,7 +15,8 @@ const CLAIM_ATTEMPTS: usize = 5;
 
 impl Inner {
     /// Deletes `user`'s speed partition, writes the deletion marker after
-    /// it, and replaces the user's record in every registered version.
+    /// it, and replaces the user's record in every registered version (and
+    /// drops its pieces, if it was stored in pieces).
     ///
     /// The delete and the marker carry explicit write timestamps, one apart,
     /// so the marker always outlives the partition tombstone.
@@ -77,6 +78,14 @@ impl Inner {
                 &statements.insert_record,
                 (stored, user, erased),
                 "erase a batch record",
+            )
+            .await?;
+            // After the cell that pointed at them, if it did: a reader
+            // then finds the erased record, never a count of missing pieces.
+            self.run(
+                &statements.delete_pieces,
+                (stored, user),
+                "erase a batch record's pieces",
             )
             .await?;
         }

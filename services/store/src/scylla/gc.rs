@@ -10,7 +10,8 @@
 //!
 //! Versions: `batch_manifests` lists them; for each version below the kept
 //! one, the listing is read bucket by bucket, every listed record deleted,
-//! then the bucket, and the version's row last. An interrupted collection
+//! then the bucket; then the pieces of the records stored in pieces (the
+//! users bucket -1 lists), and the version's row last. An interrupted collection
 //! is simply resumed by the next one (it may then count some records twice).
 
 use std::collections::BTreeMap;
@@ -19,7 +20,9 @@ use futures::{stream, TryStreamExt};
 use signals_core::LogPosition;
 use tracing::debug;
 
-use super::codec::{self, from_bigint, partition_from_bigint, USER_BUCKETS};
+use ::scylla::statement::prepared::PreparedStatement;
+
+use super::codec::{self, from_bigint, partition_from_bigint, PIECED_BUCKET, USER_BUCKETS};
 use super::driver;
 use super::schema::Statements;
 use super::store::Inner;
@@ -155,9 +158,12 @@ impl Inner {
             for bucket in 0..USER_BUCKETS {
                 // Below 256: always fits.
                 removed += self
-                    .collect_bucket(statements, stored, bucket as i32)
+                    .collect_bucket(statements, stored, bucket as i32, &statements.delete_record)
                     .await?;
             }
+            // After the records that point at them.
+            self.collect_bucket(statements, stored, PIECED_BUCKET, &statements.delete_pieces)
+                .await?;
             self.run(
                 &statements.delete_version,
                 (stored,),
@@ -193,12 +199,15 @@ impl Inner {
         Ok(users)
     }
 
-    /// Deletes the records listed in one bucket of `version`, then the bucket.
+    /// Deletes with `delete` (records, or pieces of records) what one
+    /// bucket of `version` lists, then the bucket; returns how many users
+    /// it listed.
     async fn collect_bucket(
         &self,
         statements: &Statements,
         version: i64,
         bucket: i32,
+        delete: &PreparedStatement,
     ) -> Result<u64, StoreError> {
         let users = self.listed_users(statements, version, bucket).await?;
         if users.is_empty() {
@@ -207,12 +216,8 @@ impl Inner {
         let count = users.len() as u64;
         stream::iter(users.into_iter().map(Ok))
             .try_for_each_concurrent(self.options.max_in_flight, |user| async move {
-                self.run(
-                    &statements.delete_record,
-                    (version, user.as_str()),
-                    "delete a batch record",
-                )
-                .await
+                self.run(delete, (version, user.as_str()), "delete a batch record")
+                    .await
             })
             .await?;
         self.run(

@@ -429,6 +429,137 @@ async fn a_replay_cut_into_other_runs_reads_each_position_as_written_last() {
     }
 }
 
+/// A record of `events` events of about a KiB each, newest first.
+fn large_record(user: &str, events: i64) -> signals_core::UserRecord {
+    let mut record = record(user, "unused");
+    record.events = (0..events)
+        .rev()
+        .map(|i| {
+            let mut event = contract::event(&format!("{user}-{i}"), user, i);
+            event.attributes.insert("note", format!("{i:0>1000}"));
+            event
+        })
+        .collect();
+    record
+}
+
+/// How many pieces `batch_record_pieces` holds for `version` and `user`.
+async fn pieces(store: &ScyllaStore, version: i64, user: &str) -> usize {
+    let statements = store.inner.statements().await.expect("statements");
+    let mut count = 0;
+    store
+        .inner
+        .pages(
+            &statements.select_pieces,
+            &(version, user),
+            "read",
+            |page| {
+                count += page.rows_num();
+                Ok(())
+            },
+        )
+        .await
+        .expect("read the pieces");
+    count
+}
+
+/// A user with 20,000 events of a KiB: a 20 MB record, more than a CQL
+/// server takes in one request (Cassandra refused such a write, and the
+/// batch run with it). It is stored in pieces, read whole, collected with
+/// its version and erased with its user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_larger_than_a_request_is_stored_in_pieces_and_read_whole() {
+    let Some(server) = Server::new() else { return };
+    let store = server.fresh().await;
+    let heavy = large_record("heavy", 20_000);
+    let encoded = crate::EncodedRecord::of(&heavy).expect("encodes");
+    assert!(
+        encoded.as_bytes().len() > 16 << 20,
+        "more than one request takes"
+    );
+    let light = record("light", "l-1");
+    store
+        .write_batch(
+            1,
+            vec![
+                ("heavy".into(), heavy.clone()),
+                ("light".into(), light.clone()),
+            ],
+        )
+        .await
+        .expect("write v1");
+    store.publish(&manifest(1, &[])).await.expect("publish v1");
+    let read = store.inner.batch_record(1, "heavy").await.expect("read");
+    assert_eq!(read.as_deref(), Some(&heavy));
+    let history = store.user_history("light").await.expect("history");
+    assert_eq!(history.record.as_deref(), Some(&light));
+    let expected = encoded.as_bytes().len().div_ceil(codec::RECORD_PIECE_BYTES);
+    assert_eq!(pieces(&store, 1, "heavy").await, expected);
+    assert_eq!(pieces(&store, 1, "light").await, 0);
+
+    // A later version: collecting version 1 drops its pieces and the
+    // listing that names them.
+    store
+        .write_batch(2, vec![("heavy".into(), heavy.clone())])
+        .await
+        .expect("write v2");
+    store.publish(&manifest(2, &[])).await.expect("publish v2");
+    let stats = store
+        .collect_garbage(&LogPosition::new(), 2)
+        .await
+        .expect("gc");
+    assert_eq!(stats.batch_records, 2, "heavy's and light's records of v1");
+    assert_eq!(pieces(&store, 1, "heavy").await, 0);
+    let statements = store.inner.statements().await.expect("statements");
+    let listed = store
+        .inner
+        .listed_users(statements, 1, codec::PIECED_BUCKET)
+        .await
+        .expect("listing");
+    assert!(listed.is_empty());
+    assert_eq!(pieces(&store, 2, "heavy").await, expected);
+
+    // Erasure leaves an erased record and no pieces.
+    store.erase_user("heavy", (0, 0)).await.expect("erase");
+    let read = store.inner.batch_record(2, "heavy").await.expect("read");
+    assert!(read.is_some_and(|r| r.deleted && r.events.is_empty()));
+    assert_eq!(pieces(&store, 2, "heavy").await, 0);
+}
+
+/// Pieces past what the record's cell counts (an earlier attempt at the
+/// version wrote a longer record) are left out; a missing piece is
+/// corruption, said with the version and user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_reads_the_pieces_its_cell_counts_and_no_others() {
+    let Some(server) = Server::new() else { return };
+    let store = server.fresh().await;
+    let longer = large_record("u", 4_000);
+    let shorter = large_record("u", 2_500);
+    store
+        .write_batch(1, vec![("u".into(), longer)])
+        .await
+        .expect("first attempt");
+    store
+        .write_batch(1, vec![("u".into(), shorter.clone())])
+        .await
+        .expect("second attempt");
+    assert_eq!(pieces(&store, 1, "u").await, 4);
+    let read = store.inner.batch_record(1, "u").await.expect("read");
+    assert_eq!(read.as_deref(), Some(&shorter));
+
+    let statements = store.inner.statements().await.expect("statements");
+    store
+        .inner
+        .run(&statements.delete_pieces, (1i64, "u"), "lose the pieces")
+        .await
+        .expect("deleted");
+    let error = store.inner.batch_record(1, "u").await.expect_err("corrupt");
+    assert!(
+        matches!(&error, StoreError::Corrupt(m) if m.contains("version 1 user \"u\"")),
+        "{error}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_moves_the_first_index_layout_into_buckets_with_its_ttls() {
     let Some(server) = Server::new() else { return };

@@ -7,7 +7,8 @@
 //! clustered by the log position of each run's last entry, the
 //! event index is 1,024 partitions clustered by event id (a bucket of the
 //! id's hash each), progress is one row per log partition,
-//! batch records are one partition per (version, user), a bucketed listing
+//! batch records are one partition per (version, user) (a record over a
+//! MiB in pieces of a MiB, in a partition of its own), a bucketed listing
 //! enumerates a version's users, and one pointer row holds the published
 //! manifest.
 //!

@@ -11,12 +11,13 @@ use crate::StoreError;
 pub const SCHEMA: &str = include_str!("../../../../infra/cql/schema.cql");
 
 /// The tables [`SCHEMA`] creates; the store is usable once all exist.
-pub const TABLES: [&str; 8] = [
+pub const TABLES: [&str; 9] = [
     "speed_entries",
     "event_index_buckets",
     "speed_progress",
     "speed_changes",
     "batch_records",
+    "batch_record_pieces",
     "batch_users",
     "batch_manifests",
     "batch_pointer",
@@ -113,6 +114,12 @@ statements! {
     select_record = "SELECT record FROM {ks}.batch_records WHERE version = ? AND user_id = ?";
     /// A user's record of a version.
     delete_record = "DELETE FROM {ks}.batch_records WHERE version = ? AND user_id = ?";
+    /// A piece of a record too large for one cell.
+    insert_piece = "INSERT INTO {ks}.batch_record_pieces (version, user_id, piece, bytes) VALUES (?, ?, ?, ?)";
+    /// A record's pieces in order, a few to a page.
+    select_pieces = "SELECT piece, bytes FROM {ks}.batch_record_pieces WHERE version = ? AND user_id = ?";
+    /// A record's pieces.
+    delete_pieces = "DELETE FROM {ks}.batch_record_pieces WHERE version = ? AND user_id = ?";
     /// A user in a version's listing.
     insert_listing = "INSERT INTO {ks}.batch_users (version, bucket, user_id) VALUES (?, ?, ?)";
     /// The users of one bucket of a version's listing.
@@ -179,6 +186,8 @@ impl Statements {
         self.select_speed_users.set_page_size(1000);
         self.select_entries_head.set_page_size(HEAD_ROWS);
         self.select_listing.set_page_size(1000);
+        // Pieces are a MiB each: pages of a few MiB, far below a frame.
+        self.select_pieces.set_page_size(4);
     }
 }
 
