@@ -1,7 +1,7 @@
 use thiserror::Error;
 
 /// Why a store operation failed, classified for retry decisions.
-#[derive(Debug, Error)]
+#[derive(Clone, Debug, Error)]
 pub enum StoreError {
     /// The store cannot be reached or timed out; nothing was half-applied
     /// that a retry of the same idempotent write would not repair.

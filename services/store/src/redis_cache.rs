@@ -33,13 +33,15 @@
 //! Every key has a TTL, so versions collected from the store also leave
 //! Redis on their own.
 
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::AsyncCommands;
 use signals_core::UserRecord;
+use smol_str::SmolStr;
 use tracing::warn;
 
 use crate::breaker::{Admission, Breaker};
@@ -157,7 +159,17 @@ pub struct CachedStore {
     /// The last Redis failure, for readiness.
     last_error: Mutex<Option<(Instant, String)>>,
     breaker: Breaker,
+    /// Records being loaded (Redis, else the store), by version and user.
+    loads: Mutex<HashMap<(u64, SmolStr), Load>>,
 }
+
+/// One load of a record, shared by every reader that asks for it while it
+/// is under way: a heavy user read by many clients at once, just after a
+/// batch published, is fetched and decoded once (a 1M-event record is
+/// ~77 MB read and ~320 MB decoded), not once per reader. Should the
+/// reader doing the load go away (its client hung up), a waiting one
+/// takes it over (`OnceCell::get_or_init`).
+type Load = Arc<tokio::sync::OnceCell<Result<Option<Arc<UserRecord>>, StoreError>>>;
 
 /// What Redis said about a key.
 enum Lookup {
@@ -183,6 +195,7 @@ impl CachedStore {
             client,
             connection: tokio::sync::Mutex::new(None),
             last_error: Mutex::new(None),
+            loads: Mutex::default(),
         })
     }
 
@@ -248,6 +261,37 @@ impl CachedStore {
             metrics::counter!("signals_cache_requests_total", "outcome" => "local").increment(1);
             return Ok(known);
         }
+        let slot = (manifest.version, SmolStr::new(user));
+        let load = self.loads_lock().entry(slot.clone()).or_default().clone();
+        let mut loaded_here = false;
+        let record = load
+            .get_or_init(|| {
+                loaded_here = true;
+                self.load_record(manifest, user)
+            })
+            .await
+            .clone();
+        if !loaded_here {
+            metrics::counter!("signals_cache_requests_total", "outcome" => "joined").increment(1);
+        }
+        let mut loads = self.loads_lock();
+        if loads.get(&slot).is_some_and(|l| Arc::ptr_eq(l, &load)) {
+            loads.remove(&slot);
+        }
+        record
+    }
+
+    fn loads_lock(&self) -> std::sync::MutexGuard<'_, HashMap<(u64, SmolStr), Load>> {
+        self.loads.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `user`'s record of `manifest`'s version from Redis, else from the
+    /// store (then written to Redis), kept in the local cache either way.
+    async fn load_record(
+        &self,
+        manifest: &BatchManifest,
+        user: &str,
+    ) -> Result<Option<Arc<UserRecord>>, StoreError> {
         let key = self.key(manifest, user);
         let redis_up = match self.cached(&key).await {
             Lookup::Hit(hit) => {
@@ -544,6 +588,70 @@ mod tests {
         manifest
     }
 
+    /// The embedded store, whose record reads are counted and take a while.
+    struct SlowRecords {
+        inner: Arc<EmbeddedStore>,
+        reads: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait]
+    impl StoreReads for SlowRecords {
+        forward_to!(inner: speed_progress, lookup_events, published, speed_entries, check);
+
+        async fn batch_record(
+            &self,
+            version: u64,
+            user_id: &str,
+        ) -> Result<Option<Arc<UserRecord>>, StoreError> {
+            self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            self.inner.batch_record(version, user_id).await
+        }
+    }
+
+    #[async_trait]
+    impl ServingStore for SlowRecords {
+        forward_to!(inner: user_history_since);
+    }
+
+    /// Readers of a user whose record is being loaded wait for that load:
+    /// with nothing kept in the process and Redis away, eight readers at
+    /// once read the store once, and a reader after them reads it again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readers_of_a_record_being_loaded_share_its_load() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let raw = Arc::new(EmbeddedStore::open(&dir.path().join("store.redb")).expect("store"));
+        let record = crate::contract::record("u", "e1");
+        publish_one(&raw, &record).await;
+        let slow = Arc::new(SlowRecords {
+            inner: raw,
+            reads: Default::default(),
+        });
+        let options = RedisOptions {
+            url: "redis://127.0.0.1:1".into(),
+            timeout: Duration::from_millis(50),
+            local_cache_bytes: 0,
+            ..RedisOptions::default()
+        };
+        let store = Arc::new(CachedStore::new(slow.clone(), options).expect("client"));
+        let readers: Vec<_> = (0..8)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { store.batch_record(1, "u").await })
+            })
+            .collect();
+        for reader in readers {
+            let read = reader.await.expect("joined").expect("read");
+            assert_eq!(read.as_deref(), Some(&record));
+        }
+        let reads = || slow.reads.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(reads(), 1, "one load for the eight readers");
+        let read = store.batch_record(1, "u").await.expect("read");
+        assert_eq!(read.as_deref(), Some(&record));
+        assert_eq!(reads(), 2, "a finished load is not handed to later readers");
+        assert!(store.loads_lock().is_empty());
+    }
+
     /// The store as the binary wires it: the speed and batch layers write
     /// to the backend, serving reads through the cache, and an erasure is
     /// followed by an eviction from the cache.
@@ -803,6 +911,7 @@ mod tests {
             client: redis::Client::open("redis://127.0.0.1:1").expect("client"),
             connection: tokio::sync::Mutex::new(None),
             last_error: Mutex::new(None),
+            loads: Mutex::default(),
             breaker: Breaker::new(3, Duration::from_secs(5)),
         };
         assert_eq!(
