@@ -86,7 +86,7 @@ impl Default for RedisOptions {
             prefix: "signals".into(),
             ttl: Duration::from_secs(48 * 3600),
             timeout: Duration::from_millis(50),
-            local_cache_bytes: 64 << 20,
+            local_cache_bytes: 256 << 20,
             breaker_failures: 3,
             breaker_cool_down: Duration::from_secs(5),
             username: None,
