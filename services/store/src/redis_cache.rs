@@ -34,7 +34,7 @@
 //! Redis on their own.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -160,7 +160,7 @@ pub struct CachedStore {
     last_error: Mutex<Option<(Instant, String)>>,
     breaker: Breaker,
     /// Records being loaded (Redis, else the store), by version and user.
-    loads: Mutex<HashMap<(u64, SmolStr), Load>>,
+    loads: Mutex<Loads>,
 }
 
 /// One load of a record, shared by every reader that asks for it while it
@@ -170,6 +170,35 @@ pub struct CachedStore {
 /// reader doing the load go away (its client hung up), a waiting one
 /// takes it over (`OnceCell::get_or_init`).
 type Load = Arc<tokio::sync::OnceCell<Result<Option<Arc<UserRecord>>, StoreError>>>;
+
+type Loads = HashMap<(u64, SmolStr), Load>;
+
+/// A reader's hold on a [`Load`]. The last hold to go takes the load out of
+/// the map, done or not: a finished load is not handed to later readers
+/// (they find the record kept, or load it again), and one whose readers
+/// all hung up leaves nothing behind.
+struct LoadTurn<'a> {
+    loads: &'a Mutex<Loads>,
+    slot: (u64, SmolStr),
+    load: Load,
+}
+
+impl Drop for LoadTurn<'_> {
+    fn drop(&mut self) {
+        let mut loads = self.loads.lock().unwrap_or_else(PoisonError::into_inner);
+        // Holds are taken under this lock, so the count is exact here: the
+        // map's and this one's mean no other reader holds it.
+        let last = Arc::strong_count(&self.load) <= 2;
+        let finished = self.load.initialized();
+        if (last || finished)
+            && loads
+                .get(&self.slot)
+                .is_some_and(|l| Arc::ptr_eq(l, &self.load))
+        {
+            loads.remove(&self.slot);
+        }
+    }
+}
 
 /// What Redis said about a key.
 enum Lookup {
@@ -263,8 +292,14 @@ impl CachedStore {
         }
         let slot = (manifest.version, SmolStr::new(user));
         let load = self.loads_lock().entry(slot.clone()).or_default().clone();
+        let turn = LoadTurn {
+            loads: &self.loads,
+            slot,
+            load,
+        };
         let mut loaded_here = false;
-        let record = load
+        let record = turn
+            .load
             .get_or_init(|| {
                 loaded_here = true;
                 self.load_record(manifest, user)
@@ -274,14 +309,10 @@ impl CachedStore {
         if !loaded_here {
             metrics::counter!("signals_cache_requests_total", "outcome" => "joined").increment(1);
         }
-        let mut loads = self.loads_lock();
-        if loads.get(&slot).is_some_and(|l| Arc::ptr_eq(l, &load)) {
-            loads.remove(&slot);
-        }
         record
     }
 
-    fn loads_lock(&self) -> std::sync::MutexGuard<'_, HashMap<(u64, SmolStr), Load>> {
+    fn loads_lock(&self) -> MutexGuard<'_, Loads> {
         self.loads.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -649,6 +680,11 @@ mod tests {
         let read = store.batch_record(1, "u").await.expect("read");
         assert_eq!(read.as_deref(), Some(&record));
         assert_eq!(reads(), 2, "a finished load is not handed to later readers");
+        assert!(store.loads_lock().is_empty());
+
+        // A reader that hangs up mid-load leaves nothing behind.
+        let hung_up = tokio::time::timeout(Duration::from_millis(20), store.batch_record(1, "u"));
+        assert!(hung_up.await.is_err(), "still loading when its client went");
         assert!(store.loads_lock().is_empty());
     }
 
