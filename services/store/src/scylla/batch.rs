@@ -88,25 +88,24 @@ impl Inner {
             "list a batch record in pieces",
         )
         .await?;
-        let mut pieces = 0u32;
-        for bytes in record.chunks(RECORD_PIECE_BYTES) {
-            let piece = i32::try_from(pieces).map_err(|_| {
-                StoreError::Backend(format!(
-                    "cannot store a record of {} bytes: more than {} pieces",
-                    record.len(),
-                    i32::MAX
-                ))
-            })?;
+        let pieces = i32::try_from(record.len().div_ceil(RECORD_PIECE_BYTES)).map_err(|_| {
+            StoreError::Backend(format!(
+                "cannot store a record of {} bytes: more than {} pieces",
+                record.len(),
+                i32::MAX
+            ))
+        })?;
+        for (piece, bytes) in (0..pieces).zip(record.chunks(RECORD_PIECE_BYTES)) {
             self.run(
                 &statements.insert_piece,
                 (v, user, piece, bytes),
                 "write a batch record's piece",
             )
             .await?;
-            pieces += 1;
         }
         let cell = RecordPieces {
-            pieces,
+            // Not negative: it fits.
+            pieces: pieces as u32,
             bytes: record.len() as u64,
         }
         .encode()?;
