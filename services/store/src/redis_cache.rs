@@ -30,6 +30,7 @@
 //!
 //! Keys: `{prefix}:record:{version}:{created_at}:{user}` → a format byte then postcard,
 //! or the single byte `0` for "this user has no record in this version".
+//! Records over 8 MiB are not written ([`MAX_REDIS_RECORD_BYTES`]).
 //! Every key has a TTL, so versions collected from the store also leave
 //! Redis on their own.
 
@@ -52,6 +53,14 @@ use crate::{BatchManifest, HistorySince, ServingStore, StoreError, StoreReads, T
 
 /// Cached for "no record"; never a first byte of [`codec`]'s values.
 const ABSENT: u8 = 0;
+
+/// Records longer than this are not written to Redis. Every read of this
+/// process shares one connection, and a value of tens of MB (a user with
+/// 1M events: ~77 MB) would hold it, and the reads behind it, far past
+/// `cache.timeout`: their timeouts would open the breaker on a Redis that
+/// is fine. Such a record is read from the store once per version and
+/// process, and kept in the process (`cache.local_bytes`).
+const MAX_REDIS_RECORD_BYTES: usize = 8 << 20;
 
 /// Where Redis is and how long to wait for it.
 #[derive(Clone, Debug)]
@@ -421,6 +430,9 @@ impl CachedStore {
             }
         };
         let weight = bytes.len();
+        if weight > MAX_REDIS_RECORD_BYTES {
+            return Some(weight);
+        }
         let ttl = self.options.ttl.as_secs().max(1);
         self.redis("SET", self.options.timeout, |mut c| async move {
             c.set_ex::<_, _, ()>(key, bytes, ttl).await
@@ -825,6 +837,36 @@ mod tests {
         let second = store.user_history("u").await.expect("history");
         assert_eq!(second.record.as_deref(), Some(&record));
         assert!(!redis.exists::<_, bool>(&key).await.expect("EXISTS"));
+    }
+
+    /// A record too long for Redis is kept in the process and read from
+    /// the store, never written to Redis.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_record_too_long_for_redis_is_kept_in_process_only() {
+        let Some(url) = redis_url() else { return };
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (raw, store) = cached(&url, dir.path());
+        let mut record = crate::contract::record("u", "e1");
+        record.events = (0..10_000)
+            .map(|i| {
+                let mut event = crate::contract::event(&format!("e-{i}"), "u", i);
+                event.attributes.insert("note", format!("{i:0>1000}"));
+                event
+            })
+            .rev()
+            .collect();
+        let encoded = codec::encode_record(&record).expect("encodes").len();
+        assert!(encoded > MAX_REDIS_RECORD_BYTES, "{encoded} bytes");
+        let manifest = publish_one(&raw, &record).await;
+        let key = store.key(&manifest, "u");
+        let mut redis = connection(&url).await;
+
+        let first = store.user_history("u").await.expect("history");
+        assert_eq!(first.record.as_deref(), Some(&record));
+        assert!(!redis.exists::<_, bool>(&key).await.expect("EXISTS"));
+        assert!(store.degraded().await.is_none(), "Redis is fine");
+        let kept = store.local.get(manifest.version, "u");
+        assert_eq!(kept.as_deref(), Some(&record), "kept in the process");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
