@@ -30,7 +30,7 @@
 //!
 //! Keys: `{prefix}:record:{version}:{created_at}:{user}` → a format byte then postcard,
 //! or the single byte `0` for "this user has no record in this version".
-//! Records over 8 MiB are not written ([`MAX_REDIS_RECORD_BYTES`]).
+//! Records over 8 MiB are not written (`MAX_REDIS_RECORD_BYTES`).
 //! Every key has a TTL, so versions collected from the store also leave
 //! Redis on their own.
 
