@@ -138,6 +138,21 @@ pub fn record(user: &str, id: &str) -> UserRecord {
     }
 }
 
+/// A record of `events` view events of `user` of about a KiB each
+/// (a long attribute), newest first: a record of `events` KiB.
+pub fn large_record(user: &str, events: i64) -> UserRecord {
+    let mut record = record(user, "unused");
+    record.events = (0..events)
+        .rev()
+        .map(|i| {
+            let mut event = event(&format!("{user}-{i}"), user, i);
+            event.attributes.insert("note", format!("{i:0>1000}"));
+            event
+        })
+        .collect();
+    record
+}
+
 /// The ids of the events a served history holds (record and tail, with
 /// retractions applied), sorted.
 pub fn served_ids(history: crate::ServedHistory) -> Vec<String> {

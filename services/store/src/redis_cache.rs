@@ -846,15 +846,7 @@ mod tests {
         let Some(url) = redis_url() else { return };
         let dir = tempfile::tempdir().expect("temp dir");
         let (raw, store) = cached(&url, dir.path());
-        let mut record = crate::contract::record("u", "e1");
-        record.events = (0..10_000)
-            .map(|i| {
-                let mut event = crate::contract::event(&format!("e-{i}"), "u", i);
-                event.attributes.insert("note", format!("{i:0>1000}"));
-                event
-            })
-            .rev()
-            .collect();
+        let record = crate::contract::large_record("u", 10_000);
         let encoded = codec::encode_record(&record).expect("encodes").len();
         assert!(encoded > MAX_REDIS_RECORD_BYTES, "{encoded} bytes");
         let manifest = publish_one(&raw, &record).await;

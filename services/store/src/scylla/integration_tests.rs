@@ -22,7 +22,7 @@ use signals_core::{LogPosition, SpeedEntry};
 
 use super::codec::{self, index_bucket};
 use super::{ScyllaOptions, ScyllaStore};
-use crate::contract::{self, at, counted, manifest, record, served_ids, write};
+use crate::contract::{self, at, counted, large_record, manifest, record, served_ids, write};
 use crate::{
     BatchStore, IndexEntry, ServingStore, SignalStore, SpeedStore, StoreError, StoreReads,
 };
@@ -427,20 +427,6 @@ async fn a_replay_cut_into_other_runs_reads_each_position_as_written_last() {
             "{user}"
         );
     }
-}
-
-/// A record of `events` events of about a KiB each, newest first.
-fn large_record(user: &str, events: i64) -> signals_core::UserRecord {
-    let mut record = record(user, "unused");
-    record.events = (0..events)
-        .rev()
-        .map(|i| {
-            let mut event = contract::event(&format!("{user}-{i}"), user, i);
-            event.attributes.insert("note", format!("{i:0>1000}"));
-            event
-        })
-        .collect();
-    record
 }
 
 /// How many pieces `batch_record_pieces` holds for `version` and `user`.
