@@ -19,8 +19,9 @@ use signals_log::kafka::{
 };
 use signals_log::registry::RegistryLog;
 use signals_log::{DeadLetterFile, DeadLetterSink, EventLog, LogError};
-use signals_store::embedded::EmbeddedStore;
+use signals_store::embedded::{EmbeddedOptions, EmbeddedStore};
 use signals_store::follow::{ChangeFeed, FollowedStore};
+use signals_store::kept_records::KeptRecords;
 use signals_store::redis_cache::{CachedStore, RedisOptions};
 use signals_store::scylla::{ScyllaOptions, ScyllaStore};
 use signals_store::{InsightsStore, ServingStore, SignalStore, StoreError, TailCache};
@@ -140,7 +141,6 @@ impl Backends {
                     url: url.to_owned(),
                     ttl: config.cache.ttl,
                     timeout: config.cache.timeout,
-                    local_cache_bytes: config.cache.local_bytes,
                     breaker_failures: config.cache.breaker_failures,
                     breaker_cool_down: config.cache.breaker_cool_down,
                     username: config.cache.redis_username.clone(),
@@ -154,6 +154,14 @@ impl Backends {
                     ..RedisOptions::default()
                 },
             )?),
+        };
+        // Records kept decoded in the process, in front of Redis or the CQL
+        // store alike (the embedded store keeps its own).
+        let serving = match (config.store.backend, config.cache.local_bytes) {
+            (StoreBackend::Embedded, _) | (_, 0) => serving,
+            (StoreBackend::Scylla, budget) => {
+                Arc::new(KeptRecords::new(serving, budget)) as Arc<dyn ServingStore>
+            }
         };
         let serving = match (feed, config.store.scylla.follow_every) {
             (Some(feed), every) if !every.is_zero() => {
@@ -326,7 +334,11 @@ async fn open_store(config: &Config) -> Result<Stores, Failure> {
     match config.store.backend {
         StoreBackend::Embedded => {
             let path = config.data_dir.join("store").join("signals.redb");
-            let store = EmbeddedStore::open(&path).map_err(|e| {
+            let options = EmbeddedOptions {
+                record_cache_bytes: config.cache.local_bytes,
+                ..EmbeddedOptions::default()
+            };
+            let store = EmbeddedStore::open_with(&path, options).map_err(|e| {
                 Failure::Permanent(anyhow::Error::new(e).context(format!(
                     "cannot open the embedded store {} (is another signals process using this data dir?)",
                     path.display()

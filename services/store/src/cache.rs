@@ -10,6 +10,8 @@
 //!   version: a newer version replaces the older one. The cache is bounded
 //!   by the encoded size of its records and evicts with the second-chance
 //!   (CLOCK) rule, per shard.
+//! * [`LoadLocks`]: one load of a record at a time, the others waiting
+//!   for it (blocking readers; the async path has `KeptRecords`).
 //! * [`ManifestCache`]: the decoded published manifest together with the
 //!   bytes it was decoded from. A reader compares the bytes it read in its own
 //!   transaction with the cached ones, so it never uses a manifest other than
@@ -267,6 +269,54 @@ impl<V> Shard<V> {
     }
 }
 
+/// Loads of records under way on blocking threads, by version and user: a
+/// reader of a record being loaded waits for that load, then finds the
+/// record kept, instead of reading and decoding it beside it (a heavy
+/// user's first reads after a batch: once, not once per reader, in time
+/// and in memory).
+#[derive(Default)]
+pub struct LoadLocks {
+    locks: Mutex<HashMap<RecordSlot, Arc<Mutex<()>>>>,
+}
+
+/// A record's version and user.
+type RecordSlot = (u64, SmolStr);
+
+impl LoadLocks {
+    /// Runs `load` of `user`'s record of `version` once no other load of it
+    /// is under way.
+    pub fn one_at_a_time<T>(&self, version: u64, user: &str, load: impl FnOnce() -> T) -> T {
+        let slot = (version, SmolStr::new(user));
+        let lock = self
+            .locks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(slot.clone())
+            .or_default()
+            .clone();
+        let loaded = {
+            let _turn = lock.lock().unwrap_or_else(PoisonError::into_inner);
+            load()
+        };
+        let mut locks = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
+        // Holds are taken under this lock: the map's and this one's mean
+        // nobody waits.
+        if Arc::strong_count(&lock) <= 2 {
+            locks.remove(&slot);
+        }
+        loaded
+    }
+
+    /// Whether no load is under way or waited for.
+    #[cfg(test)]
+    pub fn is_idle(&self) -> bool {
+        self.locks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
+    }
+}
+
 /// The decoded published manifest and the bytes it came from.
 #[derive(Default)]
 pub struct ManifestCache {
@@ -304,6 +354,43 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
+
+    /// Eight readers of a record at once load it once: the others wait
+    /// and find it kept; the locks leave nothing behind.
+    #[test]
+    fn readers_of_a_record_being_loaded_wait_for_that_load() {
+        let locks = LoadLocks::default();
+        // What a store does: look for the record kept, else load and keep it.
+        let kept = Mutex::new(None);
+        let loads = AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..8 {
+                scope.spawn(|| {
+                    locks.one_at_a_time(1, "u", || {
+                        if kept.lock().expect("lock").is_none() {
+                            loads.fetch_add(1, Ordering::SeqCst);
+                            std::thread::sleep(Duration::from_millis(50));
+                            *kept.lock().expect("lock") = Some("record");
+                        }
+                    })
+                });
+            }
+        });
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+        assert!(locks.is_idle());
+        // Another user's load does not wait for this one's.
+        let started = Instant::now();
+        std::thread::scope(|scope| {
+            let locks = &locks;
+            scope.spawn(move || {
+                locks.one_at_a_time(1, "slow", || std::thread::sleep(Duration::from_millis(500)))
+            });
+            std::thread::sleep(Duration::from_millis(20));
+            locks.one_at_a_time(1, "quick", || ());
+            assert!(started.elapsed() < Duration::from_millis(400));
+        });
+        assert!(locks.is_idle());
+    }
 
     fn record(horizon: i64) -> Arc<UserRecord> {
         Arc::new(UserRecord {

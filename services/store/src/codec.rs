@@ -62,6 +62,7 @@ pub const RECORD_FORMAT: u8 = 2;
 /// The format byte of a CQL `batch_records` value that stands for a record
 /// stored in pieces (`scylla::codec::RecordPieces`); the embedded store
 /// keeps every record whole.
+#[cfg_attr(not(feature = "scylla"), allow(dead_code))]
 pub const PIECES_FORMAT: u8 = 5;
 
 /// A user record as format 1 stored it (before deletion existed).
@@ -75,6 +76,14 @@ struct UserRecordV1 {
 /// Encodes a user record behind [`RECORD_FORMAT`].
 pub fn encode_record(record: &UserRecord) -> Result<Vec<u8>, StoreError> {
     postcard::to_extend(record, vec![RECORD_FORMAT])
+        .map_err(|e| StoreError::Backend(format!("cannot encode a user record: {e}")))
+}
+
+/// How many bytes [`encode_record`] writes for `record`, without writing
+/// them.
+pub fn encoded_len(record: &UserRecord) -> Result<usize, StoreError> {
+    postcard::experimental::serialized_size(record)
+        .map(|len| len + 1)
         .map_err(|e| StoreError::Backend(format!("cannot encode a user record: {e}")))
 }
 

@@ -74,6 +74,99 @@ where
     drop(guard);
 }
 
+/// A store as the binary wires it: the speed and batch layers write to
+/// `store`, serving reads through `serving` (a path of wrappers over it),
+/// and an erasure is followed by an eviction from that path.
+pub struct ServedThrough<S> {
+    store: Arc<S>,
+    serving: Arc<dyn ServingStore>,
+}
+
+impl<S> ServedThrough<S> {
+    pub fn new(store: Arc<S>, serving: Arc<dyn ServingStore>) -> ServedThrough<S> {
+        ServedThrough { store, serving }
+    }
+}
+
+#[async_trait::async_trait]
+impl<S: SignalStore> crate::StoreReads for ServedThrough<S> {
+    crate::forward::forward_to!(serving: speed_progress, lookup_events, published, batch_record, speed_entries, check);
+}
+
+#[async_trait::async_trait]
+impl<S: SignalStore> crate::SpeedStore for ServedThrough<S> {
+    async fn apply_speed(&self, write: Arc<SpeedWrite>) -> Result<(), crate::StoreError> {
+        self.store.apply_speed(write).await
+    }
+}
+
+#[async_trait::async_trait]
+impl<S: SignalStore> ServingStore for ServedThrough<S> {
+    crate::forward::forward_to!(serving: serving_manifest, user_history_since, degraded, evict_user);
+}
+
+#[async_trait::async_trait]
+impl<S: SignalStore> crate::BatchStore for ServedThrough<S> {
+    async fn write_records(
+        &self,
+        version: u64,
+        records: Vec<(String, crate::EncodedRecord)>,
+    ) -> Result<(), crate::StoreError> {
+        self.store.write_records(version, records).await
+    }
+
+    async fn publish(&self, manifest: &BatchManifest) -> Result<(), crate::StoreError> {
+        self.store.publish(manifest).await
+    }
+
+    async fn collect_garbage(
+        &self,
+        covered: &LogPosition,
+        keep_version: u64,
+    ) -> Result<GarbageStats, crate::StoreError> {
+        self.store.collect_garbage(covered, keep_version).await
+    }
+
+    async fn erase_user(
+        &self,
+        user_id: &str,
+        marker: (Partition, Offset),
+    ) -> Result<(), crate::StoreError> {
+        self.store.erase_user(user_id, marker).await?;
+        self.serving.evict_user(user_id).await
+    }
+
+    async fn batch_checkpoint(&self) -> Result<Option<BatchCheckpoint>, crate::StoreError> {
+        self.store.batch_checkpoint().await
+    }
+
+    async fn save_batch_checkpoint(
+        &self,
+        checkpoint: Option<&BatchCheckpoint>,
+    ) -> Result<(), crate::StoreError> {
+        self.store.save_batch_checkpoint(checkpoint).await
+    }
+
+    async fn claim_batch_checkpoint(
+        &self,
+        candidate: &BatchCheckpoint,
+    ) -> Result<BatchCheckpoint, crate::StoreError> {
+        self.store.claim_batch_checkpoint(candidate).await
+    }
+
+    async fn save_batch_part(
+        &self,
+        version: u64,
+        part: &BatchPart,
+    ) -> Result<(), crate::StoreError> {
+        self.store.save_batch_part(version, part).await
+    }
+
+    async fn batch_parts(&self, version: u64) -> Result<Vec<BatchPart>, crate::StoreError> {
+        self.store.batch_parts(version).await
+    }
+}
+
 /// A view event of `user` with id `id`.
 pub fn event(id: &str, user: &str, time: i64) -> Event {
     Event {

@@ -38,6 +38,7 @@ mod error;
 pub mod follow;
 mod forward;
 pub mod insights;
+pub mod kept_records;
 #[cfg(feature = "redis")]
 pub mod redis_cache;
 #[cfg(feature = "scylla")]
@@ -107,8 +108,9 @@ pub trait SpeedStore: StoreReads {
 }
 
 /// What serving (the API and the insights worker) reads: one user's
-/// history as one consistent snapshot, and the place of a read-through
-/// cache (the Redis `CachedStore` wraps one).
+/// history as one consistent snapshot, and the place of read-through
+/// layers (records kept in the process, [`kept_records::KeptRecords`],
+/// over Redis, `CachedStore`, over the store).
 #[async_trait]
 pub trait ServingStore: StoreReads {
     /// The published version serving merges: [`StoreReads::published`],
@@ -133,11 +135,36 @@ pub trait ServingStore: StoreReads {
     /// One user's published record and the speed entries past `mark`
     /// (all of them when the mark is `None` or of another version),
     /// consistently.
+    ///
+    /// Here: the record of [`Self::serving_manifest`]'s version and the
+    /// entries its position does not cover, read concurrently. Consistent
+    /// because that version's records are immutable and kept until a
+    /// version after the next is published, and the entries are taken from
+    /// its own position. A store that reads both in one snapshot (the
+    /// embedded one) answers on its own.
     async fn user_history_since(
         &self,
         user_id: &str,
         mark: Option<&TailMark>,
-    ) -> Result<HistorySince, StoreError>;
+    ) -> Result<HistorySince, StoreError> {
+        let manifest = self.serving_manifest().await?;
+        let (from, resumed) = TailMark::read_from(mark, manifest.as_deref());
+        let (record, entries) = match &manifest {
+            Some(m) => tokio::try_join!(
+                self.batch_record(m.version, user_id),
+                self.speed_entries(user_id, &from)
+            )?,
+            None => (None, self.speed_entries(user_id, &from).await?),
+        };
+        Ok(HistorySince {
+            manifest,
+            record,
+            entries,
+            resumed,
+            from,
+            change_token: None,
+        })
+    }
 
     /// [`Self::user_history_since`] for a caller that knows no speed entry
     /// of `user` was written past `mark`'s frontier: when the mark applies

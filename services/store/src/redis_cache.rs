@@ -19,9 +19,9 @@
 //! outcome closes the breaker or keeps it open. Readiness says
 //! `degraded: circuit open (...)` meanwhile.
 //!
-//! In front of Redis, each process keeps the records it decoded last in a
-//! bounded [`RecordCache`]: a warm answer then costs no Redis round trip and
-//! no decoding, only the speed entries' partition read.
+//! In front of Redis, each process keeps the records it decoded last
+//! ([`crate::kept_records::KeptRecords`]): a warm answer then costs no
+//! Redis round trip and no decoding, only the speed entries' partition read.
 //!
 //! The cache sits on the serving path only: the speed and batch layers write
 //! to the store it wraps, directly. Whoever erases a user in the store (the
@@ -34,22 +34,19 @@
 //! Every key has a TTL, so versions collected from the store also leave
 //! Redis on their own.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::AsyncCommands;
 use signals_core::UserRecord;
-use smol_str::SmolStr;
 use tracing::warn;
 
 use crate::breaker::{Admission, Breaker};
-use crate::cache::RecordCache;
 use crate::codec;
 use crate::forward::forward_to;
-use crate::{BatchManifest, HistorySince, ServingStore, StoreError, StoreReads, TailMark};
+use crate::{BatchManifest, ServingStore, StoreError, StoreReads};
 
 /// Cached for "no record"; never a first byte of [`codec`]'s values.
 const ABSENT: u8 = 0;
@@ -59,7 +56,7 @@ const ABSENT: u8 = 0;
 /// 1M events: ~77 MB) would hold it, and the reads behind it, far past
 /// `cache.timeout`: their timeouts would open the breaker on a Redis that
 /// is fine. Such a record is read from the store once per version and
-/// process, and kept in the process (`cache.local_bytes`).
+/// process, and kept there (`KeptRecords`, `cache.local_bytes`).
 const MAX_REDIS_RECORD_BYTES: usize = 8 << 20;
 
 /// Where Redis is and how long to wait for it.
@@ -73,9 +70,6 @@ pub struct RedisOptions {
     pub ttl: Duration,
     /// Longest wait for one Redis call before the store answers instead.
     pub timeout: Duration,
-    /// Bound of the in-process cache of decoded records, in encoded bytes
-    /// (0: every read asks Redis).
-    pub local_cache_bytes: usize,
     /// Consecutive Redis failures (errors or timeouts) that open the breaker.
     pub breaker_failures: u32,
     /// How long an open breaker keeps reads away from Redis before a probe.
@@ -95,7 +89,6 @@ impl Default for RedisOptions {
             prefix: "signals".into(),
             ttl: Duration::from_secs(48 * 3600),
             timeout: Duration::from_millis(50),
-            local_cache_bytes: 256 << 20,
             breaker_failures: 3,
             breaker_cool_down: Duration::from_secs(5),
             username: None,
@@ -162,57 +155,17 @@ fn client(options: &RedisOptions) -> Result<redis::Client, StoreError> {
 pub struct CachedStore {
     inner: Arc<dyn ServingStore>,
     options: RedisOptions,
-    local: RecordCache,
     client: redis::Client,
     connection: tokio::sync::Mutex<Option<ConnectionManager>>,
     /// The last Redis failure, for readiness.
     last_error: Mutex<Option<(Instant, String)>>,
     breaker: Breaker,
-    /// Records being loaded (Redis, else the store), by version and user.
-    loads: Mutex<Loads>,
-}
-
-/// One load of a record, shared by every reader that asks for it while it
-/// is under way: a heavy user read by many clients at once, just after a
-/// batch published, is fetched and decoded once (a 1M-event record is
-/// ~77 MB read and ~320 MB decoded), not once per reader. Should the
-/// reader doing the load go away (its client hung up), a waiting one
-/// takes it over (`OnceCell::get_or_init`).
-type Load = Arc<tokio::sync::OnceCell<Result<Option<Arc<UserRecord>>, StoreError>>>;
-
-type Loads = HashMap<(u64, SmolStr), Load>;
-
-/// A reader's hold on a [`Load`]. The last hold to go takes the load out of
-/// the map, done or not: a finished load is not handed to later readers
-/// (they find the record kept, or load it again), and one whose readers
-/// all hung up leaves nothing behind.
-struct LoadTurn<'a> {
-    loads: &'a Mutex<Loads>,
-    slot: (u64, SmolStr),
-    load: Load,
-}
-
-impl Drop for LoadTurn<'_> {
-    fn drop(&mut self) {
-        let mut loads = self.loads.lock().unwrap_or_else(PoisonError::into_inner);
-        // Holds are taken under this lock, so the count is exact here: the
-        // map's and this one's mean no other reader holds it.
-        let last = Arc::strong_count(&self.load) <= 2;
-        let finished = self.load.initialized();
-        if (last || finished)
-            && loads
-                .get(&self.slot)
-                .is_some_and(|l| Arc::ptr_eq(l, &self.load))
-        {
-            loads.remove(&self.slot);
-        }
-    }
 }
 
 /// What Redis said about a key.
 enum Lookup {
-    /// The record (with its encoded size), or `None` for "no record".
-    Hit(Option<(Arc<UserRecord>, usize)>),
+    /// The record, or `None` for "no record".
+    Hit(Option<Arc<UserRecord>>),
     Miss,
     /// Redis failed, or the breaker kept the call from it.
     Unavailable,
@@ -227,13 +180,11 @@ impl CachedStore {
         let client = client(&options)?;
         Ok(CachedStore {
             inner,
-            local: RecordCache::new(options.local_cache_bytes),
             breaker: Breaker::new(options.breaker_failures, options.breaker_cool_down),
             options,
             client,
             connection: tokio::sync::Mutex::new(None),
             last_error: Mutex::new(None),
-            loads: Mutex::default(),
         })
     }
 
@@ -289,45 +240,9 @@ impl CachedStore {
         }
     }
 
-    /// `user`'s record of the published version `manifest`, through Redis.
+    /// `user`'s record of the published version `manifest` from Redis,
+    /// else from the store (then written to Redis).
     async fn record_of(
-        &self,
-        manifest: &BatchManifest,
-        user: &str,
-    ) -> Result<Option<Arc<UserRecord>>, StoreError> {
-        if let Some(known) = self.local.known(manifest.version, user) {
-            metrics::counter!("signals_cache_requests_total", "outcome" => "local").increment(1);
-            return Ok(known);
-        }
-        let slot = (manifest.version, SmolStr::new(user));
-        let load = self.loads_lock().entry(slot.clone()).or_default().clone();
-        let turn = LoadTurn {
-            loads: &self.loads,
-            slot,
-            load,
-        };
-        let mut loaded_here = false;
-        let record = turn
-            .load
-            .get_or_init(|| {
-                loaded_here = true;
-                self.load_record(manifest, user)
-            })
-            .await
-            .clone();
-        if !loaded_here {
-            metrics::counter!("signals_cache_requests_total", "outcome" => "joined").increment(1);
-        }
-        record
-    }
-
-    fn loads_lock(&self) -> MutexGuard<'_, Loads> {
-        self.loads.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// `user`'s record of `manifest`'s version from Redis, else from the
-    /// store (then written to Redis), kept in the local cache either way.
-    async fn load_record(
         &self,
         manifest: &BatchManifest,
         user: &str,
@@ -336,14 +251,7 @@ impl CachedStore {
         let redis_up = match self.cached(&key).await {
             Lookup::Hit(hit) => {
                 metrics::counter!("signals_cache_requests_total", "outcome" => "hit").increment(1);
-                match &hit {
-                    Some((record, weight)) => {
-                        self.local
-                            .insert(manifest.version, user, record.clone(), *weight)
-                    }
-                    None => self.local.insert_absent(manifest.version, user),
-                }
-                return Ok(hit.map(|(record, _)| record));
+                return Ok(hit);
             }
             Lookup::Miss => {
                 metrics::counter!("signals_cache_requests_total", "outcome" => "miss").increment(1);
@@ -357,21 +265,8 @@ impl CachedStore {
         };
         let record = self.inner.batch_record(manifest.version, user).await?;
         // Redis just failed: no second wait for a SET.
-        let weight = if redis_up {
-            self.remember(key, record.as_deref()).await
-        } else {
-            record
-                .as_deref()
-                .and_then(|r| codec::encode_record(r).ok())
-                .map(|bytes| bytes.len())
-        };
-        match (weight, &record) {
-            (Some(weight), Some(record)) => {
-                self.local
-                    .insert(manifest.version, user, record.clone(), weight)
-            }
-            (_, None) => self.local.insert_absent(manifest.version, user),
-            (None, Some(_)) => {}
+        if redis_up {
+            self.remember(key, record.as_deref()).await;
         }
         Ok(record)
     }
@@ -410,7 +305,7 @@ impl CachedStore {
             return Lookup::Hit(None);
         }
         match codec::decode_record(&bytes, "redis", || format!("key {key}")) {
-            Ok(record) => Lookup::Hit(Some((Arc::new(record), bytes.len()))),
+            Ok(record) => Lookup::Hit(Some(Arc::new(record))),
             Err(error) => {
                 self.note_error("decode", error);
                 Lookup::Miss
@@ -418,32 +313,26 @@ impl CachedStore {
         }
     }
 
-    /// Writes `record` to Redis at `key` (a failure is only noted), and
-    /// says what it weighs encoded (`None` if it could not be encoded).
-    async fn remember(&self, key: String, record: Option<&UserRecord>) -> Option<usize> {
+    /// Writes `record` to Redis at `key` (a failure is only noted).
+    async fn remember(&self, key: String, record: Option<&UserRecord>) {
         let bytes = match record.map(codec::encode_record).transpose() {
             Ok(Some(encoded)) => encoded,
             Ok(None) => vec![ABSENT],
-            Err(error) => {
-                self.note_error("encode", error);
-                return None;
-            }
+            Err(error) => return self.note_error("encode", error),
         };
-        let weight = bytes.len();
-        if weight > MAX_REDIS_RECORD_BYTES {
-            return Some(weight);
+        if bytes.len() > MAX_REDIS_RECORD_BYTES {
+            return;
         }
         let ttl = self.options.ttl.as_secs().max(1);
         self.redis("SET", self.options.timeout, |mut c| async move {
             c.set_ex::<_, _, ()>(key, bytes, ttl).await
         })
         .await;
-        Some(weight)
     }
 }
 
-/// Reads of stored data, from the store, except the published version's
-/// records, which come through the cache.
+/// Reads of stored data, from the store, except the served version's
+/// records, which come through Redis.
 #[async_trait]
 impl StoreReads for CachedStore {
     forward_to!(inner: speed_progress, lookup_events, published, speed_entries, check);
@@ -453,70 +342,25 @@ impl StoreReads for CachedStore {
         version: u64,
         user_id: &str,
     ) -> Result<Option<Arc<UserRecord>>, StoreError> {
-        // Only the published version's records are cached: they are
-        // immutable, while an unpublished version may still be rewritten.
-        let manifest = match self.inner.published().await? {
-            Some(manifest) if manifest.version == version => manifest,
-            _ => return self.inner.batch_record(version, user_id).await,
-        };
-        self.record_of(&manifest, user_id).await
+        // Only the served version's records are cached: they are published,
+        // hence immutable, while an unpublished version may still be
+        // rewritten. The served manifest is a cheap reading (a moment old
+        // at most), and it names the version's start for the key.
+        match self.inner.serving_manifest().await? {
+            Some(manifest) if manifest.version == version => {
+                self.record_of(&manifest, user_id).await
+            }
+            _ => self.inner.batch_record(version, user_id).await,
+        }
     }
 }
 
+/// The default history reads ([`ServingStore::user_history_since`] and
+/// [`ServingStore::user_history_unchanged`]) take the record through
+/// [`CachedStore::batch_record`] above.
 #[async_trait]
 impl ServingStore for CachedStore {
     forward_to!(inner: serving_manifest, log_end_seen);
-
-    async fn user_history_since(
-        &self,
-        user_id: &str,
-        mark: Option<&TailMark>,
-    ) -> Result<HistorySince, StoreError> {
-        // One manifest for the whole answer, and a cheap one: reading the
-        // published pointer on every answer (twice, once more in
-        // `batch_record`) cost more round trips than the answer's own reads.
-        let Some(manifest) = self.inner.serving_manifest().await? else {
-            return self.inner.user_history_since(user_id, mark).await;
-        };
-        let (from, resumed) = TailMark::read_from(mark, Some(&manifest));
-        let (record, entries) = tokio::join!(
-            self.record_of(&manifest, user_id),
-            self.inner.speed_entries(user_id, &from)
-        );
-        Ok(HistorySince {
-            manifest: Some(manifest),
-            record: record?,
-            entries: entries?,
-            resumed,
-            from,
-            change_token: None,
-        })
-    }
-
-    /// The record alone, from this process or Redis, when the mark applies
-    /// to the version served: its speed entries are known unchanged.
-    async fn user_history_unchanged(
-        &self,
-        user_id: &str,
-        mark: &TailMark,
-    ) -> Result<HistorySince, StoreError> {
-        let Some(manifest) = self.inner.serving_manifest().await? else {
-            return self.inner.user_history_unchanged(user_id, mark).await;
-        };
-        let (from, resumed) = TailMark::read_from(Some(mark), Some(&manifest));
-        if !resumed {
-            return self.user_history_since(user_id, Some(mark)).await;
-        }
-        let record = self.record_of(&manifest, user_id).await?;
-        Ok(HistorySince {
-            manifest: Some(manifest),
-            record,
-            entries: Vec::new(),
-            resumed,
-            from,
-            change_token: None,
-        })
-    }
 
     /// `None` when Redis answers a PING (which is also the breaker's probe
     /// when it is due, so readiness heals it with no read traffic);
@@ -538,13 +382,12 @@ impl ServingStore for CachedStore {
         })
     }
 
-    /// Drops the user's record of the published version from this
-    /// process and from Redis (the batch layer has erased it in the store).
-    /// A reader that read the old record just before the erasure may cache
-    /// it again: its answer is still empty (the deletion marker voids the
-    /// record) and the entry expires with its TTL.
+    /// Drops the user's record of the published version from Redis (the
+    /// batch layer has erased it in the store). A reader that read the old
+    /// record just before the erasure may cache it again: its answer is
+    /// still empty (the deletion marker voids the record) and the entry
+    /// expires with its TTL.
     async fn evict_user(&self, user_id: &str) -> Result<(), StoreError> {
-        self.local.remove(user_id);
         if let Some(manifest) = self.inner.published().await? {
             let key = self.key(&manifest, user_id);
             self.redis("DEL", self.options.timeout, |mut c| async move {
@@ -552,7 +395,7 @@ impl ServingStore for CachedStore {
             })
             .await;
         }
-        Ok(())
+        self.inner.evict_user(user_id).await
     }
 }
 
@@ -579,11 +422,8 @@ mod redaction_tests {
 mod tests {
     use super::*;
     use crate::embedded::EmbeddedStore;
-    use crate::{
-        BatchCheckpoint, BatchPart, BatchStore, EncodedRecord, GarbageStats, SignalStore,
-        SpeedStore, SpeedWrite,
-    };
-    use signals_core::{LogPosition, Offset, Partition};
+    use crate::kept_records::KeptRecords;
+    use crate::{BatchStore, SignalStore};
 
     /// Redis from `SIGNALS_TEST_REDIS_URL` (see `infra/local/up redis`),
     /// else a container, else how to start it (`signals-test-support`).
@@ -611,6 +451,18 @@ mod tests {
         (inner, cache)
     }
 
+    /// The serving path as the binary wires it: records kept in the
+    /// process over the cache over an embedded store.
+    fn kept(
+        url: &str,
+        dir: &std::path::Path,
+    ) -> (Arc<EmbeddedStore>, Arc<CachedStore>, KeptRecords) {
+        let (inner, cache) = cached(url, dir);
+        let cache = Arc::new(cache);
+        let kept = KeptRecords::new(cache.clone(), 1 << 30);
+        (inner, cache, kept)
+    }
+
     /// A connection of the test's own, to look at and change Redis directly.
     async fn connection(url: &str) -> redis::aio::MultiplexedConnection {
         redis::Client::open(url)
@@ -631,158 +483,6 @@ mod tests {
         manifest
     }
 
-    /// The embedded store, whose record reads are counted and take a while.
-    struct SlowRecords {
-        inner: Arc<EmbeddedStore>,
-        reads: std::sync::atomic::AtomicUsize,
-    }
-
-    #[async_trait]
-    impl StoreReads for SlowRecords {
-        forward_to!(inner: speed_progress, lookup_events, published, speed_entries, check);
-
-        async fn batch_record(
-            &self,
-            version: u64,
-            user_id: &str,
-        ) -> Result<Option<Arc<UserRecord>>, StoreError> {
-            self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            self.inner.batch_record(version, user_id).await
-        }
-    }
-
-    #[async_trait]
-    impl ServingStore for SlowRecords {
-        forward_to!(inner: user_history_since);
-    }
-
-    /// Readers of a user whose record is being loaded wait for that load:
-    /// with nothing kept in the process and Redis away, eight readers at
-    /// once read the store once, and a reader after them reads it again.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn readers_of_a_record_being_loaded_share_its_load() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let raw = Arc::new(EmbeddedStore::open(&dir.path().join("store.redb")).expect("store"));
-        let record = crate::contract::record("u", "e1");
-        publish_one(&raw, &record).await;
-        let slow = Arc::new(SlowRecords {
-            inner: raw,
-            reads: Default::default(),
-        });
-        let options = RedisOptions {
-            url: "redis://127.0.0.1:1".into(),
-            timeout: Duration::from_millis(50),
-            local_cache_bytes: 0,
-            ..RedisOptions::default()
-        };
-        let store = Arc::new(CachedStore::new(slow.clone(), options).expect("client"));
-        let readers: Vec<_> = (0..8)
-            .map(|_| {
-                let store = store.clone();
-                tokio::spawn(async move { store.batch_record(1, "u").await })
-            })
-            .collect();
-        for reader in readers {
-            let read = reader.await.expect("joined").expect("read");
-            assert_eq!(read.as_deref(), Some(&record));
-        }
-        let reads = || slow.reads.load(std::sync::atomic::Ordering::SeqCst);
-        assert_eq!(reads(), 1, "one load for the eight readers");
-        let read = store.batch_record(1, "u").await.expect("read");
-        assert_eq!(read.as_deref(), Some(&record));
-        assert_eq!(reads(), 2, "a finished load is not handed to later readers");
-        assert!(store.loads_lock().is_empty());
-
-        // A reader that hangs up mid-load leaves nothing behind.
-        let hung_up = tokio::time::timeout(Duration::from_millis(20), store.batch_record(1, "u"));
-        assert!(hung_up.await.is_err(), "still loading when its client went");
-        assert!(store.loads_lock().is_empty());
-    }
-
-    /// The store as the binary wires it: the speed and batch layers write
-    /// to the backend, serving reads through the cache, and an erasure is
-    /// followed by an eviction from the cache.
-    struct Wired {
-        store: Arc<EmbeddedStore>,
-        cache: CachedStore,
-    }
-
-    #[async_trait]
-    impl StoreReads for Wired {
-        forward_to!(cache: speed_progress, lookup_events, published, batch_record, speed_entries, check);
-    }
-
-    #[async_trait]
-    impl SpeedStore for Wired {
-        async fn apply_speed(&self, write: Arc<SpeedWrite>) -> Result<(), StoreError> {
-            self.store.apply_speed(write).await
-        }
-    }
-
-    #[async_trait]
-    impl ServingStore for Wired {
-        forward_to!(cache: serving_manifest, user_history_since, degraded, evict_user);
-    }
-
-    #[async_trait]
-    impl BatchStore for Wired {
-        async fn write_records(
-            &self,
-            version: u64,
-            records: Vec<(String, EncodedRecord)>,
-        ) -> Result<(), StoreError> {
-            self.store.write_records(version, records).await
-        }
-
-        async fn publish(&self, manifest: &BatchManifest) -> Result<(), StoreError> {
-            self.store.publish(manifest).await
-        }
-
-        async fn collect_garbage(
-            &self,
-            covered: &LogPosition,
-            keep_version: u64,
-        ) -> Result<GarbageStats, StoreError> {
-            self.store.collect_garbage(covered, keep_version).await
-        }
-
-        async fn erase_user(
-            &self,
-            user_id: &str,
-            marker: (Partition, Offset),
-        ) -> Result<(), StoreError> {
-            self.store.erase_user(user_id, marker).await?;
-            self.cache.evict_user(user_id).await
-        }
-
-        async fn batch_checkpoint(&self) -> Result<Option<BatchCheckpoint>, StoreError> {
-            self.store.batch_checkpoint().await
-        }
-
-        async fn save_batch_checkpoint(
-            &self,
-            checkpoint: Option<&BatchCheckpoint>,
-        ) -> Result<(), StoreError> {
-            self.store.save_batch_checkpoint(checkpoint).await
-        }
-
-        async fn claim_batch_checkpoint(
-            &self,
-            candidate: &BatchCheckpoint,
-        ) -> Result<BatchCheckpoint, StoreError> {
-            self.store.claim_batch_checkpoint(candidate).await
-        }
-
-        async fn save_batch_part(&self, version: u64, part: &BatchPart) -> Result<(), StoreError> {
-            self.store.save_batch_part(version, part).await
-        }
-
-        async fn batch_parts(&self, version: u64) -> Result<Vec<BatchPart>, StoreError> {
-            self.store.batch_parts(version).await
-        }
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_store_contract_holds_with_serving_through_the_cache() {
         let Some(url) = redis_url() else { return };
@@ -790,8 +490,9 @@ mod tests {
             let url = url.clone();
             async move {
                 let dir = tempfile::tempdir().expect("temp dir");
-                let (store, cache) = cached(&url, dir.path());
-                let wired: Box<dyn SignalStore> = Box::new(Wired { store, cache });
+                let (store, _, kept) = kept(&url, dir.path());
+                let wired: Box<dyn SignalStore> =
+                    Box::new(crate::contract::ServedThrough::new(store, Arc::new(kept)));
                 (wired, dir)
             }
         })
@@ -802,19 +503,19 @@ mod tests {
     async fn an_evicted_user_leaves_the_process_and_redis() {
         let Some(url) = redis_url() else { return };
         let dir = tempfile::tempdir().expect("temp dir");
-        let (store, cache) = cached(&url, dir.path());
+        let (store, cache, kept) = kept(&url, dir.path());
         let record = crate::contract::record("u", "e1");
         let manifest = publish_one(&store, &record).await;
         let key = cache.key(&manifest, "u");
         let mut redis = connection(&url).await;
-        let read = cache.user_history("u").await.expect("history");
+        let read = kept.user_history("u").await.expect("history");
         assert_eq!(read.record.as_deref(), Some(&record));
         assert!(redis.exists::<_, bool>(&key).await.expect("EXISTS"));
 
         store.erase_user("u", (0, 5)).await.expect("erased");
-        cache.evict_user("u").await.expect("evicted");
+        kept.evict_user("u").await.expect("evicted");
         assert!(!redis.exists::<_, bool>(&key).await.expect("EXISTS"));
-        let read = cache.user_history("u").await.expect("history");
+        let read = kept.user_history("u").await.expect("history");
         assert!(read.record.expect("an erased record").deleted);
     }
 
@@ -822,10 +523,10 @@ mod tests {
     async fn a_warm_record_is_answered_in_process_without_redis() {
         let Some(url) = redis_url() else { return };
         let dir = tempfile::tempdir().expect("temp dir");
-        let (raw, store) = cached(&url, dir.path());
+        let (raw, cache, store) = kept(&url, dir.path());
         let record = crate::contract::record("u", "e1");
         let manifest = publish_one(&raw, &record).await;
-        let key = store.key(&manifest, "u");
+        let key = cache.key(&manifest, "u");
         let mut redis = connection(&url).await;
 
         // The first read fills Redis and the process; with Redis emptied,
@@ -845,19 +546,19 @@ mod tests {
     async fn a_record_too_long_for_redis_is_kept_in_process_only() {
         let Some(url) = redis_url() else { return };
         let dir = tempfile::tempdir().expect("temp dir");
-        let (raw, store) = cached(&url, dir.path());
+        let (raw, cache, store) = kept(&url, dir.path());
         let record = crate::contract::large_record("u", 10_000);
         let encoded = codec::encode_record(&record).expect("encodes").len();
         assert!(encoded > MAX_REDIS_RECORD_BYTES, "{encoded} bytes");
         let manifest = publish_one(&raw, &record).await;
-        let key = store.key(&manifest, "u");
+        let key = cache.key(&manifest, "u");
         let mut redis = connection(&url).await;
 
         let first = store.user_history("u").await.expect("history");
         assert_eq!(first.record.as_deref(), Some(&record));
         assert!(!redis.exists::<_, bool>(&key).await.expect("EXISTS"));
         assert!(store.degraded().await.is_none(), "Redis is fine");
-        let kept = store.local.get(manifest.version, "u");
+        let kept = store.kept(manifest.version, "u").flatten();
         assert_eq!(kept.as_deref(), Some(&record), "kept in the process");
     }
 
@@ -865,9 +566,9 @@ mod tests {
     async fn a_user_without_a_record_is_answered_in_process_without_redis() {
         let Some(url) = redis_url() else { return };
         let dir = tempfile::tempdir().expect("temp dir");
-        let (raw, store) = cached(&url, dir.path());
+        let (raw, cache, store) = kept(&url, dir.path());
         let manifest = publish_one(&raw, &crate::contract::record("u", "e1")).await;
-        let key = store.key(&manifest, "nobody");
+        let key = cache.key(&manifest, "nobody");
         let mut redis = connection(&url).await;
 
         // The first read caches "no record" in Redis and the process; with
@@ -938,12 +639,8 @@ mod tests {
     async fn a_flushed_or_unreachable_redis_changes_no_answer() {
         let Some(url) = redis_url() else { return };
         let dir = tempfile::tempdir().expect("temp dir");
-        // Without the in-process cache, so that every read asks Redis.
-        let (raw, cache) = cached(&url, dir.path());
-        let store = CachedStore {
-            local: RecordCache::new(0),
-            ..cache
-        };
+        // Without records kept in front, so that every read asks Redis.
+        let (raw, store) = cached(&url, dir.path());
         publish_one(&raw, &crate::contract::record("u", "e1")).await;
         let first = store.user_history("u").await.expect("history");
         let cached_again = store.batch_record(1, "u").await.expect("record");
@@ -977,11 +674,9 @@ mod tests {
                 timeout: Duration::from_millis(50),
                 ..RedisOptions::default()
             },
-            local: RecordCache::new(0),
             client: redis::Client::open("redis://127.0.0.1:1").expect("client"),
             connection: tokio::sync::Mutex::new(None),
             last_error: Mutex::new(None),
-            loads: Mutex::default(),
             breaker: Breaker::new(3, Duration::from_secs(5)),
         };
         assert_eq!(
@@ -1018,7 +713,6 @@ mod tests {
             RedisOptions {
                 url,
                 timeout: Duration::from_millis(20),
-                local_cache_bytes: 0,
                 breaker_failures: 2,
                 breaker_cool_down: Duration::from_secs(600),
                 ..RedisOptions::default()

@@ -147,8 +147,22 @@ impl Inner {
         Ok(Some(manifest))
     }
 
-    /// `user`'s record of `version`, decoded and cached.
+    /// `user`'s record of `version`, decoded and cached; a reader that
+    /// comes while another loads it waits for that load.
     fn read_record(
+        &self,
+        batch: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        version: u64,
+        user: &str,
+    ) -> Result<Option<Arc<UserRecord>>, StoreError> {
+        self.loading
+            .one_at_a_time(version, user, || match self.records.known(version, user) {
+                Some(known) => Ok(known),
+                None => self.load_record(batch, version, user),
+            })
+    }
+
+    fn load_record(
         &self,
         batch: &impl ReadableTable<&'static [u8], &'static [u8]>,
         version: u64,

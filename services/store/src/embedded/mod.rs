@@ -84,7 +84,7 @@ use redb::Database;
 use signals_core::{LogPosition, Offset, Partition, UserRecord};
 use tracing::info;
 
-use crate::cache::{ManifestCache, RecordCache};
+use crate::cache::{LoadLocks, ManifestCache, RecordCache};
 use crate::codec;
 use crate::{
     BatchCheckpoint, BatchManifest, BatchPart, BatchStore, EncodedRecord, GarbageStats,
@@ -127,6 +127,8 @@ struct Inner {
     /// The insights worker's tables, in a file of their own ([`insights`]).
     insights: Database,
     records: RecordCache,
+    /// Records being read and decoded, one load per record at a time.
+    loading: LoadLocks,
     manifest: ManifestCache,
     progress: speed::ProgressMirror,
     /// What serving may skip reading ([`crate::changes`]).
@@ -170,6 +172,7 @@ impl EmbeddedStore {
                 db,
                 insights,
                 records: RecordCache::new(options.record_cache_bytes),
+                loading: LoadLocks::default(),
                 manifest: ManifestCache::default(),
                 progress: speed::ProgressMirror::default(),
                 changes: crate::changes::UserChanges::default(),

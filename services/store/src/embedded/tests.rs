@@ -38,6 +38,40 @@ async fn passes_the_store_contract() {
     .await;
 }
 
+/// Concurrent first reads of a record decode it once: every reader gets
+/// the same decoded record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_of_a_record_being_loaded_share_its_load() {
+    let dir = TempDir::new().expect("temp dir");
+    let store = Arc::new(store_in(&dir));
+    let heavy = contract::large_record("u", 20_000);
+    store
+        .write_batch(1, vec![("u".into(), heavy.clone())])
+        .await
+        .expect("write");
+    store
+        .publish(&manifest(1, &[(0, 0)]))
+        .await
+        .expect("publish");
+    let readers: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.user_history("u").await })
+        })
+        .collect();
+    let mut records = Vec::new();
+    for reader in readers {
+        let history = reader.await.expect("joined").expect("history");
+        records.push(history.record.expect("a record"));
+    }
+    assert_eq!(*records[0], heavy);
+    assert!(
+        records.iter().all(|r| Arc::ptr_eq(r, &records[0])),
+        "one decoded record for all eight readers"
+    );
+    assert!(store.inner.loading.is_idle());
+}
+
 #[tokio::test]
 async fn everything_survives_a_reopen() {
     let dir = TempDir::new().expect("temp dir");

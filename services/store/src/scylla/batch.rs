@@ -16,7 +16,7 @@ use super::driver;
 use super::speed::non_empty;
 use super::store::Inner;
 pub(super) use crate::types::refuse_backwards;
-use crate::{BatchManifest, EncodedRecord, HistorySince, StoreError, TailMark};
+use crate::{BatchManifest, EncodedRecord, StoreError};
 
 /// Conditional writes `publish` tries before giving up on a contended pointer.
 const PUBLISH_ATTEMPTS: usize = 5;
@@ -324,32 +324,6 @@ impl Inner {
             }
         };
         Ok(Some(Arc::new(record)))
-    }
-
-    /// `user`'s published record and the speed entries past `mark`, for
-    /// one manifest: the two partition reads run concurrently.
-    pub(super) async fn user_history(
-        &self,
-        user: &str,
-        mark: Option<&TailMark>,
-    ) -> Result<HistorySince, StoreError> {
-        let manifest = self.serving_manifest().await?;
-        let (from, resumed) = TailMark::read_from(mark, manifest.as_deref());
-        let (record, entries) = match &manifest {
-            Some(m) => futures::try_join!(
-                self.batch_record(m.version, user),
-                self.speed_entries(user, Some(&from))
-            )?,
-            None => (None, self.speed_entries(user, Some(&from)).await?),
-        };
-        Ok(HistorySince {
-            manifest,
-            record,
-            entries,
-            resumed,
-            from,
-            change_token: None,
-        })
     }
 }
 

@@ -26,9 +26,8 @@ use super::config::ScyllaOptions;
 use super::driver;
 use super::schema::{self, Statements};
 use crate::{
-    BatchCheckpoint, BatchManifest, BatchPart, BatchStore, EncodedRecord, GarbageStats,
-    HistorySince, IndexEntry, PositionedEntry, ServingStore, SpeedProgress, SpeedStore, SpeedWrite,
-    StoreError, StoreReads, TailMark,
+    BatchCheckpoint, BatchManifest, BatchPart, BatchStore, EncodedRecord, GarbageStats, IndexEntry,
+    PositionedEntry, ServingStore, SpeedProgress, SpeedStore, SpeedWrite, StoreError, StoreReads,
 };
 
 /// The [`SignalStore`](crate::SignalStore) on a ScyllaDB (or Cassandra) cluster. Cheap to clone.
@@ -259,14 +258,6 @@ impl SpeedStore for ScyllaStore {
 impl ServingStore for ScyllaStore {
     async fn serving_manifest(&self) -> Result<Option<Arc<BatchManifest>>, StoreError> {
         self.inner.serving_manifest().await
-    }
-
-    async fn user_history_since(
-        &self,
-        user_id: &str,
-        mark: Option<&TailMark>,
-    ) -> Result<HistorySince, StoreError> {
-        self.inner.user_history(user_id, mark).await
     }
 }
 
