@@ -166,7 +166,9 @@ impl<V: Send + Sync + 'static> VersionedCache<V> {
         } else if weight <= self.large_budget {
             (&self.large, self.large_budget, self.shard(user))
         } else {
-            return;
+            // Too heavy to keep; an older version's value is superseded
+            // all the same (it must not stand in for this one).
+            return self.remove_older(user, version);
         };
         // Values leave under the locks but are freed after them: freeing a
         // heavy user's decoded record takes a tenth of a second, and every
@@ -207,6 +209,21 @@ impl<V: Send + Sync + 'static> VersionedCache<V> {
         shard.weight += weight;
         shard.evict(budget, &mut leaving);
         drop(shard);
+        free(leaving);
+    }
+
+    /// Forgets `user`'s value of any version before `version`.
+    fn remove_older(&self, user: &str, version: u64) {
+        let leaving: Vec<Slot<V>> = [self.shard(user), &self.large]
+            .into_iter()
+            .filter_map(|tier| {
+                let mut tier = tier.lock().unwrap_or_else(PoisonError::into_inner);
+                match tier.slots.get(user) {
+                    Some(slot) if slot.version < version => tier.remove(user),
+                    _ => None,
+                }
+            })
+            .collect();
         free(leaving);
     }
 
@@ -410,6 +427,10 @@ mod tests {
         cache.insert(1, "u", record(1), 10);
         assert_eq!(cache.get(2, "u").map(|r| r.horizon), Some(2));
         assert_eq!(cache.weight(), 10);
+        // A newer version too heavy to keep still supersedes the one kept.
+        cache.insert(3, "u", record(3), SHARDS * 1000);
+        assert!(cache.latest("u").is_none());
+        assert_eq!(cache.weight(), 0);
     }
 
     #[test]

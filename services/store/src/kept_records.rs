@@ -13,6 +13,14 @@
 //! decoded once (a 1M-event record is ~77 MB read and ~320 MB decoded), not
 //! once per reader, which would multiply both the wait and the memory.
 //!
+//! A heavy user's first read of a new version need not wait for that load
+//! either: while it runs, a user whose record of the version just before is
+//! kept here, and heavy, is answered from that record and the speed entries
+//! past that version's position. The answer is exact (the version before
+//! is the one garbage collection lags behind, so its speed entries are all
+//! there) and names the version it merges; the new record replaces it as
+//! soon as it is loaded, off the reader's path.
+//!
 //! The embedded store keeps its own records (it reads them in the same
 //! transaction as the speed entries) and is not wrapped.
 
@@ -22,19 +30,42 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use async_trait::async_trait;
 use signals_core::UserRecord;
 use smol_str::SmolStr;
+use tracing::debug;
 
 use crate::cache::RecordCache;
 use crate::codec;
 use crate::forward::forward_to;
-use crate::{ServingStore, StoreError, StoreReads};
+use crate::{BatchManifest, HistorySince, ServingStore, StoreError, StoreReads, TailMark};
+
+/// A kept record of the previous version with at least this many events
+/// answers while the served version's record loads: about 4 MB encoded, a
+/// tenth of a second or more to read and decode. A lighter one is loaded
+/// while the reader waits, which costs it little.
+pub const PREVIOUS_ANSWERS_FROM_EVENTS: usize = 50_000;
 
 /// The serving path with the served version's records kept decoded in
 /// this process, bounded by their encoded bytes.
 pub struct KeptRecords {
+    /// `shared.inner`, for the calls handed on as they are.
+    inner: Arc<dyn ServingStore>,
+    shared: Arc<Shared>,
+}
+
+/// What loads in the background share with readers.
+struct Shared {
     inner: Arc<dyn ServingStore>,
     records: RecordCache,
     /// Records being loaded, by version and user.
     loads: Mutex<Loads>,
+    /// The newest served manifest seen, and the one seen before it.
+    manifests: Mutex<Manifests>,
+    previous_from_events: usize,
+}
+
+#[derive(Default)]
+struct Manifests {
+    newest: Option<Arc<BatchManifest>>,
+    before: Option<Arc<BatchManifest>>,
 }
 
 /// One load of a record, shared by every reader that asks for it while it
@@ -75,13 +106,36 @@ impl KeptRecords {
     /// Keeps up to about `budget` encoded bytes of records read through
     /// `inner` (a record over half of it is never kept).
     pub fn new(inner: Arc<dyn ServingStore>, budget: usize) -> KeptRecords {
+        KeptRecords::answering_from_previous(inner, budget, PREVIOUS_ANSWERS_FROM_EVENTS)
+    }
+
+    /// [`KeptRecords::new`], with kept records of the version before of at
+    /// least `events` events answering while the served version's loads.
+    pub fn answering_from_previous(
+        inner: Arc<dyn ServingStore>,
+        budget: usize,
+        events: usize,
+    ) -> KeptRecords {
         KeptRecords {
-            inner,
-            records: RecordCache::new(budget),
-            loads: Mutex::default(),
+            inner: inner.clone(),
+            shared: Arc::new(Shared {
+                inner,
+                records: RecordCache::new(budget),
+                loads: Mutex::default(),
+                manifests: Mutex::default(),
+                previous_from_events: events,
+            }),
         }
     }
 
+    /// What is kept of `user`'s record of `version`.
+    #[cfg(test)]
+    pub(crate) fn kept(&self, version: u64, user: &str) -> Option<Option<Arc<UserRecord>>> {
+        self.shared.records.known(version, user)
+    }
+}
+
+impl Shared {
     /// `user`'s record of `version` (the served one): kept, or loaded once
     /// for every reader asking meanwhile.
     async fn record_of(
@@ -134,10 +188,81 @@ impl KeptRecords {
         self.loads.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// What is kept of `user`'s record of `version`.
-    #[cfg(test)]
-    pub(crate) fn kept(&self, version: u64, user: &str) -> Option<Option<Arc<UserRecord>>> {
-        self.records.known(version, user)
+    /// The served manifest, and the one published just before it if this
+    /// process saw that one served. Versions are published one after the
+    /// other (each run's is the published one's plus one, set by
+    /// compare-and-set), so the version numbered one less is the one
+    /// garbage collection lags behind.
+    async fn served_manifests(
+        &self,
+    ) -> Result<Option<(Arc<BatchManifest>, Option<Arc<BatchManifest>>)>, StoreError> {
+        let Some(served) = self.inner.serving_manifest().await? else {
+            return Ok(None);
+        };
+        let mut seen = self
+            .manifests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if seen
+            .newest
+            .as_ref()
+            .is_none_or(|n| n.version < served.version)
+        {
+            seen.before = seen.newest.replace(served.clone());
+        }
+        let before = seen
+            .before
+            .clone()
+            .filter(|b| b.version.checked_add(1) == Some(served.version));
+        Ok(Some((served, before)))
+    }
+
+    /// `user`'s history from their record of `before` kept here, if it is
+    /// heavy enough to be worth it and their record of `served` is not
+    /// kept yet; that one's load is started (or left running) meanwhile.
+    async fn history_from_before(
+        self: &Arc<Self>,
+        user: &str,
+        mark: Option<&TailMark>,
+        served: &BatchManifest,
+        before: Arc<BatchManifest>,
+    ) -> Result<Option<HistorySince>, StoreError> {
+        if self.records.known(served.version, user).is_some() {
+            return Ok(None);
+        }
+        let Some(Some(record)) = self.records.known(before.version, user) else {
+            return Ok(None);
+        };
+        if record.events.len() < self.previous_from_events {
+            return Ok(None);
+        }
+        let slot = (served.version, SmolStr::new(user));
+        if !self.loads_lock().contains_key(&slot) {
+            let (shared, version, user) = (self.clone(), served.version, user.to_owned());
+            tokio::spawn(async move {
+                if let Err(error) = shared.record_of(version, &user).await {
+                    debug!(%error, version, "a record's load in the background failed; a later read loads it");
+                }
+            });
+        }
+        let (from, resumed) = TailMark::read_from(mark, Some(&before));
+        let entries = self.inner.speed_entries(user, &from).await?;
+        // Complete only if the version after `served` was not published
+        // before they were read: publishing it is what lets garbage
+        // collection drop the entries `before` needs.
+        match self.inner.published().await? {
+            Some(published) if published.version <= served.version => {}
+            _ => return Ok(None),
+        }
+        metrics::counter!("signals_cache_requests_total", "outcome" => "previous").increment(1);
+        Ok(Some(HistorySince {
+            manifest: Some(before),
+            record: Some(record),
+            entries,
+            resumed,
+            from,
+            change_token: None,
+        }))
     }
 }
 
@@ -155,22 +280,55 @@ impl StoreReads for KeptRecords {
         // Only the served version's records: they are published, hence
         // immutable, while an unpublished version may still be rewritten.
         match self.inner.serving_manifest().await? {
-            Some(manifest) if manifest.version == version => self.record_of(version, user_id).await,
+            Some(manifest) if manifest.version == version => {
+                self.shared.record_of(version, user_id).await
+            }
             _ => self.inner.batch_record(version, user_id).await,
         }
     }
 }
 
-/// The default history reads ([`ServingStore::user_history_since`] and
-/// [`ServingStore::user_history_unchanged`]) take the record through
-/// [`KeptRecords::batch_record`] above.
+/// [`ServingStore::user_history_unchanged`] is the port's own: it takes
+/// the record through [`KeptRecords::batch_record`] above.
 #[async_trait]
 impl ServingStore for KeptRecords {
     forward_to!(inner: serving_manifest, degraded, log_end_seen);
 
+    async fn user_history_since(
+        &self,
+        user_id: &str,
+        mark: Option<&TailMark>,
+    ) -> Result<HistorySince, StoreError> {
+        let Some((served, before)) = self.shared.served_manifests().await? else {
+            return self.inner.user_history_since(user_id, mark).await;
+        };
+        if let Some(before) = before {
+            let early = self
+                .shared
+                .history_from_before(user_id, mark, &served, before)
+                .await?;
+            if let Some(history) = early {
+                return Ok(history);
+            }
+        }
+        let (from, resumed) = TailMark::read_from(mark, Some(&served));
+        let (record, entries) = tokio::try_join!(
+            self.shared.record_of(served.version, user_id),
+            self.inner.speed_entries(user_id, &from)
+        )?;
+        Ok(HistorySince {
+            manifest: Some(served),
+            record,
+            entries,
+            resumed,
+            from,
+            change_token: None,
+        })
+    }
+
     /// Drops the user's kept record, then whatever the path behind keeps.
     async fn evict_user(&self, user_id: &str) -> Result<(), StoreError> {
-        self.records.remove(user_id);
+        self.shared.records.remove(user_id);
         self.inner.evict_user(user_id).await
     }
 }
@@ -182,7 +340,7 @@ mod tests {
 
     use super::*;
     use crate::embedded::EmbeddedStore;
-    use crate::{BatchManifest, BatchStore, SignalStore};
+    use crate::{BatchStore, SignalStore, SpeedStore};
 
     /// Writes `record` as user "u"'s record of version 1 and publishes it.
     async fn publish_one(store: &EmbeddedStore, record: &UserRecord) -> BatchManifest {
@@ -199,6 +357,7 @@ mod tests {
     struct SlowRecords {
         inner: Arc<EmbeddedStore>,
         reads: AtomicUsize,
+        lagging: Mutex<Option<Arc<BatchManifest>>>,
     }
 
     #[async_trait]
@@ -217,7 +376,15 @@ mod tests {
     }
 
     #[async_trait]
-    impl ServingStore for SlowRecords {}
+    impl ServingStore for SlowRecords {
+        /// The published manifest, unless a test made the reading lag.
+        async fn serving_manifest(&self) -> Result<Option<Arc<BatchManifest>>, StoreError> {
+            if let Some(lagging) = self.lagging.lock().expect("lock").clone() {
+                return Ok(Some(lagging));
+            }
+            self.inner.serving_manifest().await
+        }
+    }
 
     async fn slow_store(record: &UserRecord) -> (tempfile::TempDir, Arc<SlowRecords>) {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -226,8 +393,128 @@ mod tests {
         let slow = Arc::new(SlowRecords {
             inner: raw,
             reads: AtomicUsize::default(),
+            lagging: Mutex::default(),
         });
         (dir, slow)
+    }
+
+    /// Writes `records` as version `version`, covering offsets of log
+    /// partition 0 before `covers`, and publishes it.
+    async fn publish(
+        store: &EmbeddedStore,
+        version: u64,
+        covers: u64,
+        records: Vec<(String, UserRecord)>,
+    ) -> BatchManifest {
+        store.write_batch(version, records).await.expect("written");
+        let manifest = crate::contract::manifest(version, &[(0, covers)]);
+        store.publish(&manifest).await.expect("published");
+        manifest
+    }
+
+    /// Offsets of the speed entries a history holds.
+    fn offsets(history: &HistorySince) -> Vec<u64> {
+        history.entries.iter().map(|e| e.offset).collect()
+    }
+
+    /// Until a heavy user's record of a new version is loaded, their reads
+    /// are answered from the version before with the speed entries past
+    /// its position (exact, and saying so); then from the new one. A light
+    /// user's read waits for their load.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_heavy_users_reads_during_a_new_versions_load_come_from_the_one_before() {
+        let heavy = crate::contract::large_record("u", 3);
+        let (_dir, slow) = slow_store(&heavy).await;
+        let light = crate::contract::record("l", "l1");
+        slow.inner
+            .apply_speed(Arc::new(crate::contract::write(
+                vec![
+                    crate::contract::at("u", 0, 2),
+                    crate::contract::at("u", 0, 7),
+                ],
+                &[(0, 8)],
+            )))
+            .await
+            .expect("speed write");
+        let store = KeptRecords::answering_from_previous(slow.clone(), 1 << 20, 3);
+        assert_eq!(
+            store
+                .user_history("u")
+                .await
+                .expect("history")
+                .record
+                .as_deref(),
+            Some(&heavy)
+        );
+        assert!(store
+            .user_history("l")
+            .await
+            .expect("history")
+            .record
+            .is_none());
+
+        let newer = crate::contract::large_record("u", 4);
+        publish(
+            &slow.inner,
+            2,
+            5,
+            vec![("u".into(), newer.clone()), ("l".into(), light.clone())],
+        )
+        .await;
+        let early = store.user_history_since("u", None).await.expect("history");
+        assert_eq!(early.manifest.as_ref().map(|m| m.version), Some(1));
+        assert_eq!(early.record.as_deref(), Some(&heavy));
+        assert_eq!(
+            offsets(&early),
+            [2, 7],
+            "every entry past version 1's position"
+        );
+        let light_read = store.user_history_since("l", None).await.expect("history");
+        assert_eq!(light_read.manifest.as_ref().map(|m| m.version), Some(2));
+        assert_eq!(light_read.record.as_deref(), Some(&light));
+
+        // The load started by the early read lands in the background.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while store.kept(2, "u").is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the load never landed"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let late = store.user_history_since("u", None).await.expect("history");
+        assert_eq!(late.manifest.as_ref().map(|m| m.version), Some(2));
+        assert_eq!(late.record.as_deref(), Some(&newer));
+        assert_eq!(offsets(&late), [7]);
+    }
+
+    /// The version before answers only while the version after the served
+    /// one is unpublished: once that one is, garbage collection may drop
+    /// the speed entries the version before needs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_version_before_never_answers_once_a_later_one_is_published() {
+        let heavy = crate::contract::large_record("u", 3);
+        let (_dir, slow) = slow_store(&heavy).await;
+        let store = KeptRecords::answering_from_previous(slow.clone(), 1 << 20, 3);
+        store.user_history("u").await.expect("history");
+        let second = publish(&slow.inner, 2, 0, vec![("u".into(), heavy.clone())]).await;
+        publish(&slow.inner, 3, 0, vec![("u".into(), heavy.clone())]).await;
+        // This process still reads version 2 as the served one.
+        *slow.lagging.lock().expect("lock") = Some(Arc::new(second));
+        let read = store.user_history_since("u", None).await.expect("history");
+        assert_eq!(read.manifest.as_ref().map(|m| m.version), Some(2));
+
+        // Nor does a version two before the served one.
+        *slow.lagging.lock().expect("lock") = None;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let raw = Arc::new(EmbeddedStore::open(&dir.path().join("store.redb")).expect("store"));
+        publish_one(&raw, &heavy).await;
+        let fresh = KeptRecords::answering_from_previous(raw.clone(), 1 << 20, 3);
+        fresh.user_history("u").await.expect("history");
+        publish(&raw, 2, 0, vec![("u".into(), heavy.clone())]).await;
+        publish(&raw, 3, 0, vec![("u".into(), heavy.clone())]).await;
+        let read = fresh.user_history_since("u", None).await.expect("history");
+        assert_eq!(read.manifest.as_ref().map(|m| m.version), Some(3));
     }
 
     /// Readers of a user whose record is being loaded wait for that load:
@@ -253,12 +540,12 @@ mod tests {
         let read = store.batch_record(1, "u").await.expect("read");
         assert_eq!(read.as_deref(), Some(&record));
         assert_eq!(reads(), 2, "a finished load is not handed to later readers");
-        assert!(store.loads_lock().is_empty());
+        assert!(store.shared.loads_lock().is_empty());
 
         // A reader that hangs up mid-load leaves nothing behind.
         let hung_up = tokio::time::timeout(Duration::from_millis(20), store.batch_record(1, "u"));
         assert!(hung_up.await.is_err(), "still loading when its client went");
-        assert!(store.loads_lock().is_empty());
+        assert!(store.shared.loads_lock().is_empty());
     }
 
     /// A kept record answers later reads, whole histories included, without
@@ -274,7 +561,7 @@ mod tests {
         let first = store.user_history("u").await.expect("history");
         assert_eq!(first.record.as_deref(), Some(&record));
         let encoded = codec::encode_record(&record).expect("encodes").len();
-        assert_eq!(store.records.weight(), encoded, "weighed as stored");
+        assert_eq!(store.shared.records.weight(), encoded, "weighed as stored");
         for _ in 0..3 {
             let again = store.user_history("u").await.expect("history");
             assert_eq!(again.record.as_deref(), Some(&record));
