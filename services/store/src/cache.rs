@@ -324,6 +324,14 @@ impl LoadLocks {
         loaded
     }
 
+    /// Whether a load of `user`'s record of `version` is under way.
+    pub fn is_loading(&self, version: u64, user: &str) -> bool {
+        self.locks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(&(version, SmolStr::new(user)))
+    }
+
     /// Whether no load is under way or waited for.
     #[cfg(test)]
     pub fn is_idle(&self) -> bool {

@@ -56,6 +56,46 @@ impl Inner {
         history(&txn, user, manifest, record, mark, token).map(Some)
     }
 
+    /// `user`'s history from their record of the version published just
+    /// before the one in this snapshot, if this process keeps it decoded,
+    /// it holds at least `previous_answers_from_events` events and their
+    /// record of the published version is not decoded yet; with the
+    /// version to load. Exact: the snapshot publishes the version after
+    /// it, so garbage collection has not dropped what it needs (that
+    /// waits for the next publication).
+    pub(super) fn history_from_before(
+        &self,
+        user: &str,
+        mark: Option<&TailMark>,
+    ) -> Result<Option<(HistorySince, u64)>, StoreError> {
+        let Some(newest) = self.published.get() else {
+            return Ok(None);
+        };
+        let Some(before) = self.published.before(newest.version) else {
+            return Ok(None);
+        };
+        let heavy =
+            |record: &Arc<UserRecord>| record.events.len() >= self.previous_answers_from_events;
+        let Some(record) = self
+            .records
+            .known(before.version, user)
+            .flatten()
+            .filter(heavy)
+        else {
+            return Ok(None);
+        };
+        let token = self.changes.token();
+        let (txn, manifest) = self.snapshot()?;
+        let Some(manifest) = manifest.filter(|m| m.version == newest.version) else {
+            return Ok(None);
+        };
+        if self.records.known(manifest.version, user).is_some() {
+            return Ok(None);
+        }
+        let history = history(&txn, user, Some(before), Some(record), mark, token)?;
+        Ok(Some((history, manifest.version)))
+    }
+
     /// Nothing past `mark`, known from memory ([`super::changes`]): the
     /// mark is of the newest published version, whose record of `user` is
     /// decoded (or known not to exist), and no write touched `user` since

@@ -101,6 +101,10 @@ pub struct EmbeddedOptions {
     pub record_cache_bytes: usize,
     /// Rows a garbage collection transaction scans (speed) or deletes (batch) at most.
     pub gc_chunk: usize,
+    /// A user's kept record of the version before the published one, with
+    /// at least this many events, answers while their record of the
+    /// published one loads in the background.
+    pub previous_answers_from_events: usize,
 }
 
 impl Default for EmbeddedOptions {
@@ -111,6 +115,7 @@ impl Default for EmbeddedOptions {
             // user with 1M events encodes to about 42 MiB.
             record_cache_bytes: 256 << 20,
             gc_chunk: 10_000,
+            previous_answers_from_events: crate::kept_records::PREVIOUS_ANSWERS_FROM_EVENTS,
         }
     }
 }
@@ -136,6 +141,7 @@ struct Inner {
     published: published::PublishedMirror,
     index: index::IndexMemo,
     gc_chunk: usize,
+    previous_answers_from_events: usize,
     /// Test hook: `apply_speed` fails after inserting its entries.
     #[cfg(test)]
     fail_after_entries: std::sync::atomic::AtomicBool,
@@ -179,6 +185,7 @@ impl EmbeddedStore {
                 published: published::PublishedMirror::default(),
                 index,
                 gc_chunk: options.gc_chunk.max(1),
+                previous_answers_from_events: options.previous_answers_from_events,
                 #[cfg(test)]
                 fail_after_entries: Default::default(),
             }),
@@ -289,6 +296,19 @@ impl ServingStore for EmbeddedStore {
         // the hop to the blocking pool and back (a sixth of serving's time).
         // Reading and decoding a record from the file goes to the pool.
         if let Some(history) = self.inner.warm_user_history(user_id, mark)? {
+            return Ok(history);
+        }
+        // A heavy user's record of the published version is not decoded
+        // yet: answered from the version before while it loads.
+        if let Some((history, version)) = self.inner.history_from_before(user_id, mark)? {
+            if !self.inner.loading.is_loading(version, user_id) {
+                let (inner, user) = (self.inner.clone(), user_id.to_owned());
+                tokio::task::spawn_blocking(move || {
+                    if let Err(error) = inner.batch_record(version, &user) {
+                        tracing::debug!(%error, version, "a record's load in the background failed; a later read loads it");
+                    }
+                });
+            }
             return Ok(history);
         }
         let (user, mark) = (user_id.to_owned(), mark.cloned());

@@ -72,6 +72,101 @@ async fn readers_of_a_record_being_loaded_share_its_load() {
     assert!(store.inner.loading.is_idle());
 }
 
+/// Until a heavy user's record of a new version is decoded, their reads
+/// are answered from the version before (kept decoded) with the speed
+/// entries past its position, and the new record loads in the
+/// background; a light user's read loads theirs at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heavy_users_reads_during_a_new_versions_load_come_from_the_one_before() {
+    let dir = TempDir::new().expect("temp dir");
+    let options = EmbeddedOptions {
+        previous_answers_from_events: 3,
+        ..EmbeddedOptions::default()
+    };
+    let store = EmbeddedStore::open_with(&dir.path().join("signals.redb"), options).expect("opens");
+    let heavy = contract::large_record("u", 3);
+    store
+        .write_batch(1, vec![("u".into(), heavy.clone())])
+        .await
+        .expect("write");
+    store
+        .publish(&manifest(1, &[(0, 0)]))
+        .await
+        .expect("publish");
+    store
+        .apply_speed(Arc::new(write(
+            vec![at("u", 0, 2), at("u", 0, 7)],
+            &[(0, 8)],
+        )))
+        .await
+        .expect("speed write");
+    assert_eq!(
+        store
+            .user_history("u")
+            .await
+            .expect("history")
+            .record
+            .as_deref(),
+        Some(&heavy)
+    );
+
+    let newer = contract::large_record("u", 4);
+    let light = record("l", "l1");
+    store
+        .write_batch(
+            2,
+            vec![("u".into(), newer.clone()), ("l".into(), light.clone())],
+        )
+        .await
+        .expect("write");
+    store
+        .publish(&manifest(2, &[(0, 5)]))
+        .await
+        .expect("publish");
+    let offsets = |h: &HistorySince| h.entries.iter().map(|e| e.offset).collect::<Vec<_>>();
+    let early = store.user_history_since("u", None).await.expect("history");
+    assert_eq!(early.manifest.as_ref().map(|m| m.version), Some(1));
+    assert_eq!(early.record.as_deref(), Some(&heavy));
+    assert_eq!(
+        offsets(&early),
+        [2, 7],
+        "every entry past version 1's position"
+    );
+    let light_read = store.user_history_since("l", None).await.expect("history");
+    assert_eq!(light_read.manifest.as_ref().map(|m| m.version), Some(2));
+    assert_eq!(light_read.record.as_deref(), Some(&light));
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while store.inner.records.known(2, "u").is_none() {
+        assert!(Instant::now() < deadline, "the load never landed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let late = store.user_history_since("u", None).await.expect("history");
+    assert_eq!(late.manifest.as_ref().map(|m| m.version), Some(2));
+    assert_eq!(late.record.as_deref(), Some(&newer));
+    assert_eq!(offsets(&late), [7]);
+
+    // A version two before the published one never answers.
+    store
+        .write_batch(3, vec![("u".into(), newer.clone())])
+        .await
+        .expect("write");
+    store
+        .publish(&manifest(3, &[(0, 5)]))
+        .await
+        .expect("publish");
+    store
+        .write_batch(4, vec![("u".into(), heavy.clone())])
+        .await
+        .expect("write");
+    store
+        .publish(&manifest(4, &[(0, 5)]))
+        .await
+        .expect("publish");
+    let read = store.user_history_since("u", None).await.expect("history");
+    assert_eq!(read.manifest.as_ref().map(|m| m.version), Some(4));
+}
+
 #[tokio::test]
 async fn everything_survives_a_reopen() {
     let dir = TempDir::new().expect("temp dir");
