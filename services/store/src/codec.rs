@@ -79,6 +79,23 @@ pub fn encode_record(record: &UserRecord) -> Result<Vec<u8>, StoreError> {
         .map_err(|e| StoreError::Backend(format!("cannot encode a user record: {e}")))
 }
 
+/// Records up to this long are decoded where they are read; longer ones on
+/// the blocking pool ([`decode_record_apart`]). A heavy user's record takes
+/// up to a second to decode, and on one of the runtime's few threads it
+/// would hold every request queued behind it for that long.
+pub const DECODED_IN_PLACE: usize = 256 << 10;
+
+/// [`decode_record`] of a record read from `table`, on the blocking pool.
+pub async fn decode_record_apart(
+    bytes: Vec<u8>,
+    table: &'static str,
+    key: String,
+) -> Result<UserRecord, StoreError> {
+    tokio::task::spawn_blocking(move || decode_record(&bytes, table, || key))
+        .await
+        .map_err(|e| StoreError::Backend(format!("decoding a record from {table} stopped: {e}")))?
+}
+
 /// How many bytes [`encode_record`] writes for `record`, without writing
 /// them.
 pub fn encoded_len(record: &UserRecord) -> Result<usize, StoreError> {

@@ -59,6 +59,18 @@ const ABSENT: u8 = 0;
 /// process, and kept there (`KeptRecords`, `cache.local_bytes`).
 const MAX_REDIS_RECORD_BYTES: usize = 8 << 20;
 
+/// Records of up to this many events are encoded for Redis where they were
+/// read; more, on the blocking pool.
+const ENCODED_IN_PLACE_EVENTS: usize = 4096;
+
+/// `record` as Redis holds it, or `None` if longer than Redis is given.
+fn encode_for_redis(record: &UserRecord) -> Result<Option<Vec<u8>>, StoreError> {
+    if codec::encoded_len(record)? > MAX_REDIS_RECORD_BYTES {
+        return Ok(None);
+    }
+    codec::encode_record(record).map(Some)
+}
+
 /// Where Redis is and how long to wait for it.
 #[derive(Clone, Debug)]
 pub struct RedisOptions {
@@ -266,7 +278,7 @@ impl CachedStore {
         let record = self.inner.batch_record(manifest.version, user).await?;
         // Redis just failed: no second wait for a SET.
         if redis_up {
-            self.remember(key, record.as_deref()).await;
+            self.remember(key, record.as_ref()).await;
         }
         Ok(record)
     }
@@ -304,7 +316,12 @@ impl CachedStore {
         if bytes == [ABSENT] {
             return Lookup::Hit(None);
         }
-        match codec::decode_record(&bytes, "redis", || format!("key {key}")) {
+        let decoded = if bytes.len() <= codec::DECODED_IN_PLACE {
+            codec::decode_record(&bytes, "redis", || format!("key {key}"))
+        } else {
+            codec::decode_record_apart(bytes, "redis", format!("key {key}")).await
+        };
+        match decoded {
             Ok(record) => Lookup::Hit(Some(Arc::new(record))),
             Err(error) => {
                 self.note_error("decode", error);
@@ -314,15 +331,25 @@ impl CachedStore {
     }
 
     /// Writes `record` to Redis at `key` (a failure is only noted).
-    async fn remember(&self, key: String, record: Option<&UserRecord>) {
-        let bytes = match record.map(codec::encode_record).transpose() {
-            Ok(Some(encoded)) => encoded,
-            Ok(None) => vec![ABSENT],
+    async fn remember(&self, key: String, record: Option<&Arc<UserRecord>>) {
+        let encoded = match record {
+            None => Ok(Some(vec![ABSENT])),
+            Some(record) if record.events.len() <= ENCODED_IN_PLACE_EVENTS => {
+                encode_for_redis(record)
+            }
+            // Off the runtime's threads, as decoding is.
+            Some(record) => {
+                let record = record.clone();
+                tokio::task::spawn_blocking(move || encode_for_redis(&record))
+                    .await
+                    .unwrap_or_else(|e| Err(StoreError::Backend(format!("encoding stopped: {e}"))))
+            }
+        };
+        let bytes = match encoded {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return,
             Err(error) => return self.note_error("encode", error),
         };
-        if bytes.len() > MAX_REDIS_RECORD_BYTES {
-            return;
-        }
         let ttl = self.options.ttl.as_secs().max(1);
         self.redis("SET", self.options.timeout, |mut c| async move {
             c.set_ex::<_, _, ()>(key, bytes, ttl).await

@@ -317,10 +317,15 @@ impl Inner {
         };
         let key = || format!("version {version} user {user:?}");
         let record = match RecordPieces::of_cell(cell, key)? {
-            None => codec::decode_record(cell, "batch_records", key)?,
+            None if cell.len() <= crate::codec::DECODED_IN_PLACE => {
+                codec::decode_record(cell, "batch_records", key)?
+            }
+            None => {
+                crate::codec::decode_record_apart(cell.to_vec(), "batch_records", key()).await?
+            }
             Some(pieces) => {
                 let record = self.record_in_pieces(v, user, pieces).await?;
-                codec::decode_record(&record, "batch_record_pieces", key)?
+                crate::codec::decode_record_apart(record, "batch_record_pieces", key()).await?
             }
         };
         Ok(Some(Arc::new(record)))
