@@ -324,12 +324,30 @@ impl LoadLocks {
         loaded
     }
 
-    /// Whether a load of `user`'s record of `version` is under way.
-    pub fn is_loading(&self, version: u64, user: &str) -> bool {
-        self.locks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains_key(&(version, SmolStr::new(user)))
+    /// Claims the load of `user`'s record of `version` for a caller that
+    /// runs it later ([`Self::one_at_a_time`]): `false` if a load of it is
+    /// under way or claimed already.
+    pub fn claim(&self, version: u64, user: &str) -> bool {
+        let mut locks = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
+        let slot = (version, SmolStr::new(user));
+        if locks.contains_key(&slot) {
+            return false;
+        }
+        locks.insert(slot, Arc::default());
+        true
+    }
+
+    /// Gives up a [`Self::claim`] once its load ran (or failed): the
+    /// claim leaves unless a load of it is under way or waited for.
+    pub fn release(&self, version: u64, user: &str) {
+        let mut locks = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
+        let slot = (version, SmolStr::new(user));
+        if locks
+            .get(&slot)
+            .is_some_and(|lock| Arc::strong_count(lock) == 1)
+        {
+            locks.remove(&slot);
+        }
     }
 
     /// Whether no load is under way or waited for.
@@ -403,6 +421,14 @@ mod tests {
         });
         assert_eq!(loads.load(Ordering::SeqCst), 1);
         assert!(locks.is_idle());
+        // A claimed load starts no other until it ran, however it went.
+        assert!(locks.claim(2, "u"));
+        assert!(!locks.claim(2, "u"));
+        locks.one_at_a_time(2, "u", || ());
+        assert!(locks.is_idle(), "the load takes its claim with it");
+        assert!(locks.claim(2, "u"));
+        locks.release(2, "u");
+        assert!(locks.is_idle(), "a load that never ran gives its claim up");
         // Another user's load does not wait for this one's.
         let started = Instant::now();
         std::thread::scope(|scope| {

@@ -43,6 +43,9 @@ use crate::{BatchManifest, HistorySince, ServingStore, StoreError, StoreReads, T
 /// while the reader waits, which costs it little.
 pub const PREVIOUS_ANSWERS_FROM_EVENTS: usize = 50_000;
 
+/// Records loaded in the background at once (see `Shared::background`).
+const BACKGROUND_LOADS: usize = 2;
+
 /// The serving path with the served version's records kept decoded in
 /// this process, bounded by their encoded bytes.
 pub struct KeptRecords {
@@ -59,6 +62,10 @@ struct Shared {
     loads: Mutex<Loads>,
     /// The newest served manifest seen, and the one seen before it.
     manifests: Mutex<Manifests>,
+    /// Loads in the background, a few at a time: each is a heavy user's
+    /// record, hundreds of MB decoded, and its readers are answered
+    /// meanwhile.
+    background: tokio::sync::Semaphore,
     previous_from_events: usize,
 }
 
@@ -123,6 +130,7 @@ impl KeptRecords {
                 records: RecordCache::new(budget),
                 loads: Mutex::default(),
                 manifests: Mutex::default(),
+                background: tokio::sync::Semaphore::new(BACKGROUND_LOADS),
                 previous_from_events: events,
             }),
         }
@@ -236,10 +244,18 @@ impl Shared {
         if record.events.len() < self.previous_from_events {
             return Ok(None);
         }
+        // Claimed now, so that the reads that come while it waits for its
+        // turn start no other.
         let slot = (served.version, SmolStr::new(user));
-        if !self.loads_lock().contains_key(&slot) {
+        let claimed = {
+            let mut loads = self.loads_lock();
+            !loads.contains_key(&slot) && loads.insert(slot, Load::default()).is_none()
+        };
+        if claimed {
             let (shared, version, user) = (self.clone(), served.version, user.to_owned());
             tokio::spawn(async move {
+                // Never closed; the load goes ahead all the same.
+                let _turn = shared.background.acquire().await.ok();
                 if let Err(error) = shared.record_of(version, &user).await {
                     debug!(%error, version, "a record's load in the background failed; a later read loads it");
                 }

@@ -92,6 +92,9 @@ use crate::{
     StoreError, StoreReads, TailMark,
 };
 
+/// Records loaded in the background at once (see `Inner::background`).
+const BACKGROUND_LOADS: usize = 2;
+
 /// Tuning of an [`EmbeddedStore`].
 #[derive(Clone, Debug)]
 pub struct EmbeddedOptions {
@@ -134,6 +137,10 @@ struct Inner {
     records: RecordCache,
     /// Records being read and decoded, one load per record at a time.
     loading: LoadLocks,
+    /// Loads in the background ([`Inner::history_from_before`]), a few at
+    /// a time: each is a heavy user's record, hundreds of MB decoded,
+    /// and its readers are answered meanwhile.
+    background: Arc<tokio::sync::Semaphore>,
     manifest: ManifestCache,
     progress: speed::ProgressMirror,
     /// What serving may skip reading ([`crate::changes`]).
@@ -179,6 +186,7 @@ impl EmbeddedStore {
                 insights,
                 records: RecordCache::new(options.record_cache_bytes),
                 loading: LoadLocks::default(),
+                background: Arc::new(tokio::sync::Semaphore::new(BACKGROUND_LOADS)),
                 manifest: ManifestCache::default(),
                 progress: speed::ProgressMirror::default(),
                 changes: crate::changes::UserChanges::default(),
@@ -301,10 +309,18 @@ impl ServingStore for EmbeddedStore {
         // A heavy user's record of the published version is not decoded
         // yet: answered from the version before while it loads.
         if let Some((history, version)) = self.inner.history_from_before(user_id, mark)? {
-            if !self.inner.loading.is_loading(version, user_id) {
+            if self.inner.loading.claim(version, user_id) {
                 let (inner, user) = (self.inner.clone(), user_id.to_owned());
-                tokio::task::spawn_blocking(move || {
-                    if let Err(error) = inner.batch_record(version, &user) {
+                tokio::spawn(async move {
+                    // Never closed; the load goes ahead all the same.
+                    let _turn = inner.background.clone().acquire_owned().await.ok();
+                    let load = tokio::task::spawn_blocking(move || {
+                        let loaded = inner.batch_record(version, &user);
+                        // However it went: the next read claims it again.
+                        inner.loading.release(version, &user);
+                        loaded
+                    });
+                    if let Ok(Err(error)) = load.await {
                         tracing::debug!(%error, version, "a record's load in the background failed; a later read loads it");
                     }
                 });
