@@ -116,6 +116,8 @@ statements! {
     delete_record = "DELETE FROM {ks}.batch_records WHERE version = ? AND user_id = ?";
     /// A piece of a record too large for one cell.
     insert_piece = "INSERT INTO {ks}.batch_record_pieces (version, user_id, piece, bytes) VALUES (?, ?, ?, ?)";
+    /// One piece of a record.
+    select_piece = "SELECT bytes FROM {ks}.batch_record_pieces WHERE version = ? AND user_id = ? AND piece = ?";
     /// A record's pieces in order, a few to a page.
     select_pieces = "SELECT piece, bytes FROM {ks}.batch_record_pieces WHERE version = ? AND user_id = ?";
     /// A record's pieces.
