@@ -6,7 +6,6 @@ pub mod faults;
 pub mod reference;
 pub mod scenario;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -32,13 +31,7 @@ pub fn binary() -> PathBuf {
     path
 }
 
-/// A free loopback port.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+pub use signals_test_support::free_port;
 
 /// Settings that point `signals` at the real services (Kafka, CQL, Redis;
 /// see `signals-test-support` for where they come from) on a topic, group

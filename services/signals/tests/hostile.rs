@@ -5,7 +5,9 @@
 //! while the inputs arrive.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
+
+use signals_test_support::free_port;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -20,13 +22,6 @@ const MIB: usize = 1024 * 1024;
 /// checked on a loaded two-core machine (at 2 s, CI saw them closed first).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(6);
 const MAX_CONNECTIONS: usize = 440;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 struct Server {
     child: Child,

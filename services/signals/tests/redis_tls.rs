@@ -9,7 +9,9 @@
 //! directory in SIGNALS_TEST_REDIS_BIN.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
+
+use signals_test_support::free_port;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -31,13 +33,6 @@ fn redis_bin(name: &str) -> PathBuf {
         Some(dir) => Path::new(&dir).join(name),
         None => PathBuf::from(name),
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 fn signals(dir: &Path, port: u16) -> Command {

@@ -91,6 +91,55 @@ pub fn unique_name(prefix: &str) -> String {
     )
 }
 
+/// A loopback port free now, for a process the test starts next.
+///
+/// Picked below the kernel's ephemeral range, from 20000 up (above the
+/// ports `infra/local/up` uses by default): binding port 0 picks one inside
+/// that range, which an outgoing connection of any process (a client of
+/// Kafka or Cassandra) may take in the moments before the test's process
+/// binds it. CI saw `signals speed` exit "Address already in use" that way.
+/// Where it starts is drawn per call, so that tests picking at once rarely
+/// try the same ports; each is checked by binding it.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    const FIRST: u32 = 20_000;
+    let end = ephemeral_start().max(FIRST + 1_000);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let seed = nanos
+        ^ u64::from(std::process::id()).rotate_left(32)
+        ^ CALLS
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    // SplitMix64's finaliser: consecutive seeds land far apart.
+    let mut mixed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    mixed = (mixed ^ (mixed >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    mixed = (mixed ^ (mixed >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    mixed ^= mixed >> 31;
+    let span = u64::from(end - FIRST);
+    let start = mixed % span;
+    (0..span)
+        .map(|i| FIRST + ((start + i) % span) as u32)
+        .filter_map(|port| u16::try_from(port).ok())
+        .find(|&port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+        .unwrap_or_else(|| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .expect("a free port")
+        })
+}
+
+/// The first port of the kernel's ephemeral range (Linux; 32768 elsewhere).
+fn ephemeral_start() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
+}
+
 /// Where an endpoint comes from, by the rules in the module doc.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Source {
@@ -361,5 +410,23 @@ mod tests {
     fn unique_names_differ() {
         assert_ne!(unique_name("t"), unique_name("t"));
         assert!(unique_name("topic").starts_with("topic-"));
+    }
+}
+
+#[cfg(test)]
+mod port_tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_free_below_the_ephemeral_range_and_spread() {
+        let ports: Vec<u16> = (0..20).map(|_| free_port()).collect();
+        for &port in &ports {
+            assert!(u32::from(port) >= 20_000 && u32::from(port) < ephemeral_start().max(21_000));
+            std::net::TcpListener::bind(("127.0.0.1", port)).expect("free");
+        }
+        let mut distinct = ports.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert!(distinct.len() >= 15, "{ports:?}");
     }
 }
