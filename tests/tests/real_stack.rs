@@ -17,6 +17,24 @@ async fn on_real_engines_speed_batch_and_retractions_stay_exact() {
     scenario::speed_batch_and_retractions_stay_exact(&mut platform).await;
 }
 
+/// The same without Redis (`cache.redis_url` empty): serving keeps the
+/// records it read from ScyllaDB itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_real_engines_without_redis_speed_batch_and_retractions_stay_exact() {
+    let Some(mut settings) = real_engines("exact-no-redis") else {
+        return;
+    };
+    for (key, value) in &mut settings {
+        if key == "SIGNALS_CACHE__REDIS_URL" {
+            value.clear();
+        }
+    }
+    let mut platform = Platform::start_with(Shape::Split { speed_processes: 2 }, settings)
+        .await
+        .expect("platform starts");
+    scenario::speed_batch_and_retractions_stay_exact(&mut platform).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_real_engines_killed_processes_lose_nothing_accepted_and_count_nothing_twice() {
     let Some(settings) = real_engines("kill") else {
