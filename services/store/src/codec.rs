@@ -83,9 +83,11 @@ pub fn encode_record(record: &UserRecord) -> Result<Vec<u8>, StoreError> {
 /// the blocking pool ([`decode_record_apart`]). A heavy user's record takes
 /// up to a second to decode, and on one of the runtime's few threads it
 /// would hold every request queued behind it for that long.
+#[cfg_attr(not(any(feature = "scylla", feature = "redis")), allow(dead_code))]
 pub const DECODED_IN_PLACE: usize = 256 << 10;
 
 /// [`decode_record`] of a record read from `table`, on the blocking pool.
+#[cfg_attr(not(any(feature = "scylla", feature = "redis")), allow(dead_code))]
 pub async fn decode_record_apart(
     bytes: Vec<u8>,
     table: &'static str,

@@ -235,32 +235,9 @@ impl Shared {
         served: &BatchManifest,
         before: Arc<BatchManifest>,
     ) -> Result<Option<HistorySince>, StoreError> {
-        if self.records.known(served.version, user).is_some() {
-            return Ok(None);
-        }
-        let Some(Some(record)) = self.records.known(before.version, user) else {
+        let Some(record) = self.record_before(user, served, &before) else {
             return Ok(None);
         };
-        if record.events.len() < self.previous_from_events {
-            return Ok(None);
-        }
-        // Claimed now, so that the reads that come while it waits for its
-        // turn start no other.
-        let slot = (served.version, SmolStr::new(user));
-        let claimed = {
-            let mut loads = self.loads_lock();
-            !loads.contains_key(&slot) && loads.insert(slot, Load::default()).is_none()
-        };
-        if claimed {
-            let (shared, version, user) = (self.clone(), served.version, user.to_owned());
-            tokio::spawn(async move {
-                // Never closed; the load goes ahead all the same.
-                let _turn = shared.background.acquire().await.ok();
-                if let Err(error) = shared.record_of(version, &user).await {
-                    debug!(%error, version, "a record's load in the background failed; a later read loads it");
-                }
-            });
-        }
         let (from, resumed) = TailMark::read_from(mark, Some(&before));
         let entries = self.inner.speed_entries(user, &from).await?;
         // Complete only if the version after `served` was not published
@@ -279,6 +256,43 @@ impl Shared {
             from,
             change_token: None,
         }))
+    }
+
+    /// `user`'s kept record of `before` if it is to answer for `served`
+    /// (heavy, and their record of `served` not kept yet), with the load
+    /// of the latter started unless it is under way.
+    fn record_before(
+        self: &Arc<Self>,
+        user: &str,
+        served: &BatchManifest,
+        before: &BatchManifest,
+    ) -> Option<Arc<UserRecord>> {
+        if self.records.known(served.version, user).is_some() {
+            return None;
+        }
+        let record = self
+            .records
+            .known(before.version, user)
+            .flatten()
+            .filter(|r| r.events.len() >= self.previous_from_events)?;
+        // Claimed now, so that the reads that come while it waits for its
+        // turn start no other.
+        let slot = (served.version, SmolStr::new(user));
+        let claimed = {
+            let mut loads = self.loads_lock();
+            !loads.contains_key(&slot) && loads.insert(slot, Load::default()).is_none()
+        };
+        if claimed {
+            let (shared, version, user) = (self.clone(), served.version, user.to_owned());
+            tokio::spawn(async move {
+                // Never closed; the load goes ahead all the same.
+                let _turn = shared.background.acquire().await.ok();
+                if let Err(error) = shared.record_of(version, &user).await {
+                    debug!(%error, version, "a record's load in the background failed; a later read loads it");
+                }
+            });
+        }
+        Some(record)
     }
 }
 
@@ -342,6 +356,38 @@ impl ServingStore for KeptRecords {
         })
     }
 
+    /// A mark of the version before the served one, for a user answered
+    /// from it while their new record loads: nothing past the mark, and no
+    /// read at all (a heavy user is read the most, and during the load
+    /// each read would otherwise read their speed entries and the
+    /// published pointer). The entries a reader keeps past that version's
+    /// position were complete when read. Anything else: the port's way.
+    async fn user_history_unchanged(
+        &self,
+        user_id: &str,
+        mark: &TailMark,
+    ) -> Result<HistorySince, StoreError> {
+        if let Some((served, Some(before))) = self.shared.served_manifests().await? {
+            let record = (mark.version == Some(before.version))
+                .then(|| self.shared.record_before(user_id, &served, &before))
+                .flatten();
+            if let Some(record) = record {
+                let (from, resumed) = TailMark::read_from(Some(mark), Some(&before));
+                metrics::counter!("signals_cache_requests_total", "outcome" => "previous")
+                    .increment(1);
+                return Ok(HistorySince {
+                    manifest: Some(before),
+                    record: Some(record),
+                    entries: Vec::new(),
+                    resumed,
+                    from,
+                    change_token: None,
+                });
+            }
+        }
+        crate::history_unchanged(self, user_id, mark).await
+    }
+
     /// Drops the user's kept record, then whatever the path behind keeps.
     async fn evict_user(&self, user_id: &str) -> Result<(), StoreError> {
         self.shared.records.remove(user_id);
@@ -373,12 +419,22 @@ mod tests {
     struct SlowRecords {
         inner: Arc<EmbeddedStore>,
         reads: AtomicUsize,
+        speed_reads: AtomicUsize,
         lagging: Mutex<Option<Arc<BatchManifest>>>,
     }
 
     #[async_trait]
     impl StoreReads for SlowRecords {
-        forward_to!(inner: speed_progress, lookup_events, published, speed_entries, check);
+        forward_to!(inner: speed_progress, lookup_events, published, check);
+
+        async fn speed_entries(
+            &self,
+            user_id: &str,
+            from: &signals_core::LogPosition,
+        ) -> Result<Vec<crate::PositionedEntry>, StoreError> {
+            self.speed_reads.fetch_add(1, Ordering::SeqCst);
+            self.inner.speed_entries(user_id, from).await
+        }
 
         async fn batch_record(
             &self,
@@ -386,7 +442,9 @@ mod tests {
             user_id: &str,
         ) -> Result<Option<Arc<UserRecord>>, StoreError> {
             self.reads.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            // Long enough for a test's reads to come while it lasts, on a
+            // busy machine too.
+            tokio::time::sleep(Duration::from_millis(300)).await;
             self.inner.batch_record(version, user_id).await
         }
     }
@@ -409,6 +467,7 @@ mod tests {
         let slow = Arc::new(SlowRecords {
             inner: raw,
             reads: AtomicUsize::default(),
+            speed_reads: AtomicUsize::default(),
             lagging: Mutex::default(),
         });
         (dir, slow)
@@ -485,6 +544,24 @@ mod tests {
             [2, 7],
             "every entry past version 1's position"
         );
+        // A reader that keeps those entries and knows nothing was written
+        // since (a follower said so) reads nothing more.
+        let mut frontier = signals_core::LogPosition::default();
+        frontier.advance(0, 8);
+        let mark = TailMark {
+            version: Some(1),
+            frontier: Arc::new(frontier),
+            change_token: None,
+        };
+        let speed_reads = slow.speed_reads.load(Ordering::SeqCst);
+        let unchanged = store
+            .user_history_unchanged("u", &mark)
+            .await
+            .expect("history");
+        assert_eq!(unchanged.manifest.as_ref().map(|m| m.version), Some(1));
+        assert_eq!(unchanged.record.as_deref(), Some(&heavy));
+        assert!(unchanged.resumed && unchanged.entries.is_empty());
+        assert_eq!(slow.speed_reads.load(Ordering::SeqCst), speed_reads);
         let light_read = store.user_history_since("l", None).await.expect("history");
         assert_eq!(light_read.manifest.as_ref().map(|m| m.version), Some(2));
         assert_eq!(light_read.record.as_deref(), Some(&light));

@@ -175,23 +175,7 @@ pub trait ServingStore: StoreReads {
         user_id: &str,
         mark: &TailMark,
     ) -> Result<HistorySince, StoreError> {
-        let manifest = self.serving_manifest().await?;
-        let (from, resumed) = TailMark::read_from(Some(mark), manifest.as_deref());
-        if !resumed {
-            return self.user_history_since(user_id, Some(mark)).await;
-        }
-        let record = match &manifest {
-            Some(m) => self.batch_record(m.version, user_id).await?,
-            None => None,
-        };
-        Ok(HistorySince {
-            manifest,
-            record,
-            entries: Vec::new(),
-            resumed,
-            from,
-            change_token: None,
-        })
+        history_unchanged(self, user_id, mark).await
     }
 
     /// One user's record and speed tail, prepared for reads. A
@@ -229,6 +213,32 @@ pub trait ServingStore: StoreReads {
     async fn evict_user(&self, _user_id: &str) -> Result<(), StoreError> {
         Ok(())
     }
+}
+
+/// [`ServingStore::user_history_unchanged`] as the port does it, for a
+/// store that does it otherwise only in some cases.
+pub(crate) async fn history_unchanged<S: ServingStore + ?Sized>(
+    store: &S,
+    user_id: &str,
+    mark: &TailMark,
+) -> Result<HistorySince, StoreError> {
+    let manifest = store.serving_manifest().await?;
+    let (from, resumed) = TailMark::read_from(Some(mark), manifest.as_deref());
+    if !resumed {
+        return store.user_history_since(user_id, Some(mark)).await;
+    }
+    let record = match &manifest {
+        Some(m) => store.batch_record(m.version, user_id).await?,
+        None => None,
+    };
+    Ok(HistorySince {
+        manifest,
+        record,
+        entries: Vec::new(),
+        resumed,
+        from,
+        change_token: None,
+    })
 }
 
 /// What the batch layer writes: versions, their publication, garbage
