@@ -341,19 +341,7 @@ impl ServingStore for KeptRecords {
                 return Ok(history);
             }
         }
-        let (from, resumed) = TailMark::read_from(mark, Some(&served));
-        let (record, entries) = tokio::try_join!(
-            self.shared.record_of(served.version, user_id),
-            self.inner.speed_entries(user_id, &from)
-        )?;
-        Ok(HistorySince {
-            manifest: Some(served),
-            record,
-            entries,
-            resumed,
-            from,
-            change_token: None,
-        })
+        crate::history_of(self, Some(served), user_id, mark).await
     }
 
     /// A mark of the version before the served one, for a user answered

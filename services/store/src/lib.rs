@@ -148,22 +148,7 @@ pub trait ServingStore: StoreReads {
         mark: Option<&TailMark>,
     ) -> Result<HistorySince, StoreError> {
         let manifest = self.serving_manifest().await?;
-        let (from, resumed) = TailMark::read_from(mark, manifest.as_deref());
-        let (record, entries) = match &manifest {
-            Some(m) => tokio::try_join!(
-                self.batch_record(m.version, user_id),
-                self.speed_entries(user_id, &from)
-            )?,
-            None => (None, self.speed_entries(user_id, &from).await?),
-        };
-        Ok(HistorySince {
-            manifest,
-            record,
-            entries,
-            resumed,
-            from,
-            change_token: None,
-        })
+        history_of(self, manifest, user_id, mark).await
     }
 
     /// [`Self::user_history_since`] for a caller that knows no speed entry
@@ -213,6 +198,33 @@ pub trait ServingStore: StoreReads {
     async fn evict_user(&self, _user_id: &str) -> Result<(), StoreError> {
         Ok(())
     }
+}
+
+/// `user_id`'s history over `manifest`: their record of its version and
+/// the speed entries past `mark` (at least its position), read
+/// concurrently.
+pub(crate) async fn history_of<S: ServingStore + ?Sized>(
+    store: &S,
+    manifest: Option<Arc<BatchManifest>>,
+    user_id: &str,
+    mark: Option<&TailMark>,
+) -> Result<HistorySince, StoreError> {
+    let (from, resumed) = TailMark::read_from(mark, manifest.as_deref());
+    let (record, entries) = match &manifest {
+        Some(m) => tokio::try_join!(
+            store.batch_record(m.version, user_id),
+            store.speed_entries(user_id, &from)
+        )?,
+        None => (None, store.speed_entries(user_id, &from).await?),
+    };
+    Ok(HistorySince {
+        manifest,
+        record,
+        entries,
+        resumed,
+        from,
+        change_token: None,
+    })
 }
 
 /// [`ServingStore::user_history_unchanged`] as the port does it, for a
