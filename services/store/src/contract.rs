@@ -167,6 +167,23 @@ impl<S: SignalStore> crate::BatchStore for ServedThrough<S> {
     }
 }
 
+/// Writes `records` as version `version`, covering `position`, and
+/// publishes it.
+pub async fn publish_version(
+    store: &(impl crate::BatchStore + ?Sized),
+    version: u64,
+    position: &[(Partition, Offset)],
+    records: Vec<(String, UserRecord)>,
+) -> BatchManifest {
+    store
+        .write_batch(version, records)
+        .await
+        .expect("records written");
+    let manifest = manifest(version, position);
+    store.publish(&manifest).await.expect("published");
+    manifest
+}
+
 /// A view event of `user` with id `id`.
 pub fn event(id: &str, user: &str, time: i64) -> Event {
     Event {

@@ -394,13 +394,8 @@ mod tests {
 
     /// Writes `record` as user "u"'s record of version 1 and publishes it.
     async fn publish_one(store: &EmbeddedStore, record: &UserRecord) -> BatchManifest {
-        store
-            .write_batch(1, vec![("u".into(), record.clone())])
-            .await
-            .expect("written");
-        let manifest = crate::contract::manifest(1, &[(0, 0)]);
-        store.publish(&manifest).await.expect("published");
-        manifest
+        let records = vec![("u".into(), record.clone())];
+        crate::contract::publish_version(store, 1, &[(0, 0)], records).await
     }
 
     /// The embedded store, whose record reads are counted and take a while.
@@ -469,10 +464,7 @@ mod tests {
         covers: u64,
         records: Vec<(String, UserRecord)>,
     ) -> BatchManifest {
-        store.write_batch(version, records).await.expect("written");
-        let manifest = crate::contract::manifest(version, &[(0, covers)]);
-        store.publish(&manifest).await.expect("published");
-        manifest
+        crate::contract::publish_version(store, version, &[(0, covers)], records).await
     }
 
     /// Offsets of the speed entries a history holds.

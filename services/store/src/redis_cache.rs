@@ -501,13 +501,8 @@ mod tests {
 
     /// Writes `record` as user "u"'s record of version 1 and publishes it.
     async fn publish_one(store: &EmbeddedStore, record: &UserRecord) -> BatchManifest {
-        store
-            .write_batch(1, vec![("u".into(), record.clone())])
-            .await
-            .expect("written");
-        let manifest = crate::contract::manifest(1, &[(0, 0)]);
-        store.publish(&manifest).await.expect("published");
-        manifest
+        let records = vec![("u".into(), record.clone())];
+        crate::contract::publish_version(store, 1, &[(0, 0)], records).await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -45,14 +45,7 @@ async fn readers_of_a_record_being_loaded_share_its_load() {
     let dir = TempDir::new().expect("temp dir");
     let store = Arc::new(store_in(&dir));
     let heavy = contract::large_record("u", 20_000);
-    store
-        .write_batch(1, vec![("u".into(), heavy.clone())])
-        .await
-        .expect("write");
-    store
-        .publish(&manifest(1, &[(0, 0)]))
-        .await
-        .expect("publish");
+    contract::publish_version(&*store, 1, &[(0, 0)], vec![("u".into(), heavy.clone())]).await;
     let readers: Vec<_> = (0..8)
         .map(|_| {
             let store = store.clone();
@@ -85,14 +78,7 @@ async fn a_heavy_users_reads_during_a_new_versions_load_come_from_the_one_before
     };
     let store = EmbeddedStore::open_with(&dir.path().join("signals.redb"), options).expect("opens");
     let heavy = contract::large_record("u", 3);
-    store
-        .write_batch(1, vec![("u".into(), heavy.clone())])
-        .await
-        .expect("write");
-    store
-        .publish(&manifest(1, &[(0, 0)]))
-        .await
-        .expect("publish");
+    contract::publish_version(&store, 1, &[(0, 0)], vec![("u".into(), heavy.clone())]).await;
     store
         .apply_speed(Arc::new(write(
             vec![at("u", 0, 2), at("u", 0, 7)],
@@ -112,17 +98,13 @@ async fn a_heavy_users_reads_during_a_new_versions_load_come_from_the_one_before
 
     let newer = contract::large_record("u", 4);
     let light = record("l", "l1");
-    store
-        .write_batch(
-            2,
-            vec![("u".into(), newer.clone()), ("l".into(), light.clone())],
-        )
-        .await
-        .expect("write");
-    store
-        .publish(&manifest(2, &[(0, 5)]))
-        .await
-        .expect("publish");
+    contract::publish_version(
+        &store,
+        2,
+        &[(0, 5)],
+        vec![("u".into(), newer.clone()), ("l".into(), light.clone())],
+    )
+    .await;
     let offsets = |h: &HistorySince| h.entries.iter().map(|e| e.offset).collect::<Vec<_>>();
     let early = store.user_history_since("u", None).await.expect("history");
     assert_eq!(early.manifest.as_ref().map(|m| m.version), Some(1));
@@ -147,22 +129,8 @@ async fn a_heavy_users_reads_during_a_new_versions_load_come_from_the_one_before
     assert_eq!(offsets(&late), [7]);
 
     // A version two before the published one never answers.
-    store
-        .write_batch(3, vec![("u".into(), newer.clone())])
-        .await
-        .expect("write");
-    store
-        .publish(&manifest(3, &[(0, 5)]))
-        .await
-        .expect("publish");
-    store
-        .write_batch(4, vec![("u".into(), heavy.clone())])
-        .await
-        .expect("write");
-    store
-        .publish(&manifest(4, &[(0, 5)]))
-        .await
-        .expect("publish");
+    contract::publish_version(&store, 3, &[(0, 5)], vec![("u".into(), newer.clone())]).await;
+    contract::publish_version(&store, 4, &[(0, 5)], vec![("u".into(), heavy.clone())]).await;
     let read = store.user_history_since("u", None).await.expect("history");
     assert_eq!(read.manifest.as_ref().map(|m| m.version), Some(4));
 }
