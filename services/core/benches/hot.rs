@@ -243,6 +243,19 @@ fn heavy_user(c: &mut Criterion) {
     group.bench_function("1M events, 20k items, at = past hours, as JSON", |b| {
         b.iter(|| UserView::merge(Some(wide.clone()), []).evaluate_encoded(black_box(&all), at()))
     });
+    // One of the record's events retracted after the batch ran: until the
+    // next run, every read of the user hides it.
+    let retracted = UserView::merge(
+        Some(wide.clone()),
+        [SpeedEntry::Retracted {
+            event_ids: vec![wide.events[wide.events.len() / 2].event_id.to_string()],
+        }],
+    );
+    let mut at = past_hours();
+    group.bench_function(
+        "1M events, 20k items, one retracted, at = past hours",
+        |b| b.iter(|| retracted.evaluate_encoded(black_box(&all), at())),
+    );
     // A serving process's first read of the user after a batch published:
     // the stored record decoded, 100k newer speed entries checked against
     // its ids and tiled, every signal's tiles built and evaluated.

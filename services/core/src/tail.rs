@@ -223,6 +223,22 @@ impl SpeedTail {
         self.runs.iter().map(|r| r.events.as_slice())
     }
 
+    /// How many of the tail's events a read of `definitions` would tile
+    /// first ([`Tiles::untiled`]).
+    pub(crate) fn untiled(&self, definitions: &[&SignalDefinition]) -> usize {
+        self.runs
+            .iter()
+            .map(|run| run.tiles.untiled(definitions, &run.events))
+            .sum()
+    }
+
+    /// Builds the tiles a read of `definitions` needs, as such a read would.
+    pub(crate) fn tile(&self, definitions: &[&SignalDefinition]) {
+        for run in &self.runs {
+            run.tiles.for_definitions(definitions, &run.events);
+        }
+    }
+
     /// Adds to `states[i]` what `definitions[i]` reads at `at` of the tail.
     pub(crate) fn fold(&self, definitions: &[&SignalDefinition], at: Millis, states: &mut [State]) {
         for run in &self.runs {
@@ -295,6 +311,34 @@ impl EventIds {
         }
         let mut held = held.into_iter();
         others.retain(|_| !held.next().unwrap_or(false));
+    }
+
+    /// The positions (time order: `events[n - 1 - p]` is at `p`) of the
+    /// events of `events` (the record the digest is of) whose ids are in
+    /// `ids`, ascending: O(|ids| log n), not a pass over the record.
+    pub fn positions_of<'i>(
+        &self,
+        events: &[Event],
+        ids: impl IntoIterator<Item = &'i str>,
+    ) -> Vec<usize> {
+        let hashes = self.hashes(events);
+        let n = events.len();
+        let mut positions: Vec<usize> = ids
+            .into_iter()
+            .flat_map(|id| {
+                let hash = id_hash(id);
+                let first = hashes.partition_point(|&(h, _)| h < hash);
+                hashes[first..]
+                    .iter()
+                    .take_while(move |&&(h, _)| h == hash)
+                    .map(|&(_, i)| i as usize)
+                    .filter(move |&i| events.get(i).is_some_and(|e| e.event_id == id))
+            })
+            .map(|i| n - 1 - i)
+            .collect();
+        positions.sort_unstable();
+        positions.dedup();
+        positions
     }
 
     /// The record's (id hash, index) pairs, sorted.

@@ -278,18 +278,20 @@ impl DefinitionTiles {
         until: Millis,
         state: &mut State,
     ) {
-        if let Some(marks) = self.fold_leaving_marks(definition, events, from, until, state) {
+        let marks = self.fold_leaving_marks(definition, events, Holes::NONE, from, until, state);
+        if let Some(marks) = marks {
             marks.merge_into(state);
         }
     }
 
-    /// Like [`DefinitionTiles::fold`], but a set's running state is given
-    /// back rather than merged, to be finished beside `state`
-    /// ([`SortedMarks::members_with`]).
+    /// Like [`DefinitionTiles::fold`], but leaving out the events at
+    /// `holes`, and a set's running state is given back rather than
+    /// merged, to be finished beside `state` ([`SortedMarks::members_with`]).
     pub fn fold_leaving_marks(
         &self,
         definition: &SignalDefinition,
         events: &[Event],
+        holes: Holes<'_>,
         from: Millis,
         until: Millis,
         state: &mut State,
@@ -300,8 +302,10 @@ impl DefinitionTiles {
         let mut lo = n - events.partition_point(|e| e.event_time >= from);
         let hi = n - events.partition_point(|e| e.event_time >= until);
         if let Some((size, prefixes)) = &self.prefixes {
-            if lo == 0 && hi >= *size {
-                let whole = hi / size;
+            // A running state holds every event before its boundary, so it
+            // serves only up to the first hole.
+            let whole = holes.0.first().map_or(hi, |&hole| hole.min(hi)) / size;
+            if lo == 0 && whole > 0 {
                 match &prefixes[whole - 1] {
                     Running::State(running) => state.merge(&definition.aggregation, running),
                     Running::Marks(running) => marks = Some(running),
@@ -310,12 +314,15 @@ impl DefinitionTiles {
             }
         }
         if lo < hi {
-            self.fold_positions(self.levels.len(), lo, hi, definition, events, state);
+            self.fold_positions(self.levels.len(), lo, hi, definition, events, holes, state);
         }
         marks
     }
 
-    /// Folds positions `lo..hi` with the blocks of levels below `level`.
+    /// Folds positions `lo..hi` but `holes` with the blocks of levels
+    /// below `level`: a block holding a hole is folded from the level
+    /// below it, down to raw events.
+    #[allow(clippy::too_many_arguments)]
     fn fold_positions(
         &self,
         level: usize,
@@ -323,29 +330,53 @@ impl DefinitionTiles {
         hi: usize,
         definition: &SignalDefinition,
         events: &[Event],
+        holes: Holes<'_>,
         state: &mut State,
     ) {
+        let holes = holes.within(lo, hi);
         let Some(below) = level.checked_sub(1) else {
             let n = events.len();
-            for event in events[n - hi..n - lo]
-                .iter()
-                .filter(|e| definition.matches(e))
-            {
-                state.add(&definition.aggregation, event);
+            let mut fold_raw = |from: usize, until: usize| {
+                for event in events[n - until..n - from]
+                    .iter()
+                    .filter(|e| definition.matches(e))
+                {
+                    state.add(&definition.aggregation, event);
+                }
+            };
+            // Newest first, as the record keeps them, between the holes.
+            let mut until = hi;
+            for &hole in holes.0.iter().rev() {
+                fold_raw(hole + 1, until);
+                until = hole;
             }
+            fold_raw(lo, until);
             return;
         };
         let (size, states) = &self.levels[below];
         let first = lo.div_ceil(*size);
         let last = hi / size;
         if first >= last {
-            return self.fold_positions(below, lo, hi, definition, events, state);
+            return self.fold_positions(below, lo, hi, definition, events, holes, state);
         }
-        self.fold_positions(below, lo, first * size, definition, events, state);
-        for block in &states[first..last] {
-            state.merge(&definition.aggregation, block);
+        self.fold_positions(below, lo, first * size, definition, events, holes, state);
+        let mut next = first;
+        for &hole in holes.within(first * size, last * size).0 {
+            let block = hole / size;
+            if block < next {
+                continue;
+            }
+            for whole in &states[next..block] {
+                state.merge(&definition.aggregation, whole);
+            }
+            let (start, end) = (block * size, (block + 1) * size);
+            self.fold_positions(below, start, end, definition, events, holes, state);
+            next = block + 1;
         }
-        self.fold_positions(below, last * size, hi, definition, events, state);
+        for whole in &states[next..last] {
+            state.merge(&definition.aggregation, whole);
+        }
+        self.fold_positions(below, last * size, hi, definition, events, holes, state);
     }
 
     /// How many states the blocks and running states hold.
@@ -356,6 +387,31 @@ impl DefinitionTiles {
             .map(|(_, states)| states.len())
             .sum::<usize>()
             + prefixes
+    }
+}
+
+/// Positions of a record's events (in time order: position `p` is
+/// `events[n - 1 - p]`) that a fold leaves out, ascending: the events a
+/// retraction hid after the batch ran. Blocks cannot take one event out,
+/// so a block holding a hole is folded from the blocks below it, and raw
+/// events only in the smallest block around each hole.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Holes<'a>(&'a [usize]);
+
+impl<'a> Holes<'a> {
+    pub const NONE: Holes<'static> = Holes(&[]);
+
+    /// `positions`, which must be ascending with no repeats.
+    pub fn new(positions: &'a [usize]) -> Holes<'a> {
+        debug_assert!(positions.is_sorted_by(|a, b| a < b));
+        Holes(positions)
+    }
+
+    /// The holes at `lo..hi`.
+    fn within(self, lo: usize, hi: usize) -> Holes<'a> {
+        let start = self.0.partition_point(|&p| p < lo);
+        let end = start + self.0[start..].partition_point(|&p| p < hi);
+        Holes(&self.0[start..end])
     }
 }
 
@@ -418,6 +474,24 @@ impl Tiles {
             .zip(&cells)
             .map(|(definition, cell)| self.finish(definition, cell, events))
             .collect()
+    }
+
+    /// How many of `events` (the record's) a read of `definitions` would
+    /// tile first: all of them when some definition's tiles are not built
+    /// yet, else none.
+    pub fn untiled(&self, definitions: &[&SignalDefinition], events: &[Event]) -> usize {
+        if events.len() < self.shape.min_events.max(1) {
+            return 0;
+        }
+        let built = self.built.read().unwrap_or_else(|p| p.into_inner());
+        let unbuilt = definitions
+            .iter()
+            .any(|d| built.get(&d.name).is_none_or(|cell| cell.get().is_none()));
+        if unbuilt {
+            events.len()
+        } else {
+            0
+        }
     }
 
     /// `definition`'s cell, made empty on its first use.
@@ -556,8 +630,8 @@ mod tests {
 
     proptest! {
         /// Folding a window through blocks of any sizes gives the value of
-        /// folding its events one by one, for every aggregation and any
-        /// window edges.
+        /// folding its events one by one, for every aggregation, any
+        /// window edges and any events left out (holes).
         #[test]
         fn blocks_fold_like_the_events_one_by_one(
             events in arb_events(120),
@@ -567,6 +641,7 @@ mod tests {
             width in 0i64..220,
             prefixes in 0usize..40,
             max_blocks in 0usize..40,
+            holes in prop::collection::vec(0usize..120, 0..8),
         ) {
             let until = from + width;
             let sizes = vec![base, base * fan_out, base * fan_out * fan_out];
@@ -580,13 +655,25 @@ mod tests {
             };
             let mut events = events;
             events.sort_by_key(|e| std::cmp::Reverse(e.event_time));
+            let n = events.len();
+            let mut holes: Vec<usize> = holes.into_iter().filter(|&p| p < n).collect();
+            holes.sort_unstable();
+            holes.dedup();
             for definition in definitions().iter() {
                 let tiles = DefinitionTiles::build(definition, &events, &shape);
                 let mut tiled = State::empty(&definition.aggregation);
-                tiles.fold(definition, &events, from, until, &mut tiled);
+                let marks = tiles.fold_leaving_marks(
+                    definition, &events, Holes::new(&holes), from, until, &mut tiled,
+                );
+                if let Some(marks) = marks {
+                    marks.merge_into(&mut tiled);
+                }
                 let mut plain = State::empty(&definition.aggregation);
-                for event in events.iter().filter(|e| {
-                    definition.matches(e) && e.event_time >= from && e.event_time < until
+                for (_, event) in events.iter().enumerate().filter(|(i, e)| {
+                    !holes.contains(&(n - 1 - i))
+                        && definition.matches(e)
+                        && e.event_time >= from
+                        && e.event_time < until
                 }) {
                     plain.add(&definition.aggregation, event);
                 }

@@ -23,7 +23,7 @@ use signals_schemas::{Event, Millis};
 use crate::aggregate::{SortedMarks, State};
 use crate::definition::{Definitions, EventTypes, SignalDefinition, Window};
 use crate::tail::{EventIds, SpeedTail};
-use crate::tiles::{DefinitionTiles, Tiles};
+use crate::tiles::{DefinitionTiles, Holes, Tiles};
 
 /// Pre-aggregated state of one lifetime signal over events older than the
 /// record's horizon, tagged with the definition that produced it.
@@ -218,6 +218,28 @@ impl UserView {
         self.events().next().is_none() && self.batch.as_ref().is_none_or(|b| b.base.is_empty())
     }
 
+    /// How many events a read of `definitions` would tile before it
+    /// answers (record and speed tail): a first read of a heavy user's
+    /// version tiles hundreds of milliseconds' worth, which a caller on an
+    /// async runtime does apart ([`UserView::tile`]) rather than on a
+    /// thread that other requests wait for.
+    pub fn untiled(&self, definitions: &[&SignalDefinition]) -> usize {
+        let batch = self
+            .batch
+            .as_ref()
+            .map_or(0, |b| b.tiles.untiled(definitions, &b.events));
+        batch + self.tail.untiled(definitions)
+    }
+
+    /// Builds the tiles a read of `definitions` needs, as that read would:
+    /// reads after it find them built.
+    pub fn tile(&self, definitions: &[&SignalDefinition]) {
+        if let Some(batch) = &self.batch {
+            batch.tiles.for_definitions(definitions, &batch.events);
+        }
+        self.tail.tile(definitions);
+    }
+
     /// The value of each definition at `at`.
     ///
     /// Values of lifetime signals whose pre-aggregated state was made by a
@@ -252,13 +274,18 @@ impl UserView {
             .iter()
             .map(|d| State::empty(&d.aggregation))
             .collect();
-        // The batch's events through its tiles where it has them: not when
-        // a retraction hides some of them (blocks cannot take one out).
+        // The batch's events through its tiles where it has them, the
+        // events a retraction hid left out as holes.
         let tiled: Vec<Option<Arc<DefinitionTiles>>> = match &self.batch {
-            Some(batch) if self.tail.hidden().is_empty() => {
-                batch.tiles.for_definitions(definitions, &batch.events)
-            }
-            _ => vec![None; definitions.len()],
+            Some(batch) => batch.tiles.for_definitions(definitions, &batch.events),
+            None => vec![None; definitions.len()],
+        };
+        let hidden = self.tail.hidden();
+        let holes = match &self.batch {
+            Some(batch) if !hidden.is_empty() && tiled.iter().any(Option::is_some) => batch
+                .ids
+                .positions_of(&batch.events, hidden.iter().map(String::as_str)),
+            _ => Vec::new(),
         };
         let plain: Vec<usize> = (0..definitions.len())
             .filter(|&i| tiled[i].is_none())
@@ -273,6 +300,7 @@ impl UserView {
                     marks[i] = tiles.fold_leaving_marks(
                         definitions[i],
                         &batch.events,
+                        Holes::new(&holes),
                         from,
                         until,
                         &mut states[i],
@@ -940,6 +968,37 @@ mod tests {
     enum SpeedLogItem {
         Event(Event),
         Retract(String),
+    }
+
+    #[test]
+    fn tiling_ahead_builds_what_the_read_would_and_changes_no_answer() {
+        let defs = definitions();
+        let all: Vec<&SignalDefinition> = defs.iter().collect();
+        let view_at = |id: String, time| {
+            crate::testing::event(&id, signals_schemas::EventType::View, "a", time)
+        };
+        let events: Vec<Event> = (0..3_000).map(|i| view_at(format!("e{i}"), i)).collect();
+        let speed: Vec<SpeedEntry> = (0..300)
+            .map(|i| SpeedEntry::Event(view_at(format!("s{i}"), 3_000 + i)))
+            .collect();
+        let record = || Arc::new(UserRecord::compact(&defs, events.clone(), 0));
+        let view = UserView::merge(Some(record()), speed.clone());
+        assert!(view.untiled(&all) >= 3_000, "{}", view.untiled(&all));
+
+        // Tiled through a clone (what a caller hands to another thread).
+        view.clone().tile(&all[..2]);
+        assert_eq!(view.untiled(&all[..2]), 0);
+        assert!(
+            view.untiled(&all) >= 3_000,
+            "the other definitions are not built"
+        );
+        view.clone().tile(&all);
+        assert_eq!(view.untiled(&all), 0);
+
+        let untouched = UserView::merge(Some(record()), speed);
+        for at in [10, 2_999, 3_150, 4_000] {
+            assert_eq!(view.evaluate(&all, at), untouched.evaluate(&all, at));
+        }
     }
 
     #[test]
