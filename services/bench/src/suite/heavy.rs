@@ -11,6 +11,9 @@
 //! the one read that decodes and tiles the record. After them, a second
 //! batch run and the first reads again: as after a nightly run, the
 //! process holds the previous version's records, which those reads replace.
+//! Before that second run, one of the heavy user's events in the record is
+//! retracted and the paced past hours are read again: every read until the
+//! next run leaves that event out.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -48,6 +51,10 @@ pub struct HeavyFigures {
     /// Past hours at [`PACED_RATE`].
     pub heavy_hours_paced: Outcome,
     pub light_hours_paced: Outcome,
+    /// The heavy user's past hours at [`PACED_RATE`] once one of their
+    /// events in the batch's record is retracted (hidden from every read
+    /// until the next batch run).
+    pub heavy_hours_retracted: Outcome,
 }
 
 /// Loads the usual users' `light_events` and the heavy user's `events`,
@@ -97,6 +104,10 @@ pub async fn measure(
         serving::paced(address, duration, PACED_RATE, hour_reads(HEAVY.into())).await?;
     let light_hours_paced =
         serving::paced(address, duration, PACED_RATE, hour_reads(light.clone())).await?;
+    retract_a_batch_event(address).await?;
+    serving::wait_caught_up(address).await?;
+    let heavy_hours_retracted =
+        serving::paced(address, duration, PACED_RATE, hour_reads(HEAVY.into())).await?;
     let mut conn = Conn::open(address).await?;
     let (status, _) = conn
         .send(&Call::post_json("/v1/admin/batch/run", ""))
@@ -126,6 +137,7 @@ pub async fn measure(
         light_hours,
         heavy_hours_paced,
         light_hours_paced,
+        heavy_hours_retracted,
     })
 }
 
@@ -147,6 +159,33 @@ async fn time_first_reads(
         .send(&Call::get(format!("/v1/users/{light}/signals")))
         .await?;
     Ok(((heavy_took, started.elapsed()), heavy, light))
+}
+
+/// Retracts the heavy user's newest event older than two hours: one the
+/// batch's record holds (the speed tail holds the last hour's).
+async fn retract_a_batch_event(address: SocketAddr) -> anyhow::Result<()> {
+    let mut conn = Conn::open(address).await?;
+    let until = workload::now_millis() - 2 * HOUR;
+    let (status, body) = conn
+        .send(&Call::get(format!(
+            "/v1/users/{HEAVY}/activity?until={until}&limit=1"
+        )))
+        .await?;
+    anyhow::ensure!(status.is_success(), "the heavy user's activity: {status}");
+    let activity: serde_json::Value = serde_json::from_slice(&body)?;
+    let Some(id) = activity["events"][0]["event_id"].as_str() else {
+        anyhow::bail!("the heavy user has no event before {until}");
+    };
+    let retraction = serde_json::json!({"event_ids": [id], "reason": "bench"});
+    let (status, body) = conn
+        .send(&Call::post_json("/v1/retractions", retraction.to_string()))
+        .await?;
+    anyhow::ensure!(
+        status.is_success(),
+        "the retraction failed: {status} {}",
+        String::from_utf8_lossy(&body)
+    );
+    Ok(())
 }
 
 /// Posts `events` distinct events of the heavy user with event times spread
