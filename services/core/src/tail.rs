@@ -276,6 +276,11 @@ fn drop_batch_ids(batch: &UserRecord, events: &mut Vec<Event>) {
 pub struct EventIds(OnceLock<Vec<(u64, u32)>>);
 
 impl EventIds {
+    /// Whether the digest is built: a first use builds it, O(n log n).
+    pub fn is_built(&self) -> bool {
+        self.0.get().is_some()
+    }
+
     /// Whether `events` (the record the digest is of) holds `id`.
     pub fn contains(&self, events: &[Event], id: &str) -> bool {
         let hashes = self.hashes(events);

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use signals_core::{LogPosition, SpeedTail};
+use signals_core::{LogPosition, SpeedTail, UserRecord};
 use tracing::debug;
 
 use crate::cache::VersionedCache;
@@ -154,7 +154,7 @@ impl ServingStore for TailCache {
             .entries
             .into_iter()
             .partition(|e| durable.covers(e.partition, e.offset));
-        let record = history.record.as_deref();
+        let record = &history.record;
         // Shared with the kept tail while it is complete past what is
         // durable, as it is for a user with nothing new.
         let frontier = if history.from.reaches(&durable) {
@@ -177,7 +177,7 @@ impl ServingStore for TailCache {
         let tail = if settled.is_empty() {
             base
         } else {
-            base.extended(record, settled.into_iter().map(|e| e.entry))
+            extended(base, record, settled).await?
         };
         if moved {
             let weight = EVENT_WEIGHT * (tail.len() + 1);
@@ -193,7 +193,7 @@ impl ServingStore for TailCache {
         let tail = if landing.is_empty() {
             tail
         } else {
-            tail.extended(record, landing.into_iter().map(|e| e.entry))
+            extended(tail, record, landing).await?
         };
         Ok(ServedHistory {
             manifest: history.manifest,
@@ -206,6 +206,33 @@ impl ServingStore for TailCache {
         self.tails.remove(user_id);
         self.inner.evict_user(user_id).await
     }
+}
+
+/// Extensions of this many entries or more run on the blocking pool, and
+/// so does the first over a record of [`DIGESTED_APART_FROM`] events or
+/// more, which digests the record's ids first: a heavy user's first read
+/// of a version sorts a day of entries and digests a million ids, some
+/// 100 ms that every request queued on a runtime thread would wait for.
+const EXTENDED_APART_FROM: usize = 4_096;
+const DIGESTED_APART_FROM: usize = 16_384;
+
+/// `tail` followed by `entries`, for a user whose record is `record`.
+async fn extended(
+    tail: SpeedTail,
+    record: &Option<Arc<UserRecord>>,
+    entries: Vec<PositionedEntry>,
+) -> Result<SpeedTail, StoreError> {
+    let entries = entries.into_iter().map(|e| e.entry);
+    let digests = record
+        .as_ref()
+        .is_some_and(|r| r.events.len() >= DIGESTED_APART_FROM && !r.ids.is_built());
+    if entries.len() < EXTENDED_APART_FROM && !digests {
+        return Ok(tail.extended(record.as_deref(), entries));
+    }
+    let record = record.clone();
+    tokio::task::spawn_blocking(move || tail.extended(record.as_deref(), entries))
+        .await
+        .map_err(|e| StoreError::Backend(format!("extending a speed tail stopped: {e}")))
 }
 
 #[cfg(test)]
@@ -244,6 +271,48 @@ mod tests {
         assert_eq!(second, expected, "each entry once");
         let kept = cached.tails.latest("u").expect("kept");
         assert_eq!((kept.frontier.next(0), kept.tail.len()), (50, 50));
+    }
+
+    /// A heavy user's extensions run apart (a first one digests the
+    /// record's ids, a long one sorts many entries) and answer as inline
+    /// ones do: the speed layer's copies of the record's events dropped.
+    #[tokio::test]
+    async fn a_heavy_users_tail_extended_apart_drops_the_records_own_events() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(EmbeddedStore::open(&dir.path().join("store.redb")).expect("opens"));
+        let events = DIGESTED_APART_FROM + 100;
+        let mut record = crate::contract::record("u", "unused");
+        record.events = (0..events)
+            .rev()
+            .map(|i| crate::contract::event(&format!("b-{i}"), "u", i as i64))
+            .collect();
+        crate::contract::publish_version(&*store, 1, &[(0, 0)], vec![("u".into(), record)]).await;
+        let cached = TailCache::new(store.clone(), 1 << 30, Duration::ZERO);
+        let copy = |id: &str, offset| PositionedEntry {
+            entry: signals_core::SpeedEntry::Event(crate::contract::event(id, "u", 7)),
+            ..at("u", 0, offset)
+        };
+        let long = EXTENDED_APART_FROM as u64;
+        let mut entries: Vec<PositionedEntry> = (0..long).map(|o| at("u", 0, o)).collect();
+        entries.push(copy("b-7", long));
+        store
+            .apply_speed(write(entries, &[(0, long + 1)]).into())
+            .await
+            .expect("apply");
+        let first = cached.served_history("u").await.expect("read");
+        assert!(first.record.as_ref().is_some_and(|r| r.ids.is_built()));
+        assert_eq!(first.tail.len(), EXTENDED_APART_FROM, "the copy is dropped");
+        assert_eq!(served_ids(first).len(), events + EXTENDED_APART_FROM);
+
+        // A short extension over the digested record runs inline, alike.
+        let entries = vec![at("u", 0, long + 1), copy("b-8", long + 2)];
+        store
+            .apply_speed(write(entries, &[(0, long + 3)]).into())
+            .await
+            .expect("apply");
+        let second = cached.served_history("u").await.expect("read");
+        assert_eq!(second.tail.len(), EXTENDED_APART_FROM + 1);
+        assert_eq!(served_ids(second).len(), events + EXTENDED_APART_FROM + 1);
     }
 
     /// The embedded store answers "nothing new" from memory for a user no

@@ -30,6 +30,9 @@ const WEEK: i64 = 7 * 24 * HOUR;
 /// Reads per second of the paced runs: a busy client asking about one
 /// user, well below what the server answers for the heavy user.
 pub const PACED_RATE: f64 = 500.0;
+/// How long another user is read while the heavy user's first read runs:
+/// longer than that read takes at the quick size.
+const BESIDE_FIRST_READ: Duration = Duration::from_secs(2);
 
 pub struct HeavyFigures {
     pub events: u64,
@@ -55,6 +58,9 @@ pub struct HeavyFigures {
     /// events in the batch's record is retracted (hidden from every read
     /// until the next batch run).
     pub heavy_hours_retracted: Outcome,
+    /// Another light user's reads at [`PACED_RATE`] from the start of the
+    /// first reads after the batch published, for [`BESIDE_FIRST_READ`].
+    pub beside_first_read: Outcome,
 }
 
 /// Loads the usual users' `light_events` and the heavy user's `events`,
@@ -83,9 +89,21 @@ pub async fn measure(
     drop(conn);
 
     let light = workload::user_id(shape.users / 2);
-    let (first_reads, heavy_answer, light_answer) = time_first_reads(address, &light).await?;
-    let answer_bytes = (heavy_answer.len(), light_answer.len());
     let now_reads = |user: String| move |_: u64| Call::get(format!("/v1/users/{user}/signals"));
+    // Another user's reads go on meanwhile: what a heavy first read costs
+    // everybody else.
+    let (first, beside_first_read) = tokio::join!(
+        time_first_reads(address, &light),
+        serving::paced(
+            address,
+            BESIDE_FIRST_READ,
+            PACED_RATE,
+            now_reads(workload::user_id(shape.users / 3))
+        )
+    );
+    let (first_reads, heavy_answer, light_answer) = first?;
+    let beside_first_read = beside_first_read?;
+    let answer_bytes = (heavy_answer.len(), light_answer.len());
     let hour_reads = |user: String| {
         let top = workload::now_millis() / HOUR * HOUR;
         move |n: u64| {
@@ -138,6 +156,7 @@ pub async fn measure(
         heavy_hours_paced,
         light_hours_paced,
         heavy_hours_retracted,
+        beside_first_read,
     })
 }
 

@@ -330,6 +330,21 @@ pub async fn run(args: &SuiteArgs) -> anyhow::Result<()> {
                 .against(Figure::ms(light.as_secs_f64() * 1e3)),
             );
         }
+        rows.push(
+            Row::new(
+                format!(
+                    "{users}: another user's reads at {:.0}/s beside the first read after the batch, p99 (ceiling: paced, none beside)",
+                    heavy::PACED_RATE
+                ),
+                ms(&f.beside_first_read, 0.99),
+                "",
+            )
+            .against(ms(&f.light_hours_paced, 0.99)),
+        );
+        rows.push(
+            Row::new("  slowest", ms(&f.beside_first_read, 1.0), "")
+                .against(ms(&f.light_hours_paced, 1.0)),
+        );
         let paced = format!(
             "{users}, at = an hour of the last 7 days, {:.0} reads/s",
             heavy::PACED_RATE
