@@ -154,6 +154,13 @@ impl Platform {
         self.data_dir.with_extension("log")
     }
 
+    /// The last `lines` lines its processes logged, for a failure to show.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
     async fn launch(&mut self) -> anyhow::Result<()> {
         let listen = format!("127.0.0.1:{}", self.port);
         let commands: Vec<Vec<&str>> = match self.shape {

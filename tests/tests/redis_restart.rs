@@ -198,7 +198,8 @@ async fn redis_restarted_mid_scenario_changes_no_answer_and_readiness_says_so() 
     scenario::assert_exact(&platform, &reference, "Redis restarted, after batch 3").await;
     assert!(
         redis.keys() > 0,
-        "the cache is used again after the restart"
+        "the cache is used again after the restart; the processes' log ends:\n{}",
+        platform.log_tail(60)
     );
     wait_for_cache(&platform, &speed, false).await;
 
