@@ -154,11 +154,16 @@ impl Platform {
         self.data_dir.with_extension("log")
     }
 
-    /// The last `lines` lines its processes logged, for a failure to show.
-    pub fn log_tail(&self, lines: usize) -> String {
+    /// The last `lines` lines its processes logged that contain `word`
+    /// (any case), for a failure to show.
+    pub fn log_lines(&self, word: &str, lines: usize) -> String {
         let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-        let all: Vec<&str> = log.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        let word = word.to_lowercase();
+        let found: Vec<&str> = log
+            .lines()
+            .filter(|line| line.to_lowercase().contains(&word))
+            .collect();
+        found[found.len().saturating_sub(lines)..].join("\n")
     }
 
     async fn launch(&mut self) -> anyhow::Result<()> {

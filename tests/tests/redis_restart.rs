@@ -143,6 +143,39 @@ async fn wait_for_cache(platform: &Platform, base: &str, degraded: bool) {
     }
 }
 
+/// Waits until serving has written to Redis again. Each round reads a user
+/// the process keeps nothing of, whose read goes through the cache. A stall
+/// of the box can open the breaker during batch 3's reads (three 50 ms
+/// timeouts in a row). Those records are then kept in the process and never
+/// asked of Redis again, but the cache must come back into use by itself
+/// after the cool-down. What the processes logged about Redis is shown if
+/// that took more than the reads already made (CI saw it once).
+async fn wait_for_keys(platform: &Platform, redis: &Redis) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for round in 0.. {
+        if redis.keys() > 0 {
+            if round > 0 {
+                eprintln!(
+                    "the cache was used again only after {round} more reads; the log on Redis:\n{}",
+                    platform.log_lines("redis ", 40)
+                );
+            }
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cache is not used again after the restart; the log on Redis:\n{}",
+            platform.log_lines("redis ", 40)
+        );
+        let (status, body) = platform
+            .get_json(&format!("/v1/users/after-restart-{round}/signals"))
+            .await
+            .expect("signals");
+        assert_eq!(status, 200, "{body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_mid_scenario_changes_no_answer_and_readiness_says_so() {
     let Some(binary) = redis_server_binary() else {
@@ -196,11 +229,7 @@ async fn redis_restarted_mid_scenario_changes_no_answer_and_readiness_says_so() 
     scenario::post_all(&platform, &mut reference, &mut rng, events).await;
     platform.run_batch().await.expect("batch 3");
     scenario::assert_exact(&platform, &reference, "Redis restarted, after batch 3").await;
-    assert!(
-        redis.keys() > 0,
-        "the cache is used again after the restart; the processes' log ends:\n{}",
-        platform.log_tail(60)
-    );
+    wait_for_keys(&platform, &redis).await;
     wait_for_cache(&platform, &speed, false).await;
 
     // The speed process's own endpoint counted what it applied.
